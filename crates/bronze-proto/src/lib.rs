@@ -1,0 +1,8 @@
+//! Generated gRPC contracts. Prost types stay at the edge: each component
+//! converts them into its own validated domain types.
+
+pub mod discovery {
+    pub mod v1 {
+        tonic::include_proto!("bronze.discovery.v1");
+    }
+}

@@ -1,0 +1,78 @@
+//! What every Bronze daemon needs at its edges.
+//!
+//! * [`config::load`]: configuration from a TOML file, then environment
+//!   variables and flags on top, validated with errors that name the key.
+//! * [`Shutdown`]: one cancellation signal shared by every task of a
+//!   component; SIGTERM and SIGINT trigger it, and components drain before
+//!   they return.
+
+pub mod config;
+pub mod duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a usage or configuration error (sysexits' EX_USAGE).
+pub const EX_USAGE: i32 = 64;
+
+/// A cloneable shutdown signal. Cancelling it asks every holder to drain and
+/// return; it never forces anything.
+#[derive(Clone, Default, Debug)]
+pub struct Shutdown(CancellationToken);
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ask every holder to stop.
+    pub fn trigger(&self) {
+        self.0.cancel();
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    /// Completes once shutdown has been asked for.
+    pub async fn wait(&self) {
+        self.0.cancelled().await;
+    }
+
+    /// A child signal: triggered with its parent, or on its own.
+    pub fn child(&self) -> Self {
+        Self(self.0.child_token())
+    }
+
+    /// Trigger this signal on SIGTERM or SIGINT (Ctrl-C).
+    pub fn trigger_on_signals(&self) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let name = wait_for_signal().await;
+            tracing::info!(signal = name, "shutting down: draining");
+            this.trigger();
+        });
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the process can still be killed; never
+        // trigger a shutdown by mistake.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> &'static str {
+    let _ = tokio::signal::ctrl_c().await;
+    "ctrl-c"
+}

@@ -1,0 +1,146 @@
+//! Bronze's embedded state.
+//!
+//! What a component must keep across restarts goes through [`Store`]: a
+//! namespaced key-value map whose writes are durable (fsync'd) when the call
+//! returns. [`RedbStore`] is the single-file implementation used by
+//! `bronze dev` and single-host installs. A distributed implementation
+//! (etcd) will implement the same trait; the trait is synchronous and small
+//! on purpose, callers run it on a blocking thread.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("store: {0}")]
+    Backend(String),
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// A namespaced, durable key-value map. Every write is committed (and
+/// fsync'd) before it returns; a crash never leaves a half-written value.
+pub trait Store: Send + Sync + 'static {
+    fn put(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Removes `key`; says whether it was there.
+    fn delete(&self, namespace: &str, key: &str) -> Result<bool, StoreError>;
+    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every entry of a namespace, in key order.
+    fn list(&self, namespace: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+}
+
+/// [`Store`] in one redb file.
+pub struct RedbStore {
+    db: Database,
+}
+
+fn table(namespace: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
+    TableDefinition::new(namespace)
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store file at `path`, creating parent folders.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |message: String| StoreError::Open {
+            path: path.display().to_string(),
+            message,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| open_err(e.to_string()))?;
+        }
+        let db = Database::create(path).map_err(|e| open_err(e.to_string()))?;
+        Ok(Self { db })
+    }
+
+    /// A store that lives in memory only (tests, throwaway dev runs).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(backend)?;
+        Ok(Self { db })
+    }
+}
+
+impl Store for RedbStore {
+    fn put(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        {
+            let mut t = txn.open_table(table(namespace)).map_err(backend)?;
+            t.insert(key, value).map_err(backend)?;
+        }
+        txn.commit().map_err(backend)
+    }
+
+    fn delete(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        let existed = {
+            let mut t = txn.open_table(table(namespace)).map_err(backend)?;
+            t.remove(key).map_err(backend)?.is_some()
+        };
+        txn.commit().map_err(backend)?;
+        Ok(existed)
+    }
+
+    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let t = match txn.open_table(table(namespace)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(backend(e)),
+        };
+        Ok(t.get(key).map_err(backend)?.map(|v| v.value().to_vec()))
+    }
+
+    fn list(&self, namespace: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let exists = txn
+            .list_tables()
+            .map_err(backend)?
+            .any(|t| t.name() == namespace);
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let t = txn.open_table(table(namespace)).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(backend)? {
+            let (k, v) = entry.map_err(backend)?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_reopen_and_deletes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nested/state.redb");
+        {
+            let s = RedbStore::open(&path).expect("open");
+            assert!(s.list("regs").expect("list").is_empty());
+            assert_eq!(s.get("regs", "a").expect("get"), None);
+            s.put("regs", "a", b"1").expect("put");
+            s.put("regs", "b", b"2").expect("put");
+            assert!(s.delete("regs", "b").expect("delete"));
+            assert!(!s.delete("regs", "b").expect("delete"));
+        }
+        let s = RedbStore::open(&path).expect("reopen");
+        assert_eq!(s.list("regs").expect("list"), vec![("a".to_string(), b"1".to_vec())]);
+        assert_eq!(s.get("regs", "a").expect("get"), Some(b"1".to_vec()));
+    }
+
+    #[test]
+    fn in_memory_works() {
+        let s = RedbStore::in_memory().expect("mem");
+        s.put("x", "k", b"v").expect("put");
+        assert_eq!(s.list("x").expect("list").len(), 1);
+    }
+}
