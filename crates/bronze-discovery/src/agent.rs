@@ -124,6 +124,7 @@ impl Agent {
             &config.node_address,
             config.change_log,
         ));
+        bronze_runtime::install_crypto_provider();
         let client = |insecure: bool| {
             reqwest::Client::builder()
                 .tls_backend_rustls()
@@ -173,14 +174,19 @@ impl Agent {
                     Err(error) => tracing::error!(%key, %error, "stored registration skipped"),
                 },
                 // Kept in the store so nothing is lost; reported loudly.
-                Err(error) => tracing::error!(%key, %error, "stored registration unreadable, skipped"),
+                Err(error) => {
+                    tracing::error!(%key, %error, "stored registration unreadable, skipped")
+                }
             }
         }
         tracing::info!(registrations = loaded, "catalog loaded");
         Ok(())
     }
 
-    async fn store_op(&self, op: impl FnOnce(&dyn Store) -> Result<(), bronze_store::StoreError> + Send + 'static) -> Result<(), Error> {
+    async fn store_op(
+        &self,
+        op: impl FnOnce(&dyn Store) -> Result<(), bronze_store::StoreError> + Send + 'static,
+    ) -> Result<(), Error> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || op(&*store))
             .await
@@ -197,20 +203,28 @@ impl Agent {
         let _guard = self.write_lock.lock().await;
         let key = InstanceKey::new(&reg.instance.node, &reg.instance.id);
         let previous = self.catalog.instance(&key);
-        if previous.as_ref().is_some_and(|p| p.spec == reg.instance && p.owner == reg.owner) {
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.spec == reg.instance && p.owner == reg.owner)
+        {
             // Identical: nothing to persist, nothing to restart.
-            return self.catalog.register(reg, previous.is_some_and(|p| p.durable));
+            return self
+                .catalog
+                .register(reg, previous.is_some_and(|p| p.durable));
         }
         // Refuse conflicts before anything is written anywhere.
         self.catalog.check_conflicts(&reg)?;
         let durable = reg.is_durable();
         if durable {
-            let bytes = serde_json::to_vec(&reg).map_err(|e| Error::invalid("registration", e.to_string()))?;
+            let bytes = serde_json::to_vec(&reg)
+                .map_err(|e| Error::invalid("registration", e.to_string()))?;
             let skey = key.storage_key();
-            self.store_op(move |s| s.put(REGISTRATIONS, &skey, &bytes)).await?;
+            self.store_op(move |s| s.put(REGISTRATIONS, &skey, &bytes))
+                .await?;
         } else if previous.as_ref().is_some_and(|p| p.durable) {
             let skey = key.storage_key();
-            self.store_op(move |s| s.delete(REGISTRATIONS, &skey).map(|_| ())).await?;
+            self.store_op(move |s| s.delete(REGISTRATIONS, &skey).map(|_| ()))
+                .await?;
         }
         // Cannot fail: conflicts were checked under the same write lock.
         let registered = self.catalog.register(reg, durable)?;
@@ -245,10 +259,15 @@ impl Agent {
             }
             match &check.spec.kind {
                 CheckKind::Ttl { ttl } => {
-                    self.timers.lock().ttl.set(key.clone(), Instant::now() + *ttl);
+                    self.timers
+                        .lock()
+                        .ttl
+                        .set(key.clone(), Instant::now() + *ttl);
                     self.timers_changed.notify_one();
                 }
-                CheckKind::Http { .. } | CheckKind::Tcp { .. } => self.start_runner(key.clone(), check.spec.clone()),
+                CheckKind::Http { .. } | CheckKind::Tcp { .. } => {
+                    self.start_runner(key.clone(), check.spec.clone())
+                }
             }
             self.track_critical(&key, check);
         }
@@ -285,7 +304,10 @@ impl Agent {
         let agent = self.this.clone();
         let shutdown = self.shutdown.clone();
         let client = match &spec.kind {
-            CheckKind::Http { tls_skip_verify: true, .. } => self.http_insecure.clone(),
+            CheckKind::Http {
+                tls_skip_verify: true,
+                ..
+            } => self.http_insecure.clone(),
             _ => self.http.clone(),
         };
         let task_key = key.clone();
@@ -302,7 +324,13 @@ impl Agent {
                 next = Instant::now() + spec.interval;
                 let (status, output) = probe(&client, &spec).await;
                 let Some(agent) = agent.upgrade() else { return };
-                agent.metrics.check_results.get_or_create(&StatusLabel { status: status.as_str() }).inc();
+                agent
+                    .metrics
+                    .check_results
+                    .get_or_create(&StatusLabel {
+                        status: status.as_str(),
+                    })
+                    .inc();
                 // The instance may be gone by now: then this task is aborted.
                 let _ = agent.apply_status(&task_key.0, &task_key.1, status, &output);
             }
@@ -313,12 +341,23 @@ impl Agent {
     }
 
     /// Sets a check's status and keeps the reaper in step.
-    fn apply_status(&self, key: &InstanceKey, check_id: &str, status: Health, output: &str) -> Result<u64, Error> {
+    fn apply_status(
+        &self,
+        key: &InstanceKey,
+        check_id: &str,
+        status: Health,
+        output: &str,
+    ) -> Result<u64, Error> {
         let output = truncate(output, MAX_OUTPUT);
         let updated = self.catalog.set_check(key, check_id, status, output)?;
         if updated.old != updated.new {
             self.metrics.index.set(updated.index);
-            if let Some(check) = updated.instance.checks.iter().find(|c| c.spec.id == check_id) {
+            if let Some(check) = updated
+                .instance
+                .checks
+                .iter()
+                .find(|c| c.spec.id == check_id)
+            {
                 self.track_critical(&(key.clone(), check_id.to_string()), check);
             }
         }
@@ -337,7 +376,8 @@ impl Agent {
         };
         if current.durable {
             let skey = key.storage_key();
-            self.store_op(move |s| s.delete(REGISTRATIONS, &skey).map(|_| ())).await?;
+            self.store_op(move |s| s.delete(REGISTRATIONS, &skey).map(|_| ()))
+                .await?;
         }
         let Some((index, removed)) = self.catalog.deregister(key) else {
             return Ok(None);
@@ -353,7 +393,13 @@ impl Agent {
 
     /// Sets a TTL check's status (Consul's check pass/warn/fail/update) and
     /// restarts its TTL.
-    pub fn update_ttl(&self, key: &InstanceKey, check_id: &str, status: Health, output: &str) -> Result<u64, Error> {
+    pub fn update_ttl(
+        &self,
+        key: &InstanceKey,
+        check_id: &str,
+        status: Health,
+        output: &str,
+    ) -> Result<u64, Error> {
         let instance = self
             .catalog
             .instance(key)
@@ -366,7 +412,10 @@ impl Agent {
         let CheckKind::Ttl { ttl } = check.spec.kind else {
             return Err(Error::invalid(
                 "CheckID",
-                format!("check {check_id:?} is a {} check; only TTL checks take updates", check.spec.kind.name()),
+                format!(
+                    "check {check_id:?} is a {} check; only TTL checks take updates",
+                    check.spec.kind.name()
+                ),
             ));
         };
         self.refresh_ttl(key, check_id, ttl);
@@ -418,11 +467,12 @@ impl Agent {
             let _ = self.apply_status(&key, &check_id, Health::Critical, "TTL expired");
         }
         for (key, check_id) in reap {
-            let still_critical = self
-                .catalog
-                .instance(&key)
-                .and_then(|i| i.checks.iter().find(|c| c.spec.id == check_id).map(|c| c.status))
-                == Some(Health::Critical);
+            let still_critical = self.catalog.instance(&key).and_then(|i| {
+                i.checks
+                    .iter()
+                    .find(|c| c.spec.id == check_id)
+                    .map(|c| c.status)
+            }) == Some(Health::Critical);
             if still_critical {
                 tracing::info!(instance = %key, check = %check_id, "deregistering: check critical too long");
                 if let Err(error) = self.deregister(&key).await {
@@ -496,7 +546,12 @@ fn truncate(s: &str, max: usize) -> &str {
 /// (including a timeout) critical; TCP passing when the connection opens.
 async fn probe(client: &reqwest::Client, spec: &CheckSpec) -> (Health, String) {
     match &spec.kind {
-        CheckKind::Http { url, method, headers, .. } => {
+        CheckKind::Http {
+            url,
+            method,
+            headers,
+            ..
+        } => {
             let method = http::Method::from_bytes(method.as_bytes()).unwrap_or(http::Method::GET);
             let mut req = client.request(method.clone(), url).timeout(spec.timeout);
             for (k, v) in headers {
@@ -518,16 +573,27 @@ async fn probe(client: &reqwest::Client, spec: &CheckSpec) -> (Health, String) {
                         .and_then(|r| r.ok())
                         .unwrap_or_default();
                     let body = truncate(&body, 1024);
-                    (status, format!("HTTP {method} {url}: {code} Output: {body}"))
+                    (
+                        status,
+                        format!("HTTP {method} {url}: {code} Output: {body}"),
+                    )
                 }
                 Err(e) => (Health::Critical, format!("HTTP {method} {url}: {e}")),
             }
         }
         CheckKind::Tcp { address } => {
-            match tokio::time::timeout(spec.timeout, tokio::net::TcpStream::connect(address.as_str())).await {
+            match tokio::time::timeout(
+                spec.timeout,
+                tokio::net::TcpStream::connect(address.as_str()),
+            )
+            .await
+            {
                 Ok(Ok(_)) => (Health::Passing, format!("TCP connect {address}: Success")),
                 Ok(Err(e)) => (Health::Critical, format!("TCP connect {address}: {e}")),
-                Err(_) => (Health::Critical, format!("TCP connect {address}: timed out")),
+                Err(_) => (
+                    Health::Critical,
+                    format!("TCP connect {address}: timed out"),
+                ),
             }
         }
         CheckKind::Ttl { .. } => (Health::Critical, "TTL checks are not probed".into()),

@@ -48,7 +48,11 @@ pub struct Instance {
 
 impl Instance {
     fn health_of(checks: &[CheckState]) -> Health {
-        checks.iter().map(|c| c.status).max().unwrap_or(Health::Passing)
+        checks
+            .iter()
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(Health::Passing)
     }
 
     pub fn has_tag(&self, tag: &str) -> bool {
@@ -164,7 +168,12 @@ impl Catalog {
     /// An empty catalog whose index starts at `base_index` (so indexes keep
     /// increasing across restarts when the base is taken from the clock) and
     /// which holds its own node.
-    pub fn new(base_index: u64, local_node: &str, local_address: &str, log_capacity: usize) -> Self {
+    pub fn new(
+        base_index: u64,
+        local_node: &str,
+        local_address: &str,
+        log_capacity: usize,
+    ) -> Self {
         let base = base_index.max(1);
         let mut nodes = BTreeMap::new();
         nodes.insert(
@@ -310,14 +319,16 @@ impl Catalog {
                 st.remove_owner(&key, prev.owner.as_deref());
             }
         }
-        if previous
-            .as_ref()
-            .is_none_or(|p| p.spec.service != instance.spec.service || p.spec.tags != instance.spec.tags)
-        {
+        if previous.as_ref().is_none_or(|p| {
+            p.spec.service != instance.spec.service || p.spec.tags != instance.spec.tags
+        }) {
             st.services_index = index;
         }
         if let Some(owner) = &instance.owner {
-            st.owners.entry(owner.clone()).or_default().insert(key.clone());
+            st.owners
+                .entry(owner.clone())
+                .or_default()
+                .insert(key.clone());
         }
         if let Some(prev) = &previous {
             st.forget_checks(prev);
@@ -327,7 +338,10 @@ impl Catalog {
                 .insert((key.node.clone(), check.spec.id.clone()), key.clone());
         }
         st.by_key.insert(key.clone(), instance.spec.service.clone());
-        let entry = st.services.entry(instance.spec.service.clone()).or_default();
+        let entry = st
+            .services
+            .entry(instance.spec.service.clone())
+            .or_default();
         entry.instances.insert(key, instance.clone());
         entry.modify_index = index;
         self.commit(&mut st, index, Change::Upsert(instance.clone()));
@@ -578,7 +592,12 @@ impl State {
         self.services.get(service)?.instances.get(key)
     }
 
-    fn remove_from_service(&mut self, key: &InstanceKey, service: &str, index: u64) -> Option<Arc<Instance>> {
+    fn remove_from_service(
+        &mut self,
+        key: &InstanceKey,
+        service: &str,
+        index: u64,
+    ) -> Option<Arc<Instance>> {
         let entry = self.services.get_mut(service)?;
         let removed = entry.instances.remove(key);
         entry.modify_index = index;
@@ -672,7 +691,9 @@ mod tests {
         let again = c.register(reg("a", "web", false), true).expect("register");
         assert!(!again.changed);
         assert_eq!(c.index(), 101);
-        let (i, _) = c.deregister(&InstanceKey::new("n1", "a")).expect("was there");
+        let (i, _) = c
+            .deregister(&InstanceKey::new("n1", "a"))
+            .expect("was there");
         assert_eq!(i, 102);
         assert!(c.deregister(&InstanceKey::new("n1", "a")).is_none());
         assert_eq!(c.index(), 102);
@@ -687,16 +708,23 @@ mod tests {
         let r = c.register(reg("a", "web", true), false).expect("register");
         assert_eq!(r.instance.health, Health::Critical);
         let key = InstanceKey::new("n1", "a");
-        let u = c.set_check(&key, "service:a", Health::Passing, "ok").expect("set");
+        let u = c
+            .set_check(&key, "service:a", Health::Passing, "ok")
+            .expect("set");
         assert_eq!((u.old, u.new), (Health::Critical, Health::Passing));
         let idx = c.index();
         // Same output and status: no index change.
-        c.set_check(&key, "service:a", Health::Passing, "ok").expect("set");
+        c.set_check(&key, "service:a", Health::Passing, "ok")
+            .expect("set");
         assert_eq!(c.index(), idx);
         // Output-only change: stored, index unchanged.
-        c.set_check(&key, "service:a", Health::Passing, "still ok").expect("set");
+        c.set_check(&key, "service:a", Health::Passing, "still ok")
+            .expect("set");
         assert_eq!(c.index(), idx);
-        assert_eq!(c.instance(&key).expect("there").checks[0].output, "still ok");
+        assert_eq!(
+            c.instance(&key).expect("there").checks[0].output,
+            "still ok"
+        );
         // Re-registering with a new tag keeps the check's status.
         let mut r2 = reg("a", "web", true);
         r2.instance.tags.push("v2".into());
@@ -719,7 +747,10 @@ mod tests {
         assert!(matches!(c.changes_since(11), ChangesSince::TooOld));
         match c.changes_since(12) {
             ChangesSince::Changes(v) => {
-                assert_eq!(v.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![13, 14, 15])
+                assert_eq!(
+                    v.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+                    vec![13, 14, 15]
+                )
             }
             ChangesSince::TooOld => panic!("12 is within the log"),
         }
@@ -733,7 +764,10 @@ mod tests {
         c.register(reg("a", "web", true), false).expect("register");
         let mut clash = reg("b", "web", true);
         clash.instance.checks[0].id = "service:a".into();
-        assert!(matches!(c.register(clash, false), Err(Error::Invalid { .. })));
+        assert!(matches!(
+            c.register(clash, false),
+            Err(Error::Invalid { .. })
+        ));
         assert_eq!(c.service("web").1.len(), 1);
         let found = c.find_check("n1", "service:a").expect("found");
         assert_eq!(&*found.key.id, "a");

@@ -35,7 +35,11 @@ pub struct Args {
     pub datacenter: Option<String>,
 
     /// This node's address [default: 127.0.0.1].
-    #[arg(long = "advertise", env = "BRONZE_DISCOVERY_ADVERTISE", value_name = "IP")]
+    #[arg(
+        long = "advertise",
+        env = "BRONZE_DISCOVERY_ADVERTISE",
+        value_name = "IP"
+    )]
     #[serde(rename = "advertise_address", skip_serializing_if = "Option::is_none")]
     pub advertise_address: Option<IpAddr>,
 
@@ -61,7 +65,12 @@ pub struct Args {
 #[derive(Debug, ClapArgs, Serialize)]
 pub struct HttpArgs {
     /// Consul-compatible HTTP API, /metrics and /healthz [default: 127.0.0.1:8500].
-    #[arg(id = "http_addr", long = "http-addr", env = "BRONZE_DISCOVERY_HTTP_ADDR", value_name = "ADDR")]
+    #[arg(
+        id = "http_addr",
+        long = "http-addr",
+        env = "BRONZE_DISCOVERY_HTTP_ADDR",
+        value_name = "ADDR"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub addr: Option<SocketAddr>,
 }
@@ -69,7 +78,12 @@ pub struct HttpArgs {
 #[derive(Debug, ClapArgs, Serialize)]
 pub struct GrpcArgs {
     /// gRPC API (bronze.discovery.v1) [default: 127.0.0.1:8502].
-    #[arg(id = "grpc_addr", long = "grpc-addr", env = "BRONZE_DISCOVERY_GRPC_ADDR", value_name = "ADDR")]
+    #[arg(
+        id = "grpc_addr",
+        long = "grpc-addr",
+        env = "BRONZE_DISCOVERY_GRPC_ADDR",
+        value_name = "ADDR"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub addr: Option<SocketAddr>,
 }
@@ -77,13 +91,22 @@ pub struct GrpcArgs {
 #[derive(Debug, ClapArgs, Serialize)]
 pub struct DnsArgs {
     /// DNS, UDP and TCP [default: 127.0.0.1:8600].
-    #[arg(id = "dns_addr", long = "dns-addr", env = "BRONZE_DISCOVERY_DNS_ADDR", value_name = "ADDR")]
+    #[arg(
+        id = "dns_addr",
+        long = "dns-addr",
+        env = "BRONZE_DISCOVERY_DNS_ADDR",
+        value_name = "ADDR"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub addr: Option<SocketAddr>,
 
     /// DNS zone answered [default: bronze.]; "consul." makes Bronze a
     /// drop-in for existing Consul DNS setups.
-    #[arg(long = "domain", env = "BRONZE_DISCOVERY_DOMAIN", value_name = "DOMAIN")]
+    #[arg(
+        long = "domain",
+        env = "BRONZE_DISCOVERY_DOMAIN",
+        value_name = "DOMAIN"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
 
@@ -116,7 +139,11 @@ mod tests {
     #[test]
     fn flags_override_the_file() {
         let mut f = tempfile::NamedTempFile::new().expect("temp");
-        writeln!(f, "datacenter = \"east\"\n[dns]\ndomain = \"consul.\"\nservice_ttl = \"5s\"").expect("write");
+        writeln!(
+            f,
+            "datacenter = \"east\"\n[dns]\ndomain = \"consul.\"\nservice_ttl = \"5s\""
+        )
+        .expect("write");
         let path = f.path().display().to_string();
         let args = Args::try_parse_from([
             "bronze-discovery",

@@ -91,7 +91,13 @@ fn default_node_name() -> String {
         .next()
         .unwrap_or_default()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let trimmed = first.trim_matches('-');
     if trimmed.is_empty() {
@@ -152,7 +158,9 @@ impl Default for DnsConfig {
 
 impl Default for CatalogConfig {
     fn default() -> Self {
-        Self { change_log: 100_000 }
+        Self {
+            change_log: 100_000,
+        }
     }
 }
 
@@ -170,7 +178,9 @@ pub fn parse_recursor(s: &str) -> Result<SocketAddr, String> {
     }
     s.parse::<IpAddr>()
         .map(|ip| SocketAddr::new(ip, 53))
-        .map_err(|_| format!("{s:?}: expected an IP address, optionally with a port (\"10.0.0.2:53\")"))
+        .map_err(|_| {
+            format!("{s:?}: expected an IP address, optionally with a port (\"10.0.0.2:53\")")
+        })
 }
 
 impl Config {
@@ -190,16 +200,28 @@ impl Config {
         ttl_secs("dns.node_ttl", self.dns.node_ttl)?;
         ttl_secs("dns.negative_ttl", self.dns.negative_ttl)?;
         if self.dns.udp_max_payload < 512 {
-            return Err(ConfigError::invalid("dns.udp_max_payload", "expected 512-65535"));
+            return Err(ConfigError::invalid(
+                "dns.udp_max_payload",
+                "expected 512-65535",
+            ));
         }
         if self.dns.udp_workers > 256 {
-            return Err(ConfigError::invalid("dns.udp_workers", "expected 0 (one per CPU) to 256"));
+            return Err(ConfigError::invalid(
+                "dns.udp_workers",
+                "expected 0 (one per CPU) to 256",
+            ));
         }
         if self.catalog.change_log == 0 {
-            return Err(ConfigError::invalid("catalog.change_log", "expected at least 1"));
+            return Err(ConfigError::invalid(
+                "catalog.change_log",
+                "expected at least 1",
+            ));
         }
         if self.http.max_wait.is_zero() || self.http.max_wait > Duration::from_secs(3600) {
-            return Err(ConfigError::invalid("http.max_wait", "expected between 1s and 1h"));
+            return Err(ConfigError::invalid(
+                "http.max_wait",
+                "expected between 1s and 1h",
+            ));
         }
         Ok(())
     }
@@ -238,9 +260,16 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("dns.domain"));
         let mut c = Config::default();
         c.dns.recursors = vec!["nope".into()];
-        assert!(c.validate().unwrap_err().to_string().contains("dns.recursors"));
-        let mut c = Config::default();
-        c.node_name = "no spaces".into();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("dns.recursors")
+        );
+        let mut c = Config {
+            node_name: "no spaces".into(),
+            ..Default::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("node_name"));
         assert_eq!(parse_recursor("10.0.0.2").expect("ok").port(), 53);
         assert_eq!(parse_recursor("[::1]:5353").expect("ok").port(), 5353);

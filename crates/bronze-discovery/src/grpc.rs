@@ -59,7 +59,11 @@ impl DiscoveryService {
             Ok(_) => 0,
             Err(s) => s.code() as u16,
         };
-        self.agent.metrics.api_requests.get_or_create(&ApiLabels { api, code }).inc();
+        self.agent
+            .metrics
+            .api_requests
+            .get_or_create(&ApiLabels { api, code })
+            .inc();
     }
 }
 
@@ -67,7 +71,10 @@ fn duration(field: &str, d: Option<prost_types::Duration>) -> Result<Option<Dura
     match d {
         None => Ok(None),
         Some(d) if d.seconds < 0 || d.nanos < 0 => Err(Error::invalid(field, "negative duration")),
-        Some(d) => Ok(Some(Duration::new(d.seconds as u64, d.nanos.min(999_999_999) as u32))),
+        Some(d) => Ok(Some(Duration::new(
+            d.seconds as u64,
+            d.nanos.min(999_999_999) as u32,
+        ))),
     }
 }
 
@@ -130,15 +137,24 @@ pub fn registration(agent: &Agent, req: pb::RegisterRequest) -> Result<Registrat
         port: i64::from(spec.port),
         tags: spec.tags,
         meta: spec.meta.into_iter().collect(),
-        weights: spec.weights.map(|w| (i64::from(w.passing), i64::from(w.warning))),
-        checks: spec.checks.into_iter().map(raw_check).collect::<Result<_, _>>()?,
+        weights: spec
+            .weights
+            .map(|w| (i64::from(w.passing), i64::from(w.warning))),
+        checks: spec
+            .checks
+            .into_iter()
+            .map(raw_check)
+            .collect::<Result<_, _>>()?,
     };
     let instance = raw.validate(&NAMES, &agent.node, &agent.node_address)?;
     let owner = (!req.owner.is_empty()).then_some(req.owner);
     if let Some(o) = &owner
         && (o.len() > 256 || o.chars().any(char::is_control))
     {
-        return Err(Error::invalid("owner", "expected at most 256 characters without control characters"));
+        return Err(Error::invalid(
+            "owner",
+            "expected at most 256 characters without control characters",
+        ));
     }
     Ok(Registration { instance, owner })
 }
@@ -151,7 +167,12 @@ pub fn instance_to_proto(i: &Instance) -> pb::Instance {
         address: i.address.clone(),
         port: u32::from(i.spec.port),
         tags: i.spec.tags.clone(),
-        meta: i.spec.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        meta: i
+            .spec
+            .meta
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         weights: Some(pb::Weights {
             passing: i.spec.weights.passing,
             warning: i.spec.weights.warning,
@@ -185,7 +206,10 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + S
 
 #[tonic::async_trait]
 impl pb::discovery_server::Discovery for DiscoveryService {
-    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
         let result = async {
             let reg = registration(&self.agent, request.into_inner())?;
             let r = self.agent.register(reg).await?;
@@ -214,7 +238,10 @@ impl pb::discovery_server::Discovery for DiscoveryService {
             } else {
                 req.node.to_ascii_lowercase()
             };
-            let removed = self.agent.deregister(&InstanceKey::new(&node, &req.id)).await?;
+            let removed = self
+                .agent
+                .deregister(&InstanceKey::new(&node, &req.id))
+                .await?;
             Ok::<_, Error>(Response::new(pb::DeregisterResponse {
                 index: removed.unwrap_or_else(|| self.agent.catalog.index()),
                 existed: removed.is_some(),
@@ -269,7 +296,8 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         let req = request.into_inner();
         let (index, services) = self.agent.catalog.services();
         let size = page_size(req.page_size);
-        let start = services.partition_point(|s| !req.page_token.is_empty() && s.name <= req.page_token);
+        let start =
+            services.partition_point(|s| !req.page_token.is_empty() && s.name <= req.page_token);
         let page: Vec<_> = services[start..].iter().take(size).collect();
         let next = if start + page.len() < services.len() {
             page.last().map(|s| s.name.clone()).unwrap_or_default()
@@ -305,7 +333,8 @@ impl pb::discovery_server::Discovery for DiscoveryService {
             .filter(|i| req.tag.is_empty() || i.has_tag(&req.tag))
             .collect();
         let size = page_size(req.page_size);
-        let start = filtered.partition_point(|i| !req.page_token.is_empty() && i.key.to_string() <= req.page_token);
+        let start = filtered
+            .partition_point(|i| !req.page_token.is_empty() && i.key.to_string() <= req.page_token);
         let page: Vec<_> = filtered[start..].iter().take(size).collect();
         let next = if start + page.len() < filtered.len() {
             page.last().map(|i| i.key.to_string()).unwrap_or_default()
@@ -323,9 +352,16 @@ impl pb::discovery_server::Discovery for DiscoveryService {
 
     type WatchStream = WatchStream;
 
-    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let req = request.into_inner();
-        let services: Vec<String> = req.services.iter().map(|s| s.to_ascii_lowercase()).collect();
+        let services: Vec<String> = req
+            .services
+            .iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
         let (tx, rx) = mpsc::channel(64);
         let agent = self.agent.clone();
         let shutdown = self.shutdown.clone();
@@ -335,7 +371,9 @@ impl pb::discovery_server::Discovery for DiscoveryService {
             agent.metrics.watch_streams.dec();
         });
         self.count::<()>("grpc_watch", &Ok(()));
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 
@@ -373,7 +411,8 @@ async fn send_snapshot(agent: &Agent, services: &[String], tx: &Tx) -> Option<u6
 async fn watch_loop(agent: &Agent, from: u64, services: &[String], tx: &Tx, shutdown: &Shutdown) {
     // Subscribe before reading, so no change falls between the two.
     let mut changed = agent.catalog.subscribe();
-    let resumable = from != 0 && matches!(agent.catalog.changes_since(from), ChangesSince::Changes(_));
+    let resumable =
+        from != 0 && matches!(agent.catalog.changes_since(from), ChangesSince::Changes(_));
     let mut last = if resumable {
         let event = pb::WatchEvent {
             index: from,

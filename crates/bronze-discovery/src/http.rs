@@ -29,8 +29,8 @@ use crate::catalog::{CheckState, Instance, Node};
 use crate::error::Error;
 use crate::metrics::ApiLabels;
 use crate::model::{
-    CheckKind, FieldNames, Health, InstanceKey, RawCheck, RawInstance, Registration, format_go_duration,
-    parse_go_duration,
+    CheckKind, FieldNames, Health, InstanceKey, RawCheck, RawInstance, Registration,
+    format_go_duration, parse_go_duration,
 };
 
 /// Version reported by `/v1/agent/self`: the Consul API level Bronze's subset
@@ -77,14 +77,29 @@ pub fn router(api: Api, metrics: Arc<Metrics>) -> Router {
         .route("/v1/status/leader", get(status_leader))
         .route("/v1/status/peers", get(status_peers))
         .route("/v1/agent/service/register", put(register).post(register))
-        .route("/v1/agent/service/deregister/{*id}", put(deregister).post(deregister))
+        .route(
+            "/v1/agent/service/deregister/{*id}",
+            put(deregister).post(deregister),
+        )
         .route("/v1/agent/services", get(agent_services))
         .route("/v1/agent/service/{*id}", get(agent_service))
         .route("/v1/agent/checks", get(agent_checks))
-        .route("/v1/agent/check/pass/{*id}", put(check_pass).post(check_pass))
-        .route("/v1/agent/check/warn/{*id}", put(check_warn).post(check_warn))
-        .route("/v1/agent/check/fail/{*id}", put(check_fail).post(check_fail))
-        .route("/v1/agent/check/update/{*id}", put(check_update).post(check_update))
+        .route(
+            "/v1/agent/check/pass/{*id}",
+            put(check_pass).post(check_pass),
+        )
+        .route(
+            "/v1/agent/check/warn/{*id}",
+            put(check_warn).post(check_warn),
+        )
+        .route(
+            "/v1/agent/check/fail/{*id}",
+            put(check_fail).post(check_fail),
+        )
+        .route(
+            "/v1/agent/check/update/{*id}",
+            put(check_update).post(check_update),
+        )
         .route("/v1/catalog/datacenters", get(catalog_datacenters))
         .route("/v1/catalog/services", get(catalog_services))
         .route("/v1/catalog/service/{name}", get(catalog_service))
@@ -116,7 +131,11 @@ async fn count_requests(State(api): State<Api>, req: Request, next: Next) -> Res
 async fn not_found(req: Request) -> Response {
     (
         StatusCode::NOT_FOUND,
-        format!("{} {} is not part of Bronze's Consul-compatible API\n", req.method(), req.uri().path()),
+        format!(
+            "{} {} is not part of Bronze's Consul-compatible API\n",
+            req.method(),
+            req.uri().path()
+        ),
     )
         .into_response()
 }
@@ -131,7 +150,10 @@ struct Params(Vec<(String, String)>);
 
 impl Params {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     fn has(&self, key: &str) -> bool {
@@ -141,7 +163,10 @@ impl Params {
     }
 
     fn all(&self, key: &str) -> impl Iterator<Item = &str> {
-        self.0.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -150,7 +175,21 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response {
     if !msg.ends_with('\n') {
         msg.push('\n');
     }
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], msg).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        msg,
+    )
+        .into_response()
+}
+
+/// A request refused before any work: status and plain-text reason.
+struct Reject(StatusCode, String);
+
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        text(self.0, self.1)
+    }
 }
 
 impl IntoResponse for Error {
@@ -164,7 +203,10 @@ fn consul_headers(index: u64) -> HeaderMap {
     h.insert("X-Consul-Index", HeaderValue::from(index.max(1)));
     h.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
     h.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h
 }
 
@@ -180,17 +222,20 @@ fn json_response(params: &Params, index: u64, body: &Value) -> Response {
 
 impl Api {
     /// Rejects what this single-datacenter server cannot answer.
-    fn check_params(&self, p: &Params) -> Result<(), Response> {
+    fn check_params(&self, p: &Params) -> Result<(), Reject> {
         if let Some(dc) = p.get("dc")
             && !dc.is_empty()
             && !dc.eq_ignore_ascii_case(&self.agent.datacenter)
         {
-            return Err(text(StatusCode::INTERNAL_SERVER_ERROR, format!("No path to datacenter {dc:?}")));
+            return Err(Reject(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("No path to datacenter {dc:?}"),
+            ));
         }
         if p.get("filter").is_some_and(|f| !f.is_empty()) {
-            return Err(text(
+            return Err(Reject(
                 StatusCode::BAD_REQUEST,
-                "filter: filter expressions are not supported by Bronze; use tag, passing or node-meta",
+                "filter: filter expressions are not supported by Bronze; use tag, passing or node-meta".into(),
             ));
         }
         Ok(())
@@ -198,18 +243,26 @@ impl Api {
 
     /// A blocking query: with `index`, waits (at most `wait`, default 5m)
     /// until `current()` moves away from it. Returns the index to report.
-    async fn block(&self, p: &Params, current: impl Fn() -> u64) -> Result<u64, Response> {
+    async fn block(&self, p: &Params, current: impl Fn() -> u64) -> Result<u64, Reject> {
         let wanted = match p.get("index") {
             None | Some("") => return Ok(current()),
             Some(s) => s.parse::<u64>().map_err(|_| {
-                text(StatusCode::BAD_REQUEST, format!("index: {s:?} is not a number"))
+                Reject(
+                    StatusCode::BAD_REQUEST,
+                    format!("index: {s:?} is not a number"),
+                )
             })?,
         };
         let wait = match p.get("wait") {
             None | Some("") => Duration::from_secs(300),
             Some(s) => parse_go_duration(s)
                 .or_else(|_| s.parse::<u64>().map(Duration::from_secs).map_err(|_| ()))
-                .map_err(|_| text(StatusCode::BAD_REQUEST, format!("wait: {s:?} is not a duration; expected e.g. \"30s\"")))?,
+                .map_err(|_| {
+                    Reject(
+                        StatusCode::BAD_REQUEST,
+                        format!("wait: {s:?} is not a duration; expected e.g. \"30s\""),
+                    )
+                })?,
         };
         let wait = wait.min(self.max_wait);
         // Consul adds up to wait/16 of jitter so that many clients spread out.
@@ -244,7 +297,14 @@ fn node_id(name: &str) -> String {
         h = h.wrapping_mul(0x0000000001000000000000000000013B);
     }
     let x = format!("{h:032x}");
-    format!("{}-{}-{}-{}-{}", &x[0..8], &x[8..12], &x[12..16], &x[16..20], &x[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[0..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..32]
+    )
 }
 
 fn node_json(agent: &Agent, n: &Node) -> Value {
@@ -265,7 +325,11 @@ fn weights_json(i: &Instance) -> Value {
 }
 
 fn meta_json(m: &BTreeMap<String, String>) -> Value {
-    Value::Object(m.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
+    Value::Object(
+        m.iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+    )
 }
 
 /// The agent's and the health endpoint's view of a service instance.
@@ -401,19 +465,32 @@ async fn agent_self(State(api): State<Api>, Query(q): Query<Vec<(String, String)
 
 async fn status_leader(State(api): State<Api>) -> Response {
     let leader = format!("{}:8300", api.agent.node_address);
-    json_response(&Params(Vec::new()), api.agent.catalog.index(), &json!(leader))
+    json_response(
+        &Params(Vec::new()),
+        api.agent.catalog.index(),
+        &json!(leader),
+    )
 }
 
 async fn status_peers(State(api): State<Api>) -> Response {
     let leader = format!("{}:8300", api.agent.node_address);
-    json_response(&Params(Vec::new()), api.agent.catalog.index(), &json!([leader]))
+    json_response(
+        &Params(Vec::new()),
+        api.agent.catalog.index(),
+        &json!([leader]),
+    )
 }
 
 /// Looks up `key` in a JSON object the way Consul's decoder does: ignoring
 /// case and underscores (`DeregisterCriticalServiceAfter`,
 /// `deregister_critical_service_after`).
 fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    let norm = |s: &str| -> String { s.chars().filter(|c| *c != '_').map(|c| c.to_ascii_lowercase()).collect() };
+    let norm = |s: &str| -> String {
+        s.chars()
+            .filter(|c| *c != '_')
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
     let want = norm(name);
     obj.iter()
         .find(|(k, v)| norm(k) == want && !v.is_null())
@@ -466,7 +543,9 @@ fn opt_duration(obj: &Map<String, Value>, name: &str) -> Result<Option<Duration>
     match field(obj, name) {
         None => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => parse_go_duration(s).map(Some).map_err(|e| Error::invalid(name, e)),
+        Some(Value::String(s)) => parse_go_duration(s)
+            .map(Some)
+            .map_err(|e| Error::invalid(name, e)),
         Some(Value::Number(n)) => n
             .as_u64()
             .map(|ns| Some(Duration::from_nanos(ns)))
@@ -536,7 +615,13 @@ fn raw_check(v: &Value) -> Result<RawCheck, Error> {
                         for x in vals {
                             match x {
                                 Value::String(s) => out.push((k.clone(), s.clone())),
-                                x => return Err(expected(&format!("Header.{k}"), "an array of strings", x)),
+                                x => {
+                                    return Err(expected(
+                                        &format!("Header.{k}"),
+                                        "an array of strings",
+                                        x,
+                                    ));
+                                }
                             }
                         }
                     }
@@ -584,7 +669,10 @@ pub fn parse_registration(agent: &Agent, body: &[u8]) -> Result<Registration, Er
     if let Some(kind) = opt_string(o, "Kind")?
         && !kind.is_empty()
     {
-        return Err(Error::invalid("Kind", format!("{kind:?}: only typical services are supported")));
+        return Err(Error::invalid(
+            "Kind",
+            format!("{kind:?}: only typical services are supported"),
+        ));
     }
     let weights = match field(o, "Weights") {
         None => None,
@@ -627,7 +715,10 @@ pub fn parse_registration(agent: &Agent, body: &[u8]) -> Result<Registration, Er
 
 async fn register(State(api): State<Api>, body: Bytes) -> Response {
     if body.len() > MAX_BODY {
-        return text(StatusCode::PAYLOAD_TOO_LARGE, format!("body: larger than {MAX_BODY} bytes"));
+        return text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body: larger than {MAX_BODY} bytes"),
+        );
     }
     let reg = match parse_registration(&api.agent, &body) {
         Ok(r) => r,
@@ -648,10 +739,13 @@ async fn deregister(State(api): State<Api>, Path(id): Path<String>) -> Response 
     }
 }
 
-async fn agent_services(State(api): State<Api>, Query(q): Query<Vec<(String, String)>>) -> Response {
+async fn agent_services(
+    State(api): State<Api>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
     let p = Params(q);
     if let Err(r) = api.check_params(&p) {
-        return r;
+        return r.into_response();
     }
     let body: Map<String, Value> = api
         .agent
@@ -669,7 +763,11 @@ async fn agent_service(
     Query(q): Query<Vec<(String, String)>>,
 ) -> Response {
     let p = Params(q);
-    match api.agent.catalog.instance(&InstanceKey::new(&api.agent.node, &id)) {
+    match api
+        .agent
+        .catalog
+        .instance(&InstanceKey::new(&api.agent.node, &id))
+    {
         Some(i) => json_response(&p, i.modify_index, &service_json(&api.agent, &i, false)),
         None => text(StatusCode::NOT_FOUND, format!("unknown service ID: {id}")),
     }
@@ -696,16 +794,43 @@ fn set_check(api: &Api, id: &str, status: Health, output: &str) -> Response {
     }
 }
 
-async fn check_pass(State(api): State<Api>, Path(id): Path<String>, Query(q): Query<Vec<(String, String)>>) -> Response {
-    set_check(&api, &id, Health::Passing, Params(q).get("note").unwrap_or_default())
+async fn check_pass(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    set_check(
+        &api,
+        &id,
+        Health::Passing,
+        Params(q).get("note").unwrap_or_default(),
+    )
 }
 
-async fn check_warn(State(api): State<Api>, Path(id): Path<String>, Query(q): Query<Vec<(String, String)>>) -> Response {
-    set_check(&api, &id, Health::Warning, Params(q).get("note").unwrap_or_default())
+async fn check_warn(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    set_check(
+        &api,
+        &id,
+        Health::Warning,
+        Params(q).get("note").unwrap_or_default(),
+    )
 }
 
-async fn check_fail(State(api): State<Api>, Path(id): Path<String>, Query(q): Query<Vec<(String, String)>>) -> Response {
-    set_check(&api, &id, Health::Critical, Params(q).get("note").unwrap_or_default())
+async fn check_fail(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    set_check(
+        &api,
+        &id,
+        Health::Critical,
+        Params(q).get("note").unwrap_or_default(),
+    )
 }
 
 async fn check_update(State(api): State<Api>, Path(id): Path<String>, body: Bytes) -> Response {
@@ -725,22 +850,32 @@ async fn check_update(State(api): State<Api>, Path(id): Path<String>, body: Byte
 }
 
 async fn catalog_datacenters(State(api): State<Api>) -> Response {
-    json_response(&Params(Vec::new()), api.agent.catalog.index(), &json!([api.agent.datacenter]))
+    json_response(
+        &Params(Vec::new()),
+        api.agent.catalog.index(),
+        &json!([api.agent.datacenter]),
+    )
 }
 
-async fn catalog_services(State(api): State<Api>, Query(q): Query<Vec<(String, String)>>) -> Response {
+async fn catalog_services(
+    State(api): State<Api>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
     let p = Params(q);
     if let Err(r) = api.check_params(&p) {
-        return r;
+        return r.into_response();
     }
     let catalog = api.agent.catalog.clone();
     let index = match api.block(&p, || catalog.services_index()).await {
         Ok(i) => i,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let (_, services) = api.agent.catalog.services();
     let body: Map<String, Value> = if node_meta_matches(&p) {
-        services.into_iter().map(|s| (s.name, json!(s.tags))).collect()
+        services
+            .into_iter()
+            .map(|s| (s.name, json!(s.tags)))
+            .collect()
     } else {
         Map::new()
     };
@@ -754,13 +889,13 @@ async fn catalog_service(
 ) -> Response {
     let p = Params(q);
     if let Err(r) = api.check_params(&p) {
-        return r;
+        return r.into_response();
     }
     let name = name.to_ascii_lowercase();
     let catalog = api.agent.catalog.clone();
     let index = match api.block(&p, || catalog.service_index(&name)).await {
         Ok(i) => i,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let (_, instances) = api.agent.catalog.service(&name);
     let body: Vec<Value> = tagged(&p, &instances)
@@ -773,12 +908,12 @@ async fn catalog_service(
 async fn catalog_nodes(State(api): State<Api>, Query(q): Query<Vec<(String, String)>>) -> Response {
     let p = Params(q);
     if let Err(r) = api.check_params(&p) {
-        return r;
+        return r.into_response();
     }
     let catalog = api.agent.catalog.clone();
     let index = match api.block(&p, || catalog.nodes_index()).await {
         Ok(i) => i,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let (_, nodes) = api.agent.catalog.nodes();
     let body: Vec<Value> = nodes
@@ -796,7 +931,7 @@ async fn catalog_node(
 ) -> Response {
     let p = Params(q);
     if let Err(r) = api.check_params(&p) {
-        return r;
+        return r.into_response();
     }
     let node = node.to_ascii_lowercase();
     let index = api.agent.catalog.index();
@@ -810,7 +945,11 @@ async fn catalog_node(
         .iter()
         .map(|i| (i.spec.id.clone(), service_json(&api.agent, i, true)))
         .collect();
-    json_response(&p, index, &json!({"Node": node_json(&api.agent, &n), "Services": services}))
+    json_response(
+        &p,
+        index,
+        &json!({"Node": node_json(&api.agent, &n), "Services": services}),
+    )
 }
 
 async fn health_service(
@@ -820,13 +959,13 @@ async fn health_service(
 ) -> Response {
     let p = Params(q);
     if let Err(r) = api.check_params(&p) {
-        return r;
+        return r.into_response();
     }
     let name = name.to_ascii_lowercase();
     let catalog = api.agent.catalog.clone();
     let index = match api.block(&p, || catalog.service_index(&name)).await {
         Ok(i) => i,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let (_, instances) = api.agent.catalog.service(&name);
     let passing_only = p.has("passing");
@@ -834,14 +973,18 @@ async fn health_service(
         .into_iter()
         .filter(|i| !passing_only || i.health == Health::Passing)
         .map(|i| {
-            let node = api.agent.catalog.node(&i.spec.node).unwrap_or_else(|| Node {
-                name: i.spec.node.clone(),
-                address: i.spec.node_address.clone(),
-                create_index: i.create_index,
-                modify_index: i.modify_index,
-                local: false,
-                instances: 0,
-            });
+            let node = api
+                .agent
+                .catalog
+                .node(&i.spec.node)
+                .unwrap_or_else(|| Node {
+                    name: i.spec.node.clone(),
+                    address: i.spec.node_address.clone(),
+                    create_index: i.create_index,
+                    modify_index: i.modify_index,
+                    local: false,
+                    instances: 0,
+                });
             json!({
                 "Node": node_json(&api.agent, &node),
                 "Service": service_json(&api.agent, i, true),
@@ -859,13 +1002,13 @@ async fn health_checks(
 ) -> Response {
     let p = Params(q);
     if let Err(r) = api.check_params(&p) {
-        return r;
+        return r.into_response();
     }
     let name = name.to_ascii_lowercase();
     let catalog = api.agent.catalog.clone();
     let index = match api.block(&p, || catalog.service_index(&name)).await {
         Ok(i) => i,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let (_, instances) = api.agent.catalog.service(&name);
     let body: Vec<Value> = instances
@@ -890,8 +1033,12 @@ mod tests {
 
     #[test]
     fn fields_match_like_consul() {
-        let v: Value = serde_json::from_str(r#"{"deregister_critical_service_after":"1m","port":5}"#).expect("json");
-        let Value::Object(o) = v else { panic!("object") };
+        let v: Value =
+            serde_json::from_str(r#"{"deregister_critical_service_after":"1m","port":5}"#)
+                .expect("json");
+        let Value::Object(o) = v else {
+            panic!("object")
+        };
         assert!(field(&o, "DeregisterCriticalServiceAfter").is_some());
         assert_eq!(opt_int(&o, "Port").expect("int"), Some(5));
         assert!(opt_string(&o, "Port").is_err());

@@ -88,12 +88,15 @@ impl Server {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let dns = DnsListeners::bind(config.dns.addr, workers).map_err(bind("DNS", config.dns.addr))?;
+        let dns =
+            DnsListeners::bind(config.dns.addr, workers).map_err(bind("DNS", config.dns.addr))?;
 
         let store: Arc<dyn Store> = if config.data_dir.is_empty() {
             Arc::new(RedbStore::in_memory()?)
         } else {
-            Arc::new(RedbStore::open(&Path::new(&config.data_dir).join("catalog.redb"))?)
+            Arc::new(RedbStore::open(
+                &Path::new(&config.data_dir).join("catalog.redb"),
+            )?)
         };
         let mut metrics = Metrics::new("discovery");
         let dm = Arc::new(DiscoveryMetrics::register(&mut metrics));
@@ -196,7 +199,8 @@ impl Server {
         };
         let grpc_task = {
             let shutdown = shutdown.clone();
-            let svc = DiscoveryServer::new(grpc::DiscoveryService::new(agent.clone(), shutdown.clone()));
+            let svc =
+                DiscoveryServer::new(grpc::DiscoveryService::new(agent.clone(), shutdown.clone()));
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
             tokio::spawn(async move {
                 tonic::transport::Server::builder()
@@ -205,7 +209,8 @@ impl Server {
                     .await
             })
         };
-        let dns_task = tokio::spawn(dns.serve(resolver, recursors, agent.metrics.clone(), shutdown.clone()));
+        let dns_task =
+            tokio::spawn(dns.serve(resolver, recursors, agent.metrics.clone(), shutdown.clone()));
 
         tracing::info!(
             node = %agent.node,

@@ -15,7 +15,10 @@ fn main() {
         }
     };
     bronze_telemetry::init_logging(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("bronze-discovery: cannot start the runtime: {e}");

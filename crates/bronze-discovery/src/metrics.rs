@@ -52,14 +52,46 @@ impl DiscoveryMetrics {
         };
         let r = m.registry();
         r.register("catalog_index", "Current catalog index", this.index.clone());
-        r.register("instances", "Registered service instances", this.instances.clone());
-        r.register("registrations", "Instance registrations that changed the catalog", this.registrations.clone());
-        r.register("deregistrations", "Instances removed", this.deregistrations.clone());
-        r.register("check_results", "Check results by status", this.check_results.clone());
-        r.register("dns_queries", "DNS queries answered, by transport and rcode", this.dns_queries.clone());
-        r.register("dns_forwarded", "DNS queries forwarded to recursors", this.dns_forwarded.clone());
-        r.register("api_requests", "Consul HTTP API and gRPC requests, by API and status", this.api_requests.clone());
-        r.register("watch_streams", "Open gRPC watch streams", this.watch_streams.clone());
+        r.register(
+            "instances",
+            "Registered service instances",
+            this.instances.clone(),
+        );
+        r.register(
+            "registrations",
+            "Instance registrations that changed the catalog",
+            this.registrations.clone(),
+        );
+        r.register(
+            "deregistrations",
+            "Instances removed",
+            this.deregistrations.clone(),
+        );
+        r.register(
+            "check_results",
+            "Check results by status",
+            this.check_results.clone(),
+        );
+        r.register(
+            "dns_queries",
+            "DNS queries answered, by transport and rcode",
+            this.dns_queries.clone(),
+        );
+        r.register(
+            "dns_forwarded",
+            "DNS queries forwarded to recursors",
+            this.dns_forwarded.clone(),
+        );
+        r.register(
+            "api_requests",
+            "Consul HTTP API and gRPC requests, by API and status",
+            this.api_requests.clone(),
+        );
+        r.register(
+            "watch_streams",
+            "Open gRPC watch streams",
+            this.watch_streams.clone(),
+        );
         this
     }
 }

@@ -265,7 +265,9 @@ pub fn validate_label(field: &str, what: &str, s: &str) -> Result<(), Error> {
     if let Some(bad) = s.chars().find(|c| !c.is_ascii() || !ok_char(&(*c as u8))) {
         return Err(Error::invalid(
             field,
-            format!("{what} {s:?} has {bad:?}; expected letters, digits, '-' and '_' (a DNS label)"),
+            format!(
+                "{what} {s:?} has {bad:?}; expected letters, digits, '-' and '_' (a DNS label)"
+            ),
         ));
     }
     if !bytes[0].is_ascii_alphanumeric() || !bytes[bytes.len() - 1].is_ascii_alphanumeric() {
@@ -281,7 +283,10 @@ pub fn validate_label(field: &str, what: &str, s: &str) -> Result<(), Error> {
 /// ones are reachable as `<node>.node.<domain>`.
 fn validate_node(field: &str, s: &str) -> Result<(), Error> {
     if s.len() > 253 {
-        return Err(Error::invalid(field, "node name is longer than 253 characters"));
+        return Err(Error::invalid(
+            field,
+            "node name is longer than 253 characters",
+        ));
     }
     for label in s.split('.') {
         validate_label(field, "node name label", label)?;
@@ -355,7 +360,10 @@ impl RawInstance {
         }
         validate_label(names.service, "service name", &service)?;
 
-        let id = self.id.filter(|s| !s.is_empty()).unwrap_or_else(|| service.clone());
+        let id = self
+            .id
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| service.clone());
         validate_id(names.id, &id)?;
 
         let (node, node_address) = match self.node.filter(|s| !s.is_empty()) {
@@ -404,7 +412,9 @@ impl RawInstance {
             if tag.is_empty() || tag.len() > MAX_TAG_LEN || tag.chars().any(|c| c.is_control()) {
                 return Err(Error::invalid(
                     names.tags,
-                    format!("tag {tag:?} must be 1-{MAX_TAG_LEN} characters without control characters"),
+                    format!(
+                        "tag {tag:?} must be 1-{MAX_TAG_LEN} characters without control characters"
+                    ),
                 ));
             }
             if !tags.contains(&tag) {
@@ -422,8 +432,7 @@ impl RawInstance {
         for (k, v) in self.meta {
             let key_ok = !k.is_empty()
                 && k.len() <= MAX_META_KEY
-                && k
-                    .bytes()
+                && k.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
             if !key_ok {
                 return Err(Error::invalid(
@@ -436,7 +445,10 @@ impl RawInstance {
             if v.len() > MAX_META_VALUE {
                 return Err(Error::invalid(
                     names.meta,
-                    format!("value of {k:?} is {} bytes; at most {MAX_META_VALUE}", v.len()),
+                    format!(
+                        "value of {k:?} is {} bytes; at most {MAX_META_VALUE}",
+                        v.len()
+                    ),
                 ));
             }
             meta.insert(k, v);
@@ -446,16 +458,25 @@ impl RawInstance {
             None => Weights::default(),
             Some((passing, warning)) => {
                 let check = |v: i64| {
-                    u32::try_from(v).ok().filter(|v| *v <= 65535).ok_or_else(|| {
-                        Error::invalid(names.weights, format!("{v} is not a weight; expected 0-65535"))
-                    })
+                    u32::try_from(v)
+                        .ok()
+                        .filter(|v| *v <= 65535)
+                        .ok_or_else(|| {
+                            Error::invalid(
+                                names.weights,
+                                format!("{v} is not a weight; expected 0-65535"),
+                            )
+                        })
                 };
                 let w = Weights {
                     passing: check(passing)?,
                     warning: check(warning)?,
                 };
                 if w.passing == 0 {
-                    return Err(Error::invalid(names.weights, "passing weight must be at least 1"));
+                    return Err(Error::invalid(
+                        names.weights,
+                        "passing weight must be at least 1",
+                    ));
                 }
                 w
             }
@@ -501,7 +522,12 @@ impl RawInstance {
 }
 
 impl RawCheck {
-    fn validate(self, names: &FieldNames, default_id: String, service: &str) -> Result<CheckSpec, Error> {
+    fn validate(
+        self,
+        names: &FieldNames,
+        default_id: String,
+        service: &str,
+    ) -> Result<CheckSpec, Error> {
         if let Some(kind) = self.unsupported {
             return Err(Error::invalid(
                 names.checks,
@@ -546,16 +572,25 @@ impl RawCheck {
                     format!("{url:?}: expected an http:// or https:// URL with a host"),
                 ));
             }
-            let method = self.method.filter(|m| !m.is_empty()).unwrap_or_else(|| "GET".into());
+            let method = self
+                .method
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| "GET".into());
             http::Method::from_bytes(method.as_bytes()).map_err(|_| {
-                Error::invalid(names.check_method, format!("{method:?} is not an HTTP method"))
+                Error::invalid(
+                    names.check_method,
+                    format!("{method:?} is not an HTTP method"),
+                )
             })?;
             for (k, v) in &self.headers {
                 http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
                     Error::invalid(names.check_header, format!("{k:?} is not a header name"))
                 })?;
                 http::HeaderValue::from_str(v).map_err(|_| {
-                    Error::invalid(names.check_header, format!("value of {k:?} is not a valid header value"))
+                    Error::invalid(
+                        names.check_header,
+                        format!("value of {k:?} is not a valid header value"),
+                    )
                 })?;
             }
             CheckKind::Http {
@@ -591,7 +626,11 @@ impl RawCheck {
         };
         let timeout = timeout
             .unwrap_or(DEFAULT_CHECK_TIMEOUT)
-            .min(if interval.is_zero() { DEFAULT_CHECK_TIMEOUT } else { interval });
+            .min(if interval.is_zero() {
+                DEFAULT_CHECK_TIMEOUT
+            } else {
+                interval
+            });
         Ok(CheckSpec {
             name: self
                 .name
@@ -660,7 +699,7 @@ pub fn format_go_duration(d: Duration) -> String {
         return "0s".into();
     }
     let ms = d.as_millis();
-    if ms < 1000 && d.subsec_nanos() % 1_000_000 == 0 {
+    if ms < 1000 && d.subsec_nanos().is_multiple_of(1_000_000) {
         return format!("{ms}ms");
     }
     let secs = d.as_secs();
@@ -705,7 +744,9 @@ mod opt_duration_ms {
         }
     }
 
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         let ms: Option<u64> = serde::Deserialize::deserialize(d)?;
         Ok(ms.map(Duration::from_millis))
     }

@@ -44,10 +44,12 @@ pub fn load<T: DeserializeOwned>(
             path: path.display().to_string(),
             source,
         })?;
-        merged = text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
-            path: path.display().to_string(),
-            message: e.to_string().trim_end().to_string(),
-        })?;
+        merged = text
+            .parse::<toml::Table>()
+            .map_err(|e| ConfigError::Syntax {
+                path: path.display().to_string(),
+                message: e.to_string().trim_end().to_string(),
+            })?;
     }
     let over = toml::Table::try_from(overrides).map_err(|e| ConfigError::Syntax {
         path: "<flags and environment>".into(),
@@ -63,7 +65,11 @@ pub fn from_table<T: DeserializeOwned>(table: toml::Table) -> Result<T, ConfigEr
         let key = e.path().to_string();
         let message = e.into_inner().to_string();
         ConfigError::Invalid {
-            key: if key == "." { "(top level)".into() } else { key },
+            key: if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            },
             message: message.trim_end().to_string(),
         }
     })
@@ -121,7 +127,13 @@ mod tests {
     #[test]
     fn layers_override_in_order() {
         let f = file("name = \"from-file\"\n[dns]\nport = 53\n");
-        let cfg: Cfg = load(Some(f.path()), &Flags { name: Some("from-flag".into()) }).expect("load");
+        let cfg: Cfg = load(
+            Some(f.path()),
+            &Flags {
+                name: Some("from-flag".into()),
+            },
+        )
+        .expect("load");
         assert_eq!(cfg.name, "from-flag");
         assert_eq!(cfg.dns.port, 53);
         assert_eq!(cfg.dns.domain, "bronze.");
@@ -130,13 +142,19 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let f = file("[dns]\nport = \"lots\"\n");
-        let err = load::<Cfg>(Some(f.path()), &Flags::default()).unwrap_err().to_string();
+        let err = load::<Cfg>(Some(f.path()), &Flags::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("dns.port"), "{err}");
         let f = file("[dns]\nprot = 1\n");
-        let err = load::<Cfg>(Some(f.path()), &Flags::default()).unwrap_err().to_string();
+        let err = load::<Cfg>(Some(f.path()), &Flags::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("prot"), "{err}");
         let f = file("[dns\n");
-        let err = load::<Cfg>(Some(f.path()), &Flags::default()).unwrap_err().to_string();
+        let err = load::<Cfg>(Some(f.path()), &Flags::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("config file"), "{err}");
     }
 }

@@ -76,3 +76,9 @@ async fn wait_for_signal() -> &'static str {
     let _ = tokio::signal::ctrl_c().await;
     "ctrl-c"
 }
+
+/// Makes ring the process' rustls crypto provider (once; later calls are
+/// no-ops). Every TLS client and server in Bronze relies on it.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

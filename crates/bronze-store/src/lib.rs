@@ -133,7 +133,10 @@ mod tests {
             assert!(!s.delete("regs", "b").expect("delete"));
         }
         let s = RedbStore::open(&path).expect("reopen");
-        assert_eq!(s.list("regs").expect("list"), vec![("a".to_string(), b"1".to_vec())]);
+        assert_eq!(
+            s.list("regs").expect("list"),
+            vec![("a".to_string(), b"1".to_vec())]
+        );
         assert_eq!(s.get("regs", "a").expect("get"), Some(b"1".to_vec()));
     }
 

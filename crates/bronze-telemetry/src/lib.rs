@@ -36,7 +36,9 @@ impl std::str::FromStr for LogFormat {
         match s {
             "plain" => Ok(Self::Plain),
             "json" => Ok(Self::Json),
-            other => Err(format!("log format {other:?}: expected \"plain\" or \"json\"")),
+            other => Err(format!(
+                "log format {other:?}: expected \"plain\" or \"json\""
+            )),
         }
     }
 }
@@ -155,7 +157,8 @@ mod tests {
     fn renders_prefixed_metrics_and_process_stats() {
         let mut m = Metrics::new("demo");
         let c: Counter = Counter::default();
-        m.registry().register("requests", "Requests served", c.clone());
+        m.registry()
+            .register("requests", "Requests served", c.clone());
         c.inc_by(3);
         let text = m.render();
         assert!(text.contains("bronze_demo_requests_total 3"), "{text}");

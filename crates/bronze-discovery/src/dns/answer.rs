@@ -22,8 +22,8 @@ use crate::catalog::{Catalog, Instance};
 use crate::model::Health;
 
 use super::wire::{
-    self, HEADER_LEN, NameRef, OPT_LEN, ParseError, Query, Rcode, Section, TYPE_A, TYPE_AAAA, TYPE_ANY,
-    TYPE_AXFR, TYPE_IXFR, TYPE_NS, TYPE_SOA, TYPE_SRV, Writer,
+    self, HEADER_LEN, NameRef, OPT_LEN, ParseError, Query, Rcode, Section, TYPE_A, TYPE_AAAA,
+    TYPE_ANY, TYPE_AXFR, TYPE_IXFR, TYPE_NS, TYPE_SOA, TYPE_SRV, Writer,
 };
 
 /// Everything the answering side needs to know, fixed at start-up.
@@ -97,7 +97,10 @@ impl Resolver {
         let query = match wire::parse(packet) {
             Ok(q) => q,
             Err(ParseError::Drop) => return Outcome::Drop,
-            Err(ParseError::Reply { rcode, question_end }) => {
+            Err(ParseError::Reply {
+                rcode,
+                question_end,
+            }) => {
                 // Echo the header bits a client matches on; the question
                 // only when it could be read.
                 let id = u16::from_be_bytes([packet[0], packet[1]]);
@@ -170,7 +173,9 @@ impl Resolver {
         let label = |i: usize| q.name.label(i);
         let rcode = match rel {
             0 => self.apex(q, w, apex),
-            1 if label(0) == b"ns" => self.addresses(q, w, self.ns_address.into_iter().collect(), self.node_ttl),
+            1 if label(0) == b"ns" => {
+                self.addresses(q, w, self.ns_address.into_iter().collect(), self.node_ttl)
+            }
             1 if matches!(label(0), b"service" | b"node" | b"addr") => Rcode::NoError,
             2 if label(1) == b"service" => self.service(q, w, label(0), None),
             3 if label(2) == b"service" => {
@@ -228,7 +233,12 @@ impl Resolver {
         }
         if matches!(q.qtype, TYPE_NS | TYPE_ANY) {
             w.section(Section::Answer);
-            let at = w.name_record(NameRef::Ptr(apex), TYPE_NS, self.node_ttl, NameRef::Labels(&[b"ns"], Some(apex)));
+            let at = w.name_record(
+                NameRef::Ptr(apex),
+                TYPE_NS,
+                self.node_ttl,
+                NameRef::Labels(&[b"ns"], Some(apex)),
+            );
             if let (Some(at), Some(ip)) = (at, self.ns_address) {
                 w.section(Section::Additional);
                 self.address_record(w, NameRef::Ptr(at as u16), self.node_ttl, ip);
@@ -237,7 +247,13 @@ impl Resolver {
         Rcode::NoError
     }
 
-    fn address_record(&self, w: &mut Writer<'_>, owner: NameRef<'_>, ttl: u32, ip: IpAddr) -> Option<usize> {
+    fn address_record(
+        &self,
+        w: &mut Writer<'_>,
+        owner: NameRef<'_>,
+        ttl: u32,
+        ip: IpAddr,
+    ) -> Option<usize> {
         match ip {
             IpAddr::V4(v4) => w.a(owner, ttl, v4),
             IpAddr::V6(v6) => w.aaaa(owner, ttl, v6),
@@ -306,7 +322,12 @@ impl Resolver {
                         }
                         seen.push(ip);
                         if self
-                            .address_record(w, NameRef::Ptr(HEADER_LEN as u16), self.service_ttl, ip)
+                            .address_record(
+                                w,
+                                NameRef::Ptr(HEADER_LEN as u16),
+                                self.service_ttl,
+                                ip,
+                            )
                             .is_none()
                         {
                             break;
@@ -338,7 +359,12 @@ impl Resolver {
                     count = 2 + self.domain.len();
                 }
                 None => {
-                    host_labels = i.address.trim_end_matches('.').split('.').map(str::as_bytes).collect();
+                    host_labels = i
+                        .address
+                        .trim_end_matches('.')
+                        .split('.')
+                        .map(str::as_bytes)
+                        .collect();
                     count = host_labels.len().min(labels.len());
                     labels[..count].copy_from_slice(&host_labels[..count]);
                 }
@@ -374,16 +400,29 @@ impl Resolver {
 pub fn domain_labels(domain: &str) -> Result<Vec<Vec<u8>>, String> {
     let d = domain.trim_end_matches('.');
     if d.is_empty() {
-        return Err(format!("{domain:?}: expected a domain such as \"bronze.\" or \"consul.\""));
+        return Err(format!(
+            "{domain:?}: expected a domain such as \"bronze.\" or \"consul.\""
+        ));
     }
-    let labels: Vec<Vec<u8>> = d.split('.').map(|l| l.to_ascii_lowercase().into_bytes()).collect();
+    let labels: Vec<Vec<u8>> = d
+        .split('.')
+        .map(|l| l.to_ascii_lowercase().into_bytes())
+        .collect();
     if labels.len() > MAX_DOMAIN_LABELS {
-        return Err(format!("{domain:?} has more than {MAX_DOMAIN_LABELS} labels"));
+        return Err(format!(
+            "{domain:?} has more than {MAX_DOMAIN_LABELS} labels"
+        ));
     }
     for l in &labels {
-        let ok = !l.is_empty() && l.len() <= 63 && l.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_');
+        let ok = !l.is_empty()
+            && l.len() <= 63
+            && l.iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_');
         if !ok {
-            return Err(format!("{domain:?}: label {:?} is not a DNS label", String::from_utf8_lossy(l)));
+            return Err(format!(
+                "{domain:?}: label {:?} is not a DNS label",
+                String::from_utf8_lossy(l)
+            ));
         }
     }
     Ok(labels)
@@ -392,6 +431,146 @@ pub fn domain_labels(domain: &str) -> Result<Vec<Vec<u8>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{InstanceSpec, Registration, Weights};
+    use hickory_proto::op::Message;
+    use proptest::prelude::*;
+
+    /// A resolver over a catalog with a few services, for the fuzz tests.
+    fn resolver() -> Resolver {
+        let catalog = Arc::new(Catalog::new(1, "n1", "10.0.0.1", 64));
+        for (i, (svc, addr)) in [
+            ("web", "10.0.0.5"),
+            ("web", "fd00::5"),
+            ("api", "api.example.com"),
+            ("db", ""),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let reg = Registration {
+                instance: InstanceSpec {
+                    id: format!("i{i}"),
+                    service: svc.into(),
+                    node: "n1".into(),
+                    node_address: "10.0.0.1".into(),
+                    address: addr.into(),
+                    port: 8000 + i as u16,
+                    tags: vec!["v1".into()],
+                    meta: Default::default(),
+                    weights: Weights::default(),
+                    checks: Vec::new(),
+                },
+                owner: None,
+            };
+            catalog.register(reg, false).expect("register");
+        }
+        Resolver {
+            catalog,
+            domain: domain_labels("bronze.").expect("domain"),
+            datacenter: b"dc1".to_vec(),
+            service_ttl: 0,
+            node_ttl: 0,
+            negative_ttl: 0,
+            only_passing: false,
+            recursion: false,
+            udp_max_payload: 1232,
+            ns_address: Some(IpAddr::from([127, 0, 0, 1])),
+        }
+    }
+
+    fn query(name: &str, qtype: u16, edns: bool) -> Vec<u8> {
+        let mut p = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(edns)];
+        for label in name.split('.').filter(|l| !l.is_empty()) {
+            p.push(label.len() as u8);
+            p.extend_from_slice(label.as_bytes());
+        }
+        p.push(0);
+        p.extend_from_slice(&qtype.to_be_bytes());
+        p.extend_from_slice(&1u16.to_be_bytes());
+        if edns {
+            p.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+        }
+        p
+    }
+
+    /// Whatever comes in: no panic, and any answer is a well-formed DNS
+    /// message (as hickory parses it) for the same ID, within the UDP limit.
+    fn check(r: &Resolver, packet: &[u8]) {
+        let mut out = Vec::new();
+        for tcp in [false, true] {
+            if let Outcome::Answer(_) = r.respond(packet, tcp, &mut out) {
+                let msg = Message::from_vec(&out).expect("our answer parses");
+                assert_eq!(msg.metadata.id, u16::from_be_bytes([packet[0], packet[1]]));
+                if !tcp {
+                    assert!(out.len() <= 1232, "udp answer of {} bytes", out.len());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn answers_parse_for_every_name_form() {
+        let r = resolver();
+        for name in [
+            "web.service.bronze",
+            "v1.web.service.bronze",
+            "_web._tcp.service.bronze",
+            "_web._v1.service.bronze",
+            "api.service.bronze",
+            "db.service.bronze",
+            "web.service.dc1.bronze",
+            "n1.node.bronze",
+            "0a000005.addr.bronze",
+            "bronze",
+            "ns.bronze",
+            "service.bronze",
+            "nope.service.bronze",
+            "x.y.z.service.bronze",
+            "example.com",
+        ] {
+            for qtype in [
+                TYPE_A,
+                TYPE_AAAA,
+                TYPE_SRV,
+                TYPE_SOA,
+                TYPE_NS,
+                TYPE_ANY,
+                wire::TYPE_TXT,
+                TYPE_AXFR,
+                999,
+            ] {
+                for edns in [false, true] {
+                    check(&r, &query(name, qtype, edns));
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn random_packets_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            check(&resolver(), &bytes);
+        }
+
+        #[test]
+        fn mutated_queries_never_panic(
+            name in prop::sample::select(vec!["web.service.bronze", "_web._tcp.service.bronze", "n1.node.bronze", "bronze"]),
+            qtype in prop::sample::select(vec![TYPE_A, TYPE_SRV, TYPE_AAAA, TYPE_ANY]),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+            cut in any::<usize>(),
+        ) {
+            let mut p = query(name, qtype, true);
+            for (at, b) in flips {
+                let i = at % p.len();
+                p[i] = b;
+            }
+            let keep = p.len() - cut % 4;
+            p.truncate(keep);
+            check(&resolver(), &p);
+        }
+    }
 
     #[test]
     fn hex_labels_round_trip() {
@@ -407,7 +586,10 @@ mod tests {
 
     #[test]
     fn domains_are_checked() {
-        assert_eq!(domain_labels("Consul.").expect("ok"), vec![b"consul".to_vec()]);
+        assert_eq!(
+            domain_labels("Consul.").expect("ok"),
+            vec![b"consul".to_vec()]
+        );
         assert_eq!(domain_labels("sd.example.com").expect("ok").len(), 3);
         assert!(domain_labels(".").is_err());
         assert!(domain_labels("a..b").is_err());

@@ -81,7 +81,11 @@ impl DnsListeners {
             for _ in 1..workers {
                 udp.push(udp_socket(bound)?);
             }
-            return Ok(Self { udp, tcp, addr: bound });
+            return Ok(Self {
+                udp,
+                tcp,
+                addr: bound,
+            });
         }
         Err(last_err.unwrap_or_else(|| io::Error::other("no free port for DNS")))
     }
@@ -202,7 +206,16 @@ impl UdpWorker {
         while !self.stop.load(Ordering::Relaxed) {
             let (len, src) = match self.socket.recv_from(&mut buf) {
                 Ok(x) => x,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
                 Err(error) => {
                     tracing::debug!(%error, "dns udp receive failed");
                     continue;
@@ -221,7 +234,9 @@ impl UdpWorker {
     }
 
     fn forward(&self, packet: Vec<u8>, src: SocketAddr) {
-        let Ok(socket) = self.socket.try_clone() else { return };
+        let Ok(socket) = self.socket.try_clone() else {
+            return;
+        };
         let recursors = self.recursors.clone();
         let metrics = self.metrics.clone();
         let servfail = self.counters[2].clone();
@@ -299,8 +314,15 @@ fn servfail_for(packet: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     if let Ok(q) = wire::parse(packet) {
         let flags = 0x8000 | 0x0080 | if q.recursion_desired { 0x0100 } else { 0 };
-        Writer::new(&mut out, q.id, flags, Some(&packet[HEADER_LEN..q.question_end]), usize::MAX, 0)
-            .finish(Rcode::ServFail, None);
+        Writer::new(
+            &mut out,
+            q.id,
+            flags,
+            Some(&packet[HEADER_LEN..q.question_end]),
+            usize::MAX,
+            0,
+        )
+        .finish(Rcode::ServFail, None);
     }
     out
 }
@@ -314,12 +336,18 @@ async fn forward(query: &[u8], recursors: &[SocketAddr], tcp: bool) -> Option<Ve
             forward_tcp(query, *recursor).await
         } else {
             match forward_udp(query, *recursor).await {
-                Some(a) if a.get(2).is_some_and(|f| f & 0x02 != 0) => forward_tcp(query, *recursor).await.or(Some(a)),
+                Some(a) if a.get(2).is_some_and(|f| f & 0x02 != 0) => {
+                    forward_tcp(query, *recursor).await.or(Some(a))
+                }
                 other => other,
             }
         };
         match answer {
-            Some(a) if a.get(..2) == Some(id) => return Some(a),
+            Some(mut a) if a.len() >= HEADER_LEN && a.get(..2) == Some(id) => {
+                // This server offers recursion (through the recursor).
+                a[3] |= 0x80;
+                return Some(a);
+            }
             _ => tracing::debug!(%recursor, "recursor gave no usable answer"),
         }
     }
@@ -336,7 +364,10 @@ async fn forward_udp(query: &[u8], recursor: SocketAddr) -> Option<Vec<u8>> {
     socket.connect(recursor).await.ok()?;
     socket.send(query).await.ok()?;
     let mut buf = vec![0u8; 65535];
-    let n = tokio::time::timeout(FORWARD_TIMEOUT, socket.recv(&mut buf)).await.ok()?.ok()?;
+    let n = tokio::time::timeout(FORWARD_TIMEOUT, socket.recv(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
     buf.truncate(n);
     Some(buf)
 }

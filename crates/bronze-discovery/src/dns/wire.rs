@@ -139,7 +139,10 @@ pub enum ParseError {
     Drop,
     /// Answer with this rcode, echoing the header (and the question when it
     /// could be read).
-    Reply { rcode: Rcode, question_end: Option<usize> },
+    Reply {
+        rcode: Rcode,
+        question_end: Option<usize>,
+    },
 }
 
 fn u16_at(p: &[u8], at: usize) -> Option<u16> {
@@ -411,11 +414,15 @@ impl<'b> Writer<'b> {
     }
 
     pub fn a(&mut self, owner: NameRef<'_>, ttl: u32, ip: Ipv4Addr) -> Option<usize> {
-        self.record(owner, TYPE_A, ttl, |w| w.buf.extend_from_slice(&ip.octets()))
+        self.record(owner, TYPE_A, ttl, |w| {
+            w.buf.extend_from_slice(&ip.octets())
+        })
     }
 
     pub fn aaaa(&mut self, owner: NameRef<'_>, ttl: u32, ip: Ipv6Addr) -> Option<usize> {
-        self.record(owner, TYPE_AAAA, ttl, |w| w.buf.extend_from_slice(&ip.octets()))
+        self.record(owner, TYPE_AAAA, ttl, |w| {
+            w.buf.extend_from_slice(&ip.octets())
+        })
     }
 
     /// SRV; returns the offset of the target name (for the additional
@@ -438,7 +445,13 @@ impl<'b> Writer<'b> {
         .map(|at| at + 6)
     }
 
-    pub fn name_record(&mut self, owner: NameRef<'_>, rtype: u16, ttl: u32, target: NameRef<'_>) -> Option<usize> {
+    pub fn name_record(
+        &mut self,
+        owner: NameRef<'_>,
+        rtype: u16,
+        ttl: u32,
+        target: NameRef<'_>,
+    ) -> Option<usize> {
         self.record(owner, rtype, ttl, |w| w.write_name(target))
     }
 
@@ -504,8 +517,25 @@ mod tests {
 
     /// A query as a stub resolver sends it.
     pub fn query(name: &str, qtype: u16, edns: Option<u16>) -> Vec<u8> {
-        let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(edns.is_some())];
-        for label in name.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
+        let mut p = vec![
+            0x12,
+            0x34,
+            0x01,
+            0x00,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            u8::from(edns.is_some()),
+        ];
+        for label in name
+            .trim_end_matches('.')
+            .split('.')
+            .filter(|l| !l.is_empty())
+        {
             p.push(label.len() as u8);
             p.extend_from_slice(label.as_bytes());
         }
@@ -551,14 +581,32 @@ mod tests {
         assert_eq!(parse(&p).unwrap_err(), ParseError::Drop);
         let mut p = query("a.bronze", TYPE_A, None);
         p[5] = 2; // two questions
-        assert!(matches!(parse(&p), Err(ParseError::Reply { rcode: Rcode::FormErr, .. })));
+        assert!(matches!(
+            parse(&p),
+            Err(ParseError::Reply {
+                rcode: Rcode::FormErr,
+                ..
+            })
+        ));
         let mut p = query("a.bronze", TYPE_A, None);
         p[2] = 0x28; // opcode UPDATE
-        assert!(matches!(parse(&p), Err(ParseError::Reply { rcode: Rcode::NotImp, .. })));
+        assert!(matches!(
+            parse(&p),
+            Err(ParseError::Reply {
+                rcode: Rcode::NotImp,
+                ..
+            })
+        ));
         // A compression pointer in the question.
         let mut p = query("a.bronze", TYPE_A, None);
         p[12] = 0xC0;
-        assert!(matches!(parse(&p), Err(ParseError::Reply { rcode: Rcode::FormErr, .. })));
+        assert!(matches!(
+            parse(&p),
+            Err(ParseError::Reply {
+                rcode: Rcode::FormErr,
+                ..
+            })
+        ));
         // Truncated question.
         let p = query("a.bronze", TYPE_A, None);
         assert!(parse(&p[..p.len() - 1]).is_err());
@@ -567,7 +615,13 @@ mod tests {
         let opt = p[p.len() - OPT_LEN..].to_vec();
         p.extend_from_slice(&opt);
         p[11] = 2;
-        assert!(matches!(parse(&p), Err(ParseError::Reply { rcode: Rcode::FormErr, .. })));
+        assert!(matches!(
+            parse(&p),
+            Err(ParseError::Reply {
+                rcode: Rcode::FormErr,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -575,7 +629,13 @@ mod tests {
         let label = "a".repeat(63);
         let name = [label.as_str(); 5].join(".");
         let p = query(&name, TYPE_A, None);
-        assert!(matches!(parse(&p), Err(ParseError::Reply { rcode: Rcode::FormErr, .. })));
+        assert!(matches!(
+            parse(&p),
+            Err(ParseError::Reply {
+                rcode: Rcode::FormErr,
+                ..
+            })
+        ));
         let name = [label.as_str(); 3].join(".");
         assert!(parse(&query(&name, TYPE_A, None)).is_ok());
     }
@@ -585,10 +645,19 @@ mod tests {
         let req = query("web.service.bronze", TYPE_A, None);
         let q = parse(&req).expect("parses");
         let mut buf = Vec::new();
-        let mut w = Writer::new(&mut buf, q.id, 0x8400, Some(&req[HEADER_LEN..q.question_end]), 512, 0);
+        let mut w = Writer::new(
+            &mut buf,
+            q.id,
+            0x8400,
+            Some(&req[HEADER_LEN..q.question_end]),
+            512,
+            0,
+        );
         let mut written = 0;
         for i in 0..100u8 {
-            if w.a(NameRef::Ptr(12), 0, Ipv4Addr::new(10, 0, 0, i)).is_some() {
+            if w.a(NameRef::Ptr(12), 0, Ipv4Addr::new(10, 0, 0, i))
+                .is_some()
+            {
                 written += 1;
             }
         }

@@ -1,0 +1,145 @@
+//! `bronze dev`: every component in one tokio runtime, each through the
+//! same `run`/`bind` entry its own binary uses.
+
+use std::path::{Path, PathBuf};
+
+use bronze_runtime::Shutdown;
+use bronze_runtime::config::{self, ConfigError};
+use bronze_telemetry::LogFormat;
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Args, Serialize)]
+pub struct DevArgs {
+    /// TOML file with one table per component ([discovery], ...), each
+    /// holding that component's own configuration keys.
+    #[arg(short, long, env = "BRONZE_DEV_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+
+    /// Directory holding every component's state [default: bronze-data].
+    #[arg(long, env = "BRONZE_DEV_DATA_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<String>,
+
+    /// Log format: plain or json [default: plain].
+    #[arg(long, env = "BRONZE_LOG_FORMAT", value_name = "FORMAT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_format: Option<LogFormat>,
+
+    /// Listen on 127.0.0.1 with ports chosen by the kernel and keep state in
+    /// memory: for tests and for a second platform beside a running one.
+    #[arg(long)]
+    #[serde(skip)]
+    ephemeral: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevConfig {
+    data_dir: String,
+    log_format: LogFormat,
+    discovery: bronze_discovery::Config,
+    #[serde(skip)]
+    ephemeral: bool,
+}
+
+impl Default for DevConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: "bronze-data".into(),
+            log_format: LogFormat::Plain,
+            discovery: bronze_discovery::Config::default(),
+            ephemeral: false,
+        }
+    }
+}
+
+impl DevArgs {
+    pub fn load(&self) -> Result<DevConfig, ConfigError> {
+        let mut c: DevConfig = config::load(self.config.as_deref(), self)?;
+        c.ephemeral = self.ephemeral;
+        if c.ephemeral {
+            let e = bronze_discovery::Config::ephemeral();
+            c.discovery.http.addr = e.http.addr;
+            c.discovery.grpc.addr = e.grpc.addr;
+            c.discovery.dns.addr = e.dns.addr;
+            c.discovery.data_dir = String::new();
+        } else {
+            c.discovery.data_dir = Path::new(&c.data_dir)
+                .join("discovery")
+                .display()
+                .to_string();
+        }
+        c.discovery.log_format = c.log_format;
+        c.discovery.validate().map_err(|e| within("discovery", e))?;
+        Ok(c)
+    }
+}
+
+/// Names a component's key as seen from the dev config file.
+fn within(table: &str, e: ConfigError) -> ConfigError {
+    match e {
+        ConfigError::Invalid { key, message } => ConfigError::Invalid {
+            key: format!("{table}.{key}"),
+            message,
+        },
+        other => other,
+    }
+}
+
+/// Runs the platform until SIGTERM/SIGINT; returns the exit code.
+pub fn run(config: DevConfig) -> i32 {
+    bronze_telemetry::init_logging(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bronze dev: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = Shutdown::new();
+        shutdown.trigger_on_signals();
+        let state = if config.ephemeral {
+            "state in memory".to_string()
+        } else {
+            format!("state in {}/", config.data_dir)
+        };
+        let discovery = match bronze_discovery::Server::bind(config.discovery.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("bronze dev: discovery: {e}");
+                return 1;
+            }
+        };
+        // One line per listener, stable and parseable: tests read them.
+        println!("bronze dev: every component in this process, {state}");
+        println!(
+            "discovery http  http://{}  (Consul API, /metrics, /healthz)",
+            discovery.http_addr()
+        );
+        println!(
+            "discovery dns   {}  (udp+tcp, domain {})",
+            discovery.dns_addr(),
+            config.discovery.dns.domain
+        );
+        println!(
+            "discovery grpc  {}  (bronze.discovery.v1)",
+            discovery.grpc_addr()
+        );
+        println!("ready; Ctrl-C stops");
+        let code = match discovery.serve(shutdown.clone()).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("bronze dev: discovery: {e}");
+                1
+            }
+        };
+        tracing::info!("bronze dev stopped");
+        code
+    })
+}
