@@ -1,1 +1,66 @@
-fn main() {}
+//! `cargo xtask <task>`: the project's automation, in Rust.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build every component into a container image, offline: FROM scratch
+    /// with the project's own binary and the shared libraries it links.
+    Images {
+        /// Use the debug build instead of building --release.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Run a benchmark against real peers on this machine and print a table
+    /// of figures and ratios (see BENCHMARKS.md). Names: dns.
+    Bench {
+        name: String,
+        /// Seconds per dnsperf run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Runs per peer (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// Only this part: throughput, latency or memory.
+        #[arg(long)]
+        only: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.task {
+        Task::Images { debug } => rt.block_on(async {
+            let profile = if debug {
+                xtask::Profile::Debug
+            } else {
+                xtask::Profile::Release
+            };
+            let dir = xtask::build_binaries(profile)?;
+            for image in xtask::images::IMAGES {
+                let tag = xtask::images::build(image, &dir).await?;
+                println!("built {tag}");
+            }
+            Ok(())
+        }),
+        Task::Bench {
+            name,
+            seconds,
+            runs,
+            only,
+        } => match name.as_str() {
+            "dns" => rt.block_on(xtask::bench_dns::run(seconds, runs, only.as_deref())),
+            other => anyhow::bail!("no benchmark named {other:?}; available: dns"),
+        },
+    }
+}

@@ -95,8 +95,10 @@ pub struct Agent {
     runners: Mutex<HashMap<CheckRef, JoinHandle<()>>>,
     timers: Mutex<Timers>,
     timers_changed: Notify,
+    /// Verifies certificates; `Err` when the system has no CA store.
+    https: Result<reqwest::Client, String>,
+    /// For http:// URLs (no TLS involved) and tls_skip_verify checks.
     http: reqwest::Client,
-    http_insecure: reqwest::Client,
     shutdown: Shutdown,
     this: Weak<Agent>,
 }
@@ -135,6 +137,11 @@ impl Agent {
                 .build()
                 .map_err(|e| Error::invalid("http client", e.to_string()))
         };
+        let https = client(false).map_err(|e| e.to_string());
+        if let Err(error) = &https {
+            tracing::warn!(%error, "https checks that verify certificates will fail");
+        }
+        let http = client(true)?;
         let agent = Arc::new_cyclic(|this| Agent {
             catalog,
             metrics,
@@ -147,8 +154,8 @@ impl Agent {
             runners: Mutex::new(HashMap::new()),
             timers: Mutex::new(Timers::default()),
             timers_changed: Notify::new(),
-            http: client(false).unwrap_or_default(),
-            http_insecure: client(true).unwrap_or_default(),
+            https,
+            http,
             shutdown,
             this: this.clone(),
         });
@@ -305,10 +312,11 @@ impl Agent {
         let shutdown = self.shutdown.clone();
         let client = match &spec.kind {
             CheckKind::Http {
-                tls_skip_verify: true,
+                url,
+                tls_skip_verify: false,
                 ..
-            } => self.http_insecure.clone(),
-            _ => self.http.clone(),
+            } if url.starts_with("https:") => self.https.clone(),
+            _ => Ok(self.http.clone()),
         };
         let task_key = key.clone();
         let handle = tokio::spawn(async move {
@@ -322,7 +330,13 @@ impl Agent {
                     _ = shutdown.wait() => return,
                 }
                 next = Instant::now() + spec.interval;
-                let (status, output) = probe(&client, &spec).await;
+                let (status, output) = match &client {
+                    Ok(client) => probe(client, &spec).await,
+                    Err(e) => (
+                        Health::Critical,
+                        format!("cannot verify TLS certificates: {e}"),
+                    ),
+                };
                 let Some(agent) = agent.upgrade() else { return };
                 agent
                     .metrics

@@ -34,6 +34,10 @@ pub trait Store: Send + Sync + 'static {
     fn list(&self, namespace: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 }
 
+/// What a component keeps is small (registrations, configuration): a
+/// bounded cache keeps resident memory small too (redb's default is 1 GiB).
+const CACHE_BYTES: usize = 16 << 20;
+
 /// [`Store`] in one redb file.
 pub struct RedbStore {
     db: Database,
@@ -53,13 +57,17 @@ impl RedbStore {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| open_err(e.to_string()))?;
         }
-        let db = Database::create(path).map_err(|e| open_err(e.to_string()))?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| open_err(e.to_string()))?;
         Ok(Self { db })
     }
 
     /// A store that lives in memory only (tests, throwaway dev runs).
     pub fn in_memory() -> Result<Self, StoreError> {
         let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(backend)?;
         Ok(Self { db })

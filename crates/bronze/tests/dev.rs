@@ -1,0 +1,105 @@
+//! `bronze dev`: the platform in one process, as a newcomer starts it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bronze");
+
+#[tokio::test]
+async fn dev_prints_its_listeners_serves_and_stops_on_sigterm() {
+    let mut child = Command::new(BIN)
+        .args(["dev", "--ephemeral"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bronze dev starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.starts_with("ready")) {
+        lines.push(
+            rx.recv_timeout(Duration::from_secs(30))
+                .expect("bronze dev prints its listeners"),
+        );
+    }
+    let addr_of = |prefix: &str| -> String {
+        lines
+            .iter()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or_else(|| panic!("{prefix} in {lines:?}"))
+            .trim_start_matches("http://")
+            .to_string()
+    };
+    let http = addr_of("discovery http");
+    let dns = addr_of("discovery dns");
+    assert!(
+        lines.iter().any(|l| l.starts_with("discovery grpc")),
+        "{lines:?}"
+    );
+
+    bronze_runtime::install_crypto_provider();
+    let r = reqwest::Client::new()
+        .put(format!("http://{http}/v1/agent/service/register"))
+        .body(r#"{"Name": "hello", "Address": "10.1.2.3", "Port": 80}"#)
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(r.status(), 200);
+    let (ip, port) = dns.rsplit_once(':').expect("ip:port");
+    let out = Command::new("dig")
+        .args([
+            &format!("@{ip}"),
+            "-p",
+            port,
+            "+short",
+            "hello.service.bronze",
+        ])
+        .output()
+        .expect("dig");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10.1.2.3");
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "stops within 20s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn bad_dev_config_exits_64_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("dev.toml");
+    std::fs::write(&file, "[discovery.dns]\ndomain = \"a b\"\n").expect("write");
+    let out = Command::new(BIN)
+        .args(["dev", "--config"])
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("discovery.dns.domain"), "{err}");
+}
+
+#[test]
+fn help_lists_dev() {
+    let out = Command::new(BIN).arg("--help").output().expect("runs");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("dev"));
+}

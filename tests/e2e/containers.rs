@@ -1,0 +1,241 @@
+//! Images built offline from the workspace's own binaries, run by the real
+//! engine.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, InspectContainerOptions, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use tokio::sync::OnceCell;
+
+static IMAGE: OnceCell<String> = OnceCell::const_new();
+
+/// Builds the discovery image once per test run, from the debug build.
+async fn discovery_image() -> &'static str {
+    IMAGE
+        .get_or_init(|| async {
+            let dir = tokio::task::spawn_blocking(|| xtask::build_binaries(xtask::Profile::Debug))
+                .await
+                .expect("join")
+                .expect("cargo build");
+            let image = xtask::images::find("discovery").expect("discovery image defined");
+            xtask::images::build(image, &dir)
+                .await
+                .expect("image builds offline")
+        })
+        .await
+}
+
+async fn http_ok(url: &str) -> bool {
+    bronze_runtime::install_crypto_provider();
+    reqwest::get(url)
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+async fn wait_for(url: &str) {
+    for _ in 0..300 {
+        if http_ok(url).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} never answered");
+}
+
+fn dig_short(server: SocketAddr, name: &str, qtype: &str) -> String {
+    let out = Command::new("dig")
+        .arg(format!("@{}", server.ip()))
+        .args([
+            "-p",
+            &server.port().to_string(),
+            "+short",
+            "+time=5",
+            "+tries=2",
+            name,
+            qtype,
+        ])
+        .output()
+        .expect("dig runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn discovery_image_serves_http_and_dns_and_stops_cleanly_on_sigterm() {
+    let tag = discovery_image().await;
+    let docker = xtask::images::docker().await.expect("engine");
+    let bind = |port: &str| {
+        (
+            port.to_string(),
+            Some(vec![PortBinding {
+                host_ip: Some("127.0.0.1".into()),
+                host_port: Some(String::new()),
+            }]),
+        )
+    };
+    let ports: HashMap<String, Option<Vec<PortBinding>>> = ["8500/tcp", "8600/udp", "8600/tcp"]
+        .into_iter()
+        .map(bind)
+        .collect();
+    let name = format!("bronze-e2e-discovery-{}", std::process::id());
+    let body = ContainerCreateBody {
+        image: Some(tag.to_string()),
+        host_config: Some(HostConfig {
+            port_bindings: Some(ports),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    docker
+        .create_container(
+            Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+            body,
+        )
+        .await
+        .expect("create");
+    let cleanup = Cleanup(docker.clone(), name.clone());
+    docker.start_container(&name, None).await.expect("start");
+    let info = docker
+        .inspect_container(&name, None::<InspectContainerOptions>)
+        .await
+        .expect("inspect");
+    let published = info.network_settings.and_then(|n| n.ports).expect("ports");
+    let host_port = |p: &str| -> u16 {
+        published[p].as_ref().expect("bound")[0]
+            .host_port
+            .as_ref()
+            .expect("port")
+            .parse()
+            .expect("number")
+    };
+    let http = format!("http://127.0.0.1:{}", host_port("8500/tcp"));
+    let dns = SocketAddr::from(([127, 0, 0, 1], host_port("8600/udp")));
+    wait_for(&format!("{http}/healthz")).await;
+
+    let r = reqwest::Client::new()
+        .put(format!("{http}/v1/agent/service/register"))
+        .body(r#"{"ID": "c1", "Name": "boxed", "Address": "10.7.7.7", "Port": 7}"#)
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(r.status(), 200);
+    let answer =
+        tokio::task::spawn_blocking(move || dig_short(dns, "_boxed._tcp.service.bronze", "SRV"))
+            .await
+            .expect("join");
+    assert_eq!(answer, "1 1 7 0a070707.addr.bronze.");
+
+    docker
+        .stop_container(
+            &name,
+            Some(StopContainerOptionsBuilder::default().t(20).build()),
+        )
+        .await
+        .expect("stop");
+    let info = docker
+        .inspect_container(&name, None::<InspectContainerOptions>)
+        .await
+        .expect("inspect");
+    let state = info.state.expect("state");
+    assert_eq!(
+        state.exit_code,
+        Some(0),
+        "drains and exits 0 on SIGTERM: {state:?}"
+    );
+    drop(cleanup);
+}
+
+/// Removes the container even when the test fails.
+struct Cleanup(Docker, String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let (docker, name) = (self.0.clone(), self.1.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    let _ = docker
+                        .remove_container(
+                            &name,
+                            Some(
+                                RemoveContainerOptionsBuilder::default()
+                                    .force(true)
+                                    .v(true)
+                                    .build(),
+                            ),
+                        )
+                        .await;
+                });
+            }
+        })
+        .join();
+    }
+}
+
+fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let port = udp.local_addr().expect("addr").port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+#[tokio::test]
+async fn compose_file_brings_discovery_up() {
+    discovery_image().await;
+    let compose = xtask::root().join("deploy/docker-compose.yml");
+    let project = format!("bronze-e2e-{}", std::process::id());
+    let (http, dns, grpc) = (free_port(), free_port(), free_port());
+    let run = |args: &[&str]| {
+        Command::new("docker-compose")
+            .arg("-f")
+            .arg(&compose)
+            .args(["-p", &project])
+            .args(args)
+            .env("BRONZE_HTTP_PORT", http.to_string())
+            .env("BRONZE_DNS_PORT", dns.to_string())
+            .env("BRONZE_GRPC_PORT", grpc.to_string())
+            .output()
+            .expect("docker-compose runs")
+    };
+    let up = run(&["up", "-d"]);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let healthy = async {
+        for _ in 0..300 {
+            if http_ok(&format!("http://127.0.0.1:{http}/healthz")).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+    .await;
+    let ns = tokio::task::spawn_blocking(move || {
+        dig_short(SocketAddr::from(([127, 0, 0, 1], dns)), "bronze", "NS")
+    })
+    .await
+    .expect("join");
+    let down = run(&["down", "-v", "--timeout", "20"]);
+    assert!(healthy, "discovery from the compose file answers /healthz");
+    assert_eq!(ns, "ns.bronze.");
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+}

@@ -1,0 +1,185 @@
+//! Container images built offline: no base image can be pulled here, so each
+//! image is FROM scratch with the component's binary, the shared libraries
+//! `ldd` says it needs (at their own paths) and a minimal /etc.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use bollard::Docker;
+use bollard::query_parameters::BuildImageOptionsBuilder;
+use futures::StreamExt;
+
+pub struct Image {
+    /// Image name under `bronze/`.
+    pub name: &'static str,
+    pub package: &'static str,
+    pub binary: &'static str,
+    /// Environment baked in: listen on every interface, state in /data.
+    pub env: &'static [(&'static str, &'static str)],
+    pub ports: &'static [&'static str],
+    pub volume: Option<&'static str>,
+}
+
+pub const IMAGES: &[Image] = &[Image {
+    name: "discovery",
+    package: "bronze-discovery",
+    binary: "bronze-discovery",
+    env: &[
+        ("BRONZE_DISCOVERY_HTTP_ADDR", "0.0.0.0:8500"),
+        ("BRONZE_DISCOVERY_DNS_ADDR", "0.0.0.0:8600"),
+        ("BRONZE_DISCOVERY_GRPC_ADDR", "0.0.0.0:8502"),
+        ("BRONZE_DISCOVERY_DATA_DIR", "/data"),
+        ("BRONZE_LOG_FORMAT", "json"),
+    ],
+    ports: &["8500/tcp", "8600/udp", "8600/tcp", "8502/tcp"],
+    volume: Some("/data"),
+}];
+
+pub fn find(name: &str) -> Option<&'static Image> {
+    IMAGES.iter().find(|i| i.name == name)
+}
+
+/// The tag an image is built under.
+pub fn tag(image: &Image) -> String {
+    format!("bronze/{}:latest", image.name)
+}
+
+/// Shared libraries (and the dynamic loader) a binary needs, per `ldd`.
+fn shared_libraries(binary: &Path) -> anyhow::Result<BTreeSet<PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .context("running ldd")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("not a dynamic executable") {
+        return Ok(BTreeSet::new());
+    }
+    let mut libs = BTreeSet::new();
+    for line in text.lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
+        // "/lib64/ld-linux-x86-64.so.2 (0x...)"; vdso has no path.
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.insert(PathBuf::from(p));
+        }
+    }
+    if libs.is_empty() {
+        bail!("ldd found no libraries for {}: {text}", binary.display());
+    }
+    Ok(libs)
+}
+
+fn dockerfile(image: &Image) -> String {
+    let mut d = String::from("FROM scratch\nCOPY rootfs/ /\n");
+    for (k, v) in image.env {
+        d.push_str(&format!("ENV {k}={v}\n"));
+    }
+    for p in image.ports {
+        d.push_str(&format!("EXPOSE {p}\n"));
+    }
+    if let Some(v) = image.volume {
+        d.push_str(&format!("VOLUME {v}\n"));
+    }
+    d.push_str("STOPSIGNAL SIGTERM\n");
+    d.push_str(&format!(
+        "ENTRYPOINT [\"/usr/local/bin/{}\"]\n",
+        image.binary
+    ));
+    d
+}
+
+/// The build context (a tar stream) for one image.
+pub fn context(image: &Image, bin_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let binary = bin_dir.join(image.binary);
+    if !binary.exists() {
+        bail!(
+            "{} is not built (looked in {})",
+            image.binary,
+            bin_dir.display()
+        );
+    }
+    let mut tar = tar::Builder::new(Vec::new());
+    let add_bytes = |tar: &mut tar::Builder<Vec<u8>>,
+                     path: &str,
+                     data: &[u8],
+                     mode: u32|
+     -> anyhow::Result<()> {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_cksum();
+        tar.append_data(&mut h, path, data)?;
+        Ok(())
+    };
+    add_bytes(&mut tar, "Dockerfile", dockerfile(image).as_bytes(), 0o644)?;
+    add_bytes(
+        &mut tar,
+        "rootfs/etc/nsswitch.conf",
+        b"hosts: files dns\n",
+        0o644,
+    )?;
+    add_bytes(
+        &mut tar,
+        "rootfs/etc/passwd",
+        b"root:x:0:0:root:/:/nonexistent\n",
+        0o644,
+    )?;
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o1777);
+    dir.set_size(0);
+    dir.set_cksum();
+    tar.append_data(&mut dir, "rootfs/tmp", std::io::empty())?;
+    // Regular entries with the file's bytes (never sparse ones, which the
+    // engine's tar reader refuses), following symlinks to their targets.
+    let add_file = |tar: &mut tar::Builder<Vec<u8>>, from: &Path, to: &str| -> anyhow::Result<()> {
+        let data = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+        add_bytes(tar, to, &data, 0o755)
+    };
+    add_file(
+        &mut tar,
+        &binary,
+        &format!("rootfs/usr/local/bin/{}", image.binary),
+    )?;
+    // CA certificates, for HTTPS health checks and clients.
+    let ca = Path::new("/etc/ssl/certs/ca-certificates.crt");
+    if ca.exists() {
+        add_file(&mut tar, ca, "rootfs/etc/ssl/certs/ca-certificates.crt")?;
+    }
+    for lib in shared_libraries(&binary)? {
+        add_file(&mut tar, &lib, &format!("rootfs{}", lib.display()))?;
+    }
+    Ok(tar.into_inner()?)
+}
+
+pub async fn docker() -> anyhow::Result<Docker> {
+    let docker =
+        Docker::connect_with_local_defaults().context("connecting to the Docker engine")?;
+    Ok(docker.negotiate_version().await?)
+}
+
+/// Builds one image from the binaries in `bin_dir`; returns its tag.
+pub async fn build(image: &Image, bin_dir: &Path) -> anyhow::Result<String> {
+    let docker = docker().await?;
+    let context = context(image, bin_dir)?;
+    let tag = tag(image);
+    let options = BuildImageOptionsBuilder::default()
+        .dockerfile("Dockerfile")
+        .t(&tag)
+        .rm(true)
+        .forcerm(true)
+        .build();
+    let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+    while let Some(msg) = stream.next().await {
+        let info = msg.with_context(|| format!("building {tag}"))?;
+        if let Some(err) = info.error_detail.and_then(|e| e.message) {
+            bail!("building {tag}: {err}");
+        }
+    }
+    Ok(tag)
+}

@@ -1,0 +1,46 @@
+//! Automation shared by `cargo xtask` and the end-to-end tests.
+
+pub mod bench_dns;
+pub mod images;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Debug,
+    Release,
+}
+
+/// Builds every component binary; returns the directory holding them.
+pub fn build_binaries(profile: Profile) -> anyhow::Result<PathBuf> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root()).arg("build").arg("--locked");
+    if profile == Profile::Release {
+        cmd.arg("--release");
+    }
+    for image in images::IMAGES {
+        cmd.args(["-p", image.package]);
+    }
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build failed");
+    }
+    let target =
+        std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root().join("target"), PathBuf::from);
+    Ok(target.join(if profile == Profile::Release {
+        "release"
+    } else {
+        "debug"
+    }))
+}
