@@ -30,44 +30,14 @@ impl Drop for Proc {
     }
 }
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Installs the peers from Debian's packages when they are missing.
 fn ensure_tools() -> anyhow::Result<()> {
-    let missing: Vec<&str> = [
+    crate::prerequisites::apt(&[
         ("dnsperf", "dnsperf"),
         ("knotd", "knot"),
         ("dnsmasq", "dnsmasq-base"),
         ("dig", "dnsutils"),
-    ]
-    .into_iter()
-    .filter(|(cmd, _)| !have(cmd) && !Path::new(&format!("/usr/sbin/{cmd}")).exists())
-    .map(|(_, pkg)| pkg)
-    .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("installing {}", missing.join(" "));
-    let ok = Command::new("sh")
-        .args([
-            "-c",
-            &format!(
-                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {}",
-                missing.join(" ")
-            ),
-        ])
-        .status()?
-        .success();
-    if !ok {
-        bail!("could not install {}", missing.join(" "));
-    }
-    Ok(())
+    ])
 }
 
 fn free_port() -> anyhow::Result<u16> {

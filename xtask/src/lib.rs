@@ -2,6 +2,7 @@
 
 pub mod bench_dns;
 pub mod images;
+pub mod prerequisites;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

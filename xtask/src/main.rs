@@ -18,6 +18,13 @@ enum Task {
         #[arg(long)]
         debug: bool,
     },
+    /// Run the whole test suite: installs what the tests need when it is
+    /// missing (dig, py-consul), then `cargo test --workspace`.
+    Test {
+        /// Passed on to `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run a benchmark against real peers on this machine and print a table
     /// of figures and ratios (see BENCHMARKS.md). Names: dns.
     Bench {
@@ -53,6 +60,17 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }),
+        Task::Test { args } => {
+            xtask::prerequisites::install()?;
+            let status = std::process::Command::new(
+                std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+            )
+            .current_dir(xtask::root())
+            .args(["test", "--workspace", "--locked"])
+            .args(&args)
+            .status()?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
         Task::Bench {
             name,
             seconds,

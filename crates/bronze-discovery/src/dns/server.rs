@@ -3,14 +3,17 @@
 //! messages, idle timeouts and a connection limit. Queries outside the
 //! domain go to the configured recursors when there are any.
 
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bronze_runtime::Shutdown;
 use bronze_telemetry::prometheus_client::metrics::counter::Counter;
+use nix::errno::Errno;
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -23,6 +26,10 @@ use crate::metrics::{DiscoveryMetrics, DnsLabels};
 const TCP_IDLE: Duration = Duration::from_secs(10);
 const MAX_TCP_CONNECTIONS: usize = 1024;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Datagrams read (and answered) per system call.
+const BATCH: usize = 32;
+/// Longest UDP query read; longer ones are cut and answered FORMERR.
+const MAX_UDP_QUERY: usize = 4096;
 const RCODES: [Rcode; 7] = [
     Rcode::NoError,
     Rcode::FormErr,
@@ -200,35 +207,82 @@ struct UdpWorker {
 }
 
 impl UdpWorker {
+    /// Receives up to BATCH queries per system call (recvmmsg), answers
+    /// them, and sends the answers in one call (sendmmsg), as Knot does.
     fn run(self) {
-        let mut buf = vec![0u8; 65535];
-        let mut out = Vec::with_capacity(4096);
+        let fd = self.socket.as_raw_fd();
+        let mut bufs = vec![[0u8; MAX_UDP_QUERY]; BATCH];
+        let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1232)).collect();
+        let mut recv_headers: MultiHeaders<SockaddrStorage> =
+            MultiHeaders::preallocate(BATCH, None);
+        let mut send_headers: MultiHeaders<SockaddrStorage> =
+            MultiHeaders::preallocate(BATCH, None);
+        let mut received: Vec<(usize, Option<SockaddrStorage>)> = Vec::with_capacity(BATCH);
+        let mut replies: Vec<(usize, SockaddrStorage)> = Vec::with_capacity(BATCH);
         while !self.stop.load(Ordering::Relaxed) {
-            let (len, src) = match self.socket.recv_from(&mut buf) {
-                Ok(x) => x,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue;
+            received.clear();
+            {
+                let mut slices: Vec<[IoSliceMut<'_>; 1]> = bufs
+                    .iter_mut()
+                    .map(|b| [IoSliceMut::new(&mut b[..])])
+                    .collect();
+                match recvmmsg(
+                    fd,
+                    &mut recv_headers,
+                    slices.iter_mut(),
+                    MsgFlags::MSG_WAITFORONE,
+                    None,
+                ) {
+                    Ok(results) => received.extend(results.map(|m| (m.bytes, m.address))),
+                    Err(Errno::EAGAIN | Errno::EINTR) => continue,
+                    Err(error) => {
+                        tracing::debug!(%error, "dns udp receive failed");
+                        continue;
+                    }
                 }
-                Err(error) => {
-                    tracing::debug!(%error, "dns udp receive failed");
-                    continue;
+            }
+            replies.clear();
+            for (i, (len, addr)) in received.iter().enumerate() {
+                let Some(addr) = addr else { continue };
+                let packet = &bufs[i][..(*len).min(MAX_UDP_QUERY)];
+                match self.resolver.respond(packet, false, &mut outs[i]) {
+                    Outcome::Answer(rcode) => {
+                        count(&self.counters, rcode);
+                        replies.push((i, *addr));
+                    }
+                    Outcome::Drop => {}
+                    Outcome::Forward => {
+                        if let Some(src) = socket_addr(addr) {
+                            self.forward(packet.to_vec(), src);
+                        }
+                    }
                 }
-            };
-            let packet = &buf[..len];
-            match self.resolver.respond(packet, false, &mut out) {
-                Outcome::Answer(rcode) => {
-                    count(&self.counters, rcode);
-                    let _ = self.socket.send_to(&out, src);
+            }
+            let mut sent = 0;
+            while sent < replies.len() {
+                let batch = &replies[sent..];
+                let slices: Vec<[IoSlice<'_>; 1]> = batch
+                    .iter()
+                    .map(|(i, _)| [IoSlice::new(&outs[*i])])
+                    .collect();
+                let addrs: Vec<Option<SockaddrStorage>> =
+                    batch.iter().map(|(_, a)| Some(*a)).collect();
+                match sendmmsg(
+                    fd,
+                    &mut send_headers,
+                    slices.iter(),
+                    &addrs,
+                    [],
+                    MsgFlags::empty(),
+                ) {
+                    Ok(results) => sent += results.count().max(1),
+                    Err(Errno::EINTR) => {}
+                    Err(error) => {
+                        tracing::debug!(%error, "dns udp send failed");
+                        // Skip the datagram that failed; send the rest.
+                        sent += 1;
+                    }
                 }
-                Outcome::Drop => {}
-                Outcome::Forward => self.forward(packet.to_vec(), src),
             }
         }
     }
@@ -307,6 +361,13 @@ impl TcpConn {
             stream.write_all(&frame).await?;
         }
     }
+}
+
+fn socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
 }
 
 /// SERVFAIL for a query that could not be forwarded.
