@@ -360,7 +360,7 @@ async fn churn(
                                     [10, 200, (s % 250) as u8, 9],
                                     9000,
                                 )),
-                                owner: String::new(),
+                                owner: "bench-registrator".into(),
                             })
                             .await;
                     } else {

@@ -1021,6 +1021,115 @@ async fn health_checks(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// One agent (and the runtime its timer task lives on) for every case.
+    fn agent_for_tests() -> Arc<Agent> {
+        static AGENT: std::sync::OnceLock<(tokio::runtime::Runtime, Arc<Agent>)> =
+            std::sync::OnceLock::new();
+        let (_, agent) = AGENT.get_or_init(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let agent = rt.block_on(async {
+                let mut m = Metrics::new("test");
+                Agent::start(
+                    crate::agent::AgentConfig {
+                        node: "n1".into(),
+                        node_address: "127.0.0.1".into(),
+                        datacenter: "dc1".into(),
+                        base_index: 1,
+                        change_log: 16,
+                    },
+                    Arc::new(bronze_store::RedbStore::in_memory().expect("store")),
+                    Arc::new(crate::metrics::DiscoveryMetrics::register(&mut m)),
+                    Shutdown::new(),
+                )
+                .await
+                .expect("agent")
+            });
+            (rt, agent)
+        });
+        agent.clone()
+    }
+
+    /// JSON values of every type, nested a little.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|n| json!(n)),
+            "\\PC{0,12}".prop_map(Value::String),
+            prop::sample::select(vec![
+                "10s",
+                "1m",
+                "-1s",
+                "0",
+                "http://127.0.0.1:1/",
+                "127.0.0.1:80",
+                "passing",
+                "web"
+            ])
+            .prop_map(|s| Value::String(s.to_string())),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((field_name(), inner), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn field_name() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "ID",
+            "Name",
+            "Tags",
+            "Address",
+            "Port",
+            "Meta",
+            "Weights",
+            "Passing",
+            "Warning",
+            "Check",
+            "Checks",
+            "CheckID",
+            "HTTP",
+            "TCP",
+            "TTL",
+            "Interval",
+            "Timeout",
+            "Status",
+            "Header",
+            "Method",
+            "DeregisterCriticalServiceAfter",
+            "TLSSkipVerify",
+            "Kind",
+            "Args",
+            "x",
+        ])
+        .prop_map(str::to_string)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any JSON body: a registration or an error naming a field, never a panic.
+        #[test]
+        fn registration_parser_never_panics(v in json_value(), raw in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let agent = agent_for_tests();
+            match parse_registration(&agent, v.to_string().as_bytes()) {
+                Ok(reg) => prop_assert!(!reg.instance.service.is_empty()),
+                Err(Error::Invalid { field, .. }) => prop_assert!(!field.is_empty()),
+                Err(e) => prop_assert!(false, "unexpected error kind {e}"),
+            }
+            prop_assert!(parse_registration(&agent, &raw).is_err() || serde_json::from_slice::<Value>(&raw).is_ok());
+        }
+    }
 
     #[test]
     fn node_ids_are_stable_uuids() {

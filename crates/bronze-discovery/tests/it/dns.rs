@@ -341,3 +341,35 @@ async fn hostile_packets_get_formerr_or_nothing_and_the_server_lives() {
     .await;
     s.stop().await;
 }
+
+#[tokio::test]
+async fn ttls_are_configurable() {
+    let s = Running::with(|c| {
+        c.dns.service_ttl = Duration::from_secs(30);
+        c.dns.node_ttl = Duration::from_secs(60);
+    })
+    .await;
+    s.register(json!({"ID": "a", "Name": "api", "Address": "10.0.0.1", "Port": 80}))
+        .await;
+    let ttl_of = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+            .map(|l| l.split_whitespace().nth(1).unwrap_or_default().to_string())
+            .collect()
+    };
+    let out = s
+        .dig(&[
+            "api.service.bronze",
+            "SRV",
+            "+noall",
+            "+answer",
+            "+additional",
+        ])
+        .await;
+    assert_eq!(ttl_of(&out), vec!["30", "30"], "{out}");
+    let out = s
+        .dig(&["bronze-test.node.bronze", "A", "+noall", "+answer"])
+        .await;
+    assert_eq!(ttl_of(&out), vec!["60"], "{out}");
+    s.stop().await;
+}

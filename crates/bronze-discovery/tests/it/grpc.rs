@@ -349,3 +349,108 @@ async fn watch_streams_end_on_shutdown() {
         .expect("ends");
     assert!(!matches!(end, Ok(Some(_))), "no more events after shutdown");
 }
+
+#[tokio::test]
+async fn get_service_filters_by_passing_and_tag() {
+    let s = Running::start().await;
+    let mut c = s.grpc().await;
+    let mut warn = instance("w", "filt", 81);
+    warn.tags = vec!["canary".into()];
+    warn.checks[0].initial_status = pb::HealthStatus::Warning as i32;
+    for spec in [instance("p", "filt", 80), warn] {
+        c.register(pb::RegisterRequest {
+            instance: Some(spec),
+            owner: String::new(),
+        })
+        .await
+        .expect("register");
+    }
+    let ids = |r: pb::GetServiceResponse| r.instances.into_iter().map(|i| i.id).collect::<Vec<_>>();
+    let all = c
+        .get_service(pb::GetServiceRequest {
+            name: "filt".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(ids(all), vec!["p", "w"]);
+    let passing = c
+        .get_service(pb::GetServiceRequest {
+            name: "filt".into(),
+            passing_only: true,
+            ..Default::default()
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(ids(passing), vec!["p"]);
+    let tagged = c
+        .get_service(pb::GetServiceRequest {
+            name: "filt".into(),
+            tag: "canary".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(ids(tagged), vec!["w"]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn owned_registrations_are_soft_state_and_the_epoch_changes_on_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().display().to_string();
+    let s = Running::with(|c| c.data_dir = data.clone()).await;
+    let mut c = s.grpc().await;
+    let mut durable = instance("durable", "mixed", 80);
+    durable.checks.clear();
+    let mut owned = instance("owned", "mixed", 81);
+    owned.checks.clear();
+    let first = c
+        .register(pb::RegisterRequest {
+            instance: Some(durable),
+            owner: String::new(),
+        })
+        .await
+        .expect("register")
+        .into_inner();
+    c.register(pb::RegisterRequest {
+        instance: Some(owned),
+        owner: "registrator@host-a".into(),
+    })
+    .await
+    .expect("register");
+    s.stop().await;
+
+    let s = Running::with(|c| c.data_dir = data.clone()).await;
+    let mut c = s.grpc().await;
+    let got = c
+        .get_service(pb::GetServiceRequest {
+            name: "mixed".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    let ids: Vec<String> = got.instances.into_iter().map(|i| i.id).collect();
+    assert_eq!(ids, vec!["durable"]);
+    let hb = c
+        .heartbeat(pb::HeartbeatRequest {
+            owner: "registrator@host-a".into(),
+            reports: vec![],
+        })
+        .await
+        .expect("heartbeat")
+        .into_inner();
+    assert_ne!(
+        hb.server_epoch, first.server_epoch,
+        "a restarted server has a new epoch"
+    );
+    assert!(
+        hb.instance_ids.is_empty(),
+        "the owner learns it must register again"
+    );
+    s.stop().await;
+}
