@@ -331,7 +331,9 @@ fn sbin(name: &str) -> String {
     }
 }
 
-/// Re-registers and removes instances at `per_second` until `stop`.
+/// Changes registrations at `per_second` until `stop`: each change
+/// re-registers one of the queried instances with its port moved, so DNS
+/// answers change while their size stays that of the static peers'.
 async fn churn(
     c: DiscoveryClient<Channel>,
     per_second: u64,
@@ -343,42 +345,32 @@ async fn churn(
     let mut n: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
-        let batch: Vec<_> = (0..per_tick)
-            .map(|_| {
-                n += 1;
-                let mut c = c.clone();
-                let s = (n % SERVICES as u64) as usize;
-                let id = format!("churn-{}", n % 500);
-                let register = (n / 500).is_multiple_of(2);
-                async move {
-                    if register {
-                        let _ = c
-                            .register(pb::RegisterRequest {
-                                instance: Some(spec(
-                                    &format!("svc{s}"),
-                                    &id,
-                                    [10, 200, (s % 250) as u8, 9],
-                                    9000,
-                                )),
-                                owner: "bench-registrator".into(),
-                            })
-                            .await;
-                    } else {
-                        let _ = c
-                            .deregister(pb::DeregisterRequest {
-                                node: String::new(),
-                                id,
-                            })
-                            .await;
-                    }
-                }
-            })
-            .collect();
-        for job in batch {
+        for _ in 0..per_tick {
+            n += 1;
+            let mut c = c.clone();
+            let s = (n % SERVICES as u64) as usize;
+            let i = ((n / SERVICES as u64) % INSTANCES as u64) as usize;
+            let port = if (n / (SERVICES * INSTANCES) as u64).is_multiple_of(2) {
+                9000
+            } else {
+                8000
+            } + i as u32;
             let done = done.clone();
             tokio::spawn(async move {
-                job.await;
-                done.fetch_add(1, Ordering::Relaxed);
+                let r = c
+                    .register(pb::RegisterRequest {
+                        instance: Some(spec(
+                            &format!("svc{s}"),
+                            &format!("svc{s}-{i}"),
+                            ip_of(s, i),
+                            port,
+                        )),
+                        owner: "bench".into(),
+                    })
+                    .await;
+                if r.is_ok() {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
             });
         }
     }
@@ -461,12 +453,26 @@ async fn throughput(binary: &Path, tmp: &Path, seconds: u32, runs: u32) -> anyho
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
-        let task = tokio::spawn(churn(c.clone(), 1000, stop.clone(), done.clone()));
+        // The load generator gets its own single-threaded runtime and
+        // connection so it costs the machine as little as it can.
+        let grpc = bronze.grpc;
+        let (s2, d2) = (stop.clone(), done.clone());
+        let task = std::thread::spawn(move || -> anyhow::Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let c = client(grpc).await?;
+                churn(c, 1000, s2, d2).await;
+                Ok(())
+            })
+        });
         let dns = bronze.dns;
         let q = qfile.clone();
         let perf = tokio::task::spawn_blocking(move || dnsperf(dns, &q, seconds)).await??;
         stop.store(true, Ordering::Relaxed);
-        task.await?;
+        task.join()
+            .map_err(|_| anyhow::anyhow!("churn thread panicked"))??;
         churn_rate.push(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64());
         b_churn.push(perf.qps);
         b_churn_lost += perf.lost;

@@ -3,8 +3,10 @@
 //!
 //! Every mutation takes the write lock for a few microseconds, bumps the
 //! index, appends to the change log and publishes the new index on a
-//! `watch` channel. Readers (DNS, HTTP, gRPC) take the read lock and copy
-//! out `Arc`s. Blocking queries and watch streams wait on the index channel
+//! `watch` channel. Readers (HTTP, gRPC) take the read lock and copy out
+//! `Arc`s. DNS never takes the lock: each mutation also publishes the
+//! service's instance list to a lock-free map, so a writer (or a writer
+//! descheduled while holding the lock) never stalls a query. Blocking queries and watch streams wait on the index channel
 //! and then read what changed from the log, so no subscriber owns a queue
 //! and a slow one cannot slow a writer down.
 //!
@@ -160,6 +162,9 @@ struct State {
 
 pub struct Catalog {
     state: RwLock<State>,
+    /// Service name -> its instances, republished on every change (the DNS
+    /// read path).
+    published: papaya::HashMap<String, Arc<Vec<Arc<Instance>>>>,
     index_tx: watch::Sender<u64>,
     log_capacity: usize,
 }
@@ -203,6 +208,24 @@ impl Catalog {
             }),
             index_tx,
             log_capacity: log_capacity.max(1),
+            published: papaya::HashMap::new(),
+        }
+    }
+
+    /// Republishes one service for the lock-free readers. Called with the
+    /// write lock held, so publications happen in index order.
+    fn publish(&self, st: &State, service: &str) {
+        let map = self.published.pin();
+        match st.services.get(service).filter(|e| !e.instances.is_empty()) {
+            Some(e) => {
+                map.insert(
+                    service.to_string(),
+                    Arc::new(e.instances.values().cloned().collect()),
+                );
+            }
+            None => {
+                map.remove(service);
+            }
         }
     }
 
@@ -344,6 +367,12 @@ impl Catalog {
             .or_default();
         entry.instances.insert(key, instance.clone());
         entry.modify_index = index;
+        self.publish(&st, &instance.spec.service);
+        if let Some(prev) = &previous
+            && prev.spec.service != instance.spec.service
+        {
+            self.publish(&st, &prev.spec.service);
+        }
         self.commit(&mut st, index, Change::Upsert(instance.clone()));
         Ok(Registered {
             index,
@@ -359,6 +388,7 @@ impl Catalog {
         let service = st.by_key.remove(key)?;
         let index = st.index + 1;
         let instance = st.remove_from_service(key, &service, index)?;
+        self.publish(&st, &service);
         st.remove_owner(key, instance.owner.as_deref());
         st.forget_checks(&instance);
         st.services_index = index;
@@ -416,6 +446,7 @@ impl Catalog {
         entry.instances.insert(key.clone(), next.clone());
         if moved {
             entry.modify_index = index;
+            self.publish(&st, &next.spec.service);
             self.commit(&mut st, index, Change::Upsert(next.clone()));
         }
         Ok(CheckUpdated {
@@ -457,11 +488,15 @@ impl Catalog {
         self.state.read().lookup(key).cloned()
     }
 
-    /// Runs `f` on a service's entry under the read lock (no copies: the DNS
-    /// hot path).
-    pub fn with_service<R>(&self, name: &str, f: impl FnOnce(Option<&ServiceEntry>) -> R) -> R {
-        let st = self.state.read();
-        f(st.services.get(name).filter(|e| !e.instances.is_empty()))
+    /// Runs `f` on a service's published instances (in key order) without
+    /// taking any lock: the DNS hot path.
+    pub fn with_published<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(Option<&[Arc<Instance>]>) -> R,
+    ) -> R {
+        let map = self.published.pin();
+        f(map.get(name).map(|v| v.as_slice()))
     }
 
     /// The instances of a service (in key order) and the index a blocking
@@ -756,6 +791,28 @@ mod tests {
         }
         assert!(matches!(c.changes_since(15), ChangesSince::Changes(v) if v.is_empty()));
         assert!(matches!(c.changes_since(99), ChangesSince::TooOld));
+    }
+
+    #[test]
+    fn published_view_follows_every_change() {
+        let c = Catalog::new(1, "n1", "10.0.0.1", 16);
+        let count = |c: &Catalog, s: &str| c.with_published(s, |v| v.map(<[_]>::len));
+        assert_eq!(count(&c, "web"), None);
+        c.register(reg("a", "web", true), false).expect("register");
+        c.register(reg("b", "web", false), false).expect("register");
+        assert_eq!(count(&c, "web"), Some(2));
+        let key = InstanceKey::new("n1", "a");
+        c.set_check(&key, "service:a", Health::Passing, "")
+            .expect("set");
+        let health = c.with_published("web", |v| {
+            v.and_then(|v| v.iter().find(|i| &*i.key.id == "a").map(|i| i.health))
+        });
+        assert_eq!(health, Some(Health::Passing));
+        // Moving an instance to another service republishes both.
+        c.register(reg("a", "api", true), false).expect("register");
+        assert_eq!((count(&c, "web"), count(&c, "api")), (Some(1), Some(1)));
+        c.deregister(&InstanceKey::new("n1", "b"));
+        assert_eq!(count(&c, "web"), None);
     }
 
     #[test]

@@ -582,10 +582,125 @@ fn string_map(obj: &Map<String, Value>, name: &str) -> Result<Vec<(String, Strin
     }
 }
 
-fn raw_check(v: &Value) -> Result<RawCheck, Error> {
+/// Keys Consul's decoder accepts in a service definition and in a check
+/// (normalised: lower case, no underscores). Anything else is a typo or a
+/// field of another API, and is refused as Consul refuses it.
+const SERVICE_KEYS: &[&str] = &[
+    "kind",
+    "id",
+    "name",
+    "tags",
+    "address",
+    "taggedaddresses",
+    "meta",
+    "port",
+    "socketpath",
+    "check",
+    "checks",
+    "weights",
+    "token",
+    "enabletagoverride",
+    "proxy",
+    "connect",
+    "namespace",
+    "partition",
+    "locality",
+];
+const CHECK_KEYS: &[&str] = &[
+    "checkid",
+    "id",
+    "name",
+    "status",
+    "notes",
+    "scriptargs",
+    "args",
+    "http",
+    "h2ping",
+    "h2pingusetls",
+    "header",
+    "method",
+    "body",
+    "disableredirects",
+    "tcp",
+    "tcpusetls",
+    "udp",
+    "interval",
+    "aliasnode",
+    "aliasservice",
+    "dockercontainerid",
+    "shell",
+    "grpc",
+    "grpcusetls",
+    "osservice",
+    "tlsservername",
+    "tlsskipverify",
+    "timeout",
+    "ttl",
+    "successbeforepassing",
+    "failuresbeforewarning",
+    "failuresbeforecritical",
+    "proxyhttp",
+    "proxygrpc",
+    "deregistercriticalserviceafter",
+    "outputmaxsize",
+    "serviceid",
+];
+
+fn normalise(key: &str) -> String {
+    key.chars()
+        .filter(|c| *c != '_')
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+fn reject_unknown(obj: &Map<String, Value>, known: &[&str], prefix: &str) -> Result<(), Error> {
+    match obj.keys().find(|k| !known.contains(&normalise(k).as_str())) {
+        Some(k) => Err(Error::invalid(format!("{prefix}{k}"), "unknown field")),
+        None => Ok(()),
+    }
+}
+
+/// Fields Consul accepts that change behaviour Bronze does not implement:
+/// refused when set, never silently ignored.
+fn reject_unsupported(obj: &Map<String, Value>, fields: &[&str]) -> Result<(), Error> {
+    for name in fields {
+        let set = match field(obj, name) {
+            None | Some(Value::Bool(false)) => false,
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+            Some(Value::Object(m)) => !m.is_empty(),
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(_) => true,
+        };
+        if set {
+            return Err(Error::invalid(*name, "not supported by Bronze"));
+        }
+    }
+    Ok(())
+}
+
+fn raw_check(v: &Value) -> Result<Option<RawCheck>, Error> {
     let Value::Object(c) = v else {
         return Err(expected("Check", "an object", v));
     };
+    // `{}` is no check at all, as in Consul.
+    if c.values().all(Value::is_null) {
+        return Ok(None);
+    }
+    reject_unknown(c, CHECK_KEYS, "Check.")?;
+    reject_unsupported(
+        c,
+        &[
+            "Body",
+            "DisableRedirects",
+            "TLSServerName",
+            "TCPUseTLS",
+            "SuccessBeforePassing",
+            "FailuresBeforeWarning",
+            "FailuresBeforeCritical",
+            "OutputMaxSize",
+        ],
+    )?;
     for (key, kind) in [
         ("Args", "script"),
         ("ScriptArgs", "script"),
@@ -599,10 +714,10 @@ fn raw_check(v: &Value) -> Result<RawCheck, Error> {
         ("AliasNode", "alias"),
     ] {
         if field(c, key).is_some() {
-            return Ok(RawCheck {
+            return Ok(Some(RawCheck {
                 unsupported: Some(kind.into()),
                 ..Default::default()
-            });
+            }));
         }
     }
     let headers = match field(c, "Header") {
@@ -641,7 +756,7 @@ fn raw_check(v: &Value) -> Result<RawCheck, Error> {
         Some(id) => Some(id),
         None => opt_string(c, "ID")?,
     };
-    Ok(RawCheck {
+    Ok(Some(RawCheck {
         id,
         name: opt_string(c, "Name")?,
         http: opt_string(c, "HTTP")?.filter(|s| !s.is_empty()),
@@ -656,7 +771,7 @@ fn raw_check(v: &Value) -> Result<RawCheck, Error> {
         deregister_critical_after: opt_duration(c, "DeregisterCriticalServiceAfter")?,
         notes: opt_string(c, "Notes")?,
         unsupported: None,
-    })
+    }))
 }
 
 /// Parses and validates an agent service registration body.
@@ -666,6 +781,8 @@ pub fn parse_registration(agent: &Agent, body: &[u8]) -> Result<Registration, Er
     let Value::Object(o) = &v else {
         return Err(expected("body", "a JSON object", &v));
     };
+    reject_unknown(o, SERVICE_KEYS, "")?;
+    reject_unsupported(o, &["SocketPath", "Proxy", "Connect", "Locality"])?;
     if let Some(kind) = opt_string(o, "Kind")?
         && !kind.is_empty()
     {
@@ -684,13 +801,13 @@ pub fn parse_registration(agent: &Agent, body: &[u8]) -> Result<Registration, Er
     };
     let mut checks = Vec::new();
     if let Some(c) = field(o, "Check") {
-        checks.push(raw_check(c)?);
+        checks.extend(raw_check(c)?);
     }
     match field(o, "Checks") {
         None => {}
         Some(Value::Array(a)) => {
             for c in a {
-                checks.push(raw_check(c)?);
+                checks.extend(raw_check(c)?);
             }
         }
         Some(v) => return Err(expected("Checks", "an array of checks", v)),

@@ -293,13 +293,12 @@ impl Resolver {
             Some(Err(_)) => return Rcode::NxDomain,
             None => None,
         };
-        self.catalog.with_service(name, |entry| {
-            let Some(entry) = entry else {
+        self.catalog.with_published(name, |instances| {
+            let Some(instances) = instances else {
                 return Rcode::NxDomain;
             };
-            let mut picked: Vec<&Arc<Instance>> = entry
-                .instances
-                .values()
+            let mut picked: Vec<&Arc<Instance>> = instances
+                .iter()
                 .filter(|i| self.healthy(i) && tag.is_none_or(|t| i.has_tag(t)))
                 .collect();
             if picked.is_empty() {

@@ -97,6 +97,19 @@ async fn bad_registrations_name_the_field_and_change_nothing() {
             "CheckID",
         ),
         (json!({"Name": "web", "Weights": {"Passing": 0}}), "Weights"),
+        (json!({"Name": "web", "Prot": 80}), "Prot"),
+        (
+            json!({"Name": "web", "Check": {"TTL": "5s", "Intervall": "1s"}}),
+            "Check.Intervall",
+        ),
+        (
+            json!({"Name": "web", "Check": {"HTTP": "http://x/", "Body": "{}"}}),
+            "Body",
+        ),
+        (
+            json!({"Name": "web", "Check": {"TTL": "5s", "FailuresBeforeCritical": 3}}),
+            "FailuresBeforeCritical",
+        ),
     ] {
         let (code, text) = s.put("/v1/agent/service/register", &body.to_string()).await;
         assert_eq!(code, 400, "{body} -> {text}");
@@ -113,6 +126,33 @@ async fn bad_registrations_name_the_field_and_change_nothing() {
     assert_eq!(
         consul_index(&s.get("/v1/catalog/services").await),
         index_before
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn registrator_and_python_client_bodies_are_accepted() {
+    let s = Running::start().await;
+    // gliderlabs/registrator sends null checks when a container has none.
+    s.register(
+        json!({"ID": "h:c:80", "Name": "reg", "Tags": null, "Port": 80, "Address": "10.0.0.1",
+        "Meta": null, "Check": null, "Checks": null}),
+    )
+    .await;
+    // Empty check objects are no check; known Consul fields Bronze ignores are fine.
+    s.register(
+        json!({"ID": "e", "Name": "reg", "Port": 81, "Check": {}, "EnableTagOverride": true,
+        "TaggedAddresses": {}, "Token": ""}),
+    )
+    .await;
+    let (_, services) = s.get_json("/v1/agent/services").await;
+    assert_eq!(services["h:c:80"]["Service"], "reg");
+    let (_, checks) = s.get_json("/v1/agent/checks").await;
+    assert_eq!(checks, json!({}));
+    // IDs with colons route whole.
+    assert_eq!(
+        s.put("/v1/agent/service/deregister/h:c:80", "").await.0,
+        200
     );
     s.stop().await;
 }
