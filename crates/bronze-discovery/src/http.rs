@@ -655,6 +655,10 @@ fn normalise(key: &str) -> String {
 
 fn reject_unknown(obj: &Map<String, Value>, known: &[&str], prefix: &str) -> Result<(), Error> {
     match obj.keys().find(|k| !known.contains(&normalise(k).as_str())) {
+        Some(k) if k.is_empty() => Err(Error::invalid(
+            format!("{prefix}\"\""),
+            "unknown field (empty key)",
+        )),
         Some(k) => Err(Error::invalid(format!("{prefix}{k}"), "unknown field")),
         None => Ok(()),
     }
@@ -774,8 +778,13 @@ fn raw_check(v: &Value) -> Result<Option<RawCheck>, Error> {
     }))
 }
 
-/// Parses and validates an agent service registration body.
-pub fn parse_registration(agent: &Agent, body: &[u8]) -> Result<Registration, Error> {
+/// Parses and validates an agent service registration body for the agent
+/// of `node` (whose address is `node_address`).
+pub fn parse_registration(
+    node: &str,
+    node_address: &str,
+    body: &[u8],
+) -> Result<Registration, Error> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| Error::invalid("body", format!("request decode failed: {e}")))?;
     let Value::Object(o) = &v else {
@@ -825,7 +834,7 @@ pub fn parse_registration(agent: &Agent, body: &[u8]) -> Result<Registration, Er
         checks,
     };
     Ok(Registration {
-        instance: raw.validate(&NAMES, &agent.node, &agent.node_address)?,
+        instance: raw.validate(&NAMES, node, node_address)?,
         owner: None,
     })
 }
@@ -837,7 +846,7 @@ async fn register(State(api): State<Api>, body: Bytes) -> Response {
             format!("body: larger than {MAX_BODY} bytes"),
         );
     }
-    let reg = match parse_registration(&api.agent, &body) {
+    let reg = match parse_registration(&api.agent.node, &api.agent.node_address, &body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -1140,36 +1149,23 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// One agent (and the runtime its timer task lives on) for every case.
-    fn agent_for_tests() -> Arc<Agent> {
-        static AGENT: std::sync::OnceLock<(tokio::runtime::Runtime, Arc<Agent>)> =
-            std::sync::OnceLock::new();
-        let (_, agent) = AGENT.get_or_init(|| {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            let agent = rt.block_on(async {
-                let mut m = Metrics::new("test");
-                Agent::start(
-                    crate::agent::AgentConfig {
-                        node: "n1".into(),
-                        node_address: "127.0.0.1".into(),
-                        datacenter: "dc1".into(),
-                        base_index: 1,
-                        change_log: 16,
-                    },
-                    Arc::new(bronze_store::RedbStore::in_memory().expect("store")),
-                    Arc::new(crate::metrics::DiscoveryMetrics::register(&mut m)),
-                    Shutdown::new(),
-                )
-                .await
-                .expect("agent")
-            });
-            (rt, agent)
-        });
-        agent.clone()
+    /// The fuzzing corpus (fuzz/corpus/consul_registration) replayed on
+    /// every test run.
+    #[test]
+    fn fuzz_corpus_replays() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/corpus/consul_registration");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("corpus directory") {
+            let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
+            match parse_registration("n1", "127.0.0.1", &bytes) {
+                Ok(reg) => assert!(!reg.instance.service.is_empty()),
+                Err(Error::Invalid { field, .. }) => assert!(!field.is_empty()),
+                Err(e) => panic!("unexpected error kind {e}"),
+            }
+            n += 1;
+        }
+        assert!(n > 0, "empty corpus in {}", dir.display());
     }
 
     /// JSON values of every type, nested a little.
@@ -1235,16 +1231,16 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
-        /// Any JSON body: a registration or an error naming a field, never a panic.
+        /// Any JSON body: a registration or an error naming a field, never a
+        /// panic (fuzz/ runs the same property coverage-guided).
         #[test]
         fn registration_parser_never_panics(v in json_value(), raw in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let agent = agent_for_tests();
-            match parse_registration(&agent, v.to_string().as_bytes()) {
+            match parse_registration("n1", "127.0.0.1", v.to_string().as_bytes()) {
                 Ok(reg) => prop_assert!(!reg.instance.service.is_empty()),
                 Err(Error::Invalid { field, .. }) => prop_assert!(!field.is_empty()),
                 Err(e) => prop_assert!(false, "unexpected error kind {e}"),
             }
-            prop_assert!(parse_registration(&agent, &raw).is_err() || serde_json::from_slice::<Value>(&raw).is_ok());
+            prop_assert!(parse_registration("n1", "127.0.0.1", &raw).is_err() || serde_json::from_slice::<Value>(&raw).is_ok());
         }
     }
 

@@ -92,6 +92,53 @@ fn parse_hex_ip(label: &[u8]) -> Option<IpAddr> {
 }
 
 impl Resolver {
+    /// A resolver for the domain `bronze.` over a small catalog (web on an
+    /// IPv4 and an IPv6 address, api on a host name, db on its node's
+    /// address): for fuzzing and tests.
+    pub fn example() -> Self {
+        use crate::model::{InstanceSpec, Registration, Weights};
+        let catalog = Arc::new(Catalog::new(1, "n1", "10.0.0.1", 64));
+        for (i, (svc, addr)) in [
+            ("web", "10.0.0.5"),
+            ("web", "fd00::5"),
+            ("api", "api.example.com"),
+            ("db", ""),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let reg = Registration {
+                instance: InstanceSpec {
+                    id: format!("i{i}"),
+                    service: svc.into(),
+                    node: "n1".into(),
+                    node_address: "10.0.0.1".into(),
+                    address: addr.into(),
+                    port: 8000 + i as u16,
+                    tags: vec!["v1".into()],
+                    meta: Default::default(),
+                    weights: Weights::default(),
+                    checks: Vec::new(),
+                },
+                owner: None,
+            };
+            // The example names are valid: registration cannot fail.
+            let _ = catalog.register(reg, false);
+        }
+        Resolver {
+            catalog,
+            domain: vec![b"bronze".to_vec()],
+            datacenter: b"dc1".to_vec(),
+            service_ttl: 0,
+            node_ttl: 0,
+            negative_ttl: 0,
+            only_passing: false,
+            recursion: false,
+            udp_max_payload: 1232,
+            ns_address: Some(IpAddr::from([127, 0, 0, 1])),
+        }
+    }
+
     /// Answers `packet` into `out`. `tcp` lifts the size limit to 64 KiB.
     pub fn respond(&self, packet: &[u8], tcp: bool, out: &mut Vec<u8>) -> Outcome {
         let query = match wire::parse(packet) {
@@ -430,51 +477,11 @@ pub fn domain_labels(domain: &str) -> Result<Vec<Vec<u8>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{InstanceSpec, Registration, Weights};
     use hickory_proto::op::Message;
     use proptest::prelude::*;
 
-    /// A resolver over a catalog with a few services, for the fuzz tests.
     fn resolver() -> Resolver {
-        let catalog = Arc::new(Catalog::new(1, "n1", "10.0.0.1", 64));
-        for (i, (svc, addr)) in [
-            ("web", "10.0.0.5"),
-            ("web", "fd00::5"),
-            ("api", "api.example.com"),
-            ("db", ""),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let reg = Registration {
-                instance: InstanceSpec {
-                    id: format!("i{i}"),
-                    service: svc.into(),
-                    node: "n1".into(),
-                    node_address: "10.0.0.1".into(),
-                    address: addr.into(),
-                    port: 8000 + i as u16,
-                    tags: vec!["v1".into()],
-                    meta: Default::default(),
-                    weights: Weights::default(),
-                    checks: Vec::new(),
-                },
-                owner: None,
-            };
-            catalog.register(reg, false).expect("register");
-        }
-        Resolver {
-            catalog,
-            domain: domain_labels("bronze.").expect("domain"),
-            datacenter: b"dc1".to_vec(),
-            service_ttl: 0,
-            node_ttl: 0,
-            negative_ttl: 0,
-            only_passing: false,
-            recursion: false,
-            udp_max_payload: 1232,
-            ns_address: Some(IpAddr::from([127, 0, 0, 1])),
-        }
+        Resolver::example()
     }
 
     fn query(name: &str, qtype: u16, edns: bool) -> Vec<u8> {
@@ -543,6 +550,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The fuzzing corpus (fuzz/corpus/dns_respond, grown by `cargo fuzz`)
+    /// replayed on every test run.
+    #[test]
+    fn fuzz_corpus_replays() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/dns_respond");
+        let r = resolver();
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("corpus directory") {
+            let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
+            check(&r, &bytes);
+            n += 1;
+        }
+        assert!(n > 0, "empty corpus in {}", dir.display());
     }
 
     proptest! {
