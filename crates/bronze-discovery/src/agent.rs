@@ -265,7 +265,7 @@ impl Agent {
                 continue;
             }
             match &check.spec.kind {
-                CheckKind::Ttl { ttl } => {
+                CheckKind::Ttl { ttl, .. } => {
                     self.timers
                         .lock()
                         .ttl
@@ -423,7 +423,7 @@ impl Agent {
             .iter()
             .find(|c| c.spec.id == check_id)
             .ok_or_else(|| Error::NotFound(format!("check {check_id:?}")))?;
-        let CheckKind::Ttl { ttl } = check.spec.kind else {
+        let CheckKind::Ttl { ttl, .. } = check.spec.kind else {
             return Err(Error::invalid(
                 "CheckID",
                 format!(
@@ -449,13 +449,19 @@ impl Agent {
     /// were refreshed and the owner's instances as the catalog holds them.
     pub fn heartbeat(&self, owner: &str, reports: &[CheckReport]) -> (u32, Vec<Arc<Instance>>) {
         let instances = self.catalog.owner_instances(owner);
+        let by_check: HashMap<(&str, &str), &CheckReport> = reports
+            .iter()
+            .map(|r| ((r.instance_id.as_str(), r.check_id.as_str()), r))
+            .collect();
         let mut refreshed = 0;
         for instance in &instances {
             for check in &instance.checks {
-                let report = reports
-                    .iter()
-                    .find(|r| r.instance_id == *instance.key.id && r.check_id == check.spec.id);
-                if let CheckKind::Ttl { ttl } = check.spec.kind {
+                let report = by_check.get(&(&*instance.key.id, check.spec.id.as_str()));
+                if let CheckKind::Ttl { ttl, external } = check.spec.kind {
+                    if external {
+                        // The service refreshes it itself.
+                        continue;
+                    }
                     self.refresh_ttl(&instance.key, &check.spec.id, ttl);
                     refreshed += 1;
                     let (status, output) = match report {

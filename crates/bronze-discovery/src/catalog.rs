@@ -477,11 +477,20 @@ impl Catalog {
         self.state.read().check_conflicts(&key, reg)
     }
 
-    /// The instance owning check `check_id` on `node`.
+    /// The instance owning check `check_id` on `node`; failing that, the
+    /// one instance on any node that has such a check (services registered
+    /// by a registrator refresh their own TTL checks through this server's
+    /// agent API, though they live on their host's node).
     pub fn find_check(&self, node: &str, check_id: &str) -> Option<Arc<Instance>> {
         let st = self.state.read();
-        let key = st.checks.get(&(Arc::from(node), check_id.to_string()))?;
-        st.lookup(key).cloned()
+        if let Some(key) = st.checks.get(&(Arc::from(node), check_id.to_string())) {
+            return st.lookup(key).cloned();
+        }
+        let mut found = st.checks.iter().filter(|((_, id), _)| id == check_id);
+        match (found.next(), found.next()) {
+            (Some((_, key)), None) => st.lookup(key).cloned(),
+            _ => None,
+        }
     }
 
     pub fn instance(&self, key: &InstanceKey) -> Option<Arc<Instance>> {
@@ -688,6 +697,7 @@ mod tests {
                 name: "ttl".into(),
                 kind: CheckKind::Ttl {
                     ttl: Duration::from_secs(5),
+                    external: false,
                 },
                 interval: Duration::ZERO,
                 timeout: Duration::from_secs(1),

@@ -117,6 +117,7 @@ fn raw_check(c: pb::CheckSpec) -> Result<RawCheck, Error> {
         Some(pb::check_spec::Kind::Tcp(t)) => raw.tcp = Some(t.address),
         Some(pb::check_spec::Kind::Ttl(t)) => {
             raw.ttl = Some(duration(NAMES.check_ttl, t.ttl)?.unwrap_or_default());
+            raw.ttl_external = t.external;
         }
         None => {}
     }

@@ -360,7 +360,7 @@ fn check_json(i: &Instance, c: &CheckState) -> Value {
     let (kind, definition) = match &c.spec.kind {
         CheckKind::Http { url, method, .. } => ("http", json!({"HTTP": url, "Method": method})),
         CheckKind::Tcp { address } => ("tcp", json!({"TCP": address})),
-        CheckKind::Ttl { ttl } => ("ttl", json!({"TTL": format_go_duration(*ttl)})),
+        CheckKind::Ttl { ttl, .. } => ("ttl", json!({"TTL": format_go_duration(*ttl)})),
     };
     let interval = if c.spec.interval.is_zero() {
         String::new()
@@ -769,6 +769,7 @@ fn raw_check(v: &Value) -> Result<Option<RawCheck>, Error> {
         tls_skip_verify: opt_bool(c, "TLSSkipVerify")?,
         tcp: opt_string(c, "TCP")?.filter(|s| !s.is_empty()),
         ttl: opt_duration(c, "TTL")?,
+        ttl_external: true,
         interval: opt_duration(c, "Interval")?,
         timeout: opt_duration(c, "Timeout")?,
         status,

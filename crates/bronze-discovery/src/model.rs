@@ -85,6 +85,9 @@ pub enum CheckKind {
     Ttl {
         #[serde(with = "duration_ms")]
         ttl: Duration,
+        /// Refreshed by the service itself, not by its owner's heartbeat.
+        #[serde(default)]
+        external: bool,
     },
 }
 
@@ -207,6 +210,8 @@ pub struct RawCheck {
     pub tls_skip_verify: bool,
     pub tcp: Option<String>,
     pub ttl: Option<Duration>,
+    /// A TTL check the service refreshes itself (not its owner's heartbeat).
+    pub ttl_external: bool,
     pub interval: Option<Duration>,
     pub timeout: Option<Duration>,
     pub status: Option<Health>,
@@ -616,6 +621,7 @@ impl RawCheck {
             let ttl = self.ttl.unwrap_or_default();
             CheckKind::Ttl {
                 ttl: validate_duration(names.check_ttl, ttl, Duration::from_millis(10))?,
+                external: self.ttl_external,
             }
         };
 

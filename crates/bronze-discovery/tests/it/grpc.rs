@@ -30,6 +30,7 @@ fn instance(id: &str, service: &str, port: u32) -> pb::InstanceSpec {
                     seconds: 30,
                     nanos: 0,
                 }),
+                external: false,
             })),
             initial_status: pb::HealthStatus::Passing as i32,
             ..Default::default()
@@ -162,6 +163,7 @@ async fn heartbeat_refreshes_ttls_and_reports_status() {
             seconds: 0,
             nanos: 400_000_000,
         }),
+        external: false,
     }));
     c.register(pb::RegisterRequest {
         instance: Some(spec),
@@ -451,6 +453,58 @@ async fn owned_registrations_are_soft_state_and_the_epoch_changes_on_restart() {
     assert!(
         hb.instance_ids.is_empty(),
         "the owner learns it must register again"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn external_ttl_checks_are_left_to_the_service() {
+    let s = Running::start().await;
+    let mut c = s.grpc().await;
+    let mut spec = instance("x1", "selfcheck", 80);
+    spec.checks = vec![pb::CheckSpec {
+        id: "service:x1:ttl".into(),
+        kind: Some(pb::check_spec::Kind::Ttl(pb::TtlCheck {
+            ttl: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            external: true,
+        })),
+        ..Default::default()
+    }];
+    c.register(pb::RegisterRequest {
+        instance: Some(spec),
+        owner: "reg-1".into(),
+    })
+    .await
+    .expect("register");
+    // The owner's heartbeat does not make it pass...
+    let hb = c
+        .heartbeat(pb::HeartbeatRequest {
+            owner: "reg-1".into(),
+            reports: vec![],
+        })
+        .await
+        .expect("heartbeat")
+        .into_inner();
+    assert_eq!(hb.refreshed, 0);
+    let health = |r: pb::GetServiceResponse| r.instances[0].health;
+    let get = pb::GetServiceRequest {
+        name: "selfcheck".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        health(c.get_service(get.clone()).await.expect("get").into_inner()),
+        pb::HealthStatus::Critical as i32
+    );
+    // ...the service does, through the Consul agent API, though it lives on
+    // another node than the server's.
+    let (code, body) = s.put("/v1/agent/check/pass/service:x1:ttl", "").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        health(c.get_service(get).await.expect("get").into_inner()),
+        pb::HealthStatus::Passing as i32
     );
     s.stop().await;
 }
