@@ -165,9 +165,56 @@ pub async fn docker() -> anyhow::Result<Docker> {
 
 /// Builds one image from the binaries in `bin_dir`; returns its tag.
 pub async fn build(image: &Image, bin_dir: &Path) -> anyhow::Result<String> {
+    build_context(&tag(image), context(image, bin_dir)?).await
+}
+
+/// The test workload image: FROM scratch with Debian's static busybox
+/// (apt-get install busybox-static), serving /www on port 8080 with httpd.
+/// `/www/health` exists, so a check on `/health` passes until a test
+/// removes it (`busybox rm /www/health` through docker exec).
+pub async fn build_busybox_httpd(tag: &str) -> anyhow::Result<String> {
+    crate::prerequisites::apt(&[("busybox", "busybox-static")])?;
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .context("busybox not found (apt-get install busybox-static)")?;
+    let data = std::fs::read(busybox)?;
+    let mut tar = tar::Builder::new(Vec::new());
+    let file = |tar: &mut tar::Builder<Vec<u8>>,
+                path: &str,
+                data: &[u8],
+                mode: u32|
+     -> anyhow::Result<()> {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_cksum();
+        tar.append_data(&mut h, path, data)?;
+        Ok(())
+    };
+    let dockerfile = "FROM scratch\nCOPY rootfs/ /\nEXPOSE 8080\nENTRYPOINT [\"/bin/busybox\"]\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
+    file(&mut tar, "Dockerfile", dockerfile.as_bytes(), 0o644)?;
+    file(&mut tar, "rootfs/bin/busybox", &data, 0o755)?;
+    file(
+        &mut tar,
+        "rootfs/www/index.html",
+        b"hello from busybox\n",
+        0o644,
+    )?;
+    file(&mut tar, "rootfs/www/health", b"ok\n", 0o644)?;
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o1777);
+    dir.set_size(0);
+    dir.set_cksum();
+    tar.append_data(&mut dir, "rootfs/tmp", std::io::empty())?;
+    build_context(tag, tar.into_inner()?).await
+}
+
+async fn build_context(tag: &str, context: Vec<u8>) -> anyhow::Result<String> {
     let docker = docker().await?;
-    let context = context(image, bin_dir)?;
-    let tag = tag(image);
+    let tag = tag.to_string();
     let options = BuildImageOptionsBuilder::default()
         .dockerfile("Dockerfile")
         .t(&tag)

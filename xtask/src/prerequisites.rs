@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use anyhow::bail;
 
 /// (command that proves it is there, Debian package)
-const DEBIAN: &[(&str, &str)] = &[("dig", "dnsutils")];
+const DEBIAN: &[(&str, &str)] = &[("dig", "dnsutils"), ("busybox", "busybox-static")];
 /// (Python module, PyPI package)
 const PYTHON: &[(&str, &str)] = &[("consul", "py-consul")];
 

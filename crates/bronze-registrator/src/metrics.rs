@@ -1,0 +1,85 @@
+//! The component's metrics, named `bronze_registrator_<what>_<unit>`.
+
+use bronze_telemetry::Metrics;
+use bronze_telemetry::prometheus_client::encoding::EncodeLabelSet;
+use bronze_telemetry::prometheus_client::metrics::counter::Counter;
+use bronze_telemetry::prometheus_client::metrics::family::Family;
+use bronze_telemetry::prometheus_client::metrics::gauge::Gauge;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+pub struct RegistratorMetrics {
+    pub events: Family<ActionLabel, Counter>,
+    pub registrations: Counter,
+    pub deregistrations: Counter,
+    pub instances: Gauge,
+    pub stream_reconnects: Counter,
+    pub heartbeats: Family<ResultLabel, Counter>,
+    pub warnings: Counter,
+    pub resyncs: Counter,
+}
+
+impl RegistratorMetrics {
+    pub fn register(m: &mut Metrics) -> Self {
+        let this = Self {
+            events: Family::default(),
+            registrations: Counter::default(),
+            deregistrations: Counter::default(),
+            instances: Gauge::default(),
+            stream_reconnects: Counter::default(),
+            heartbeats: Family::default(),
+            warnings: Counter::default(),
+            resyncs: Counter::default(),
+        };
+        let r = m.registry();
+        r.register(
+            "events",
+            "Container events received, by action",
+            this.events.clone(),
+        );
+        r.register(
+            "registrations",
+            "Instances registered with discovery",
+            this.registrations.clone(),
+        );
+        r.register(
+            "deregistrations",
+            "Instances removed from discovery",
+            this.deregistrations.clone(),
+        );
+        r.register(
+            "instances",
+            "Instances this registrator keeps registered",
+            this.instances.clone(),
+        );
+        r.register(
+            "event_stream_reconnects",
+            "Times the engine's event stream was reopened",
+            this.stream_reconnects.clone(),
+        );
+        r.register(
+            "heartbeats",
+            "Heartbeats sent to discovery, by result",
+            this.heartbeats.clone(),
+        );
+        r.register(
+            "warnings",
+            "Malformed container settings reported",
+            this.warnings.clone(),
+        );
+        r.register(
+            "resyncs",
+            "Full reconciliations with the engine",
+            this.resyncs.clone(),
+        );
+        this
+    }
+}

@@ -1,0 +1,9 @@
+//! bronze-registrator against the real Docker engine, a real bronze-discovery
+//! (in process, port 0) and dig. Workloads are FROM-scratch images with
+//! Debian's static busybox, built offline.
+
+mod binary;
+mod harness;
+mod health;
+mod lifecycle;
+mod restarts;

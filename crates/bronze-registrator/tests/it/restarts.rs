@@ -1,0 +1,177 @@
+//! Restarts of every party leave exactly one registration per port.
+
+use std::time::Duration;
+
+use crate::harness::{Container, Discovery, Reg, Spec, eventually, reg_config, unique};
+
+fn named(service: &str) -> Spec {
+    Spec {
+        env: vec![format!("SERVICE_NAME={service}")],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn restarting_the_registrator_keeps_one_registration() {
+    let d = Discovery::start().await;
+    let node = unique("host");
+    let r = Reg::start(reg_config(d.grpc, &node)).await;
+    let service = unique("stay");
+    let _c = Container::run(&unique("it-stay"), named(&service)).await;
+    eventually(Duration::from_secs(10), "registered", || async {
+        d.srv(&service).await.len() == 1
+    })
+    .await;
+    r.stop().await;
+    // Still answered while the registrator is away (within its TTL).
+    assert_eq!(d.srv(&service).await.len(), 1);
+    let r = Reg::start(reg_config(d.grpc, &node)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        d.instances(&service).await.len(),
+        1,
+        "exactly one after the restart"
+    );
+    assert_eq!(d.srv(&service).await.len(), 1);
+    r.stop().await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn restarting_discovery_gets_everything_registered_again() {
+    let d = Discovery::start().await;
+    let at = (d.grpc, d.dns, "127.0.0.1:0".parse().expect("addr"));
+    let r = Reg::start(reg_config(d.grpc, &unique("host"))).await;
+    let service = unique("again");
+    let _c = Container::run(&unique("it-again"), named(&service)).await;
+    eventually(Duration::from_secs(10), "registered", || async {
+        d.srv(&service).await.len() == 1
+    })
+    .await;
+    d.stop().await;
+    // Discovery keeps no soft state: it comes back empty, on the same ports.
+    let d = Discovery::start_on(Some(at)).await;
+    eventually(
+        Duration::from_secs(5),
+        "registered again after the restart",
+        || async { d.srv(&service).await.len() == 1 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(d.instances(&service).await.len(), 1, "exactly one");
+    r.stop().await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn containers_started_or_removed_while_down_are_reconciled() {
+    let d = Discovery::start().await;
+    let node = unique("host");
+    let mut config = reg_config(d.grpc, &node);
+    config.cleanup = true;
+    let r = Reg::start(config.clone()).await;
+    let gone = unique("gone");
+    let old = Container::run(&unique("it-gone"), named(&gone)).await;
+    eventually(Duration::from_secs(10), "registered", || async {
+        d.srv(&gone).await.len() == 1
+    })
+    .await;
+    r.stop().await;
+    // While the registrator is down: one container goes, one comes.
+    old.remove().await;
+    let new = unique("new");
+    let _n = Container::run(&unique("it-new"), named(&new)).await;
+    let r = Reg::start(config).await;
+    eventually(Duration::from_secs(10), "the new one appears", || async {
+        d.srv(&new).await.len() == 1
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the removed one disappears (cleanup)",
+        || async { d.instances(&gone).await.is_empty() },
+    )
+    .await;
+    r.stop().await;
+    d.stop().await;
+}
+
+/// A unix-socket proxy to the engine whose connections the test can cut.
+struct EngineProxy {
+    path: std::path::PathBuf,
+    cut: tokio::sync::watch::Sender<u64>,
+    _dir: tempfile::TempDir,
+}
+
+impl EngineProxy {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("docker.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind proxy socket");
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let cuts = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut rx = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut engine) =
+                        tokio::net::UnixStream::connect("/var/run/docker.sock").await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut engine) => {}
+                        _ = rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            path,
+            cut,
+            _dir: dir,
+        }
+    }
+
+    /// Drops every open connection, the event stream among them.
+    fn cut_all(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+#[tokio::test]
+async fn a_broken_event_stream_is_reopened_and_nothing_is_missed_or_doubled() {
+    let proxy = EngineProxy::start().await;
+    let d = Discovery::start().await;
+    let mut config = reg_config(d.grpc, &unique("host"));
+    config.docker_host = format!("unix://{}", proxy.path.display());
+    config.resync = Duration::ZERO;
+    let r = Reg::start(config).await;
+    let first = unique("first");
+    let _a = Container::run(&unique("it-first"), named(&first)).await;
+    eventually(
+        Duration::from_secs(10),
+        "registered through the proxy",
+        || async { d.srv(&first).await.len() == 1 },
+    )
+    .await;
+    proxy.cut_all();
+    // Started right after the stream broke: found on reconnection.
+    let second = unique("second");
+    let _b = Container::run(&unique("it-second"), named(&second)).await;
+    eventually(
+        Duration::from_secs(15),
+        "seen after the stream came back",
+        || async { d.srv(&second).await.len() == 1 },
+    )
+    .await;
+    assert_eq!(d.instances(&first).await.len(), 1, "no duplicate");
+    assert_eq!(d.instances(&second).await.len(), 1, "no duplicate");
+    assert!(
+        r.metric("bronze_registrator_event_stream_reconnects_total")
+            .await
+            >= 1.0
+    );
+    r.stop().await;
+    d.stop().await;
+}
