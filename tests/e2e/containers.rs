@@ -14,22 +14,28 @@ use bollard::query_parameters::{
 };
 use tokio::sync::OnceCell;
 
-static IMAGE: OnceCell<String> = OnceCell::const_new();
+static IMAGES: OnceCell<()> = OnceCell::const_new();
 
-/// Builds the discovery image once per test run, from the debug build.
-async fn discovery_image() -> &'static str {
-    IMAGE
+/// Builds every image once per test run, from the debug build.
+async fn images() {
+    IMAGES
         .get_or_init(|| async {
             let dir = tokio::task::spawn_blocking(|| xtask::build_binaries(xtask::Profile::Debug))
                 .await
                 .expect("join")
                 .expect("cargo build");
-            let image = xtask::images::find("discovery").expect("discovery image defined");
-            xtask::images::build(image, &dir)
-                .await
-                .expect("image builds offline")
+            for image in xtask::images::IMAGES {
+                xtask::images::build(image, &dir)
+                    .await
+                    .expect("image builds offline");
+            }
         })
-        .await
+        .await;
+}
+
+async fn discovery_image() -> &'static str {
+    images().await;
+    "bronze/discovery:latest"
 }
 
 async fn http_ok(url: &str) -> bool {
@@ -192,8 +198,11 @@ fn free_port() -> u16 {
 }
 
 #[tokio::test]
-async fn compose_file_brings_discovery_up() {
-    discovery_image().await;
+async fn compose_file_brings_the_platform_up_and_registers_containers() {
+    images().await;
+    xtask::images::build_busybox_httpd("bronze-test/busybox-httpd:latest")
+        .await
+        .expect("workload image");
     let compose = xtask::root().join("deploy/docker-compose.yml");
     let project = format!("bronze-e2e-{}", std::process::id());
     let (http, dns, grpc) = (free_port(), free_port(), free_port());
@@ -206,6 +215,7 @@ async fn compose_file_brings_discovery_up() {
             .env("BRONZE_HTTP_PORT", http.to_string())
             .env("BRONZE_DNS_PORT", dns.to_string())
             .env("BRONZE_GRPC_PORT", grpc.to_string())
+            .env("BRONZE_NODE", &project)
             .output()
             .expect("docker-compose runs")
     };

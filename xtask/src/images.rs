@@ -22,20 +22,33 @@ pub struct Image {
     pub volume: Option<&'static str>,
 }
 
-pub const IMAGES: &[Image] = &[Image {
-    name: "discovery",
-    package: "bronze-discovery",
-    binary: "bronze-discovery",
-    env: &[
-        ("BRONZE_DISCOVERY_HTTP_ADDR", "0.0.0.0:8500"),
-        ("BRONZE_DISCOVERY_DNS_ADDR", "0.0.0.0:8600"),
-        ("BRONZE_DISCOVERY_GRPC_ADDR", "0.0.0.0:8502"),
-        ("BRONZE_DISCOVERY_DATA_DIR", "/data"),
-        ("BRONZE_LOG_FORMAT", "json"),
-    ],
-    ports: &["8500/tcp", "8600/udp", "8600/tcp", "8502/tcp"],
-    volume: Some("/data"),
-}];
+pub const IMAGES: &[Image] = &[
+    Image {
+        name: "discovery",
+        package: "bronze-discovery",
+        binary: "bronze-discovery",
+        env: &[
+            ("BRONZE_DISCOVERY_HTTP_ADDR", "0.0.0.0:8500"),
+            ("BRONZE_DISCOVERY_DNS_ADDR", "0.0.0.0:8600"),
+            ("BRONZE_DISCOVERY_GRPC_ADDR", "0.0.0.0:8502"),
+            ("BRONZE_DISCOVERY_DATA_DIR", "/data"),
+            ("BRONZE_LOG_FORMAT", "json"),
+        ],
+        ports: &["8500/tcp", "8600/udp", "8600/tcp", "8502/tcp"],
+        volume: Some("/data"),
+    },
+    Image {
+        name: "registrator",
+        package: "bronze-registrator",
+        binary: "bronze-registrator",
+        env: &[
+            ("BRONZE_REGISTRATOR_METRICS_ADDR", "0.0.0.0:9600"),
+            ("BRONZE_LOG_FORMAT", "json"),
+        ],
+        ports: &["9600/tcp"],
+        volume: None,
+    },
+];
 
 pub fn find(name: &str) -> Option<&'static Image> {
     IMAGES.iter().find(|i| i.name == name)

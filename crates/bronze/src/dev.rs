@@ -40,6 +40,8 @@ pub struct DevConfig {
     data_dir: String,
     log_format: LogFormat,
     discovery: bronze_discovery::Config,
+    /// Its `discovery` key is filled in with the in-process discovery.
+    registrator: bronze_registrator::Config,
     #[serde(skip)]
     ephemeral: bool,
 }
@@ -50,8 +52,17 @@ impl Default for DevConfig {
             data_dir: "bronze-data".into(),
             log_format: LogFormat::Plain,
             discovery: bronze_discovery::Config::default(),
+            registrator: dev_registrator(),
             ephemeral: false,
         }
+    }
+}
+
+/// On one host, published ports are reachable on loopback.
+fn dev_registrator() -> bronze_registrator::Config {
+    bronze_registrator::Config {
+        ip: Some(std::net::IpAddr::from([127, 0, 0, 1])),
+        ..Default::default()
     }
 }
 
@@ -65,6 +76,7 @@ impl DevArgs {
             c.discovery.grpc.addr = e.grpc.addr;
             c.discovery.dns.addr = e.dns.addr;
             c.discovery.data_dir = String::new();
+            c.registrator.metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         } else {
             c.discovery.data_dir = Path::new(&c.data_dir)
                 .join("discovery")
@@ -72,7 +84,11 @@ impl DevArgs {
                 .to_string();
         }
         c.discovery.log_format = c.log_format;
+        c.registrator.log_format = c.log_format;
         c.discovery.validate().map_err(|e| within("discovery", e))?;
+        c.registrator
+            .validate()
+            .map_err(|e| within("registrator", e))?;
         Ok(c)
     }
 }
@@ -116,6 +132,15 @@ pub fn run(config: DevConfig) -> i32 {
                 return 1;
             }
         };
+        let mut registrator_config = config.registrator.clone();
+        registrator_config.discovery = format!("http://{}", discovery.grpc_addr());
+        let registrator = match bronze_registrator::Server::bind(registrator_config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("bronze dev: registrator: {e}");
+                return 1;
+            }
+        };
         // One line per listener, stable and parseable: tests read them.
         println!("bronze dev: every component in this process, {state}");
         println!(
@@ -131,9 +156,26 @@ pub fn run(config: DevConfig) -> i32 {
             "discovery grpc  {}  (bronze.discovery.v1)",
             discovery.grpc_addr()
         );
+        println!(
+            "registrator     http://{}  (/metrics; node {}, registers this host's containers at {})",
+            registrator.metrics_addr(),
+            registrator.registrator().node(),
+            registrator.registrator().host_ip()
+        );
         println!("ready; Ctrl-C stops");
-        let code = match discovery.serve(shutdown.clone()).await {
-            Ok(()) => 0,
+        // The registrator stops first: its last heartbeat needs discovery.
+        let reg = tokio::spawn(registrator.serve(shutdown.clone()));
+        let discovery_stop = Shutdown::new();
+        let disc = tokio::spawn(discovery.serve(discovery_stop.clone()));
+        shutdown.wait().await;
+        let _ = reg.await;
+        discovery_stop.trigger();
+        let code = match disc.await {
+            Ok(Ok(())) => 0,
+            Ok(Err(e)) => {
+                eprintln!("bronze dev: discovery: {e}");
+                1
+            }
             Err(e) => {
                 eprintln!("bronze dev: discovery: {e}");
                 1

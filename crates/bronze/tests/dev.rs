@@ -65,6 +65,60 @@ async fn dev_prints_its_listeners_serves_and_stops_on_sigterm() {
         .expect("dig");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10.1.2.3");
 
+    // The registrator in the same process registers a container started now.
+    assert!(
+        lines.iter().any(|l| l.starts_with("registrator")),
+        "{lines:?}"
+    );
+    xtask::images::build_busybox_httpd("bronze-test/busybox-httpd:latest")
+        .await
+        .expect("test image");
+    let name = format!("bronze-dev-test-{}", std::process::id());
+    let service = format!("devweb{}", std::process::id());
+    let run = Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "-p",
+            "127.0.0.1::8080",
+            "-e",
+            &format!("SERVICE_NAME={service}"),
+        ])
+        .arg("bronze-test/busybox-httpd:latest")
+        .output()
+        .expect("docker run");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let srv = loop {
+        let out = Command::new("dig")
+            .args([
+                &format!("@{ip}"),
+                "-p",
+                port,
+                "+short",
+                &format!("{service}.service.bronze"),
+                "SRV",
+            ])
+            .output()
+            .expect("dig");
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !text.is_empty() || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+    assert!(
+        srv.ends_with("7f000001.addr.bronze."),
+        "container registered by bronze dev: {srv:?}"
+    );
+
     assert!(
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
