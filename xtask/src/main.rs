@@ -25,8 +25,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run a benchmark against real peers on this machine and print a table
-    /// of figures and ratios (see BENCHMARKS.md). Names: dns.
+    /// Run a benchmark on this machine and print a table of figures (and
+    /// ratios to real peers where one exists; see BENCHMARKS.md). Names:
+    /// dns, registrator.
     Bench {
         name: String,
         /// Seconds per dnsperf run.
@@ -35,9 +36,12 @@ enum Task {
         /// Runs per peer (the median is reported).
         #[arg(long, default_value_t = 3)]
         runs: u32,
-        /// Only this part: throughput, latency or memory.
+        /// Only this part: throughput, latency or memory (dns).
         #[arg(long)]
         only: Option<String>,
+        /// Containers started at once (registrator).
+        #[arg(long, default_value_t = 100)]
+        containers: usize,
     },
 }
 
@@ -76,9 +80,11 @@ fn main() -> anyhow::Result<()> {
             seconds,
             runs,
             only,
+            containers,
         } => match name.as_str() {
             "dns" => rt.block_on(xtask::bench_dns::run(seconds, runs, only.as_deref())),
-            other => anyhow::bail!("no benchmark named {other:?}; available: dns"),
+            "registrator" => rt.block_on(xtask::bench_registrator::run(containers)),
+            other => anyhow::bail!("no benchmark named {other:?}; available: dns, registrator"),
         },
     }
 }

@@ -5,6 +5,12 @@ use bronze_telemetry::prometheus_client::encoding::EncodeLabelSet;
 use bronze_telemetry::prometheus_client::metrics::counter::Counter;
 use bronze_telemetry::prometheus_client::metrics::family::Family;
 use bronze_telemetry::prometheus_client::metrics::gauge::Gauge;
+use bronze_telemetry::prometheus_client::metrics::histogram::Histogram;
+
+/// Upper bounds (seconds) of the latency buckets: fine below 100 ms.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabel {
@@ -25,6 +31,9 @@ pub struct RegistratorMetrics {
     pub heartbeats: Family<ResultLabel, Counter>,
     pub warnings: Counter,
     pub resyncs: Counter,
+    /// From receiving an engine event to discovery confirming the
+    /// registrations it caused.
+    pub event_to_registered: Histogram,
 }
 
 impl RegistratorMetrics {
@@ -38,6 +47,7 @@ impl RegistratorMetrics {
             heartbeats: Family::default(),
             warnings: Counter::default(),
             resyncs: Counter::default(),
+            event_to_registered: Histogram::new(LATENCY_BUCKETS),
         };
         let r = m.registry();
         r.register(
@@ -79,6 +89,11 @@ impl RegistratorMetrics {
             "resyncs",
             "Full reconciliations with the engine",
             this.resyncs.clone(),
+        );
+        r.register(
+            "event_to_registered_seconds",
+            "From an engine event to discovery confirming the registrations it caused",
+            this.event_to_registered.clone(),
         );
         this
     }

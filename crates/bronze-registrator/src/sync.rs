@@ -353,7 +353,8 @@ impl Registrator {
         let Some(this) = self.this.upgrade() else {
             return;
         };
-        tokio::spawn(async move { this.sync_container(&id).await });
+        let received = tokio::time::Instant::now();
+        tokio::spawn(async move { this.sync_container(&id, Some(received)).await });
     }
 
     async fn resync_loop(self: Arc<Self>) {
@@ -388,7 +389,7 @@ impl Registrator {
         self.metrics.resyncs.inc();
         let mut ids: HashSet<String> = running.into_iter().filter_map(|c| c.id).collect();
         ids.extend(self.state.lock().containers.keys().cloned());
-        futures::future::join_all(ids.iter().map(|id| self.sync_container(id))).await;
+        futures::future::join_all(ids.iter().map(|id| self.sync_container(id, None))).await;
         self.state.lock().synced_once = true;
         self.report_now.notify_one();
     }
@@ -398,12 +399,13 @@ impl Registrator {
     }
 
     /// Brings one container's instances in line with what the engine says
-    /// about it now.
-    pub async fn sync_container(&self, id: &str) {
+    /// about it now. `received`: when the event that asked for it arrived
+    /// (for the event-to-registration latency metric).
+    pub async fn sync_container(&self, id: &str, received: Option<tokio::time::Instant>) {
         let lock = self.lock_for(id);
         {
             let _guard = lock.lock().await;
-            self.sync_locked(id).await;
+            self.sync_locked(id, received).await;
         }
         let mut locks = self.locks.lock();
         if Arc::strong_count(&lock) == 2 {
@@ -411,7 +413,7 @@ impl Registrator {
         }
     }
 
-    async fn sync_locked(&self, id: &str) {
+    async fn sync_locked(&self, id: &str, received: Option<tokio::time::Instant>) {
         let inspected = self
             .docker()
             .inspect_container(id, None::<InspectContainerOptions>)
@@ -496,7 +498,13 @@ impl Registrator {
         for instance_id in removed {
             self.deregister(&instance_id).await;
         }
+        let registering = !to_register.is_empty();
         self.register_all(id, to_register).await;
+        if let (true, Some(t)) = (registering, received) {
+            self.metrics
+                .event_to_registered
+                .observe(t.elapsed().as_secs_f64());
+        }
     }
 
     /// Forgets a container that is gone: its instances are deregistered.
