@@ -184,3 +184,50 @@ async fn conventions_reach_discovery_and_bad_values_only_lose_their_part() {
     r.stop().await;
     d.stop().await;
 }
+
+#[tokio::test]
+async fn internal_mode_registers_the_container_address_and_exposed_port() {
+    let d = Discovery::start().await;
+    let mut config = reg_config(d.grpc, &unique("host"));
+    config.internal = true;
+    let r = Reg::start(config).await;
+    let service = unique("inside");
+    let c = Container::run(&unique("it-internal"), named(&service)).await;
+    eventually(Duration::from_secs(10), "registered", || async { d.instances(&service).await.len() == 1 }).await;
+    let i = &d.instances(&service).await[0];
+    let info = crate::harness::docker()
+        .await
+        .inspect_container(&c.id, None::<bollard::query_parameters::InspectContainerOptions>)
+        .await
+        .expect("inspect");
+    let ip = info
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|n| n.into_values().find_map(|e| e.ip_address.filter(|ip| !ip.is_empty())))
+        .expect("a container address");
+    assert_eq!((i.address.as_str(), i.port), (ip.as_str(), 8080));
+    r.stop().await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_registrators_instances_leave_dns_after_the_ttl_then_the_catalog() {
+    let d = Discovery::start().await;
+    let r = Reg::start(reg_config(d.grpc, &unique("host"))).await;
+    let service = unique("orphaned");
+    let _c = Container::run(&unique("it-dead"), named(&service)).await;
+    eventually(Duration::from_secs(10), "registered", || async { d.srv(&service).await.len() == 1 }).await;
+    // The host "dies": no more heartbeats (ttl 3s, deregister after 10s).
+    r.stop().await;
+    let took = eventually(Duration::from_secs(10), "out of DNS after the TTL", || async {
+        d.srv(&service).await.is_empty()
+    })
+    .await;
+    assert!(took >= Duration::from_secs(1), "trusted until its TTL ran out ({took:?})");
+    assert_eq!(d.instances(&service).await.len(), 1, "still in the catalog, critical");
+    eventually(Duration::from_secs(20), "removed after deregister_after", || async {
+        d.instances(&service).await.is_empty()
+    })
+    .await;
+    d.stop().await;
+}
