@@ -193,17 +193,26 @@ async fn internal_mode_registers_the_container_address_and_exposed_port() {
     let r = Reg::start(config).await;
     let service = unique("inside");
     let c = Container::run(&unique("it-internal"), named(&service)).await;
-    eventually(Duration::from_secs(10), "registered", || async { d.instances(&service).await.len() == 1 }).await;
+    eventually(Duration::from_secs(10), "registered", || async {
+        d.instances(&service).await.len() == 1
+    })
+    .await;
     let i = &d.instances(&service).await[0];
     let info = crate::harness::docker()
         .await
-        .inspect_container(&c.id, None::<bollard::query_parameters::InspectContainerOptions>)
+        .inspect_container(
+            &c.id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
         .await
         .expect("inspect");
     let ip = info
         .network_settings
         .and_then(|n| n.networks)
-        .and_then(|n| n.into_values().find_map(|e| e.ip_address.filter(|ip| !ip.is_empty())))
+        .and_then(|n| {
+            n.into_values()
+                .find_map(|e| e.ip_address.filter(|ip| !ip.is_empty()))
+        })
         .expect("a container address");
     assert_eq!((i.address.as_str(), i.port), (ip.as_str(), 8080));
     r.stop().await;
@@ -216,18 +225,32 @@ async fn a_dead_registrators_instances_leave_dns_after_the_ttl_then_the_catalog(
     let r = Reg::start(reg_config(d.grpc, &unique("host"))).await;
     let service = unique("orphaned");
     let _c = Container::run(&unique("it-dead"), named(&service)).await;
-    eventually(Duration::from_secs(10), "registered", || async { d.srv(&service).await.len() == 1 }).await;
-    // The host "dies": no more heartbeats (ttl 3s, deregister after 10s).
-    r.stop().await;
-    let took = eventually(Duration::from_secs(10), "out of DNS after the TTL", || async {
-        d.srv(&service).await.is_empty()
+    eventually(Duration::from_secs(10), "registered", || async {
+        d.srv(&service).await.len() == 1
     })
     .await;
-    assert!(took >= Duration::from_secs(1), "trusted until its TTL ran out ({took:?})");
-    assert_eq!(d.instances(&service).await.len(), 1, "still in the catalog, critical");
-    eventually(Duration::from_secs(20), "removed after deregister_after", || async {
-        d.instances(&service).await.is_empty()
-    })
+    // The host "dies": no more heartbeats (ttl 3s, deregister after 10s).
+    r.stop().await;
+    let took = eventually(
+        Duration::from_secs(10),
+        "out of DNS after the TTL",
+        || async { d.srv(&service).await.is_empty() },
+    )
+    .await;
+    assert!(
+        took >= Duration::from_secs(1),
+        "trusted until its TTL ran out ({took:?})"
+    );
+    assert_eq!(
+        d.instances(&service).await.len(),
+        1,
+        "still in the catalog, critical"
+    );
+    eventually(
+        Duration::from_secs(20),
+        "removed after deregister_after",
+        || async { d.instances(&service).await.is_empty() },
+    )
     .await;
     d.stop().await;
 }
