@@ -6,3 +6,9 @@ pub mod discovery {
         tonic::include_proto!("bronze.discovery.v1");
     }
 }
+
+pub mod registry {
+    pub mod v1 {
+        tonic::include_proto!("bronze.registry.v1");
+    }
+}

@@ -32,6 +32,48 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every entry of a namespace, in key order.
     fn list(&self, namespace: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Entries whose key starts with `prefix`, in key order, strictly after
+    /// `after` when given, at most `limit` of them.
+    fn scan(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Applies every operation in one transaction: all or nothing.
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError>;
+}
+
+/// One write of a transaction ([`Store::apply`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put {
+        namespace: String,
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        namespace: String,
+        key: String,
+    },
+}
+
+impl Op {
+    pub fn put(namespace: &str, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        Op::Put {
+            namespace: namespace.to_string(),
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    pub fn delete(namespace: &str, key: impl Into<String>) -> Self {
+        Op::Delete {
+            namespace: namespace.to_string(),
+            key: key.into(),
+        }
+    }
 }
 
 /// What a component keeps is small (registrations, configuration): a
@@ -104,6 +146,62 @@ impl Store for RedbStore {
         Ok(t.get(key).map_err(backend)?.map(|v| v.value().to_vec()))
     }
 
+    fn scan(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let t = match txn.open_table(table(namespace)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(backend(e)),
+        };
+        let start = match after {
+            Some(a) if a >= prefix => a,
+            _ => prefix,
+        };
+        let mut out = Vec::new();
+        for entry in t.range(start..).map_err(backend)? {
+            let (k, v) = entry.map_err(backend)?;
+            let key = k.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if after.is_some_and(|a| key <= a) {
+                continue;
+            }
+            if out.len() >= limit {
+                break;
+            }
+            out.push((key.to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        for op in ops {
+            match op {
+                Op::Put {
+                    namespace,
+                    key,
+                    value,
+                } => {
+                    let mut t = txn.open_table(table(namespace)).map_err(backend)?;
+                    t.insert(key.as_str(), value.as_slice()).map_err(backend)?;
+                }
+                Op::Delete { namespace, key } => {
+                    let mut t = txn.open_table(table(namespace)).map_err(backend)?;
+                    t.remove(key.as_str()).map_err(backend)?;
+                }
+            }
+        }
+        txn.commit().map_err(backend)
+    }
+
     fn list(&self, namespace: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         let exists = txn
@@ -146,6 +244,40 @@ mod tests {
             vec![("a".to_string(), b"1".to_vec())]
         );
         assert_eq!(s.get("regs", "a").expect("get"), Some(b"1".to_vec()));
+    }
+
+    #[test]
+    fn scans_prefixes_in_pages_and_applies_atomically() {
+        let s = RedbStore::in_memory().expect("mem");
+        s.apply(&[
+            Op::put("t", "a/1", b"x".to_vec()),
+            Op::put("t", "a/2", b"y".to_vec()),
+            Op::put("t", "a/3", b"z".to_vec()),
+            Op::put("t", "b/1", b"w".to_vec()),
+        ])
+        .expect("apply");
+        let keys = |v: Vec<(String, Vec<u8>)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(
+            keys(s.scan("t", "a/", None, 10).expect("scan")),
+            vec!["a/1", "a/2", "a/3"]
+        );
+        assert_eq!(
+            keys(s.scan("t", "a/", None, 2).expect("scan")),
+            vec!["a/1", "a/2"]
+        );
+        assert_eq!(
+            keys(s.scan("t", "a/", Some("a/2"), 10).expect("scan")),
+            vec!["a/3"]
+        );
+        assert!(s.scan("t", "c/", None, 10).expect("scan").is_empty());
+        assert!(s.scan("missing", "", None, 10).expect("scan").is_empty());
+        s.apply(&[Op::delete("t", "a/1"), Op::put("u", "k", b"v".to_vec())])
+            .expect("apply");
+        assert_eq!(
+            keys(s.scan("t", "a/", None, 10).expect("scan")),
+            vec!["a/2", "a/3"]
+        );
+        assert_eq!(s.get("u", "k").expect("get"), Some(b"v".to_vec()));
     }
 
     #[test]

@@ -1,0 +1,72 @@
+//! Configuration: defaults, a TOML file, environment variables and flags.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bronze_runtime::config::ConfigError;
+use bronze_telemetry::LogFormat;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The registry API (docker, skopeo, OCI clients), /metrics, /healthz.
+    pub addr: SocketAddr,
+    /// gRPC: the push/delete event stream (bronze.registry.v1).
+    pub grpc_addr: SocketAddr,
+    /// Blobs, manifests and metadata live here.
+    pub root: String,
+    /// Uploads untouched this long are purged.
+    #[serde(with = "bronze_runtime::duration::serde")]
+    pub upload_ttl: Duration,
+    /// URLs that receive every push and delete (Docker distribution's
+    /// notification format).
+    pub webhooks: Vec<String>,
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 5002)),
+            root: "bronze-data/registry".into(),
+            upload_ttl: Duration::from_secs(24 * 3600),
+            webhooks: Vec::new(),
+            log_format: LogFormat::Plain,
+        }
+    }
+}
+
+impl Config {
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.root.is_empty() {
+            return Err(ConfigError::invalid("root", "expected a directory"));
+        }
+        if self.upload_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::invalid("upload_ttl", "expected at least 1s"));
+        }
+        for w in &self.webhooks {
+            let ok = w
+                .parse::<http::Uri>()
+                .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")));
+            if !ok {
+                return Err(ConfigError::invalid(
+                    "webhooks",
+                    format!("{w:?}: expected an http:// or https:// URL"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Port 0 everywhere and the given root: for tests and `bronze dev --ephemeral`.
+    pub fn ephemeral(root: &str) -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            root: root.to_string(),
+            ..Self::default()
+        }
+    }
+}

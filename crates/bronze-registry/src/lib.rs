@@ -1,0 +1,254 @@
+//! bronze-registry: a private image registry that docker, skopeo and every
+//! OCI client push to and pull from.
+//!
+//! - `reference`: names, tags, digests and `/v2/...` routes, checked first;
+//! - `storage`: content-addressed files (verified, fsync'd, renamed into
+//!   place) and metadata in the embedded store;
+//! - `manifest`: which manifests are accepted;
+//! - `api`: the HTTP API; `events`: push/delete events (gRPC, webhooks);
+//! - `gc`: online mark and sweep.
+//!
+//! [`Server::bind`] binds the listeners and opens the storage;
+//! [`Server::serve`] runs until the shutdown signal, then drains.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod gc;
+pub mod manifest;
+pub mod metrics;
+pub mod reference;
+pub mod storage;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use bronze_proto::registry::v1 as pb;
+use bronze_runtime::Shutdown;
+use bronze_store::{RedbStore, Store};
+use bronze_telemetry::Metrics;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use error::RegistryError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("storage at {root}: {message}")]
+    Storage { root: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+pub struct Server {
+    config: Config,
+    app: api::App,
+    metrics: Arc<Metrics>,
+    registry_metrics: Arc<metrics::RegistryMetrics>,
+    http: TcpListener,
+    grpc: TcpListener,
+}
+
+struct RegistryService {
+    app: api::App,
+    shutdown: Shutdown,
+}
+
+#[tonic::async_trait]
+impl pb::registry_server::Registry for RegistryService {
+    type EventsStream = events::EventStream;
+
+    async fn events(
+        &self,
+        request: tonic::Request<pb::EventsRequest>,
+    ) -> Result<tonic::Response<Self::EventsStream>, tonic::Status> {
+        let repos = request.into_inner().repositories;
+        Ok(tonic::Response::new(events::stream(
+            &self.app.events,
+            repos,
+            self.shutdown.clone(),
+        )))
+    }
+
+    async fn collect_garbage(
+        &self,
+        request: tonic::Request<pb::CollectGarbageRequest>,
+    ) -> Result<tonic::Response<pb::CollectGarbageResponse>, tonic::Status> {
+        let dry_run = request.into_inner().dry_run;
+        let purged = if dry_run {
+            0
+        } else {
+            self.app
+                .storage
+                .purge_uploads(Duration::from_secs(24 * 3600))
+                .map_err(|e| tonic::Status::internal(e.to_string()))?
+        };
+        let report = gc::collect(&self.app.storage, &self.app.gc_lock, dry_run, gc::GRACE)
+            .await
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        tracing::info!(
+            dry_run,
+            freed = report.freed.len(),
+            kept = report.kept,
+            "garbage collection"
+        );
+        Ok(tonic::Response::new(pb::CollectGarbageResponse {
+            bytes: report.freed.iter().map(|(_, s)| s).sum(),
+            digests: report.freed.iter().map(|(d, _)| d.to_string()).collect(),
+            kept: report.kept,
+            uploads_purged: purged as u64,
+        }))
+    }
+}
+
+impl Server {
+    pub async fn bind(mut config: Config) -> Result<Self, StartError> {
+        config
+            .validate()
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let bind = |what: &'static str, addr: SocketAddr| {
+            move |source| StartError::Bind { what, addr, source }
+        };
+        let http = TcpListener::bind(config.addr)
+            .await
+            .map_err(bind("the registry API", config.addr))?;
+        let grpc = TcpListener::bind(config.grpc_addr)
+            .await
+            .map_err(bind("gRPC", config.grpc_addr))?;
+        let root = Path::new(&config.root);
+        let storage_err = |message: String| StartError::Storage {
+            root: config.root.clone(),
+            message,
+        };
+        std::fs::create_dir_all(root).map_err(|e| storage_err(e.to_string()))?;
+        let meta: Arc<dyn Store> = Arc::new(
+            RedbStore::open(&root.join("registry.redb")).map_err(|e| storage_err(e.to_string()))?,
+        );
+        let storage =
+            Arc::new(storage::Storage::open(root, meta).map_err(|e| storage_err(e.to_string()))?);
+        let mut metrics = Metrics::new("registry");
+        let registry_metrics = Arc::new(metrics::RegistryMetrics::register(&mut metrics));
+        Ok(Self {
+            app: api::App {
+                storage,
+                events: events::Events::new(),
+                gc_lock: Arc::new(tokio::sync::RwLock::new(())),
+            },
+            config,
+            metrics: Arc::new(metrics),
+            registry_metrics,
+            http,
+            grpc,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.http.local_addr().unwrap_or(self.config.addr)
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().unwrap_or(self.config.grpc_addr)
+    }
+
+    pub fn events(&self) -> &events::Events {
+        &self.app.events
+    }
+
+    pub async fn serve(self, shutdown: Shutdown) -> Result<(), StartError> {
+        let draining = Arc::new(AtomicBool::new(false));
+        let d = draining.clone();
+        self.app
+            .events
+            .spawn_webhooks(self.config.webhooks.clone(), shutdown.clone());
+        let router = Router::new()
+            .route("/v2", axum::routing::any(api::dispatch))
+            .route("/v2/", axum::routing::any(api::dispatch))
+            .route("/v2/{*rest}", axum::routing::any(api::dispatch))
+            .with_state(self.app.clone())
+            .layer(middleware::from_fn_with_state(
+                self.registry_metrics.clone(),
+                count,
+            ))
+            .merge(bronze_telemetry::ops_routes(
+                self.metrics.clone(),
+                move || !d.load(Ordering::Relaxed),
+            ));
+        let http_shutdown = shutdown.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(self.http, router)
+                .with_graceful_shutdown(async move { http_shutdown.wait().await })
+                .await
+        });
+        let grpc_shutdown = shutdown.clone();
+        let svc = pb::registry_server::RegistryServer::new(RegistryService {
+            app: self.app.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
+        let grpc = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, async move { grpc_shutdown.wait().await })
+                .await
+        });
+        // Stale uploads are purged hourly.
+        let storage = self.app.storage.clone();
+        let ttl = self.config.upload_ttl;
+        let purge_shutdown = shutdown.clone();
+        let purger = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(3600).min(ttl)) => {}
+                    _ = purge_shutdown.wait() => return,
+                }
+                let s = storage.clone();
+                match tokio::task::spawn_blocking(move || s.purge_uploads(ttl)).await {
+                    Ok(Ok(n)) if n > 0 => tracing::info!(purged = n, "stale uploads purged"),
+                    Ok(Err(error)) => tracing::warn!(%error, "purging uploads failed"),
+                    _ => {}
+                }
+            }
+        });
+        tracing::info!(addr = %self.config.addr, grpc = %self.config.grpc_addr, root = %self.config.root, "registry serving");
+        shutdown.wait().await;
+        draining.store(true, Ordering::Relaxed);
+        let _ = tokio::join!(http, grpc, purger);
+        tracing::info!("registry stopped");
+        Ok(())
+    }
+}
+
+async fn count(
+    State(m): State<Arc<metrics::RegistryMetrics>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    m.requests
+        .get_or_create(&metrics::RequestLabels {
+            method,
+            code: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
+
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), StartError> {
+    Server::bind(config).await?.serve(shutdown).await
+}

@@ -1,0 +1,552 @@
+//! Content-addressed filesystem storage, deduplicated across repositories,
+//! with metadata (which repository holds which blob, tags, manifests,
+//! referrers, uploads) in the embedded store.
+//!
+//! Layout under the root:
+//! - `blobs/<alg>/<2 hex>/<hex>`: blob and manifest bytes, written once;
+//! - `uploads/<uuid>`: bytes of an upload in progress.
+//!
+//! A blob becomes visible only after its digest was verified while the bytes
+//! streamed in, the file was fsync'd and atomically renamed into place (and
+//! the directory fsync'd): a crash or a dropped connection never leaves a
+//! partial or corrupt blob readable. Metadata changes of one request are one
+//! store transaction.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bronze_store::{Op, Store};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+use crate::error::RegistryError;
+use crate::reference::{Algorithm, Digest, Name};
+
+pub const NS_REPOS: &str = "registry.repos";
+pub const NS_LINKS: &str = "registry.blob_links";
+pub const NS_MANIFESTS: &str = "registry.manifests";
+pub const NS_TAGS: &str = "registry.tags";
+pub const NS_REFERRERS: &str = "registry.referrers";
+pub const NS_UPLOADS: &str = "registry.uploads";
+
+/// Bytes written to disk at once while streaming.
+const WRITE_CHUNK: usize = 1 << 20;
+/// Bytes read from disk at once while serving.
+const READ_CHUNK: usize = 1 << 20;
+
+/// A link's value: the blob's size and when it was linked (GC's grace).
+pub fn link_value(size: u64) -> Vec<u8> {
+    format!("{size} {}", now_secs()).into_bytes()
+}
+
+pub fn key(repo: &Name, rest: &str) -> String {
+    format!("{repo}\n{rest}")
+}
+
+pub fn prefix(repo: &Name) -> String {
+    format!("{repo}\n")
+}
+
+/// What the registry remembers about a stored manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestMeta {
+    pub media_type: String,
+    pub size: u64,
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub artifact_type: Option<String>,
+    #[serde(default)]
+    pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Digests this manifest references (config, layers, child manifests):
+    /// what garbage collection must keep.
+    #[serde(default)]
+    pub references: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct UploadRecord {
+    repo: String,
+    created: u64,
+}
+
+/// An incremental hasher for either algorithm.
+#[derive(Clone)]
+pub enum Hasher {
+    Sha256(sha2::Sha256),
+    Sha512(sha2::Sha512),
+}
+
+impl Hasher {
+    pub fn new(alg: Algorithm) -> Self {
+        match alg {
+            Algorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+            Algorithm::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
+        }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(data),
+            Hasher::Sha512(h) => h.update(data),
+        }
+    }
+
+    pub fn finish(self) -> Digest {
+        let (alg, bytes): (Algorithm, Vec<u8>) = match self {
+            Hasher::Sha256(h) => (Algorithm::Sha256, h.finalize().to_vec()),
+            Hasher::Sha512(h) => (Algorithm::Sha512, h.finalize().to_vec()),
+        };
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Digest::from_parts(alg, hex)
+    }
+}
+
+pub fn digest_of(alg: Algorithm, data: &[u8]) -> Digest {
+    let mut h = Hasher::new(alg);
+    h.update(data);
+    h.finish()
+}
+
+/// An upload in progress.
+pub struct Upload {
+    pub id: String,
+    pub repo: Name,
+    pub offset: u64,
+    /// The running sha256 of the bytes so far; `None` after a restart
+    /// (rebuilt from the file on first use).
+    hasher: Option<Hasher>,
+}
+
+impl Upload {
+    /// The `Range` header value describing what was received.
+    pub fn range(&self) -> String {
+        format!("0-{}", self.offset.saturating_sub(1))
+    }
+}
+
+pub type UploadHandle = Arc<tokio::sync::Mutex<Upload>>;
+
+pub struct Storage {
+    root: PathBuf,
+    pub meta: Arc<dyn Store>,
+    uploads: Mutex<HashMap<String, UploadHandle>>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Storage {
+    pub fn open(root: &Path, meta: Arc<dyn Store>) -> std::io::Result<Self> {
+        fs::create_dir_all(root.join("blobs"))?;
+        fs::create_dir_all(root.join("uploads"))?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            meta,
+            uploads: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root
+            .join("blobs")
+            .join(d.algorithm.name())
+            .join(&d.hex()[..2])
+            .join(d.hex())
+    }
+
+    fn upload_path(&self, id: &str) -> PathBuf {
+        self.root.join("uploads").join(id)
+    }
+
+    /// Size of a stored blob, if the bytes are there.
+    pub fn blob_size(&self, d: &Digest) -> Option<u64> {
+        fs::metadata(self.blob_path(d)).ok().map(|m| m.len())
+    }
+
+    /// Whether `repo` may read blob `d` (it was pushed to, mounted into, or
+    /// referenced by a manifest of that repository).
+    pub fn linked(&self, repo: &Name, d: &Digest) -> Result<bool, RegistryError> {
+        Ok(self
+            .meta
+            .get(NS_LINKS, &key(repo, &d.to_string()))?
+            .is_some())
+    }
+
+    /// Stores bytes already in memory (manifests) under their digest.
+    pub async fn put_bytes(&self, d: &Digest, data: Bytes) -> Result<(), RegistryError> {
+        let dest = self.blob_path(d);
+        if dest.exists() {
+            return Ok(());
+        }
+        let temp = self
+            .root
+            .join("uploads")
+            .join(format!("put-{}", uuid::Uuid::new_v4()));
+        let root = self.root.clone();
+        let this_dest = dest.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut f = File::create(&temp)?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+            drop(f);
+            let dir = this_dest.parent().unwrap_or(&root).to_path_buf();
+            fs::create_dir_all(&dir)?;
+            if this_dest.exists() {
+                let _ = fs::remove_file(&temp);
+                return Ok(());
+            }
+            fs::rename(&temp, &this_dest)?;
+            fsync_dir(&dir)
+        })
+        .await
+        .map_err(|e| RegistryError::Internal(e.to_string()))??;
+        Ok(())
+    }
+
+    pub async fn read_all(&self, d: &Digest) -> Result<Bytes, RegistryError> {
+        let path = self.blob_path(d);
+        let data = tokio::fs::read(&path).await?;
+        Ok(Bytes::from(data))
+    }
+
+    /// Streams `len` bytes of a blob from `start`.
+    pub fn read_stream(
+        &self,
+        d: &Digest,
+        start: u64,
+        len: u64,
+    ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+        let path = self.blob_path(d);
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+        tokio::task::spawn_blocking(move || {
+            let result = (|| -> std::io::Result<()> {
+                let mut f = File::open(&path)?;
+                f.seek(SeekFrom::Start(start))?;
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(READ_CHUNK as u64) as usize;
+                    let mut buf = vec![0u8; n];
+                    f.read_exact(&mut buf)?;
+                    left -= n as u64;
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(e) = result {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+
+    // ----- uploads -----
+
+    pub async fn start_upload(&self, repo: &Name) -> Result<UploadHandle, RegistryError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        File::create(self.upload_path(&id))?;
+        let record = UploadRecord {
+            repo: repo.to_string(),
+            created: now_secs(),
+        };
+        let bytes =
+            serde_json::to_vec(&record).map_err(|e| RegistryError::Internal(e.to_string()))?;
+        self.meta.put(NS_UPLOADS, &id, &bytes)?;
+        let handle = Arc::new(tokio::sync::Mutex::new(Upload {
+            id: id.clone(),
+            repo: repo.clone(),
+            offset: 0,
+            hasher: Some(Hasher::new(Algorithm::Sha256)),
+        }));
+        self.uploads.lock().insert(id, handle.clone());
+        Ok(handle)
+    }
+
+    /// An upload of `repo` by ID (also one begun before a restart).
+    pub fn upload(&self, repo: &Name, id: &str) -> Result<UploadHandle, RegistryError> {
+        let unknown = || RegistryError::BlobUploadUnknown(format!("{id:?} in {repo}"));
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Err(unknown());
+        }
+        if let Some(h) = self.uploads.lock().get(id) {
+            return Ok(h.clone());
+        }
+        let record: UploadRecord = match self.meta.get(NS_UPLOADS, id)? {
+            Some(b) => {
+                serde_json::from_slice(&b).map_err(|e| RegistryError::Internal(e.to_string()))?
+            }
+            None => return Err(unknown()),
+        };
+        if record.repo != repo.as_str() {
+            return Err(unknown());
+        }
+        let offset = fs::metadata(self.upload_path(id))
+            .map_err(|_| unknown())?
+            .len();
+        let handle = Arc::new(tokio::sync::Mutex::new(Upload {
+            id: id.to_string(),
+            repo: repo.clone(),
+            offset,
+            hasher: None,
+        }));
+        Ok(self
+            .uploads
+            .lock()
+            .entry(id.to_string())
+            .or_insert(handle)
+            .clone())
+    }
+
+    /// Appends a body to an upload, hashing as it goes. On a client error
+    /// (connection dropped mid-chunk), what was received stays and the
+    /// offset says so: the client can resume.
+    pub async fn append<S, E>(&self, upload: &mut Upload, body: S) -> Result<u64, RegistryError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let hasher = match upload.hasher.take() {
+            Some(h) => h,
+            None => self.rehash(&upload.id, upload.offset).await?,
+        };
+        let path = self.upload_path(&upload.id);
+        let (written, hasher, failure) = write_stream(path, upload.offset, hasher, body).await?;
+        upload.offset += written;
+        upload.hasher = Some(hasher);
+        match failure {
+            Some(e) => Err(RegistryError::BlobUploadInvalid(format!(
+                "body cut after {written} bytes: {e}"
+            ))),
+            None => Ok(written),
+        }
+    }
+
+    /// Recomputes the running hash of an upload from its file (after a
+    /// restart, the in-memory state is gone).
+    async fn rehash(&self, id: &str, offset: u64) -> Result<Hasher, RegistryError> {
+        let path = self.upload_path(id);
+        tokio::task::spawn_blocking(move || -> std::io::Result<Hasher> {
+            let mut h = Hasher::new(Algorithm::Sha256);
+            let mut f = File::open(path)?.take(offset);
+            let mut buf = vec![0u8; READ_CHUNK];
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(h);
+                }
+                h.update(&buf[..n]);
+            }
+        })
+        .await
+        .map_err(|e| RegistryError::Internal(e.to_string()))?
+        .map_err(Into::into)
+    }
+
+    /// Verifies the upload against `expected`, fsyncs it and moves it into
+    /// place, links it into the repository, and forgets the upload.
+    pub async fn finish_upload(
+        &self,
+        upload: &mut Upload,
+        expected: &Digest,
+    ) -> Result<u64, RegistryError> {
+        let actual = match (expected.algorithm, upload.hasher.take()) {
+            (Algorithm::Sha256, Some(h)) => h.finish(),
+            (Algorithm::Sha256, None) => self.rehash(&upload.id, upload.offset).await?.finish(),
+            (alg, _) => {
+                // Rare: hash the file once more with the other algorithm.
+                let path = self.upload_path(&upload.id);
+                tokio::task::spawn_blocking(move || -> std::io::Result<Digest> {
+                    let mut h = Hasher::new(alg);
+                    let mut f = File::open(path)?;
+                    let mut buf = vec![0u8; READ_CHUNK];
+                    loop {
+                        let n = f.read(&mut buf)?;
+                        if n == 0 {
+                            return Ok(h.finish());
+                        }
+                        h.update(&buf[..n]);
+                    }
+                })
+                .await
+                .map_err(|e| RegistryError::Internal(e.to_string()))??
+            }
+        };
+        if actual != *expected {
+            // Keep the session usable: the client may retry the PUT.
+            upload.hasher = None;
+            return Err(RegistryError::DigestInvalid(format!(
+                "expected {expected}, content is {actual}"
+            )));
+        }
+        let path = self.upload_path(&upload.id);
+        let size = upload.offset;
+        let temp = path.clone();
+        tokio::task::spawn_blocking(move || {
+            OpenOptions::new()
+                .write(true)
+                .open(&temp)
+                .and_then(|f| f.sync_all())
+        })
+        .await
+        .map_err(|e| RegistryError::Internal(e.to_string()))??;
+        let this_root = self.root.clone();
+        let blob = self.blob_path(expected);
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let dir = blob.parent().unwrap_or(&this_root).to_path_buf();
+            fs::create_dir_all(&dir)?;
+            if blob.exists() {
+                return fs::remove_file(&path);
+            }
+            fs::rename(&path, &blob)?;
+            fsync_dir(&dir)
+        })
+        .await
+        .map_err(|e| RegistryError::Internal(e.to_string()))??;
+        self.meta.apply(&[
+            Op::put(
+                NS_LINKS,
+                key(&upload.repo, &expected.to_string()),
+                link_value(size),
+            ),
+            Op::put(NS_REPOS, upload.repo.to_string(), Vec::new()),
+            Op::delete(NS_UPLOADS, upload.id.clone()),
+        ])?;
+        self.uploads.lock().remove(&upload.id);
+        Ok(size)
+    }
+
+    pub fn cancel_upload(&self, upload: &Upload) -> Result<(), RegistryError> {
+        let _ = fs::remove_file(self.upload_path(&upload.id));
+        self.meta.delete(NS_UPLOADS, &upload.id)?;
+        self.uploads.lock().remove(&upload.id);
+        Ok(())
+    }
+
+    /// Removes uploads untouched for longer than `ttl`; returns how many.
+    pub fn purge_uploads(&self, ttl: Duration) -> Result<usize, RegistryError> {
+        let now = SystemTime::now();
+        let mut purged = 0;
+        for entry in fs::read_dir(self.root.join("uploads"))? {
+            let entry = entry?;
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > ttl);
+            if !stale {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().to_string();
+            let busy = self
+                .uploads
+                .lock()
+                .get(&name)
+                .is_some_and(|h| h.try_lock().is_err());
+            if busy {
+                continue;
+            }
+            let _ = fs::remove_file(entry.path());
+            self.meta.delete(NS_UPLOADS, &name)?;
+            self.uploads.lock().remove(&name);
+            purged += 1;
+        }
+        Ok(purged)
+    }
+
+    /// Every stored blob digest (for garbage collection).
+    pub fn all_blobs(&self) -> std::io::Result<Vec<Digest>> {
+        let mut out = Vec::new();
+        for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+            let dir = self.root.join("blobs").join(alg.name());
+            let Ok(fans) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for fan in fans {
+                for entry in fs::read_dir(fan?.path())? {
+                    let name = entry?.file_name().to_string_lossy().to_string();
+                    if let Ok(d) = Digest::parse(&format!("{}:{name}", alg.name())) {
+                        out.push(d);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn remove_blob_file(&self, d: &Digest) -> std::io::Result<()> {
+        fs::remove_file(self.blob_path(d))
+    }
+}
+
+/// Writes a stream to `path` from `offset` on a blocking thread, hashing
+/// every byte; coalesces small chunks into large writes. Returns the bytes
+/// written, the hasher, and the client's error if the stream broke.
+async fn write_stream<S, E>(
+    path: PathBuf,
+    offset: u64,
+    hasher: Hasher,
+    mut body: S,
+) -> Result<(u64, Hasher, Option<String>), RegistryError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+    E: std::fmt::Display,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, Hasher)> {
+        let mut hasher = hasher;
+        let mut f = OpenOptions::new().write(true).open(&path)?;
+        f.set_len(offset)?;
+        f.seek(SeekFrom::Start(offset))?;
+        let mut pending: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
+        let mut written = 0u64;
+        while let Some(chunk) = rx.blocking_recv() {
+            hasher.update(&chunk);
+            written += chunk.len() as u64;
+            if pending.is_empty() && chunk.len() >= WRITE_CHUNK {
+                f.write_all(&chunk)?;
+                continue;
+            }
+            pending.extend_from_slice(&chunk);
+            if pending.len() >= WRITE_CHUNK {
+                f.write_all(&pending)?;
+                pending.clear();
+            }
+        }
+        f.write_all(&pending)?;
+        Ok((written, hasher))
+    });
+    let mut failure = None;
+    while let Some(item) = body.next().await {
+        match item {
+            Ok(chunk) => {
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let (written, hasher) = writer
+        .await
+        .map_err(|e| RegistryError::Internal(e.to_string()))??;
+    Ok((written, hasher, failure))
+}
