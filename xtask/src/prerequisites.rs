@@ -6,7 +6,12 @@ use std::process::{Command, Stdio};
 use anyhow::bail;
 
 /// (command that proves it is there, Debian package)
-const DEBIAN: &[(&str, &str)] = &[("dig", "dnsutils"), ("busybox", "busybox-static")];
+const DEBIAN: &[(&str, &str)] = &[
+    ("dig", "dnsutils"),
+    ("busybox", "busybox-static"),
+    ("skopeo", "skopeo"),
+    ("docker-registry", "docker-registry"),
+];
 /// (Python module, PyPI package)
 const PYTHON: &[(&str, &str)] = &[("consul", "py-consul")];
 

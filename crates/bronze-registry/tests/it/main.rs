@@ -1,1 +1,8 @@
-//! placeholder
+//! bronze-registry end to end: the spec's request sequences (written from
+//! the OCI distribution-spec text, category by category), bad input, and
+//! real clients (docker through the engine, skopeo).
+
+mod bad_input;
+mod clients;
+mod conformance;
+mod harness;

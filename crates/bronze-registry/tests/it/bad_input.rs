@@ -1,0 +1,397 @@
+//! Bad input gets the spec's error, and the store is exactly as before.
+
+use reqwest::Method;
+
+use crate::harness::{Reg, error_code, sha256};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// Every file under the storage root, with its size: "exactly as before".
+fn snapshot(root: &std::path::Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).expect("read_dir") {
+            let e = e.expect("entry");
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if !p.ends_with("registry.redb") {
+                out.push((p.display().to_string(), e.metadata().expect("meta").len()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Sends a request line as given (HTTP clients normalise `..` away).
+async fn raw_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
+#[tokio::test]
+async fn invalid_names_and_traversal_attempts() {
+    let r = Reg::start().await;
+    for path in [
+        "/v2/a/../b/manifests/latest",
+        "/v2/../../etc/passwd/blobs/sha256:00",
+        "/v2/a/./b/tags/list",
+    ] {
+        let (status, text) = raw_get(r.addr, path).await;
+        assert_eq!(status, 400, "{path}: {text}");
+        assert!(text.contains("NAME_INVALID"), "{path}: {text}");
+    }
+    for path in [
+        "/v2/UPPER/manifests/latest",
+        "/v2/a%2F..%2F..%2Fetc/manifests/latest",
+        "/v2/a//b/manifests/latest",
+        "/v2/-a/tags/list",
+    ] {
+        let resp = r.get(path).await;
+        assert_eq!(resp.status(), 400, "{path}");
+        assert_eq!(error_code(resp).await, "NAME_INVALID", "{path}");
+    }
+    let resp = r.get("/v2/ok/manifests/bad..tag!").await;
+    assert_eq!(error_code(resp).await, "TAG_INVALID");
+    let resp = r.get("/v2/ok/blobs/sha256:nothex").await;
+    assert_eq!(error_code(resp).await, "DIGEST_INVALID");
+    let resp = r.get("/v2/ok/blobs/../../../registry.redb").await;
+    assert!(resp.status().is_client_error());
+}
+
+#[tokio::test]
+async fn a_digest_mismatch_is_digest_invalid_and_stores_nothing() {
+    let r = Reg::start().await;
+    r.push_image("bad/app", "v1", b"existing").await;
+    let before = snapshot(r.root.path());
+    let wrong = sha256(b"something else");
+    let resp = r
+        .req(
+            Method::POST,
+            &format!("/v2/bad/app/blobs/uploads/?digest={wrong}"),
+        )
+        .await
+        .body(b"the actual bytes".to_vec())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(resp.status(), 400);
+    assert_eq!(error_code(resp).await, "DIGEST_INVALID");
+    assert_eq!(
+        r.get(&format!("/v2/bad/app/blobs/{wrong}")).await.status(),
+        404
+    );
+    let real = sha256(b"the actual bytes");
+    assert_eq!(
+        r.get(&format!("/v2/bad/app/blobs/{real}")).await.status(),
+        404,
+        "not visible under its real digest either"
+    );
+    // Only an upload file may remain (it is purged later); no blob appeared.
+    let after: Vec<_> = snapshot(r.root.path())
+        .into_iter()
+        .filter(|(p, _)| !p.contains("/uploads/"))
+        .collect();
+    assert_eq!(
+        after,
+        before
+            .into_iter()
+            .filter(|(p, _)| !p.contains("/uploads/"))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn manifests_too_large_referencing_missing_blobs_or_of_unknown_type() {
+    let r = Reg::start().await;
+    r.push_image("bad/m", "v1", b"fine").await;
+    let before = snapshot(r.root.path());
+    let tags_before: serde_json::Value = r
+        .get("/v2/bad/m/tags/list")
+        .await
+        .json()
+        .await
+        .expect("json");
+
+    let huge = vec![b' '; 4 * 1024 * 1024 + 1];
+    let resp = r.put_manifest("bad/m", "huge", OCI_MANIFEST, &huge).await;
+    assert_eq!(resp.status(), 413);
+
+    let missing = serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(b"absent config"), "size": 13},
+        "layers": []
+    });
+    let resp = r
+        .put_manifest(
+            "bad/m",
+            "missing",
+            OCI_MANIFEST,
+            &serde_json::to_vec(&missing).expect("json"),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(error_code(resp).await, "MANIFEST_BLOB_UNKNOWN");
+
+    let resp = r
+        .put_manifest(
+            "bad/m",
+            "odd",
+            "application/vnd.example.unknown+json",
+            br#"{"schemaVersion":2}"#,
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(error_code(resp).await, "MANIFEST_INVALID");
+
+    let resp = r
+        .put_manifest("bad/m", "junk", OCI_MANIFEST, b"{not json")
+        .await;
+    assert_eq!(error_code(resp).await, "MANIFEST_INVALID");
+
+    // A manifest pushed by digest must hash to it.
+    let body = serde_json::to_vec(&missing).expect("json");
+    let resp = r
+        .put_manifest("bad/m", &sha256(b"not the manifest"), OCI_MANIFEST, &body)
+        .await;
+    assert!(resp.status().is_client_error());
+
+    assert_eq!(snapshot(r.root.path()), before, "no file changed");
+    let tags_after: serde_json::Value = r
+        .get("/v2/bad/m/tags/list")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(tags_before, tags_after);
+}
+
+#[tokio::test]
+async fn wrong_or_overlapping_content_ranges_are_416_and_change_nothing() {
+    let r = Reg::start().await;
+    let resp = r
+        .req(Method::POST, "/v2/bad/ranges/blobs/uploads/")
+        .await
+        .send()
+        .await
+        .expect("POST");
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("loc")
+        .to_string();
+    let patch = |range: &str, body: &[u8]| {
+        let req = r
+            .client
+            .patch(r.url(&location))
+            .header("content-range", range)
+            .header("content-length", body.len())
+            .body(body.to_vec());
+        async move { req.send().await.expect("PATCH") }
+    };
+    assert_eq!(patch("0-4", b"hello").await.status(), 202);
+    for (range, body) in [
+        ("0-4", &b"again"[..]),
+        ("3-7", b"lapss"),
+        ("10-14", b"skips"),
+        ("5-9", b"short"),
+        ("x-y", b"junks"),
+    ] {
+        let expect = if range == "5-9" { 202 } else { 416 };
+        let resp = patch(range, body).await;
+        assert_eq!(resp.status(), expect, "{range}");
+        if expect == 416 {
+            assert_eq!(error_code(resp).await, "BLOB_UPLOAD_INVALID");
+        }
+    }
+    // Content-Range and Content-Length that disagree.
+    let resp = r
+        .client
+        .patch(r.url(&location))
+        .header("content-range", "10-19")
+        .body(b"abc".to_vec())
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(resp.status(), 416);
+    assert_eq!(r.get(&location).await.headers()["range"], "0-9");
+    let digest = sha256(b"helloshort");
+    let resp = r
+        .req(Method::PUT, &format!("{location}?digest={digest}"))
+        .await
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(resp.status(), 201);
+}
+
+#[tokio::test]
+async fn a_truncated_upload_leaves_nothing_visible_and_can_resume() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let r = Reg::start().await;
+    let data = vec![7u8; 64 * 1024];
+    let digest = sha256(&data);
+    let resp = r
+        .req(Method::POST, "/v2/bad/cut/blobs/uploads/")
+        .await
+        .send()
+        .await
+        .expect("POST");
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("loc")
+        .to_string();
+    // Announce 64 KiB, send 1 KiB, hang up.
+    let mut s = tokio::net::TcpStream::connect(r.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "PUT {location}?digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    s.write_all(&data[..1024]).await.expect("write");
+    s.shutdown().await.expect("shutdown");
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+    assert_eq!(
+        r.get(&format!("/v2/bad/cut/blobs/{digest}")).await.status(),
+        404,
+        "no partial blob"
+    );
+    // The session says what arrived; the client resumes from there.
+    let status = r.get(&location).await;
+    assert_eq!(status.status(), 204);
+    let received: usize = status.headers()["range"]
+        .to_str()
+        .expect("range")
+        .split('-')
+        .nth(1)
+        .and_then(|n| n.parse::<usize>().ok())
+        .map_or(0, |n| n + 1);
+    assert!(received <= 1024);
+    let resp = r
+        .client
+        .put(r.url(&format!("{location}?digest={digest}")))
+        .header("content-range", format!("{received}-{}", data.len() - 1))
+        .body(data[received..].to_vec())
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(resp.status(), 201);
+    let got = r
+        .get(&format!("/v2/bad/cut/blobs/{digest}"))
+        .await
+        .bytes()
+        .await
+        .expect("body");
+    assert_eq!(got.len(), data.len());
+}
+
+#[tokio::test]
+async fn two_clients_pushing_the_same_blob_at_once_both_succeed() {
+    let r = Reg::start().await;
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let digest = sha256(&data);
+    let push = |repo: &'static str| {
+        let client = r.client.clone();
+        let base = r.url("");
+        let data = data.clone();
+        let digest = digest.clone();
+        async move {
+            let resp = client
+                .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+                .send()
+                .await
+                .expect("POST");
+            let location = resp.headers()["location"]
+                .to_str()
+                .expect("loc")
+                .to_string();
+            client
+                .put(format!("{base}{location}?digest={digest}"))
+                .body(data)
+                .send()
+                .await
+                .expect("PUT")
+                .status()
+        }
+    };
+    let (a, b) = tokio::join!(push("race/one"), push("race/two"));
+    assert_eq!((a.as_u16(), b.as_u16()), (201, 201));
+    for repo in ["race/one", "race/two"] {
+        let got = r
+            .get(&format!("/v2/{repo}/blobs/{digest}"))
+            .await
+            .bytes()
+            .await
+            .expect("body");
+        assert_eq!(sha256(&got), digest);
+    }
+    // Stored once.
+    let blobs: Vec<_> = snapshot(r.root.path())
+        .into_iter()
+        .filter(|(p, _)| p.contains("/blobs/"))
+        .collect();
+    assert_eq!(blobs.len(), 1);
+}
+
+#[tokio::test]
+async fn uploads_survive_a_restart_and_blobs_stay_verified() {
+    let r = Reg::start().await;
+    let resp = r
+        .req(Method::POST, "/v2/persist/app/blobs/uploads/")
+        .await
+        .send()
+        .await
+        .expect("POST");
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("loc")
+        .to_string();
+    let first = b"first half, ".to_vec();
+    let resp = r
+        .client
+        .patch(r.url(&location))
+        .body(first.clone())
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(resp.status(), 202);
+    let (digest, _) = r.push_image("persist/app", "v1", b"kept layer").await;
+    let root = r.stop().await;
+    let r = Reg::start_in(root).await;
+    assert_eq!(
+        r.get(&format!("/v2/persist/app/manifests/{digest}"))
+            .await
+            .status(),
+        200
+    );
+    let status = r.get(&location).await;
+    assert_eq!(
+        status.headers()["range"],
+        format!("0-{}", first.len() - 1).as_str()
+    );
+    let second = b"second half".to_vec();
+    let all = [first, second.clone()].concat();
+    let resp = r
+        .client
+        .put(r.url(&format!("{location}?digest={}", sha256(&all))))
+        .body(second)
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(resp.status(), 201, "the running hash was rebuilt from disk");
+}
