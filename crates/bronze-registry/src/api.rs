@@ -548,11 +548,7 @@ impl App {
         let k = key(name, &digest.to_string());
         self.blocking(move |s| Ok(s.meta.delete(NS_LINKS, &k)?))
             .await?;
-        Ok(respond(
-            StatusCode::ACCEPTED,
-            vec![("docker-content-digest", digest.to_string())],
-            Body::empty(),
-        ))
+        Ok(respond(StatusCode::ACCEPTED, Vec::new(), Body::empty()))
     }
 
     fn upload_headers(name: &Name, id: &str, range: String) -> Vec<(&'static str, String)> {

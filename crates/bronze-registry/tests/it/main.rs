@@ -5,4 +5,5 @@
 mod bad_input;
 mod clients;
 mod conformance;
+mod differential;
 mod harness;
