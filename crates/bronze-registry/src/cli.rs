@@ -89,6 +89,10 @@ pub enum Command {
         /// Report what would be freed; delete nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Keep blobs written or linked this recently (pushes in flight),
+        /// e.g. 1h; 0s only when no push is under way [default: 1h].
+        #[arg(long, value_name = "DURATION")]
+        grace: Option<String>,
     },
 }
 

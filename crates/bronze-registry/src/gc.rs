@@ -23,7 +23,7 @@ pub struct Report {
 
 /// Every digest some manifest needs: manifests themselves and what they
 /// reference.
-fn marked(storage: &Storage) -> Result<HashSet<String>, RegistryError> {
+fn marked(storage: &Storage, grace: Duration) -> Result<HashSet<String>, RegistryError> {
     let mut keep = HashSet::new();
     for (k, v) in storage.meta.list(NS_MANIFESTS)? {
         if let Some((_, digest)) = k.split_once('\n') {
@@ -44,7 +44,7 @@ fn marked(storage: &Storage) -> Result<HashSet<String>, RegistryError> {
             .nth(1)
             .and_then(|t| t.parse::<u64>().ok())
             .unwrap_or(0);
-        if now.saturating_sub(at) < GRACE.as_secs()
+        if now.saturating_sub(at) < grace.as_secs()
             && let Some((_, digest)) = k.split_once('\n')
         {
             keep.insert(digest.to_string());
@@ -69,7 +69,7 @@ pub async fn collect(
     let s = storage.clone();
     let (candidates, kept) =
         tokio::task::spawn_blocking(move || -> Result<(Vec<Digest>, u64), RegistryError> {
-            let keep = marked(&s)?;
+            let keep = marked(&s, grace)?;
             let mut candidates = Vec::new();
             let mut kept = 0;
             for d in s.all_blobs()? {
@@ -97,7 +97,7 @@ pub async fn collect(
     let s = storage.clone();
     let freed =
         tokio::task::spawn_blocking(move || -> Result<Vec<(Digest, u64)>, RegistryError> {
-            let keep = marked(&s)?;
+            let keep = marked(&s, grace)?;
             let links = s.meta.list(NS_LINKS)?;
             let mut freed = Vec::new();
             for d in candidates {

@@ -89,7 +89,17 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: tonic::Request<pb::CollectGarbageRequest>,
     ) -> Result<tonic::Response<pb::CollectGarbageResponse>, tonic::Status> {
-        let dry_run = request.into_inner().dry_run;
+        let req = request.into_inner();
+        let dry_run = req.dry_run;
+        let grace = match req.grace {
+            None => gc::GRACE,
+            Some(d) if d.seconds < 0 || d.nanos < 0 => {
+                return Err(tonic::Status::invalid_argument(
+                    "grace: expected a non-negative duration",
+                ));
+            }
+            Some(d) => Duration::new(d.seconds as u64, d.nanos as u32),
+        };
         let purged = if dry_run {
             0
         } else {
@@ -98,7 +108,7 @@ impl pb::registry_server::Registry for RegistryService {
                 .purge_uploads(Duration::from_secs(24 * 3600))
                 .map_err(|e| tonic::Status::internal(e.to_string()))?
         };
-        let report = gc::collect(&self.app.storage, &self.app.gc_lock, dry_run, gc::GRACE)
+        let report = gc::collect(&self.app.storage, &self.app.gc_lock, dry_run, grace)
             .await
             .map_err(|e| tonic::Status::internal(e.to_string()))?;
         tracing::info!(

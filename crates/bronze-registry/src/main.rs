@@ -28,7 +28,7 @@ fn main() {
     };
     let code = runtime.block_on(async {
         match args.command {
-            Some(Command::Gc { dry_run }) => gc(config, dry_run).await,
+            Some(Command::Gc { dry_run, ref grace }) => gc(config, dry_run, grace.as_deref()).await,
             Some(Command::Serve) | None => {
                 let shutdown = Shutdown::new();
                 shutdown.trigger_on_signals();
@@ -45,7 +45,17 @@ fn main() {
     std::process::exit(code);
 }
 
-async fn gc(config: bronze_registry::Config, dry_run: bool) -> i32 {
+async fn gc(config: bronze_registry::Config, dry_run: bool, grace: Option<&str>) -> i32 {
+    let grace = match grace.map(bronze_runtime::duration::parse).transpose() {
+        Ok(g) => g.map(|d| prost_types::Duration {
+            seconds: d.as_secs() as i64,
+            nanos: d.subsec_nanos() as i32,
+        }),
+        Err(e) => {
+            eprintln!("bronze-registry gc: --grace: {e}");
+            return bronze_runtime::EX_USAGE;
+        }
+    };
     let url = format!("http://{}", config.grpc_addr);
     let mut client = match pb::registry_client::RegistryClient::connect(url.clone()).await {
         Ok(c) => c,
@@ -55,7 +65,7 @@ async fn gc(config: bronze_registry::Config, dry_run: bool) -> i32 {
         }
     };
     match client
-        .collect_garbage(pb::CollectGarbageRequest { dry_run })
+        .collect_garbage(pb::CollectGarbageRequest { dry_run, grace })
         .await
     {
         Ok(r) => {

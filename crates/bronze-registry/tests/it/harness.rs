@@ -10,7 +10,6 @@ use tokio::task::JoinHandle;
 
 pub struct Reg {
     pub addr: SocketAddr,
-    #[allow(dead_code)]
     pub grpc: SocketAddr,
     pub root: tempfile::TempDir,
     pub client: reqwest::Client,
@@ -42,6 +41,19 @@ impl Reg {
                 .expect("client"),
             shutdown,
             task: Some(task),
+        }
+    }
+
+    /// A client for a registry started elsewhere (`root` is a dummy).
+    pub fn attach(addr: SocketAddr) -> Self {
+        bronze_runtime::install_crypto_provider();
+        Self {
+            addr,
+            grpc: addr,
+            root: tempfile::tempdir().expect("tempdir"),
+            client: reqwest::Client::new(),
+            shutdown: Shutdown::new(),
+            task: None,
         }
     }
 

@@ -3,7 +3,9 @@
 //! real clients (docker through the engine, skopeo).
 
 mod bad_input;
+mod binary;
 mod clients;
 mod conformance;
 mod differential;
+mod events_gc;
 mod harness;

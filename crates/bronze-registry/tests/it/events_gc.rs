@@ -1,0 +1,266 @@
+//! Push/delete events (gRPC stream, webhooks) and online garbage collection.
+
+use std::time::Duration;
+
+use bronze_proto::registry::v1 as pb;
+use reqwest::Method;
+
+use crate::harness::{Reg, sha256};
+
+async fn next(s: &mut tonic::Streaming<pb::Event>) -> pb::Event {
+    tokio::time::timeout(Duration::from_secs(10), s.message())
+        .await
+        .expect("event in time")
+        .expect("stream ok")
+        .expect("event")
+}
+
+async fn client(r: &Reg) -> pb::registry_client::RegistryClient<tonic::transport::Channel> {
+    pb::registry_client::RegistryClient::connect(format!("http://{}", r.grpc))
+        .await
+        .expect("grpc")
+}
+
+#[tokio::test]
+async fn pushes_and_deletes_stream_as_events() {
+    let r = Reg::start().await;
+    let mut c = client(&r).await;
+    let mut all = c
+        .events(pb::EventsRequest::default())
+        .await
+        .expect("events")
+        .into_inner();
+    let mut only_b = c
+        .events(pb::EventsRequest {
+            repositories: vec!["ev/b".into()],
+        })
+        .await
+        .expect("events")
+        .into_inner();
+    // Streams are open before the pushes (the server registered them).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (digest_a, _) = r.push_image("ev/a", "v1", b"a").await;
+    let (digest_b, _) = r.push_image("ev/b", "v2", b"b").await;
+    let e = next(&mut all).await;
+    assert_eq!(
+        (
+            e.action,
+            e.repository.as_str(),
+            e.digest.as_str(),
+            e.tag.as_str()
+        ),
+        (pb::Action::Push as i32, "ev/a", digest_a.as_str(), "v1")
+    );
+    assert_eq!(e.media_type, "application/vnd.oci.image.manifest.v1+json");
+    let e = next(&mut all).await;
+    assert_eq!(e.repository, "ev/b");
+    let e = next(&mut only_b).await;
+    assert_eq!(
+        (e.repository.as_str(), e.digest.as_str()),
+        ("ev/b", digest_b.as_str()),
+        "filtered stream skips ev/a"
+    );
+    r.req(Method::DELETE, &format!("/v2/ev/b/manifests/{digest_b}"))
+        .await
+        .send()
+        .await
+        .expect("DELETE");
+    let e = next(&mut only_b).await;
+    assert_eq!(
+        (e.action, e.digest.as_str()),
+        (pb::Action::Delete as i32, digest_b.as_str())
+    );
+}
+
+#[tokio::test]
+async fn webhooks_receive_distributions_envelope() {
+    use std::sync::Arc;
+    use tokio::sync::Mutex;
+    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().await.push(v);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hook = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut config = bronze_registry::Config::ephemeral(&root.path().display().to_string());
+    config.webhooks = vec![hook];
+    let server = bronze_registry::Server::bind(config).await.expect("bind");
+    let addr = server.addr();
+    let shutdown = bronze_runtime::Shutdown::new();
+    let s = shutdown.clone();
+    let task = tokio::spawn(async move { server.serve(s).await });
+    let r = crate::harness::Reg::attach(addr);
+    let (digest, _) = r.push_image("hook/app", "v1", b"layer").await;
+    for _ in 0..200 {
+        if !received.lock().await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let got = received.lock().await.clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let e = &got[0]["events"][0];
+    assert_eq!(e["action"], "push");
+    assert_eq!(e["target"]["repository"], "hook/app");
+    assert_eq!(e["target"]["digest"], digest.as_str());
+    assert_eq!(e["target"]["tag"], "v1");
+    shutdown.trigger();
+    let _ = task.await;
+}
+
+#[tokio::test]
+async fn gc_frees_unreferenced_blobs_keeps_referenced_and_recent_ones() {
+    let r = Reg::start().await;
+    let (_, _) = r.push_image("gc/app", "keep", b"referenced layer").await;
+    let (gone, _) = r.push_image("gc/app", "drop", b"orphaned layer").await;
+    r.req(Method::DELETE, &format!("/v2/gc/app/manifests/{gone}"))
+        .await
+        .send()
+        .await
+        .expect("DELETE");
+    let orphan = sha256(b"orphaned layer");
+    let mut c = client(&r).await;
+
+    // Within the grace period nothing is collected (pushes in flight).
+    let report = c
+        .collect_garbage(pb::CollectGarbageRequest {
+            dry_run: true,
+            grace: None,
+        })
+        .await
+        .expect("gc")
+        .into_inner();
+    assert!(
+        report.digests.is_empty(),
+        "recent blobs are kept: {report:?}"
+    );
+
+    // No grace: everything unreferenced.
+    let report = c
+        .collect_garbage(pb::CollectGarbageRequest {
+            dry_run: true,
+            grace: Some(prost_types::Duration::default()),
+        })
+        .await
+        .expect("gc")
+        .into_inner();
+    let mut freed = report.digests.clone();
+    freed.sort();
+    let mut expected = vec![orphan.clone(), gone.clone()];
+    expected.sort();
+    assert_eq!(freed, expected, "the deleted manifest and its only layer");
+    // Dry run deleted nothing.
+    assert_eq!(
+        r.get(&format!("/v2/gc/app/blobs/{orphan}")).await.status(),
+        200
+    );
+
+    let report = c
+        .collect_garbage(pb::CollectGarbageRequest {
+            dry_run: false,
+            grace: Some(prost_types::Duration::default()),
+        })
+        .await
+        .expect("gc")
+        .into_inner();
+    assert_eq!(report.digests.len(), 2);
+    assert_eq!(
+        r.get(&format!("/v2/gc/app/blobs/{orphan}")).await.status(),
+        404
+    );
+    // What is referenced is intact: the kept image still pulls.
+    let m = r.get("/v2/gc/app/manifests/keep").await;
+    assert_eq!(m.status(), 200);
+    assert_eq!(
+        r.get(&format!("/v2/gc/app/blobs/{}", sha256(b"referenced layer")))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        r.get(&format!(
+            "/v2/gc/app/blobs/{}",
+            sha256(br#"{"architecture":"amd64","os":"linux"}"#)
+        ))
+        .await
+        .status(),
+        200,
+        "the config is shared by both images and still referenced"
+    );
+}
+
+#[tokio::test]
+async fn gc_running_while_pushes_continue_never_breaks_a_push() {
+    let r = Reg::start().await;
+    // Old garbage: blobs nothing references or links, written long ago.
+    let mut garbage = Vec::new();
+    for i in 0..10 {
+        let data = format!("old garbage {i}").into_bytes();
+        let d = sha256(&data);
+        let hex = d.trim_start_matches("sha256:").to_string();
+        let dir = r.root.path().join("blobs/sha256").join(&hex[..2]);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join(&hex);
+        std::fs::write(&path, &data).expect("write");
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now() - Duration::from_secs(7200)))
+            .expect("age");
+        garbage.push(path);
+    }
+    let mut c = client(&r).await;
+    // A short grace: long enough for one push's blobs to meet their
+    // manifest, short enough that collections run all the time.
+    let grace = Some(prost_types::Duration {
+        seconds: 30,
+        nanos: 0,
+    });
+    let pushes = async {
+        for i in 0..20 {
+            let layer = format!("layer {i}").into_bytes();
+            r.push_image("gc/busy", &format!("t{i}"), &layer).await;
+        }
+    };
+    let collections = async {
+        for _ in 0..20 {
+            c.collect_garbage(pb::CollectGarbageRequest {
+                dry_run: false,
+                grace,
+            })
+            .await
+            .expect("gc");
+        }
+    };
+    tokio::join!(pushes, collections);
+    for i in 0..20 {
+        let m = r.get(&format!("/v2/gc/busy/manifests/t{i}")).await;
+        assert_eq!(m.status(), 200);
+        let v: serde_json::Value = m.json().await.expect("json");
+        for l in v["layers"].as_array().expect("layers") {
+            let d = l["digest"].as_str().expect("digest");
+            assert_eq!(
+                r.head(&format!("/v2/gc/busy/blobs/{d}")).await.status(),
+                200,
+                "t{i} layer intact"
+            );
+        }
+    }
+    assert!(
+        garbage.iter().all(|p| !p.exists()),
+        "the old garbage was collected meanwhile"
+    );
+}
