@@ -2,6 +2,7 @@
 
 pub mod bench_dns;
 pub mod bench_registrator;
+pub mod bench_registry;
 pub mod images;
 pub mod prerequisites;
 

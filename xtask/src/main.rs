@@ -27,7 +27,7 @@ enum Task {
     },
     /// Run a benchmark on this machine and print a table of figures (and
     /// ratios to real peers where one exists; see BENCHMARKS.md). Names:
-    /// dns, registrator.
+    /// dns, registrator, registry.
     Bench {
         name: String,
         /// Seconds per dnsperf run.
@@ -84,7 +84,10 @@ fn main() -> anyhow::Result<()> {
         } => match name.as_str() {
             "dns" => rt.block_on(xtask::bench_dns::run(seconds, runs, only.as_deref())),
             "registrator" => rt.block_on(xtask::bench_registrator::run(containers)),
-            other => anyhow::bail!("no benchmark named {other:?}; available: dns, registrator"),
+            "registry" => rt.block_on(xtask::bench_registry::run(runs as usize)),
+            other => {
+                anyhow::bail!("no benchmark named {other:?}; available: dns, registrator, registry")
+            }
         },
     }
 }

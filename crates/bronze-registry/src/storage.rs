@@ -38,8 +38,39 @@ pub const NS_UPLOADS: &str = "registry.uploads";
 
 /// Bytes written to disk at once while streaming.
 const WRITE_CHUNK: usize = 1 << 20;
-/// Bytes read from disk at once while serving.
-const READ_CHUNK: usize = 1 << 20;
+/// Bytes all downloads together may hold in read buffers at once: each
+/// download reads chunks of `READ_BUDGET / downloads in progress`, between
+/// `MIN_READ_CHUNK` and `MAX_READ_CHUNK`, with at most `READ_AHEAD` chunks
+/// queued. One download streams 1 MiB chunks (fast); fifty stream 160 KiB
+/// ones, so memory stays flat however many clients pull at once.
+const READ_BUDGET: usize = 8 << 20;
+const MIN_READ_CHUNK: usize = 64 << 10;
+const MAX_READ_CHUNK: usize = 1 << 20;
+const READ_AHEAD: usize = 2;
+
+/// Downloads in progress, which size each one's read chunks.
+static DOWNLOADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn read_chunk_size() -> usize {
+    let active = DOWNLOADS.load(std::sync::atomic::Ordering::Relaxed).max(1);
+    (READ_BUDGET / active).clamp(MIN_READ_CHUNK, MAX_READ_CHUNK)
+}
+
+/// Counts one download for as long as its reader runs.
+struct DownloadGuard;
+
+impl DownloadGuard {
+    fn new() -> Self {
+        DOWNLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self
+    }
+}
+
+impl Drop for DownloadGuard {
+    fn drop(&mut self) {
+        DOWNLOADS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// A link's value: the blob's size and when it was linked (GC's grace).
 pub fn link_value(size: u64) -> Vec<u8> {
@@ -146,6 +177,25 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Hashes the first `len` bytes of a file, off the async threads.
+async fn hash_file(path: PathBuf, alg: Algorithm, len: u64) -> Result<Hasher, RegistryError> {
+    tokio::task::spawn_blocking(move || -> std::io::Result<Hasher> {
+        let mut h = Hasher::new(alg);
+        let mut f = File::open(path)?.take(len);
+        let mut buf = vec![0u8; MAX_READ_CHUNK];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                return Ok(h);
+            }
+            h.update(&buf[..n]);
+        }
+    })
+    .await
+    .map_err(|e| RegistryError::Internal(e.to_string()))?
+    .map_err(Into::into)
+}
+
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -232,16 +282,25 @@ impl Storage {
         len: u64,
     ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
         let path = self.blob_path(d);
-        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(READ_AHEAD);
+        let guard = DownloadGuard::new();
         tokio::task::spawn_blocking(move || {
+            let _guard = guard;
             let result = (|| -> std::io::Result<()> {
                 let mut f = File::open(&path)?;
                 f.seek(SeekFrom::Start(start))?;
                 let mut left = len;
                 while left > 0 {
-                    let n = left.min(READ_CHUNK as u64) as usize;
-                    let mut buf = vec![0u8; n];
-                    f.read_exact(&mut buf)?;
+                    let n = left.min(read_chunk_size() as u64) as usize;
+                    // read_to_end fills spare capacity without zeroing it first.
+                    let mut buf = Vec::with_capacity(n);
+                    (&mut f).take(n as u64).read_to_end(&mut buf)?;
+                    if buf.len() != n {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("blob {} is shorter than its size", path.display()),
+                        ));
+                    }
                     left -= n as u64;
                     if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                         return Ok(());
@@ -340,22 +399,7 @@ impl Storage {
     /// Recomputes the running hash of an upload from its file (after a
     /// restart, the in-memory state is gone).
     async fn rehash(&self, id: &str, offset: u64) -> Result<Hasher, RegistryError> {
-        let path = self.upload_path(id);
-        tokio::task::spawn_blocking(move || -> std::io::Result<Hasher> {
-            let mut h = Hasher::new(Algorithm::Sha256);
-            let mut f = File::open(path)?.take(offset);
-            let mut buf = vec![0u8; READ_CHUNK];
-            loop {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(h);
-                }
-                h.update(&buf[..n]);
-            }
-        })
-        .await
-        .map_err(|e| RegistryError::Internal(e.to_string()))?
-        .map_err(Into::into)
+        hash_file(self.upload_path(id), Algorithm::Sha256, offset).await
     }
 
     /// Verifies the upload against `expected`, fsyncs it and moves it into
@@ -368,24 +412,10 @@ impl Storage {
         let actual = match (expected.algorithm, upload.hasher.take()) {
             (Algorithm::Sha256, Some(h)) => h.finish(),
             (Algorithm::Sha256, None) => self.rehash(&upload.id, upload.offset).await?.finish(),
-            (alg, _) => {
-                // Rare: hash the file once more with the other algorithm.
-                let path = self.upload_path(&upload.id);
-                tokio::task::spawn_blocking(move || -> std::io::Result<Digest> {
-                    let mut h = Hasher::new(alg);
-                    let mut f = File::open(path)?;
-                    let mut buf = vec![0u8; READ_CHUNK];
-                    loop {
-                        let n = f.read(&mut buf)?;
-                        if n == 0 {
-                            return Ok(h.finish());
-                        }
-                        h.update(&buf[..n]);
-                    }
-                })
-                .await
-                .map_err(|e| RegistryError::Internal(e.to_string()))??
-            }
+            // Rare: hash the file once more with the other algorithm.
+            (alg, _) => hash_file(self.upload_path(&upload.id), alg, upload.offset)
+                .await?
+                .finish(),
         };
         if actual != *expected {
             // Keep the session usable: the client may retry the PUT.
