@@ -11,6 +11,8 @@ const DEBIAN: &[(&str, &str)] = &[
     ("busybox", "busybox-static"),
     ("skopeo", "skopeo"),
     ("docker-registry", "docker-registry"),
+    ("openssl", "openssl"),
+    ("curl", "curl"),
 ];
 /// (Python module, PyPI package)
 const PYTHON: &[(&str, &str)] = &[("consul", "py-consul")];

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::json;
 
+use crate::auth::{Auth, Identity, Mode, Need};
 use crate::error::RegistryError;
 use crate::events::{Action, Event, Events};
 use crate::manifest::{self, MAX_MANIFEST, OCI_INDEX};
@@ -36,6 +37,9 @@ pub struct App {
     /// Read by manifest PUTs and mounts across check and write; written by
     /// the garbage collector's sweep (see `gc`).
     pub gc_lock: Arc<tokio::sync::RwLock<()>>,
+    pub auth: Arc<Auth>,
+    /// Whether clients reach the API over TLS (for the token realm's URL).
+    pub tls: bool,
 }
 
 type Result<T, E = RegistryError> = std::result::Result<T, E>;
@@ -97,9 +101,37 @@ pub async fn dispatch(State(app): State<App>, req: Request) -> Response {
         Err(e) => return e.into_response(),
     };
     let method = req.method().clone();
-    let p = params(&req);
+    let mut p = params(&req);
     let headers = req.headers().clone();
     let path = req.uri().path().to_string();
+    let needs = needs(&route, &method);
+    let who = match app.auth.authorize(&headers, &needs, app.tls).await {
+        Ok(who) => who,
+        Err(denial) => {
+            let challenge: Vec<_> = denial.headers().collect();
+            let mut r = (denial.0.0, denial.0.1).into_response();
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert(
+                "Docker-Distribution-API-Version",
+                HeaderValue::from_static(API_VERSION),
+            );
+            h.extend(challenge);
+            return r;
+        }
+    };
+    // A mount from a repository the caller may not pull from is ignored:
+    // the client uploads the blob instead (as distribution does).
+    if let Some(from) = param(&p, "from")
+        && !app
+            .auth
+            .permits(&headers, &who, &Need::Repo(from.to_string(), "pull"))
+    {
+        p.retain(|(k, _)| k != "mount" && k != "from");
+    }
     let result = match (route, &method) {
         (Route::Base, &Method::GET | &Method::HEAD) => Ok(respond(
             StatusCode::OK,
@@ -133,7 +165,121 @@ pub async fn dispatch(State(app): State<App>, req: Request) -> Response {
         (Route::Referrers(name, d), &Method::GET) => app.referrers(&name, &d, &p).await,
         (_, m) => Err(RegistryError::Unsupported(format!("{m} on {path}"))),
     };
-    result.unwrap_or_else(IntoResponse::into_response)
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    response.extensions_mut().insert(who);
+    response
+}
+
+/// What a request on `route` needs to be allowed.
+fn needs(route: &Route, method: &Method) -> Vec<Need> {
+    let repo = |n: &Name, action| vec![Need::Repo(n.to_string(), action)];
+    let write = *method == Method::PUT || *method == Method::POST || *method == Method::PATCH;
+    match route {
+        Route::Base => vec![Need::Login],
+        Route::Catalog => vec![Need::Catalog],
+        Route::Tags(n) | Route::Referrers(n, _) => repo(n, "pull"),
+        Route::Manifest(n, _) | Route::Blob(n, _) if *method == Method::DELETE => repo(n, "delete"),
+        Route::Manifest(n, _) if write => repo(n, "push"),
+        Route::Manifest(n, _) | Route::Blob(n, _) => repo(n, "pull"),
+        Route::Uploads(n) | Route::Upload(n, _) => repo(n, "push"),
+    }
+}
+
+/// `/token`: the Docker token endpoint (token mode only). `GET` with
+/// optional Basic credentials (none: an anonymous token), or `POST` with
+/// an OAuth2 password grant. The token grants the asked-for scopes the
+/// caller may have, and nothing else.
+pub async fn token(State(app): State<App>, req: Request) -> Response {
+    let oauth_error = |status: StatusCode, error: &str, description: String| {
+        let body = json!({"error": error, "error_description": description}).to_string();
+        json_body(status, Vec::new(), body, "application/json")
+    };
+    if app.auth.mode() != Mode::Token {
+        return RegistryError::NotFound.into_response();
+    }
+    let mut fields = params(&req);
+    let mut credentials = crate::auth::basic_credentials(req.headers());
+    if req.method() == Method::POST {
+        let body = match axum::body::to_bytes(req.into_body(), 64 << 10).await {
+            Ok(b) => b,
+            Err(e) => {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("body: {e}"),
+                );
+            }
+        };
+        let form: Vec<(String, String)> = match serde_urlencoded::from_bytes(&body) {
+            Ok(f) => f,
+            Err(_) => {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "expected an application/x-www-form-urlencoded body".into(),
+                );
+            }
+        };
+        match param(&form, "grant_type") {
+            Some("password") => {}
+            other => {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "unsupported_grant_type",
+                    format!("grant_type {other:?}: expected \"password\""),
+                );
+            }
+        }
+        match (param(&form, "username"), param(&form, "password")) {
+            (Some(u), Some(pw)) => credentials = Some((u.to_string(), pw.to_string())),
+            _ => {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "username and password: expected both".into(),
+                );
+            }
+        }
+        fields = form;
+    } else if req.method() != Method::GET {
+        return RegistryError::Unsupported(format!("{} on /token", req.method())).into_response();
+    }
+    if let Some(service) = param(&fields, "service")
+        && service != app.auth.service()
+    {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("service {service:?}: expected {:?}", app.auth.service()),
+        );
+    }
+    let who = match credentials {
+        Some((user, password)) => {
+            if !app.auth.verify_password(&user, &password).await {
+                tracing::info!(user, "token refused: wrong user name or password");
+                return RegistryError::Unauthorized.into_response();
+            }
+            Identity::User(user)
+        }
+        None => Identity::Anonymous,
+    };
+    let scopes: Vec<String> = fields
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let (token, granted) = app.auth.issue(&who, &scopes);
+    tracing::debug!(user = who.name(), ?granted, "token issued");
+    let body = json!({
+        "token": token,
+        "access_token": token,
+        "expires_in": app.auth.token_ttl().as_secs(),
+        "issued_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    })
+    .to_string();
+    let mut r = json_body(StatusCode::OK, Vec::new(), body, "application/json");
+    r.extensions_mut().insert(who);
+    r
 }
 
 /// `bytes=<a>-<b>` (also `<a>-` and `-<n>`) against a blob of `size`.

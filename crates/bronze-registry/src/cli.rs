@@ -8,6 +8,7 @@ use bronze_telemetry::LogFormat;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
+use crate::auth::Mode;
 use crate::config::Config;
 
 /// Bronze's private image registry: docker, skopeo and every OCI client push
@@ -74,10 +75,81 @@ pub struct Args {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<String>,
 
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(
+        long,
+        env = "BRONZE_REGISTRY_TLS_CERT",
+        value_name = "FILE",
+        global = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<String>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "BRONZE_REGISTRY_TLS_KEY",
+        value_name = "FILE",
+        global = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<String>,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
+
     /// Log format: plain or json [default: plain]. RUST_LOG sets the level.
     #[arg(long, env = "BRONZE_LOG_FORMAT", value_name = "FORMAT", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+}
+
+/// Access flags; access rules (`[[auth.access]]`) live in the config file.
+#[derive(Debug, clap::Args, Serialize)]
+pub struct AuthArgs {
+    /// Authentication: none, basic (htpasswd on every request) or token
+    /// (Docker's Bearer token flow, tokens from /token) [default: none].
+    #[arg(
+        long = "auth",
+        env = "BRONZE_REGISTRY_AUTH",
+        value_name = "MODE",
+        global = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+
+    /// htpasswd file with bcrypt entries (htpasswd -B), re-read when it changes.
+    #[arg(
+        long,
+        env = "BRONZE_REGISTRY_HTPASSWD",
+        value_name = "FILE",
+        global = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub htpasswd: Option<String>,
+
+    /// Repositories anyone may pull without credentials: *, <namespace>/*
+    /// or a name (repeatable; comma-separated in the environment).
+    #[arg(
+        long,
+        env = "BRONZE_REGISTRY_ANONYMOUS_PULL",
+        value_name = "PATTERN",
+        value_delimiter = ',',
+        global = true
+    )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub anonymous_pull: Vec<String>,
+
+    /// Token mode: the token endpoint URL given in challenges [default: /token
+    /// on the address the client used]. Basic mode: the realm's name.
+    #[arg(
+        long = "auth-realm",
+        env = "BRONZE_REGISTRY_AUTH_REALM",
+        value_name = "URL",
+        global = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

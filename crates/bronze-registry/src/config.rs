@@ -7,6 +7,8 @@ use bronze_runtime::config::ConfigError;
 use bronze_telemetry::LogFormat;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthConfig;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -22,6 +24,11 @@ pub struct Config {
     /// URLs that receive every push and delete (Docker distribution's
     /// notification format).
     pub webhooks: Vec<String>,
+    /// PEM certificate chain: with `tls_key`, the registry API serves HTTPS.
+    pub tls_cert: String,
+    pub tls_key: String,
+    /// Who may pull, push and delete (see `auth`).
+    pub auth: AuthConfig,
     pub log_format: LogFormat,
 }
 
@@ -33,6 +40,9 @@ impl Default for Config {
             root: "bronze-data/registry".into(),
             upload_ttl: Duration::from_secs(24 * 3600),
             webhooks: Vec::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            auth: AuthConfig::default(),
             log_format: LogFormat::Plain,
         }
     }
@@ -57,6 +67,20 @@ impl Config {
                 ));
             }
         }
+        if self.tls_cert.is_empty() != self.tls_key.is_empty() {
+            let missing = if self.tls_cert.is_empty() {
+                "tls_cert"
+            } else {
+                "tls_key"
+            };
+            return Err(ConfigError::invalid(
+                missing,
+                "expected both tls_cert and tls_key, or neither",
+            ));
+        }
+        self.auth
+            .validate()
+            .map_err(|(k, m)| ConfigError::invalid(k, m))?;
         Ok(())
     }
 

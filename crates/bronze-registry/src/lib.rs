@@ -12,6 +12,7 @@
 //! [`Server::serve`] runs until the shutdown signal, then drains.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod reference;
 pub mod storage;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -62,6 +64,7 @@ pub struct Server {
     registry_metrics: Arc<metrics::RegistryMetrics>,
     http: TcpListener,
     grpc: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 struct RegistryService {
@@ -151,6 +154,16 @@ impl Server {
         );
         let storage =
             Arc::new(storage::Storage::open(root, meta).map_err(|e| storage_err(e.to_string()))?);
+        let auth = auth::Auth::new(config.auth.clone(), root).map_err(StartError::Config)?;
+        let tls = if config.tls_cert.is_empty() {
+            None
+        } else {
+            bronze_runtime::install_crypto_provider();
+            Some(
+                tls::load(Path::new(&config.tls_cert), Path::new(&config.tls_key))
+                    .map_err(StartError::Config)?,
+            )
+        };
         let mut metrics = Metrics::new("registry");
         let registry_metrics = Arc::new(metrics::RegistryMetrics::register(&mut metrics));
         Ok(Self {
@@ -158,12 +171,15 @@ impl Server {
                 storage,
                 events: events::Events::new(),
                 gc_lock: Arc::new(tokio::sync::RwLock::new(())),
+                auth: Arc::new(auth),
+                tls: tls.is_some(),
             },
             config,
             metrics: Arc::new(metrics),
             registry_metrics,
             http,
             grpc,
+            tls,
         })
     }
 
@@ -189,21 +205,29 @@ impl Server {
             .route("/v2", axum::routing::any(api::dispatch))
             .route("/v2/", axum::routing::any(api::dispatch))
             .route("/v2/{*rest}", axum::routing::any(api::dispatch))
+            .route("/token", axum::routing::any(api::token))
             .with_state(self.app.clone())
             .layer(middleware::from_fn_with_state(
                 self.registry_metrics.clone(),
-                count,
+                access_log,
             ))
             .merge(bronze_telemetry::ops_routes(
                 self.metrics.clone(),
                 move || !d.load(Ordering::Relaxed),
             ));
         let http_shutdown = shutdown.clone();
-        let http = tokio::spawn(async move {
-            axum::serve(self.http, router)
-                .with_graceful_shutdown(async move { http_shutdown.wait().await })
-                .await
-        });
+        let listener = self.http;
+        let http = match self.tls {
+            Some(tls) => tokio::spawn(async move {
+                tls::serve(listener, tls, router, http_shutdown).await;
+                Ok(())
+            }),
+            None => tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { http_shutdown.wait().await })
+                    .await
+            }),
+        };
         let grpc_shutdown = shutdown.clone();
         let svc = pb::registry_server::RegistryServer::new(RegistryService {
             app: self.app.clone(),
@@ -243,19 +267,37 @@ impl Server {
     }
 }
 
-async fn count(
+/// Counts every request and writes one structured access-log line
+/// (target `access`): method, path, status, user, duration.
+async fn access_log(
     State(m): State<Arc<metrics::RegistryMetrics>>,
     req: Request,
     next: Next,
 ) -> Response {
-    let method = req.method().to_string();
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
     let resp = next.run(req).await;
+    let status = resp.status().as_u16();
     m.requests
         .get_or_create(&metrics::RequestLabels {
-            method,
-            code: resp.status().as_u16(),
+            method: method.to_string(),
+            code: status,
         })
         .inc();
+    let user = resp
+        .extensions()
+        .get::<auth::Identity>()
+        .map_or("-", auth::Identity::name);
+    tracing::info!(
+        target: "access",
+        %method,
+        path,
+        status,
+        user,
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "request"
+    );
     resp
 }
 

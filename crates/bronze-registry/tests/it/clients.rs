@@ -6,7 +6,7 @@ use std::process::Command;
 
 use crate::harness::{Reg, sha256};
 
-fn run(cmd: &mut Command) -> String {
+pub(crate) fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("command runs");
     assert!(
         out.status.success(),
@@ -60,7 +60,7 @@ fn write_blob(dir: &Path, data: &[u8]) -> String {
 }
 
 /// An OCI layout with a two-platform index tagged `latest`.
-fn multi_arch_layout(dir: &Path) -> String {
+pub(crate) fn multi_arch_layout(dir: &Path) -> String {
     std::fs::create_dir_all(dir.join("blobs/sha256")).expect("mkdir");
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("layout");
     let mut manifests = Vec::new();

@@ -24,7 +24,13 @@ impl Reg {
     }
 
     pub async fn start_in(root: tempfile::TempDir) -> Self {
-        let config = Config::ephemeral(&root.path().display().to_string());
+        Self::start_with(root, |_| {}).await
+    }
+
+    /// Starts with the ephemeral configuration changed by `edit`.
+    pub async fn start_with(root: tempfile::TempDir, edit: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::ephemeral(&root.path().display().to_string());
+        edit(&mut config);
         let server = Server::bind(config).await.expect("registry binds");
         let (addr, grpc) = (server.addr(), server.grpc_addr());
         let shutdown = Shutdown::new();
@@ -55,6 +61,23 @@ impl Reg {
             shutdown: Shutdown::new(),
             task: None,
         }
+    }
+
+    /// A client for the same registry that sends `name: value` with every
+    /// request (credentials).
+    pub fn with_header(&self, name: &str, value: &str) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            reqwest::header::HeaderValue::from_str(value).expect("header value"),
+        );
+        let mut r = Self::attach(self.addr);
+        r.client = reqwest::Client::builder()
+            .default_headers(headers)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        r
     }
 
     /// Stops the server and hands back its storage directory.

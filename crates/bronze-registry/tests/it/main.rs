@@ -2,6 +2,7 @@
 //! the OCI distribution-spec text, category by category), bad input, and
 //! real clients (docker through the engine, skopeo).
 
+mod access;
 mod bad_input;
 mod binary;
 mod clients;
