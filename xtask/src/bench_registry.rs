@@ -83,7 +83,7 @@ fn upload(t: &Target, repo: &str, file: &Path, digest: &str) -> anyhow::Result<f
             "-o",
             "/dev/null",
             "-w",
-            "%{http_code} %{speed_upload}",
+            "%{http_code} %{speed_upload} %{time_total}",
             "-X",
             "PUT",
         ])
@@ -94,7 +94,13 @@ fn upload(t: &Target, repo: &str, file: &Path, digest: &str) -> anyhow::Result<f
     if f.next() != Some("201") {
         bail!("{} upload failed: {out}", t.name);
     }
-    Ok(f.next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 1e6)
+    let speed = f.next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 1e6;
+    eprintln!(
+        "  {}: upload {speed:.0} MB/s in {} s",
+        t.name,
+        f.next().unwrap_or("?")
+    );
+    Ok(speed)
 }
 
 fn download(t: &Target, repo: &str, digest: &str) -> anyhow::Result<f64> {
