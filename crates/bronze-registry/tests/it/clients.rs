@@ -175,3 +175,91 @@ async fn skopeo_copies_a_multi_arch_index_both_ways() {
             .expect("json");
     assert_eq!(layout["manifests"][0]["digest"], index_digest.as_str());
 }
+
+/// The oci-client crate: push (chunked and monolithic uploads) and pull of
+/// an image, its tags and its manifest digest; then the same through the
+/// token flow with credentials.
+#[tokio::test]
+async fn oci_client_pushes_and_pulls() {
+    use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+    use oci_client::manifest::{IMAGE_LAYER_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE};
+    use oci_client::secrets::RegistryAuth;
+
+    async fn round_trip(r: &Reg, auth: &RegistryAuth, monolithic: bool, repo: &str) {
+        let client = oci_client::Client::new(ClientConfig {
+            protocol: ClientProtocol::Http,
+            use_monolithic_push: monolithic,
+            ..ClientConfig::default()
+        });
+        let reference: oci_client::Reference = format!("127.0.0.1:{}/{repo}:v1", r.addr.port())
+            .parse()
+            .expect("reference");
+        let layers = vec![
+            ImageLayer::new(vec![7u8; 3 << 20], IMAGE_LAYER_MEDIA_TYPE.to_string(), None),
+            ImageLayer::new(
+                b"second layer".to_vec(),
+                IMAGE_LAYER_MEDIA_TYPE.to_string(),
+                None,
+            ),
+        ];
+        let config = Config::oci_v1(br#"{"architecture":"amd64","os":"linux"}"#.to_vec(), None);
+        client
+            .push(&reference, &layers, config, auth, None)
+            .await
+            .expect("oci-client push");
+        let image = client
+            .pull(&reference, auth, vec![IMAGE_LAYER_MEDIA_TYPE])
+            .await
+            .expect("oci-client pull");
+        // (oci-client fetches layers concurrently and returns them as they
+        // complete.)
+        let mut pulled: Vec<_> = image.layers.iter().map(|l| l.data.clone()).collect();
+        pulled.sort_by_key(|d| std::cmp::Reverse(d.len()));
+        assert_eq!(pulled.len(), 2);
+        assert_eq!(pulled[0].len(), 3 << 20);
+        assert!(pulled[0].iter().all(|b| *b == 7));
+        assert_eq!(&pulled[1][..], b"second layer");
+        let tags = client
+            .list_tags(&reference, auth, None, None)
+            .await
+            .expect("tags");
+        assert_eq!(tags.tags, vec!["v1".to_string()]);
+        let (manifest, digest) = client
+            .pull_manifest_raw(&reference, auth, &[OCI_IMAGE_MEDIA_TYPE])
+            .await
+            .expect("manifest");
+        assert_eq!(sha256(&manifest), digest);
+        assert_eq!(
+            client
+                .fetch_manifest_digest(&reference, auth)
+                .await
+                .expect("digest"),
+            digest
+        );
+    }
+
+    let r = Reg::start().await;
+    round_trip(&r, &RegistryAuth::Anonymous, false, "oci/chunked").await;
+    round_trip(&r, &RegistryAuth::Anonymous, true, "oci/monolithic").await;
+
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let htpasswd = secrets.path().join("htpasswd");
+    let hash = bcrypt::hash("pw", 4).expect("bcrypt");
+    std::fs::write(&htpasswd, format!("ci:{hash}\n")).expect("htpasswd");
+    let auth = bronze_registry::auth::AuthConfig {
+        mode: bronze_registry::auth::Mode::Token,
+        htpasswd: htpasswd.display().to_string(),
+        ..Default::default()
+    };
+    let r = Reg::start_with(tempfile::tempdir().expect("tempdir"), move |c| {
+        c.auth = auth
+    })
+    .await;
+    round_trip(
+        &r,
+        &RegistryAuth::Basic("ci".into(), "pw".into()),
+        false,
+        "oci/authed",
+    )
+    .await;
+}
