@@ -205,7 +205,7 @@ async fn compose_file_brings_the_platform_up_and_registers_containers() {
         .expect("workload image");
     let compose = xtask::root().join("deploy/docker-compose.yml");
     let project = format!("bronze-e2e-{}", std::process::id());
-    let (http, dns, grpc) = (free_port(), free_port(), free_port());
+    let (http, dns, grpc, registry) = (free_port(), free_port(), free_port(), free_port());
     let run = |args: &[&str]| {
         Command::new("docker-compose")
             .arg("-f")
@@ -215,6 +215,7 @@ async fn compose_file_brings_the_platform_up_and_registers_containers() {
             .env("BRONZE_HTTP_PORT", http.to_string())
             .env("BRONZE_DNS_PORT", dns.to_string())
             .env("BRONZE_GRPC_PORT", grpc.to_string())
+            .env("BRONZE_REGISTRY_PORT", registry.to_string())
             .env("BRONZE_NODE", &project)
             .output()
             .expect("docker-compose runs")
@@ -240,7 +241,49 @@ async fn compose_file_brings_the_platform_up_and_registers_containers() {
     })
     .await
     .expect("join");
+    // The registry container takes a docker push through its published port.
+    let pushed = async {
+        for _ in 0..300 {
+            if http_ok(&format!("http://127.0.0.1:{registry}/healthz")).await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let image = format!("127.0.0.1:{registry}/e2e/busybox:compose");
+        let i = image.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let tag = Command::new("docker")
+                .args(["tag", "bronze-test/busybox-httpd:latest", &i])
+                .output()
+                .expect("docker tag");
+            assert!(tag.status.success());
+            let push = Command::new("docker")
+                .args(["push", &i])
+                .output()
+                .expect("docker push");
+            let _ = Command::new("docker").args(["rmi", &i]).output();
+            push
+        })
+        .await
+        .expect("join");
+        let tags: serde_json::Value = reqwest::get(format!(
+            "http://127.0.0.1:{registry}/v2/e2e/busybox/tags/list"
+        ))
+        .await
+        .expect("tags")
+        .json()
+        .await
+        .unwrap_or_default();
+        (out, tags)
+    }
+    .await;
     let down = run(&["down", "-v", "--timeout", "20"]);
+    assert!(
+        pushed.0.status.success(),
+        "docker push to the composed registry: {}",
+        String::from_utf8_lossy(&pushed.0.stderr)
+    );
+    assert_eq!(pushed.1["tags"], serde_json::json!(["compose"]));
     assert!(healthy, "discovery from the compose file answers /healthz");
     assert_eq!(ns, "ns.bronze.");
     assert!(

@@ -38,6 +38,19 @@ pub const IMAGES: &[Image] = &[
         volume: Some("/data"),
     },
     Image {
+        name: "registry",
+        package: "bronze-registry",
+        binary: "bronze-registry",
+        env: &[
+            ("BRONZE_REGISTRY_ADDR", "0.0.0.0:5000"),
+            ("BRONZE_REGISTRY_GRPC_ADDR", "0.0.0.0:5002"),
+            ("BRONZE_REGISTRY_ROOT", "/data"),
+            ("BRONZE_LOG_FORMAT", "json"),
+        ],
+        ports: &["5000/tcp", "5002/tcp"],
+        volume: Some("/data"),
+    },
+    Image {
         name: "registrator",
         package: "bronze-registrator",
         binary: "bronze-registrator",

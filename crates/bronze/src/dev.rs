@@ -42,6 +42,8 @@ pub struct DevConfig {
     discovery: bronze_discovery::Config,
     /// Its `discovery` key is filled in with the in-process discovery.
     registrator: bronze_registrator::Config,
+    /// Its `root` defaults to `<data_dir>/registry`.
+    registry: bronze_registry::Config,
     #[serde(skip)]
     ephemeral: bool,
 }
@@ -53,6 +55,10 @@ impl Default for DevConfig {
             log_format: LogFormat::Plain,
             discovery: bronze_discovery::Config::default(),
             registrator: dev_registrator(),
+            registry: bronze_registry::Config {
+                root: String::new(),
+                ..Default::default()
+            },
             ephemeral: false,
         }
     }
@@ -77,20 +83,40 @@ impl DevArgs {
             c.discovery.dns.addr = e.dns.addr;
             c.discovery.data_dir = String::new();
             c.registrator.metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            // Blobs need files: a directory of this process, removed at exit.
+            let e = bronze_registry::Config::ephemeral(&ephemeral_registry_root());
+            c.registry.addr = e.addr;
+            c.registry.grpc_addr = e.grpc_addr;
+            c.registry.root = e.root;
         } else {
             c.discovery.data_dir = Path::new(&c.data_dir)
                 .join("discovery")
                 .display()
                 .to_string();
+            if c.registry.root.is_empty() {
+                c.registry.root = Path::new(&c.data_dir)
+                    .join("registry")
+                    .display()
+                    .to_string();
+            }
         }
         c.discovery.log_format = c.log_format;
         c.registrator.log_format = c.log_format;
+        c.registry.log_format = c.log_format;
         c.discovery.validate().map_err(|e| within("discovery", e))?;
         c.registrator
             .validate()
             .map_err(|e| within("registrator", e))?;
+        c.registry.validate().map_err(|e| within("registry", e))?;
         Ok(c)
     }
+}
+
+fn ephemeral_registry_root() -> String {
+    std::env::temp_dir()
+        .join(format!("bronze-dev-registry-{}", std::process::id()))
+        .display()
+        .to_string()
 }
 
 /// Names a component's key as seen from the dev config file.
@@ -141,6 +167,13 @@ pub fn run(config: DevConfig) -> i32 {
                 return 1;
             }
         };
+        let registry = match bronze_registry::Server::bind(config.registry.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("bronze dev: registry: {e}");
+                return 1;
+            }
+        };
         // One line per listener, stable and parseable: tests read them.
         println!("bronze dev: every component in this process, {state}");
         println!(
@@ -162,26 +195,44 @@ pub fn run(config: DevConfig) -> i32 {
             registrator.registrator().node(),
             registrator.registrator().host_ip()
         );
+        println!(
+            "registry        http://{}  (docker push/pull, /metrics, /healthz; events gRPC {})",
+            registry.addr(),
+            registry.grpc_addr()
+        );
         println!("ready; Ctrl-C stops");
         // The registrator stops first: its last heartbeat needs discovery.
         let reg = tokio::spawn(registrator.serve(shutdown.clone()));
+        let images = tokio::spawn(registry.serve(shutdown.clone()));
         let discovery_stop = Shutdown::new();
         let disc = tokio::spawn(discovery.serve(discovery_stop.clone()));
         shutdown.wait().await;
         let _ = reg.await;
         discovery_stop.trigger();
-        let code = match disc.await {
-            Ok(Ok(())) => 0,
-            Ok(Err(e)) => {
-                eprintln!("bronze dev: discovery: {e}");
-                1
-            }
-            Err(e) => {
-                eprintln!("bronze dev: discovery: {e}");
-                1
-            }
-        };
+        let mut code = exit_code("registry", images.await);
+        if config.ephemeral {
+            let _ = std::fs::remove_dir_all(&config.registry.root);
+        }
+        code |= exit_code("discovery", disc.await);
         tracing::info!("bronze dev stopped");
         code
     })
+}
+
+/// 0 when a component's task ended cleanly; otherwise says why and gives 1.
+fn exit_code<E: std::fmt::Display>(
+    component: &str,
+    ended: Result<Result<(), E>, tokio::task::JoinError>,
+) -> i32 {
+    match ended {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            eprintln!("bronze dev: {component}: {e}");
+            1
+        }
+        Err(e) => {
+            eprintln!("bronze dev: {component}: {e}");
+            1
+        }
+    }
 }

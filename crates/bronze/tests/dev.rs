@@ -31,8 +31,8 @@ async fn dev_prints_its_listeners_serves_and_stops_on_sigterm() {
     let addr_of = |prefix: &str| -> String {
         lines
             .iter()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.split_whitespace().nth(2))
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("{prefix} in {lines:?}"))
             .trim_start_matches("http://")
             .to_string()
@@ -119,6 +119,34 @@ async fn dev_prints_its_listeners_serves_and_stops_on_sigterm() {
         "container registered by bronze dev: {srv:?}"
     );
 
+    // The registry in the same process takes a docker push.
+    let registry = addr_of("registry");
+    let image = format!("{registry}/dev/busybox:1");
+    let tag = Command::new("docker")
+        .args(["tag", "bronze-test/busybox-httpd:latest", &image])
+        .output()
+        .expect("docker tag");
+    assert!(tag.status.success());
+    let push = Command::new("docker")
+        .args(["push", &image])
+        .output()
+        .expect("docker push");
+    let _ = Command::new("docker").args(["rmi", &image]).output();
+    assert!(
+        push.status.success(),
+        "docker push to bronze dev: {}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    let tags = reqwest::get(format!("http://{registry}/v2/dev/busybox/tags/list"))
+        .await
+        .expect("tags")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(tags, r#"{"name":"dev/busybox","tags":["1"]}"#);
+    let registry_root = std::env::temp_dir().join(format!("bronze-dev-registry-{}", child.id()));
+    assert!(registry_root.exists(), "{registry_root:?}");
+
     assert!(
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -135,6 +163,10 @@ async fn dev_prints_its_listeners_serves_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
+    assert!(
+        !registry_root.exists(),
+        "the ephemeral registry's files are removed"
+    );
 }
 
 #[test]
