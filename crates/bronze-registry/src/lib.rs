@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod fuzzing;
 pub mod gc;
 pub mod manifest;
 pub mod metrics;

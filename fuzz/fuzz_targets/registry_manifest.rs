@@ -1,0 +1,7 @@
+//! Any manifest body under any accepted content type: a parsed manifest or
+//! a spec error, never a panic (properties in bronze_registry::fuzzing).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| bronze_registry::fuzzing::manifest(data));
