@@ -395,3 +395,49 @@ async fn uploads_survive_a_restart_and_blobs_stay_verified() {
         .expect("PUT");
     assert_eq!(resp.status(), 201, "the running hash was rebuilt from disk");
 }
+
+#[tokio::test]
+async fn stale_upload_sessions_expire_and_are_purged() {
+    let r = Reg::start_with(tempfile::tempdir().expect("tempdir"), |c| {
+        c.upload_ttl = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let resp = r
+        .req(Method::POST, "/v2/stale/app/blobs/uploads/")
+        .await
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(resp.status(), 202);
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("loc")
+        .to_string();
+    let id = location.rsplit('/').next().expect("id").to_string();
+    let resp = r
+        .client
+        .patch(r.url(&location))
+        .header("content-type", "application/octet-stream")
+        .body(vec![1u8; 1000])
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(resp.status(), 202);
+    let file = r.root.path().join("uploads").join(&id);
+    assert!(file.exists());
+    // Abandoned: the purger (every upload_ttl here) removes file and session.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let resp = loop {
+        let resp = r.get(&location).await;
+        if resp.status() == 404 || std::time::Instant::now() > deadline {
+            break resp;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(resp.status(), 404);
+    assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
+    assert!(!file.exists(), "the upload file is removed");
+    // Nothing else was touched: no blob, no repository.
+    let catalog: serde_json::Value = r.get("/v2/_catalog").await.json().await.expect("json");
+    assert_eq!(catalog["repositories"], serde_json::json!([]));
+}
