@@ -539,9 +539,10 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
     E: std::fmt::Display,
 {
-    type Batch = Arc<Vec<Bytes>>;
-    let (to_writer, mut writer_rx) = tokio::sync::mpsc::channel::<Batch>(8);
-    let (to_hasher, mut hasher_rx) = tokio::sync::mpsc::channel::<Batch>(8);
+    // The body is hashed here as it arrives (a chunk is at most a few
+    // hundred KB, well under a millisecond of SHA-NI) while a blocking
+    // thread writes ~1 MB batches: two threads, one hand-off per batch.
+    let (to_writer, mut writer_rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(8);
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
         let mut f = OpenOptions::new().write(true).open(&path)?;
         f.set_len(offset)?;
@@ -565,15 +566,7 @@ where
         }
         Ok(written)
     });
-    let hashing = tokio::task::spawn_blocking(move || {
-        let mut hasher = hasher;
-        while let Some(batch) = hasher_rx.blocking_recv() {
-            for chunk in batch.iter() {
-                hasher.update(chunk);
-            }
-        }
-        hasher
-    });
+    let mut hasher = hasher;
     let mut failure = None;
     let mut batch: Vec<Bytes> = Vec::new();
     let mut batched = 0usize;
@@ -581,6 +574,7 @@ where
         let next = body.next().await;
         let done = match next {
             Some(Ok(chunk)) => {
+                hasher.update(&chunk);
                 batched += chunk.len();
                 batch.push(chunk);
                 false
@@ -592,9 +586,8 @@ where
             None => true,
         };
         if (batched >= WRITE_CHUNK || done) && !batch.is_empty() {
-            let b: Batch = Arc::new(std::mem::take(&mut batch));
             batched = 0;
-            if to_hasher.send(b.clone()).await.is_err() || to_writer.send(b).await.is_err() {
+            if to_writer.send(std::mem::take(&mut batch)).await.is_err() {
                 break;
             }
         }
@@ -603,12 +596,8 @@ where
         }
     }
     drop(to_writer);
-    drop(to_hasher);
     let written = writer
         .await
         .map_err(|e| RegistryError::Internal(e.to_string()))??;
-    let hasher = hashing
-        .await
-        .map_err(|e| RegistryError::Internal(e.to_string()))?;
     Ok((written, hasher, failure))
 }
