@@ -1,0 +1,67 @@
+//! Flags and environment variables of `bronze-gateway`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use bronze_runtime::config::{self, ConfigError};
+use bronze_telemetry::LogFormat;
+use clap::Parser;
+use serde::Serialize;
+
+use crate::config::Config;
+
+/// Bronze's API gateway: routes requests to services by host, path,
+/// method and headers (Kong's services and routes), with no reloads.
+///
+/// Every setting comes from (lowest to highest precedence) its default, the
+/// TOML file given by --config, its environment variable, and its flag.
+#[derive(Debug, Parser, Serialize)]
+#[command(name = "bronze-gateway", version, max_term_width = 100)]
+pub struct Args {
+    /// TOML configuration file.
+    #[arg(short, long, env = "BRONZE_GATEWAY_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Proxy address [default: 127.0.0.1:8000].
+    #[arg(long, env = "BRONZE_GATEWAY_ADDR", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<SocketAddr>,
+
+    /// Admin API, /metrics and /healthz address [default: 127.0.0.1:8001].
+    #[arg(long, env = "BRONZE_GATEWAY_ADMIN_ADDR", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_addr: Option<SocketAddr>,
+
+    /// Kong declarative configuration (DB-less format, JSON) to load at start.
+    #[arg(long, env = "BRONZE_GATEWAY_DECLARATIVE_CONFIG", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub declarative_config: Option<String>,
+
+    /// Time a client has to send its request headers, e.g. 10s [default: 10s].
+    #[arg(
+        long,
+        env = "BRONZE_GATEWAY_HEADER_READ_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout: Option<String>,
+
+    /// Proxy worker threads [default: one per CPU].
+    #[arg(long, env = "BRONZE_GATEWAY_WORKERS", value_name = "N")]
+    #[serde(skip)]
+    pub workers: Option<usize>,
+
+    /// Log format: plain or json [default: plain]. RUST_LOG sets the level.
+    #[arg(long, env = "BRONZE_LOG_FORMAT", value_name = "FORMAT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Args {
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut config: Config = config::load(self.config.as_deref(), self)?;
+        config.validate()?;
+        Ok(config)
+    }
+}

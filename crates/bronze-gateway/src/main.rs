@@ -1,0 +1,39 @@
+//! `bronze-gateway`: read flags, env and config file, set up logging, hand
+//! over to the library.
+
+use bronze_gateway::cli::Args;
+use bronze_runtime::{EX_USAGE, Shutdown};
+use clap::Parser;
+
+fn main() {
+    let args = Args::parse();
+    let config = match args.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bronze-gateway: {e}");
+            std::process::exit(EX_USAGE);
+        }
+    };
+    bronze_telemetry::init_logging(config.log_format);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = args.workers {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bronze-gateway: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = Shutdown::new();
+        shutdown.trigger_on_signals();
+        bronze_gateway::run(config, shutdown).await
+    });
+    if let Err(e) = result {
+        eprintln!("bronze-gateway: {e}");
+        std::process::exit(1);
+    }
+}

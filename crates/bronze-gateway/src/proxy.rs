@@ -1,0 +1,218 @@
+//! The proxy: match a route in the current table (one atomic load), pick a
+//! target, rewrite the request (path, Host, hop-by-hop headers,
+//! X-Forwarded-*, X-Request-Id) and stream it to the upstream over a
+//! keep-alive pool; stream the answer back. Bodies are never buffered.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::metrics::GatewayMetrics;
+use crate::router::Table;
+
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+pub struct Proxy {
+    pub table: ArcSwap<Table>,
+    client: Client<HttpConnector, Incoming>,
+    metrics: Arc<GatewayMetrics>,
+    request_ids: AtomicU64,
+    id_prefix: String,
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including those `Connection` names.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        h.remove(n);
+    }
+    h.remove(header::UPGRADE);
+}
+
+/// Kong's error shape: `{"message": "..."}`.
+pub fn error(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "message": message }).to_string();
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert("server", HeaderValue::from_static("bronze-gateway"));
+    r
+}
+
+impl Proxy {
+    pub fn new(table: Table, metrics: Arc<GatewayMetrics>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(connector);
+        Self {
+            table: ArcSwap::from_pointee(table),
+            client,
+            metrics,
+            request_ids: AtomicU64::new(0),
+            id_prefix: format!("{:08x}", fastrand::u32(..)),
+        }
+    }
+
+    /// Replaces the routing table; requests already matched keep theirs.
+    pub fn swap(&self, table: Table) {
+        self.table.store(Arc::new(table));
+    }
+
+    pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let table = self.table.load();
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("")
+            .to_string();
+        let path = req.uri().path().to_string();
+        let Some(m) = table.find(req.method(), &host, &path, req.headers()) else {
+            self.metrics.count("", "", StatusCode::NOT_FOUND);
+            return error(StatusCode::NOT_FOUND, "no Route matched with those values");
+        };
+        let route = m.route.clone();
+        let service = &route.service;
+        let Some(target) = service.pick() else {
+            self.metrics
+                .count(&route.name, &service.name, StatusCode::SERVICE_UNAVAILABLE);
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "failure to get a peer from the ring-balancer",
+            );
+        };
+
+        // Path: the service's path, then what the route did not strip.
+        let rest = if route.strip_path {
+            &path[m.matched_len..]
+        } else {
+            path.as_str()
+        };
+        let mut upstream_path = String::with_capacity(service.path.len() + rest.len() + 1);
+        upstream_path.push_str(&service.path);
+        if upstream_path.ends_with('/') && rest.starts_with('/') {
+            upstream_path.push_str(&rest[1..]);
+        } else if !upstream_path.ends_with('/') && !rest.is_empty() && !rest.starts_with('/') {
+            upstream_path.push('/');
+            upstream_path.push_str(rest);
+        } else {
+            upstream_path.push_str(rest);
+        }
+        if let Some(q) = req.uri().query() {
+            upstream_path.push('?');
+            upstream_path.push_str(q);
+        }
+        let uri = match Uri::builder()
+            .scheme("http")
+            .authority(&*target)
+            .path_and_query(upstream_path)
+            .build()
+        {
+            Ok(u) => u,
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "the request path cannot be forwarded",
+                );
+            }
+        };
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        let ip = peer.ip().to_string();
+        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prior) => format!("{prior}, {ip}"),
+            None => ip.clone(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+            headers.insert("x-forwarded-for", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&ip) {
+            headers.insert("x-real-ip", v);
+        }
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            headers.insert("x-forwarded-host", v);
+        }
+        if !headers.contains_key("x-request-id") {
+            let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
+            if let Ok(v) = HeaderValue::from_str(&format!("{}-{n:016x}", self.id_prefix)) {
+                headers.insert("x-request-id", v);
+            }
+        }
+        if !route.preserve_host
+            && let Ok(v) = HeaderValue::from_str(&target)
+        {
+            headers.insert(header::HOST, v);
+        }
+
+        let sent = tokio::time::timeout(service.read_timeout, self.client.request(req)).await;
+        match sent {
+            Ok(Ok(resp)) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                self.metrics.count(&route.name, &service.name, parts.status);
+                Response::from_parts(parts, Either::Left(body))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(route = %route.name, %target, error = %e, "upstream failed");
+                self.metrics
+                    .count(&route.name, &service.name, StatusCode::BAD_GATEWAY);
+                error(
+                    StatusCode::BAD_GATEWAY,
+                    "An invalid response was received from the upstream server",
+                )
+            }
+            Err(_) => {
+                tracing::warn!(route = %route.name, %target, "upstream timed out");
+                self.metrics
+                    .count(&route.name, &service.name, StatusCode::GATEWAY_TIMEOUT);
+                error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "The upstream server is timing out",
+                )
+            }
+        }
+    }
+}

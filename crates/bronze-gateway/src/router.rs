@@ -1,0 +1,605 @@
+//! The routing table: compiled from a declarative configuration, swapped
+//! whole (never edited in place), matched per request without locks.
+//!
+//! Every (route, path) pair is one entry. Entries are ordered once, at
+//! build time, by this deterministic priority; the first entry that matches
+//! wins:
+//!
+//! 1. host: an exact host before a wildcard host (`*.example.com`,
+//!    `api.example.*`) before a route with no hosts;
+//! 2. path: regex paths (`~/users/\d+$`) first, higher `regex_priority`
+//!    first; then prefixes, longest first; then routes with no paths;
+//! 3. routes with methods before routes without; more header conditions
+//!    before fewer;
+//! 4. the order of the configuration.
+//!
+//! Lookup goes straight to the entries of the request's exact host (a hash
+//! map), then the wildcard entries, then the host-less ones, so a table of
+//! 10,000 routes costs one hash lookup and a short scan.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, Method};
+use regex::Regex;
+
+use crate::declarative::{Declarative, Invalid};
+
+/// Where a service's requests go.
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    /// `host:port` of each target, repeated by weight for round robin.
+    ring: Vec<Arc<str>>,
+    next: AtomicUsize,
+    /// Prepended to the forwarded path (`/` when none).
+    pub path: String,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+impl Service {
+    /// The next target, round robin by weight; `None` when the upstream has
+    /// no targets.
+    pub fn pick(&self) -> Option<Arc<str>> {
+        if self.ring.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.ring.len();
+        Some(self.ring[i].clone())
+    }
+}
+
+#[derive(Debug, Clone)]
+enum HostMatch {
+    Exact(String),
+    /// `*.example.com`: the suffix `.example.com`.
+    Suffix(String),
+    /// `api.example.*`: the prefix `api.example.`.
+    Prefix(String),
+    Any,
+}
+
+#[derive(Debug, Clone)]
+enum PathMatch {
+    Regex(Regex, i64),
+    Prefix(String),
+    Any,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub service: Arc<Service>,
+    pub strip_path: bool,
+    pub preserve_host: bool,
+}
+
+/// An entry's sort key, smallest first: host class, path class, regex
+/// priority (negated), prefix length (inverted), no methods, header count
+/// (inverted), configuration order.
+type Priority = (u8, u8, i64, usize, u8, usize, usize);
+
+#[derive(Debug)]
+struct Entry {
+    route: Arc<Route>,
+    host: HostMatch,
+    path: PathMatch,
+    methods: Vec<Method>,
+    headers: Vec<(HeaderName, Vec<String>)>,
+}
+
+/// A matched request: its route and how many leading bytes of the path the
+/// route's path matched (stripped when `strip_path`).
+pub struct Matched<'a> {
+    pub route: &'a Arc<Route>,
+    pub matched_len: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Table {
+    entries: Vec<Entry>,
+    exact: HashMap<String, Vec<u32>>,
+    wildcard: Vec<u32>,
+    any_host: Vec<u32>,
+    pub services: Vec<Arc<Service>>,
+    pub routes: usize,
+}
+
+fn host_match(h: &str, field: &str) -> Result<HostMatch, Invalid> {
+    let h = h.to_ascii_lowercase();
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    };
+    let m = if let Some(rest) = h.strip_prefix("*.") {
+        valid(rest).then(|| HostMatch::Suffix(format!(".{rest}")))
+    } else if let Some(rest) = h.strip_suffix(".*") {
+        valid(rest).then(|| HostMatch::Prefix(format!("{rest}.")))
+    } else {
+        let name = h.split_once(':').map_or(h.as_str(), |(n, _)| n);
+        valid(name).then(|| HostMatch::Exact(name.to_string()))
+    };
+    m.ok_or_else(|| {
+        Invalid::new(
+            field,
+            format!("{h:?}: expected a host name, *.<domain> or <name>.*"),
+        )
+    })
+}
+
+fn path_match(p: &str, regex_priority: i64, field: &str) -> Result<PathMatch, Invalid> {
+    if let Some(re) = p.strip_prefix('~') {
+        if !re.starts_with('/') && !re.starts_with("^/") {
+            return Err(Invalid::new(
+                field,
+                format!("{p:?}: a regex path must start with ~/"),
+            ));
+        }
+        let anchored = if re.starts_with('^') {
+            re.to_string()
+        } else {
+            format!("^{re}")
+        };
+        let compiled = regex::RegexBuilder::new(&anchored)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| Invalid::new(field, format!("{p:?}: invalid regex: {e}")))?;
+        return Ok(PathMatch::Regex(compiled, regex_priority));
+    }
+    if !p.starts_with('/') || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Invalid::new(
+            field,
+            format!("{p:?}: expected a path prefix starting with / (or a regex, ~/...)"),
+        ));
+    }
+    Ok(PathMatch::Prefix(p.to_string()))
+}
+
+fn target_authority(t: &str, field: &str) -> Result<String, Invalid> {
+    let bad = || Invalid::new(field, format!("{t:?}: expected <host>:<port>"));
+    let (host, port) = t.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(bad)?;
+    if host.is_empty() || host.contains('/') {
+        return Err(bad());
+    }
+    Ok(t.to_string())
+}
+
+/// `http://host[:port][/path]` of a service's `url`.
+fn split_url(url: &str, field: &str) -> Result<(String, u16, String), Invalid> {
+    let bad = |why: &str| Invalid::new(field, format!("{url:?}: {why}"));
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| bad("expected http://host[:port][/path]"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(bad("only http:// upstreams are supported so far"));
+    }
+    let host = uri.host().ok_or_else(|| bad("no host"))?.to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    Ok((host, port, uri.path().to_string()))
+}
+
+impl Table {
+    /// Compiles a declarative configuration; errors name the field.
+    pub fn build(d: &Declarative) -> Result<Self, Invalid> {
+        let mut upstreams: HashMap<&str, Vec<Arc<str>>> = HashMap::new();
+        for (i, u) in d.upstreams.iter().enumerate() {
+            let field = |f: &str| format!("upstreams[{i}].{f}");
+            if u.name.is_empty() {
+                return Err(Invalid::new(field("name"), "expected a name"));
+            }
+            if let Some(a) = &u.algorithm
+                && a != "round-robin"
+            {
+                return Err(Invalid::new(
+                    field("algorithm"),
+                    format!("{a:?}: only round-robin is implemented so far"),
+                ));
+            }
+            let mut ring = Vec::new();
+            for (j, t) in u.targets.iter().enumerate() {
+                let authority =
+                    target_authority(&t.target, &field(&format!("targets[{j}].target")))?;
+                let weight = t.weight.unwrap_or(100);
+                if weight > 1000 {
+                    return Err(Invalid::new(
+                        field(&format!("targets[{j}].weight")),
+                        "expected 0-1000",
+                    ));
+                }
+                // Weights in steps of 10 keep the ring short (100 -> 10 slots).
+                let slots = weight.div_ceil(10);
+                let authority: Arc<str> = authority.into();
+                ring.extend(std::iter::repeat_n(authority, slots as usize));
+            }
+            if upstreams.insert(u.name.as_str(), ring).is_some() {
+                return Err(Invalid::new(
+                    field("name"),
+                    format!("{:?} appears twice", u.name),
+                ));
+            }
+        }
+
+        let mut table = Table::default();
+        let mut names = std::collections::HashSet::new();
+        let mut keyed: Vec<(Priority, Entry)> = Vec::new();
+        let mut order = 0usize;
+        for (i, s) in d.services.iter().enumerate() {
+            let field = |f: &str| format!("services[{i}].{f}");
+            if s.name.is_empty() {
+                return Err(Invalid::new(field("name"), "expected a name"));
+            }
+            if !names.insert(s.name.clone()) {
+                return Err(Invalid::new(
+                    field("name"),
+                    format!("{:?} appears twice", s.name),
+                ));
+            }
+            let (host, port, path) = match &s.url {
+                Some(url) => split_url(url, &field("url"))?,
+                None => {
+                    if let Some(p) = &s.protocol
+                        && p != "http"
+                    {
+                        return Err(Invalid::new(
+                            field("protocol"),
+                            format!("{p:?}: only http is supported so far"),
+                        ));
+                    }
+                    let host = s.host.clone().ok_or_else(|| {
+                        Invalid::new(field("host"), "expected url, or host (and port)")
+                    })?;
+                    (
+                        host,
+                        s.port.unwrap_or(80),
+                        s.path.clone().unwrap_or_default(),
+                    )
+                }
+            };
+            let ring = match upstreams.get(host.as_str()) {
+                Some(ring) => ring.clone(),
+                None => vec![Arc::from(target_authority(
+                    &format!("{host}:{port}"),
+                    &field("host"),
+                )?)],
+            };
+            let ms = |v: Option<u64>, f: &str, default: u64| -> Result<Duration, Invalid> {
+                match v.unwrap_or(default) {
+                    0 => Err(Invalid::new(field(f), "expected at least 1 (milliseconds)")),
+                    n => Ok(Duration::from_millis(n)),
+                }
+            };
+            let service = Arc::new(Service {
+                name: s.name.clone(),
+                ring,
+                next: AtomicUsize::new(0),
+                path: if path.is_empty() { "/".into() } else { path },
+                connect_timeout: ms(s.connect_timeout, "connect_timeout", 60_000)?,
+                read_timeout: ms(s.read_timeout, "read_timeout", 60_000)?,
+            });
+            if s.enabled == Some(false) {
+                continue;
+            }
+            table.services.push(service.clone());
+            for (j, r) in s.routes.iter().enumerate() {
+                let field = |f: &str| format!("services[{i}].routes[{j}].{f}");
+                if r.name.is_empty() {
+                    return Err(Invalid::new(field("name"), "expected a name"));
+                }
+                if r.hosts.is_empty()
+                    && r.paths.is_empty()
+                    && r.methods.is_empty()
+                    && r.headers.is_empty()
+                {
+                    return Err(Invalid::new(
+                        field("paths"),
+                        "a route needs at least one of hosts, paths, methods or headers",
+                    ));
+                }
+                if let Some(p) = r.protocols.iter().find(|p| *p != "http" && *p != "https") {
+                    return Err(Invalid::new(
+                        field("protocols"),
+                        format!("{p:?}: expected http or https"),
+                    ));
+                }
+                let methods = r
+                    .methods
+                    .iter()
+                    .enumerate()
+                    .map(|(k, m)| {
+                        Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                            Invalid::new(
+                                field(&format!("methods[{k}]")),
+                                format!("{m:?}: expected an HTTP method"),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut headers = Vec::new();
+                for (name, values) in &r.headers {
+                    let h = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                        Invalid::new(
+                            field("headers"),
+                            format!("{name:?}: expected a header name"),
+                        )
+                    })?;
+                    if h == http::header::HOST {
+                        return Err(Invalid::new(
+                            field("headers"),
+                            "use hosts to match the Host header",
+                        ));
+                    }
+                    headers.push((h, values.clone()));
+                }
+                let route = Arc::new(Route {
+                    name: r.name.clone(),
+                    service: service.clone(),
+                    strip_path: r.strip_path.unwrap_or(true),
+                    preserve_host: r.preserve_host.unwrap_or(false),
+                });
+                table.routes += 1;
+                let hosts: Vec<HostMatch> = if r.hosts.is_empty() {
+                    vec![HostMatch::Any]
+                } else {
+                    r.hosts
+                        .iter()
+                        .enumerate()
+                        .map(|(k, h)| host_match(h, &field(&format!("hosts[{k}]"))))
+                        .collect::<Result<_, _>>()?
+                };
+                let paths: Vec<PathMatch> = if r.paths.is_empty() {
+                    vec![PathMatch::Any]
+                } else {
+                    r.paths
+                        .iter()
+                        .enumerate()
+                        .map(|(k, p)| {
+                            path_match(
+                                p,
+                                r.regex_priority.unwrap_or(0),
+                                &field(&format!("paths[{k}]")),
+                            )
+                        })
+                        .collect::<Result<_, _>>()?
+                };
+                for host in &hosts {
+                    for path in &paths {
+                        let host_rank = match host {
+                            HostMatch::Exact(_) => 0,
+                            HostMatch::Suffix(_) | HostMatch::Prefix(_) => 1,
+                            HostMatch::Any => 2,
+                        };
+                        let (path_rank, regex_prio, prefix_len) = match path {
+                            PathMatch::Regex(_, p) => (0u8, -*p, 0usize),
+                            PathMatch::Prefix(p) => (1, 0, usize::MAX - p.len()),
+                            PathMatch::Any => (2, 0, 0),
+                        };
+                        let key = (
+                            host_rank,
+                            path_rank,
+                            regex_prio,
+                            prefix_len,
+                            u8::from(methods.is_empty()),
+                            usize::MAX - headers.len(),
+                            order,
+                        );
+                        order += 1;
+                        let entry = Entry {
+                            route: route.clone(),
+                            host: host.clone(),
+                            path: path.clone(),
+                            methods: methods.clone(),
+                            headers: headers.clone(),
+                        };
+                        keyed.push((key, entry));
+                    }
+                }
+            }
+        }
+        keyed.sort_by_key(|(k, _)| *k);
+        for (i, (_, e)) in keyed.into_iter().enumerate() {
+            let i = i as u32;
+            match &e.host {
+                HostMatch::Exact(h) => table.exact.entry(h.clone()).or_default().push(i),
+                HostMatch::Suffix(_) | HostMatch::Prefix(_) => table.wildcard.push(i),
+                HostMatch::Any => table.any_host.push(i),
+            }
+            table.entries.push(e);
+        }
+        Ok(table)
+    }
+
+    /// The route for a request, if any.
+    pub fn find(
+        &self,
+        method: &Method,
+        host: &str,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<Matched<'_>> {
+        let host = host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        let lowered;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = host.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            host
+        };
+        let exact = self.exact.get(host).map(Vec::as_slice).unwrap_or_default();
+        for &i in exact.iter().chain(&self.wildcard).chain(&self.any_host) {
+            let e = &self.entries[i as usize];
+            let host_ok = match &e.host {
+                HostMatch::Exact(_) | HostMatch::Any => true,
+                HostMatch::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+                HostMatch::Prefix(p) => host.len() > p.len() && host.starts_with(p.as_str()),
+            };
+            if !host_ok || (!e.methods.is_empty() && !e.methods.contains(method)) {
+                continue;
+            }
+            let headers_ok = e.headers.iter().all(|(name, values)| {
+                headers.get_all(name).iter().any(|v| {
+                    v.to_str()
+                        .is_ok_and(|v| values.iter().any(|want| want.eq_ignore_ascii_case(v)))
+                })
+            });
+            if !headers_ok {
+                continue;
+            }
+            let matched_len = match &e.path {
+                PathMatch::Any => Some(0),
+                PathMatch::Prefix(p) => path.starts_with(p.as_str()).then_some(p.len()),
+                PathMatch::Regex(r, _) => r.find(path).map(|m| m.end()),
+            };
+            if let Some(matched_len) = matched_len {
+                return Some(Matched {
+                    route: &e.route,
+                    matched_len,
+                });
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::declarative::parse;
+
+    fn table(json: &str) -> Table {
+        Table::build(&parse(json.as_bytes()).unwrap()).unwrap()
+    }
+
+    fn route_of(t: &Table, method: &str, host: &str, path: &str) -> Option<(String, usize)> {
+        t.find(
+            &Method::from_bytes(method.as_bytes()).unwrap(),
+            host,
+            path,
+            &HeaderMap::new(),
+        )
+        .map(|m| (m.route.name.clone(), m.matched_len))
+    }
+
+    #[test]
+    fn priority_is_documented_and_deterministic() {
+        let t = table(
+            r#"{"_format_version": "3.0", "services": [{"name": "s", "url": "http://127.0.0.1:1",
+              "routes": [
+                {"name": "any-root", "paths": ["/"]},
+                {"name": "api", "paths": ["/api"]},
+                {"name": "api-users", "paths": ["/api/users"]},
+                {"name": "api-users-get", "paths": ["/api/users"], "methods": ["GET"]},
+                {"name": "user-by-id", "paths": ["~/api/users/\\d+$"]},
+                {"name": "wild", "hosts": ["*.example.com"], "paths": ["/"]},
+                {"name": "exact", "hosts": ["api.example.com"], "paths": ["/"]},
+                {"name": "suffix-port", "hosts": ["shop.*"]}
+              ]}]}"#,
+        );
+        assert_eq!(
+            route_of(&t, "GET", "x", "/index.html"),
+            Some(("any-root".into(), 1))
+        );
+        assert_eq!(
+            route_of(&t, "GET", "x", "/api/orders"),
+            Some(("api".into(), 4))
+        );
+        assert_eq!(
+            route_of(&t, "POST", "x", "/api/users/x"),
+            Some(("api-users".into(), 10))
+        );
+        assert_eq!(
+            route_of(&t, "GET", "x", "/api/users/x"),
+            Some(("api-users-get".into(), 10))
+        );
+        assert_eq!(
+            route_of(&t, "GET", "x", "/api/users/42"),
+            Some(("user-by-id".into(), 13))
+        );
+        assert_eq!(
+            route_of(&t, "GET", "www.example.com", "/api"),
+            Some(("wild".into(), 1))
+        );
+        assert_eq!(
+            route_of(&t, "GET", "API.example.com:8000", "/api"),
+            Some(("exact".into(), 1))
+        );
+        assert_eq!(
+            route_of(&t, "GET", "shop.example.org", "/api"),
+            Some(("suffix-port".into(), 0))
+        );
+        assert_eq!(
+            route_of(&t, "GET", "example.com", "/api"),
+            Some(("api".into(), 4))
+        );
+    }
+
+    #[test]
+    fn headers_and_no_match() {
+        let t = table(
+            r#"{"_format_version": "3.0", "services": [{"name": "s", "url": "http://127.0.0.1:1",
+              "routes": [{"name": "v2", "paths": ["/x"], "headers": {"x-version": ["v2", "V3"]}}]}]}"#,
+        );
+        let mut h = HeaderMap::new();
+        assert!(t.find(&Method::GET, "a", "/x", &h).is_none());
+        h.insert("x-version", "v3".parse().unwrap());
+        assert_eq!(
+            t.find(&Method::GET, "a", "/x", &h).unwrap().route.name,
+            "v2"
+        );
+        assert!(t.find(&Method::GET, "a", "/y", &h).is_none());
+    }
+
+    #[test]
+    fn weights_spread_round_robin() {
+        let t = table(
+            r#"{"_format_version": "3.0",
+               "upstreams": [{"name": "up", "targets": [{"target": "10.0.0.1:80", "weight": 300}, {"target": "10.0.0.2:80", "weight": 100}]}],
+               "services": [{"name": "s", "host": "up", "routes": [{"name": "r", "paths": ["/"]}]}]}"#,
+        );
+        let s = &t.services[0];
+        let picks: Vec<String> = (0..40).map(|_| s.pick().unwrap().to_string()).collect();
+        assert_eq!(picks.iter().filter(|p| *p == "10.0.0.1:80").count(), 30);
+    }
+
+    #[test]
+    fn bad_configurations_name_the_field() {
+        let err = |json: &str| Table::build(&parse(json.as_bytes()).unwrap()).unwrap_err();
+        let e = err(
+            r#"{"_format_version": "3.0", "services": [{"name": "s", "url": "http://a:1", "routes": [{"name": "r", "paths": ["~/(unclosed"]}]}]}"#,
+        );
+        assert_eq!(e.field, "services[0].routes[0].paths[0]");
+        assert!(e.message.contains("invalid regex"), "{e}");
+        let e =
+            err(r#"{"_format_version": "3.0", "services": [{"name": "s", "url": "ftp://a:1"}]}"#);
+        assert_eq!(e.field, "services[0].url");
+        let e = err(
+            r#"{"_format_version": "3.0", "services": [{"name": "s", "url": "http://a:1", "routes": [{"name": "r", "hosts": ["bad host"]}]}]}"#,
+        );
+        assert_eq!(e.field, "services[0].routes[0].hosts[0]");
+        let e = err(
+            r#"{"_format_version": "3.0", "services": [{"name": "s", "url": "http://a:1", "routes": [{"name": "r"}]}]}"#,
+        );
+        assert_eq!(e.field, "services[0].routes[0].paths");
+        let e = err(
+            r#"{"_format_version": "3.0", "upstreams": [{"name": "u", "targets": [{"target": "nope"}]}]}"#,
+        );
+        assert_eq!(e.field, "upstreams[0].targets[0].target");
+    }
+}

@@ -1,0 +1,345 @@
+//! bronze-gateway end to end: curl (HTTP/1.1 and h2c) through the gateway
+//! to echo backends; configuration swaps under load; bad configuration.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::body::Bytes;
+use axum::extract::Request;
+use bronze_gateway::{Config, Server};
+use bronze_runtime::Shutdown;
+
+/// An HTTP backend that answers every request with what it received:
+/// method, path and query, headers, body length.
+async fn echo(name: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new().fallback(move |req: Request| async move {
+        let (parts, body) = req.into_parts();
+        let body: Bytes = axum::body::to_bytes(body, 64 << 20)
+            .await
+            .unwrap_or_default();
+        let headers: serde_json::Map<String, serde_json::Value> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    serde_json::Value::from(v.to_str().unwrap_or("?")),
+                )
+            })
+            .collect();
+        axum::Json(serde_json::json!({
+            "backend": name,
+            "method": parts.method.as_str(),
+            "uri": parts.uri.to_string(),
+            "headers": headers,
+            "body_len": body.len(),
+        }))
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("echo serves") });
+    addr
+}
+
+struct Gw {
+    addr: SocketAddr,
+    admin: SocketAddr,
+    _shutdown: Shutdown,
+}
+
+async fn gateway(declarative: serde_json::Value) -> Gw {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kong.json");
+    std::fs::write(&path, declarative.to_string()).expect("write");
+    let mut config = Config::ephemeral();
+    config.declarative_config = path.display().to_string();
+    let server = Server::bind(config).await.expect("gateway binds");
+    let (addr, admin) = (server.addr(), server.admin_addr());
+    let shutdown = Shutdown::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move { server.serve(s).await.expect("gateway serves") });
+    Gw {
+        addr,
+        admin,
+        _shutdown: shutdown,
+    }
+}
+
+/// curl's status and body, off the async threads.
+async fn curl(args: Vec<String>) -> (u16, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}"])
+            .args(&args)
+            .output()
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.parse().unwrap_or(0), body.to_string())
+    })
+    .await
+    .expect("join")
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+fn kong(backend: SocketAddr) -> serde_json::Value {
+    serde_json::json!({
+        "_format_version": "3.0",
+        "services": [
+            {"name": "users", "url": format!("http://{backend}/v1"), "routes": [
+                {"name": "users", "paths": ["/users"]},
+                {"name": "users-keep", "paths": ["/keep"], "strip_path": false},
+                {"name": "by-host", "hosts": ["*.example.com"], "preserve_host": true},
+                {"name": "user-id", "paths": ["~/u/\\d+"]}
+            ]}
+        ]
+    })
+}
+
+#[tokio::test]
+async fn curl_through_the_gateway_rewrites_as_kong_does() {
+    let backend = echo("a").await;
+    let gw = gateway(kong(backend)).await;
+    let base = format!("http://{}", gw.addr);
+
+    // strip_path (default): /users/42?x=1 -> /v1/42?x=1, Host rewritten.
+    let (code, body) = curl(s(&[&format!("{base}/users/42?x=1")])).await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["uri"], "/v1/42?x=1");
+    assert_eq!(v["headers"]["host"], backend.to_string());
+    assert_eq!(v["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(v["headers"]["x-forwarded-proto"], "http");
+    assert_eq!(v["headers"]["x-forwarded-host"], gw.addr.to_string());
+    assert!(
+        v["headers"]["x-request-id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
+
+    // strip_path false keeps the prefix; a regex route strips its match.
+    let (_, body) = curl(s(&[&format!("{base}/keep/a")])).await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["uri"],
+        "/v1/keep/a"
+    );
+    let (_, body) = curl(s(&[&format!("{base}/u/77/profile")])).await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["uri"],
+        "/v1/profile"
+    );
+
+    // Wildcard host with preserve_host; an earlier X-Forwarded-For is kept.
+    let (_, body) = curl(s(&[
+        "-H",
+        "Host: shop.example.com",
+        "-H",
+        "X-Forwarded-For: 10.9.9.9",
+        &format!("{base}/anything"),
+    ]))
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["headers"]["host"], "shop.example.com");
+    assert_eq!(v["headers"]["x-forwarded-for"], "10.9.9.9, 127.0.0.1");
+
+    // Hop-by-hop headers, and those Connection names, do not travel.
+    let (_, body) = curl(s(&[
+        "-H",
+        "Connection: keep-alive, X-Secret",
+        "-H",
+        "X-Secret: hop",
+        "-H",
+        "Keep-Alive: timeout=5",
+        "-H",
+        "X-Kept: end-to-end",
+        &format!("{base}/users"),
+    ]))
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert!(v["headers"].get("x-secret").is_none(), "{v}");
+    assert!(v["headers"].get("keep-alive").is_none(), "{v}");
+    assert_eq!(v["headers"]["x-kept"], "end-to-end");
+
+    // h2c (prior knowledge) from curl, forwarded as HTTP/1.1.
+    let (code, body) = curl(s(&["--http2-prior-knowledge", &format!("{base}/users/h2")])).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["uri"],
+        "/v1/h2"
+    );
+
+    // A 5 MB upload streams through.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("big");
+    std::fs::write(&file, vec![b'x'; 5 << 20]).expect("write");
+    let (code, body) = curl(s(&[
+        "-T",
+        &file.display().to_string(),
+        &format!("{base}/users/upload"),
+    ]))
+    .await;
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["method"], "PUT");
+    assert_eq!(v["body_len"], 5 << 20);
+
+    // No route: Kong's 404.
+    let (code, body) = curl(s(&[&format!("{base}/nothing-here")])).await;
+    assert_eq!(code, 404);
+    assert_eq!(body, r#"{"message":"no Route matched with those values"}"#);
+
+    // Per-route metrics by status class.
+    let (_, metrics) = curl(s(&[&format!("http://{}/metrics", gw.admin)])).await;
+    assert!(
+        metrics.contains(
+            r#"bronze_gateway_http_requests_total{route="users",service="users",status="2xx"}"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_upstreams_are_502_and_weights_spread_load() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "upstreams": [{"name": "pool", "targets": [
+            {"target": a.to_string(), "weight": 100}, {"target": b.to_string(), "weight": 100}]}],
+        "services": [
+            {"name": "pool", "host": "pool", "routes": [{"name": "pool", "paths": ["/pool"]}]},
+            {"name": "dead", "url": format!("http://{dead}"), "routes": [{"name": "dead", "paths": ["/dead"]}]}
+        ]
+    }))
+    .await;
+    let (code, body) = curl(s(&[&format!("http://{}/dead", gw.addr)])).await;
+    assert_eq!(code, 502);
+    assert!(
+        body.contains("invalid response was received from the upstream"),
+        "{body}"
+    );
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..20 {
+        let (_, body) = curl(s(&[&format!("http://{}/pool", gw.addr)])).await;
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        *seen
+            .entry(v["backend"].as_str().expect("backend").to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(seen.get("a"), Some(&10), "{seen:?}");
+    assert_eq!(seen.get("b"), Some(&10), "{seen:?}");
+}
+
+#[tokio::test]
+async fn config_swaps_under_load_lose_no_request_and_bad_config_changes_nothing() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let gw = gateway(kong(a)).await;
+    let admin = format!("http://{}/config", gw.admin);
+    bronze_runtime::install_crypto_provider();
+    let client = reqwest::Client::new();
+
+    // Invalid: 400 naming the field, and the old routes keep working.
+    let mut bad = kong(b);
+    bad["services"][0]["routes"][3]["paths"][0] = "~/(".into();
+    let r = client
+        .post(&admin)
+        .body(bad.to_string())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert!(
+        v["fields"]["services[0].routes[3].paths[0]"]
+            .as_str()
+            .is_some_and(|m| m.contains("regex")),
+        "{v}"
+    );
+    let r = client
+        .post(&admin)
+        .body(r#"{"_format_version": "3.0", "services": [{"name": "x", "oops": 1}]}"#)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert!(v["fields"].get("services[0].oops").is_some(), "{v}");
+    let (code, body) = curl(s(&[&format!("http://{}/users/1", gw.addr)])).await;
+    assert_eq!(code, 200);
+    assert!(body.contains(r#""backend":"a""#));
+
+    // Swap between two backends 40 times while clients keep requesting:
+    // every request is answered 200, by one backend or the other.
+    let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut loads = Vec::new();
+    for _ in 0..4 {
+        let (failures, done, url) = (
+            failures.clone(),
+            done.clone(),
+            format!("http://{}/users/x", gw.addr),
+        );
+        let c = client.clone();
+        loads.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !done.load(Ordering::Relaxed) {
+                match c.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {}
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                n += 1;
+            }
+            n
+        }));
+    }
+    for i in 0..40 {
+        let backend = if i % 2 == 0 { b } else { a };
+        let r = client
+            .post(&admin)
+            .body(kong(backend).to_string())
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(r.status(), 201);
+    }
+    done.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for l in loads {
+        total += l.await.expect("load");
+    }
+    assert!(total > 40, "{total} requests");
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "of {total}");
+    // The last configuration (backend a) is in effect and readable.
+    let (_, body) = curl(s(&[&format!("http://{}/users/1", gw.addr)])).await;
+    assert!(body.contains(r#""backend":"a""#), "{body}");
+    let current: serde_json::Value = client
+        .get(&admin)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(current["services"][0]["url"], format!("http://{a}/v1"));
+    let routes: serde_json::Value = client
+        .get(format!("http://{}/routes", gw.admin))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(routes["data"].as_array().map(Vec::len), Some(4));
+}
