@@ -51,6 +51,19 @@ pub const IMAGES: &[Image] = &[
         volume: Some("/data"),
     },
     Image {
+        name: "gateway",
+        package: "bronze-gateway",
+        binary: "bronze-gateway",
+        env: &[
+            ("BRONZE_GATEWAY_ADDR", "0.0.0.0:8000"),
+            // The admin API has no authentication yet: loopback only.
+            ("BRONZE_GATEWAY_ADMIN_ADDR", "127.0.0.1:8001"),
+            ("BRONZE_LOG_FORMAT", "json"),
+        ],
+        ports: &["8000/tcp"],
+        volume: None,
+    },
+    Image {
         name: "registrator",
         package: "bronze-registrator",
         binary: "bronze-registrator",

@@ -1,6 +1,7 @@
 //! Automation shared by `cargo xtask` and the end-to-end tests.
 
 pub mod bench_dns;
+pub mod bench_gateway;
 pub mod bench_registrator;
 pub mod bench_registry;
 pub mod images;

@@ -27,10 +27,10 @@ enum Task {
     },
     /// Run a benchmark on this machine and print a table of figures (and
     /// ratios to real peers where one exists; see BENCHMARKS.md). Names:
-    /// dns, registrator, registry.
+    /// dns, registrator, registry, gateway.
     Bench {
         name: String,
-        /// Seconds per dnsperf run.
+        /// Seconds per dnsperf or wrk run.
         #[arg(long, default_value_t = 10)]
         seconds: u32,
         /// Runs per peer (the median is reported).
@@ -85,8 +85,11 @@ fn main() -> anyhow::Result<()> {
             "dns" => rt.block_on(xtask::bench_dns::run(seconds, runs, only.as_deref())),
             "registrator" => rt.block_on(xtask::bench_registrator::run(containers)),
             "registry" => rt.block_on(xtask::bench_registry::run(runs as usize)),
+            "gateway" => xtask::bench_gateway::run(u64::from(seconds)),
             other => {
-                anyhow::bail!("no benchmark named {other:?}; available: dns, registrator, registry")
+                anyhow::bail!(
+                    "no benchmark named {other:?}; available: dns, registrator, registry, gateway"
+                )
             }
         },
     }

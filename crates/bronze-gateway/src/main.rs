@@ -15,11 +15,17 @@ fn main() {
         }
     };
     bronze_telemetry::init_logging(config.log_format);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime (no work-stealing to pay for).
+    let mut builder = match args.workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder.enable_all();
-    if let Some(n) = args.workers {
-        builder.worker_threads(n.max(1));
-    }
     let runtime = match builder.build() {
         Ok(r) => r,
         Err(e) => {

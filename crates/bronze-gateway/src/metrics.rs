@@ -31,20 +31,29 @@ impl GatewayMetrics {
         this
     }
 
-    pub fn count(&self, route: &str, service: &str, status: StatusCode) {
-        let status = match status.as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.requests
-            .get_or_create(&Labels {
-                route: route.to_string(),
-                service: service.to_string(),
-                status,
-            })
-            .inc();
+    /// The counters of one route, one per status class (looked up once,
+    /// then only atomics on the request path).
+    pub fn route_counters(&self, route: &str, service: &str) -> RouteCounters {
+        RouteCounters(CLASSES.map(|status| {
+            self.requests
+                .get_or_create(&Labels {
+                    route: route.to_string(),
+                    service: service.to_string(),
+                    status,
+                })
+                .clone()
+        }))
+    }
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+#[derive(Debug, Clone)]
+pub struct RouteCounters([Counter; 5]);
+
+impl RouteCounters {
+    pub fn count(&self, status: StatusCode) {
+        let i = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.0[i].inc();
     }
 }

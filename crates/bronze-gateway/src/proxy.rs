@@ -26,6 +26,8 @@ pub struct Proxy {
     pub table: ArcSwap<Table>,
     client: Client<HttpConnector, Incoming>,
     metrics: Arc<GatewayMetrics>,
+    /// Requests no route matched.
+    unmatched: crate::metrics::RouteCounters,
     request_ids: AtomicU64,
     id_prefix: String,
 }
@@ -85,6 +87,7 @@ impl Proxy {
         Self {
             table: ArcSwap::from_pointee(table),
             client,
+            unmatched: metrics.route_counters("", ""),
             metrics,
             request_ids: AtomicU64::new(0),
             id_prefix: format!("{:08x}", fastrand::u32(..)),
@@ -107,14 +110,16 @@ impl Proxy {
             .to_string();
         let path = req.uri().path().to_string();
         let Some(m) = table.find(req.method(), &host, &path, req.headers()) else {
-            self.metrics.count("", "", StatusCode::NOT_FOUND);
+            self.unmatched.count(StatusCode::NOT_FOUND);
             return error(StatusCode::NOT_FOUND, "no Route matched with those values");
         };
         let route = m.route.clone();
         let service = &route.service;
+        let counters = route
+            .counters
+            .get_or_init(|| self.metrics.route_counters(&route.name, &service.name));
         let Some(target) = service.pick() else {
-            self.metrics
-                .count(&route.name, &service.name, StatusCode::SERVICE_UNAVAILABLE);
+            counters.count(StatusCode::SERVICE_UNAVAILABLE);
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "failure to get a peer from the ring-balancer",
@@ -192,13 +197,12 @@ impl Proxy {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                self.metrics.count(&route.name, &service.name, parts.status);
+                counters.count(parts.status);
                 Response::from_parts(parts, Either::Left(body))
             }
             Ok(Err(e)) => {
                 tracing::warn!(route = %route.name, %target, error = %e, "upstream failed");
-                self.metrics
-                    .count(&route.name, &service.name, StatusCode::BAD_GATEWAY);
+                counters.count(StatusCode::BAD_GATEWAY);
                 error(
                     StatusCode::BAD_GATEWAY,
                     "An invalid response was received from the upstream server",
@@ -206,8 +210,7 @@ impl Proxy {
             }
             Err(_) => {
                 tracing::warn!(route = %route.name, %target, "upstream timed out");
-                self.metrics
-                    .count(&route.name, &service.name, StatusCode::GATEWAY_TIMEOUT);
+                counters.count(StatusCode::GATEWAY_TIMEOUT);
                 error(
                     StatusCode::GATEWAY_TIMEOUT,
                     "The upstream server is timing out",

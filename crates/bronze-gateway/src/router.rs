@@ -73,6 +73,8 @@ enum PathMatch {
 pub struct Route {
     pub name: String,
     pub service: Arc<Service>,
+    /// Filled on first use by the proxy (the table knows no metrics).
+    pub counters: std::sync::OnceLock<crate::metrics::RouteCounters>,
     pub strip_path: bool,
     pub preserve_host: bool,
 }
@@ -345,6 +347,7 @@ impl Table {
                 let route = Arc::new(Route {
                     name: r.name.clone(),
                     service: service.clone(),
+                    counters: std::sync::OnceLock::new(),
                     strip_path: r.strip_path.unwrap_or(true),
                     preserve_host: r.preserve_host.unwrap_or(false),
                 });
