@@ -44,6 +44,7 @@ pub struct DevConfig {
     registrator: bronze_registrator::Config,
     /// Its `root` defaults to `<data_dir>/registry`.
     registry: bronze_registry::Config,
+    gateway: bronze_gateway::Config,
     #[serde(skip)]
     ephemeral: bool,
 }
@@ -59,6 +60,7 @@ impl Default for DevConfig {
                 root: String::new(),
                 ..Default::default()
             },
+            gateway: bronze_gateway::Config::default(),
             ephemeral: false,
         }
     }
@@ -88,6 +90,9 @@ impl DevArgs {
             c.registry.addr = e.addr;
             c.registry.grpc_addr = e.grpc_addr;
             c.registry.root = e.root;
+            let g = bronze_gateway::Config::ephemeral();
+            c.gateway.addr = g.addr;
+            c.gateway.admin_addr = g.admin_addr;
         } else {
             c.discovery.data_dir = Path::new(&c.data_dir)
                 .join("discovery")
@@ -103,11 +108,13 @@ impl DevArgs {
         c.discovery.log_format = c.log_format;
         c.registrator.log_format = c.log_format;
         c.registry.log_format = c.log_format;
+        c.gateway.log_format = c.log_format;
         c.discovery.validate().map_err(|e| within("discovery", e))?;
         c.registrator
             .validate()
             .map_err(|e| within("registrator", e))?;
         c.registry.validate().map_err(|e| within("registry", e))?;
+        c.gateway.validate().map_err(|e| within("gateway", e))?;
         Ok(c)
     }
 }
@@ -174,6 +181,13 @@ pub fn run(config: DevConfig) -> i32 {
                 return 1;
             }
         };
+        let gateway = match bronze_gateway::Server::bind(config.gateway.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("bronze dev: gateway: {e}");
+                return 1;
+            }
+        };
         // One line per listener, stable and parseable: tests read them.
         println!("bronze dev: every component in this process, {state}");
         println!(
@@ -200,16 +214,23 @@ pub fn run(config: DevConfig) -> i32 {
             registry.addr(),
             registry.grpc_addr()
         );
+        println!(
+            "gateway         http://{}  (proxy; admin API, /metrics, /healthz on http://{})",
+            gateway.addr(),
+            gateway.admin_addr()
+        );
         println!("ready; Ctrl-C stops");
         // The registrator stops first: its last heartbeat needs discovery.
         let reg = tokio::spawn(registrator.serve(shutdown.clone()));
         let images = tokio::spawn(registry.serve(shutdown.clone()));
+        let proxy = tokio::spawn(gateway.serve(shutdown.clone()));
         let discovery_stop = Shutdown::new();
         let disc = tokio::spawn(discovery.serve(discovery_stop.clone()));
         shutdown.wait().await;
         let _ = reg.await;
         discovery_stop.trigger();
         let mut code = exit_code("registry", images.await);
+        code |= exit_code("gateway", proxy.await);
         if config.ephemeral {
             let _ = std::fs::remove_dir_all(&config.registry.root);
         }

@@ -144,6 +144,16 @@ async fn dev_prints_its_listeners_serves_and_stops_on_sigterm() {
         .await
         .expect("body");
     assert_eq!(tags, r#"{"name":"dev/busybox","tags":["1"]}"#);
+    // The gateway answers (no routes configured yet: Kong's 404).
+    let gateway = addr_of("gateway");
+    let r = reqwest::get(format!("http://{gateway}/anything"))
+        .await
+        .expect("gateway");
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.text().await.expect("body"),
+        r#"{"message":"no Route matched with those values"}"#
+    );
     let registry_root = std::env::temp_dir().join(format!("bronze-dev-registry-{}", child.id()));
     assert!(registry_root.exists(), "{registry_root:?}");
 
