@@ -38,6 +38,12 @@ pub struct Args {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub declarative_config: Option<String>,
 
+    /// bronze-discovery's gRPC URL, e.g. http://127.0.0.1:8502: instances
+    /// with a bronze.http.rule label become routes.
+    #[arg(long, env = "BRONZE_GATEWAY_DISCOVERY", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<String>,
+
     /// Time a client has to send its request headers, e.g. 10s [default: 10s].
     #[arg(
         long,

@@ -17,6 +17,9 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     /// Kong declarative configuration (DB-less format, JSON) loaded at start.
     pub declarative_config: String,
+    /// bronze-discovery's gRPC URL: instances with `bronze.http.rule`
+    /// metadata become routes. Empty: off.
+    pub discovery: String,
     /// A client must send its request headers within this long (slow-loris).
     #[serde(with = "bronze_runtime::duration::serde")]
     pub header_read_timeout: Duration,
@@ -29,6 +32,7 @@ impl Default for Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 8001)),
             declarative_config: String::new(),
+            discovery: String::new(),
             header_read_timeout: Duration::from_secs(10),
             log_format: LogFormat::Plain,
         }
@@ -41,6 +45,19 @@ impl Config {
             return Err(ConfigError::invalid(
                 "header_read_timeout",
                 "expected at least 100ms",
+            ));
+        }
+        if !self.discovery.is_empty()
+            && !self.discovery.parse::<http::Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            })
+        {
+            return Err(ConfigError::invalid(
+                "discovery",
+                format!(
+                    "{:?}: expected http://<host>:<port> (discovery's gRPC)",
+                    self.discovery
+                ),
             ));
         }
         Ok(())

@@ -12,10 +12,12 @@
 pub mod cli;
 pub mod config;
 pub mod declarative;
+pub mod labels;
 pub mod metrics;
 pub mod proxy;
 pub mod router;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +28,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use bronze_proto::discovery::v1 as pb;
 use bronze_runtime::Shutdown;
 use bronze_telemetry::Metrics;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -48,24 +51,145 @@ pub enum StartError {
     Declarative { path: String, message: String },
 }
 
+type InstanceKey = (String, String);
+
 /// The configuration in effect and the proxy it feeds.
 struct Gateway {
     proxy: Arc<proxy::Proxy>,
-    /// The document the current table was built from (GET /config).
+    /// The document given by file or `POST /config` (GET /config).
     current: Mutex<Declarative>,
+    /// Discovery's instances (node, id), for label-driven routes.
+    instances: Mutex<HashMap<InstanceKey, pb::Instance>>,
 }
 
 impl Gateway {
-    /// Validates and compiles `d`, then swaps it in; on error nothing
-    /// changes.
+    /// Validates and compiles `d` (plus the routes discovery's labels ask
+    /// for), then swaps it in; on error nothing changes.
     fn apply(&self, d: Declarative) -> Result<(), Invalid> {
-        let table = router::Table::build(&d)?;
-        let (services, routes) = (table.services.len(), table.routes);
         let mut current = self.current.lock();
+        router::Table::build(&d)?;
+        let table = self.with_labels(&d);
+        let (services, routes) = (table.services.len(), table.routes);
         self.proxy.swap(table);
         *current = d;
         tracing::info!(services, routes, "configuration applied");
         Ok(())
+    }
+
+    /// Rebuilds after discovery changed.
+    fn refresh(&self) {
+        let current = self.current.lock();
+        let table = self.with_labels(&current);
+        self.proxy.swap(table);
+    }
+
+    /// The table for `base` plus label-driven routes. A label route the
+    /// table refuses (a bad host in a rule, say) is dropped with a warning;
+    /// the others still apply.
+    fn with_labels(&self, base: &Declarative) -> router::Table {
+        let mut merged = labels::merge(base, self.instances.lock().values());
+        loop {
+            match router::Table::build(&merged) {
+                Ok(t) => return t,
+                Err(e) => {
+                    let index = |prefix: &str| {
+                        e.field
+                            .strip_prefix(prefix)
+                            .and_then(|r| r.split(']').next())
+                            .and_then(|n| n.parse::<usize>().ok())
+                    };
+                    tracing::warn!(error = %e, "a route from discovery labels was refused");
+                    match (index("services["), index("upstreams[")) {
+                        (Some(i), _) if i >= base.services.len() => {
+                            merged.services.remove(i);
+                        }
+                        (_, Some(i)) if i >= base.upstreams.len() => {
+                            let name = merged.upstreams.remove(i).name;
+                            merged.services.retain(|s| s.name != name);
+                        }
+                        // The base itself was valid when applied: unreachable
+                        // in practice, but never serve nothing.
+                        _ => return router::Table::build(base).unwrap_or_default(),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Follows discovery's Watch stream (snapshot, then changes), resuming from
+/// the last index after a disconnect; every change rebuilds the table.
+async fn watch_discovery(url: String, gateway: Arc<Gateway>, shutdown: Shutdown) {
+    let mut from = 0u64;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let session = async {
+            let mut client = pb::discovery_client::DiscoveryClient::connect(url.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut stream = client
+                .watch(pb::WatchRequest {
+                    from_index: from,
+                    services: Vec::new(),
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            let mut snapshot: Option<Vec<pb::Instance>> = None;
+            while let Some(ev) = stream.message().await.map_err(|e| e.to_string())? {
+                backoff = Duration::from_millis(100);
+                let changed = match ev.event {
+                    Some(pb::watch_event::Event::Snapshot(chunk)) => {
+                        let all = snapshot.get_or_insert_with(Vec::new);
+                        all.extend(chunk.instances);
+                        if chunk.last {
+                            let all = snapshot.take().unwrap_or_default();
+                            *gateway.instances.lock() = all
+                                .into_iter()
+                                .map(|i| ((i.node.clone(), i.id.clone()), i))
+                                .collect();
+                        }
+                        chunk.last
+                    }
+                    Some(pb::watch_event::Event::Upsert(i)) => {
+                        let touches = i.meta.contains_key(labels::RULE)
+                            || gateway
+                                .instances
+                                .lock()
+                                .contains_key(&(i.node.clone(), i.id.clone()));
+                        gateway
+                            .instances
+                            .lock()
+                            .insert((i.node.clone(), i.id.clone()), i);
+                        touches
+                    }
+                    Some(pb::watch_event::Event::Removed(r)) => gateway
+                        .instances
+                        .lock()
+                        .remove(&(r.node, r.id))
+                        .is_some_and(|i| i.meta.contains_key(labels::RULE)),
+                    Some(pb::watch_event::Event::Resumed(_)) | None => false,
+                };
+                from = ev.index;
+                if changed {
+                    gateway.refresh();
+                }
+            }
+            Err::<(), String>("the watch stream ended".into())
+        };
+        tokio::select! {
+            r = session => {
+                if let Err(error) = r {
+                    tracing::warn!(%url, %error, retry_in = ?backoff, "discovery watch interrupted");
+                }
+            }
+            () = shutdown.wait() => return,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.wait() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -116,6 +240,7 @@ impl Server {
             gateway: Arc::new(Gateway {
                 proxy: Arc::new(proxy::Proxy::new(table, gateway_metrics)),
                 current: Mutex::new(declarative),
+                instances: Mutex::new(HashMap::new()),
             }),
             config,
             metrics: Arc::new(metrics),
@@ -152,6 +277,13 @@ impl Server {
                 .with_graceful_shutdown(async move { admin_shutdown.wait().await })
                 .await
         });
+        let watcher = (!self.config.discovery.is_empty()).then(|| {
+            tokio::spawn(watch_discovery(
+                self.config.discovery.clone(),
+                self.gateway.clone(),
+                shutdown.clone(),
+            ))
+        });
         tracing::info!(proxy = %self.config.addr, admin = %self.config.admin_addr, "gateway serving");
         serve_proxy(
             self.proxy_listener,
@@ -162,6 +294,9 @@ impl Server {
         .await;
         draining.store(true, Ordering::Relaxed);
         let _ = admin_task.await;
+        if let Some(w) = watcher {
+            let _ = w.await;
+        }
         tracing::info!("gateway stopped");
         Ok(())
     }

@@ -44,6 +44,7 @@ pub struct DevConfig {
     registrator: bronze_registrator::Config,
     /// Its `root` defaults to `<data_dir>/registry`.
     registry: bronze_registry::Config,
+    /// Its `discovery` key defaults to the in-process discovery.
     gateway: bronze_gateway::Config,
     #[serde(skip)]
     ephemeral: bool,
@@ -181,7 +182,11 @@ pub fn run(config: DevConfig) -> i32 {
                 return 1;
             }
         };
-        let gateway = match bronze_gateway::Server::bind(config.gateway.clone()).await {
+        let mut gateway_config = config.gateway.clone();
+        if gateway_config.discovery.is_empty() {
+            gateway_config.discovery = format!("http://{}", discovery.grpc_addr());
+        }
+        let gateway = match bronze_gateway::Server::bind(gateway_config).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("bronze dev: gateway: {e}");

@@ -343,3 +343,132 @@ async fn config_swaps_under_load_lose_no_request_and_bad_config_changes_nothing(
         .expect("json");
     assert_eq!(routes["data"].as_array().map(Vec::len), Some(4));
 }
+
+async fn discovery() -> (SocketAddr, SocketAddr, Shutdown) {
+    let server = bronze_discovery::Server::bind(bronze_discovery::Config::ephemeral())
+        .await
+        .expect("discovery binds");
+    let (http, grpc) = (server.http_addr(), server.grpc_addr());
+    let shutdown = Shutdown::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move { server.serve(s).await.expect("discovery serves") });
+    (http, grpc, shutdown)
+}
+
+async fn gateway_with_discovery(grpc: SocketAddr) -> Gw {
+    let mut config = Config::ephemeral();
+    config.discovery = format!("http://{grpc}");
+    let server = Server::bind(config).await.expect("gateway binds");
+    let (addr, admin) = (server.addr(), server.admin_addr());
+    let shutdown = Shutdown::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move { server.serve(s).await.expect("gateway serves") });
+    Gw {
+        addr,
+        admin,
+        _shutdown: shutdown,
+    }
+}
+
+/// Polls `url` (with `host`) until its status is `want`.
+async fn until_status(url: &str, host: &str, want: u16) -> (u16, String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let got = curl(s(&["-H", &format!("Host: {host}"), url])).await;
+        if got.0 == want || std::time::Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn labelled_instances_in_discovery_become_routes_and_leave_with_them() {
+    let (blue, green) = (echo("blue").await, echo("green").await);
+    let (http, grpc, _d) = discovery().await;
+    let gw = gateway_with_discovery(grpc).await;
+    bronze_runtime::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let register = |id: &str, backend: SocketAddr, weight: &str| {
+        let body = serde_json::json!({
+            "ID": id, "Name": "shop", "Address": backend.ip().to_string(), "Port": backend.port(),
+            "Meta": {
+                "bronze.http.rule": "Host(`shop.example.com`) && PathPrefix(`/v2/user`)",
+                "bronze.http.strip_prefix": "true",
+                "bronze.http.weight": weight,
+            }
+        });
+        client
+            .put(format!("http://{http}/v1/agent/service/register"))
+            .body(body.to_string())
+            .send()
+    };
+    let url = format!("http://{}/v2/user/42", gw.addr);
+    // Before any registration: no route.
+    assert_eq!(
+        curl(s(&["-H", "Host: shop.example.com", &url])).await.0,
+        404
+    );
+
+    assert_eq!(
+        register("blue", blue, "100")
+            .await
+            .expect("register")
+            .status(),
+        200
+    );
+    let (code, body) = until_status(&url, "shop.example.com", 200).await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["backend"], "blue");
+    assert_eq!(v["uri"], "/42", "strip_prefix");
+    assert_eq!(v["headers"]["host"], "shop.example.com");
+    // Another host does not match the rule.
+    assert_eq!(
+        curl(s(&["-H", "Host: other.example.com", &url])).await.0,
+        404
+    );
+
+    // A canary: green joins the same rule with a tenth of blue's weight.
+    assert_eq!(
+        register("green", green, "10")
+            .await
+            .expect("register")
+            .status(),
+        200
+    );
+    let backend_of = |body: &str| {
+        serde_json::from_str::<serde_json::Value>(body).unwrap_or_default()["backend"]
+            .as_str()
+            .unwrap_or("none")
+            .to_string()
+    };
+    // Wait until green is in the table, then count 110 requests: 10 turns
+    // of the weight ring (10 slots blue, 1 green).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, body) = curl(s(&["-H", "Host: shop.example.com", &url])).await;
+        if backend_of(&body) == "green" || std::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..110 {
+        let (_, body) = curl(s(&["-H", "Host: shop.example.com", &url])).await;
+        *counts.entry(backend_of(&body)).or_insert(0) += 1;
+    }
+    assert_eq!(counts.get("green"), Some(&10), "{counts:?}");
+    assert_eq!(counts.get("blue"), Some(&100), "{counts:?}");
+
+    // Both leave: the route goes with them.
+    for id in ["blue", "green"] {
+        let r = client
+            .put(format!("http://{http}/v1/agent/service/deregister/{id}"))
+            .send()
+            .await
+            .expect("deregister");
+        assert_eq!(r.status(), 200);
+    }
+    let (code, body) = until_status(&url, "shop.example.com", 404).await;
+    assert_eq!(code, 404, "{body}");
+}
