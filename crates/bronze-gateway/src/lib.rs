@@ -338,7 +338,7 @@ async fn serve_proxy(
             let proxy = proxy.clone();
             async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let watched = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
             if let Err(error) = watched.await {

@@ -15,7 +15,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::metrics::GatewayMetrics;
 use crate::router::Table;
@@ -57,6 +57,22 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         h.remove(n);
     }
     h.remove(header::UPGRADE);
+}
+
+/// The `Upgrade` value of an HTTP/1.1 upgrade request (`Connection:
+/// upgrade` with an `Upgrade` header).
+fn upgrade_of(h: &HeaderMap) -> Option<HeaderValue> {
+    let asks = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        h.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
 }
 
 /// Kong's error shape: `{"message": "..."}`.
@@ -163,8 +179,16 @@ impl Proxy {
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
 
+        // A WebSocket (or other) upgrade: keep its two headers for the
+        // upstream and splice the connections once it answers 101.
+        let upgrade = upgrade_of(req.headers());
+        let downstream = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
+        if let Some(u) = &upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, u.clone());
+        }
         let ip = peer.ip().to_string();
         let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(prior) => format!("{prior}, {ip}"),
@@ -194,7 +218,27 @@ impl Proxy {
 
         let sent = tokio::time::timeout(service.read_timeout, self.client.request(req)).await;
         match sent {
-            Ok(Ok(resp)) => {
+            Ok(Ok(mut resp)) => {
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(downstream) = downstream
+                {
+                    let upstream = hyper::upgrade::on(&mut resp);
+                    let name = route.name.clone();
+                    tokio::spawn(async move {
+                        let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else {
+                            tracing::debug!(route = %name, "upgrade did not complete");
+                            return;
+                        };
+                        let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+                        if let Err(error) = tokio::io::copy_bidirectional(&mut down, &mut up).await
+                        {
+                            tracing::debug!(route = %name, %error, "upgraded connection ended");
+                        }
+                    });
+                    counters.count(StatusCode::SWITCHING_PROTOCOLS);
+                    let (parts, body) = resp.into_parts();
+                    return Response::from_parts(parts, Either::Left(body));
+                }
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 counters.count(parts.status);

@@ -472,3 +472,69 @@ async fn labelled_instances_in_discovery_become_routes_and_leave_with_them() {
     let (code, body) = until_status(&url, "shop.example.com", 404).await;
     assert_eq!(code, 404, "{body}");
 }
+
+/// A WebSocket echo backend (tokio-tungstenite): every message comes back
+/// prefixed with "echo: ".
+async fn ws_echo() -> SocketAddr {
+    use futures::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+                        let reply = format!("echo: {}", t.as_str());
+                        if ws.send(reply.into()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn websockets_upgrade_through_the_gateway_and_survive_a_config_swap() {
+    use futures::{SinkExt, StreamExt};
+    let backend = ws_echo().await;
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "services": [{"name": "ws", "url": format!("http://{backend}"),
+                      "routes": [{"name": "ws", "paths": ["/ws"], "strip_path": false}]}]
+    }))
+    .await;
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws/chat", gw.addr))
+        .await
+        .expect("WebSocket through the gateway");
+    assert_eq!(resp.status(), 101);
+    ws.send("hello".into()).await.expect("send");
+    let reply = ws.next().await.expect("reply").expect("frame");
+    assert_eq!(reply.to_text().expect("text"), "echo: hello");
+
+    // Replacing the configuration does not drop the open WebSocket.
+    bronze_runtime::install_crypto_provider();
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/config", gw.admin))
+        .body(r#"{"_format_version": "3.0"}"#)
+        .send()
+        .await
+        .expect("POST /config");
+    assert_eq!(r.status(), 201);
+    ws.send("still there".into()).await.expect("send");
+    let reply = ws.next().await.expect("reply").expect("frame");
+    assert_eq!(reply.to_text().expect("text"), "echo: still there");
+    // New connections see the new (empty) configuration.
+    assert!(
+        tokio_tungstenite::connect_async(format!("ws://{}/ws/chat", gw.addr))
+            .await
+            .is_err()
+    );
+}
