@@ -205,7 +205,13 @@ async fn compose_file_brings_the_platform_up_and_registers_containers() {
         .expect("workload image");
     let compose = xtask::root().join("deploy/docker-compose.yml");
     let project = format!("bronze-e2e-{}", std::process::id());
-    let (http, dns, grpc, registry) = (free_port(), free_port(), free_port(), free_port());
+    let (http, dns, grpc, registry, gateway) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
     let run = |args: &[&str]| {
         Command::new("docker-compose")
             .arg("-f")
@@ -216,6 +222,7 @@ async fn compose_file_brings_the_platform_up_and_registers_containers() {
             .env("BRONZE_DNS_PORT", dns.to_string())
             .env("BRONZE_GRPC_PORT", grpc.to_string())
             .env("BRONZE_REGISTRY_PORT", registry.to_string())
+            .env("BRONZE_GATEWAY_PORT", gateway.to_string())
             .env("BRONZE_NODE", &project)
             .output()
             .expect("docker-compose runs")
@@ -277,7 +284,26 @@ async fn compose_file_brings_the_platform_up_and_registers_containers() {
         (out, tags)
     }
     .await;
+    // The gateway container answers through its published port (no route
+    // yet: Kong's 404).
+    let gateway_answer = async {
+        for _ in 0..300 {
+            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{gateway}/nothing")).await {
+                return (r.status().as_u16(), r.text().await.unwrap_or_default());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (0, String::new())
+    }
+    .await;
     let down = run(&["down", "-v", "--timeout", "20"]);
+    assert_eq!(
+        gateway_answer,
+        (
+            404,
+            r#"{"message":"no Route matched with those values"}"#.to_string()
+        )
+    );
     assert!(
         pushed.0.status.success(),
         "docker push to the composed registry: {}",
