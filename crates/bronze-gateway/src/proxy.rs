@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Full};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -21,10 +21,13 @@ use crate::metrics::GatewayMetrics;
 use crate::router::Table;
 
 pub type Body = Either<Incoming, Full<Bytes>>;
+/// What goes upstream: the client's body, or nothing (a bodyless request
+/// that may be sent again on another target).
+type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 
 pub struct Proxy {
     pub table: ArcSwap<Table>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, UpstreamBody>,
     metrics: Arc<GatewayMetrics>,
     /// Requests no route matched.
     unmatched: crate::metrics::RouteCounters,
@@ -162,22 +165,12 @@ impl Proxy {
             upstream_path.push('?');
             upstream_path.push_str(q);
         }
-        let uri = match Uri::builder()
-            .scheme("http")
-            .authority(&*target)
-            .path_and_query(upstream_path)
-            .build()
-        {
-            Ok(u) => u,
-            Err(_) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "the request path cannot be forwarded",
-                );
-            }
-        };
-        *req.uri_mut() = uri;
-        *req.version_mut() = Version::HTTP_11;
+        if upstream_path.parse::<http::uri::PathAndQuery>().is_err() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "the request path cannot be forwarded",
+            );
+        }
 
         // A WebSocket (or other) upgrade: keep its two headers for the
         // upstream and splice the connections once it answers 101.
@@ -210,13 +203,67 @@ impl Proxy {
                 headers.insert("x-request-id", v);
             }
         }
-        if !route.preserve_host
-            && let Ok(v) = HeaderValue::from_str(&target)
-        {
-            headers.insert(header::HOST, v);
-        }
-
-        let sent = tokio::time::timeout(service.read_timeout, self.client.request(req)).await;
+        // Idempotent and bodyless: may go to another target if this one
+        // fails before answering.
+        let replayable = matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::TRACE
+        ) && downstream.is_none()
+            && !req.headers().contains_key(header::TRANSFER_ENCODING)
+            && req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_none_or(|v| v.as_bytes() == b"0");
+        let (parts, body) = req.into_parts();
+        let mut body = Some(body);
+        let mut target = target;
+        let mut attempt = 0;
+        let sent = loop {
+            let mut builder = Request::builder()
+                .method(parts.method.clone())
+                .version(Version::HTTP_11)
+                .uri(
+                    Uri::builder()
+                        .scheme("http")
+                        .authority(&*target)
+                        .path_and_query(upstream_path.as_str())
+                        .build()
+                        .unwrap_or_default(),
+                );
+            if let Some(h) = builder.headers_mut() {
+                *h = parts.headers.clone();
+                if !route.preserve_host
+                    && let Ok(v) = HeaderValue::from_str(&target)
+                {
+                    h.insert(header::HOST, v);
+                }
+            }
+            let upstream_body = match body.take() {
+                Some(b) if !replayable => Either::Left(b),
+                _ => Either::Right(Empty::new()),
+            };
+            let Ok(upstream_req) = builder.body(upstream_body) else {
+                return error(StatusCode::BAD_REQUEST, "the request cannot be forwarded");
+            };
+            let sent =
+                tokio::time::timeout(service.read_timeout, self.client.request(upstream_req)).await;
+            match sent {
+                Ok(Err(e)) => {
+                    service.eject(&target);
+                    tracing::warn!(route = %route.name, %target, attempt, error = %e, "upstream failed; target ejected");
+                    if replayable
+                        && attempt < service.retries
+                        && let Some(next) = service.pick()
+                    {
+                        attempt += 1;
+                        target = next;
+                        continue;
+                    }
+                    break Ok(Err(e));
+                }
+                other => break other,
+            }
+        };
         match sent {
             Ok(Ok(mut resp)) => {
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS

@@ -19,8 +19,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
@@ -34,21 +34,54 @@ pub struct Service {
     /// `host:port` of each target, repeated by weight for round robin.
     ring: Vec<Arc<str>>,
     next: AtomicUsize,
+    /// Targets that just failed (passive outlier ejection), until when.
+    ejected: parking_lot::Mutex<HashMap<Arc<str>, Instant>>,
+    /// Whether `ejected` may hold anything (skips the lock when not).
+    any_ejected: AtomicBool,
     /// Prepended to the forwarded path (`/` when none).
     pub path: String,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Further attempts for an idempotent request without a body whose
+    /// target failed (Kong's `retries`, default 5).
+    pub retries: u32,
 }
 
+/// How long a target that failed is skipped.
+pub const EJECTION: Duration = Duration::from_secs(10);
+
 impl Service {
-    /// The next target, round robin by weight; `None` when the upstream has
-    /// no targets.
+    /// The next target, round robin by weight, skipping ejected targets
+    /// (unless every target is ejected: then all are tried again);
+    /// `None` when the upstream has no targets.
     pub fn pick(&self) -> Option<Arc<str>> {
-        if self.ring.is_empty() {
+        let n = self.ring.len();
+        if n == 0 {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.ring.len();
-        Some(self.ring[i].clone())
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        if !self.any_ejected.load(Ordering::Relaxed) {
+            return Some(self.ring[first % n].clone());
+        }
+        let now = Instant::now();
+        let mut ejected = self.ejected.lock();
+        ejected.retain(|_, until| *until > now);
+        if ejected.is_empty() {
+            self.any_ejected.store(false, Ordering::Relaxed);
+        }
+        (0..n)
+            .map(|k| &self.ring[(first + k) % n])
+            .find(|t| !ejected.contains_key(*t))
+            .or(Some(&self.ring[first % n]))
+            .cloned()
+    }
+
+    /// Skips `target` for `EJECTION` (it refused a connection or broke one).
+    pub fn eject(&self, target: &Arc<str>) {
+        self.ejected
+            .lock()
+            .insert(target.clone(), Instant::now() + EJECTION);
+        self.any_ejected.store(true, Ordering::Relaxed);
     }
 }
 
@@ -286,6 +319,9 @@ impl Table {
                 name: s.name.clone(),
                 ring,
                 next: AtomicUsize::new(0),
+                ejected: parking_lot::Mutex::new(HashMap::new()),
+                any_ejected: AtomicBool::new(false),
+                retries: s.retries.unwrap_or(5),
                 path: if path.is_empty() { "/".into() } else { path },
                 connect_timeout: ms(s.connect_timeout, "connect_timeout", 60_000)?,
                 read_timeout: ms(s.read_timeout, "read_timeout", 60_000)?,

@@ -637,3 +637,89 @@ async fn hostile_requests_are_refused_before_reaching_a_backend() {
     assert_eq!(code, 200);
     assert_eq!(seen.lock().len(), 1);
 }
+
+/// A backend process (Debian's static busybox httpd) serving `name`.
+fn busybox_backend(dir: &std::path::Path, name: &str) -> (std::process::Child, SocketAddr) {
+    let root = dir.join(name);
+    std::fs::create_dir_all(&root).expect("dir");
+    std::fs::write(root.join("index.html"), name).expect("index");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let child = Command::new("busybox")
+        .args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
+        .arg(&root)
+        .spawn()
+        .expect("busybox httpd");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (child, addr)
+}
+
+#[tokio::test]
+async fn a_backend_killed_under_load_costs_no_failed_get() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut backends: Vec<_> = ["one", "two", "three"]
+        .iter()
+        .map(|n| busybox_backend(dir.path(), n))
+        .collect();
+    let targets: Vec<serde_json::Value> = backends
+        .iter()
+        .map(|(_, a)| serde_json::json!({"target": a.to_string()}))
+        .collect();
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "upstreams": [{"name": "trio", "targets": targets}],
+        "services": [{"name": "trio", "host": "trio", "routes": [{"name": "trio", "paths": ["/"]}]}]
+    }))
+    .await;
+    bronze_runtime::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/index.html", gw.addr);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut loads = Vec::new();
+    for _ in 0..4 {
+        let (c, url, done) = (client.clone(), url.clone(), done.clone());
+        loads.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            while !done.load(Ordering::Relaxed) {
+                match c.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(r.status().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let (mut killed, _) = backends.remove(1);
+    killed.kill().expect("kill");
+    killed.wait().expect("reap");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    done.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for l in loads {
+        let (o, f) = l.await.expect("load");
+        ok += o;
+        failed.extend(f);
+    }
+    for (mut c, _) in backends {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert!(ok > 100, "{ok} requests succeeded");
+    assert!(
+        failed.is_empty(),
+        "{} of {} GETs failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
