@@ -214,13 +214,18 @@ impl Proxy {
                 .headers()
                 .get(header::CONTENT_LENGTH)
                 .is_none_or(|v| v.as_bytes() == b"0");
+        // Another attempt needs another target; with one, send once and
+        // keep no copy of the headers.
+        let replayable = replayable && service.distinct_targets() > 1;
         let (parts, body) = req.into_parts();
+        let method = parts.method;
+        let mut headers = Some(parts.headers);
         let mut body = Some(body);
         let mut target = target;
         let mut attempt = 0;
         let sent = loop {
             let mut builder = Request::builder()
-                .method(parts.method.clone())
+                .method(method.clone())
                 .version(Version::HTTP_11)
                 .uri(
                     Uri::builder()
@@ -231,7 +236,11 @@ impl Proxy {
                         .unwrap_or_default(),
                 );
             if let Some(h) = builder.headers_mut() {
-                *h = parts.headers.clone();
+                *h = if replayable {
+                    headers.clone().unwrap_or_default()
+                } else {
+                    headers.take().unwrap_or_default()
+                };
                 if !route.preserve_host
                     && let Ok(v) = HeaderValue::from_str(&target)
                 {

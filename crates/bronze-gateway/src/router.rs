@@ -38,6 +38,7 @@ pub struct Service {
     ejected: parking_lot::Mutex<HashMap<Arc<str>, Instant>>,
     /// Whether `ejected` may hold anything (skips the lock when not).
     any_ejected: AtomicBool,
+    distinct: usize,
     /// Prepended to the forwarded path (`/` when none).
     pub path: String,
     pub connect_timeout: Duration,
@@ -74,6 +75,11 @@ impl Service {
             .find(|t| !ejected.contains_key(*t))
             .or(Some(&self.ring[first % n]))
             .cloned()
+    }
+
+    /// How many different targets the ring holds.
+    pub fn distinct_targets(&self) -> usize {
+        self.distinct
     }
 
     /// Skips `target` for `EJECTION` (it refused a connection or broke one).
@@ -317,10 +323,11 @@ impl Table {
             };
             let service = Arc::new(Service {
                 name: s.name.clone(),
-                ring,
+                ring: ring.clone(),
                 next: AtomicUsize::new(0),
                 ejected: parking_lot::Mutex::new(HashMap::new()),
                 any_ejected: AtomicBool::new(false),
+                distinct: ring.iter().collect::<std::collections::HashSet<_>>().len(),
                 retries: s.retries.unwrap_or(5),
                 path: if path.is_empty() { "/".into() } else { path },
                 connect_timeout: ms(s.connect_timeout, "connect_timeout", 60_000)?,
