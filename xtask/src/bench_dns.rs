@@ -5,11 +5,12 @@
 use std::fmt::Write as _;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::bench_util::{Proc, free_port, rss_mb};
 use anyhow::{Context, bail};
 use bronze_proto::discovery::v1 as pb;
 use futures::StreamExt;
@@ -20,16 +21,6 @@ const SERVICES: usize = 1000;
 const INSTANCES: usize = 3;
 const CLIENTS: &str = "4";
 
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Installs the peers from Debian's packages when they are missing.
 fn ensure_tools() -> anyhow::Result<()> {
     crate::prerequisites::apt(&[
@@ -38,17 +29,6 @@ fn ensure_tools() -> anyhow::Result<()> {
         ("dnsmasq", "dnsmasq-base"),
         ("dig", "dnsutils"),
     ])
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind("127.0.0.1:0")?;
-        let port = udp.local_addr()?.port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free port")
 }
 
 fn ip_of(service: usize, instance: usize) -> [u8; 4] {
@@ -247,18 +227,6 @@ fn start_bronze(binary: &Path, data_dir: &str) -> anyhow::Result<Bronze> {
         dns,
         grpc,
     })
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn write_knot(dir: &Path, port: u16) -> anyhow::Result<PathBuf> {

@@ -4,6 +4,7 @@ pub mod bench_dns;
 pub mod bench_gateway;
 pub mod bench_registrator;
 pub mod bench_registry;
+mod bench_util;
 pub mod images;
 pub mod prerequisites;
 

@@ -67,8 +67,13 @@ impl Gateway {
     /// for), then swaps it in; on error nothing changes.
     fn apply(&self, d: Declarative) -> Result<(), Invalid> {
         let mut current = self.current.lock();
-        router::Table::build(&d)?;
-        let table = self.with_labels(&d);
+        let table = router::Table::build(&d)?;
+        // Compiled once more only when discovery adds label routes.
+        let table = if self.instances.lock().is_empty() {
+            table
+        } else {
+            self.with_labels(&d)
+        };
         let (services, routes) = (table.services.len(), table.routes);
         self.proxy.swap(table);
         *current = d;
