@@ -16,6 +16,7 @@ pub mod labels;
 pub mod metrics;
 pub mod proxy;
 pub mod router;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -339,9 +340,11 @@ async fn serve_proxy(
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
+        let downstream = Arc::new(proxy::Downstream::new(peer));
         let service = hyper::service::service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer).await) }
+            let downstream = downstream.clone();
+            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &downstream).await) }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let watched = graceful.watch(conn.into_owned());

@@ -10,30 +10,51 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 
 use crate::metrics::GatewayMetrics;
 use crate::router::Table;
+use crate::upstream::{Pool, PooledBody};
 
-pub type Body = Either<Incoming, Full<Bytes>>;
-/// What goes upstream: the client's body, or nothing (a bodyless request
-/// that may be sent again on another target).
-type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+pub type Body = Either<PooledBody, Full<Bytes>>;
 
 pub struct Proxy {
     pub table: ArcSwap<Table>,
-    client: Client<HttpConnector, UpstreamBody>,
+    pool: Arc<Pool>,
     metrics: Arc<GatewayMetrics>,
     /// Requests no route matched.
     unmatched: crate::metrics::RouteCounters,
     request_ids: AtomicU64,
-    id_prefix: String,
+    id_prefix: u32,
 }
+
+/// What the proxy knows of a downstream connection, computed once when it
+/// is accepted rather than per request.
+pub struct Downstream {
+    pub peer: SocketAddr,
+    /// The peer's IP as a header value (X-Forwarded-For, X-Real-IP).
+    pub ip: HeaderValue,
+}
+
+impl Downstream {
+    pub fn new(peer: SocketAddr) -> Self {
+        Self {
+            peer,
+            ip: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or(HeaderValue::from_static("")),
+        }
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -49,6 +70,14 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers, including those `Connection` names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none (or only `Connection: keep-alive`): one pass
+    // over the names is cheaper than hashing each of the nine.
+    if !h
+        .keys()
+        .any(|n| n == header::UPGRADE || HOP_BY_HOP.contains(n))
+    {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -92,24 +121,58 @@ pub fn error(status: StatusCode, message: &str) -> Response<Body> {
     r
 }
 
+/// Kong's `X-Request-Id` shape: per process prefix and counter, in hex.
+fn request_id(prefix: u32, n: u64) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 25];
+    for (i, b) in buf[..8].iter_mut().enumerate() {
+        *b = HEX[((prefix >> (28 - 4 * i)) & 0xf) as usize];
+    }
+    buf[8] = b'-';
+    for (i, b) in buf[9..].iter_mut().enumerate() {
+        *b = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// The upstream path: the service's path, then what the route did not
+/// strip, then the query. The client's own path is reused untouched when
+/// the result is the same (a route on `/` of a service on `/`).
+fn upstream_path(service_path: &str, uri: &Uri, rest: &str) -> Option<PathAndQuery> {
+    let path = uri.path();
+    if service_path == "/"
+        && ((rest.len() == path.len() && rest.starts_with('/'))
+            || (path.len() == rest.len() + 1 && !rest.starts_with('/')))
+        && let Some(pq) = uri.path_and_query()
+    {
+        return Some(pq.clone());
+    }
+    let mut p = String::with_capacity(service_path.len() + rest.len() + 1);
+    p.push_str(service_path);
+    if p.ends_with('/') && rest.starts_with('/') {
+        p.push_str(&rest[1..]);
+    } else if !p.ends_with('/') && !rest.is_empty() && !rest.starts_with('/') {
+        p.push('/');
+        p.push_str(rest);
+    } else {
+        p.push_str(rest);
+    }
+    if let Some(q) = uri.query() {
+        p.push('?');
+        p.push_str(q);
+    }
+    PathAndQuery::from_maybe_shared(Bytes::from(p)).ok()
+}
+
 impl Proxy {
     pub fn new(table: Table, metrics: Arc<GatewayMetrics>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(connector);
         Self {
             table: ArcSwap::from_pointee(table),
-            client,
+            pool: Arc::new(Pool::default()),
             unmatched: metrics.route_counters("", ""),
             metrics,
             request_ids: AtomicU64::new(0),
-            id_prefix: format!("{:08x}", fastrand::u32(..)),
+            id_prefix: fastrand::u32(..),
         }
     }
 
@@ -118,17 +181,22 @@ impl Proxy {
         self.table.store(Arc::new(table));
     }
 
-    pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: &Downstream) -> Response<Body> {
         let table = self.table.load();
-        let host = req
-            .headers()
-            .get(header::HOST)
+        // HTTP/1.1 names the host in `Host`, HTTP/2 in `:authority`.
+        let host_value = match req.headers().get(header::HOST) {
+            Some(h) => Some(h.clone()),
+            None => req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
+        let host = host_value
+            .as_ref()
             .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()))
-            .unwrap_or("")
-            .to_string();
-        let path = req.uri().path().to_string();
-        let Some(m) = table.find(req.method(), &host, &path, req.headers()) else {
+            .unwrap_or("");
+        let path = req.uri().path();
+        let Some(m) = table.find(req.method(), host, path, req.headers()) else {
             self.unmatched.count(StatusCode::NOT_FOUND);
             return error(StatusCode::NOT_FOUND, "no Route matched with those values");
         };
@@ -149,59 +217,62 @@ impl Proxy {
         let rest = if route.strip_path {
             &path[m.matched_len..]
         } else {
-            path.as_str()
+            path
         };
-        let mut upstream_path = String::with_capacity(service.path.len() + rest.len() + 1);
-        upstream_path.push_str(&service.path);
-        if upstream_path.ends_with('/') && rest.starts_with('/') {
-            upstream_path.push_str(&rest[1..]);
-        } else if !upstream_path.ends_with('/') && !rest.is_empty() && !rest.starts_with('/') {
-            upstream_path.push('/');
-            upstream_path.push_str(rest);
-        } else {
-            upstream_path.push_str(rest);
-        }
-        if let Some(q) = req.uri().query() {
-            upstream_path.push('?');
-            upstream_path.push_str(q);
-        }
-        if upstream_path.parse::<http::uri::PathAndQuery>().is_err() {
+        let Some(path_and_query) = upstream_path(&service.path, req.uri(), rest) else {
             return error(
                 StatusCode::BAD_REQUEST,
                 "the request path cannot be forwarded",
             );
-        }
+        };
 
         // A WebSocket (or other) upgrade: keep its two headers for the
         // upstream and splice the connections once it answers 101.
         let upgrade = upgrade_of(req.headers());
         let downstream = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        // `TE: trailers` is the one TE value HTTP/2 allows, and gRPC servers
+        // may insist on it: kept toward an HTTP/2 upstream.
+        let te_trailers = service.http2
+            && req
+                .headers()
+                .get(header::TE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         if let Some(u) = &upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, u.clone());
         }
-        let ip = peer.ip().to_string();
-        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prior) => format!("{prior}, {ip}"),
-            None => ip.clone(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
-            headers.insert("x-forwarded-for", v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&ip) {
-            headers.insert("x-real-ip", v);
-        }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        if let Ok(v) = HeaderValue::from_str(&host) {
-            headers.insert("x-forwarded-host", v);
-        }
-        if !headers.contains_key("x-request-id") {
-            let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
-            if let Ok(v) = HeaderValue::from_str(&format!("{}-{n:016x}", self.id_prefix)) {
-                headers.insert("x-request-id", v);
+        let forwarded_for = match headers.get(X_FORWARDED_FOR).map(|v| v.as_bytes()) {
+            Some(prior) => {
+                let mut v = Vec::with_capacity(prior.len() + 2 + conn.ip.len());
+                v.extend_from_slice(prior);
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(conn.ip.as_bytes());
+                HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
             }
+            None => Some(conn.ip.clone()),
+        };
+        if let Some(v) = forwarded_for {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+        headers.insert(X_REAL_IP, conn.ip.clone());
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        if let Some(h) = &host_value {
+            headers.insert(X_FORWARDED_HOST, h.clone());
+        }
+        if !headers.contains_key(X_REQUEST_ID) {
+            let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
+            headers.insert(X_REQUEST_ID, request_id(self.id_prefix, n));
+        }
+        if route.preserve_host
+            && !headers.contains_key(header::HOST)
+            && let Some(h) = &host_value
+        {
+            headers.insert(header::HOST, h.clone());
         }
         // Idempotent and bodyless: may go to another target if this one
         // fails before answering.
@@ -224,38 +295,45 @@ impl Proxy {
         let mut target = target;
         let mut attempt = 0;
         let sent = loop {
-            let mut builder = Request::builder()
-                .method(method.clone())
-                .version(Version::HTTP_11)
-                .uri(
-                    Uri::builder()
-                        .scheme("http")
-                        .authority(&*target)
-                        .path_and_query(upstream_path.as_str())
-                        .build()
-                        .unwrap_or_default(),
-                );
-            if let Some(h) = builder.headers_mut() {
-                *h = if replayable {
-                    headers.clone().unwrap_or_default()
-                } else {
-                    headers.take().unwrap_or_default()
-                };
-                if !route.preserve_host
-                    && let Ok(v) = HeaderValue::from_str(&target)
-                {
-                    h.insert(header::HOST, v);
-                }
-            }
-            let upstream_body = match body.take() {
+            let mut upstream_req = Request::new(match body.take() {
                 Some(b) if !replayable => Either::Left(b),
                 _ => Either::Right(Empty::new()),
+            });
+            *upstream_req.method_mut() = method.clone();
+            *upstream_req.headers_mut() = if replayable {
+                headers.clone().unwrap_or_default()
+            } else {
+                headers.take().unwrap_or_default()
             };
-            let Ok(upstream_req) = builder.body(upstream_body) else {
-                return error(StatusCode::BAD_REQUEST, "the request cannot be forwarded");
+            if !route.preserve_host
+                && let Ok(v) = HeaderValue::from_str(&target)
+            {
+                upstream_req.headers_mut().insert(header::HOST, v);
+            }
+            let send = async {
+                if service.http2 {
+                    let mut uri = http::uri::Parts::default();
+                    uri.scheme = Some(http::uri::Scheme::HTTP);
+                    uri.authority = target.parse().ok();
+                    uri.path_and_query = Some(path_and_query.clone());
+                    *upstream_req.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
+                    self.pool
+                        .send_http2(&target, upstream_req, service.connect_timeout)
+                        .await
+                        .map(|r| r.map(PooledBody::unpooled))
+                } else {
+                    *upstream_req.uri_mut() = Uri::from(path_and_query.clone());
+                    self.pool
+                        .send_http1(
+                            &target,
+                            upstream_req,
+                            service.connect_timeout,
+                            downstream.is_some(),
+                        )
+                        .await
+                }
             };
-            let sent =
-                tokio::time::timeout(service.read_timeout, self.client.request(upstream_req)).await;
+            let sent = tokio::time::timeout(service.read_timeout, send).await;
             match sent {
                 Ok(Err(e)) => {
                     service.eject(&target);

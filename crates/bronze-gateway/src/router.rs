@@ -41,6 +41,8 @@ pub struct Service {
     distinct: usize,
     /// Prepended to the forwarded path (`/` when none).
     pub path: String,
+    /// HTTP/2 with prior knowledge to the targets (Kong's `grpc` protocol).
+    pub http2: bool,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     /// Further attempts for an idempotent request without a body whose
@@ -217,18 +219,31 @@ fn target_authority(t: &str, field: &str) -> Result<String, Invalid> {
     Ok(t.to_string())
 }
 
-/// `http://host[:port][/path]` of a service's `url`.
-fn split_url(url: &str, field: &str) -> Result<(String, u16, String), Invalid> {
+/// A service's upstream protocol: Kong's names, those Bronze speaks.
+fn upstream_protocol(p: &str, field: &str) -> Result<bool, Invalid> {
+    match p {
+        "http" => Ok(false),
+        "grpc" => Ok(true),
+        other => Err(Invalid::new(
+            field,
+            format!(
+                "{other:?}: expected http or grpc (https and grpcs upstreams are not supported yet)"
+            ),
+        )),
+    }
+}
+
+/// `http://host[:port][/path]` (or `grpc://`) of a service's `url`: host,
+/// port, path, HTTP/2.
+fn split_url(url: &str, field: &str) -> Result<(String, u16, String, bool), Invalid> {
     let bad = |why: &str| Invalid::new(field, format!("{url:?}: {why}"));
     let uri: http::Uri = url
         .parse()
         .map_err(|_| bad("expected http://host[:port][/path]"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(bad("only http:// upstreams are supported so far"));
-    }
+    let http2 = upstream_protocol(uri.scheme_str().unwrap_or(""), field)?;
     let host = uri.host().ok_or_else(|| bad("no host"))?.to_string();
     let port = uri.port_u16().unwrap_or(80);
-    Ok((host, port, uri.path().to_string()))
+    Ok((host, port, uri.path().to_string(), http2))
 }
 
 impl Table {
@@ -287,17 +302,13 @@ impl Table {
                     format!("{:?} appears twice", s.name),
                 ));
             }
-            let (host, port, path) = match &s.url {
+            let (host, port, path, http2) = match &s.url {
                 Some(url) => split_url(url, &field("url"))?,
                 None => {
-                    if let Some(p) = &s.protocol
-                        && p != "http"
-                    {
-                        return Err(Invalid::new(
-                            field("protocol"),
-                            format!("{p:?}: only http is supported so far"),
-                        ));
-                    }
+                    let http2 = match &s.protocol {
+                        Some(p) => upstream_protocol(p, &field("protocol"))?,
+                        None => false,
+                    };
                     let host = s.host.clone().ok_or_else(|| {
                         Invalid::new(field("host"), "expected url, or host (and port)")
                     })?;
@@ -305,6 +316,7 @@ impl Table {
                         host,
                         s.port.unwrap_or(80),
                         s.path.clone().unwrap_or_default(),
+                        http2,
                     )
                 }
             };
@@ -330,6 +342,7 @@ impl Table {
                 distinct: ring.iter().collect::<std::collections::HashSet<_>>().len(),
                 retries: s.retries.unwrap_or(5),
                 path: if path.is_empty() { "/".into() } else { path },
+                http2,
                 connect_timeout: ms(s.connect_timeout, "connect_timeout", 60_000)?,
                 read_timeout: ms(s.read_timeout, "read_timeout", 60_000)?,
             });
@@ -352,10 +365,14 @@ impl Table {
                         "a route needs at least one of hosts, paths, methods or headers",
                     ));
                 }
-                if let Some(p) = r.protocols.iter().find(|p| *p != "http" && *p != "https") {
+                if let Some(p) = r
+                    .protocols
+                    .iter()
+                    .find(|p| !matches!(p.as_str(), "http" | "https" | "grpc" | "grpcs"))
+                {
                     return Err(Invalid::new(
                         field("protocols"),
-                        format!("{p:?}: expected http or https"),
+                        format!("{p:?}: expected http, https, grpc or grpcs"),
                     ));
                 }
                 let methods = r

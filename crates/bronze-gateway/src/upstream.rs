@@ -1,0 +1,282 @@
+//! Connections to upstream targets: an HTTP/1.1 keep-alive pool and one
+//! multiplexed HTTP/2 connection per target (h2c, for gRPC).
+//!
+//! Written for the proxy's hot path rather than taken from hyper-util's
+//! general client: a checkout is one uncontended lock and one hash of the
+//! target (no URI scheme/authority key, no per-request task to return a
+//! connection). An HTTP/1.1 connection goes back to the pool when its
+//! response body ends (the body wrapper below does it), so a connection
+//! whose body the client abandoned is never reused half-read.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{Either, Empty};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use parking_lot::Mutex;
+use rustc_hash::FxBuildHasher;
+use tokio::net::TcpStream;
+
+/// What goes upstream: the client's body, or nothing (a bodyless request
+/// that may be sent again on another target).
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
+/// Why a request did not get an upstream response.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("connect to {target}: {source}")]
+    Connect {
+        target: Arc<str>,
+        source: std::io::Error,
+    },
+    #[error("connect to {0}: timed out")]
+    ConnectTimeout(Arc<str>),
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+}
+
+impl SendError {
+    /// Nothing reached the upstream: safe to try another target whatever
+    /// the method.
+    pub fn before_sending(&self) -> bool {
+        match self {
+            Self::Connect { .. } | Self::ConnectTimeout(_) => true,
+            Self::Http(e) => e.is_canceled(),
+        }
+    }
+}
+
+struct Idle {
+    sender: http1::SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+type Idles = HashMap<Arc<str>, Vec<Idle>, FxBuildHasher>;
+
+/// Upstream connections, shared by every downstream connection.
+pub struct Pool {
+    idle: Mutex<Idles>,
+    h2: Mutex<HashMap<Arc<str>, http2::SendRequest<UpstreamBody>, FxBuildHasher>>,
+    /// An idle connection older than this is closed instead of reused.
+    idle_timeout: Duration,
+    /// Idle connections kept per target; more are closed.
+    max_idle: usize,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(60), 1024)
+    }
+}
+
+async fn connect(target: &Arc<str>, timeout: Duration) -> Result<TcpStream, SendError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(&**target))
+        .await
+        .map_err(|_| SendError::ConnectTimeout(target.clone()))?
+        .map_err(|source| SendError::Connect {
+            target: target.clone(),
+            source,
+        })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+impl Pool {
+    pub fn new(idle_timeout: Duration, max_idle: usize) -> Self {
+        Self {
+            idle: Mutex::new(HashMap::default()),
+            h2: Mutex::new(HashMap::default()),
+            idle_timeout,
+            max_idle,
+        }
+    }
+
+    /// An idle HTTP/1.1 connection to `target` that is still open, most
+    /// recently used first (its socket is warm).
+    fn checkout(&self, target: &Arc<str>) -> Option<http1::SendRequest<UpstreamBody>> {
+        let mut idle = self.idle.lock();
+        let list = idle.get_mut(target)?;
+        let now = Instant::now();
+        while let Some(c) = list.pop() {
+            if !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    fn put_back(&self, target: Arc<str>, sender: http1::SendRequest<UpstreamBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock();
+        let list = idle.entry(target).or_default();
+        if list.len() < self.max_idle {
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Sends `req` over HTTP/1.1 to `target` (an `host:port`), reusing an
+    /// idle connection when one is open. `upgrade`: the connection is
+    /// handed over to the caller after a 101 and never pooled.
+    pub async fn send_http1(
+        self: &Arc<Self>,
+        target: &Arc<str>,
+        req: Request<UpstreamBody>,
+        connect_timeout: Duration,
+        upgrade: bool,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let mut req = Some(req);
+        // A pooled connection the upstream closed meanwhile fails before
+        // anything is written: then the request goes on a new one.
+        while let Some(mut sender) = self.checkout(target) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            let Some(r) = req.take() else { break };
+            match sender.try_send_request(r).await {
+                Ok(resp) => return Ok(self.wrap(resp, target, sender, upgrade)),
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = Some(r),
+                    None => return Err(e.into_error().into()),
+                },
+            }
+        }
+        let Some(req) = req else {
+            unreachable!("the request is only taken to be sent")
+        };
+        let stream = connect(target, connect_timeout).await?;
+        let (mut sender, conn) = http1::Builder::new()
+            .max_buf_size(64 << 10)
+            .handshake(TokioIo::new(stream))
+            .await?;
+        let name = target.clone();
+        tokio::spawn(async move {
+            if let Err(error) = conn.with_upgrades().await {
+                tracing::debug!(target = %name, %error, "upstream connection ended");
+            }
+        });
+        let resp = sender.send_request(req).await?;
+        Ok(self.wrap(resp, target, sender, upgrade))
+    }
+
+    fn wrap(
+        self: &Arc<Self>,
+        resp: Response<Incoming>,
+        target: &Arc<str>,
+        sender: http1::SendRequest<UpstreamBody>,
+        upgrade: bool,
+    ) -> Response<PooledBody> {
+        let reusable = !upgrade && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS;
+        let (parts, body) = resp.into_parts();
+        let mut body = PooledBody {
+            inner: body,
+            give_back: reusable.then(|| (self.clone(), target.clone(), sender)),
+        };
+        // A response without a body (204, 304, HEAD, Content-Length: 0)
+        // may never be polled: its connection is free already.
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        Response::from_parts(parts, body)
+    }
+
+    /// Sends `req` over HTTP/2 (prior knowledge, h2c) to `target`: one
+    /// connection per target carries every stream (gRPC).
+    pub async fn send_http2(
+        &self,
+        target: &Arc<str>,
+        mut req: Request<UpstreamBody>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Incoming>, SendError> {
+        *req.version_mut() = http::Version::HTTP_2;
+        let existing = self
+            .h2
+            .lock()
+            .get(target)
+            .filter(|s| !s.is_closed())
+            .cloned();
+        let mut sender = match existing {
+            Some(s) => s,
+            None => {
+                let stream = connect(target, connect_timeout).await?;
+                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Duration::from_secs(30))
+                    .handshake(TokioIo::new(stream))
+                    .await?;
+                let name = target.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = conn.await {
+                        tracing::debug!(target = %name, %error, "upstream h2 connection ended");
+                    }
+                });
+                self.h2.lock().insert(target.clone(), sender.clone());
+                sender
+            }
+        };
+        sender.ready().await?;
+        Ok(sender.send_request(req).await?)
+    }
+}
+
+/// An upstream response body that returns its connection to the pool once
+/// the last frame has been read.
+pub struct PooledBody {
+    inner: Incoming,
+    give_back: Option<(Arc<Pool>, Arc<str>, http1::SendRequest<UpstreamBody>)>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some((pool, target, sender)) = self.give_back.take() {
+            pool.put_back(target, sender);
+        }
+    }
+
+    /// A body whose connection is not pooled here (HTTP/2 streams).
+    pub fn unpooled(inner: Incoming) -> Self {
+        Self {
+            inner,
+            give_back: None,
+        }
+    }
+}
+
+impl hyper::body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            // A broken body: the connection is not reused.
+            Poll::Ready(Some(Err(_))) => self.give_back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
