@@ -70,25 +70,43 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers, including those `Connection` names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Most messages carry none (or only `Connection: keep-alive`): one pass
-    // over the names is cheaper than hashing each of the nine.
-    if !h
-        .keys()
-        .any(|n| n == header::UPGRADE || HOP_BY_HOP.contains(n))
-    {
+    // One pass over the names (cheaper than hashing each of the nine):
+    // most messages carry none, or only `Connection: keep-alive`.
+    let mut present = 0u16;
+    for n in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == n) {
+            present |= 1 << i;
+        } else if n == header::UPGRADE {
+            present |= 1 << HOP_BY_HOP.len();
+        }
+    }
+    if present == 0 {
         return;
     }
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
-        h.remove(n);
+    // `Connection` may name further headers; `keep-alive` and `close` are
+    // options, not names.
+    if present & 1 != 0 {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for n in &named {
+            h.remove(n);
+        }
     }
-    h.remove(header::UPGRADE);
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(n);
+        }
+    }
+    if present & (1 << HOP_BY_HOP.len()) != 0 {
+        h.remove(header::UPGRADE);
+    }
 }
 
 /// The `Upgrade` value of an HTTP/1.1 upgrade request (`Connection:
@@ -395,5 +413,62 @@ impl Proxy {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("transfer-encoding", "chunked"),
+            ("x-keep", "yes"),
+        ] {
+            h.append(
+                HeaderName::from_static(k),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-keep"], "yes");
+
+        let mut plain = HeaderMap::new();
+        plain.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1);
+    }
+
+    #[test]
+    fn request_ids_are_fixed_width_hex() {
+        assert_eq!(request_id(0xdead_beef, 0x2a), "deadbeef-000000000000002a");
+    }
+
+    #[test]
+    fn the_client_path_is_reused_only_when_unchanged() {
+        let uri: Uri = "/a/b?x=1".parse().unwrap();
+        let same = upstream_path("/", &uri, "/a/b").unwrap();
+        assert_eq!(same.as_str(), "/a/b?x=1");
+        assert_eq!(
+            upstream_path("/", &uri, "a/b").unwrap().as_str(),
+            "/a/b?x=1"
+        );
+        assert_eq!(
+            upstream_path("/v1", &uri, "/b").unwrap().as_str(),
+            "/v1/b?x=1"
+        );
+        assert_eq!(
+            upstream_path("/v1/", &uri, "/b").unwrap().as_str(),
+            "/v1/b?x=1"
+        );
+        assert_eq!(upstream_path("/", &uri, "").unwrap().as_str(), "/?x=1");
     }
 }
