@@ -131,7 +131,11 @@ pub fn from_document(doc: &Value) -> Result<(Entities, Declarative, Table), Inva
 fn unique_text(group: &[&str], v: &Value) -> String {
     let parts: Vec<String> = group
         .iter()
-        .filter_map(|f| v.get(*f).filter(|x| !x.is_null()).map(|x| format!("{f}={x}")))
+        .filter_map(|f| {
+            v.get(*f)
+                .filter(|x| !x.is_null())
+                .map(|x| format!("{f}={x}"))
+        })
         .collect();
     format!("{{{}}}", parts.join(","))
 }
@@ -145,10 +149,7 @@ fn not_found() -> Response {
 }
 
 fn bad_request(message: impl Into<String>) -> Response {
-    json_response(
-        StatusCode::BAD_REQUEST,
-        json!({"message": message.into()}),
-    )
+    json_response(StatusCode::BAD_REQUEST, json!({"message": message.into()}))
 }
 
 fn internal(e: impl std::fmt::Display) -> Response {
@@ -273,12 +274,12 @@ impl Admin {
         mut next: Entities,
         focus: Focus<'_>,
         form: bool,
-    ) -> Result<Entities, Response> {
+    ) -> Result<Entities, Box<Response>> {
         let mut attempts = 0;
         let (d, table) = loop {
             let (doc, index) = next.document();
-            let checked = declarative::parse_value(&doc)
-                .and_then(|d| flat::compile(&d).map(|t| (d, t)));
+            let checked =
+                declarative::parse_value(&doc).and_then(|d| flat::compile(&d).map(|t| (d, t)));
             let e = match checked {
                 Ok(ok) => break ok,
                 Err(e) => e,
@@ -305,17 +306,17 @@ impl Admin {
                 attempts += 1;
                 continue;
             }
-            return Err(match relative {
+            return Err(Box::new(match relative {
                 Some(rel) => schema_violation(&rel, &e.message),
                 None => schema_violation(&e.field, &e.message),
-            });
+            }));
         };
         let ops = diff(current, &next);
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.apply(&ops))
             .await
-            .map_err(internal)?
-            .map_err(internal)?;
+            .map_err(|e| Box::new(internal(e)))?
+            .map_err(|e| Box::new(internal(e)))?;
         self.gateway.install(d, table);
         *current = next.clone();
         Ok(next)
@@ -329,9 +330,9 @@ impl Admin {
         k: &'static Kind,
         body: Value,
         existing: Option<(&str, &Value)>,
-    ) -> Result<(String, Value), Response> {
+    ) -> Result<(String, Value), Box<Response>> {
         let Value::Object(mut o) = body else {
-            return Err(schema_violation("@entity", "expected an object"));
+            return Err(Box::new(schema_violation("@entity", "expected an object")));
         };
         let id = match existing {
             Some((id, _)) => id.to_string(),
@@ -339,7 +340,7 @@ impl Admin {
                 None | Some(Value::Null) => entities::new_id(),
                 Some(Value::String(s)) if entities::is_uuid(s) => {
                     if next.get(k, s).is_some() {
-                        return Err(json_response(
+                        return Err(Box::new(json_response(
                             StatusCode::CONFLICT,
                             json!({
                                 "code": 3,
@@ -347,11 +348,11 @@ impl Admin {
                                 "message": format!("primary key violation on key '{{id=\"{s}\"}}'"),
                                 "fields": {"id": s},
                             }),
-                        ));
+                        )));
                     }
                     s.clone()
                 }
-                Some(_) => return Err(schema_violation("id", "expected a valid UUID")),
+                Some(_) => return Err(Box::new(schema_violation("id", "expected a valid UUID"))),
             },
         };
         o.insert("id".into(), Value::String(id.clone()));
@@ -375,7 +376,7 @@ impl Admin {
                     "the foreign key '{r}' does not reference an existing '{}' entity.",
                     f.kind
                 );
-                return Err(json_response(
+                return Err(Box::new(json_response(
                     StatusCode::BAD_REQUEST,
                     json!({
                         "code": 4,
@@ -383,7 +384,7 @@ impl Admin {
                         "message": message,
                         "fields": { f.field: r },
                     }),
-                ));
+                )));
             };
             o.insert(f.field.into(), json!({ "id": pid }));
         }
@@ -415,7 +416,7 @@ impl Admin {
                     .zip(&key)
                     .filter_map(|(f, v)| v.map(|v| (f.to_string(), v.clone())))
                     .collect();
-                return Err(json_response(
+                return Err(Box::new(json_response(
                     StatusCode::CONFLICT,
                     json!({
                         "code": 5,
@@ -423,7 +424,7 @@ impl Admin {
                         "message": format!("UNIQUE violation detected on '{}'", unique_text(group, &v)),
                         "fields": fields,
                     }),
-                ));
+                )));
             }
         }
         Ok((id, v))
@@ -434,12 +435,15 @@ impl Admin {
         let mut next = current.clone();
         let (id, v) = match self.prepare(&next, k, body, None) {
             Ok(x) => x,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         next.insert(k, id.clone(), v);
         match self.commit(&mut current, next, Some((k, &id)), form).await {
-            Ok(e) => json_response(StatusCode::CREATED, e.get(k, &id).cloned().unwrap_or_default()),
-            Err(r) => r,
+            Ok(e) => json_response(
+                StatusCode::CREATED,
+                e.get(k, &id).cloned().unwrap_or_default(),
+            ),
+            Err(r) => *r,
         }
     }
 
@@ -469,12 +473,12 @@ impl Admin {
         let mut next = current.clone();
         let (id, v) = match self.prepare(&next, k, body, Some((id, &old))) {
             Ok(x) => x,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         next.insert(k, id.clone(), v);
         match self.commit(&mut current, next, Some((k, &id)), form).await {
             Ok(e) => json_response(StatusCode::OK, e.get(k, &id).cloned().unwrap_or_default()),
-            Err(r) => r,
+            Err(r) => *r,
         }
     }
 
@@ -485,7 +489,11 @@ impl Admin {
             return StatusCode::NO_CONTENT.into_response();
         }
         for child in KINDS {
-            for f in child.foreign.iter().filter(|f| f.kind == k.name && !f.cascade) {
+            for f in child
+                .foreign
+                .iter()
+                .filter(|f| f.kind == k.name && !f.cascade)
+            {
                 if current
                     .of(child)
                     .any(|(_, v)| v.get(f.field).and_then(entities::fk_id) == Some(id))
@@ -506,7 +514,7 @@ impl Admin {
         remove_cascading(&mut next, k, id);
         match self.commit(&mut current, next, None, false).await {
             Ok(_) => StatusCode::NO_CONTENT.into_response(),
-            Err(r) => r,
+            Err(r) => *r,
         }
     }
 
@@ -565,7 +573,11 @@ fn merge(into: &mut Value, changes: Map<String, Value>) {
 fn remove_cascading(e: &mut Entities, k: &'static Kind, id: &str) {
     e.remove(k, id);
     for child in KINDS {
-        for f in child.foreign.iter().filter(|f| f.kind == k.name && f.cascade) {
+        for f in child
+            .foreign
+            .iter()
+            .filter(|f| f.kind == k.name && f.cascade)
+        {
             let ids: Vec<String> = e
                 .of(child)
                 .filter(|(_, v)| v.get(f.field).and_then(entities::fk_id) == Some(id))
@@ -580,7 +592,7 @@ fn remove_cascading(e: &mut Entities, k: &'static Kind, id: &str) {
 
 /// A request body as Kong reads it: JSON, or a form (values coerced by
 /// the schema later). Returns the value and whether it was a form.
-fn body_value(headers: &HeaderMap, body: &[u8]) -> Result<(Value, bool), Response> {
+fn body_value(headers: &HeaderMap, body: &[u8]) -> Result<(Value, bool), Box<Response>> {
     let ct = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -592,17 +604,17 @@ fn body_value(headers: &HeaderMap, body: &[u8]) -> Result<(Value, bool), Respons
     if ct.starts_with("application/json") {
         return serde_json::from_slice(body)
             .map(|v| (v, false))
-            .map_err(|_| bad_request("Cannot parse JSON body"));
+            .map_err(|_| Box::new(bad_request("Cannot parse JSON body")));
     }
     if ct.is_empty() || ct.starts_with("application/x-www-form-urlencoded") {
         return entities::form(body)
             .map(|v| (v, true))
-            .map_err(|e| schema_violation(&e.field, &e.message));
+            .map_err(|e| Box::new(schema_violation(&e.field, &e.message)));
     }
-    Err(json_response(
+    Err(Box::new(json_response(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         json!({"message": format!("{ct}: expected application/json or application/x-www-form-urlencoded")}),
-    ))
+    )))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -758,7 +770,7 @@ async fn dispatch(
             }
             Method::POST => match body_value(&headers, &body) {
                 Ok((v, form)) => a.create(k, with_scope(v), form).await,
-                Err(r) => r,
+                Err(r) => *r,
             },
             _ => method_not_allowed(),
         },
@@ -774,12 +786,12 @@ async fn dispatch(
                 (Method::GET | Method::PATCH, None) => not_found(),
                 (Method::PATCH, Some(id)) => match body_value(&headers, &body) {
                     Ok((v, form)) => a.update(k, &id, with_scope(v), true, form).await,
-                    Err(r) => r,
+                    Err(r) => *r,
                 },
                 (Method::PUT, found) => {
                     let (mut v, form) = match body_value(&headers, &body) {
                         Ok(x) => x,
-                        Err(r) => return r,
+                        Err(r) => return *r,
                     };
                     let v_obj = v.as_object_mut();
                     match (found, v_obj) {
@@ -902,7 +914,10 @@ async fn status(State(a): State<Arc<Admin>>) -> Response {
     let hex: String = hash[..16].iter().map(|b| format!("{b:02x}")).collect();
     let counts: BTreeMap<&str, usize> = {
         let current = a.state.lock().await;
-        KINDS.iter().map(|k| (k.name, current.of(k).count())).collect()
+        KINDS
+            .iter()
+            .map(|k| (k.name, current.of(k).count()))
+            .collect()
     };
     json_response(
         StatusCode::OK,
@@ -920,14 +935,11 @@ async fn status(State(a): State<Arc<Admin>>) -> Response {
 async fn auth(State(a): State<Arc<Admin>>, req: Request, next: Next) -> Response {
     if let Some(want) = &a.token {
         let h = req.headers();
-        let given = h
-            .get("kong-admin-token")
-            .map(|v| v.as_bytes())
-            .or_else(|| {
-                h.get(http::header::AUTHORIZATION)
-                    .map(|v| v.as_bytes())
-                    .and_then(|v| v.strip_prefix(b"Bearer "))
-            });
+        let given = h.get("kong-admin-token").map(|v| v.as_bytes()).or_else(|| {
+            h.get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes())
+                .and_then(|v| v.strip_prefix(b"Bearer "))
+        });
         let ok = given.is_some_and(|g| bool::from(Sha256::digest(g).as_slice().ct_eq(want)));
         if !ok {
             return json_response(

@@ -47,7 +47,12 @@ pub struct Args {
 
     /// Token every admin request must carry (Kong-Admin-Token header or
     /// Authorization: Bearer); required when --admin-addr is not loopback.
-    #[arg(long, env = "BRONZE_GATEWAY_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "BRONZE_GATEWAY_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
 

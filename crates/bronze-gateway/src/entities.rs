@@ -195,9 +195,8 @@ impl Entities {
     /// Finds by id, or by endpoint key; `scope` (a foreign-key field and
     /// id) limits the search to one parent's children.
     pub fn find(&self, kind: &Kind, key: &str, scope: Option<(&str, &str)>) -> Option<String> {
-        let in_scope = |v: &Value| {
-            scope.is_none_or(|(field, id)| v.get(field).and_then(fk_id) == Some(id))
-        };
+        let in_scope =
+            |v: &Value| scope.is_none_or(|(field, id)| v.get(field).and_then(fk_id) == Some(id));
         if let Some(v) = self.get(kind, key)
             && in_scope(v)
         {
@@ -286,12 +285,14 @@ impl Entities {
                     .and_then(Value::as_str),
                 _ => None,
             };
-            let found = key.and_then(|key| out.find(parent, key, None)).ok_or_else(|| {
-                Invalid::new(
-                    format!("{place}.{field}"),
-                    format!("{r}: no {} with this name or id", f.kind),
-                )
-            })?;
+            let found = key
+                .and_then(|key| out.find(parent, key, None))
+                .ok_or_else(|| {
+                    Invalid::new(
+                        format!("{place}.{field}"),
+                        format!("{r}: no {} with this name or id", f.kind),
+                    )
+                })?;
             if let Some(Value::Object(o)) = out.by_kind.get_mut(k.name).and_then(|m| m.get_mut(&id))
             {
                 o.insert(field.into(), serde_json::json!({ "id": found }));
@@ -503,8 +504,7 @@ pub fn coerce(v: &mut Value, message: &str) -> bool {
             "false" => Some(Value::Bool(false)),
             _ => None,
         }
-    } else if expected.starts_with('u') || expected.starts_with('i') || expected.starts_with('f')
-    {
+    } else if expected.starts_with('u') || expected.starts_with('i') || expected.starts_with('f') {
         text.parse::<i64>()
             .map(Value::from)
             .ok()
@@ -535,13 +535,22 @@ mod tests {
                 "service": {"id": "s1"}, "config": {"minute": "5"}, "hosts": ["a", "b"], "tags": null})
         );
         let mut port = Value::from("8080");
-        assert!(coerce(&mut port, "invalid type: string \"8080\", expected u16"));
+        assert!(coerce(
+            &mut port,
+            "invalid type: string \"8080\", expected u16"
+        ));
         assert_eq!(port, 8080);
         let mut strip = Value::from("false");
-        assert!(coerce(&mut strip, "invalid type: string \"false\", expected a boolean"));
+        assert!(coerce(
+            &mut strip,
+            "invalid type: string \"false\", expected a boolean"
+        ));
         assert_eq!(strip, false);
         let mut paths = Value::from("/a");
-        assert!(coerce(&mut paths, "invalid type: string \"/a\", expected a sequence"));
+        assert!(coerce(
+            &mut paths,
+            "invalid type: string \"/a\", expected a sequence"
+        ));
         assert_eq!(paths, serde_json::json!(["/a"]));
         assert!(!coerce(&mut Value::from("x"), "expected u16"));
         let mut doc = serde_json::json!({"routes": [{"paths": ["/a", "/b"]}]});

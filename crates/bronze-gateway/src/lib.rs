@@ -305,9 +305,9 @@ impl Server {
         let draining = Arc::new(AtomicBool::new(false));
         let d = draining.clone();
         let admin = admin::router(self.admin.clone()).merge(bronze_telemetry::ops_routes(
-                self.metrics.clone(),
-                move || !d.load(Ordering::Relaxed),
-            ));
+            self.metrics.clone(),
+            move || !d.load(Ordering::Relaxed),
+        ));
         let admin_shutdown = shutdown.clone();
         let admin_task = tokio::spawn(async move {
             axum::serve(self.admin_listener, admin)
