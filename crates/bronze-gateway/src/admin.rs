@@ -430,7 +430,13 @@ impl Admin {
         Ok((id, v))
     }
 
-    async fn create(&self, k: &'static Kind, body: Value, form: bool) -> Response {
+    async fn create(
+        &self,
+        k: &'static Kind,
+        body: Value,
+        form: bool,
+        status: StatusCode,
+    ) -> Response {
         let mut current = self.state.lock().await;
         let mut next = current.clone();
         let (id, v) = match self.prepare(&next, k, body, None) {
@@ -439,10 +445,7 @@ impl Admin {
         };
         next.insert(k, id.clone(), v);
         match self.commit(&mut current, next, Some((k, &id)), form).await {
-            Ok(e) => json_response(
-                StatusCode::CREATED,
-                e.get(k, &id).cloned().unwrap_or_default(),
-            ),
+            Ok(e) => json_response(status, e.get(k, &id).cloned().unwrap_or_default()),
             Err(r) => *r,
         }
     }
@@ -769,7 +772,7 @@ async fn dispatch(
                 list(&current, k, scope_ref, uri.path(), uri.query())
             }
             Method::POST => match body_value(&headers, &body) {
-                Ok((v, form)) => a.create(k, with_scope(v), form).await,
+                Ok((v, form)) => a.create(k, with_scope(v), form, StatusCode::CREATED).await,
                 Err(r) => *r,
             },
             _ => method_not_allowed(),
@@ -811,7 +814,7 @@ async fn dispatch(
                             } else {
                                 return not_found();
                             }
-                            a.create(k, with_scope(v), form).await
+                            a.create(k, with_scope(v), form, StatusCode::OK).await
                         }
                         (None, None) => schema_violation("@entity", "expected an object"),
                     }
