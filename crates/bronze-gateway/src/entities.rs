@@ -583,6 +583,38 @@ mod tests {
         assert_eq!(d.routes.len(), 2);
         assert!(crate::flat::compile(&d).is_ok());
 
+        // Kinds whose declarative structs live elsewhere flatten the same
+        // way: credentials and plugins nested in consumers, services, routes.
+        let doc = serde_json::json!({
+            "consumers": [{"username": "ann", "keyauth_credentials": [{"key": "k1"}],
+                           "plugins": [{"name": "rate-limiting", "config": {"minute": 5}}]}],
+            "services": [{"name": "s", "url": "http://x", "plugins": [{"name": "cors"}],
+                          "routes": [{"name": "r", "paths": ["/"], "plugins": [{"name": "key-auth"}]}]}],
+            "plugins": [{"name": "prometheus"}, {"name": "acl", "consumer": "ann", "route": "r"}]});
+        let e = Entities::from_document(&doc).unwrap();
+        let c = kind("consumers").unwrap();
+        let cid = e.find(c, "ann", None).unwrap();
+        let keys = kind("keyauth_credentials").unwrap();
+        let key = e.find(keys, "k1", Some(("consumer", &cid))).unwrap();
+        assert_eq!(e.get(keys, &key).unwrap()["consumer"]["id"], cid.as_str());
+        let plugins = kind("plugins").unwrap();
+        let scope = |name: &str| {
+            let (_, p) = e
+                .of(plugins)
+                .find(|(_, p)| p["name"] == name)
+                .unwrap_or_else(|| panic!("{name}"));
+            ["service", "route", "consumer"].map(|f| p.get(f).is_some())
+        };
+        assert_eq!(scope("rate-limiting"), [false, false, true]);
+        assert_eq!(scope("cors"), [true, false, false]);
+        assert_eq!(scope("key-auth"), [false, true, false]);
+        assert_eq!(scope("prometheus"), [false, false, false]);
+        assert_eq!(scope("acl"), [false, true, true]);
+        let (flat, _) = e.document();
+        assert_eq!(flat["keyauth_credentials"][0]["key"], "k1");
+        assert!(flat["consumers"][0].get("keyauth_credentials").is_none());
+        assert!(flat["consumers"][0].get("created_at").is_none());
+
         let bad = serde_json::json!({"routes": [{"name": "x", "service": "nope"}]});
         assert_eq!(
             Entities::from_document(&bad).unwrap_err().field,

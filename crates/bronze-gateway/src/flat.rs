@@ -4,7 +4,8 @@
 //! document is compiled they are moved into their parents ([`nest`]); an
 //! error the router reports on a moved entity is renamed back to the place
 //! the user wrote it (`routes[3].paths[0]`, not `services[0].routes[7]...`).
-//! Entities with an `id` but no `name` are named by their id.
+//! Services and routes without a `name` (optional in Kong) are named by
+//! their `id`, or else by their place (`services[0].routes[1]`).
 
 use std::collections::HashMap;
 
@@ -52,10 +53,8 @@ pub fn nest(d: &Declarative) -> Result<(Declarative, Remap), Invalid> {
     let routes = std::mem::take(&mut out.routes);
     let targets = std::mem::take(&mut out.targets);
     for (i, s) in out.services.iter_mut().enumerate() {
-        if s.name.is_empty()
-            && let Some(id) = &s.id
-        {
-            s.name = id.clone();
+        if s.name.is_empty() {
+            s.name = s.id.clone().unwrap_or_else(|| format!("services[{i}]"));
         }
         for (j, r) in s.routes.iter_mut().enumerate() {
             if r.service.is_some() {
@@ -64,10 +63,10 @@ pub fn nest(d: &Declarative) -> Result<(Declarative, Remap), Invalid> {
                     "only a top-level route names its service",
                 ));
             }
-            if r.name.is_empty()
-                && let Some(id) = &r.id
-            {
-                r.name = id.clone();
+            if r.name.is_empty() {
+                r.name =
+                    r.id.clone()
+                        .unwrap_or_else(|| format!("services[{i}].routes[{j}]"));
             }
         }
     }
@@ -96,10 +95,8 @@ pub fn nest(d: &Declarative) -> Result<(Declarative, Remap), Invalid> {
                 "service",
             )?;
             r.service = None;
-            if r.name.is_empty()
-                && let Some(id) = &r.id
-            {
-                r.name = id.clone();
+            if r.name.is_empty() {
+                r.name = r.id.clone().unwrap_or_else(|| format!("routes[{k}]"));
             }
             placed.push((i, k, r));
         }
@@ -174,6 +171,16 @@ mod tests {
         assert_eq!(n.services[1].routes[0].name, "r2");
         assert_eq!(n.upstreams[0].targets[0].target, "127.0.0.1:9");
         assert!(compile(&d).is_ok());
+        // Kong's names are optional.
+        let unnamed = parse(
+            br#"{"_format_version": "3.0", "services": [{"url": "http://a:1", "routes": [{"paths": ["/"]}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            nest(&unnamed).unwrap().0.services[0].routes[0].name,
+            "services[0].routes[0]"
+        );
+        assert!(compile(&unnamed).is_ok());
 
         // Errors on moved entities name them where they were written.
         let mut bad = d.clone();
