@@ -30,6 +30,9 @@ use crate::entities::{self, Entities, KINDS, Kind};
 use crate::flat;
 use crate::router::Table;
 
+/// The largest admin request body (a whole declarative configuration).
+pub const ADMIN_BODY_LIMIT: usize = 64 << 20;
+
 /// The version of Kong's Admin API this one follows (reported by `GET /`).
 pub const KONG_VERSION: &str = "3.9.0";
 
@@ -356,6 +359,13 @@ impl Admin {
             },
         };
         o.insert("id".into(), Value::String(id.clone()));
+        if existing.is_none() {
+            for g in k.generated {
+                if o.get(*g).is_none_or(Value::is_null) {
+                    o.insert(g.to_string(), entities::new_key().into());
+                }
+            }
+        }
         for f in k.foreign {
             let Some(r) = o.get(f.field).filter(|v| !v.is_null()).cloned() else {
                 o.remove(f.field);
@@ -834,8 +844,20 @@ fn method_not_allowed() -> Response {
     )
 }
 
-async fn get_config(State(a): State<Arc<Admin>>) -> Response {
+/// The running document: JSON, or YAML when the client accepts YAML
+/// (a decK-style file to keep).
+async fn get_config(State(a): State<Arc<Admin>>, headers: HeaderMap) -> Response {
     let current = a.gateway.current.lock().clone();
+    let yaml = headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("yaml"));
+    if yaml {
+        return match yaml_serde::to_string(&current) {
+            Ok(text) => ([(http::header::CONTENT_TYPE, "application/yaml")], text).into_response(),
+            Err(e) => internal(e),
+        };
+    }
     json_response(
         StatusCode::OK,
         serde_json::to_value(current).unwrap_or_default(),
@@ -962,6 +984,8 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/status", axum::routing::get(status))
         .route("/config", axum::routing::get(get_config).post(post_config))
         .fallback(dispatch)
+        // Whole configurations are posted here (axum's default is 2 MiB).
+        .layer(axum::extract::DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(admin.clone(), auth))
         .with_state(admin)
 }

@@ -182,7 +182,13 @@ pub fn to_value(text: &[u8]) -> Result<serde_json::Value, Invalid> {
     if matches!(first, Some(b'{' | b'[')) {
         serde_json::from_slice(text).map_err(|e| Invalid::new("(document)", e.to_string()))
     } else {
-        yaml_serde::from_slice(text).map_err(|e| Invalid::new("(document)", e.to_string()))
+        let mut v: serde_json::Value =
+            yaml_serde::from_slice(text).map_err(|e| Invalid::new("(document)", e.to_string()))?;
+        // `_format_version: 3.0` unquoted is a YAML number.
+        if let Some(n) = v.get("_format_version").and_then(serde_json::Value::as_f64) {
+            v["_format_version"] = format!("{n:?}").into();
+        }
+        Ok(v)
     }
 }
 
@@ -255,6 +261,8 @@ mod tests {
         let e = parse(b"_format_version: '3.0'\nroutes:\n- name: a\n  paths: [/a]\n  snis: [x]\n")
             .unwrap_err();
         assert_eq!(e.field, "routes[0].snis");
+        let d = parse(b"_format_version: 3.0\n").unwrap();
+        assert_eq!(d.format_version, "3.0");
         let e = parse(b"services: [unclosed\n").unwrap_err();
         assert_eq!(e.field, "(document)");
         assert!(e.message.contains("line"), "{e}");

@@ -40,6 +40,9 @@ pub struct Kind {
     /// Groups of fields whose values no two entities share.
     pub unique: &'static [&'static [&'static str]],
     pub foreign: &'static [Foreign],
+    /// Fields the Admin API generates when a new entity lacks them
+    /// (Kong's key-auth `key`, jwt `key` and `secret`): 32 hex digits.
+    pub generated: &'static [&'static str],
 }
 
 const fn fk(field: &'static str, kind: &'static str, cascade: bool) -> Foreign {
@@ -59,6 +62,7 @@ pub static KINDS: &[Kind] = &[
         endpoint_key: Some("name"),
         unique: &[&["name"]],
         foreign: &[],
+        generated: &[],
     },
     Kind {
         name: "upstreams",
@@ -67,6 +71,7 @@ pub static KINDS: &[Kind] = &[
         endpoint_key: Some("name"),
         unique: &[&["name"]],
         foreign: &[],
+        generated: &[],
     },
     Kind {
         name: "consumers",
@@ -75,6 +80,7 @@ pub static KINDS: &[Kind] = &[
         endpoint_key: Some("username"),
         unique: &[&["username"], &["custom_id"]],
         foreign: &[],
+        generated: &[],
     },
     Kind {
         name: "certificates",
@@ -83,6 +89,7 @@ pub static KINDS: &[Kind] = &[
         endpoint_key: None,
         unique: &[],
         foreign: &[],
+        generated: &[],
     },
     Kind {
         name: "routes",
@@ -92,6 +99,7 @@ pub static KINDS: &[Kind] = &[
         unique: &[&["name"]],
         // Kong refuses to delete a service that routes use.
         foreign: &[fk("service", "services", false)],
+        generated: &[],
     },
     Kind {
         name: "targets",
@@ -100,6 +108,7 @@ pub static KINDS: &[Kind] = &[
         endpoint_key: Some("target"),
         unique: &[&["upstream", "target"]],
         foreign: &[fk("upstream", "upstreams", true)],
+        generated: &[],
     },
     Kind {
         name: "plugins",
@@ -112,6 +121,7 @@ pub static KINDS: &[Kind] = &[
             fk("route", "routes", true),
             fk("consumer", "consumers", true),
         ],
+        generated: &[],
     },
     Kind {
         name: "keyauth_credentials",
@@ -120,6 +130,7 @@ pub static KINDS: &[Kind] = &[
         endpoint_key: Some("key"),
         unique: &[&["key"]],
         foreign: &[fk("consumer", "consumers", true)],
+        generated: &["key"],
     },
     Kind {
         name: "basicauth_credentials",
@@ -128,6 +139,7 @@ pub static KINDS: &[Kind] = &[
         endpoint_key: Some("username"),
         unique: &[&["username"]],
         foreign: &[fk("consumer", "consumers", true)],
+        generated: &[],
     },
     Kind {
         name: "jwt_secrets",
@@ -136,6 +148,7 @@ pub static KINDS: &[Kind] = &[
         endpoint_key: Some("key"),
         unique: &[&["key"]],
         foreign: &[fk("consumer", "consumers", true)],
+        generated: &["key", "secret"],
     },
 ];
 
@@ -156,6 +169,11 @@ pub fn is_uuid(s: &str) -> bool {
 
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+/// 32 random hex digits, as Kong generates credentials' keys.
+pub fn new_key() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 pub fn now() -> i64 {

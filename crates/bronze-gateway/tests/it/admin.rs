@@ -538,6 +538,19 @@ async fn entities_survive_restarts_and_a_yaml_file_replaces_them() {
     assert_eq!(code, 400);
     assert!(v["fields"]["services[0].port"].is_string(), "{v}");
     assert_eq!(proxied(&gw, "/y2").await.1["backend"], "a");
+    // GET /config as YAML is a file POST /config takes back.
+    let (code, yaml) = curl(s(&[
+        "-H",
+        "Accept: application/yaml",
+        &format!("http://{}/config", gw.admin),
+    ]))
+    .await;
+    assert_eq!(code, 200);
+    assert!(yaml.contains("name: y2"), "{yaml}");
+    assert!(!yaml.trim_start().starts_with('{'), "{yaml}");
+    let (code, v) = admin(&gw, "POST", "/config", &["--data-binary", &yaml]).await;
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(proxied(&gw, "/y2").await.1["backend"], "a");
     gw.stop().await;
     let gw = start(config()).await;
     assert_eq!(proxied(&gw, "/y2").await.1["backend"], "a");
