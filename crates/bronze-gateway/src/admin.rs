@@ -653,7 +653,7 @@ fn percent_decode(s: &str) -> String {
 
 /// `GET` of a collection: Kong's `{"data": [...], "next": ..., "offset": ...}`
 /// paged by `size` (default 100, at most 1000) and `offset` (the last id
-/// of the previous page), in id order.
+/// of the previous page), in id order, filtered by `tags`.
 fn list(
     current: &Entities,
     k: &Kind,
@@ -664,6 +664,7 @@ fn list(
     let mut size = 100usize;
     let mut size_given = false;
     let mut offset: Option<String> = None;
+    let mut tags: Option<String> = None;
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match key.as_ref() {
             "size" => match value.parse::<usize>() {
@@ -684,16 +685,34 @@ fn list(
                     return json_response(
                         StatusCode::BAD_REQUEST,
                         json!({"code": 7, "name": "invalid offset",
-                            "message": format!("'{value}' is not a valid offset: bad base64 encoding")}),
+                            "message": format!("'{value}' is not a valid offset: expected the offset a previous page returned")}),
                     );
                 }
                 offset = Some(value.into_owned());
             }
+            // Kong's tag filter: `a,b` all of them, `a/b` any of them.
+            "tags" => tags = Some(value.into_owned()),
             _ => {}
         }
     }
+    let tagged = |v: &Value| {
+        let Some(want) = &tags else {
+            return true;
+        };
+        let has = |t: &str| {
+            v.get("tags")
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(t)))
+        };
+        if want.contains('/') {
+            want.split('/').any(has)
+        } else {
+            want.split(',').all(has)
+        }
+    };
     let mut page = current
         .of(k)
+        .filter(|(_, v)| tagged(v))
         .filter(|(id, _)| offset.as_ref().is_none_or(|o| id.as_str() > o.as_str()))
         .filter(|(_, v)| {
             scope.is_none_or(|(field, id)| v.get(field).and_then(entities::fk_id) == Some(id))

@@ -405,16 +405,29 @@ async fn upstream_targets_move_traffic_and_lists_page() {
     assert_eq!(code, 400);
     assert!(v["fields"]["target"].is_string(), "{v}");
 
-    // Paging: size and offset as Kong pages.
-    for i in 0..6 {
-        let (code, _) = post_json(
+    // Six services created at once: every change is applied whole.
+    let created = futures::future::join_all((0..6).map(|i| {
+        let tags = if i % 2 == 0 {
+            vec!["even"]
+        } else {
+            vec!["odd"]
+        };
+        post_json(
             &gw,
             "/services",
-            json!({"name": format!("s{i}"), "url": "http://127.0.0.1:9"}),
+            json!({"name": format!("s{i}"), "url": "http://127.0.0.1:9", "tags": tags}),
         )
-        .await;
-        assert_eq!(code, 201);
-    }
+    }))
+    .await;
+    assert!(created.iter().all(|(code, _)| *code == 201), "{created:?}");
+    let (_, even) = admin(&gw, "GET", "/services?tags=even", &[]).await;
+    assert_eq!(even["data"].as_array().map(Vec::len), Some(3), "{even}");
+    let (_, either) = admin(&gw, "GET", "/services?tags=even/odd", &[]).await;
+    assert_eq!(either["data"].as_array().map(Vec::len), Some(6));
+    let (_, both) = admin(&gw, "GET", "/services?tags=even,odd", &[]).await;
+    assert_eq!(both["data"], json!([]));
+
+    // Paging: size and offset as Kong pages.
     let mut names = Vec::new();
     let mut path = "/services?size=3".to_string();
     let mut pages = 0;
