@@ -1027,4 +1027,19 @@ mod tests {
         );
         assert_eq!(percent_decode("a%3Ab%2"), "a:b%2");
     }
+
+    #[test]
+    fn patch_merges_records_replaces_foreign_keys_and_null_clears() {
+        let mut v = json!({"name": "p", "config": {"minute": 5, "hour": 100},
+            "service": {"id": "a"}, "tags": ["x"]});
+        let changes = json!({"config": {"minute": 10}, "service": {"name": "b"}, "tags": null});
+        let Value::Object(changes) = changes else {
+            unreachable!()
+        };
+        merge(&mut v, changes);
+        assert_eq!(
+            v,
+            json!({"name": "p", "config": {"minute": 10, "hour": 100}, "service": {"name": "b"}})
+        );
+    }
 }
