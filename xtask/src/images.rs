@@ -56,12 +56,15 @@ pub const IMAGES: &[Image] = &[
         binary: "bronze-gateway",
         env: &[
             ("BRONZE_GATEWAY_ADDR", "0.0.0.0:8000"),
-            // The admin API has no authentication yet: loopback only.
+            // Loopback unless BRONZE_GATEWAY_ADMIN_TOKEN is set (the gateway
+            // refuses an exposed admin API without a token).
             ("BRONZE_GATEWAY_ADMIN_ADDR", "127.0.0.1:8001"),
+            // Admin API changes.
+            ("BRONZE_GATEWAY_DATA_DIR", "/data"),
             ("BRONZE_LOG_FORMAT", "json"),
         ],
         ports: &["8000/tcp"],
-        volume: None,
+        volume: Some("/data"),
     },
     Image {
         name: "registrator",

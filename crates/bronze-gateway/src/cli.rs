@@ -33,10 +33,28 @@ pub struct Args {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_addr: Option<SocketAddr>,
 
-    /// Kong declarative configuration (DB-less format, JSON) to load at start.
+    /// Kong declarative configuration (DB-less format, JSON or YAML) to load
+    /// at start; it replaces the entities the store held.
     #[arg(long, env = "BRONZE_GATEWAY_DECLARATIVE_CONFIG", value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub declarative_config: Option<String>,
+
+    /// Where Admin API changes are kept [default: bronze-data/gateway];
+    /// empty: in memory only.
+    #[arg(long, env = "BRONZE_GATEWAY_DATA_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<String>,
+
+    /// Token every admin request must carry (Kong-Admin-Token header or
+    /// Authorization: Bearer); required when --admin-addr is not loopback.
+    #[arg(
+        long,
+        env = "BRONZE_GATEWAY_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
 
     /// bronze-discovery's gRPC URL, e.g. http://127.0.0.1:8502: instances
     /// with a bronze.http.rule label become routes.

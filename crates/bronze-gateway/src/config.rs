@@ -15,8 +15,15 @@ pub struct Config {
     /// The admin API, /metrics and /healthz (Kong's admin port); keep it on
     /// loopback.
     pub admin_addr: SocketAddr,
-    /// Kong declarative configuration (DB-less format, JSON) loaded at start.
+    /// Kong declarative configuration (DB-less format, JSON or YAML) loaded
+    /// at start; it replaces what the store held.
     pub declarative_config: String,
+    /// Where the Admin API's entities are kept (`gateway.redb` inside).
+    /// Empty: in memory only.
+    pub data_dir: String,
+    /// Required on every admin request (`Kong-Admin-Token` or `Authorization:
+    /// Bearer`) when set; must be set when `admin_addr` is not loopback.
+    pub admin_token: String,
     /// bronze-discovery's gRPC URL: instances with `bronze.http.rule`
     /// metadata become routes. Empty: off.
     pub discovery: String,
@@ -32,6 +39,8 @@ impl Default for Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 8001)),
             declarative_config: String::new(),
+            data_dir: "bronze-data/gateway".into(),
+            admin_token: String::new(),
             discovery: String::new(),
             header_read_timeout: Duration::from_secs(10),
             log_format: LogFormat::Plain,
@@ -45,6 +54,15 @@ impl Config {
             return Err(ConfigError::invalid(
                 "header_read_timeout",
                 "expected at least 100ms",
+            ));
+        }
+        if !self.admin_addr.ip().is_loopback() && self.admin_token.is_empty() {
+            return Err(ConfigError::invalid(
+                "admin_token",
+                format!(
+                    "admin_addr {} is not loopback: expected an admin_token so the admin API is not open",
+                    self.admin_addr
+                ),
             ));
         }
         if !self.discovery.is_empty()
@@ -68,6 +86,7 @@ impl Config {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: String::new(),
             ..Self::default()
         }
     }

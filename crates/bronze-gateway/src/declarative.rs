@@ -1,7 +1,8 @@
 //! Kong's declarative (DB-less) configuration: `_format_version`,
 //! `services` with nested `routes`, and `upstreams` with `targets`, in
-//! Kong's field names. Bronze reads the JSON form (every JSON document is
-//! also YAML, so such a file is a valid Kong declarative file). Fields
+//! Kong's field names; also Kong's flat form (top-level `routes` naming
+//! their `service`, top-level `targets` naming their `upstream`, merged by
+//! `flat::nest`). Bronze reads JSON and YAML. Fields
 //! Kong has but Bronze does not implement yet are refused by name rather
 //! than silently ignored.
 
@@ -24,11 +25,45 @@ pub struct Declarative {
     pub services: Vec<Service>,
     #[serde(default)]
     pub upstreams: Vec<Upstream>,
+    /// Flat form: routes naming their `service`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    /// Flat form: targets naming their `upstream`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<Target>,
+}
+
+/// A foreign key as Kong's flat form writes it: a name or id, or
+/// `{"id": ...}` / `{"name": ...}` (what the Admin API returns).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Ref {
+    Key(String),
+    Object {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+}
+
+impl Ref {
+    /// The id or name it names.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Ref::Key(k) => Some(k),
+            Ref::Object { id, name } => id.as_deref().or(name.as_deref()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Optional when `id` is given (the id then names it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
     /// `http://host:port/path`; or the parts below.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,7 +97,14 @@ pub struct Service {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Optional when `id` is given (the id then names it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// Flat form only: the service's name or id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<Ref>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
     /// Prefixes, or regexes when they start with `~` (Kong 3).
@@ -89,6 +131,8 @@ pub struct Route {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub name: String,
     /// `round-robin` only, for now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,6 +146,11 @@ pub struct Upstream {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Flat form only: the upstream's name or id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Ref>,
     /// `host:port`.
     pub target: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -126,10 +175,33 @@ impl Invalid {
     }
 }
 
-/// Parses a declarative document, naming the field of the first error.
+/// Reads a document as JSON, or as YAML when it is not JSON (Kong's
+/// DB-less files are YAML most of the time), into a JSON value.
+pub fn to_value(text: &[u8]) -> Result<serde_json::Value, Invalid> {
+    let first = text.iter().find(|b| !b.is_ascii_whitespace());
+    if matches!(first, Some(b'{' | b'[')) {
+        serde_json::from_slice(text).map_err(|e| Invalid::new("(document)", e.to_string()))
+    } else {
+        let mut v: serde_json::Value =
+            yaml_serde::from_slice(text).map_err(|e| Invalid::new("(document)", e.to_string()))?;
+        // `_format_version: 3.0` unquoted is a YAML number.
+        if let Some(n) = v.get("_format_version").and_then(serde_json::Value::as_f64) {
+            v["_format_version"] = format!("{n:?}").into();
+        }
+        Ok(v)
+    }
+}
+
+/// Parses a declarative document (JSON or YAML), naming the field of the
+/// first error.
 pub fn parse(text: &[u8]) -> Result<Declarative, Invalid> {
-    let mut de = serde_json::Deserializer::from_slice(text);
-    let d: Declarative = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    parse_value(&to_value(text)?)
+}
+
+/// Parses a document already read into a value, naming the field of the
+/// first error (`services[0].routes[1].paths`).
+pub fn parse_value(v: &serde_json::Value) -> Result<Declarative, Invalid> {
+    let d: Declarative = serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
         Invalid::new(
             if path == "." {
@@ -174,5 +246,25 @@ mod tests {
         let e = parse(br#"{"_format_version": "3.0", "services": [{"name": "a", "port": 70000}]}"#)
             .unwrap_err();
         assert_eq!(e.field, "services[0].port");
+    }
+
+    #[test]
+    fn yaml_documents_parse_with_field_paths() {
+        let d = parse(
+            b"_format_version: '3.0'\nservices:\n- name: users\n  url: http://users:8080\n  routes:\n  - name: r\n    paths: [/users]\n    strip_path: false\n",
+        )
+        .unwrap();
+        assert_eq!(d.services[0].routes[0].paths, vec!["/users"]);
+        assert_eq!(d.services[0].routes[0].strip_path, Some(false));
+        let e = parse(b"_format_version: '3.0'\nservices:\n- name: a\n  port: many\n").unwrap_err();
+        assert_eq!(e.field, "services[0].port");
+        let e = parse(b"_format_version: '3.0'\nroutes:\n- name: a\n  paths: [/a]\n  snis: [x]\n")
+            .unwrap_err();
+        assert_eq!(e.field, "routes[0].snis");
+        let d = parse(b"_format_version: 3.0\n").unwrap();
+        assert_eq!(d.format_version, "3.0");
+        let e = parse(b"services: [unclosed\n").unwrap_err();
+        assert_eq!(e.field, "(document)");
+        assert!(e.message.contains("line"), "{e}");
     }
 }

@@ -158,6 +158,7 @@ pub fn merge<'a>(
         entry.2.push(Target {
             target: address,
             weight: Some(weight),
+            ..Target::default()
         });
     }
     let mut out = base.clone();

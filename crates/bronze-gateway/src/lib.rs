@@ -3,15 +3,21 @@
 //! API's `POST /config`, compiled into a routing table that is swapped
 //! atomically; an HTTP/1.1 and h2c proxy on hyper with upstream keep-alive.
 //!
-//! - `declarative`: Kong's DB-less format, parsed with errors naming the
-//!   field;
+//! - `declarative`: Kong's DB-less format (JSON or YAML), parsed with
+//!   errors naming the field; `flat`: its flat form (top-level routes and
+//!   targets) nested before compiling;
+//! - `admin`, `entities`: Kong's Admin API (CRUD on entities kept in the
+//!   embedded store, each change compiled and swapped like a document);
 //! - `router`: the compiled table and its priority order;
 //! - `proxy`: request rewriting and forwarding;
 //! - this file: listeners, the accept loop, the admin API.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod declarative;
+pub mod entities;
+pub mod flat;
 pub mod labels;
 pub mod metrics;
 pub mod proxy;
@@ -24,11 +30,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use bronze_proto::discovery::v1 as pb;
 use bronze_runtime::Shutdown;
 use bronze_telemetry::Metrics;
@@ -50,6 +51,12 @@ pub enum StartError {
     },
     #[error("declarative_config {path}: {message}")]
     Declarative { path: String, message: String },
+    #[error("{0}")]
+    Store(#[from] bronze_store::StoreError),
+    #[error(
+        "admin_addr {addr} is not a loopback address: set admin_token (--admin-token, BRONZE_GATEWAY_ADMIN_TOKEN) so the admin API is not open to anyone who can reach it"
+    )]
+    AdminExposed { addr: SocketAddr },
 }
 
 type InstanceKey = (String, String);
@@ -64,11 +71,9 @@ struct Gateway {
 }
 
 impl Gateway {
-    /// Validates and compiles `d` (plus the routes discovery's labels ask
-    /// for), then swaps it in; on error nothing changes.
-    fn apply(&self, d: Declarative) -> Result<(), Invalid> {
+    /// Swaps in `table`, compiled from `d`.
+    pub(crate) fn install(&self, d: Declarative, table: router::Table) {
         let mut current = self.current.lock();
-        let table = router::Table::build(&d)?;
         // Compiled once more only when discovery adds label routes.
         let table = if self.instances.lock().is_empty() {
             table
@@ -79,7 +84,6 @@ impl Gateway {
         self.proxy.swap(table);
         *current = d;
         tracing::info!(services, routes, "configuration applied");
-        Ok(())
     }
 
     /// Rebuilds after discovery changed.
@@ -95,7 +99,7 @@ impl Gateway {
     fn with_labels(&self, base: &Declarative) -> router::Table {
         let mut merged = labels::merge(base, self.instances.lock().values());
         loop {
-            match router::Table::build(&merged) {
+            match flat::compile(&merged) {
                 Ok(t) => return t,
                 Err(e) => {
                     let index = |prefix: &str| {
@@ -115,7 +119,7 @@ impl Gateway {
                         }
                         // The base itself was valid when applied: unreachable
                         // in practice, but never serve nothing.
-                        _ => return router::Table::build(base).unwrap_or_default(),
+                        _ => return flat::compile(base).unwrap_or_default(),
                     }
                 }
             }
@@ -202,20 +206,19 @@ async fn watch_discovery(url: String, gateway: Arc<Gateway>, shutdown: Shutdown)
 pub struct Server {
     config: Config,
     gateway: Arc<Gateway>,
+    admin: Arc<admin::Admin>,
     metrics: Arc<Metrics>,
     proxy_listener: TcpListener,
     admin_listener: TcpListener,
 }
 
-fn empty() -> Declarative {
-    Declarative {
-        format_version: "3.0".into(),
-        ..Declarative::default()
-    }
-}
-
 impl Server {
     pub async fn bind(config: Config) -> Result<Self, StartError> {
+        if !config.admin_addr.ip().is_loopback() && config.admin_token.is_empty() {
+            return Err(StartError::AdminExposed {
+                addr: config.admin_addr,
+            });
+        }
         let bind = |what: &'static str, addr: SocketAddr| {
             move |source| StartError::Bind { what, addr, source }
         };
@@ -225,8 +228,22 @@ impl Server {
         let admin_listener = TcpListener::bind(config.admin_addr)
             .await
             .map_err(bind("the admin API", config.admin_addr))?;
-        let declarative = if config.declarative_config.is_empty() {
-            empty()
+        let store: Arc<dyn bronze_store::Store> = if config.data_dir.is_empty() {
+            Arc::new(bronze_store::RedbStore::in_memory()?)
+        } else {
+            Arc::new(bronze_store::RedbStore::open(
+                &std::path::Path::new(&config.data_dir).join("gateway.redb"),
+            )?)
+        };
+        let stored = admin::load(&*store)?;
+        // A declarative file replaces what the store held; without one, the
+        // store's entities (from the Admin API) are the configuration.
+        let (entities, declarative, table) = if config.declarative_config.is_empty() {
+            let (d, table) = admin::check(&stored).map_err(|e| StartError::Declarative {
+                path: format!("{} (stored configuration)", config.data_dir),
+                message: e.to_string(),
+            })?;
+            (stored, d, table)
         } else {
             let path = config.declarative_config.clone();
             let fail = |message: String| StartError::Declarative {
@@ -234,20 +251,40 @@ impl Server {
                 message,
             };
             let text = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
-            declarative::parse(&text).map_err(|e| fail(e.to_string()))?
+            let doc = declarative::to_value(&text).map_err(|e| fail(e.to_string()))?;
+            let (entities, d, table) =
+                admin::from_document(&doc).map_err(|e| fail(e.to_string()))?;
+            store.apply(&admin::diff(&stored, &entities))?;
+            (entities, d, table)
         };
-        let table = router::Table::build(&declarative).map_err(|e| StartError::Declarative {
-            path: config.declarative_config.clone(),
-            message: e.to_string(),
-        })?;
         let mut metrics = Metrics::new("gateway");
         let gateway_metrics = Arc::new(metrics::GatewayMetrics::register(&mut metrics));
+        let gateway = Arc::new(Gateway {
+            proxy: Arc::new(proxy::Proxy::new(table, gateway_metrics)),
+            current: Mutex::new(declarative),
+            instances: Mutex::new(HashMap::new()),
+        });
+        let info = admin::NodeInfo {
+            proxy_listen: proxy_listener
+                .local_addr()
+                .unwrap_or(config.addr)
+                .to_string(),
+            admin_listen: admin_listener
+                .local_addr()
+                .unwrap_or(config.admin_addr)
+                .to_string(),
+            data_dir: config.data_dir.clone(),
+            declarative_config: config.declarative_config.clone(),
+        };
         Ok(Self {
-            gateway: Arc::new(Gateway {
-                proxy: Arc::new(proxy::Proxy::new(table, gateway_metrics)),
-                current: Mutex::new(declarative),
-                instances: Mutex::new(HashMap::new()),
-            }),
+            admin: Arc::new(admin::Admin::new(
+                gateway.clone(),
+                store,
+                entities,
+                &config.admin_token,
+                info,
+            )),
+            gateway,
             config,
             metrics: Arc::new(metrics),
             proxy_listener,
@@ -268,15 +305,10 @@ impl Server {
     pub async fn serve(self, shutdown: Shutdown) -> Result<(), StartError> {
         let draining = Arc::new(AtomicBool::new(false));
         let d = draining.clone();
-        let admin = Router::new()
-            .route("/config", axum::routing::get(get_config).post(post_config))
-            .route("/services", axum::routing::get(list_services))
-            .route("/routes", axum::routing::get(list_routes))
-            .with_state(self.gateway.clone())
-            .merge(bronze_telemetry::ops_routes(
-                self.metrics.clone(),
-                move || !d.load(Ordering::Relaxed),
-            ));
+        let admin = admin::router(self.admin.clone()).merge(bronze_telemetry::ops_routes(
+            self.metrics.clone(),
+            move || !d.load(Ordering::Relaxed),
+        ));
         let admin_shutdown = shutdown.clone();
         let admin_task = tokio::spawn(async move {
             axum::serve(self.admin_listener, admin)
@@ -356,78 +388,6 @@ async fn serve_proxy(
     }
     // Bounded: a client holding a connection open cannot stall shutdown.
     let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
-}
-
-fn json(status: StatusCode, v: serde_json::Value) -> Response {
-    (status, axum::Json(v)).into_response()
-}
-
-async fn get_config(State(g): State<Arc<Gateway>>) -> Response {
-    let current = g.current.lock().clone();
-    json(
-        StatusCode::OK,
-        serde_json::to_value(current).unwrap_or_default(),
-    )
-}
-
-/// Kong's `POST /config`: replace the whole configuration. A refused
-/// document changes nothing and gets 400 naming the field.
-async fn post_config(State(g): State<Arc<Gateway>>, body: Bytes) -> Response {
-    let applied = declarative::parse(&body).and_then(|d| g.apply(d));
-    match applied {
-        Ok(()) => {
-            let current = g.current.lock().clone();
-            json(
-                StatusCode::CREATED,
-                serde_json::to_value(current).unwrap_or_default(),
-            )
-        }
-        Err(e) => json(
-            StatusCode::BAD_REQUEST,
-            serde_json::json!({
-                "code": 14,
-                "name": "invalid declarative configuration",
-                "message": format!("declarative config is invalid: {e}"),
-                "fields": { e.field.clone(): e.message.clone() },
-            }),
-        ),
-    }
-}
-
-async fn list_services(State(g): State<Arc<Gateway>>) -> Response {
-    let current = g.current.lock();
-    let data: Vec<serde_json::Value> = current
-        .services
-        .iter()
-        .map(|s| {
-            let mut s = s.clone();
-            s.routes.clear();
-            serde_json::to_value(s).unwrap_or_default()
-        })
-        .collect();
-    json(
-        StatusCode::OK,
-        serde_json::json!({ "data": data, "next": null }),
-    )
-}
-
-async fn list_routes(State(g): State<Arc<Gateway>>) -> Response {
-    let current = g.current.lock();
-    let data: Vec<serde_json::Value> = current
-        .services
-        .iter()
-        .flat_map(|s| {
-            s.routes.iter().map(move |r| {
-                let mut v = serde_json::to_value(r).unwrap_or_default();
-                v["service"] = serde_json::json!({ "name": s.name });
-                v
-            })
-        })
-        .collect();
-    json(
-        StatusCode::OK,
-        serde_json::json!({ "data": data, "next": null }),
-    )
 }
 
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), StartError> {

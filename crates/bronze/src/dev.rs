@@ -94,11 +94,13 @@ impl DevArgs {
             let g = bronze_gateway::Config::ephemeral();
             c.gateway.addr = g.addr;
             c.gateway.admin_addr = g.admin_addr;
+            c.gateway.data_dir = String::new();
         } else {
             c.discovery.data_dir = Path::new(&c.data_dir)
                 .join("discovery")
                 .display()
                 .to_string();
+            c.gateway.data_dir = Path::new(&c.data_dir).join("gateway").display().to_string();
             if c.registry.root.is_empty() {
                 c.registry.root = Path::new(&c.data_dir)
                     .join("registry")

@@ -1,0 +1,649 @@
+//! Kong's Admin API driven with curl against the real gateway and echo
+//! backends: CRUD in Kong's paths with JSON and form bodies, no 404 window
+//! while routes are created, upstream targets moving traffic, paging,
+//! Kong's error shapes, persistence across restarts, YAML, the admin token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bronze_gateway::{Config, Server, StartError};
+use bronze_runtime::Shutdown;
+use serde_json::{Value, json};
+
+use super::{curl, echo, s};
+
+struct Running {
+    addr: SocketAddr,
+    admin: SocketAddr,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops the gateway and waits until it let go of its store.
+    async fn stop(self) {
+        self.shutdown.trigger();
+        self.task.await.expect("gateway task");
+    }
+}
+
+async fn start(config: Config) -> Running {
+    let server = Server::bind(config).await.expect("gateway binds");
+    let (addr, admin) = (server.addr(), server.admin_addr());
+    let shutdown = Shutdown::new();
+    let sd = shutdown.clone();
+    let task = tokio::spawn(async move { server.serve(sd).await.expect("gateway serves") });
+    Running {
+        addr,
+        admin,
+        shutdown,
+        task,
+    }
+}
+
+/// curl against the admin API: method, path, extra curl args; status and
+/// the body as JSON (null when empty).
+async fn admin(gw: &Running, method: &str, path: &str, args: &[&str]) -> (u16, Value) {
+    let mut all = s(&["-X", method]);
+    all.extend(s(args));
+    all.push(format!("http://{}{path}", gw.admin));
+    let (code, body) = curl(all).await;
+    let v = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"))
+    };
+    (code, v)
+}
+
+fn json_body(v: Value) -> Vec<String> {
+    s(&["-H", "Content-Type: application/json", "-d", &v.to_string()])
+}
+
+async fn post_json(gw: &Running, path: &str, v: Value) -> (u16, Value) {
+    let args = json_body(v);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    admin(gw, "POST", path, &args).await
+}
+
+async fn proxied(gw: &Running, path: &str) -> (u16, Value) {
+    let (code, body) = curl(s(&[&format!("http://{}{path}", gw.addr)])).await;
+    (code, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn kong_crud_with_json_and_forms_proxies_at_once_and_refuses_bad_input() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let gw = start(Config::ephemeral()).await;
+
+    // A client keeps asking for /api/x while the route is created: it sees
+    // 404 (before) or 200 (after), and never 404 again once it saw 200.
+    let done = Arc::new(AtomicBool::new(false));
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (d, n, url) = (
+        done.clone(),
+        asked.clone(),
+        format!("http://{}/api/x", gw.addr),
+    );
+    bronze_runtime::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let c = client.clone();
+    let watcher = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while !d.load(Ordering::Relaxed) {
+            let status = c.get(&url).send().await.map_or(0, |r| r.status().as_u16());
+            if seen.last() != Some(&status) {
+                seen.push(status);
+            }
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        seen
+    });
+    while asked.load(Ordering::Relaxed) == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    let (code, svc) = post_json(
+        &gw,
+        "/services",
+        json!({"name": "svc", "url": format!("http://{a}")}),
+    )
+    .await;
+    assert_eq!(code, 201, "{svc}");
+    let svc_id = svc["id"].as_str().expect("id").to_string();
+    assert!(uuid_like(&svc_id), "{svc}");
+    assert!(
+        svc["created_at"]
+            .as_i64()
+            .is_some_and(|t| t > 1_600_000_000)
+    );
+    assert!(svc["updated_at"].is_i64());
+
+    // A form body as Kong takes it: paths[] array, a boolean coerced.
+    let (code, route) = admin(
+        &gw,
+        "POST",
+        "/services/svc/routes",
+        &[
+            "-d",
+            "name=r1",
+            "-d",
+            "paths[]=/api",
+            "-d",
+            "strip_path=false",
+            "-d",
+            "methods=GET",
+        ],
+    )
+    .await;
+    assert_eq!(code, 201, "{route}");
+    assert_eq!(route["service"], json!({"id": svc_id}));
+    assert_eq!(route["strip_path"], false);
+    assert_eq!(route["paths"], json!(["/api"]));
+    // Proxies at once, with strip_path false.
+    let (code, v) = proxied(&gw, "/api/x").await;
+    assert_eq!(code, 200);
+    assert_eq!(v["backend"], "a");
+    assert_eq!(v["uri"], "/api/x");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    done.store(true, Ordering::Relaxed);
+    let seen = watcher.await.expect("watcher");
+    drop(client);
+    assert_eq!(seen, vec![404, 200], "statuses in the order seen");
+
+    // PATCH a route's paths: the old path goes, the new one works.
+    let (code, v) = admin(
+        &gw,
+        "PATCH",
+        "/routes/r1",
+        &json_body(json!({"paths": ["/v2"]}))
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["strip_path"], false, "PATCH keeps other fields: {v}");
+    assert_eq!(proxied(&gw, "/v2/y").await.1["uri"], "/v2/y");
+    assert_eq!(proxied(&gw, "/api/x").await.0, 404);
+
+    // Forms: a number coerced, `service.name=`, repeated `paths=`.
+    let (code, svc2) = admin(
+        &gw,
+        "POST",
+        "/services",
+        &[
+            "-d",
+            "name=svc2",
+            "-d",
+            "host=127.0.0.1",
+            "-d",
+            &format!("port={}", b.port()),
+        ],
+    )
+    .await;
+    assert_eq!(code, 201, "{svc2}");
+    assert_eq!(svc2["port"], b.port());
+    let (code, r2) = admin(
+        &gw,
+        "POST",
+        "/routes",
+        &[
+            "-d",
+            "name=r2",
+            "-d",
+            "paths=/b1",
+            "-d",
+            "paths=/b2",
+            "-d",
+            "service.name=svc2",
+        ],
+    )
+    .await;
+    assert_eq!(code, 201, "{r2}");
+    assert_eq!(r2["service"]["id"], svc2["id"]);
+    assert_eq!(proxied(&gw, "/b2/z").await.1["backend"], "b");
+    assert_eq!(
+        admin(&gw, "GET", "/routes", &[]).await.1["data"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    let (_, mine) = admin(&gw, "GET", "/services/svc2/routes", &[]).await;
+    assert_eq!(mine["data"][0]["name"], "r2", "{mine}");
+    assert_eq!(mine["data"].as_array().map(Vec::len), Some(1));
+    let (code, by_id) = admin(&gw, "GET", &format!("/services/{svc_id}"), &[]).await;
+    assert_eq!((code, by_id["name"].as_str()), (200, Some("svc")));
+
+    // Refusals: Kong's shapes, and nothing changes.
+    let (code, v) = post_json(&gw, "/services", json!({"name": "svc", "host": "x"})).await;
+    assert_eq!(code, 409, "{v}");
+    assert_eq!(v["code"], 5);
+    assert_eq!(v["name"], "unique constraint violation");
+    assert_eq!(v["fields"]["name"], "svc");
+    let (code, v) = post_json(
+        &gw,
+        "/services/svc/routes",
+        json!({"name": "bad", "paths": ["/ok", "nope"]}),
+    )
+    .await;
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["code"], 2);
+    assert_eq!(v["name"], "schema violation");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("schema violation (paths.2: ")),
+        "{v}"
+    );
+    assert!(v["fields"]["paths"][0].is_null(), "{v}");
+    assert!(v["fields"]["paths"][1].is_string(), "{v}");
+    let (code, v) = post_json(
+        &gw,
+        "/routes",
+        json!({"name": "x", "paths": ["/x"], "snis": ["a"], "service": {"id": svc_id}}),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(v["fields"]["snis"].is_string(), "{v}");
+    let (code, v) = admin(
+        &gw,
+        "POST",
+        "/services",
+        &["-d", "name=s3&host=x&port=many"],
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(v["fields"]["port"].is_string(), "{v}");
+    let (code, v) = post_json(
+        &gw,
+        "/routes",
+        json!({"name": "orphan", "paths": ["/o"], "service": {"name": "nope"}}),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert_eq!(v["name"], "foreign key violation", "{v}");
+    let (code, v) = admin(
+        &gw,
+        "POST",
+        "/services",
+        &["-H", "Content-Type: application/json", "-d", "{not json"],
+    )
+    .await;
+    assert_eq!(
+        (code, &v["message"]),
+        (400, &json!("Cannot parse JSON body"))
+    );
+    assert_eq!(
+        admin(&gw, "GET", "/services", &[]).await.1["data"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(proxied(&gw, "/v2/y").await.0, 200);
+
+    // A service that routes use cannot go; its routes can, then it can.
+    let (code, v) = admin(&gw, "DELETE", "/services/svc", &[]).await;
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["name"], "foreign key violation");
+    assert_eq!(admin(&gw, "DELETE", "/routes/r1", &[]).await.0, 204);
+    assert_eq!(proxied(&gw, "/v2/y").await.0, 404);
+    assert_eq!(admin(&gw, "DELETE", "/services/svc", &[]).await.0, 204);
+    assert_eq!(
+        admin(&gw, "GET", "/services/svc", &[]).await,
+        (404, json!({"message": "Not found"}))
+    );
+    // PUT upserts by name.
+    let (code, v) = admin(
+        &gw,
+        "PUT",
+        "/services/svc",
+        &json_body(json!({"url": format!("http://{a}")}))
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["name"], "svc");
+
+    // Node information, status, and the running flat document.
+    let (code, root) = admin(&gw, "GET", "/", &[]).await;
+    assert_eq!(code, 200);
+    assert!(root["version"].as_str().is_some_and(|v| v.starts_with('3')));
+    assert_eq!(
+        root["configuration"]["admin_listen"][0],
+        gw.admin.to_string()
+    );
+    let (code, status) = admin(&gw, "GET", "/status", &[]).await;
+    assert_eq!(code, 200);
+    assert_eq!(status["database"]["reachable"], true);
+    let (_, config) = admin(&gw, "GET", "/config", &[]).await;
+    assert_eq!(config["routes"][0]["name"], "r2", "{config}");
+    assert_eq!(config["routes"][0]["service"]["id"], svc2["id"]);
+    gw.stop().await;
+}
+
+fn uuid_like(s: &str) -> bool {
+    s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
+}
+
+#[tokio::test]
+async fn upstream_targets_move_traffic_and_lists_page() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let gw = start(Config::ephemeral()).await;
+    let (code, up) = admin(&gw, "PUT", "/upstreams/pool", &[]).await;
+    assert_eq!(code, 200, "{up}");
+    assert_eq!(up["name"], "pool");
+    let (code, t) = post_json(
+        &gw,
+        "/upstreams/pool/targets",
+        json!({"target": a.to_string()}),
+    )
+    .await;
+    assert_eq!(code, 201, "{t}");
+    assert_eq!(t["upstream"]["id"], up["id"]);
+    assert_eq!(
+        post_json(&gw, "/services", json!({"name": "pool", "host": "pool"}))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        post_json(&gw, "/services/pool/routes", json!({"paths": ["/pool"]}))
+            .await
+            .0,
+        201
+    );
+    let backends = |n| {
+        let gw = &gw;
+        async move {
+            let mut seen = std::collections::BTreeMap::new();
+            for _ in 0..n {
+                let (_, v) = proxied(gw, "/pool").await;
+                *seen
+                    .entry(v["backend"].as_str().unwrap_or("?").to_string())
+                    .or_insert(0) += 1;
+            }
+            seen
+        }
+    };
+    assert_eq!(backends(4).await.keys().collect::<Vec<_>>(), vec!["a"]);
+
+    // A second target shares the traffic; removing the first moves it all.
+    let (code, _) = admin(
+        &gw,
+        "POST",
+        "/upstreams/pool/targets",
+        &["-d", &format!("target={b}"), "-d", "weight=100"],
+    )
+    .await;
+    assert_eq!(code, 201);
+    let (code, v) = post_json(
+        &gw,
+        "/upstreams/pool/targets",
+        json!({"target": b.to_string()}),
+    )
+    .await;
+    assert_eq!(code, 409, "{v}");
+    // Weight 100 is 10 ring slots each: 20 requests, 10 to each.
+    let seen = backends(20).await;
+    assert_eq!((seen.get("a"), seen.get("b")), (Some(&10), Some(&10)));
+    assert_eq!(
+        admin(&gw, "DELETE", &format!("/upstreams/pool/targets/{a}"), &[])
+            .await
+            .0,
+        204
+    );
+    assert_eq!(backends(4).await.keys().collect::<Vec<_>>(), vec!["b"]);
+    let (_, targets) = admin(&gw, "GET", "/upstreams/pool/targets", &[]).await;
+    assert_eq!(targets["data"].as_array().map(Vec::len), Some(1));
+    assert_eq!(targets["data"][0]["target"], b.to_string());
+    // Targets are validated as the declarative file's are.
+    let (code, v) = post_json(&gw, "/upstreams/pool/targets", json!({"target": "no-port"})).await;
+    assert_eq!(code, 400);
+    assert!(v["fields"]["target"].is_string(), "{v}");
+
+    // Six services created at once: every change is applied whole.
+    let created = futures::future::join_all((0..6).map(|i| {
+        let tags = if i % 2 == 0 {
+            vec!["even"]
+        } else {
+            vec!["odd"]
+        };
+        post_json(
+            &gw,
+            "/services",
+            json!({"name": format!("s{i}"), "url": "http://127.0.0.1:9", "tags": tags}),
+        )
+    }))
+    .await;
+    assert!(created.iter().all(|(code, _)| *code == 201), "{created:?}");
+    let (_, even) = admin(&gw, "GET", "/services?tags=even", &[]).await;
+    assert_eq!(even["data"].as_array().map(Vec::len), Some(3), "{even}");
+    let (_, either) = admin(&gw, "GET", "/services?tags=even/odd", &[]).await;
+    assert_eq!(either["data"].as_array().map(Vec::len), Some(6));
+    let (_, both) = admin(&gw, "GET", "/services?tags=even,odd", &[]).await;
+    assert_eq!(both["data"], json!([]));
+
+    // Paging: size and offset as Kong pages.
+    let mut names = Vec::new();
+    let mut path = "/services?size=3".to_string();
+    let mut pages = 0;
+    loop {
+        let (code, page) = admin(&gw, "GET", &path, &[]).await;
+        assert_eq!(code, 200, "{page}");
+        let data = page["data"].as_array().expect("data");
+        assert!(data.len() <= 3);
+        names.extend(
+            data.iter()
+                .map(|s| s["name"].as_str().unwrap_or("").to_string()),
+        );
+        pages += 1;
+        match page["next"].as_str() {
+            Some(next) => path = next.to_string(),
+            None => break,
+        }
+    }
+    names.sort();
+    assert_eq!(names, vec!["pool", "s0", "s1", "s2", "s3", "s4", "s5"]);
+    assert_eq!(pages, 3);
+    let (code, v) = admin(&gw, "GET", "/services?size=0", &[]).await;
+    assert_eq!((code, &v["name"]), (400, &json!("invalid size")));
+    let (code, v) = admin(&gw, "GET", "/services?offset=zzz", &[]).await;
+    assert_eq!((code, &v["name"]), (400, &json!("invalid offset")));
+
+    // Deleting the upstream takes its targets with it.
+    assert_eq!(admin(&gw, "DELETE", "/upstreams/pool", &[]).await.0, 204);
+    assert_eq!(
+        admin(&gw, "GET", "/upstreams/pool/targets", &[]).await.0,
+        404
+    );
+    let (_, config) = admin(&gw, "GET", "/config", &[]).await;
+    assert!(config.get("targets").is_none(), "{config}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn entities_survive_restarts_and_a_yaml_file_replaces_them() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = || Config {
+        data_dir: dir.path().display().to_string(),
+        ..Config::ephemeral()
+    };
+
+    let gw = start(config()).await;
+    assert_eq!(
+        post_json(
+            &gw,
+            "/services",
+            json!({"name": "kept", "url": format!("http://{a}")})
+        )
+        .await
+        .0,
+        201
+    );
+    let (code, route) = post_json(
+        &gw,
+        "/services/kept/routes",
+        json!({"name": "kept", "paths": ["/kept"]}),
+    )
+    .await;
+    assert_eq!(code, 201);
+    assert_eq!(proxied(&gw, "/kept/1").await.1["backend"], "a");
+    gw.stop().await;
+
+    // Same directory, no file: the route is back, with its id.
+    let gw = start(config()).await;
+    assert_eq!(proxied(&gw, "/kept/1").await.1["backend"], "a");
+    let (_, again) = admin(&gw, "GET", "/routes/kept", &[]).await;
+    assert_eq!(again["id"], route["id"]);
+    gw.stop().await;
+
+    // A YAML declarative file at start replaces what the store held.
+    let file = dir.path().join("kong.yml");
+    std::fs::write(
+        &file,
+        format!(
+            "_format_version: \"3.0\"\nservices:\n  - name: yaml\n    url: http://{b}\n    routes:\n      - name: yaml\n        paths:\n          - /yaml\n"
+        ),
+    )
+    .expect("write");
+    let gw = start(Config {
+        declarative_config: file.display().to_string(),
+        ..config()
+    })
+    .await;
+    assert_eq!(proxied(&gw, "/yaml/1").await.1["backend"], "b");
+    assert_eq!(proxied(&gw, "/kept/1").await.0, 404);
+    gw.stop().await;
+    let gw = start(config()).await;
+    assert_eq!(proxied(&gw, "/yaml/1").await.1["backend"], "b");
+    let (_, services) = admin(&gw, "GET", "/services", &[]).await;
+    assert_eq!(services["data"].as_array().map(Vec::len), Some(1));
+
+    // POST /config takes YAML too, and a bad one names the field.
+    let (code, v) = admin(
+        &gw,
+        "POST",
+        "/config",
+        &[
+            "--data-binary",
+            &format!("_format_version: \"3.0\"\nservices:\n- name: y2\n  url: http://{a}\n  routes:\n  - name: y2\n    paths: [/y2]\n"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(proxied(&gw, "/y2").await.1["backend"], "a");
+    assert_eq!(proxied(&gw, "/yaml/1").await.0, 404);
+    let (code, v) = admin(
+        &gw,
+        "POST",
+        "/config",
+        &[
+            "--data-binary",
+            "_format_version: \"3.0\"\nservices:\n- name: y3\n  port: many\n",
+        ],
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(v["fields"]["services[0].port"].is_string(), "{v}");
+    assert_eq!(proxied(&gw, "/y2").await.1["backend"], "a");
+    // GET /config as YAML is a file POST /config takes back.
+    let (code, yaml) = curl(s(&[
+        "-H",
+        "Accept: application/yaml",
+        &format!("http://{}/config", gw.admin),
+    ]))
+    .await;
+    assert_eq!(code, 200);
+    assert!(yaml.contains("name: y2"), "{yaml}");
+    assert!(!yaml.trim_start().starts_with('{'), "{yaml}");
+    let (code, v) = admin(&gw, "POST", "/config", &["--data-binary", &yaml]).await;
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(proxied(&gw, "/y2").await.1["backend"], "a");
+    gw.stop().await;
+    let gw = start(config()).await;
+    assert_eq!(proxied(&gw, "/y2").await.1["backend"], "a");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_exposed_admin_api_needs_a_token_and_every_request_carries_it() {
+    let exposed = Config {
+        admin_addr: "0.0.0.0:0".parse().expect("addr"),
+        ..Config::ephemeral()
+    };
+    match Server::bind(exposed.clone()).await {
+        Err(e @ StartError::AdminExposed { .. }) => {
+            assert!(e.to_string().contains("admin_token"), "{e}")
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("an exposed admin API without a token must not start"),
+    }
+    let mut unchecked = exposed.clone();
+    assert!(
+        unchecked
+            .validate()
+            .is_err_and(|e| e.to_string().contains("admin_token"))
+    );
+
+    let gw = start(Config {
+        admin_token: "s3cret".into(),
+        ..exposed
+    })
+    .await;
+    let at = |gw: &Running| SocketAddr::from(([127, 0, 0, 1], gw.admin.port()));
+    let call = |args: &[&str], path: &str| {
+        let mut all = s(args);
+        all.push(format!("http://{}{path}", at(&gw)));
+        curl(all)
+    };
+    let (code, body) = call(&[], "/services").await;
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("Invalid credentials"));
+    assert_eq!(
+        call(&["-H", "Kong-Admin-Token: wrong"], "/services")
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        call(&["-H", "Authorization: Bearer s3cre"], "/services")
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        call(&["-H", "Kong-Admin-Token: s3cret"], "/services")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(&["-H", "Authorization: Bearer s3cret"], "/services")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(&["-X", "POST", "-d", "name=x&host=y"], "/services")
+            .await
+            .0,
+        401
+    );
+    assert_eq!(call(&["-X", "POST", "-d", "{}"], "/config").await.0, 401);
+    assert_eq!(call(&[], "/").await.0, 401);
+    // Nothing was created by the refused calls.
+    let (_, body) = call(&["-H", "Kong-Admin-Token: s3cret"], "/services").await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json")["data"],
+        json!([])
+    );
+    // Health and metrics stay open.
+    assert_eq!(call(&[], "/healthz").await.0, 200);
+    assert_eq!(call(&[], "/metrics").await.0, 200);
+    gw.stop().await;
+}
