@@ -4,6 +4,7 @@
 //! keep-alive pool; stream the answer back. Bodies are never buffered.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -38,6 +39,34 @@ pub struct Downstream {
     pub peer: SocketAddr,
     /// The peer's IP as a header value (X-Forwarded-For, X-Real-IP).
     pub ip: HeaderValue,
+    /// One timer per connection, moved forward for each request: moving a
+    /// registered tokio timer later is an atomic store, where a new timer
+    /// per request costs a registration and a removal in the timer wheel.
+    /// (Concurrent HTTP/2 streams find it taken and make their own.)
+    timer: parking_lot::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>,
+}
+
+/// Runs `fut` until `deadline`, on the connection's reusable timer.
+async fn within<F: Future>(
+    conn: &Downstream,
+    deadline: tokio::time::Instant,
+    fut: F,
+) -> Option<F::Output> {
+    let taken = conn.timer.lock().take();
+    let mut timer = match taken {
+        Some(mut t) => {
+            t.as_mut().reset(deadline);
+            t
+        }
+        None => Box::pin(tokio::time::sleep_until(deadline)),
+    };
+    let out = tokio::select! {
+        biased;
+        out = fut => Some(out),
+        () = &mut timer => None,
+    };
+    *conn.timer.lock() = Some(timer);
+    out
 }
 
 impl Downstream {
@@ -46,6 +75,7 @@ impl Downstream {
             peer,
             ip: HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or(HeaderValue::from_static("")),
+            timer: parking_lot::Mutex::new(None),
         }
     }
 }
@@ -351,7 +381,8 @@ impl Proxy {
                         .await
                 }
             };
-            let sent = tokio::time::timeout(service.read_timeout, send).await;
+            let deadline = tokio::time::Instant::now() + service.read_timeout;
+            let sent = within(conn, deadline, send).await.ok_or(());
             match sent {
                 Ok(Err(e)) => {
                     service.eject(&target);
