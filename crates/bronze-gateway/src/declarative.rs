@@ -1,5 +1,6 @@
 //! Kong's declarative (DB-less) configuration: `_format_version`,
-//! `services` with nested `routes`, and `upstreams` with `targets`, in
+//! `services` with nested `routes`, `upstreams` with `targets`, and
+//! `certificates` with their `snis`, in
 //! Kong's field names. Bronze reads the JSON form (every JSON document is
 //! also YAML, so such a file is a valid Kong declarative file). Fields
 //! Kong has but Bronze does not implement yet are refused by name rather
@@ -24,6 +25,8 @@ pub struct Declarative {
     pub services: Vec<Service>,
     #[serde(default)]
     pub upstreams: Vec<Upstream>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<Certificate>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -82,6 +85,10 @@ pub struct Route {
     pub preserve_host: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regex_priority: Option<i64>,
+    /// What a plain-HTTP request to an https-only route gets: 426 (Kong's
+    /// default), or a redirect (301, 302, 307, 308) to https.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_redirect_status_code: Option<u16>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
 }
@@ -106,6 +113,75 @@ pub struct Target {
     pub target: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+}
+
+/// Kong's `certificates` entity: a PEM certificate chain (leaf first) and
+/// its private key, optionally an alternate pair of another key type (an
+/// ECDSA and an RSA certificate for the same names), served to TLS clients
+/// whose SNI is one of `snis`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub cert: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_alt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_alt: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snis: Vec<Sni>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+/// One of a certificate's server names: `a.example.com`, `*.example.com`
+/// or `example.*`. Read from Kong's declarative form (`{"name": "..."}`)
+/// or the Admin API's (`"..."`); written in the declarative form.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Sni {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for Sni {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Object {
+            #[serde(default)]
+            id: Option<String>,
+            name: String,
+            #[serde(default)]
+            tags: Vec<String>,
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Sni;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a server name, or {\"name\": \"<server name>\"}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Sni, E> {
+                Ok(Sni {
+                    name: v.to_string(),
+                    ..Sni::default()
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Sni, A::Error> {
+                let o = Object::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Sni {
+                    id: o.id,
+                    name: o.name,
+                    tags: o.tags,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// A configuration refused: which field (Kong's path, e.g.

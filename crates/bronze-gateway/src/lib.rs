@@ -7,6 +7,7 @@
 //!   field;
 //! - `router`: the compiled table and its priority order;
 //! - `proxy`: request rewriting and forwarding;
+//! - `tls`: certificates by SNI for the TLS listener;
 //! - this file: listeners, the accept loop, the admin API.
 
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod labels;
 pub mod metrics;
 pub mod proxy;
 pub mod router;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,8 +33,6 @@ use axum::response::{IntoResponse, Response};
 use bronze_proto::discovery::v1 as pb;
 use bronze_runtime::Shutdown;
 use bronze_telemetry::Metrics;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 
@@ -49,6 +49,9 @@ pub enum StartError {
     },
     #[error("declarative_config {path}: {message}")]
     Declarative { path: String, message: String },
+    /// The default certificate (`tls_cert`, `tls_key`).
+    #[error("{0}")]
+    Tls(String),
 }
 
 type InstanceKey = (String, String);
@@ -67,13 +70,15 @@ impl Gateway {
     /// for), then swaps it in; on error nothing changes.
     fn apply(&self, d: Declarative) -> Result<(), Invalid> {
         let mut current = self.current.lock();
+        let certificates = Arc::new(tls::Certificates::build(&d.certificates)?);
         let table = router::Table::build(&d)?;
         // Compiled once more only when discovery adds label routes.
-        let table = if self.instances.lock().is_empty() {
+        let mut table = if self.instances.lock().is_empty() {
             table
         } else {
             self.with_labels(&d)
         };
+        table.certificates = certificates;
         let (services, routes) = (table.services.len(), table.routes);
         self.proxy.swap(table);
         *current = d;
@@ -84,7 +89,8 @@ impl Gateway {
     /// Rebuilds after discovery changed.
     fn refresh(&self) {
         let current = self.current.lock();
-        let table = self.with_labels(&current);
+        let mut table = self.with_labels(&current);
+        table.certificates = self.proxy.table.load().certificates.clone();
         self.proxy.swap(table);
     }
 
@@ -204,6 +210,8 @@ pub struct Server {
     metrics: Arc<Metrics>,
     proxy_listener: TcpListener,
     admin_listener: TcpListener,
+    /// The TLS proxy listener (`tls_addr`) and its rustls configuration.
+    tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
 }
 
 fn empty() -> Declarative {
@@ -235,18 +243,38 @@ impl Server {
             let text = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
             declarative::parse(&text).map_err(|e| fail(e.to_string()))?
         };
-        let table = router::Table::build(&declarative).map_err(|e| StartError::Declarative {
+        let invalid = |e: Invalid| StartError::Declarative {
             path: config.declarative_config.clone(),
             message: e.to_string(),
-        })?;
+        };
+        let certificates =
+            Arc::new(tls::Certificates::build(&declarative.certificates).map_err(invalid)?);
+        let mut table = router::Table::build(&declarative).map_err(invalid)?;
+        table.certificates = certificates;
+        let default_cert = if config.tls_cert.is_empty() {
+            None
+        } else {
+            Some(tls::load_default(&config.tls_cert, &config.tls_key).map_err(StartError::Tls)?)
+        };
+        let tls_listener = match config.tls_addr() {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(bind("the TLS proxy", addr))?,
+            ),
+            None => None,
+        };
         let mut metrics = Metrics::new("gateway");
         let gateway_metrics = Arc::new(metrics::GatewayMetrics::register(&mut metrics));
+        let proxy = Arc::new(proxy::Proxy::new(table, gateway_metrics));
+        let tls = tls_listener.map(|l| (l, tls::server_config(proxy.clone(), default_cert)));
         Ok(Self {
             gateway: Arc::new(Gateway {
-                proxy: Arc::new(proxy::Proxy::new(table, gateway_metrics)),
+                proxy,
                 current: Mutex::new(declarative),
                 instances: Mutex::new(HashMap::new()),
             }),
+            tls,
             config,
             metrics: Arc::new(metrics),
             proxy_listener,
@@ -256,6 +284,11 @@ impl Server {
 
     pub fn addr(&self) -> SocketAddr {
         self.proxy_listener.local_addr().unwrap_or(self.config.addr)
+    }
+
+    /// The TLS proxy listener's address, when `tls_addr` is set.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -289,14 +322,27 @@ impl Server {
                 shutdown.clone(),
             ))
         });
-        tracing::info!(proxy = %self.config.addr, admin = %self.config.admin_addr, "gateway serving");
+        tracing::info!(proxy = %self.config.addr, admin = %self.config.admin_addr, tls = %self.config.tls_addr, "gateway serving");
+        let tls_task = self.tls.map(|(listener, config)| {
+            tokio::spawn(serve_proxy(
+                listener,
+                Some(tokio_rustls::TlsAcceptor::from(config)),
+                self.gateway.proxy.clone(),
+                self.config.header_read_timeout,
+                shutdown.clone(),
+            ))
+        });
         serve_proxy(
             self.proxy_listener,
+            None,
             self.gateway.proxy.clone(),
             self.config.header_read_timeout,
             shutdown.clone(),
         )
         .await;
+        if let Some(t) = tls_task {
+            let _ = t.await;
+        }
         draining.store(true, Ordering::Relaxed);
         let _ = admin_task.await;
         if let Some(w) = watcher {
@@ -307,52 +353,40 @@ impl Server {
     }
 }
 
-/// Accepts until shutdown, then lets open connections finish.
+/// Accepts until shutdown, then lets open connections finish (at most
+/// 30 s: a client holding a connection open cannot stall shutdown). With
+/// `tls`, the handshake must finish within `header_read_timeout` too.
 async fn serve_proxy(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     proxy: Arc<proxy::Proxy>,
     header_read_timeout: Duration,
     shutdown: Shutdown,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .max_buf_size(64 << 10);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(64 << 10);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.wait() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let service = hyper::service::service_fn(move |req| {
+    let options = bronze_runtime::serve::Options {
+        tls,
+        handshake_timeout: header_read_timeout,
+        header_read_timeout: Some(header_read_timeout),
+        max_header_bytes: Some(64 << 10),
+        drain_timeout: Some(Duration::from_secs(30)),
+    };
+    bronze_runtime::serve::serve(
+        listener,
+        options,
+        move |conn| {
             let proxy = proxy.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer).await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let watched = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(error) = watched.await {
-                tracing::debug!(%peer, %error, "connection ended with an error");
-            }
-        });
-    }
-    // Bounded: a client holding a connection open cannot stall shutdown.
-    let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
+            hyper::service::service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        proxy.handle_conn(req, conn.peer, conn.tls).await,
+                    )
+                }
+            })
+        },
+        shutdown,
+    )
+    .await;
 }
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response {

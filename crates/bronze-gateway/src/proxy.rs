@@ -92,6 +92,41 @@ pub fn error(status: StatusCode, message: &str) -> Response<Body> {
     r
 }
 
+/// Kong's answer to plain HTTP on an https-only route: 426 with
+/// `Upgrade: TLS/1.2, HTTP/1.1`, or a redirect to `https://<host><uri>`
+/// (the host without its port, as nginx's `$host`).
+fn https_required(status: StatusCode, req: &Request<Incoming>, host: &str) -> Response<Body> {
+    if status == StatusCode::UPGRADE_REQUIRED {
+        let mut r = error(status, "Please use HTTPS protocol");
+        // Connection-specific headers do not exist in HTTP/2.
+        if req.version() <= Version::HTTP_11 {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            r.headers_mut().insert(
+                header::UPGRADE,
+                HeaderValue::from_static("TLS/1.2, HTTP/1.1"),
+            );
+        }
+        return r;
+    }
+    let name = match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => host,
+    };
+    let uri = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
+    *r.status_mut() = status;
+    match HeaderValue::from_str(&format!("https://{name}{uri}")) {
+        Ok(location) => {
+            r.headers_mut().insert(header::LOCATION, location);
+        }
+        Err(_) => return error(StatusCode::BAD_REQUEST, "Please use HTTPS protocol"),
+    }
+    r.headers_mut()
+        .insert("server", HeaderValue::from_static("bronze-gateway"));
+    r
+}
+
 impl Proxy {
     pub fn new(table: Table, metrics: Arc<GatewayMetrics>) -> Self {
         let mut connector = HttpConnector::new();
@@ -118,7 +153,18 @@ impl Proxy {
         self.table.store(Arc::new(table));
     }
 
-    pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    /// A request that came over plain HTTP.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        self.handle_conn(req, peer, false).await
+    }
+
+    /// A request from `peer`, over TLS when `tls`.
+    pub async fn handle_conn(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        tls: bool,
+    ) -> Response<Body> {
         let table = self.table.load();
         let host = req
             .headers()
@@ -137,6 +183,10 @@ impl Proxy {
         let counters = route
             .counters
             .get_or_init(|| self.metrics.route_counters(&route.name, &service.name));
+        if route.https_only && !tls {
+            counters.count(route.https_redirect);
+            return https_required(route.https_redirect, &req, &host);
+        }
         let Some(target) = service.pick() else {
             counters.count(StatusCode::SERVICE_UNAVAILABLE);
             return error(
@@ -193,7 +243,10 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&ip) {
             headers.insert("x-real-ip", v);
         }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        headers.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if tls { "https" } else { "http" }),
+        );
         if let Ok(v) = HeaderValue::from_str(&host) {
             headers.insert("x-forwarded-host", v);
         }
