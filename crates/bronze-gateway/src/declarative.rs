@@ -245,6 +245,29 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.field, "services[0].routes[0].snis");
         assert!(e.message.contains("snis"), "{e}");
+        // snis: Kong's declarative form and the Admin API's, one shape out.
+        let d = parse(
+            br#"{"_format_version": "3.0", "certificates": [{"cert": "c", "key": "k",
+                 "snis": [{"name": "a.example.com", "tags": ["x"]}, "*.example.com"]}]}"#,
+        )
+        .unwrap();
+        let names: Vec<&str> = d.certificates[0]
+            .snis
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["a.example.com", "*.example.com"]);
+        assert_eq!(
+            serde_json::to_value(&d.certificates[0].snis).unwrap(),
+            serde_json::json!([{"name": "a.example.com", "tags": ["x"]}, {"name": "*.example.com"}])
+        );
+        let e = parse(br#"{"_format_version": "3.0", "certificates": [{"cert": "c", "key": "k", "snis": [{"nam": "a"}]}]}"#)
+            .unwrap_err();
+        assert!(e.field.starts_with("certificates[0].snis[0]"), "{e}");
+        let e =
+            parse(br#"{"_format_version": "3.0", "certificates": [{"cert": "c"}]}"#).unwrap_err();
+        assert_eq!(e.field, "certificates[0]");
+        assert!(e.message.contains("key"), "{e}");
         let e = parse(br#"{"_format_version": "9"}"#).unwrap_err();
         assert_eq!(e.field, "_format_version");
         let e = parse(br#"{"_format_version": "3.0", "services": [{"name": "a", "port": 70000}]}"#)

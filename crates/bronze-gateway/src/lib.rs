@@ -267,6 +267,11 @@ impl Server {
         let mut metrics = Metrics::new("gateway");
         let gateway_metrics = Arc::new(metrics::GatewayMetrics::register(&mut metrics));
         let proxy = Arc::new(proxy::Proxy::new(table, gateway_metrics));
+        if tls_listener.is_some() && default_cert.is_none() {
+            tracing::info!(
+                "TLS listener without a default certificate (tls_cert): clients whose SNI matches no certificate get an alert"
+            );
+        }
         let tls = tls_listener.map(|l| (l, tls::server_config(proxy.clone(), default_cert)));
         Ok(Self {
             gateway: Arc::new(Gateway {

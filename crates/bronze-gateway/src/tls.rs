@@ -309,16 +309,17 @@ impl std::fmt::Debug for Resolver {
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let table = self.proxy.table.load();
-        let found = hello.server_name().and_then(|name| {
-            // rustls lowercases the SNI; be safe without allocating when so.
-            if name.bytes().any(|b| b.is_ascii_uppercase()) {
-                table.certificates.find(&name.to_ascii_lowercase()).cloned()
-            } else {
-                table.certificates.find(name).cloned()
+        let lowered;
+        let found = match hello.server_name() {
+            // rustls lowercases the SNI already; allocate only if not.
+            Some(name) if name.bytes().any(|b| b.is_ascii_uppercase()) => {
+                lowered = name.to_ascii_lowercase();
+                table.certificates.find(&lowered)
             }
-        });
+            Some(name) => table.certificates.find(name),
+            None => None,
+        };
         found
-            .as_ref()
             .or(self.default.as_ref())
             .map(|s| s.choose(hello.signature_schemes()))
     }

@@ -743,3 +743,57 @@ async fn a_client_that_never_finishes_its_handshake_is_dropped() {
     assert!(waited >= Duration::from_millis(400), "{waited:?}");
     assert!(waited < Duration::from_secs(5), "{waited:?}");
 }
+
+#[tokio::test]
+async fn bad_tls_settings_are_refused_by_name() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let (a, b) = (
+        pki.leaf(&ca, "a", &["a.example.com"], false),
+        pki.leaf(&ca, "b", &["b.example.com"], false),
+    );
+    let bind = |tune: &dyn Fn(&mut Config)| {
+        let mut config = Config::ephemeral();
+        config.tls_addr = "127.0.0.1:0".into();
+        tune(&mut config);
+        async move {
+            config.validate().map_err(|e| e.to_string())?;
+            Server::bind(config)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    };
+    let e = bind(&|c| c.tls_addr = "8443".into())
+        .await
+        .expect_err("refused");
+    assert!(e.contains("tls_addr") && e.contains("8443"), "{e}");
+    let e = bind(&|c| c.tls_cert = a.cert_path.display().to_string())
+        .await
+        .expect_err("refused");
+    assert!(e.contains("tls_key"), "{e}");
+    let missing = pki.path("missing.pem");
+    let e = bind(&|c| {
+        c.tls_cert = missing.clone();
+        c.tls_key = a.key_path.display().to_string();
+    })
+    .await
+    .expect_err("refused");
+    assert!(e.contains("tls_cert") && e.contains("missing.pem"), "{e}");
+    let e = bind(&|c| {
+        c.tls_cert = a.cert_path.display().to_string();
+        c.tls_key = b.key_path.display().to_string();
+    })
+    .await
+    .expect_err("refused");
+    assert!(
+        e.contains("tls_key") && e.contains("certificate does not match key"),
+        "{e}"
+    );
+    bind(&|c| {
+        c.tls_cert = a.cert_path.display().to_string();
+        c.tls_key = a.key_path.display().to_string();
+    })
+    .await
+    .expect("a matching pair is accepted");
+}
