@@ -27,6 +27,9 @@ pub struct Declarative {
     pub upstreams: Vec<Upstream>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<Certificate>,
+    /// Kong's top-level `snis`: names given to a certificate by its `id`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snis: Vec<SniEntity>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -178,6 +181,54 @@ impl<'de> Deserialize<'de> for Sni {
                     name: o.name,
                     tags: o.tags,
                 })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// Kong's top-level `snis` entity: a server name for the certificate whose
+/// `id` is `certificate` (`"<id>"` or `{"id": "<id>"}`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SniEntity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub name: String,
+    pub certificate: Reference,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+/// A foreign key as Kong's declarative format writes it: the id, or
+/// `{"id": "<id>"}`; written as the latter.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Reference {
+    pub id: String,
+}
+
+impl<'de> Deserialize<'de> for Reference {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Object {
+            id: String,
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Reference;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an id, or {\"id\": \"<id>\"}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Reference, E> {
+                Ok(Reference { id: v.to_string() })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Reference, A::Error> {
+                let o = Object::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Reference { id: o.id })
             }
         }
         d.deserialize_any(Visitor)

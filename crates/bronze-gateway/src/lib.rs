@@ -70,7 +70,7 @@ impl Gateway {
     /// for), then swaps it in; on error nothing changes.
     fn apply(&self, d: Declarative) -> Result<(), Invalid> {
         let mut current = self.current.lock();
-        let certificates = Arc::new(tls::Certificates::build(&d.certificates)?);
+        let certificates = Arc::new(tls::Certificates::build(&d)?);
         let table = router::Table::build(&d)?;
         // Compiled once more only when discovery adds label routes.
         let mut table = if self.instances.lock().is_empty() {
@@ -247,8 +247,7 @@ impl Server {
             path: config.declarative_config.clone(),
             message: e.to_string(),
         };
-        let certificates =
-            Arc::new(tls::Certificates::build(&declarative.certificates).map_err(invalid)?);
+        let certificates = Arc::new(tls::Certificates::build(&declarative).map_err(invalid)?);
         let mut table = router::Table::build(&declarative).map_err(invalid)?;
         table.certificates = certificates;
         let default_cert = if config.tls_cert.is_empty() {

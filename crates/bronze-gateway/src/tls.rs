@@ -23,7 +23,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::declarative::{Certificate, Invalid};
+use crate::declarative::{Declarative, Invalid};
 use crate::proxy::Proxy;
 
 /// A certificate as served: the main pair and an optional alternate one of
@@ -177,18 +177,21 @@ fn sni_name(raw: &str) -> Result<Name, String> {
 }
 
 impl Certificates {
-    /// Compiles `certificates[]`; errors name the field.
-    pub fn build(list: &[Certificate]) -> Result<Self, Invalid> {
+    /// Compiles `certificates[]` and the top-level `snis[]`; errors name
+    /// the field.
+    pub fn build(d: &Declarative) -> Result<Self, Invalid> {
+        let list = &d.certificates;
         let mut set = Certificates {
             count: list.len(),
             ..Certificates::default()
         };
-        if list.is_empty() {
+        if list.is_empty() && d.snis.is_empty() {
             return Ok(set);
         }
         let provider = provider();
-        // Every name, to the index of the certificate that has it.
-        let mut owners: HashMap<String, usize> = HashMap::new();
+        // Every name, to where it was first given.
+        let mut owners: HashMap<String, String> = HashMap::new();
+        let mut by_id: HashMap<&str, (usize, Served)> = HashMap::new();
         for (i, c) in list.iter().enumerate() {
             let field = |f: &str| format!("certificates[{i}].{f}");
             let main = certified(&provider, &c.cert, &c.key)
@@ -227,26 +230,58 @@ impl Certificates {
                 alt,
             };
             for (k, sni) in c.snis.iter().enumerate() {
-                let f = field(&format!("snis[{k}]"));
-                let name = sni_name(&sni.name).map_err(|m| Invalid::new(f.clone(), m))?;
-                let lowered = sni.name.to_ascii_lowercase();
-                if let Some(first) = owners.insert(lowered.clone(), i) {
-                    return Err(Invalid::new(
-                        f,
-                        format!(
-                            "uniqueness violation: {lowered:?} is already an SNI of certificates[{first}]"
-                        ),
-                    ));
-                }
-                let (map, key) = match name {
-                    Name::Exact(n) => (&mut set.exact, n),
-                    Name::Leading(n) => (&mut set.leading, n),
-                    Name::Trailing(n) => (&mut set.trailing, n),
-                };
-                map.insert(key, served.clone());
+                set.add(
+                    &mut owners,
+                    &sni.name,
+                    field(&format!("snis[{k}]")),
+                    &served,
+                )?;
+            }
+            if let Some(id) = &c.id
+                && by_id.insert(id.as_str(), (i, served)).is_some()
+            {
+                return Err(Invalid::new(field("id"), format!("{id:?} appears twice")));
             }
         }
+        for (k, sni) in d.snis.iter().enumerate() {
+            let Some((_, served)) = by_id.get(sni.certificate.id.as_str()) else {
+                return Err(Invalid::new(
+                    format!("snis[{k}].certificate"),
+                    format!(
+                        "{:?}: expected the id of one of certificates[]",
+                        sni.certificate.id
+                    ),
+                ));
+            };
+            set.add(&mut owners, &sni.name, format!("snis[{k}].name"), served)?;
+        }
         Ok(set)
+    }
+
+    /// Indexes `raw` for `served`, refusing a name given twice.
+    fn add(
+        &mut self,
+        owners: &mut HashMap<String, String>,
+        raw: &str,
+        field: String,
+        served: &Served,
+    ) -> Result<(), Invalid> {
+        let name = sni_name(raw).map_err(|m| Invalid::new(field.clone(), m))?;
+        let lowered = raw.to_ascii_lowercase();
+        if let Some(first) = owners.get(&lowered) {
+            return Err(Invalid::new(
+                field,
+                format!("uniqueness violation: {lowered:?} is already given by {first}"),
+            ));
+        }
+        owners.insert(lowered, field);
+        let (map, key) = match name {
+            Name::Exact(n) => (&mut self.exact, n),
+            Name::Leading(n) => (&mut self.leading, n),
+            Name::Trailing(n) => (&mut self.trailing, n),
+        };
+        map.insert(key, served.clone());
+        Ok(())
     }
 
     /// The certificate for a client's server name: exact, then `*.rest`,

@@ -303,7 +303,12 @@ async fn each_sni_gets_its_certificate_and_h2_is_negotiated_by_alpn() {
     let pki = Pki::new();
     let ca = pki.ca("ca1");
     let a = pki.leaf(&ca, "a.example.com", &["a.example.com"], false);
-    let b = pki.leaf(&ca, "b.example.com", &["b.example.com"], true);
+    let b = pki.leaf(
+        &ca,
+        "b.example.com",
+        &["b.example.com", "b2.example.com"],
+        true,
+    );
     let wild = pki.leaf(&ca, "wild", &["*.wild.example.com"], false);
     let dual_ec = pki.leaf(&ca, "dual-ec", &["dual.example.com"], false);
     let dual_rsa = pki.leaf(&ca, "dual-rsa", &["dual.example.com"], true);
@@ -318,7 +323,9 @@ async fn each_sni_gets_its_certificate_and_h2_is_negotiated_by_alpn() {
             {"cert": wild.cert, "key": wild.key, "snis": ["*.wild.example.com"]},
             {"cert": dual_ec.cert, "key": dual_ec.key, "cert_alt": dual_rsa.cert,
              "key_alt": dual_rsa.key, "snis": ["dual.example.com"]}
-        ]
+        ],
+        // Kong's top-level snis name a certificate by id.
+        "snis": [{"name": "b2.example.com", "certificate": {"id": "b"}}]
     });
     let fb = fallback.clone();
     let gw = tls_gateway(kong.clone(), move |c| {
@@ -332,6 +339,7 @@ async fn each_sni_gets_its_certificate_and_h2_is_negotiated_by_alpn() {
     for host in [
         "a.example.com",
         "b.example.com",
+        "b2.example.com",
         "x.wild.example.com",
         "dual.example.com",
     ] {
@@ -588,7 +596,24 @@ async fn certificates_are_replaced_live_and_open_connections_keep_working() {
         c["services"][0]["routes"][1]["https_redirect_status_code"] = 303.into();
         c
     };
+    let unknown_ref = {
+        let mut c = config(&new);
+        c["snis"] = serde_json::json!([{"name": "z.example.com", "certificate": "nope"}]);
+        c
+    };
+    let top_duplicate = {
+        let mut c = config(&new);
+        c["certificates"][0]["id"] = "x".into();
+        c["snis"] = serde_json::json!([{"name": "A.example.com", "certificate": {"id": "x"}}]);
+        c
+    };
     for (doc, field, says) in [
+        (unknown_ref, "snis[0].certificate", "expected the id"),
+        (
+            top_duplicate,
+            "snis[0].name",
+            "already given by certificates[0].snis[0]",
+        ),
         (
             swapped_pair,
             "certificates[0].key",
