@@ -366,6 +366,17 @@ async fn each_sni_gets_its_certificate_and_h2_is_negotiated_by_alpn() {
         s_client(gw.tls, "a.b.wild.example.com", &[]).await,
         "subject=CN = default.test"
     );
+    // No SNI at all (curl sends none for an IP address): the default.
+    let (code, out) = curl_raw(s(&[
+        "-k",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("https://{}/users", gw.tls),
+    ]))
+    .await;
+    assert_eq!((code, out.as_str()), (0, "200"));
     assert_eq!(
         s_client(gw.tls, "A.EXAMPLE.COM", &[]).await,
         "subject=CN = a.example.com"
@@ -423,6 +434,8 @@ async fn each_sni_gets_its_certificate_and_h2_is_negotiated_by_alpn() {
     let out = s_client(gw.tls, "nobody.example.com", &[]).await;
     assert!(!out.starts_with("subject="), "{out}");
     assert!(out.contains("alert"), "{out}");
+    let (code, _) = curl_raw(s(&["-k", &format!("https://{}/users", gw.tls)])).await;
+    assert_eq!(code, 35, "no SNI, no default: the handshake fails");
     let (code, status, _) = curl_https(&gw, "a.example.com", "/users", &ca.cert_path, &[]).await;
     assert_eq!((code, status.as_str()), (0, "2 200"));
     // The plain listener still serves.
