@@ -71,6 +71,23 @@ pub struct Args {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub header_read_timeout: Option<String>,
 
+    /// TLS proxy address, e.g. 0.0.0.0:8443 (Kong's port) [default: none,
+    /// no TLS listener].
+    #[arg(long, env = "BRONZE_GATEWAY_TLS_ADDR", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_addr: Option<String>,
+
+    /// Default certificate (PEM chain, leaf first) for TLS clients whose SNI
+    /// matches no configured certificate [default: none: they get an alert].
+    #[arg(long, env = "BRONZE_GATEWAY_TLS_CERT", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<String>,
+
+    /// The default certificate's private key (PEM).
+    #[arg(long, env = "BRONZE_GATEWAY_TLS_KEY", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<String>,
+
     /// Proxy worker threads [default: one per CPU].
     #[arg(long, env = "BRONZE_GATEWAY_WORKERS", value_name = "N")]
     #[serde(skip)]

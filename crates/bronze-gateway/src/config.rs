@@ -30,6 +30,14 @@ pub struct Config {
     /// A client must send its request headers within this long (slow-loris).
     #[serde(with = "bronze_runtime::duration::serde")]
     pub header_read_timeout: Duration,
+    /// The TLS proxy listener (Kong's 8443), e.g. `0.0.0.0:8443`. Empty
+    /// (the default): no TLS listener.
+    pub tls_addr: String,
+    /// The certificate (PEM chain) served when no certificate's SNI
+    /// matches; with none, such a client gets a TLS alert.
+    pub tls_cert: String,
+    /// The default certificate's private key (PEM).
+    pub tls_key: String,
     pub log_format: LogFormat,
 }
 
@@ -43,6 +51,9 @@ impl Default for Config {
             admin_token: String::new(),
             discovery: String::new(),
             header_read_timeout: Duration::from_secs(10),
+            tls_addr: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
             log_format: LogFormat::Plain,
         }
     }
@@ -78,7 +89,32 @@ impl Config {
                 ),
             ));
         }
+        if !self.tls_addr.is_empty() && self.tls_addr.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::invalid(
+                "tls_addr",
+                format!(
+                    "{:?}: expected <ip>:<port>, e.g. 0.0.0.0:8443 (or empty: no TLS listener)",
+                    self.tls_addr
+                ),
+            ));
+        }
+        if self.tls_cert.is_empty() != self.tls_key.is_empty() {
+            let missing = if self.tls_cert.is_empty() {
+                "tls_cert"
+            } else {
+                "tls_key"
+            };
+            return Err(ConfigError::invalid(
+                missing,
+                "expected both tls_cert and tls_key (the default certificate), or neither",
+            ));
+        }
         Ok(())
+    }
+
+    /// The TLS listener's address; `None` when `tls_addr` is empty.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr.parse().ok()
     }
 
     /// Port 0 everywhere: for tests and `bronze dev --ephemeral`.

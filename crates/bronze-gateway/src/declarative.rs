@@ -1,8 +1,9 @@
 //! Kong's declarative (DB-less) configuration: `_format_version`,
-//! `services` with nested `routes`, and `upstreams` with `targets`, in
-//! Kong's field names; also Kong's flat form (top-level `routes` naming
-//! their `service`, top-level `targets` naming their `upstream`, merged by
-//! `flat::nest`). Bronze reads JSON and YAML. Fields
+//! `services` with nested `routes`, `upstreams` with `targets`, and
+//! `certificates` with their `snis`, in Kong's field names; also Kong's
+//! flat form (top-level `routes` naming their `service`, top-level
+//! `targets` naming their `upstream`, merged by `flat::nest`). Bronze reads
+//! JSON and YAML. Fields
 //! Kong has but Bronze does not implement yet are refused by name rather
 //! than silently ignored.
 
@@ -31,6 +32,11 @@ pub struct Declarative {
     /// Flat form: targets naming their `upstream`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<Target>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<Certificate>,
+    /// Kong's top-level `snis`: names given to a certificate by its `id`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snis: Vec<SniEntity>,
 }
 
 /// A foreign key as Kong's flat form writes it: a name or id, or
@@ -124,6 +130,10 @@ pub struct Route {
     pub preserve_host: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regex_priority: Option<i64>,
+    /// What a plain-HTTP request to an https-only route gets: 426 (Kong's
+    /// default), or a redirect (301, 302, 307, 308) to https.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_redirect_status_code: Option<u16>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
 }
@@ -155,6 +165,123 @@ pub struct Target {
     pub target: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+}
+
+/// Kong's `certificates` entity: a PEM certificate chain (leaf first) and
+/// its private key, optionally an alternate pair of another key type (an
+/// ECDSA and an RSA certificate for the same names), served to TLS clients
+/// whose SNI is one of `snis`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub cert: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_alt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_alt: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snis: Vec<Sni>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+/// One of a certificate's server names: `a.example.com`, `*.example.com`
+/// or `example.*`. Read from Kong's declarative form (`{"name": "..."}`)
+/// or the Admin API's (`"..."`); written in the declarative form.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Sni {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for Sni {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Object {
+            #[serde(default)]
+            id: Option<String>,
+            name: String,
+            #[serde(default)]
+            tags: Vec<String>,
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Sni;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a server name, or {\"name\": \"<server name>\"}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Sni, E> {
+                Ok(Sni {
+                    name: v.to_string(),
+                    ..Sni::default()
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Sni, A::Error> {
+                let o = Object::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Sni {
+                    id: o.id,
+                    name: o.name,
+                    tags: o.tags,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// Kong's top-level `snis` entity: a server name for the certificate whose
+/// `id` is `certificate` (`"<id>"` or `{"id": "<id>"}`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SniEntity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub name: String,
+    pub certificate: Reference,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+/// A foreign key as Kong's declarative format writes it: the id, or
+/// `{"id": "<id>"}`; written as the latter.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Reference {
+    pub id: String,
+}
+
+impl<'de> Deserialize<'de> for Reference {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Object {
+            id: String,
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Reference;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an id, or {\"id\": \"<id>\"}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Reference, E> {
+                Ok(Reference { id: v.to_string() })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Reference, A::Error> {
+                let o = Object::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Reference { id: o.id })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// A configuration refused: which field (Kong's path, e.g.
@@ -241,6 +368,29 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.field, "services[0].routes[0].snis");
         assert!(e.message.contains("snis"), "{e}");
+        // snis: Kong's declarative form and the Admin API's, one shape out.
+        let d = parse(
+            br#"{"_format_version": "3.0", "certificates": [{"cert": "c", "key": "k",
+                 "snis": [{"name": "a.example.com", "tags": ["x"]}, "*.example.com"]}]}"#,
+        )
+        .unwrap();
+        let names: Vec<&str> = d.certificates[0]
+            .snis
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["a.example.com", "*.example.com"]);
+        assert_eq!(
+            serde_json::to_value(&d.certificates[0].snis).unwrap(),
+            serde_json::json!([{"name": "a.example.com", "tags": ["x"]}, {"name": "*.example.com"}])
+        );
+        let e = parse(br#"{"_format_version": "3.0", "certificates": [{"cert": "c", "key": "k", "snis": [{"nam": "a"}]}]}"#)
+            .unwrap_err();
+        assert!(e.field.starts_with("certificates[0].snis[0]"), "{e}");
+        let e =
+            parse(br#"{"_format_version": "3.0", "certificates": [{"cert": "c"}]}"#).unwrap_err();
+        assert_eq!(e.field, "certificates[0]");
+        assert!(e.message.contains("key"), "{e}");
         let e = parse(br#"{"_format_version": "9"}"#).unwrap_err();
         assert_eq!(e.field, "_format_version");
         let e = parse(br#"{"_format_version": "3.0", "services": [{"name": "a", "port": 70000}]}"#)

@@ -91,6 +91,17 @@ pub static KINDS: &[Kind] = &[
         foreign: &[],
         generated: &[],
     },
+    // Kong's SNI entities; a certificate's `snis: ["a.example.com"]` is
+    // sugar for these.
+    Kind {
+        name: "snis",
+        path: Some("snis"),
+        scoped: "snis",
+        endpoint_key: Some("name"),
+        unique: &[&["name"]],
+        foreign: &[fk("certificate", "certificates", true)],
+        generated: &[],
+    },
     Kind {
         name: "routes",
         path: Some("routes"),
@@ -383,6 +394,12 @@ fn take(
     out.insert(k, id.clone(), Value::Object(o));
     for (child, field, items) in children {
         for (j, item) in items.into_iter().enumerate() {
+            // Kong's sugar: a bare string names the child by its endpoint
+            // key (a certificate's `snis: ["a.example.com"]`).
+            let item = match (item, child.endpoint_key) {
+                (Value::String(s), Some(key)) => serde_json::json!({ key: s }),
+                (item, _) => item,
+            };
             take(
                 out,
                 pending,

@@ -144,6 +144,14 @@ pub fn nest(d: &Declarative) -> Result<(Declarative, Remap), Invalid> {
 
 /// Compiles a document in either form; errors name the field as written.
 pub fn compile(d: &Declarative) -> Result<Table, Invalid> {
+    let mut table = compile_routes(d)?;
+    table.certificates = std::sync::Arc::new(crate::tls::Certificates::build(d)?);
+    Ok(table)
+}
+
+/// The routing part of `compile`: the table without its certificates (a
+/// rebuild for discovery's labels keeps those already parsed).
+pub fn compile_routes(d: &Declarative) -> Result<Table, Invalid> {
     let (nested, remap) = nest(d)?;
     Table::build(&nested).map_err(|e| Invalid::new(remap.field(&e.field), e.message))
 }

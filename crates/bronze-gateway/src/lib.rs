@@ -10,6 +10,7 @@
 //!   embedded store, each change compiled and swapped like a document);
 //! - `router`: the compiled table and its priority order;
 //! - `proxy`: request rewriting and forwarding;
+//! - `tls`: certificates by SNI for the TLS listener;
 //! - this file: listeners, the accept loop, the admin API.
 
 pub mod admin;
@@ -22,6 +23,7 @@ pub mod labels;
 pub mod metrics;
 pub mod proxy;
 pub mod router;
+pub mod tls;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -33,8 +35,6 @@ use std::time::Duration;
 use bronze_proto::discovery::v1 as pb;
 use bronze_runtime::Shutdown;
 use bronze_telemetry::Metrics;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 
@@ -57,6 +57,9 @@ pub enum StartError {
         "admin_addr {addr} is not a loopback address: set admin_token (--admin-token, BRONZE_GATEWAY_ADMIN_TOKEN) so the admin API is not open to anyone who can reach it"
     )]
     AdminExposed { addr: SocketAddr },
+    /// The default certificate (`tls_cert`, `tls_key`).
+    #[error("{0}")]
+    Tls(String),
 }
 
 type InstanceKey = (String, String);
@@ -78,7 +81,9 @@ impl Gateway {
         let table = if self.instances.lock().is_empty() {
             table
         } else {
-            self.with_labels(&d)
+            let mut labelled = self.with_labels(&d);
+            labelled.certificates = table.certificates.clone();
+            labelled
         };
         let (services, routes) = (table.services.len(), table.routes);
         self.proxy.swap(table);
@@ -89,7 +94,8 @@ impl Gateway {
     /// Rebuilds after discovery changed.
     fn refresh(&self) {
         let current = self.current.lock();
-        let table = self.with_labels(&current);
+        let mut table = self.with_labels(&current);
+        table.certificates = self.proxy.table.load().certificates.clone();
         self.proxy.swap(table);
     }
 
@@ -99,7 +105,7 @@ impl Gateway {
     fn with_labels(&self, base: &Declarative) -> router::Table {
         let mut merged = labels::merge(base, self.instances.lock().values());
         loop {
-            match flat::compile(&merged) {
+            match flat::compile_routes(&merged) {
                 Ok(t) => return t,
                 Err(e) => {
                     let index = |prefix: &str| {
@@ -119,7 +125,7 @@ impl Gateway {
                         }
                         // The base itself was valid when applied: unreachable
                         // in practice, but never serve nothing.
-                        _ => return flat::compile(base).unwrap_or_default(),
+                        _ => return flat::compile_routes(base).unwrap_or_default(),
                     }
                 }
             }
@@ -210,6 +216,8 @@ pub struct Server {
     metrics: Arc<Metrics>,
     proxy_listener: TcpListener,
     admin_listener: TcpListener,
+    /// The TLS proxy listener (`tls_addr`) and its rustls configuration.
+    tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
 }
 
 impl Server {
@@ -257,10 +265,30 @@ impl Server {
             store.apply(&admin::diff(&stored, &entities))?;
             (entities, d, table)
         };
+        let default_cert = if config.tls_cert.is_empty() {
+            None
+        } else {
+            Some(tls::load_default(&config.tls_cert, &config.tls_key).map_err(StartError::Tls)?)
+        };
+        let tls_listener = match config.tls_addr() {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(bind("the TLS proxy", addr))?,
+            ),
+            None => None,
+        };
         let mut metrics = Metrics::new("gateway");
         let gateway_metrics = Arc::new(metrics::GatewayMetrics::register(&mut metrics));
+        let proxy = Arc::new(proxy::Proxy::new(table, gateway_metrics));
+        if tls_listener.is_some() && default_cert.is_none() {
+            tracing::info!(
+                "TLS listener without a default certificate (tls_cert): clients whose SNI matches no certificate get an alert"
+            );
+        }
+        let tls = tls_listener.map(|l| (l, tls::server_config(proxy.clone(), default_cert)));
         let gateway = Arc::new(Gateway {
-            proxy: Arc::new(proxy::Proxy::new(table, gateway_metrics)),
+            proxy,
             current: Mutex::new(declarative),
             instances: Mutex::new(HashMap::new()),
         });
@@ -285,6 +313,7 @@ impl Server {
                 info,
             )),
             gateway,
+            tls,
             config,
             metrics: Arc::new(metrics),
             proxy_listener,
@@ -294,6 +323,11 @@ impl Server {
 
     pub fn addr(&self) -> SocketAddr {
         self.proxy_listener.local_addr().unwrap_or(self.config.addr)
+    }
+
+    /// The TLS proxy listener's address, when `tls_addr` is set.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -322,14 +356,27 @@ impl Server {
                 shutdown.clone(),
             ))
         });
-        tracing::info!(proxy = %self.config.addr, admin = %self.config.admin_addr, "gateway serving");
+        tracing::info!(proxy = %self.config.addr, admin = %self.config.admin_addr, tls = %self.config.tls_addr, "gateway serving");
+        let tls_task = self.tls.map(|(listener, config)| {
+            tokio::spawn(serve_proxy(
+                listener,
+                Some(tokio_rustls::TlsAcceptor::from(config)),
+                self.gateway.proxy.clone(),
+                self.config.header_read_timeout,
+                shutdown.clone(),
+            ))
+        });
         serve_proxy(
             self.proxy_listener,
+            None,
             self.gateway.proxy.clone(),
             self.config.header_read_timeout,
             shutdown.clone(),
         )
         .await;
+        if let Some(t) = tls_task {
+            let _ = t.await;
+        }
         draining.store(true, Ordering::Relaxed);
         let _ = admin_task.await;
         if let Some(w) = watcher {
@@ -340,54 +387,38 @@ impl Server {
     }
 }
 
-/// Accepts until shutdown, then lets open connections finish.
+/// Accepts until shutdown, then lets open connections finish (at most
+/// 30 s: a client holding a connection open cannot stall shutdown). With
+/// `tls`, the handshake must finish within `header_read_timeout` too.
 async fn serve_proxy(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     proxy: Arc<proxy::Proxy>,
     header_read_timeout: Duration,
     shutdown: Shutdown,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .max_buf_size(64 << 10);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(64 << 10);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.wait() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let downstream = Arc::new(proxy::Downstream::new(peer));
-        let service = hyper::service::service_fn(move |req| {
+    let options = bronze_runtime::serve::Options {
+        tls,
+        handshake_timeout: header_read_timeout,
+        header_read_timeout: Some(header_read_timeout),
+        max_header_bytes: Some(64 << 10),
+        drain_timeout: Some(Duration::from_secs(30)),
+    };
+    bronze_runtime::serve::serve(
+        listener,
+        options,
+        move |conn| {
             let proxy = proxy.clone();
-            let downstream = downstream.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &downstream).await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let watched = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(error) = watched.await {
-                tracing::debug!(%peer, %error, "connection ended with an error");
-            }
-        });
-    }
-    // Bounded: a client holding a connection open cannot stall shutdown.
-    let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
+            let downstream = Arc::new(proxy::Downstream::new(conn.peer, conn.tls));
+            hyper::service::service_fn(move |req| {
+                let proxy = proxy.clone();
+                let downstream = downstream.clone();
+                async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &downstream).await) }
+            })
+        },
+        shutdown,
+    )
+    .await;
 }
 
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), StartError> {

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -39,6 +39,9 @@ pub struct Downstream {
     pub peer: SocketAddr,
     /// The peer's IP as a header value (X-Forwarded-For, X-Real-IP).
     pub ip: HeaderValue,
+    /// Whether the connection came over TLS (X-Forwarded-Proto, https-only
+    /// routes).
+    pub tls: bool,
     /// One timer per connection, moved forward for each request: moving a
     /// registered tokio timer later is an atomic store, where a new timer
     /// per request costs a registration and a removal in the timer wheel.
@@ -70,9 +73,10 @@ async fn within<F: Future>(
 }
 
 impl Downstream {
-    pub fn new(peer: SocketAddr) -> Self {
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
         Self {
             peer,
+            tls,
             ip: HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or(HeaderValue::from_static("")),
             timer: parking_lot::Mutex::new(None),
@@ -212,6 +216,41 @@ fn upstream_path(service_path: &str, uri: &Uri, rest: &str) -> Option<PathAndQue
     PathAndQuery::from_maybe_shared(Bytes::from(p)).ok()
 }
 
+/// Kong's answer to plain HTTP on an https-only route: 426 with
+/// `Upgrade: TLS/1.2, HTTP/1.1`, or a redirect to `https://<host><uri>`
+/// (the host without its port, as nginx's `$host`).
+fn https_required(status: StatusCode, req: &Request<Incoming>, host: &str) -> Response<Body> {
+    if status == StatusCode::UPGRADE_REQUIRED {
+        let mut r = error(status, "Please use HTTPS protocol");
+        // Connection-specific headers do not exist in HTTP/2.
+        if req.version() <= Version::HTTP_11 {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            r.headers_mut().insert(
+                header::UPGRADE,
+                HeaderValue::from_static("TLS/1.2, HTTP/1.1"),
+            );
+        }
+        return r;
+    }
+    let name = match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => host,
+    };
+    let uri = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
+    *r.status_mut() = status;
+    match HeaderValue::from_str(&format!("https://{name}{uri}")) {
+        Ok(location) => {
+            r.headers_mut().insert(header::LOCATION, location);
+        }
+        Err(_) => return error(StatusCode::BAD_REQUEST, "Please use HTTPS protocol"),
+    }
+    r.headers_mut()
+        .insert("server", HeaderValue::from_static("bronze-gateway"));
+    r
+}
+
 impl Proxy {
     pub fn new(table: Table, metrics: Arc<GatewayMetrics>) -> Self {
         Self {
@@ -253,6 +292,10 @@ impl Proxy {
         let counters = route
             .counters
             .get_or_init(|| self.metrics.route_counters(&route.name, &service.name));
+        if route.https_only && !conn.tls {
+            counters.count(route.https_redirect);
+            return https_required(route.https_redirect, &req, host);
+        }
         let Some(target) = service.pick() else {
             counters.count(StatusCode::SERVICE_UNAVAILABLE);
             return error(
@@ -308,7 +351,10 @@ impl Proxy {
             headers.insert(X_FORWARDED_FOR, v);
         }
         headers.insert(X_REAL_IP, conn.ip.clone());
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+        );
         if let Some(h) = &host_value {
             headers.insert(X_FORWARDED_HOST, h.clone());
         }

@@ -118,6 +118,10 @@ pub struct Route {
     pub counters: std::sync::OnceLock<crate::metrics::RouteCounters>,
     pub strip_path: bool,
     pub preserve_host: bool,
+    /// `protocols` has https and not http: plain HTTP gets
+    /// `https_redirect` (426, or a redirect to https).
+    pub https_only: bool,
+    pub https_redirect: http::StatusCode,
 }
 
 /// An entry's sort key, smallest first: host class, path class, regex
@@ -149,6 +153,8 @@ pub struct Table {
     any_host: Vec<u32>,
     pub services: Vec<Arc<Service>>,
     pub routes: usize,
+    /// TLS certificates by SNI, compiled with (and swapped with) the routes.
+    pub certificates: Arc<crate::tls::Certificates>,
 }
 
 fn host_match(h: &str, field: &str) -> Result<HostMatch, Invalid> {
@@ -375,6 +381,17 @@ impl Table {
                         format!("{p:?}: expected http, https, grpc or grpcs"),
                     ));
                 }
+                let https_redirect = match r.https_redirect_status_code.unwrap_or(426) {
+                    c @ (426 | 301 | 302 | 307 | 308) => {
+                        http::StatusCode::from_u16(c).unwrap_or(http::StatusCode::UPGRADE_REQUIRED)
+                    }
+                    c => {
+                        return Err(Invalid::new(
+                            field("https_redirect_status_code"),
+                            format!("{c}: expected one of 426, 301, 302, 307, 308"),
+                        ));
+                    }
+                };
                 let methods = r
                     .methods
                     .iter()
@@ -409,6 +426,9 @@ impl Table {
                     service: service.clone(),
                     counters: std::sync::OnceLock::new(),
                     strip_path: r.strip_path.unwrap_or(true),
+                    https_only: r.protocols.iter().any(|p| p == "https")
+                        && !r.protocols.iter().any(|p| p == "http"),
+                    https_redirect,
                     preserve_host: r.preserve_host.unwrap_or(false),
                 });
                 table.routes += 1;

@@ -5,9 +5,13 @@
 //! * [`Shutdown`]: one cancellation signal shared by every task of a
 //!   component; SIGTERM and SIGINT trigger it, and components drain before
 //!   they return.
+//! * [`serve::serve`] (feature `serve`): the HTTP accept loop, plain or
+//!   TLS, shared by every listener.
 
 pub mod config;
 pub mod duration;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 use tokio_util::sync::CancellationToken;
 

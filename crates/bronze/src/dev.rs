@@ -95,6 +95,9 @@ impl DevArgs {
             c.gateway.addr = g.addr;
             c.gateway.admin_addr = g.admin_addr;
             c.gateway.data_dir = String::new();
+            if !c.gateway.tls_addr.is_empty() {
+                c.gateway.tls_addr = "127.0.0.1:0".into();
+            }
         } else {
             c.discovery.data_dir = Path::new(&c.data_dir)
                 .join("discovery")
@@ -226,6 +229,9 @@ pub fn run(config: DevConfig) -> i32 {
             gateway.addr(),
             gateway.admin_addr()
         );
+        if let Some(tls) = gateway.tls_addr() {
+            println!("gateway tls     https://{tls}  (proxy over TLS; certificates by SNI)");
+        }
         println!("ready; Ctrl-C stops");
         // The registrator stops first: its last heartbeat needs discovery.
         let reg = tokio::spawn(registrator.serve(shutdown.clone()));

@@ -1,0 +1,845 @@
+//! TLS termination end to end: certificates made by the openssl CLI,
+//! chosen by SNI (curl --resolve/--cacert, openssl s_client), HTTP/2 by
+//! ALPN, replaced through `POST /config` while connections opened before
+//! (HTTP/1.1 keep-alive, a WebSocket) keep working, and https-only routes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bronze_gateway::{Config, Server};
+use bronze_runtime::Shutdown;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+
+use super::{echo, s, ws_echo};
+
+/// A throwaway PKI in a temporary directory, made with the openssl CLI.
+struct Pki {
+    dir: tempfile::TempDir,
+    serial: std::cell::Cell<u32>,
+}
+
+/// A certificate: its PEM texts and where they are on disk.
+#[derive(Clone)]
+struct Issued {
+    cert: String,
+    key: String,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Pki {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            serial: std::cell::Cell::new(1),
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// A self-signed CA (EC P-256).
+    fn ca(&self, name: &str) -> Issued {
+        let (cert, key) = (
+            self.path(&format!("{name}.pem")),
+            self.path(&format!("{name}.key")),
+        );
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+        ]);
+        Self::read(cert, key)
+    }
+
+    /// A server certificate for `sans` (DNS names), CN `cn`, signed by `ca`;
+    /// an RSA key when `rsa`, else EC P-256.
+    fn leaf(&self, ca: &Issued, cn: &str, sans: &[&str], rsa: bool) -> Issued {
+        let n = self.serial.get();
+        self.serial.set(n + 1);
+        let base = format!("leaf{n}");
+        let (cert, key, csr, ext) = (
+            self.path(&format!("{base}.pem")),
+            self.path(&format!("{base}.key")),
+            self.path(&format!("{base}.csr")),
+            self.path(&format!("{base}.ext")),
+        );
+        let newkey: &[&str] = if rsa {
+            &["-newkey", "rsa:2048"]
+        } else {
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+        };
+        let subj = format!("/CN={cn}");
+        let mut args = vec!["req"];
+        args.extend_from_slice(newkey);
+        args.extend_from_slice(&["-nodes", "-subj", &subj, "-keyout", &key, "-out", &csr]);
+        openssl(&args);
+        let sans: Vec<String> = sans.iter().map(|n| format!("DNS:{n}")).collect();
+        std::fs::write(
+            &ext,
+            format!(
+                "subjectAltName={}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+                sans.join(",")
+            ),
+        )
+        .expect("write ext");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca.cert_path.display().to_string(),
+            "-CAkey",
+            &ca.key_path.display().to_string(),
+            "-set_serial",
+            &n.to_string(),
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &cert,
+        ]);
+        Self::read(cert, key)
+    }
+
+    fn read(cert: String, key: String) -> Issued {
+        Issued {
+            cert: std::fs::read_to_string(&cert).expect("cert"),
+            key: std::fs::read_to_string(&key).expect("key"),
+            cert_path: cert.into(),
+            key_path: key.into(),
+        }
+    }
+}
+
+struct TlsGw {
+    addr: SocketAddr,
+    tls: SocketAddr,
+    admin: SocketAddr,
+    _shutdown: Shutdown,
+}
+
+async fn tls_gateway(declarative: serde_json::Value, tune: impl FnOnce(&mut Config)) -> TlsGw {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kong.json");
+    std::fs::write(&path, declarative.to_string()).expect("write");
+    let mut config = Config::ephemeral();
+    config.declarative_config = path.display().to_string();
+    config.tls_addr = "127.0.0.1:0".into();
+    tune(&mut config);
+    config.validate().expect("valid config");
+    let server = Server::bind(config).await.expect("gateway binds");
+    let (addr, admin) = (server.addr(), server.admin_addr());
+    let tls = server.tls_addr().expect("a TLS listener");
+    let shutdown = Shutdown::new();
+    let sd = shutdown.clone();
+    tokio::spawn(async move { server.serve(sd).await.expect("gateway serves") });
+    TlsGw {
+        addr,
+        tls,
+        admin,
+        _shutdown: shutdown,
+    }
+}
+
+/// curl's exit code and what it wrote to stdout.
+async fn curl_raw(args: Vec<String>) -> (i32, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new("curl")
+            .arg("-s")
+            .args(&args)
+            .output()
+            .expect("curl runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    })
+    .await
+    .expect("join")
+}
+
+/// `curl https://<host>:<port><path>` resolved to the gateway, trusting
+/// only `ca`: (exit code, "<http_version> <status>", body).
+async fn curl_https(
+    gw: &TlsGw,
+    host: &str,
+    path: &str,
+    ca: &Path,
+    extra: &[&str],
+) -> (i32, String, String) {
+    let port = gw.tls.port();
+    let mut args = s(&[
+        "--resolve",
+        &format!("{host}:{port}:127.0.0.1"),
+        "--cacert",
+        &ca.display().to_string(),
+        "-w",
+        "\n%{http_version} %{http_code}",
+    ]);
+    args.extend(s(extra));
+    args.push(format!("https://{host}:{port}{path}"));
+    let (code, out) = curl_raw(args).await;
+    let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
+    (code, status.to_string(), body.to_string())
+}
+
+/// What `openssl s_client` sees when it connects with `servername`:
+/// the subject line of the certificate served, or its error output.
+async fn s_client(addr: SocketAddr, servername: &str, extra: &[&str]) -> String {
+    let mut args = s(&[
+        "s_client",
+        "-connect",
+        &addr.to_string(),
+        "-servername",
+        servername,
+    ]);
+    args.extend(s(extra));
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new("openssl")
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text.lines()
+            .find(|l| l.starts_with("subject="))
+            .map(str::to_string)
+            .unwrap_or(text)
+    })
+    .await
+    .expect("join")
+}
+
+/// A TLS connection from rustls trusting `roots`, with SNI `sni` and ALPN
+/// http/1.1; also the leaf certificate the gateway served.
+async fn tls_connect(
+    addr: SocketAddr,
+    sni: &str,
+    roots: &[&Issued],
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    CertificateDer<'static>,
+) {
+    bronze_runtime::install_crypto_provider();
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store
+            .add(CertificateDer::from_pem_slice(r.cert.as_bytes()).expect("pem"))
+            .expect("root");
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(sni.to_string()).expect("name"), tcp)
+        .await
+        .expect("TLS handshake");
+    let leaf = tls.get_ref().1.peer_certificates().expect("certificates")[0].clone();
+    (tls, leaf)
+}
+
+fn der(i: &Issued) -> CertificateDer<'static> {
+    CertificateDer::from_pem_slice(i.cert.as_bytes()).expect("pem")
+}
+
+fn echo_service(backend: SocketAddr) -> serde_json::Value {
+    serde_json::json!({"name": "users", "url": format!("http://{backend}/v1"), "routes": [
+        {"name": "users", "paths": ["/users"]},
+        {"name": "secure", "paths": ["/secure"], "protocols": ["https"]},
+        {"name": "moved", "paths": ["/moved"], "protocols": ["https"],
+         "https_redirect_status_code": 301},
+        {"name": "both", "paths": ["/both"], "protocols": ["http", "https"]}
+    ]})
+}
+
+#[tokio::test]
+async fn each_sni_gets_its_certificate_and_h2_is_negotiated_by_alpn() {
+    let backend = echo("a").await;
+    let pki = Pki::new();
+    let ca = pki.ca("ca1");
+    let a = pki.leaf(&ca, "a.example.com", &["a.example.com"], false);
+    let b = pki.leaf(
+        &ca,
+        "b.example.com",
+        &["b.example.com", "b2.example.com"],
+        true,
+    );
+    let wild = pki.leaf(&ca, "wild", &["*.wild.example.com"], false);
+    let dual_ec = pki.leaf(&ca, "dual-ec", &["dual.example.com"], false);
+    let dual_rsa = pki.leaf(&ca, "dual-rsa", &["dual.example.com"], true);
+    let fallback = pki.leaf(&ca, "default.test", &["default.test"], false);
+    let kong = serde_json::json!({
+        "_format_version": "3.0",
+        "services": [echo_service(backend)],
+        "certificates": [
+            // Kong's declarative form and the Admin API's form of snis.
+            {"cert": a.cert, "key": a.key, "snis": [{"name": "a.example.com"}]},
+            {"id": "b", "cert": b.cert, "key": b.key, "snis": ["B.example.com"], "tags": ["t"]},
+            {"cert": wild.cert, "key": wild.key, "snis": ["*.wild.example.com"]},
+            {"cert": dual_ec.cert, "key": dual_ec.key, "cert_alt": dual_rsa.cert,
+             "key_alt": dual_rsa.key, "snis": ["dual.example.com"]}
+        ],
+        // Kong's top-level snis name a certificate by id.
+        "snis": [{"name": "b2.example.com", "certificate": {"id": "b"}}]
+    });
+    let fb = fallback.clone();
+    let gw = tls_gateway(kong.clone(), move |c| {
+        c.tls_cert = fb.cert_path.display().to_string();
+        c.tls_key = fb.key_path.display().to_string();
+    })
+    .await;
+
+    // curl verifies the name against the certificate's subjectAltName: each
+    // host succeeds only if the gateway served that host's certificate.
+    for host in [
+        "a.example.com",
+        "b.example.com",
+        "b2.example.com",
+        "x.wild.example.com",
+        "dual.example.com",
+    ] {
+        let (code, status, body) =
+            curl_https(&gw, host, "/users/1", &ca.cert_path, &["--http1.1"]).await;
+        assert_eq!((code, status.as_str()), (0, "1.1 200"), "{host}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["headers"]["x-forwarded-proto"], "https", "{v}");
+        assert_eq!(v["uri"], "/v1/1");
+        // HTTP/2 by ALPN.
+        let (code, status, _) =
+            curl_https(&gw, host, "/users/2", &ca.cert_path, &["--http2"]).await;
+        assert_eq!((code, status.as_str()), (0, "2 200"), "{host}");
+    }
+    // The wildcard covers one label only; other names get the default
+    // certificate, which is not valid for them.
+    let (code, _, _) = curl_https(&gw, "a.b.wild.example.com", "/users", &ca.cert_path, &[]).await;
+    assert_eq!(code, 60, "curl: the certificate does not match the name");
+    assert_eq!(
+        s_client(gw.tls, "nobody.example.com", &[]).await,
+        "subject=CN = default.test"
+    );
+    assert_eq!(
+        s_client(gw.tls, "a.b.wild.example.com", &[]).await,
+        "subject=CN = default.test"
+    );
+    // No SNI at all (curl sends none for an IP address): the default.
+    let (code, out) = curl_raw(s(&[
+        "-k",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("https://{}/users", gw.tls),
+    ]))
+    .await;
+    assert_eq!((code, out.as_str()), (0, "200"));
+    assert_eq!(
+        s_client(gw.tls, "A.EXAMPLE.COM", &[]).await,
+        "subject=CN = a.example.com"
+    );
+    // The alternate certificate goes to clients that cannot verify the main
+    // one's key type.
+    let tls12 = ["-tls1_2"];
+    assert_eq!(
+        s_client(
+            gw.tls,
+            "dual.example.com",
+            &[&tls12[..], &["-sigalgs", "RSA-PSS+SHA256"]].concat()
+        )
+        .await,
+        "subject=CN = dual-rsa"
+    );
+    assert_eq!(
+        s_client(
+            gw.tls,
+            "dual.example.com",
+            &[&tls12[..], &["-sigalgs", "ECDSA+SHA256"]].concat()
+        )
+        .await,
+        "subject=CN = dual-ec"
+    );
+    assert_eq!(
+        s_client(gw.tls, "dual.example.com", &[]).await,
+        "subject=CN = dual-ec"
+    );
+
+    // GET /config shows the running flat document: snis are Kong's SNI
+    // entities naming their certificate.
+    bronze_runtime::install_crypto_provider();
+    let current: serde_json::Value = reqwest::get(format!("http://{}/config", gw.admin))
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    let snis = current["snis"].as_array().cloned().unwrap_or_default();
+    assert!(
+        snis.iter()
+            .any(|s| s["name"] == "B.example.com" && s["certificate"]["id"] == "b"),
+        "{current}"
+    );
+    assert!(
+        current["certificates"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["id"] == "b")),
+        "{current}"
+    );
+
+    // Without a default certificate an unknown SNI gets an alert, no
+    // certificate.
+    let gw = tls_gateway(kong, |_| {}).await;
+    let (code, status, _) =
+        curl_https(&gw, "nobody.example.com", "/users", &ca.cert_path, &[]).await;
+    assert_eq!(
+        (code, status.as_str()),
+        (35, "0 000"),
+        "curl: TLS handshake failed"
+    );
+    let out = s_client(gw.tls, "nobody.example.com", &[]).await;
+    assert!(!out.starts_with("subject="), "{out}");
+    assert!(out.contains("alert"), "{out}");
+    let (code, _) = curl_raw(s(&["-k", &format!("https://{}/users", gw.tls)])).await;
+    assert_eq!(code, 35, "no SNI, no default: the handshake fails");
+    let (code, status, _) = curl_https(&gw, "a.example.com", "/users", &ca.cert_path, &[]).await;
+    assert_eq!((code, status.as_str()), (0, "2 200"));
+    // The plain listener still serves.
+    let (code, out) = curl_raw(s(&[
+        "-w",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        &format!("http://{}/users", gw.addr),
+    ]))
+    .await;
+    assert_eq!((code, out.as_str()), (0, "200"));
+}
+
+#[tokio::test]
+async fn certificates_are_replaced_live_and_open_connections_keep_working() {
+    use futures::{SinkExt, StreamExt};
+    let backend = echo("a").await;
+    let ws_backend = ws_echo().await;
+    let pki = Pki::new();
+    let (ca1, ca2) = (pki.ca("ca1"), pki.ca("ca2"));
+    let old = pki.leaf(&ca1, "a-old", &["a.example.com"], false);
+    let new = pki.leaf(&ca2, "a-new", &["a.example.com"], false);
+    let other = pki.leaf(&ca2, "b", &["b.example.com"], false);
+    let config = |cert: &Issued| {
+        serde_json::json!({
+            "_format_version": "3.0",
+            "services": [
+                echo_service(backend),
+                {"name": "ws", "url": format!("http://{ws_backend}"),
+                 "routes": [{"name": "ws", "paths": ["/ws"], "strip_path": false}]}
+            ],
+            "certificates": [{"cert": cert.cert, "key": cert.key, "snis": ["a.example.com"]}]
+        })
+    };
+    let gw = tls_gateway(config(&old), |_| {}).await;
+
+    // A keep-alive HTTP/1.1 connection and a WebSocket, both over TLS,
+    // opened with the old certificate.
+    let (stream, leaf) = tls_connect(gw.tls, "a.example.com", &[&ca1, &ca2]).await;
+    assert_eq!(leaf, der(&old));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/1.1 over TLS");
+    tokio::spawn(conn);
+    let get = |path: &str| {
+        hyper::Request::get(path)
+            .header("host", "a.example.com")
+            .body(Empty::<Bytes>::new())
+            .expect("request")
+    };
+    let r = sender
+        .send_request(get("/users/before"))
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), 200);
+    let body = r.into_body().collect().await.expect("body").to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["headers"]["x-forwarded-proto"], "https");
+
+    let (stream, _) = tls_connect(gw.tls, "a.example.com", &[&ca1]).await;
+    let (mut ws, resp) = tokio_tungstenite::client_async("wss://a.example.com/ws/chat", stream)
+        .await
+        .expect("WebSocket over TLS");
+    assert_eq!(resp.status(), 101);
+    ws.send("one".into()).await.expect("send");
+    assert_eq!(
+        ws.next()
+            .await
+            .expect("reply")
+            .expect("frame")
+            .to_text()
+            .expect("text"),
+        "echo: one"
+    );
+
+    // Replace the certificate.
+    bronze_runtime::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let admin = format!("http://{}/config", gw.admin);
+    let r = client
+        .post(&admin)
+        .body(config(&new).to_string())
+        .send()
+        .await
+        .expect("POST /config");
+    assert_eq!(r.status(), 201);
+
+    // New handshakes get the new certificate: curl trusts ca2 now, not ca1.
+    let (_, leaf) = tls_connect(gw.tls, "a.example.com", &[&ca1, &ca2]).await;
+    assert_eq!(leaf, der(&new));
+    let (code, status, _) = curl_https(&gw, "a.example.com", "/users", &ca2.cert_path, &[]).await;
+    assert_eq!((code, status.as_str()), (0, "2 200"));
+    let (code, _, _) = curl_https(&gw, "a.example.com", "/users", &ca1.cert_path, &[]).await;
+    assert_eq!(code, 60, "curl: the old CA no longer verifies");
+
+    // The connections opened before keep working on the same connection.
+    let r = sender
+        .send_request(get("/users/after"))
+        .await
+        .expect("GET on the old connection");
+    assert_eq!(r.status(), 200);
+    let body = r.into_body().collect().await.expect("body").to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["uri"], "/v1/after");
+    ws.send("two".into()).await.expect("send");
+    assert_eq!(
+        ws.next()
+            .await
+            .expect("reply")
+            .expect("frame")
+            .to_text()
+            .expect("text"),
+        "echo: two"
+    );
+
+    // Bad certificates: 400 naming the field, and nothing changes.
+    let swapped_pair = {
+        let mut c = config(&new);
+        c["certificates"][0]["key"] = other.key.clone().into();
+        c
+    };
+    let garbage = {
+        let mut c = config(&new);
+        c["certificates"][0]["cert"] =
+            "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n".into();
+        c
+    };
+    let no_pem = {
+        let mut c = config(&new);
+        c["certificates"][0]["cert"] = "hello".into();
+        c
+    };
+    let no_key = {
+        let mut c = config(&new);
+        c["certificates"][0]["key"] = "hello".into();
+        c
+    };
+    let duplicate = {
+        let mut c = config(&new);
+        c["certificates"]
+            .as_array_mut()
+            .expect("array")
+            .push(serde_json::json!({"cert": other.cert, "key": other.key,
+                                      "snis": ["b.example.com", "A.example.com"]}));
+        c
+    };
+    let bad_name = {
+        let mut c = config(&new);
+        c["certificates"][0]["snis"] = serde_json::json!([{"name": "a.*.example.com"}]);
+        c
+    };
+    let bad_sni_type = {
+        let mut c = config(&new);
+        c["certificates"][0]["snis"] = serde_json::json!([42]);
+        c
+    };
+    let alt_without_key = {
+        let mut c = config(&new);
+        c["certificates"][0]["cert_alt"] = other.cert.clone().into();
+        c
+    };
+    let alt_same_type = {
+        let mut c = config(&new);
+        c["certificates"][0]["cert_alt"] = other.cert.clone().into();
+        c["certificates"][0]["key_alt"] = other.key.clone().into();
+        c
+    };
+    let bad_redirect = {
+        let mut c = config(&new);
+        c["services"][0]["routes"][1]["https_redirect_status_code"] = 303.into();
+        c
+    };
+    let unknown_ref = {
+        let mut c = config(&new);
+        c["snis"] = serde_json::json!([{"name": "z.example.com", "certificate": "nope"}]);
+        c
+    };
+    let top_duplicate = {
+        let mut c = config(&new);
+        c["certificates"][0]["id"] = "x".into();
+        c["snis"] = serde_json::json!([{"name": "A.example.com", "certificate": {"id": "x"}}]);
+        c
+    };
+    for (doc, field, says) in [
+        (unknown_ref, "snis[0].certificate", "expected the id"),
+        (
+            top_duplicate,
+            "snis[0].name",
+            "already given by certificates[0].snis[0]",
+        ),
+        (
+            swapped_pair,
+            "certificates[0].key",
+            "certificate does not match key",
+        ),
+        (garbage, "certificates[0].cert", "PEM"),
+        (no_pem, "certificates[0].cert", "found none"),
+        (no_key, "certificates[0].key", "PEM private key"),
+        (duplicate, "certificates[1].snis[1]", "certificates[0]"),
+        (bad_name, "certificates[0].snis[0]", "expected a host name"),
+        (bad_sni_type, "certificates[0].snis[0]", "server name"),
+        (alt_without_key, "certificates[0].key_alt", "required"),
+        (alt_same_type, "certificates[0].cert_alt", "different type"),
+        (
+            bad_redirect,
+            "services[0].routes[1].https_redirect_status_code",
+            "426",
+        ),
+    ] {
+        let r = client
+            .post(&admin)
+            .body(doc.to_string())
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(r.status(), 400, "{field}");
+        let v: serde_json::Value = r.json().await.expect("json");
+        assert!(
+            v["fields"][field]
+                .as_str()
+                .is_some_and(|m| m.contains(says)),
+            "{field}: {v}"
+        );
+        assert_eq!(v["name"], "invalid declarative configuration");
+    }
+    let (_, leaf) = tls_connect(gw.tls, "a.example.com", &[&ca1, &ca2]).await;
+    assert_eq!(
+        leaf,
+        der(&new),
+        "a refused configuration changed the certificates"
+    );
+    let current: serde_json::Value = client
+        .get(&admin)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(current["certificates"][0]["cert"], new.cert);
+    assert_eq!(current["certificates"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn https_only_routes_refuse_plain_http_as_kong_does() {
+    let backend = echo("a").await;
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let a = pki.leaf(&ca, "a.example.com", &["a.example.com"], false);
+    let gw = tls_gateway(
+        serde_json::json!({
+            "_format_version": "3.0",
+            "services": [echo_service(backend)],
+            "certificates": [{"cert": a.cert, "key": a.key, "snis": ["a.example.com"]}]
+        }),
+        |_| {},
+    )
+    .await;
+    let plain = format!("http://{}", gw.addr);
+
+    // Kong's 426, with its body and Upgrade headers.
+    let (code, out) = curl_raw(s(&["-i", &format!("{plain}/secure/x")])).await;
+    assert_eq!(code, 0);
+    let (head, body) = out.split_once("\r\n\r\n").expect("head and body");
+    assert!(head.starts_with("HTTP/1.1 426"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("\r\nupgrade: tls/1.2, http/1.1"), "{head}");
+    assert!(lower.contains("\r\nconnection: upgrade"), "{head}");
+    assert_eq!(body, r#"{"message":"Please use HTTPS protocol"}"#);
+    // Over h2c too (without HTTP/1.1's connection headers).
+    let (code, out) = curl_raw(s(&[
+        "--http2-prior-knowledge",
+        "-w",
+        "\n%{http_code}",
+        &format!("{plain}/secure/x"),
+    ]))
+    .await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "{\"message\":\"Please use HTTPS protocol\"}\n426")
+    );
+
+    // https_redirect_status_code 301: a redirect to https, without the port.
+    let (_, out) = curl_raw(s(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "-H",
+        "Host: a.example.com:8000",
+        &format!("{plain}/moved/y?q=1"),
+    ]))
+    .await;
+    assert_eq!(out, "301 https://a.example.com/moved/y?q=1");
+
+    // Routes that allow http still serve it; over TLS all three serve.
+    let (_, out) = curl_raw(s(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{plain}/both"),
+    ]))
+    .await;
+    assert_eq!(out, "200");
+    let (_, out) = curl_raw(s(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{plain}/users"),
+    ]))
+    .await;
+    assert_eq!(out, "200");
+    for path in ["/secure/x", "/moved/y", "/both"] {
+        let (code, status, body) = curl_https(&gw, "a.example.com", path, &ca.cert_path, &[]).await;
+        assert_eq!((code, status.as_str()), (0, "2 200"), "{path}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["headers"]["x-forwarded-proto"], "https");
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_handshake_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = tls_gateway(serde_json::json!({"_format_version": "3.0"}), |c| {
+        c.header_read_timeout = Duration::from_millis(500);
+    })
+    .await;
+    // Half a TLS record header, then silence.
+    let mut stream = tokio::net::TcpStream::connect(gw.tls)
+        .await
+        .expect("connect");
+    stream.write_all(&[0x16, 0x03, 0x01]).await.expect("write");
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("the gateway closes the connection, it does not wait forever");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(400), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+}
+
+#[tokio::test]
+async fn bad_tls_settings_are_refused_by_name() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let (a, b) = (
+        pki.leaf(&ca, "a", &["a.example.com"], false),
+        pki.leaf(&ca, "b", &["b.example.com"], false),
+    );
+    let bind = |tune: &dyn Fn(&mut Config)| {
+        let mut config = Config::ephemeral();
+        config.tls_addr = "127.0.0.1:0".into();
+        tune(&mut config);
+        async move {
+            config.validate().map_err(|e| e.to_string())?;
+            Server::bind(config)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    };
+    let e = bind(&|c| c.tls_addr = "8443".into())
+        .await
+        .expect_err("refused");
+    assert!(e.contains("tls_addr") && e.contains("8443"), "{e}");
+    let e = bind(&|c| c.tls_cert = a.cert_path.display().to_string())
+        .await
+        .expect_err("refused");
+    assert!(e.contains("tls_key"), "{e}");
+    let missing = pki.path("missing.pem");
+    let e = bind(&|c| {
+        c.tls_cert = missing.clone();
+        c.tls_key = a.key_path.display().to_string();
+    })
+    .await
+    .expect_err("refused");
+    assert!(e.contains("tls_cert") && e.contains("missing.pem"), "{e}");
+    let e = bind(&|c| {
+        c.tls_cert = a.cert_path.display().to_string();
+        c.tls_key = b.key_path.display().to_string();
+    })
+    .await
+    .expect_err("refused");
+    assert!(
+        e.contains("tls_key") && e.contains("certificate does not match key"),
+        "{e}"
+    );
+    bind(&|c| {
+        c.tls_cert = a.cert_path.display().to_string();
+        c.tls_key = a.key_path.display().to_string();
+    })
+    .await
+    .expect("a matching pair is accepted");
+}
