@@ -20,6 +20,9 @@ pub struct Config {
     /// bronze-discovery's gRPC URL: instances with `bronze.http.rule`
     /// metadata become routes. Empty: off.
     pub discovery: String,
+    /// DNS server (`ip:port`) for SRV targets; empty: the system's
+    /// (`/etc/resolv.conf`).
+    pub dns_resolver: String,
     /// A client must send its request headers within this long (slow-loris).
     #[serde(with = "bronze_runtime::duration::serde")]
     pub header_read_timeout: Duration,
@@ -33,6 +36,7 @@ impl Default for Config {
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 8001)),
             declarative_config: String::new(),
             discovery: String::new(),
+            dns_resolver: String::new(),
             header_read_timeout: Duration::from_secs(10),
             log_format: LogFormat::Plain,
         }
@@ -58,6 +62,12 @@ impl Config {
                     "{:?}: expected http://<host>:<port> (discovery's gRPC)",
                     self.discovery
                 ),
+            ));
+        }
+        if !self.dns_resolver.is_empty() && self.dns_resolver.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::invalid(
+                "dns_resolver",
+                format!("{:?}: expected <ip>:<port>", self.dns_resolver),
             ));
         }
         Ok(())

@@ -9,6 +9,7 @@
 //! - `proxy`: request rewriting and forwarding;
 //! - this file: listeners, the accept loop, the admin API.
 
+pub mod balancer;
 pub mod cli;
 pub mod config;
 pub mod declarative;
@@ -67,7 +68,7 @@ impl Gateway {
     /// for), then swaps it in; on error nothing changes.
     fn apply(&self, d: Declarative) -> Result<(), Invalid> {
         let mut current = self.current.lock();
-        let table = router::Table::build(&d)?;
+        let table = router::Table::build_with(&d, &self.registry())?;
         // Compiled once more only when discovery adds label routes.
         let table = if self.instances.lock().is_empty() {
             table
@@ -75,6 +76,7 @@ impl Gateway {
             self.with_labels(&d)
         };
         let (services, routes) = (table.services.len(), table.routes);
+        self.follow_discovery(&table, None);
         self.proxy.swap(table);
         *current = d;
         tracing::info!(services, routes, "configuration applied");
@@ -85,7 +87,47 @@ impl Gateway {
     fn refresh(&self) {
         let current = self.current.lock();
         let table = self.with_labels(&current);
+        self.follow_discovery(&table, None);
         self.proxy.swap(table);
+    }
+
+    fn registry(&self) -> Arc<balancer::Registry> {
+        self.proxy.table.load().registry.clone()
+    }
+
+    /// Gives upstreams following a discovery service (all of them, or
+    /// those following `only`) its current healthy instances.
+    fn follow_discovery(&self, table: &router::Table, only: Option<&str>) {
+        let services: std::collections::BTreeSet<&str> = table
+            .all_upstreams()
+            .flat_map(|u| u.discovery_services())
+            .filter(|s| only.is_none_or(|o| o == *s))
+            .collect();
+        if services.is_empty() {
+            return;
+        }
+        let instances = self.instances.lock();
+        for service in services {
+            let targets = instances
+                .values()
+                .filter(|i| i.service == service && labels::routable(i) && i.port != 0)
+                .map(|i| balancer::Resolved {
+                    addr: if i.address.contains(':') {
+                        format!("[{}]:{}", i.address, i.port)
+                    } else {
+                        format!("{}:{}", i.address, i.port)
+                    },
+                    weight: i.weights.as_ref().map_or(1, |w| w.passing.max(1)),
+                    rank: 0,
+                })
+                .collect();
+            balancer::set_discovery_instances(
+                &table.registry,
+                service,
+                table.all_upstreams(),
+                targets,
+            );
+        }
     }
 
     /// The table for `base` plus label-driven routes. A label route the
@@ -93,8 +135,9 @@ impl Gateway {
     /// the others still apply.
     fn with_labels(&self, base: &Declarative) -> router::Table {
         let mut merged = labels::merge(base, self.instances.lock().values());
+        let registry = self.registry();
         loop {
-            match router::Table::build(&merged) {
+            match router::Table::build_with(&merged, &registry) {
                 Ok(t) => return t,
                 Err(e) => {
                     let index = |prefix: &str| {
@@ -114,7 +157,9 @@ impl Gateway {
                         }
                         // The base itself was valid when applied: unreachable
                         // in practice, but never serve nothing.
-                        _ => return router::Table::build(base).unwrap_or_default(),
+                        _ => {
+                            return router::Table::build_with(base, &registry).unwrap_or_default();
+                        }
                     }
                 }
             }
@@ -143,6 +188,13 @@ async fn watch_discovery(url: String, gateway: Arc<Gateway>, shutdown: Shutdown)
             let mut snapshot: Option<Vec<pb::Instance>> = None;
             while let Some(ev) = stream.message().await.map_err(|e| e.to_string())? {
                 backoff = Duration::from_millis(100);
+                let touched: Option<String> = match &ev.event {
+                    Some(pb::watch_event::Event::Upsert(i)) => Some(i.service.clone()),
+                    Some(pb::watch_event::Event::Removed(r)) => Some(r.service.clone()),
+                    _ => None,
+                };
+                let snapshot_done =
+                    matches!(&ev.event, Some(pb::watch_event::Event::Snapshot(c)) if c.last);
                 let changed = match ev.event {
                     Some(pb::watch_event::Event::Snapshot(chunk)) => {
                         let all = snapshot.get_or_insert_with(Vec::new);
@@ -178,6 +230,9 @@ async fn watch_discovery(url: String, gateway: Arc<Gateway>, shutdown: Shutdown)
                 from = ev.index;
                 if changed {
                     gateway.refresh();
+                } else if snapshot_done || touched.is_some() {
+                    let table = gateway.proxy.table.load();
+                    gateway.follow_discovery(&table, touched.as_deref());
                 }
             }
             Err::<(), String>("the watch stream ended".into())
@@ -235,9 +290,15 @@ impl Server {
             let text = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
             declarative::parse(&text).map_err(|e| fail(e.to_string()))?
         };
-        let table = router::Table::build(&declarative).map_err(|e| StartError::Declarative {
-            path: config.declarative_config.clone(),
-            message: e.to_string(),
+        let registry = Arc::new(balancer::Registry::new(
+            config.dns_resolver.parse().ok(),
+            !config.discovery.is_empty(),
+        ));
+        let table = router::Table::build_with(&declarative, &registry).map_err(|e| {
+            StartError::Declarative {
+                path: config.declarative_config.clone(),
+                message: e.to_string(),
+            }
         })?;
         let mut metrics = Metrics::new("gateway");
         let gateway_metrics = Arc::new(metrics::GatewayMetrics::register(&mut metrics));

@@ -17,17 +17,18 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::balancer::{Outcome, RequestInfo, Tracked};
 use crate::metrics::GatewayMetrics;
 use crate::router::Table;
 
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<Tracked, Full<Bytes>>;
 /// What goes upstream: the client's body, or nothing (a bodyless request
 /// that may be sent again on another target).
 type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 
 pub struct Proxy {
     pub table: ArcSwap<Table>,
-    client: Client<HttpConnector, UpstreamBody>,
+    client: Client<crate::balancer::connect::TimedConnect<HttpConnector>, UpstreamBody>,
     metrics: Arc<GatewayMetrics>,
     /// Requests no route matched.
     unmatched: crate::metrics::RouteCounters,
@@ -96,13 +97,21 @@ impl Proxy {
     pub fn new(table: Table, metrics: Arc<GatewayMetrics>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
         connector.enforce_http(true);
+        // Each service's connect_timeout and write_timeout (Kong's).
+        let connector = crate::balancer::connect::TimedConnect::new(
+            connector,
+            crate::balancer::connect::Timeouts {
+                connect: std::time::Duration::from_secs(60),
+                write: std::time::Duration::from_secs(60),
+            },
+        );
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .build(connector);
+        table.start();
         Self {
             table: ArcSwap::from_pointee(table),
             client,
@@ -115,6 +124,7 @@ impl Proxy {
 
     /// Replaces the routing table; requests already matched keep theirs.
     pub fn swap(&self, table: Table) {
+        table.start();
         self.table.store(Arc::new(table));
     }
 
@@ -137,12 +147,19 @@ impl Proxy {
         let counters = route
             .counters
             .get_or_init(|| self.metrics.route_counters(&route.name, &service.name));
-        let Some(target) = service.pick() else {
-            counters.count(StatusCode::SERVICE_UNAVAILABLE);
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "failure to get a peer from the ring-balancer",
-            );
+        let key = service.upstream.key(&RequestInfo {
+            headers: req.headers(),
+            peer: peer.ip(),
+            path: &path,
+            query: req.uri().query(),
+        });
+        service.budget.request();
+        let mut pick = match service.upstream.pick(&key, None).await {
+            Ok(p) => p,
+            Err(no_peer) => {
+                counters.count(StatusCode::SERVICE_UNAVAILABLE);
+                return error(StatusCode::SERVICE_UNAVAILABLE, no_peer.message());
+            }
         };
 
         // Path: the service's path, then what the route did not strip.
@@ -221,7 +238,6 @@ impl Proxy {
         let method = parts.method;
         let mut headers = Some(parts.headers);
         let mut body = Some(body);
-        let mut target = target;
         let mut attempt = 0;
         let sent = loop {
             let mut builder = Request::builder()
@@ -230,7 +246,7 @@ impl Proxy {
                 .uri(
                     Uri::builder()
                         .scheme("http")
-                        .authority(&*target)
+                        .authority(&**pick.addr())
                         .path_and_query(upstream_path.as_str())
                         .build()
                         .unwrap_or_default(),
@@ -242,7 +258,7 @@ impl Proxy {
                     headers.take().unwrap_or_default()
                 };
                 if !route.preserve_host
-                    && let Ok(v) = HeaderValue::from_str(&target)
+                    && let Ok(v) = HeaderValue::from_str(pick.addr())
                 {
                     h.insert(header::HOST, v);
                 }
@@ -254,23 +270,38 @@ impl Proxy {
             let Ok(upstream_req) = builder.body(upstream_body) else {
                 return error(StatusCode::BAD_REQUEST, "the request cannot be forwarded");
             };
-            let sent =
-                tokio::time::timeout(service.read_timeout, self.client.request(upstream_req)).await;
+            let sent = crate::balancer::connect::scope(
+                service.timeouts(),
+                tokio::time::timeout(service.read_timeout, self.client.request(upstream_req)),
+            )
+            .await;
             match sent {
                 Ok(Err(e)) => {
-                    service.eject(&target);
-                    tracing::warn!(route = %route.name, %target, attempt, error = %e, "upstream failed; target ejected");
+                    pick.report(if crate::balancer::connect::is_timeout(&e) {
+                        Outcome::Timeout
+                    } else {
+                        Outcome::TcpFailure
+                    });
+                    tracing::warn!(route = %route.name, target = %pick.addr(), attempt, error = %e, "upstream failed");
                     if replayable
                         && attempt < service.retries
-                        && let Some(next) = service.pick()
+                        && service.budget.try_retry()
+                        && let Ok(next) = service.upstream.try_pick(&key, Some(&pick.target))
                     {
                         attempt += 1;
-                        target = next;
+                        pick = next;
                         continue;
                     }
                     break Ok(Err(e));
                 }
-                other => break other,
+                Ok(Ok(resp)) => {
+                    pick.report(Outcome::Status(resp.status().as_u16()));
+                    break Ok(Ok(resp));
+                }
+                Err(elapsed) => {
+                    pick.report(Outcome::Timeout);
+                    break Err(elapsed);
+                }
             }
         };
         match sent {
@@ -281,6 +312,8 @@ impl Proxy {
                     let upstream = hyper::upgrade::on(&mut resp);
                     let name = route.name.clone();
                     tokio::spawn(async move {
+                        // Counts as in flight while the tunnel lasts.
+                        let _pick = pick;
                         let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else {
                             tracing::debug!(route = %name, "upgrade did not complete");
                             return;
@@ -293,15 +326,18 @@ impl Proxy {
                     });
                     counters.count(StatusCode::SWITCHING_PROTOCOLS);
                     let (parts, body) = resp.into_parts();
-                    return Response::from_parts(parts, Either::Left(body));
+                    return Response::from_parts(parts, Either::Left(Tracked::new(body, None)));
                 }
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                if let Some(cookie) = key.set_cookie {
+                    parts.headers.append(header::SET_COOKIE, cookie);
+                }
                 counters.count(parts.status);
-                Response::from_parts(parts, Either::Left(body))
+                Response::from_parts(parts, Either::Left(Tracked::new(body, Some(pick))))
             }
             Ok(Err(e)) => {
-                tracing::warn!(route = %route.name, %target, error = %e, "upstream failed");
+                tracing::warn!(route = %route.name, target = %pick.addr(), error = %e, "upstream failed");
                 counters.count(StatusCode::BAD_GATEWAY);
                 error(
                     StatusCode::BAD_GATEWAY,
@@ -309,7 +345,7 @@ impl Proxy {
                 )
             }
             Err(_) => {
-                tracing::warn!(route = %route.name, %target, "upstream timed out");
+                tracing::warn!(route = %route.name, target = %pick.addr(), "upstream timed out");
                 counters.count(StatusCode::GATEWAY_TIMEOUT);
                 error(
                     StatusCode::GATEWAY_TIMEOUT,
