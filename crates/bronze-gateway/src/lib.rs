@@ -101,7 +101,7 @@ impl Gateway {
         let services: std::collections::BTreeSet<&str> = table
             .all_upstreams()
             .flat_map(|u| u.discovery_services())
-            .filter(|s| only.is_none_or(|o| o == *s))
+            .filter(|s| only.is_none_or(|o| o.is_empty() || o == *s))
             .collect();
         if services.is_empty() {
             return;
@@ -190,6 +190,7 @@ async fn watch_discovery(url: String, gateway: Arc<Gateway>, shutdown: Shutdown)
                 backoff = Duration::from_millis(100);
                 let touched: Option<String> = match &ev.event {
                     Some(pb::watch_event::Event::Upsert(i)) => Some(i.service.clone()),
+                    // An empty service (older servers): follow every service.
                     Some(pb::watch_event::Event::Removed(r)) => Some(r.service.clone()),
                     _ => None,
                 };

@@ -336,7 +336,7 @@ impl Proxy {
                 counters.count(parts.status);
                 Response::from_parts(parts, Either::Left(Tracked::new(body, Some(pick))))
             }
-            Ok(Err(e)) => {
+            Ok(Err(e)) if !crate::balancer::connect::is_timeout(&e) => {
                 tracing::warn!(route = %route.name, target = %pick.addr(), error = %e, "upstream failed");
                 counters.count(StatusCode::BAD_GATEWAY);
                 error(
@@ -344,7 +344,7 @@ impl Proxy {
                     "An invalid response was received from the upstream server",
                 )
             }
-            Err(_) => {
+            Ok(Err(_)) | Err(_) => {
                 tracing::warn!(route = %route.name, target = %pick.addr(), "upstream timed out");
                 counters.count(StatusCode::GATEWAY_TIMEOUT);
                 error(

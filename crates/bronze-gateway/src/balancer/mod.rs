@@ -134,7 +134,10 @@ impl TargetState {
         };
         match failure {
             None => {
-                if self.is_healthy() && !self.failing.load(Ordering::Relaxed) {
+                // As Kong: a source whose success threshold is 0 does not
+                // count successes (nor reset failures with them).
+                if t.successes == 0 || (self.is_healthy() && !self.failing.load(Ordering::Relaxed))
+                {
                     return;
                 }
                 let mut c = self.counters.lock();
@@ -149,16 +152,25 @@ impl TargetState {
                 }
             }
             Some(kind) => {
+                let limit = match kind {
+                    0 => t.http_failures,
+                    1 => t.tcp_failures,
+                    _ => t.timeouts,
+                };
+                // Likewise for failures of a kind with threshold 0.
+                if limit == 0 {
+                    return;
+                }
                 let mut c = self.counters.lock();
                 c.successes = 0;
                 self.failing.store(true, Ordering::Relaxed);
-                let (n, limit) = match kind {
-                    0 => (&mut c.http_failures, t.http_failures),
-                    1 => (&mut c.tcp_failures, t.tcp_failures),
-                    _ => (&mut c.timeouts, t.timeouts),
+                let n = match kind {
+                    0 => &mut c.http_failures,
+                    1 => &mut c.tcp_failures,
+                    _ => &mut c.timeouts,
                 };
                 *n = n.saturating_add(1);
-                if limit > 0 && *n >= limit && self.is_healthy() {
+                if *n >= limit && self.is_healthy() {
                     *c = Counters::default();
                     self.failing.store(false, Ordering::Relaxed);
                     self.set_healthy(false, source);
