@@ -689,10 +689,10 @@ impl Upstream {
         let round_robin = |g: &Group| {
             let start = g.next.fetch_add(1, Ordering::Relaxed);
             let len = g.ring.len();
+            // Every member has at least one slot.
             (0..len)
                 .map(|k| g.ring[(start + k) % len] as usize)
                 .find(|&i| self.try_member(g, i, now, avoid))
-                .or_else(|| (0..n).find(|&i| self.try_member(g, i, now, avoid)))
         };
         let avoided = |i: usize| avoid.is_some_and(|a| std::ptr::eq(a, &*g.members[i].state));
         match self.settings.algorithm {
@@ -1167,6 +1167,75 @@ mod tests {
                 .windows(2)
                 .any(|w| w[0] == "10.0.0.2:80" && w[1] == w[0])
         );
+    }
+
+    #[test]
+    fn passive_failures_take_a_target_out_and_the_health_report_says_so() {
+        let mut passive = config::Passive::default();
+        passive.unhealthy = Some(config::PassiveUnhealthy {
+            tcp_failures: Some(2),
+            ..Default::default()
+        });
+        let settings = config::compile(
+            &crate::declarative::Upstream {
+                name: "u".into(),
+                healthchecks: Some(config::Healthchecks {
+                    passive: Some(passive),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "upstreams[0]",
+        )
+        .expect("valid");
+        let u = upstream(settings, &[("10.0.0.1:80", 100), ("10.0.0.2:80", 100)]);
+        for _ in 0..2 {
+            let mut p = u
+                .try_pick(
+                    &Key::default(),
+                    Some(&u.targets().groups[0].members[1].state),
+                )
+                .expect("pick");
+            assert_eq!(&**p.addr(), "10.0.0.1:80");
+            p.report(Outcome::TcpFailure);
+        }
+        // Out: every pick goes to the other target, and the report says so.
+        for _ in 0..4 {
+            let p = u.try_pick(&Key::default(), None).expect("pick");
+            assert_eq!(&**p.addr(), "10.0.0.2:80");
+        }
+        let health = u.health();
+        assert_eq!(health["data"][0]["target"], "10.0.0.1:80");
+        assert_eq!(health["data"][0]["health"], "UNHEALTHY");
+        assert_eq!(health["data"][1]["health"], "HEALTHY");
+        assert_eq!(health["data"][1]["weight"], 100);
+        // Nothing usable but an unhealthy target: no peer.
+        let other = u.targets().groups[0].members[1].state.clone();
+        assert_eq!(
+            u.try_pick(&Key::default(), Some(&other)).err(),
+            Some(NoPeer::Unavailable)
+        );
+    }
+
+    #[test]
+    fn in_flight_counts_are_released_by_dropping_the_pick() {
+        let u = upstream(
+            Settings {
+                algorithm: Algorithm::LeastConnections,
+                ..Settings::default()
+            },
+            &[("10.0.0.1:80", 100), ("10.0.0.2:80", 100)],
+        );
+        let held = u.try_pick(&Key::default(), None).expect("pick");
+        // The busy target is avoided while its pick lives...
+        for _ in 0..5 {
+            let p = u.try_pick(&Key::default(), None).expect("pick");
+            assert_ne!(p.addr(), held.addr());
+        }
+        assert_eq!(held.target.in_flight(), 1);
+        let target = held.target.clone();
+        drop(held);
+        assert_eq!(target.in_flight(), 0);
     }
 
     #[test]

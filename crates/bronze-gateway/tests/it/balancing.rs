@@ -836,3 +836,43 @@ async fn bad_upstream_configurations_are_refused_naming_the_field() {
     // The running configuration is untouched.
     assert_eq!(get(&c, &url, &[]).await, (200, "a".to_string()));
 }
+
+#[tokio::test]
+async fn write_timeout_fails_an_upload_the_upstream_stops_reading() {
+    // A backend that accepts and never reads: once the socket buffers are
+    // full, the gateway's writes wait, and the service's write_timeout ends
+    // the request.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let gw = gateway(json!({
+        "_format_version": "3.0",
+        "services": [{"name": "sink", "url": format!("http://{addr}"),
+                      "write_timeout": 300, "read_timeout": 20000,
+                      "routes": [{"name": "sink", "paths": ["/"]}]}]
+    }))
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("big");
+    std::fs::write(&file, vec![b'x'; 64 << 20]).expect("write");
+    let started = Instant::now();
+    let (code, body) = curl(s(&[
+        "-T",
+        &file.display().to_string(),
+        &format!("http://{}/upload", gw.addr),
+    ]))
+    .await;
+    let took = started.elapsed();
+    assert_eq!(code, 504, "{body}");
+    assert!(
+        took < Duration::from_secs(10),
+        "took {took:?}: write_timeout not applied"
+    );
+}
