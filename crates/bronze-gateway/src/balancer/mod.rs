@@ -1171,11 +1171,13 @@ mod tests {
 
     #[test]
     fn passive_failures_take_a_target_out_and_the_health_report_says_so() {
-        let mut passive = config::Passive::default();
-        passive.unhealthy = Some(config::PassiveUnhealthy {
-            tcp_failures: Some(2),
+        let passive = config::Passive {
+            unhealthy: Some(config::PassiveUnhealthy {
+                tcp_failures: Some(2),
+                ..Default::default()
+            }),
             ..Default::default()
-        });
+        };
         let settings = config::compile(
             &crate::declarative::Upstream {
                 name: "u".into(),
