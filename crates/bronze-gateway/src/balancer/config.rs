@@ -9,7 +9,8 @@
 //!   flight per target, and how long (ms) a request waits for one below
 //!   the limit before a 503;
 //! - upstream `circuit_breaker: {failures, open_timeout}`: a target that
-//!   failed `failures` times in a row (connect errors, timeouts, 502-504)
+//!   failed `failures` times in a row (connect errors, broken connections,
+//!   timeouts)
 //!   is skipped for `open_timeout` ms, then gets one probe request;
 //! - service `retry_budget: {percent, min_per_second}`: retries may add at
 //!   most `percent` % to the service's request rate, plus

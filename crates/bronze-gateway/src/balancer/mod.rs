@@ -769,7 +769,7 @@ impl Upstream {
                 return Ok(Pick {
                     target: state,
                     upstream: self.clone(),
-                    started: Instant::now(),
+                    started: (self.settings.algorithm == Algorithm::Latency).then(Instant::now),
                     probe,
                     reported: false,
                 });
@@ -895,7 +895,8 @@ fn static_of(s: &Spec) -> Resolved {
 pub struct Pick {
     pub target: Arc<TargetState>,
     upstream: Arc<Upstream>,
-    started: Instant,
+    /// When it was sent (for `latency` only).
+    started: Option<Instant>,
     probe: bool,
     reported: bool,
 }
@@ -913,17 +914,16 @@ impl Pick {
         self.reported = true;
         let t = &self.target;
         let s = &self.upstream.settings;
-        if let Outcome::Status(_) = outcome {
-            let us = self.started.elapsed().as_micros() as u64;
+        if let (Outcome::Status(_), Some(started)) = (outcome, self.started) {
+            let us = started.elapsed().as_micros() as u64;
             let old = t.ewma_us.load(Ordering::Relaxed);
             let new = if old == 0 { us } else { (old * 7 + us) / 8 };
             t.ewma_us.store(new.max(1), Ordering::Relaxed);
         }
         t.record(outcome, &s.passive, "passive check");
-        let failed = matches!(
-            outcome,
-            Outcome::TcpFailure | Outcome::Timeout | Outcome::Status(502..=504)
-        );
+        // The circuit counts transport failures; statuses are the passive
+        // checks' business.
+        let failed = matches!(outcome, Outcome::TcpFailure | Outcome::Timeout);
         if failed {
             let n = t.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
             if self.probe || (s.circuit_failures > 0 && n >= s.circuit_failures) {
