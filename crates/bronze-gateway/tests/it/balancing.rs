@@ -286,6 +286,45 @@ async fn hashing_on_query_arg_falls_back_to_a_header() {
 }
 
 #[tokio::test]
+async fn hashing_on_client_ip_and_on_path() {
+    let (a, _) = named("a", Duration::ZERO).await;
+    let (b, _) = named("b", Duration::ZERO).await;
+    let (c3, _) = named("c", Duration::ZERO).await;
+    let gw = gateway(pool(&[a, b, c3], json!({"hash_on": "ip"}))).await;
+    // curl from different loopback addresses (127.0.0.0/8 is all local).
+    let url = format!("http://{}/x", gw.addr);
+    let mut owners = std::collections::HashSet::new();
+    for k in 1..=12 {
+        let ip = format!("127.0.0.{k}");
+        let (code, first) = curl(s(&["--interface", &ip, &url])).await;
+        assert_eq!(code, 200, "{first}");
+        for _ in 0..2 {
+            assert_eq!(curl(s(&["--interface", &ip, &url])).await.1, first, "{ip}");
+        }
+        owners.insert(first);
+    }
+    assert!(owners.len() > 1, "client addresses spread: {owners:?}");
+
+    assert_eq!(
+        post_config(&gw, &pool(&[a, b, c3], json!({"hash_on": "path"})))
+            .await
+            .0,
+        201
+    );
+    let c = client();
+    let mut owners = std::collections::HashSet::new();
+    for k in 0..12 {
+        let url = format!("http://{}/item/{k}", gw.addr);
+        let (_, first) = get(&c, &url, &[]).await;
+        for _ in 0..2 {
+            assert_eq!(get(&c, &url, &[]).await.1, first);
+        }
+        owners.insert(first);
+    }
+    assert!(owners.len() > 1, "paths spread: {owners:?}");
+}
+
+#[tokio::test]
 async fn sticky_cookie_is_set_when_absent_and_honoured() {
     let (a, _) = named("a", Duration::ZERO).await;
     let (b, _) = named("b", Duration::ZERO).await;
