@@ -117,7 +117,14 @@ impl Gateway {
                     } else {
                         format!("{}:{}", i.address, i.port)
                     },
-                    weight: i.weights.as_ref().map_or(1, |w| w.passing.max(1)),
+                    // Consul's weights: by the instance's state.
+                    weight: i.weights.as_ref().map_or(1, |w| {
+                        if i.health == pb::HealthStatus::Warning as i32 {
+                            w.warning.max(1)
+                        } else {
+                            w.passing.max(1)
+                        }
+                    }),
                     rank: 0,
                 })
                 .collect();

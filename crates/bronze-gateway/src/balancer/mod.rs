@@ -689,10 +689,12 @@ impl Upstream {
         let round_robin = |g: &Group| {
             let start = g.next.fetch_add(1, Ordering::Relaxed);
             let len = g.ring.len();
-            // Every member has at least one slot.
-            (0..len)
+            // A few ring slots (in weight order), then each member once:
+            // at most 2n checks even when nothing is usable.
+            (0..len.min(n))
                 .map(|k| g.ring[(start + k) % len] as usize)
                 .find(|&i| self.try_member(g, i, now, avoid))
+                .or_else(|| (0..n).find(|&i| self.try_member(g, i, now, avoid)))
         };
         let avoided = |i: usize| avoid.is_some_and(|a| std::ptr::eq(a, &*g.members[i].state));
         match self.settings.algorithm {
@@ -703,9 +705,16 @@ impl Upstream {
                 };
                 let len = g.points.len();
                 let start = g.points.partition_point(|(p, _)| *p < h);
-                (0..len)
+                // The next points on the ring, then (bounded, when most
+                // targets are out) each member from one the key chose.
+                (0..len.min(8 * n))
                     .map(|k| g.points[(start + k) % len].1 as usize)
                     .find(|&i| self.try_member(g, i, now, avoid))
+                    .or_else(|| {
+                        (0..n)
+                            .map(|k| (h as usize).wrapping_add(k) % n)
+                            .find(|&i| self.try_member(g, i, now, avoid))
+                    })
             }
             Algorithm::LeastConnections if n <= 64 => {
                 let offset = g.next.fetch_add(1, Ordering::Relaxed);
