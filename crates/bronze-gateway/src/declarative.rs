@@ -138,6 +138,11 @@ pub struct Upstream {
     /// Bronze extension: per-target circuit breaking.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<crate::balancer::config::CircuitBreaker>,
+    /// Kong's; only unset (or false) is supported so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_srv_name: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
 }

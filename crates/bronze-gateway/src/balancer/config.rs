@@ -50,6 +50,15 @@ pub struct Active {
     /// Kong's default `/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_path: Option<String>,
+    /// Headers sent with each check (name to values), as Kong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    /// For `https` checks (not supported yet); accepted so Kong's exported
+    /// configurations load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_verify_certificate: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_sni: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy: Option<ActiveHealthy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -204,6 +213,7 @@ pub struct Thresholds {
 #[derive(Debug, Clone)]
 pub struct ActiveSettings {
     pub http_path: String,
+    pub headers: http::HeaderMap,
     pub timeout: Duration,
     pub concurrency: usize,
     /// Zero: healthy (or unhealthy) targets are not checked.
@@ -225,6 +235,9 @@ pub struct Settings {
     pub max_connections_timeout: Duration,
     pub circuit_failures: u32,
     pub circuit_open: Duration,
+    /// How long a target marked unhealthy passively stays out when there
+    /// are no active checks (Bronze's choice; not configurable).
+    pub passive_cooldown: Duration,
 }
 
 impl Default for Settings {
@@ -240,6 +253,7 @@ impl Default for Settings {
             max_connections_timeout: Duration::from_millis(100),
             circuit_failures: 5,
             circuit_open: Duration::from_secs(10),
+            passive_cooldown: super::PASSIVE_COOLDOWN,
         }
     }
 }
@@ -376,6 +390,18 @@ fn hash_on(
 pub fn compile(u: &Upstream, prefix: &str) -> Result<Settings, Invalid> {
     let field = |f: &str| format!("{prefix}.{f}");
     let mut s = Settings::default();
+    if u.host_header.is_some() {
+        return Err(Invalid::new(
+            field("host_header"),
+            "not supported yet (use the route's preserve_host)",
+        ));
+    }
+    if u.use_srv_name == Some(true) {
+        return Err(Invalid::new(
+            field("use_srv_name"),
+            "not supported yet: expected false",
+        ));
+    }
     let hashing = u.hash_on.as_deref().is_some_and(|h| h != "none");
     s.algorithm = match u.algorithm.as_deref() {
         None if hashing => Algorithm::ConsistentHashing,
@@ -493,11 +519,31 @@ pub fn compile(u: &Upstream, prefix: &str) -> Result<Settings, Invalid> {
                 format!("{http_path:?}: expected a path starting with /"),
             ));
         }
+        let mut headers = http::HeaderMap::new();
+        for (name, values) in a.headers.iter().flatten() {
+            let bad = || {
+                Invalid::new(
+                    f("headers"),
+                    format!("{name:?}: expected a header name and values"),
+                )
+            };
+            let n = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
+            for v in values {
+                headers.append(n.clone(), v.parse().map_err(|_| bad())?);
+            }
+        }
+        if a.https_sni.is_some() {
+            return Err(Invalid::new(
+                f("https_sni"),
+                "https checks are not supported yet",
+            ));
+        }
         statuses(&h.http_statuses, &f("healthy.http_statuses"))?;
         statuses(&un.http_statuses, &f("unhealthy.http_statuses"))?;
         if !healthy_interval.is_zero() || !unhealthy_interval.is_zero() {
             s.active = Some(ActiveSettings {
                 http_path,
+                headers,
                 timeout,
                 concurrency: concurrency as usize,
                 healthy_interval,
@@ -549,4 +595,45 @@ pub fn retry_budget(b: Option<&RetryBudget>, field: &str) -> Result<(f64, u32), 
         ));
     }
     Ok((percent, b.and_then(|b| b.min_per_second).unwrap_or(10)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upstream as Kong exports it (every field with its default, plus
+    /// active checks switched on) loads unchanged.
+    #[test]
+    fn kong_exported_upstreams_load() {
+        let d = crate::declarative::parse(
+            br#"{"_format_version": "3.0", "upstreams": [{
+              "name": "users", "algorithm": "round-robin", "hash_on": "none",
+              "hash_fallback": "none", "hash_on_cookie_path": "/", "slots": 10000,
+              "use_srv_name": false,
+              "healthchecks": {
+                "threshold": 0,
+                "active": {"type": "http", "concurrency": 10, "http_path": "/status",
+                  "https_verify_certificate": true, "timeout": 1,
+                  "headers": {"x-check": ["bronze"]},
+                  "healthy": {"http_statuses": [200, 302], "interval": 5, "successes": 2},
+                  "unhealthy": {"http_failures": 3, "http_statuses": [429, 404, 500, 501, 502, 503, 504, 505],
+                                "interval": 1, "tcp_failures": 2, "timeouts": 3}},
+                "passive": {"type": "http",
+                  "healthy": {"http_statuses": [200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303, 304, 305, 306, 307, 308], "successes": 0},
+                  "unhealthy": {"http_failures": 0, "http_statuses": [429, 500, 503], "tcp_failures": 0, "timeouts": 0}}},
+              "targets": [{"target": "10.0.0.1:8080", "weight": 100}]}]}"#,
+        )
+        .expect("parses");
+        let s = compile(&d.upstreams[0], "upstreams[0]").expect("valid");
+        let a = s.active.expect("active checks on");
+        assert_eq!(a.http_path, "/status");
+        assert_eq!(a.healthy_interval, Duration::from_secs(5));
+        assert_eq!(a.unhealthy_interval, Duration::from_secs(1));
+        assert_eq!(a.thresholds.tcp_failures, 2);
+        assert_eq!(a.headers["x-check"], "bronze");
+        assert!(a.thresholds.unhealthy_statuses.contains(404));
+        assert!(!a.thresholds.unhealthy_statuses.contains(200));
+        assert_eq!(s.algorithm, Algorithm::RoundRobin);
+        assert_eq!(s.passive.http_failures, 0);
+    }
 }

@@ -23,15 +23,19 @@ async fn check(
     client: &Client<HttpConnector, Empty<Bytes>>,
     target: &TargetState,
     path: &str,
+    headers: &http::HeaderMap,
     timeout: Duration,
 ) -> Outcome {
     let uri = format!("http://{}{}", target.addr, path);
-    let Ok(req) = http::Request::get(uri)
+    let Ok(mut req) = http::Request::get(uri)
         .header(http::header::USER_AGENT, "bronze-gateway health check")
         .body(Empty::new())
     else {
         return Outcome::TcpFailure;
     };
+    for (name, value) in headers {
+        req.headers_mut().append(name, value.clone());
+    }
     match tokio::time::timeout(timeout, client.request(req)).await {
         Ok(Ok(resp)) => Outcome::Status(resp.status().as_u16()),
         Ok(Err(e)) if super::connect::is_timeout(&e) => Outcome::Timeout,
@@ -84,10 +88,11 @@ pub async fn run_active(upstream: Weak<Upstream>) {
             }
             due.insert(t.addr.clone(), (now + interval, healthy));
             let (client, limit, path) = (client.clone(), limit.clone(), active.http_path.clone());
+            let headers = active.headers.clone();
             let timeout = active.timeout;
             running.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                let outcome = check(&client, &t, &path, timeout).await;
+                let outcome = check(&client, &t, &path, &headers, timeout).await;
                 (t, outcome)
             });
         }

@@ -615,7 +615,8 @@ impl Upstream {
         if !t.is_healthy() {
             let back = self.settings.active.is_none()
                 && now
-                    >= t.unhealthy_at.load(Ordering::Relaxed) + PASSIVE_COOLDOWN.as_millis() as u64;
+                    >= t.unhealthy_at.load(Ordering::Relaxed)
+                        + self.settings.passive_cooldown.as_millis() as u64;
             if !back {
                 return false;
             }
@@ -1226,6 +1227,30 @@ mod tests {
             u.try_pick(&Key::default(), Some(&other)).err(),
             Some(NoPeer::Unavailable)
         );
+    }
+
+    #[test]
+    fn without_active_checks_a_passively_ejected_target_returns_after_the_cool_down() {
+        let mut settings = Settings {
+            passive_cooldown: Duration::from_millis(200),
+            ..Settings::default()
+        };
+        settings.passive.tcp_failures = 1;
+        let u = upstream(settings, &[("10.0.0.1:80", 100), ("10.0.0.2:80", 100)]);
+        let first = u.targets().groups[0].members[0].state.clone();
+        let second = u.targets().groups[0].members[1].state.clone();
+        u.try_pick(&Key::default(), Some(&second))
+            .expect("pick")
+            .report(Outcome::TcpFailure);
+        assert!(!first.is_healthy());
+        assert_eq!(
+            u.try_pick(&Key::default(), Some(&second)).err(),
+            Some(NoPeer::Unavailable)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        let p = u.try_pick(&Key::default(), Some(&second)).expect("back");
+        assert_eq!(p.addr(), &first.addr);
+        assert!(first.is_healthy());
     }
 
     #[test]
