@@ -11,7 +11,8 @@
 //! - upstream `circuit_breaker: {failures, open_timeout}`: a target that
 //!   failed `failures` times in a row (connect errors, broken connections,
 //!   timeouts)
-//!   is skipped for `open_timeout` ms, then gets one probe request;
+//!   is skipped for `open_timeout` ms, then gets one probe request (when
+//!   every target's circuit is open, circuits are ignored: panic mode);
 //! - service `retry_budget: {percent, min_per_second}`: retries may add at
 //!   most `percent` % to the service's request rate, plus
 //!   `min_per_second`.

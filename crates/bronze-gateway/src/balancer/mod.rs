@@ -453,6 +453,13 @@ fn hash_of(on: &HashOn, r: &RequestInfo<'_>) -> Option<u64> {
     }
 }
 
+/// The time of a pick, and whether circuits are ignored.
+#[derive(Debug, Clone, Copy)]
+struct At {
+    now: u64,
+    panic: bool,
+}
+
 /// Why no target was picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoPeer {
@@ -610,8 +617,10 @@ impl Upstream {
     }
 
     /// Whether `t` may take a request now; with `claim`, takes the
-    /// half-open probe of a target whose circuit timed out.
-    fn usable(&self, t: &TargetState, now: u64, claim: bool) -> bool {
+    /// half-open probe of a target whose circuit timed out. In panic mode
+    /// (every circuit open) circuits are ignored.
+    fn usable(&self, t: &TargetState, at: At, claim: bool) -> bool {
+        let now = at.now;
         if !t.is_healthy() {
             let back = self.settings.active.is_none()
                 && now
@@ -630,7 +639,7 @@ impl Upstream {
             return false;
         }
         let open = t.open_until.load(Ordering::Relaxed);
-        if open == 0 {
+        if open == 0 || at.panic {
             return true;
         }
         if now < open || t.probing.load(Ordering::Relaxed) {
@@ -668,24 +677,25 @@ impl Upstream {
     }
 
     /// Tries `i` (claiming probe and slot); `Some` on success.
-    fn try_member(&self, g: &Group, i: usize, now: u64, avoid: Option<&TargetState>) -> bool {
+    fn try_member(&self, g: &Group, i: usize, at: At, avoid: Option<&TargetState>) -> bool {
         let t = &g.members[i].state;
         if avoid.is_some_and(|a| std::ptr::eq(a, &**t)) {
             return false;
         }
-        if !self.usable(t, now, true) {
+        if !self.usable(t, at, true) {
             return false;
         }
         if self.take(t) {
             return true;
         }
-        if t.open_until.load(Ordering::Relaxed) != 0 {
+        // Give back the probe this call claimed.
+        if !at.panic && t.open_until.load(Ordering::Relaxed) != 0 {
             t.probing.store(false, Ordering::Relaxed);
         }
         false
     }
 
-    fn choose(&self, g: &Group, key: &Key, now: u64, avoid: Option<&TargetState>) -> Option<usize> {
+    fn choose(&self, g: &Group, key: &Key, at: At, avoid: Option<&TargetState>) -> Option<usize> {
         let n = g.members.len();
         let round_robin = |g: &Group| {
             let start = g.next.fetch_add(1, Ordering::Relaxed);
@@ -694,8 +704,8 @@ impl Upstream {
             // at most 2n checks even when nothing is usable.
             (0..len.min(n))
                 .map(|k| g.ring[(start + k) % len] as usize)
-                .find(|&i| self.try_member(g, i, now, avoid))
-                .or_else(|| (0..n).find(|&i| self.try_member(g, i, now, avoid)))
+                .find(|&i| self.try_member(g, i, at, avoid))
+                .or_else(|| (0..n).find(|&i| self.try_member(g, i, at, avoid)))
         };
         let avoided = |i: usize| avoid.is_some_and(|a| std::ptr::eq(a, &*g.members[i].state));
         match self.settings.algorithm {
@@ -710,21 +720,21 @@ impl Upstream {
                 // targets are out) each member from one the key chose.
                 (0..len.min(8 * n))
                     .map(|k| g.points[(start + k) % len].1 as usize)
-                    .find(|&i| self.try_member(g, i, now, avoid))
+                    .find(|&i| self.try_member(g, i, at, avoid))
                     .or_else(|| {
                         (0..n)
                             .map(|k| (h as usize).wrapping_add(k) % n)
-                            .find(|&i| self.try_member(g, i, now, avoid))
+                            .find(|&i| self.try_member(g, i, at, avoid))
                     })
             }
             Algorithm::LeastConnections if n <= 64 => {
                 let offset = g.next.fetch_add(1, Ordering::Relaxed);
                 let best = (0..n)
                     .map(|k| (offset + k) % n)
-                    .filter(|&i| !avoided(i) && self.usable(&g.members[i].state, now, false))
+                    .filter(|&i| !avoided(i) && self.usable(&g.members[i].state, at, false))
                     .min_by_key(|&i| self.score(&g.members[i]));
                 match best {
-                    Some(i) if self.try_member(g, i, now, avoid) => Some(i),
+                    Some(i) if self.try_member(g, i, at, avoid) => Some(i),
                     _ => round_robin(g),
                 }
             }
@@ -738,7 +748,7 @@ impl Upstream {
                 if a == b {
                     b = (a + 1 + fastrand::usize(..n - 1)) % n;
                 }
-                let ok = |i: usize| !avoided(i) && self.usable(&g.members[i].state, now, false);
+                let ok = |i: usize| !avoided(i) && self.usable(&g.members[i].state, at, false);
                 let pick = match (ok(a), ok(b)) {
                     (true, true) => {
                         if self.score(&g.members[b]) < self.score(&g.members[a]) {
@@ -752,7 +762,7 @@ impl Upstream {
                     (false, false) => None,
                 };
                 match pick {
-                    Some(i) if self.try_member(g, i, now, avoid) => Some(i),
+                    Some(i) if self.try_member(g, i, at, avoid) => Some(i),
                     _ => round_robin(g),
                 }
             }
@@ -771,18 +781,25 @@ impl Upstream {
             return Err(NoPeer::NoTargets);
         }
         let now = now_ms();
-        for g in &targets.groups {
-            if let Some(i) = self.choose(g, key, now, avoid) {
-                let state = g.members[i].state.clone();
-                let probe = state.open_until.load(Ordering::Relaxed) != 0
-                    && state.probing.load(Ordering::Relaxed);
-                return Ok(Pick {
-                    target: state,
-                    upstream: self.clone(),
-                    started: (self.settings.algorithm == Algorithm::Latency).then(Instant::now),
-                    probe,
-                    reported: false,
-                });
+        // Envoy's panic mode: when every target's circuit is open, spread
+        // requests over them rather than refuse all (health checks and
+        // connection limits still apply).
+        for panic in [false, true] {
+            let at = At { now, panic };
+            for g in &targets.groups {
+                if let Some(i) = self.choose(g, key, at, avoid) {
+                    let state = g.members[i].state.clone();
+                    let probe = !panic
+                        && state.open_until.load(Ordering::Relaxed) != 0
+                        && state.probing.load(Ordering::Relaxed);
+                    return Ok(Pick {
+                        target: state,
+                        upstream: self.clone(),
+                        started: (self.settings.algorithm == Algorithm::Latency).then(Instant::now),
+                        probe,
+                        reported: false,
+                    });
+                }
             }
         }
         let max = self.settings.max_connections;
@@ -860,7 +877,7 @@ impl Upstream {
                     && self.settings.passive.timeouts == 0
                 {
                     "HEALTHCHECKS_OFF"
-                } else if self.usable(t, now, false) || t.is_healthy() {
+                } else if self.usable(t, At { now, panic: false }, false) || t.is_healthy() {
                     "HEALTHY"
                 } else {
                     "UNHEALTHY"
