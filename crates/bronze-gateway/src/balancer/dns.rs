@@ -158,30 +158,39 @@ pub async fn run(upstream: Weak<Upstream>) {
         let name = u.name.clone();
         drop(u);
         let mut wait = Duration::from_secs(3600);
+        let mut changed = false;
         for (host, port) in names {
             let key = cache_key(&host, port);
-            match resolver.srv(&host).await {
-                Ok(Some((records, ttl))) => {
-                    registry
-                        .resolved
-                        .lock()
-                        .insert(key, (ranked(&records), Instant::now()));
-                    wait = wait.min(ttl);
-                }
-                Ok(None) => {
-                    registry.resolved.lock().remove(&key);
-                    wait = wait.min(Duration::from_secs(30));
-                }
+            // Still valid (an earlier configuration's task asked): wait.
+            let now = Instant::now();
+            if let Some((_, until)) = registry.resolved.lock().get(&key)
+                && *until > now
+            {
+                wait = wait.min(*until - now);
+                continue;
+            }
+            let (targets, ttl) = match resolver.srv(&host).await {
+                Ok(Some((records, ttl))) => (ranked(&records), ttl.max(Duration::from_secs(1))),
+                // Cached as empty: the name is used as it is.
+                Ok(None) => (Vec::new(), Duration::from_secs(30)),
                 Err(error) => {
                     tracing::debug!(upstream = %name, %host, %error, "SRV lookup failed; keeping the last answer");
                     wait = wait.min(Duration::from_secs(1));
+                    continue;
                 }
-            }
+            };
+            wait = wait.min(ttl);
+            registry
+                .resolved
+                .lock()
+                .insert(key, (targets, Instant::now() + ttl));
+            changed = true;
         }
-        let Some(u) = upstream.upgrade() else { return };
-        u.recompute();
-        drop(u);
-        tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
+        if changed {
+            let Some(u) = upstream.upgrade() else { return };
+            u.recompute();
+        }
+        tokio::time::sleep(wait.max(Duration::from_millis(100))).await;
     }
 }
 

@@ -337,8 +337,10 @@ impl Group {
 #[derive(Debug, Default)]
 pub struct Registry {
     states: Mutex<HashMap<(String, String), Weak<TargetState>>>,
-    /// Last resolution of each DNS name (`host:port`), to seed a new
-    /// configuration without waiting for DNS.
+    /// Last answer for each DNS name (`dns:host:port`; empty: no SRV
+    /// records) and until when it holds, and each discovery service's
+    /// instances (`discovery:name`): a new configuration starts from them
+    /// without waiting.
     resolved: Mutex<HashMap<String, (Vec<Resolved>, Instant)>>,
     /// DNS server for SRV lookups (tests, `bronze dev`); none: the
     /// system's (`/etc/resolv.conf`).
@@ -527,10 +529,10 @@ impl Upstream {
                 .iter()
                 .flat_map(|s| match &s.source {
                     Source::Static => vec![static_of(s)],
-                    Source::Dns => cache
-                        .get(&dns::cache_key(&s.host, s.port))
-                        .map(|(r, _)| r.clone())
-                        .unwrap_or_else(|| vec![static_of(s)]),
+                    Source::Dns => match cache.get(&dns::cache_key(&s.host, s.port)) {
+                        Some((r, _)) if !r.is_empty() => r.clone(),
+                        _ => vec![static_of(s)],
+                    },
                     Source::Discovery(service) => cache
                         .get(&discovery_key(service))
                         .map(|(r, _)| r.clone())

@@ -773,6 +773,18 @@ async fn srv_targets_follow_priority_weight_and_port_and_refresh_on_ttl() {
         until_only(&c, &url, "c", 20).await,
         "priority 20 takes over"
     );
+    // A new configuration starts from the last answer: no gap.
+    let (status, _) = post_config(
+        &gw,
+        &json!({
+            "_format_version": "3.0",
+            "services": [{"name": "web", "host": "_web._tcp.example.test", "port": 1,
+                          "routes": [{"name": "web", "paths": ["/"]}]}]
+        }),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert_eq!(get(&c, &url, &[]).await, (200, "c".to_string()));
 }
 
 async fn discovery_server() -> (SocketAddr, SocketAddr, SocketAddr, Shutdown) {
