@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::Gateway;
+use crate::balancer::Registry;
 use crate::declarative::{self, Declarative, Invalid};
 use crate::entities::{self, Entities, KINDS, Kind};
 use crate::flat;
@@ -93,18 +94,21 @@ pub fn diff(old: &Entities, new: &Entities) -> Vec<Op> {
 }
 
 /// Parses and compiles the flat document of `e`.
-pub fn check(e: &Entities) -> Result<(Declarative, Table), Invalid> {
+pub fn check(e: &Entities, registry: &Arc<Registry>) -> Result<(Declarative, Table), Invalid> {
     let (doc, _) = e.document();
     let d = declarative::parse_value(&doc)?;
-    let table = flat::compile(&d)?;
+    let table = flat::compile(&d, registry)?;
     Ok((d, table))
 }
 
 /// A whole declarative document (a file at start, `POST /config`): its
 /// entities, validated. Errors name the field as the document wrote it.
-pub fn from_document(doc: &Value) -> Result<(Entities, Declarative, Table), Invalid> {
+pub fn from_document(
+    doc: &Value,
+    registry: &Arc<Registry>,
+) -> Result<(Entities, Declarative, Table), Invalid> {
     let as_written = declarative::parse_value(doc)?;
-    flat::compile(&as_written)?;
+    flat::compile(&as_written, &Arc::default())?;
     let e = Entities::from_document(doc)?;
     for k in KINDS {
         for group in k.unique {
@@ -126,7 +130,7 @@ pub fn from_document(doc: &Value) -> Result<(Entities, Declarative, Table), Inva
             }
         }
     }
-    let (d, table) = check(&e)?;
+    let (d, table) = check(&e, registry)?;
     Ok((e, d, table))
 }
 
@@ -281,8 +285,9 @@ impl Admin {
         let mut attempts = 0;
         let (d, table) = loop {
             let (doc, index) = next.document();
-            let checked =
-                declarative::parse_value(&doc).and_then(|d| flat::compile(&d).map(|t| (d, t)));
+            let registry = self.gateway.registry();
+            let checked = declarative::parse_value(&doc)
+                .and_then(|d| flat::compile(&d, &registry).map(|t| (d, t)));
             let e = match checked {
                 Ok(ok) => break ok,
                 Err(e) => e,
@@ -534,7 +539,7 @@ impl Admin {
     /// `POST /config`: the whole configuration replaced.
     async fn replace(&self, doc: &Value) -> Response {
         let mut current = self.state.lock().await;
-        let (next, d, table) = match from_document(doc) {
+        let (next, d, table) = match from_document(doc, &self.gateway.registry()) {
             Ok(x) => x,
             Err(e) => return declarative_invalid(&e),
         };

@@ -62,6 +62,12 @@ pub struct Args {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub discovery: Option<String>,
 
+    /// DNS server (ip:port) for SRV targets, e.g. discovery's
+    /// 127.0.0.1:8600 [default: the system's, /etc/resolv.conf].
+    #[arg(long, env = "BRONZE_GATEWAY_DNS_RESOLVER", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_resolver: Option<String>,
+
     /// Time a client has to send its request headers, e.g. 10s [default: 10s].
     #[arg(
         long,

@@ -27,6 +27,9 @@ pub struct Config {
     /// bronze-discovery's gRPC URL: instances with `bronze.http.rule`
     /// metadata become routes. Empty: off.
     pub discovery: String,
+    /// DNS server (`ip:port`) for SRV targets; empty: the system's
+    /// (`/etc/resolv.conf`).
+    pub dns_resolver: String,
     /// A client must send its request headers within this long (slow-loris).
     #[serde(with = "bronze_runtime::duration::serde")]
     pub header_read_timeout: Duration,
@@ -50,6 +53,7 @@ impl Default for Config {
             data_dir: "bronze-data/gateway".into(),
             admin_token: String::new(),
             discovery: String::new(),
+            dns_resolver: String::new(),
             header_read_timeout: Duration::from_secs(10),
             tls_addr: String::new(),
             tls_cert: String::new(),
@@ -107,6 +111,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 missing,
                 "expected both tls_cert and tls_key (the default certificate), or neither",
+            ));
+        }
+        if !self.dns_resolver.is_empty() && self.dns_resolver.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::invalid(
+                "dns_resolver",
+                format!("{:?}: expected <ip>:<port>", self.dns_resolver),
             ));
         }
         Ok(())

@@ -92,6 +92,10 @@ pub struct Service {
     pub write_timeout: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// Bronze extension: retries may add at most this share of the request
+    /// rate (see `balancer::config::RetryBudget`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<crate::balancer::config::RetryBudget>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -144,11 +148,55 @@ pub struct Upstream {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     pub name: String,
-    /// `round-robin` only, for now.
+    /// `round-robin` (default), `least-connections`, `consistent-hashing`,
+    /// `latency`, or Bronze's `p2c`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub algorithm: Option<String>,
     #[serde(default)]
     pub targets: Vec<Target>,
+    /// `none` (default), `ip`, `header`, `cookie`, `path`, `query_arg`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<String>,
+    /// Used when `hash_on` finds no value (not with `cookie`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_fallback: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on_header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_fallback_header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on_cookie: Option<String>,
+    /// Kong's default `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on_cookie_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on_query_arg: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_fallback_query_arg: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on_uri_capture: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_fallback_uri_capture: Option<String>,
+    /// Points on the consistent-hashing ring (10-65536, default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u32>,
+    /// Kong's `healthchecks.active` and `.passive`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthchecks: Option<crate::balancer::config::Healthchecks>,
+    /// Bronze extension: requests in flight per target (0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Bronze extension: milliseconds a request waits for a target under `max_connections` before 503 (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_timeout: Option<u64>,
+    /// Bronze extension: per-target circuit breaking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<crate::balancer::config::CircuitBreaker>,
+    /// Kong's; only unset (or false) is supported so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_srv_name: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
 }

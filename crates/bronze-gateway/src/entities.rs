@@ -616,7 +616,7 @@ mod tests {
         let (flat, _) = e.document();
         let d = crate::declarative::parse_value(&flat).unwrap();
         assert_eq!(d.routes.len(), 2);
-        assert!(crate::flat::compile(&d).is_ok());
+        assert!(crate::flat::compile(&d, &Default::default()).is_ok());
 
         // Kinds whose declarative structs live elsewhere flatten the same
         // way: credentials and plugins nested in consumers, services, routes.

@@ -8,7 +8,9 @@
 //! their `id`, or else by their place (`services[0].routes[1]`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use crate::balancer::Registry;
 use crate::declarative::{Declarative, Invalid, Ref};
 use crate::router::Table;
 
@@ -143,17 +145,17 @@ pub fn nest(d: &Declarative) -> Result<(Declarative, Remap), Invalid> {
 }
 
 /// Compiles a document in either form; errors name the field as written.
-pub fn compile(d: &Declarative) -> Result<Table, Invalid> {
-    let mut table = compile_routes(d)?;
-    table.certificates = std::sync::Arc::new(crate::tls::Certificates::build(d)?);
+pub fn compile(d: &Declarative, registry: &Arc<Registry>) -> Result<Table, Invalid> {
+    let mut table = compile_routes(d, registry)?;
+    table.certificates = Arc::new(crate::tls::Certificates::build(d)?);
     Ok(table)
 }
 
 /// The routing part of `compile`: the table without its certificates (a
 /// rebuild for discovery's labels keeps those already parsed).
-pub fn compile_routes(d: &Declarative) -> Result<Table, Invalid> {
+pub fn compile_routes(d: &Declarative, registry: &Arc<Registry>) -> Result<Table, Invalid> {
     let (nested, remap) = nest(d)?;
-    Table::build(&nested).map_err(|e| Invalid::new(remap.field(&e.field), e.message))
+    Table::build_with(&nested, registry).map_err(|e| Invalid::new(remap.field(&e.field), e.message))
 }
 
 #[cfg(test)]
@@ -178,7 +180,7 @@ mod tests {
         assert_eq!(n.services[1].name, "5f0c");
         assert_eq!(n.services[1].routes[0].name, "r2");
         assert_eq!(n.upstreams[0].targets[0].target, "127.0.0.1:9");
-        assert!(compile(&d).is_ok());
+        assert!(compile(&d, &Arc::default()).is_ok());
         // Kong's names are optional.
         let unnamed = parse(
             br#"{"_format_version": "3.0", "services": [{"url": "http://a:1", "routes": [{"paths": ["/"]}]}]}"#,
@@ -188,18 +190,24 @@ mod tests {
             nest(&unnamed).unwrap().0.services[0].routes[0].name,
             "services[0].routes[0]"
         );
-        assert!(compile(&unnamed).is_ok());
+        assert!(compile(&unnamed, &Arc::default()).is_ok());
 
         // Errors on moved entities name them where they were written.
         let mut bad = d.clone();
         bad.routes[1].paths = vec!["nope".into()];
-        assert_eq!(compile(&bad).unwrap_err().field, "routes[1].paths[0]");
+        assert_eq!(
+            compile(&bad, &Arc::default()).unwrap_err().field,
+            "routes[1].paths[0]"
+        );
         let mut bad = d.clone();
         bad.targets[0].target = "no-port".into();
-        assert_eq!(compile(&bad).unwrap_err().field, "targets[0].target");
+        assert_eq!(
+            compile(&bad, &Arc::default()).unwrap_err().field,
+            "targets[0].target"
+        );
         let mut bad = d;
         bad.routes[0].service = Some(Ref::Key("missing".into()));
-        let e = compile(&bad).unwrap_err();
+        let e = compile(&bad, &Arc::default()).unwrap_err();
         assert_eq!(e.field, "routes[0].service");
         assert!(e.message.contains("missing"), "{e}");
     }

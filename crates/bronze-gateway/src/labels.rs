@@ -102,7 +102,7 @@ pub fn parse_rule(text: &str) -> Result<Rule, String> {
     Ok(rule)
 }
 
-fn routable(i: &pb::Instance) -> bool {
+pub(crate) fn routable(i: &pb::Instance) -> bool {
     matches!(
         pb::HealthStatus::try_from(i.health),
         Ok(pb::HealthStatus::Passing | pb::HealthStatus::Warning | pb::HealthStatus::Unspecified)

@@ -14,6 +14,7 @@
 //! - this file: listeners, the accept loop, the admin API.
 
 pub mod admin;
+pub mod balancer;
 pub mod cli;
 pub mod config;
 pub mod declarative;
@@ -86,6 +87,7 @@ impl Gateway {
             labelled
         };
         let (services, routes) = (table.services.len(), table.routes);
+        self.follow_discovery(&table, None);
         self.proxy.swap(table);
         *current = d;
         tracing::info!(services, routes, "configuration applied");
@@ -96,7 +98,54 @@ impl Gateway {
         let current = self.current.lock();
         let mut table = self.with_labels(&current);
         table.certificates = self.proxy.table.load().certificates.clone();
+        self.follow_discovery(&table, None);
         self.proxy.swap(table);
+    }
+
+    fn registry(&self) -> Arc<balancer::Registry> {
+        self.proxy.table.load().registry.clone()
+    }
+
+    /// Gives upstreams following a discovery service (all of them, or
+    /// those following `only`) its current healthy instances.
+    fn follow_discovery(&self, table: &router::Table, only: Option<&str>) {
+        let services: std::collections::BTreeSet<&str> = table
+            .all_upstreams()
+            .flat_map(|u| u.discovery_services())
+            .filter(|s| only.is_none_or(|o| o.is_empty() || o == *s))
+            .collect();
+        if services.is_empty() {
+            return;
+        }
+        let instances = self.instances.lock();
+        for service in services {
+            let targets = instances
+                .values()
+                .filter(|i| i.service == service && labels::routable(i) && i.port != 0)
+                .map(|i| balancer::Resolved {
+                    addr: if i.address.contains(':') {
+                        format!("[{}]:{}", i.address, i.port)
+                    } else {
+                        format!("{}:{}", i.address, i.port)
+                    },
+                    // Consul's weights: by the instance's state.
+                    weight: i.weights.as_ref().map_or(1, |w| {
+                        if i.health == pb::HealthStatus::Warning as i32 {
+                            w.warning.max(1)
+                        } else {
+                            w.passing.max(1)
+                        }
+                    }),
+                    rank: 0,
+                })
+                .collect();
+            balancer::set_discovery_instances(
+                &table.registry,
+                service,
+                table.all_upstreams(),
+                targets,
+            );
+        }
     }
 
     /// The table for `base` plus label-driven routes. A label route the
@@ -104,8 +153,9 @@ impl Gateway {
     /// the others still apply.
     fn with_labels(&self, base: &Declarative) -> router::Table {
         let mut merged = labels::merge(base, self.instances.lock().values());
+        let registry = self.registry();
         loop {
-            match flat::compile_routes(&merged) {
+            match flat::compile_routes(&merged, &registry) {
                 Ok(t) => return t,
                 Err(e) => {
                     let index = |prefix: &str| {
@@ -125,7 +175,7 @@ impl Gateway {
                         }
                         // The base itself was valid when applied: unreachable
                         // in practice, but never serve nothing.
-                        _ => return flat::compile_routes(base).unwrap_or_default(),
+                        _ => return flat::compile_routes(base, &registry).unwrap_or_default(),
                     }
                 }
             }
@@ -154,6 +204,14 @@ async fn watch_discovery(url: String, gateway: Arc<Gateway>, shutdown: Shutdown)
             let mut snapshot: Option<Vec<pb::Instance>> = None;
             while let Some(ev) = stream.message().await.map_err(|e| e.to_string())? {
                 backoff = Duration::from_millis(100);
+                let touched: Option<String> = match &ev.event {
+                    Some(pb::watch_event::Event::Upsert(i)) => Some(i.service.clone()),
+                    // An empty service (older servers): follow every service.
+                    Some(pb::watch_event::Event::Removed(r)) => Some(r.service.clone()),
+                    _ => None,
+                };
+                let snapshot_done =
+                    matches!(&ev.event, Some(pb::watch_event::Event::Snapshot(c)) if c.last);
                 let changed = match ev.event {
                     Some(pb::watch_event::Event::Snapshot(chunk)) => {
                         let all = snapshot.get_or_insert_with(Vec::new);
@@ -189,6 +247,9 @@ async fn watch_discovery(url: String, gateway: Arc<Gateway>, shutdown: Shutdown)
                 from = ev.index;
                 if changed {
                     gateway.refresh();
+                } else if snapshot_done || touched.is_some() {
+                    let table = gateway.proxy.table.load();
+                    gateway.follow_discovery(&table, touched.as_deref());
                 }
             }
             Err::<(), String>("the watch stream ended".into())
@@ -244,13 +305,20 @@ impl Server {
             )?)
         };
         let stored = admin::load(&*store)?;
+        // Per-target state (health, in-flight counts, DNS answers) kept
+        // across every table compiled from now on.
+        let registry = Arc::new(balancer::Registry::new(
+            config.dns_resolver.parse().ok(),
+            !config.discovery.is_empty(),
+        ));
         // A declarative file replaces what the store held; without one, the
         // store's entities (from the Admin API) are the configuration.
         let (entities, declarative, table) = if config.declarative_config.is_empty() {
-            let (d, table) = admin::check(&stored).map_err(|e| StartError::Declarative {
-                path: format!("{} (stored configuration)", config.data_dir),
-                message: e.to_string(),
-            })?;
+            let (d, table) =
+                admin::check(&stored, &registry).map_err(|e| StartError::Declarative {
+                    path: format!("{} (stored configuration)", config.data_dir),
+                    message: e.to_string(),
+                })?;
             (stored, d, table)
         } else {
             let path = config.declarative_config.clone();
@@ -261,7 +329,7 @@ impl Server {
             let text = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
             let doc = declarative::to_value(&text).map_err(|e| fail(e.to_string()))?;
             let (entities, d, table) =
-                admin::from_document(&doc).map_err(|e| fail(e.to_string()))?;
+                admin::from_document(&doc, &registry).map_err(|e| fail(e.to_string()))?;
             store.apply(&admin::diff(&stored, &entities))?;
             (entities, d, table)
         };

@@ -17,11 +17,12 @@ use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::balancer::{Outcome, RequestInfo, Tracked};
 use crate::metrics::GatewayMetrics;
 use crate::router::Table;
 use crate::upstream::{Pool, PooledBody};
 
-pub type Body = Either<PooledBody, Full<Bytes>>;
+pub type Body = Either<Tracked, Full<Bytes>>;
 
 pub struct Proxy {
     pub table: ArcSwap<Table>,
@@ -253,6 +254,7 @@ fn https_required(status: StatusCode, req: &Request<Incoming>, host: &str) -> Re
 
 impl Proxy {
     pub fn new(table: Table, metrics: Arc<GatewayMetrics>) -> Self {
+        table.start();
         Self {
             table: ArcSwap::from_pointee(table),
             pool: Arc::new(Pool::default()),
@@ -265,6 +267,7 @@ impl Proxy {
 
     /// Replaces the routing table; requests already matched keep theirs.
     pub fn swap(&self, table: Table) {
+        table.start();
         self.table.store(Arc::new(table));
     }
 
@@ -296,12 +299,19 @@ impl Proxy {
             counters.count(route.https_redirect);
             return https_required(route.https_redirect, &req, host);
         }
-        let Some(target) = service.pick() else {
-            counters.count(StatusCode::SERVICE_UNAVAILABLE);
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "failure to get a peer from the ring-balancer",
-            );
+        let key = service.upstream.key(&RequestInfo {
+            headers: req.headers(),
+            peer: conn.peer.ip(),
+            path,
+            query: req.uri().query(),
+        });
+        service.budget.request();
+        let mut pick = match service.upstream.pick(&key, None).await {
+            Ok(p) => p,
+            Err(no_peer) => {
+                counters.count(StatusCode::SERVICE_UNAVAILABLE);
+                return error(StatusCode::SERVICE_UNAVAILABLE, no_peer.message());
+            }
         };
 
         // Path: the service's path, then what the route did not strip.
@@ -386,9 +396,10 @@ impl Proxy {
         let method = parts.method;
         let mut headers = Some(parts.headers);
         let mut body = Some(body);
-        let mut target = target;
         let mut attempt = 0;
+        let timeouts = service.timeouts();
         let sent = loop {
+            let target = pick.addr().clone();
             let mut upstream_req = Request::new(match body.take() {
                 Some(b) if !replayable => Either::Left(b),
                 _ => Either::Right(Empty::new()),
@@ -412,38 +423,44 @@ impl Proxy {
                     uri.path_and_query = Some(path_and_query.clone());
                     *upstream_req.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
                     self.pool
-                        .send_http2(&target, upstream_req, service.connect_timeout)
+                        .send_http2(&target, upstream_req, timeouts)
                         .await
                         .map(|r| r.map(PooledBody::unpooled))
                 } else {
                     *upstream_req.uri_mut() = Uri::from(path_and_query.clone());
                     self.pool
-                        .send_http1(
-                            &target,
-                            upstream_req,
-                            service.connect_timeout,
-                            downstream.is_some(),
-                        )
+                        .send_http1(&target, upstream_req, timeouts, downstream.is_some())
                         .await
                 }
             };
             let deadline = tokio::time::Instant::now() + service.read_timeout;
-            let sent = within(conn, deadline, send).await.ok_or(());
-            match sent {
-                Ok(Err(e)) => {
-                    service.eject(&target);
-                    tracing::warn!(route = %route.name, %target, attempt, error = %e, "upstream failed; target ejected");
+            match within(conn, deadline, send).await {
+                Some(Err(e)) => {
+                    pick.report(if e.is_timeout() {
+                        Outcome::Timeout
+                    } else {
+                        Outcome::TcpFailure
+                    });
+                    tracing::warn!(route = %route.name, %target, attempt, error = %e, "upstream failed");
                     if replayable
                         && attempt < service.retries
-                        && let Some(next) = service.pick()
+                        && service.budget.try_retry()
+                        && let Ok(next) = service.upstream.try_pick(&key, Some(&pick.target))
                     {
                         attempt += 1;
-                        target = next;
+                        pick = next;
                         continue;
                     }
                     break Ok(Err(e));
                 }
-                other => break other,
+                Some(Ok(resp)) => {
+                    pick.report(Outcome::Status(resp.status().as_u16()));
+                    break Ok(Ok(resp));
+                }
+                None => {
+                    pick.report(Outcome::Timeout);
+                    break Err(());
+                }
             }
         };
         match sent {
@@ -454,6 +471,8 @@ impl Proxy {
                     let upstream = hyper::upgrade::on(&mut resp);
                     let name = route.name.clone();
                     tokio::spawn(async move {
+                        // Counts as in flight while the tunnel lasts.
+                        let _pick = pick;
                         let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else {
                             tracing::debug!(route = %name, "upgrade did not complete");
                             return;
@@ -466,23 +485,26 @@ impl Proxy {
                     });
                     counters.count(StatusCode::SWITCHING_PROTOCOLS);
                     let (parts, body) = resp.into_parts();
-                    return Response::from_parts(parts, Either::Left(body));
+                    return Response::from_parts(parts, Either::Left(Tracked::new(body, None)));
                 }
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                if let Some(cookie) = key.set_cookie {
+                    parts.headers.append(header::SET_COOKIE, cookie);
+                }
                 counters.count(parts.status);
-                Response::from_parts(parts, Either::Left(body))
+                Response::from_parts(parts, Either::Left(Tracked::new(body, Some(pick))))
             }
-            Ok(Err(e)) => {
-                tracing::warn!(route = %route.name, %target, error = %e, "upstream failed");
+            Ok(Err(e)) if !e.is_timeout() => {
+                tracing::warn!(route = %route.name, target = %pick.addr(), error = %e, "upstream failed");
                 counters.count(StatusCode::BAD_GATEWAY);
                 error(
                     StatusCode::BAD_GATEWAY,
                     "An invalid response was received from the upstream server",
                 )
             }
-            Err(_) => {
-                tracing::warn!(route = %route.name, %target, "upstream timed out");
+            Ok(Err(_)) | Err(()) => {
+                tracing::warn!(route = %route.name, target = %pick.addr(), "upstream timed out");
                 counters.count(StatusCode::GATEWAY_TIMEOUT);
                 error(
                     StatusCode::GATEWAY_TIMEOUT,

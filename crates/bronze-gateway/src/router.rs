@@ -19,77 +19,46 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
 
+use crate::balancer::{self, Registry, RetryBudget, Spec, Upstream};
 use crate::declarative::{Declarative, Invalid};
 
 /// Where a service's requests go.
 #[derive(Debug)]
 pub struct Service {
     pub name: String,
-    /// `host:port` of each target, repeated by weight for round robin.
-    ring: Vec<Arc<str>>,
-    next: AtomicUsize,
-    /// Targets that just failed (passive outlier ejection), until when.
-    ejected: parking_lot::Mutex<HashMap<Arc<str>, Instant>>,
-    /// Whether `ejected` may hold anything (skips the lock when not).
-    any_ejected: AtomicBool,
-    distinct: usize,
+    /// Its upstream (declared, or one made of its host and port).
+    pub upstream: Arc<Upstream>,
+    /// Bronze's retry budget for this service.
+    pub budget: RetryBudget,
     /// Prepended to the forwarded path (`/` when none).
     pub path: String,
     /// HTTP/2 with prior knowledge to the targets (Kong's `grpc` protocol).
     pub http2: bool,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    pub write_timeout: Duration,
     /// Further attempts for an idempotent request without a body whose
     /// target failed (Kong's `retries`, default 5).
     pub retries: u32,
 }
 
-/// How long a target that failed is skipped.
-pub const EJECTION: Duration = Duration::from_secs(10);
-
 impl Service {
-    /// The next target, round robin by weight, skipping ejected targets
-    /// (unless every target is ejected: then all are tried again);
-    /// `None` when the upstream has no targets.
-    pub fn pick(&self) -> Option<Arc<str>> {
-        let n = self.ring.len();
-        if n == 0 {
-            return None;
-        }
-        let first = self.next.fetch_add(1, Ordering::Relaxed);
-        if !self.any_ejected.load(Ordering::Relaxed) {
-            return Some(self.ring[first % n].clone());
-        }
-        let now = Instant::now();
-        let mut ejected = self.ejected.lock();
-        ejected.retain(|_, until| *until > now);
-        if ejected.is_empty() {
-            self.any_ejected.store(false, Ordering::Relaxed);
-        }
-        (0..n)
-            .map(|k| &self.ring[(first + k) % n])
-            .find(|t| !ejected.contains_key(*t))
-            .or(Some(&self.ring[first % n]))
-            .cloned()
-    }
-
-    /// How many different targets the ring holds.
+    /// How many different targets the upstream has now.
     pub fn distinct_targets(&self) -> usize {
-        self.distinct
+        self.upstream.distinct_targets()
     }
 
-    /// Skips `target` for `EJECTION` (it refused a connection or broke one).
-    pub fn eject(&self, target: &Arc<str>) {
-        self.ejected
-            .lock()
-            .insert(target.clone(), Instant::now() + EJECTION);
-        self.any_ejected.store(true, Ordering::Relaxed);
+    /// Kong's connect and write timeouts, for `balancer::connect::scope`.
+    pub fn timeouts(&self) -> balancer::connect::Timeouts {
+        balancer::connect::Timeouts {
+            connect: self.connect_timeout,
+            write: self.write_timeout,
+        }
     }
 }
 
@@ -155,6 +124,10 @@ pub struct Table {
     pub routes: usize,
     /// TLS certificates by SNI, compiled with (and swapped with) the routes.
     pub certificates: Arc<crate::tls::Certificates>,
+    /// Declared upstreams by name.
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// Per-target state shared with the tables before and after this one.
+    pub registry: Arc<Registry>,
 }
 
 fn host_match(h: &str, field: &str) -> Result<HostMatch, Invalid> {
@@ -212,17 +185,18 @@ fn path_match(p: &str, regex_priority: i64, field: &str) -> Result<PathMatch, In
     Ok(PathMatch::Prefix(p.to_string()))
 }
 
-fn target_authority(t: &str, field: &str) -> Result<String, Invalid> {
+fn target_authority(t: &str, field: &str) -> Result<(String, u16), Invalid> {
     let bad = || Invalid::new(field, format!("{t:?}: expected <host>:<port>"));
     let (host, port) = t.rsplit_once(':').ok_or_else(bad)?;
-    port.parse::<u16>()
+    let port = port
+        .parse::<u16>()
         .ok()
         .filter(|p| *p > 0)
         .ok_or_else(bad)?;
     if host.is_empty() || host.contains('/') {
         return Err(bad());
     }
-    Ok(t.to_string())
+    Ok((host.to_string(), port))
 }
 
 /// A service's upstream protocol: Kong's names, those Bronze speaks.
@@ -255,37 +229,38 @@ fn split_url(url: &str, field: &str) -> Result<(String, u16, String, bool), Inva
 impl Table {
     /// Compiles a declarative configuration; errors name the field.
     pub fn build(d: &Declarative) -> Result<Self, Invalid> {
-        let mut upstreams: HashMap<&str, Vec<Arc<str>>> = HashMap::new();
+        Self::build_with(d, &Arc::new(Registry::default()))
+    }
+
+    /// As `build`, keeping the state of targets `registry` already knows.
+    pub fn build_with(d: &Declarative, registry: &Arc<Registry>) -> Result<Self, Invalid> {
+        let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
         for (i, u) in d.upstreams.iter().enumerate() {
             let field = |f: &str| format!("upstreams[{i}].{f}");
             if u.name.is_empty() {
                 return Err(Invalid::new(field("name"), "expected a name"));
             }
-            if let Some(a) = &u.algorithm
-                && a != "round-robin"
-            {
-                return Err(Invalid::new(
-                    field("algorithm"),
-                    format!("{a:?}: only round-robin is implemented so far"),
-                ));
-            }
-            let mut ring = Vec::new();
+            let settings = balancer::config::compile(u, &format!("upstreams[{i}]"))?;
+            let mut specs = Vec::new();
             for (j, t) in u.targets.iter().enumerate() {
-                let authority =
+                let (host, port) =
                     target_authority(&t.target, &field(&format!("targets[{j}].target")))?;
                 let weight = t.weight.unwrap_or(100);
-                if weight > 1000 {
+                if weight > 65535 {
                     return Err(Invalid::new(
                         field(&format!("targets[{j}].weight")),
-                        "expected 0-1000",
+                        "expected 0-65535",
                     ));
                 }
-                // Weights in steps of 10 keep the ring short (100 -> 10 slots).
-                let slots = weight.div_ceil(10);
-                let authority: Arc<str> = authority.into();
-                ring.extend(std::iter::repeat_n(authority, slots as usize));
+                specs.push(Spec {
+                    source: registry.source_of(&host),
+                    host,
+                    port,
+                    weight,
+                });
             }
-            if upstreams.insert(u.name.as_str(), ring).is_some() {
+            let upstream = Upstream::new(u.name.clone(), settings, specs, registry);
+            if upstreams.insert(u.name.as_str(), upstream).is_some() {
                 return Err(Invalid::new(
                     field("name"),
                     format!("{:?} appears twice", u.name),
@@ -293,7 +268,10 @@ impl Table {
             }
         }
 
-        let mut table = Table::default();
+        let mut table = Table {
+            registry: registry.clone(),
+            ..Table::default()
+        };
         let mut names = std::collections::HashSet::new();
         let mut keyed: Vec<(Priority, Entry)> = Vec::new();
         let mut order = 0usize;
@@ -326,12 +304,23 @@ impl Table {
                     )
                 }
             };
-            let ring = match upstreams.get(host.as_str()) {
-                Some(ring) => ring.clone(),
-                None => vec![Arc::from(target_authority(
-                    &format!("{host}:{port}"),
-                    &field("host"),
-                )?)],
+            let upstream = match upstreams.get(host.as_str()) {
+                Some(u) => u.clone(),
+                None => {
+                    let (host, port) = target_authority(&format!("{host}:{port}"), &field("host"))?;
+                    let spec = Spec {
+                        source: registry.source_of(&host),
+                        host: host.clone(),
+                        port,
+                        weight: 100,
+                    };
+                    Upstream::new(
+                        host,
+                        balancer::config::Settings::default(),
+                        vec![spec],
+                        registry,
+                    )
+                }
             };
             let ms = |v: Option<u64>, f: &str, default: u64| -> Result<Duration, Invalid> {
                 match v.unwrap_or(default) {
@@ -339,18 +328,18 @@ impl Table {
                     n => Ok(Duration::from_millis(n)),
                 }
             };
+            let (percent, min_per_second) =
+                balancer::config::retry_budget(s.retry_budget.as_ref(), &field("retry_budget"))?;
             let service = Arc::new(Service {
                 name: s.name.clone(),
-                ring: ring.clone(),
-                next: AtomicUsize::new(0),
-                ejected: parking_lot::Mutex::new(HashMap::new()),
-                any_ejected: AtomicBool::new(false),
-                distinct: ring.iter().collect::<std::collections::HashSet<_>>().len(),
+                upstream,
+                budget: RetryBudget::new(percent, min_per_second),
                 retries: s.retries.unwrap_or(5),
                 path: if path.is_empty() { "/".into() } else { path },
                 http2,
                 connect_timeout: ms(s.connect_timeout, "connect_timeout", 60_000)?,
                 read_timeout: ms(s.read_timeout, "read_timeout", 60_000)?,
+                write_timeout: ms(s.write_timeout, "write_timeout", 60_000)?,
             });
             if s.enabled == Some(false) {
                 continue;
@@ -490,6 +479,10 @@ impl Table {
                 }
             }
         }
+        table.upstreams = upstreams
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         keyed.sort_by_key(|(k, _)| *k);
         for (i, (_, e)) in keyed.into_iter().enumerate() {
             let i = i as u32;
@@ -501,6 +494,31 @@ impl Table {
             table.entries.push(e);
         }
         Ok(table)
+    }
+
+    /// Starts the background work of its upstreams (active health checks,
+    /// DNS refresh); it stops when this table is dropped.
+    pub fn start(&self) {
+        for u in self.upstreams.values() {
+            u.start();
+        }
+        for s in &self.services {
+            s.upstream.start();
+        }
+    }
+
+    /// Every upstream in use (declared, or made for a service's host).
+    pub fn all_upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.upstreams
+            .values()
+            .chain(self.services.iter().map(|s| &s.upstream))
+    }
+
+    /// Kong's `GET /upstreams/{name}/health` body for a declared upstream:
+    /// each target with its weight and `HEALTHY`, `UNHEALTHY` or
+    /// `HEALTHCHECKS_OFF`.
+    pub fn upstream_health(&self, name: &str) -> Option<serde_json::Value> {
+        self.upstreams.get(name).map(|u| u.health())
     }
 
     /// The route for a request, if any.
@@ -657,7 +675,12 @@ mod tests {
                "services": [{"name": "s", "host": "up", "routes": [{"name": "r", "paths": ["/"]}]}]}"#,
         );
         let s = &t.services[0];
-        let picks: Vec<String> = (0..40).map(|_| s.pick().unwrap().to_string()).collect();
+        let picks: Vec<String> = (0..40)
+            .map(|_| {
+                let key = crate::balancer::Key::default();
+                s.upstream.try_pick(&key, None).unwrap().addr().to_string()
+            })
+            .collect();
         assert_eq!(picks.iter().filter(|p| *p == "10.0.0.1:80").count(), 30);
     }
 

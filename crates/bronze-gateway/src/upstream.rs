@@ -24,6 +24,10 @@ use parking_lot::Mutex;
 use rustc_hash::FxBuildHasher;
 use tokio::net::TcpStream;
 
+use crate::balancer::connect::{TimedIo, Timeouts};
+
+type Io = TimedIo<TokioIo<TcpStream>>;
+
 /// What goes upstream: the client's body, or nothing (a bodyless request
 /// that may be sent again on another target).
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
@@ -43,6 +47,15 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// A connect or a write that took longer than the service allows.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            Self::ConnectTimeout(_) => true,
+            Self::Connect { .. } => false,
+            Self::Http(e) => crate::balancer::connect::is_timeout(e),
+        }
+    }
+
     /// Nothing reached the upstream: safe to try another target whatever
     /// the method.
     pub fn before_sending(&self) -> bool {
@@ -76,8 +89,8 @@ impl Default for Pool {
     }
 }
 
-async fn connect(target: &Arc<str>, timeout: Duration) -> Result<TcpStream, SendError> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(&**target))
+async fn connect(target: &Arc<str>, t: Timeouts) -> Result<Io, SendError> {
+    let stream = tokio::time::timeout(t.connect, TcpStream::connect(&**target))
         .await
         .map_err(|_| SendError::ConnectTimeout(target.clone()))?
         .map_err(|source| SendError::Connect {
@@ -85,7 +98,7 @@ async fn connect(target: &Arc<str>, timeout: Duration) -> Result<TcpStream, Send
             source,
         })?;
     let _ = stream.set_nodelay(true);
-    Ok(stream)
+    Ok(TimedIo::new(TokioIo::new(stream), t.write))
 }
 
 impl Pool {
@@ -133,7 +146,7 @@ impl Pool {
         self: &Arc<Self>,
         target: &Arc<str>,
         req: Request<UpstreamBody>,
-        connect_timeout: Duration,
+        timeouts: Timeouts,
         upgrade: bool,
     ) -> Result<Response<PooledBody>, SendError> {
         let mut req = Some(req);
@@ -155,10 +168,10 @@ impl Pool {
         let Some(req) = req else {
             unreachable!("the request is only taken to be sent")
         };
-        let stream = connect(target, connect_timeout).await?;
+        let stream = connect(target, timeouts).await?;
         let (mut sender, conn) = http1::Builder::new()
             .max_buf_size(64 << 10)
-            .handshake(TokioIo::new(stream))
+            .handshake(stream)
             .await?;
         let name = target.clone();
         tokio::spawn(async move {
@@ -197,7 +210,7 @@ impl Pool {
         &self,
         target: &Arc<str>,
         mut req: Request<UpstreamBody>,
-        connect_timeout: Duration,
+        timeouts: Timeouts,
     ) -> Result<Response<Incoming>, SendError> {
         *req.version_mut() = http::Version::HTTP_2;
         let existing = self
@@ -209,11 +222,11 @@ impl Pool {
         let mut sender = match existing {
             Some(s) => s,
             None => {
-                let stream = connect(target, connect_timeout).await?;
+                let stream = connect(target, timeouts).await?;
                 let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .keep_alive_interval(Duration::from_secs(30))
-                    .handshake(TokioIo::new(stream))
+                    .handshake(stream)
                     .await?;
                 let name = target.clone();
                 tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! bronze-gateway end to end: curl (HTTP/1.1 and h2c) through the gateway
 //! to echo backends; configuration swaps under load; bad configuration.
 
+mod balancing;
 mod tls;
 
 use std::net::SocketAddr;
