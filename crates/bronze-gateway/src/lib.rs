@@ -14,6 +14,7 @@ pub mod config;
 pub mod declarative;
 pub mod labels;
 pub mod metrics;
+pub mod plugins;
 pub mod proxy;
 pub mod router;
 

@@ -21,9 +21,10 @@ use crate::metrics::GatewayMetrics;
 use crate::router::Table;
 
 pub type Body = Either<Incoming, Full<Bytes>>;
-/// What goes upstream: the client's body, or nothing (a bodyless request
-/// that may be sent again on another target).
-type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// What goes upstream: the client's body (limited in size by a plugin),
+/// or nothing (a bodyless request that may be sent again on another
+/// target).
+type UpstreamBody = Either<Either<Incoming, crate::plugins::LimitedBody<Incoming>>, Empty<Bytes>>;
 
 pub struct Proxy {
     pub table: ArcSwap<Table>,
@@ -118,7 +119,22 @@ impl Proxy {
         self.table.store(Arc::new(table));
     }
 
-    pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let mut ctx = None;
+        let mut resp = self.forward(req, peer, &mut ctx).await;
+        if let Some(ctx) = &mut ctx {
+            crate::plugins::Chain::finish(&mut resp, ctx, &self.metrics);
+        }
+        resp
+    }
+
+    /// Routes and forwards; `ctx` is set when plugins apply.
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        ctx: &mut Option<crate::plugins::Ctx>,
+    ) -> Response<Body> {
         let table = self.table.load();
         let host = req
             .headers()
@@ -129,6 +145,12 @@ impl Proxy {
             .to_string();
         let path = req.uri().path().to_string();
         let Some(m) = table.find(req.method(), &host, &path, req.headers()) else {
+            *ctx = table.unmatched.start(None, peer);
+            if let Some(c) = ctx.as_mut() {
+                table
+                    .unmatched
+                    .copy_request(req.method(), req.uri(), req.headers(), c);
+            }
             self.unmatched.count(StatusCode::NOT_FOUND);
             return error(StatusCode::NOT_FOUND, "no Route matched with those values");
         };
@@ -137,6 +159,16 @@ impl Proxy {
         let counters = route
             .counters
             .get_or_init(|| self.metrics.route_counters(&route.name, &service.name));
+        // Plugins' access phase: may answer, rewrite, identify a consumer.
+        *ctx = route.plugins.start(Some(&route), peer);
+        if let Some(c) = ctx.as_mut() {
+            let (mut parts, body) = req.into_parts();
+            if let Err(resp) = route.plugins.access(&mut parts, c) {
+                counters.count(resp.status());
+                return *resp;
+            }
+            req = Request::from_parts(parts, body);
+        }
         let Some(target) = service.pick() else {
             counters.count(StatusCode::SERVICE_UNAVAILABLE);
             return error(
@@ -164,6 +196,11 @@ impl Proxy {
         if let Some(q) = req.uri().query() {
             upstream_path.push('?');
             upstream_path.push_str(q);
+        }
+        if let Some(c) = ctx.as_mut()
+            && c.log_request.is_some()
+        {
+            c.upstream_uri = Some(upstream_path.clone());
         }
         if upstream_path.parse::<http::uri::PathAndQuery>().is_err() {
             return error(
@@ -220,7 +257,23 @@ impl Proxy {
         let (parts, body) = req.into_parts();
         let method = parts.method;
         let mut headers = Some(parts.headers);
+        // request-size-limiting: a body without a length is cut at the limit.
+        let mut too_large = None;
+        let body = match ctx.as_ref().and_then(|c| c.body_limit) {
+            Some(limit) => {
+                let (limited, tripped) = crate::plugins::LimitedBody::new(body, limit);
+                too_large = Some(tripped);
+                Either::Right(limited)
+            }
+            None => Either::Left(body),
+        };
         let mut body = Some(body);
+        let tripped = || {
+            too_large
+                .as_ref()
+                .is_some_and(|t| t.load(std::sync::atomic::Ordering::Acquire))
+        };
+        let sent_at = ctx.is_some().then(std::time::Instant::now);
         let mut target = target;
         let mut attempt = 0;
         let sent = loop {
@@ -257,6 +310,7 @@ impl Proxy {
             let sent =
                 tokio::time::timeout(service.read_timeout, self.client.request(upstream_req)).await;
             match sent {
+                Ok(Err(e)) if tripped() => break Ok(Err(e)),
                 Ok(Err(e)) => {
                     service.eject(&target);
                     tracing::warn!(route = %route.name, %target, attempt, error = %e, "upstream failed; target ejected");
@@ -273,7 +327,14 @@ impl Proxy {
                 other => break other,
             }
         };
+        if let (Some(c), Some(at)) = (ctx.as_mut(), sent_at) {
+            c.upstream_latency = Some(at.elapsed());
+        }
         match sent {
+            Ok(Err(_)) if tripped() => {
+                counters.count(StatusCode::PAYLOAD_TOO_LARGE);
+                error(StatusCode::PAYLOAD_TOO_LARGE, crate::plugins::TOO_LARGE)
+            }
             Ok(Ok(mut resp)) => {
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                     && let Some(downstream) = downstream

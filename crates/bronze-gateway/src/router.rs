@@ -116,6 +116,8 @@ pub struct Route {
     pub counters: std::sync::OnceLock<crate::metrics::RouteCounters>,
     pub strip_path: bool,
     pub preserve_host: bool,
+    /// Its plugins, compiled (empty: none).
+    pub plugins: crate::plugins::Chain,
 }
 
 /// An entry's sort key, smallest first: host class, path class, regex
@@ -147,6 +149,8 @@ pub struct Table {
     any_host: Vec<u32>,
     pub services: Vec<Arc<Service>>,
     pub routes: usize,
+    /// Global plugins, for requests no route matched.
+    pub unmatched: crate::plugins::Chain,
 }
 
 fn host_match(h: &str, field: &str) -> Result<HostMatch, Invalid> {
@@ -234,6 +238,7 @@ fn split_url(url: &str, field: &str) -> Result<(String, u16, String), Invalid> {
 impl Table {
     /// Compiles a declarative configuration; errors name the field.
     pub fn build(d: &Declarative) -> Result<Self, Invalid> {
+        let plugins = crate::plugins::Compiled::build(d)?;
         let mut upstreams: HashMap<&str, Vec<Arc<str>>> = HashMap::new();
         for (i, u) in d.upstreams.iter().enumerate() {
             let field = |f: &str| format!("upstreams[{i}].{f}");
@@ -272,7 +277,10 @@ impl Table {
             }
         }
 
-        let mut table = Table::default();
+        let mut table = Table {
+            unmatched: plugins.global("", ""),
+            ..Table::default()
+        };
         let mut names = std::collections::HashSet::new();
         let mut keyed: Vec<(Priority, Entry)> = Vec::new();
         let mut order = 0usize;
@@ -393,6 +401,7 @@ impl Table {
                     counters: std::sync::OnceLock::new(),
                     strip_path: r.strip_path.unwrap_or(true),
                     preserve_host: r.preserve_host.unwrap_or(false),
+                    plugins: plugins.chain_for(i, j, &r.name, &s.name),
                 });
                 table.routes += 1;
                 let hosts: Vec<HostMatch> = if r.hosts.is_empty() {

@@ -11,6 +11,8 @@ use axum::extract::Request;
 use bronze_gateway::{Config, Server};
 use bronze_runtime::Shutdown;
 
+mod plugins;
+
 /// An HTTP backend that answers every request with what it received:
 /// method, path and query, headers, body length.
 async fn echo(name: &'static str) -> SocketAddr {

@@ -1,0 +1,358 @@
+//! Plugins end to end: curl through the gateway to an echo backend that
+//! reports what it received; Kong's status codes, messages and headers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Command;
+
+use super::{Gw, echo, gateway, s};
+
+/// curl's status, response headers (lowercased names; repeated ones joined
+/// with ", ") and body.
+async fn curl_h(args: Vec<String>) -> (u16, HashMap<String, String>, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new("curl")
+            .args(["-s", "-D", "-"])
+            .args(&args)
+            .output()
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        // The last header block (after any 100 Continue).
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let (mut head, mut body) = (head.to_string(), body.to_string());
+        while body.starts_with("HTTP/") {
+            let (h, b) = body.split_once("\r\n\r\n").unwrap_or((&body, ""));
+            (head, body) = (h.to_string(), b.to_string());
+        }
+        let mut lines = head.lines();
+        let code = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let mut headers: HashMap<String, String> = HashMap::new();
+        for l in lines {
+            if let Some((k, v)) = l.split_once(':') {
+                headers
+                    .entry(k.trim().to_ascii_lowercase())
+                    .and_modify(|e| {
+                        e.push_str(", ");
+                        e.push_str(v.trim());
+                    })
+                    .or_insert_with(|| v.trim().to_string());
+            }
+        }
+        (code, headers, body)
+    })
+    .await
+    .expect("join")
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
+}
+
+/// POST /config; the status and the JSON answer.
+async fn post_config(gw: &Gw, doc: &serde_json::Value) -> (u16, serde_json::Value) {
+    let (code, _, body) = curl_h(s(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &doc.to_string(),
+        &format!("http://{}/config", gw.admin),
+    ]))
+    .await;
+    (code, json(&body))
+}
+
+fn consumers() -> serde_json::Value {
+    serde_json::json!([
+        {"username": "alice", "id": "4e8a6a0e-7f57-4e8b-9d55-3a3f1c0d2a11", "custom_id": "A-1",
+         "keyauth_credentials": [{"key": "alice-key", "id": "c0ffee00-0000-4000-8000-000000000001"}]},
+        {"username": "bob"}
+    ])
+}
+
+fn key_auth_doc(backend: SocketAddr) -> serde_json::Value {
+    serde_json::json!({
+        "_format_version": "3.0",
+        "consumers": consumers(),
+        "keyauth_credentials": [{"key": "bob-key", "consumer": "bob"}],
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "locked", "paths": ["/locked"], "plugins": [{"name": "key-auth"}]},
+            {"name": "hidden", "paths": ["/hidden"], "plugins": [
+                {"name": "key-auth", "config": {"key_names": ["apikey", "x-api-key"], "hide_credentials": true}}]},
+            {"name": "guest", "paths": ["/guest"], "plugins": [
+                {"name": "key-auth", "config": {"anonymous": "bob"}}]},
+            {"name": "open", "paths": ["/open"]}
+        ]}]
+    })
+}
+
+#[tokio::test]
+async fn key_auth_as_kong() {
+    let backend = echo("a").await;
+    let gw = gateway(key_auth_doc(backend)).await;
+    let base = format!("http://{}", gw.addr);
+
+    let (code, h, body) = curl_h(s(&[&format!("{base}/locked")])).await;
+    assert_eq!(code, 401);
+    assert_eq!(body, r#"{"message":"No API key found in request"}"#);
+    assert_eq!(h["www-authenticate"], "Key");
+    let (code, _, body) = curl_h(s(&["-H", "apikey: nope", &format!("{base}/locked")])).await;
+    assert_eq!(code, 401);
+    assert_eq!(body, r#"{"message":"Invalid authentication credentials"}"#);
+
+    // A header key: the backend learns the consumer and the credential;
+    // headers the client made up are replaced.
+    let (code, _, body) = curl_h(s(&[
+        "-H",
+        "apikey: alice-key",
+        "-H",
+        "X-Consumer-Username: mallory",
+        &format!("{base}/locked/x"),
+    ]))
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["headers"]["x-consumer-username"], "alice");
+    assert_eq!(
+        v["headers"]["x-consumer-id"],
+        "4e8a6a0e-7f57-4e8b-9d55-3a3f1c0d2a11"
+    );
+    assert_eq!(v["headers"]["x-consumer-custom-id"], "A-1");
+    assert_eq!(
+        v["headers"]["x-credential-identifier"],
+        "c0ffee00-0000-4000-8000-000000000001"
+    );
+    assert_eq!(v["headers"]["apikey"], "alice-key");
+
+    // The query string; a credential listed at top level with `consumer`.
+    let (code, _, body) = curl_h(s(&[&format!("{base}/locked?apikey=bob-key&x=1")])).await;
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["headers"]["x-consumer-username"], "bob");
+    assert_eq!(v["uri"], "/?apikey=bob-key&x=1");
+    // bob has no id in the file: a stable one is derived.
+    let id = v["headers"]["x-consumer-id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    assert_eq!(id.len(), 36, "{id}");
+
+    // hide_credentials: neither header nor query parameter travels.
+    let (code, _, body) = curl_h(s(&[
+        "-H",
+        "x-api-key: alice-key",
+        &format!("{base}/hidden"),
+    ]))
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(json(&body)["headers"].get("x-api-key").is_none(), "{body}");
+    let (code, _, body) = curl_h(s(&[&format!("{base}/hidden/p?a=1&apikey=alice-key&b=2")])).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["uri"], "/p?a=1&b=2");
+    // Two keys: refused.
+    let (code, _, body) = curl_h(s(&[&format!("{base}/locked?apikey=a&apikey=b")])).await;
+    assert_eq!(code, 401);
+    assert_eq!(body, r#"{"message":"Duplicate API key found"}"#);
+
+    // anonymous: a request without a key passes as that consumer.
+    let (code, _, body) = curl_h(s(&[&format!("{base}/guest")])).await;
+    assert_eq!(code, 200);
+    let v = json(&body);
+    assert_eq!(v["headers"]["x-consumer-username"], "bob");
+    assert_eq!(v["headers"]["x-anonymous-consumer"], "true");
+    let (_, _, body) = curl_h(s(&["-H", "apikey: alice-key", &format!("{base}/guest")])).await;
+    let v = json(&body);
+    assert_eq!(v["headers"]["x-consumer-username"], "alice");
+    assert!(v["headers"].get("x-anonymous-consumer").is_none());
+
+    // A route without plugins is untouched.
+    let (code, _, body) = curl_h(s(&[&format!("{base}/open")])).await;
+    assert_eq!(code, 200);
+    assert!(json(&body)["headers"].get("x-consumer-id").is_none());
+}
+
+#[tokio::test]
+async fn bad_plugin_configs_are_named_and_change_nothing() {
+    let backend = echo("a").await;
+    let gw = gateway(key_auth_doc(backend)).await;
+    let base = format!("http://{}", gw.addr);
+
+    let mut doc = key_auth_doc(backend);
+    doc["services"][0]["routes"][3]["plugins"] = serde_json::json!([{"name": "key-authx"}]);
+    let (code, v) = post_config(&gw, &doc).await;
+    assert_eq!(code, 400, "{v}");
+    let m = v["fields"]["services[0].routes[3].plugins[0].name"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert!(
+        m.contains("key-authx") && m.contains("rate-limiting"),
+        "{m}"
+    );
+
+    let mut doc = key_auth_doc(backend);
+    doc["services"][0]["plugins"] = serde_json::json!([
+        {"name": "cors"}, {"name": "rate-limiting", "config": {"minut": 5}}]);
+    let (code, v) = post_config(&gw, &doc).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["fields"]["services[0].plugins[1].config.minut"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown field")),
+        "{v}"
+    );
+
+    let mut doc = key_auth_doc(backend);
+    doc["plugins"] = serde_json::json!([{"name": "rate-limiting", "consumer": "carol", "config": {"minute": 1}}]);
+    let (code, v) = post_config(&gw, &doc).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(v["fields"].get("plugins[0].consumer").is_some(), "{v}");
+
+    let mut doc = key_auth_doc(backend);
+    doc["plugins"] = serde_json::json!([{"name": "key-auth", "consumer": "bob"}]);
+    let (code, v) = post_config(&gw, &doc).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(v["fields"].get("plugins[0].consumer").is_some(), "{v}");
+
+    let mut doc = key_auth_doc(backend);
+    doc["services"][0]["routes"][0]["plugins"][0]["config"] =
+        serde_json::json!({"anonymous": "nobody"});
+    let (code, v) = post_config(&gw, &doc).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["fields"]
+            .get("services[0].routes[0].plugins[0].config.anonymous")
+            .is_some(),
+        "{v}"
+    );
+
+    // Nothing changed: the locked route still wants its key, the open one
+    // still passes.
+    let (code, _, _) = curl_h(s(&[&format!("{base}/locked")])).await;
+    assert_eq!(code, 401);
+    let (code, _, _) = curl_h(s(&[&format!("{base}/open")])).await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn the_most_specific_instance_wins() {
+    let backend = echo("a").await;
+    let tag = |scope: &str| serde_json::json!({"name": "request-transformer", "config": {"add": {"headers": [format!("x-scope:{scope}")]}}});
+    let mut on_route_by_ref = tag("route-by-reference");
+    on_route_by_ref["route"] = "referenced".into();
+    let mut disabled = tag("disabled");
+    disabled["enabled"] = false.into();
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "plugins": [tag("global"), on_route_by_ref],
+        "services": [
+            {"name": "one", "url": format!("http://{backend}"), "plugins": [tag("service")], "routes": [
+                {"name": "own", "paths": ["/own"], "plugins": [tag("route")]},
+                {"name": "inherits", "paths": ["/inherits"]},
+                {"name": "referenced", "paths": ["/referenced"]},
+                {"name": "off", "paths": ["/off"], "plugins": [disabled]}
+            ]},
+            {"name": "two", "url": format!("http://{backend}"), "routes": [
+                {"name": "global-only", "paths": ["/global"]}]}
+        ]
+    }))
+    .await;
+    for (path, want) in [
+        ("/own", Some("route")),
+        ("/inherits", Some("service")),
+        ("/referenced", Some("route-by-reference")),
+        ("/global", Some("global")),
+        ("/off", None),
+    ] {
+        let (code, _, body) = curl_h(s(&[&format!("http://{}{path}", gw.addr)])).await;
+        assert_eq!(code, 200, "{path}: {body}");
+        assert_eq!(
+            json(&body)["headers"]
+                .get("x-scope")
+                .and_then(|v| v.as_str()),
+            want,
+            "{path}"
+        );
+    }
+    // A request no route matched still sees Kong's 404.
+    let (code, _, body) = curl_h(s(&[&format!("http://{}/nothing", gw.addr)])).await;
+    assert_eq!(code, 404, "{body}");
+}
+
+#[tokio::test]
+async fn rate_limiting_counts_per_identifier_with_kong_headers() {
+    let backend = echo("a").await;
+    // Day windows: a test never straddles their boundary in practice.
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "consumers": consumers(),
+        "keyauth_credentials": [{"key": "bob-key", "consumer": "bob"}],
+        "plugins": [{"name": "rate-limiting", "consumer": "bob", "route": "per-consumer",
+                     "config": {"day": 1}}],
+        "services": [{"name": "svc", "url": format!("http://{backend}"),
+          "plugins": [{"name": "rate-limiting", "config": {"day": 100, "limit_by": "ip"}}],
+          "routes": [
+            {"name": "by-ip", "paths": ["/ip"], "plugins": [
+                {"name": "rate-limiting", "config": {"hour": 3, "day": 3, "limit_by": "ip"}}]},
+            {"name": "per-consumer", "paths": ["/consumer"], "plugins": [
+                {"name": "key-auth"},
+                {"name": "rate-limiting", "config": {"day": 2}}]},
+            {"name": "by-header", "paths": ["/header"], "plugins": [
+                {"name": "rate-limiting", "config": {"day": 1, "limit_by": "header", "header_name": "x-tenant",
+                 "error_code": 503, "error_message": "slow down"}}]}
+          ]}]
+    }))
+    .await;
+    let base = format!("http://{}", gw.addr);
+
+    for remaining in [2, 1, 0] {
+        let (code, h, _) = curl_h(s(&[&format!("{base}/ip")])).await;
+        assert_eq!(code, 200);
+        assert_eq!(h["x-ratelimit-limit-day"], "3");
+        assert_eq!(h["x-ratelimit-remaining-day"], remaining.to_string());
+        assert_eq!(h["x-ratelimit-limit-hour"], "3");
+        assert_eq!(h["ratelimit-limit"], "3");
+        assert_eq!(h["ratelimit-remaining"], remaining.to_string());
+        // Among windows with as much left, Kong reports the longer one.
+        let reset: u64 = h["ratelimit-reset"].parse().expect("reset");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let to_midnight = 86_400 - now % 86_400;
+        assert!(reset.abs_diff(to_midnight) <= 2, "{reset} vs {to_midnight}");
+    }
+    let (code, h, body) = curl_h(s(&[&format!("{base}/ip")])).await;
+    assert_eq!(code, 429);
+    assert_eq!(body, r#"{"message":"API rate limit exceeded"}"#);
+    assert_eq!(h["ratelimit-remaining"], "0");
+    assert!(h.contains_key("retry-after"), "{h:?}");
+
+    // By consumer: alice has the route's 2 a day; bob's own instance (1 a
+    // day) overrides the route's for him.
+    for _ in 0..2 {
+        let (code, _, _) =
+            curl_h(s(&["-H", "apikey: alice-key", &format!("{base}/consumer")])).await;
+        assert_eq!(code, 200);
+    }
+    let (code, _, _) = curl_h(s(&["-H", "apikey: alice-key", &format!("{base}/consumer")])).await;
+    assert_eq!(code, 429);
+    let (code, h, _) = curl_h(s(&["-H", "apikey: bob-key", &format!("{base}/consumer")])).await;
+    assert_eq!(code, 200);
+    assert_eq!(h["x-ratelimit-limit-day"], "1");
+    let (code, _, _) = curl_h(s(&["-H", "apikey: bob-key", &format!("{base}/consumer")])).await;
+    assert_eq!(code, 429);
+
+    // By header, with a custom status and message.
+    let (code, _, _) = curl_h(s(&["-H", "x-tenant: t1", &format!("{base}/header")])).await;
+    assert_eq!(code, 200);
+    let (code, _, body) = curl_h(s(&["-H", "x-tenant: t1", &format!("{base}/header")])).await;
+    assert_eq!(code, 503);
+    assert_eq!(body, r#"{"message":"slow down"}"#);
+    let (code, _, _) = curl_h(s(&["-H", "x-tenant: t2", &format!("{base}/header")])).await;
+    assert_eq!(code, 200);
+}
