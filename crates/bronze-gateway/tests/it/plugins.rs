@@ -356,3 +356,430 @@ async fn rate_limiting_counts_per_identifier_with_kong_headers() {
     let (code, _, _) = curl_h(s(&["-H", "x-tenant: t2", &format!("{base}/header")])).await;
     assert_eq!(code, 200);
 }
+
+#[tokio::test]
+async fn prometheus_adds_status_codes_and_latencies_per_route() {
+    let backend = echo("a").await;
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "consumers": consumers(),
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "watched", "paths": ["/watched"], "plugins": [
+                {"name": "key-auth", "config": {"anonymous": "bob"}},
+                {"name": "prometheus", "config": {"status_code_metrics": true, "latency_metrics": true,
+                                                   "per_consumer": true}}]},
+            {"name": "plain", "paths": ["/plain"]}
+        ]}]
+    }))
+    .await;
+    let base = format!("http://{}", gw.addr);
+    for _ in 0..3 {
+        curl_h(s(&["-H", "apikey: alice-key", &format!("{base}/watched")])).await;
+    }
+    curl_h(s(&[&format!("{base}/watched")])).await;
+    curl_h(s(&[&format!("{base}/plain")])).await;
+    let (_, _, metrics) = curl_h(s(&[&format!("http://{}/metrics", gw.admin)])).await;
+    for line in [
+        r#"bronze_gateway_http_status_total{route="watched",service="svc",code="200",consumer="alice"} 3"#,
+        r#"bronze_gateway_http_status_total{route="watched",service="svc",code="200",consumer="bob"} 1"#,
+        r#"bronze_gateway_request_latency_seconds_count{route="watched",service="svc"} 4"#,
+        r#"bronze_gateway_upstream_latency_seconds_count{route="watched",service="svc"} 4"#,
+        r#"bronze_gateway_proxy_latency_seconds_count{route="watched",service="svc"} 4"#,
+        // The status-class counter every route has, unchanged.
+        r#"bronze_gateway_http_requests_total{route="watched",service="svc",status="2xx"} 4"#,
+        r#"bronze_gateway_http_requests_total{route="plain",service="svc",status="2xx"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+    // Routes without the plugin get no per-code series.
+    assert!(!metrics.contains(r#"bronze_gateway_http_status_total{route="plain""#));
+
+    let mut doc = serde_json::json!({"_format_version": "3.0", "plugins": [
+        {"name": "prometheus", "config": {"bandwidth_metrics": true}}]});
+    let (code, v) = post_config(&gw, &doc).await;
+    assert_eq!(code, 400);
+    assert!(
+        v["fields"]
+            .get("plugins[0].config.bandwidth_metrics")
+            .is_some(),
+        "{v}"
+    );
+    doc["plugins"][0]["config"] = serde_json::json!({"status_codes": true});
+    let (code, v) = post_config(&gw, &doc).await;
+    assert_eq!(code, 400);
+    assert!(
+        v["fields"].get("plugins[0].config.status_codes").is_some(),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn basic_auth_as_kong() {
+    let backend = echo("a").await;
+    let hashed = bcrypt_hash("hunter2");
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "consumers": [
+            {"username": "carol", "basicauth_credentials": [{"username": "carol", "password": "s3cret"}]},
+            {"username": "dave"}],
+        "basicauth_credentials": [{"username": "dave-login", "password": hashed, "consumer": "dave"}],
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "basic", "paths": ["/basic"], "plugins": [{"name": "basic-auth"}]},
+            {"name": "hidden", "paths": ["/hidden"], "plugins": [
+                {"name": "basic-auth", "config": {"hide_credentials": true}}]}
+        ]}]
+    }))
+    .await;
+    let base = format!("http://{}", gw.addr);
+    let (code, h, body) = curl_h(s(&[&format!("{base}/basic")])).await;
+    assert_eq!(code, 401);
+    assert_eq!(body, r#"{"message":"Unauthorized"}"#);
+    assert_eq!(h["www-authenticate"], r#"Basic realm="service""#);
+    let (code, _, body) = curl_h(s(&["-u", "carol:wrong", &format!("{base}/basic")])).await;
+    assert_eq!(code, 401);
+    assert_eq!(body, r#"{"message":"Invalid authentication credentials"}"#);
+    // Twice: the second is answered from the verified-password cache.
+    for _ in 0..2 {
+        let (code, _, body) = curl_h(s(&["-u", "carol:s3cret", &format!("{base}/basic")])).await;
+        assert_eq!(code, 200, "{body}");
+        let v = json(&body);
+        assert_eq!(v["headers"]["x-consumer-username"], "carol");
+        assert_eq!(v["headers"]["x-credential-identifier"], "carol");
+        assert!(
+            v["headers"]["authorization"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("Basic "))
+        );
+    }
+    // A password given already hashed (bcrypt), as a Kong export would.
+    let (code, _, body) = curl_h(s(&["-u", "dave-login:hunter2", &format!("{base}/hidden")])).await;
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["headers"]["x-consumer-username"], "dave");
+    assert!(v["headers"].get("authorization").is_none(), "{v}");
+    let (code, _, _) = curl_h(s(&["-u", "dave-login:hunter3", &format!("{base}/hidden")])).await;
+    assert_eq!(code, 401);
+}
+
+fn bcrypt_hash(password: &str) -> String {
+    bcrypt::hash(password, 4).expect("bcrypt")
+}
+
+/// An RSA key pair from openssl: (private PEM, public PEM, JWK n).
+fn rsa_key(dir: &std::path::Path) -> (String, String, String) {
+    let key = dir.join("key.pem");
+    let ok = Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .output()
+        .expect("openssl");
+    assert!(ok.status.success());
+    let public = Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&key)
+        .output()
+        .expect("openssl");
+    let modulus = Command::new("openssl")
+        .args(["rsa", "-noout", "-modulus", "-in"])
+        .arg(&key)
+        .output()
+        .expect("openssl");
+    let hex = String::from_utf8_lossy(&modulus.stdout)
+        .trim()
+        .trim_start_matches("Modulus=")
+        .to_string();
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    use base64::Engine;
+    (
+        std::fs::read_to_string(&key).expect("key"),
+        String::from_utf8_lossy(&public.stdout).to_string(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+    )
+}
+
+fn token(
+    alg: jsonwebtoken::Algorithm,
+    kid: Option<&str>,
+    claims: serde_json::Value,
+    key: &jsonwebtoken::EncodingKey,
+) -> String {
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(&header, &claims, key).expect("encode")
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// A server answering GET with `body` (a JWKS URL).
+async fn serve(body: String) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new().fallback(move || {
+        let body = body.clone();
+        async move { ([("content-type", "application/json")], body) }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serves") });
+    addr
+}
+
+#[tokio::test]
+async fn jwt_as_kong_and_jwks_keys() {
+    let backend = echo("a").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (private, public, n) = rsa_key(dir.path());
+    let jwks = serde_json::json!({"keys": [
+        {"kty": "RSA", "kid": "k1", "alg": "RS256", "use": "sig", "n": n, "e": "AQAB"}]})
+    .to_string();
+    let jwks_file = dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, &jwks).expect("write");
+    let jwks_url = serve(jwks.clone()).await;
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "consumers": [
+            {"username": "erin", "jwt_secrets": [
+                {"key": "erin-iss", "algorithm": "HS256", "secret": "erin-secret"},
+                {"key": "erin-rsa", "algorithm": "RS256", "rsa_public_key": public}]},
+            {"username": "frank"}],
+        "jwt_secrets": [{"key": "frank-iss", "algorithm": "HS512", "secret": "frank-secret", "consumer": "frank"}],
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "jwt", "paths": ["/jwt"], "plugins": [
+                {"name": "jwt", "config": {"claims_to_verify": ["exp", "nbf"], "maximum_expiration": 7200,
+                                           "cookie_names": ["session"]}}]},
+            {"name": "jwks-file", "paths": ["/jwks-file"], "plugins": [
+                {"name": "jwt", "config": {"bronze_jwks_path": jwks_file.display().to_string()}}]},
+            {"name": "jwks-url", "paths": ["/jwks-url"], "plugins": [
+                {"name": "jwt", "config": {"bronze_jwks_url": format!("http://{jwks_url}/jwks.json")}}]}
+        ]}]
+    }))
+    .await;
+    let base = format!("http://{}", gw.addr);
+    let hs = |secret: &str| jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    let rs = jsonwebtoken::EncodingKey::from_rsa_pem(private.as_bytes()).expect("rsa key");
+    let t = now();
+    let bearer = |t: &str| format!("Authorization: Bearer {t}");
+
+    let good = token(
+        jsonwebtoken::Algorithm::HS256,
+        None,
+        serde_json::json!({"iss": "erin-iss", "exp": t + 600, "nbf": t - 10}),
+        &hs("erin-secret"),
+    );
+    let (code, _, body) = curl_h(s(&["-H", &bearer(&good), &format!("{base}/jwt")])).await;
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["headers"]["x-consumer-username"], "erin");
+    assert_eq!(v["headers"]["x-credential-identifier"], "erin-iss");
+    // From the query string and from a cookie.
+    let (code, _, _) = curl_h(s(&[&format!("{base}/jwt?jwt={good}")])).await;
+    assert_eq!(code, 200);
+    let (code, _, _) = curl_h(s(&[
+        "-b",
+        &format!("session={good}"),
+        &format!("{base}/jwt"),
+    ]))
+    .await;
+    assert_eq!(code, 200);
+    // HS512 for a secret listed at top level; RS256 with a PEM key.
+    let frank = token(
+        jsonwebtoken::Algorithm::HS512,
+        None,
+        serde_json::json!({"iss": "frank-iss", "exp": t + 600, "nbf": t}),
+        &hs("frank-secret"),
+    );
+    let (code, _, body) = curl_h(s(&["-H", &bearer(&frank), &format!("{base}/jwt")])).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["headers"]["x-consumer-username"], "frank");
+    let rsa = token(
+        jsonwebtoken::Algorithm::RS256,
+        None,
+        serde_json::json!({"iss": "erin-rsa", "exp": t + 600, "nbf": t}),
+        &rs,
+    );
+    let (code, _, body) = curl_h(s(&["-H", &bearer(&rsa), &format!("{base}/jwt")])).await;
+    assert_eq!(code, 200, "{body}");
+
+    // Kong's refusals.
+    let refused = [
+        (None, r#"{"message":"Unauthorized"}"#),
+        (
+            Some(token(
+                jsonwebtoken::Algorithm::HS256,
+                None,
+                serde_json::json!({"iss": "erin-iss", "exp": t + 600, "nbf": t}),
+                &hs("not-the-secret"),
+            )),
+            r#"{"message":"Invalid signature"}"#,
+        ),
+        (
+            Some(token(
+                jsonwebtoken::Algorithm::HS256,
+                None,
+                serde_json::json!({"iss": "erin-iss", "exp": t - 5, "nbf": t - 100}),
+                &hs("erin-secret"),
+            )),
+            r#"{"exp":"token expired"}"#,
+        ),
+        (
+            Some(token(
+                jsonwebtoken::Algorithm::HS256,
+                None,
+                serde_json::json!({"iss": "erin-iss", "exp": t + 600, "nbf": t + 300}),
+                &hs("erin-secret"),
+            )),
+            r#"{"nbf":"token not valid yet"}"#,
+        ),
+        (
+            Some(token(
+                jsonwebtoken::Algorithm::HS256,
+                None,
+                serde_json::json!({"iss": "erin-iss", "exp": t + 86_400, "nbf": t}),
+                &hs("erin-secret"),
+            )),
+            r#"{"exp":"exceeds maximum allowed expiration"}"#,
+        ),
+        (
+            Some(token(
+                jsonwebtoken::Algorithm::HS256,
+                None,
+                serde_json::json!({"iss": "stranger", "exp": t + 600}),
+                &hs("x"),
+            )),
+            r#"{"message":"No credentials found for given 'iss'"}"#,
+        ),
+        (
+            Some(token(
+                jsonwebtoken::Algorithm::HS256,
+                None,
+                serde_json::json!({"sub": "x", "exp": t + 600}),
+                &hs("x"),
+            )),
+            r#"{"message":"No mandatory 'iss' in claims"}"#,
+        ),
+        // Erin's RSA key, signed as HS256: the algorithm must match.
+        (
+            Some(token(
+                jsonwebtoken::Algorithm::HS256,
+                None,
+                serde_json::json!({"iss": "erin-rsa", "exp": t + 600, "nbf": t}),
+                &hs("x"),
+            )),
+            r#"{"message":"Invalid algorithm"}"#,
+        ),
+        (
+            Some("not.a.token".to_string()),
+            r#"{"message":"Bad token; invalid JSON"}"#,
+        ),
+    ];
+    for (tok, want) in refused {
+        let mut args = vec![];
+        if let Some(tok) = &tok {
+            args.extend(["-H".to_string(), bearer(tok)]);
+        }
+        args.push(format!("{base}/jwt"));
+        let (code, h, body) = curl_h(args).await;
+        assert_eq!((code, body.as_str()), (401, want), "{tok:?}");
+        assert_eq!(h["www-authenticate"], r#"Bearer realm="kong""#);
+    }
+    let (code, _, body) = curl_h(s(&[
+        "-H",
+        &bearer(&good),
+        &format!("{base}/jwt?jwt={frank}"),
+    ]))
+    .await;
+    assert_eq!(
+        (code, body.as_str()),
+        (401, r#"{"message":"Multiple tokens provided"}"#)
+    );
+
+    // Bronze extension: JWKS from a file and from a URL; the token's kid
+    // picks the key; a known iss still names the consumer.
+    let by_kid = token(
+        jsonwebtoken::Algorithm::RS256,
+        Some("k1"),
+        serde_json::json!({"iss": "erin-rsa", "sub": "someone"}),
+        &rs,
+    );
+    let (code, _, body) = curl_h(s(&["-H", &bearer(&by_kid), &format!("{base}/jwks-file")])).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["headers"]["x-consumer-username"], "erin");
+    let anonymous_iss = token(
+        jsonwebtoken::Algorithm::RS256,
+        Some("k1"),
+        serde_json::json!({"iss": "https://idp.example.com"}),
+        &rs,
+    );
+    let mut ok = false;
+    for _ in 0..100 {
+        let (code, _, body) = curl_h(s(&[
+            "-H",
+            &bearer(&anonymous_iss),
+            &format!("{base}/jwks-url"),
+        ]))
+        .await;
+        if code == 200 {
+            let v = json(&body);
+            assert_eq!(v["headers"]["x-credential-identifier"], "k1");
+            assert!(v["headers"].get("x-consumer-username").is_none());
+            ok = true;
+            break;
+        }
+        // Until the background fetch lands.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the JWKS URL was never used");
+    let other_kid = token(
+        jsonwebtoken::Algorithm::RS256,
+        Some("k2"),
+        serde_json::json!({"iss": "https://idp.example.com"}),
+        &rs,
+    );
+    let (code, _, body) = curl_h(s(&[
+        "-H",
+        &bearer(&other_kid),
+        &format!("{base}/jwks-file"),
+    ]))
+    .await;
+    assert_eq!(
+        (code, body.as_str()),
+        (401, r#"{"message":"No credentials found for given 'iss'"}"#)
+    );
+    let forged = token(
+        jsonwebtoken::Algorithm::HS256,
+        Some("k1"),
+        serde_json::json!({"iss": "x"}),
+        &hs("guess"),
+    );
+    let (code, _, body) = curl_h(s(&["-H", &bearer(&forged), &format!("{base}/jwks-file")])).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (401, r#"{"message":"Invalid algorithm"}"#)
+    );
+
+    // A JWKS file that is not one is refused by name.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{}").expect("write");
+    let (code, v) = post_config(
+        &gw,
+        &serde_json::json!({"_format_version": "3.0", "plugins": [
+        {"name": "jwt", "config": {"bronze_jwks_path": bad.display().to_string()}}]}),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(
+        v["fields"]
+            .get("plugins[0].config.bronze_jwks_path")
+            .is_some(),
+        "{v}"
+    );
+}
