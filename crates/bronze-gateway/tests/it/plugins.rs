@@ -783,3 +783,326 @@ async fn jwt_as_kong_and_jwks_keys() {
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn ip_restriction_and_request_termination() {
+    let backend = echo("a").await;
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "allow-other", "paths": ["/allow-other"], "plugins": [
+                {"name": "ip-restriction", "config": {"allow": ["10.0.0.0/8", "2001:db8::/32"]}}]},
+            {"name": "allow-local", "paths": ["/allow-local"], "plugins": [
+                {"name": "ip-restriction", "config": {"allow": ["127.0.0.0/8"]}}]},
+            {"name": "deny-local", "paths": ["/deny-local"], "plugins": [
+                {"name": "ip-restriction", "config": {"allow": ["0.0.0.0/0"], "deny": ["127.0.0.1"],
+                                                       "status": 401, "message": "go away"}}]},
+            {"name": "maintenance", "paths": ["/maintenance"], "plugins": [
+                {"name": "request-termination", "config": {"status_code": 503, "message": "back soon"}}]},
+            {"name": "teapot", "paths": ["/teapot"], "plugins": [
+                {"name": "request-termination", "config": {"status_code": 418, "content_type": "text/plain",
+                                                            "body": "short and stout"}}]},
+            {"name": "default-termination", "paths": ["/gone"], "plugins": [{"name": "request-termination"}]}
+        ]}]
+    }))
+    .await;
+    let base = format!("http://{}", gw.addr);
+    let (code, _, body) = curl_h(s(&[&format!("{base}/allow-other")])).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (403, r#"{"message":"IP address not allowed"}"#)
+    );
+    let (code, _, body) = curl_h(s(&[&format!("{base}/allow-local")])).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, _, body) = curl_h(s(&[&format!("{base}/deny-local")])).await;
+    assert_eq!((code, body.as_str()), (401, r#"{"message":"go away"}"#));
+
+    let (code, _, body) = curl_h(s(&[&format!("{base}/maintenance")])).await;
+    assert_eq!((code, body.as_str()), (503, r#"{"message":"back soon"}"#));
+    let (code, h, body) = curl_h(s(&[&format!("{base}/teapot")])).await;
+    assert_eq!((code, body.as_str()), (418, "short and stout"));
+    assert_eq!(h["content-type"], "text/plain");
+    let (code, _, body) = curl_h(s(&[&format!("{base}/gone")])).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (503, r#"{"message":"Service unavailable"}"#)
+    );
+
+    let (code, v) = post_config(
+        &gw,
+        &serde_json::json!({"_format_version": "3.0", "plugins": [
+        {"name": "ip-restriction", "config": {"deny": ["10.0.0.0/40"]}}]}),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(
+        v["fields"].get("plugins[0].config.deny[0]").is_some(),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn request_size_limiting_stops_large_and_growing_bodies() {
+    let backend = echo("a").await;
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "small", "paths": ["/small"], "plugins": [
+                {"name": "request-size-limiting", "config": {"allowed_payload_size": 1, "size_unit": "megabytes"}}]},
+            {"name": "strict", "paths": ["/strict"], "plugins": [
+                {"name": "request-size-limiting", "config": {"allowed_payload_size": 10, "size_unit": "kilobytes",
+                                                              "require_content_length": true}}]}
+        ]}]
+    }))
+    .await;
+    let base = format!("http://{}", gw.addr);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'x'; 3 << 20]).expect("write");
+    let fits = dir.path().join("fits");
+    std::fs::write(&fits, vec![b'y'; 512 << 10]).expect("write");
+    let at = |f: &std::path::Path| format!("@{}", f.display());
+
+    // With Content-Length: refused before anything goes upstream.
+    let (code, _, body) = curl_h(s(&["--data-binary", &at(&big), &format!("{base}/small")])).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (413, r#"{"message":"Request size limit exceeded"}"#)
+    );
+    let (code, _, body) = curl_h(s(&["--data-binary", &at(&fits), &format!("{base}/small")])).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["body_len"], 512 << 10);
+    // Chunked: streamed, and cut off once past the limit.
+    let chunked = "Transfer-Encoding: chunked";
+    let (code, _, body) = curl_h(s(&[
+        "-H",
+        chunked,
+        "--data-binary",
+        &at(&big),
+        &format!("{base}/small"),
+    ]))
+    .await;
+    assert_eq!(
+        (code, body.as_str()),
+        (413, r#"{"message":"Request size limit exceeded"}"#)
+    );
+    let (code, _, body) = curl_h(s(&[
+        "-H",
+        chunked,
+        "--data-binary",
+        &at(&fits),
+        &format!("{base}/small"),
+    ]))
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["body_len"], 512 << 10);
+    // require_content_length.
+    let (code, _, body) = curl_h(s(&[
+        "-H",
+        chunked,
+        "--data-binary",
+        "abc",
+        &format!("{base}/strict"),
+    ]))
+    .await;
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            411,
+            r#"{"message":"A valid Content-Length header is required"}"#
+        )
+    );
+    let (code, _, _) = curl_h(s(&["--data-binary", "abc", &format!("{base}/strict")])).await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn cors_preflight_and_response_headers() {
+    let backend = echo("a").await;
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "cors", "paths": ["/cors"], "plugins": [
+                {"name": "cors", "config": {
+                    "origins": ["https://app.example.com", "https://.*\\.example\\.org"],
+                    "methods": ["GET", "POST"], "headers": ["x-token"], "exposed_headers": ["x-total"],
+                    "credentials": true, "max_age": 600}}]},
+            {"name": "continue", "paths": ["/continue"], "plugins": [
+                {"name": "cors", "config": {"preflight_continue": true}}]}
+        ]}]
+    }))
+    .await;
+    let base = format!("http://{}", gw.addr);
+    let preflight = |origin: &str, path: &str| {
+        s(&[
+            "-X",
+            "OPTIONS",
+            "-H",
+            &format!("Origin: {origin}"),
+            "-H",
+            "Access-Control-Request-Method: POST",
+            &format!("{base}{path}"),
+        ])
+    };
+    let (code, h, body) = curl_h(preflight("https://app.example.com", "/cors")).await;
+    assert_eq!(code, 200);
+    assert_eq!(body, "", "answered by the gateway");
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(h["access-control-allow-methods"], "GET,POST");
+    assert_eq!(h["access-control-allow-headers"], "x-token");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert_eq!(h["access-control-max-age"], "600");
+    // A regex origin.
+    let (_, h, _) = curl_h(preflight("https://shop.example.org", "/cors")).await;
+    assert_eq!(h["access-control-allow-origin"], "https://shop.example.org");
+    // An origin not listed gets no grant.
+    let (_, h, _) = curl_h(preflight("https://evil.example.net", "/cors")).await;
+    assert!(!h.contains_key("access-control-allow-origin"), "{h:?}");
+    // A simple request: proxied, with the grant and exposed headers.
+    let (code, h, body) = curl_h(s(&[
+        "-H",
+        "Origin: https://app.example.com",
+        &format!("{base}/cors"),
+    ]))
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["method"], "GET");
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(h["access-control-expose-headers"], "x-total");
+    assert_eq!(h["vary"], "Origin");
+    // preflight_continue: the upstream answers the OPTIONS itself.
+    let (code, h, body) = curl_h(preflight("https://any.example", "/continue")).await;
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["method"], "OPTIONS");
+    assert_eq!(h["access-control-allow-origin"], "*");
+}
+
+#[tokio::test]
+async fn transformers_edit_headers_and_query_strings() {
+    let backend = echo("a").await;
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "t", "paths": ["/t"], "plugins": [
+                {"name": "request-transformer", "config": {
+                    "remove": {"headers": ["x-drop"], "querystring": ["secret"]},
+                    "rename": {"headers": ["x-old:x-new"], "querystring": ["q:query"]},
+                    "replace": {"headers": ["x-replace:replaced", "x-absent:never"]},
+                    "add": {"headers": ["x-added:yes", "x-keep:not-used"], "querystring": ["added:1"]},
+                    "append": {"headers": ["x-multi:two"], "querystring": ["tag:b"]}}},
+                {"name": "response-transformer", "config": {
+                    "remove": {"headers": ["content-type"]},
+                    "add": {"headers": ["x-served-by:bronze"]},
+                    "append": {"headers": ["x-list:a", "x-list:b"]}}}]}
+        ]}]
+    }))
+    .await;
+    let (code, h, body) = curl_h(s(&[
+        "-H",
+        "x-drop: 1",
+        "-H",
+        "x-old: moved",
+        "-H",
+        "x-replace: before",
+        "-H",
+        "x-keep: mine",
+        "-H",
+        "x-multi: one",
+        &format!("http://{}/t?secret=s&q=find&tag=a", gw.addr),
+    ]))
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    let hv = |n: &str| {
+        v["headers"]
+            .get(n)
+            .and_then(|x| x.as_str())
+            .map(str::to_string)
+    };
+    assert_eq!(hv("x-drop"), None);
+    assert_eq!(hv("x-old"), None);
+    assert_eq!(hv("x-new").as_deref(), Some("moved"));
+    assert_eq!(hv("x-replace").as_deref(), Some("replaced"));
+    assert_eq!(hv("x-absent"), None);
+    assert_eq!(hv("x-added").as_deref(), Some("yes"));
+    assert_eq!(hv("x-keep").as_deref(), Some("mine"));
+    assert_eq!(v["uri"], "/?query=find&tag=a&added=1&tag=b");
+    // The echo backend sees two x-multi values (its map keeps one); the
+    // response side is checked on the client.
+    assert!(!h.contains_key("content-type"), "{h:?}");
+    assert_eq!(h["x-served-by"], "bronze");
+    assert_eq!(h["x-list"], "a, b");
+
+    let (code, v) = post_config(
+        &gw,
+        &serde_json::json!({"_format_version": "3.0", "plugins": [
+        {"name": "request-transformer", "config": {"add": {"body": ["a:b"]}}}]}),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(
+        v["fields"]["plugins[0].config.add.body"]
+            .as_str()
+            .is_some_and(|m| m.contains("not implemented")),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn file_log_writes_kong_json_lines() {
+    let backend = echo("a").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "consumers": consumers(),
+        "plugins": [{"name": "file-log", "config": {"path": log.display().to_string()}}],
+        "services": [{"name": "svc", "url": format!("http://{backend}/base"), "routes": [
+            {"name": "logged", "paths": ["/logged"], "plugins": [{"name": "key-auth"}]}]}]
+    }))
+    .await;
+    let base = format!("http://{}", gw.addr);
+    curl_h(s(&[
+        "-H",
+        "apikey: alice-key",
+        "-H",
+        "Authorization: Bearer secret",
+        &format!("{base}/logged/x?y=1"),
+    ]))
+    .await;
+    curl_h(s(&[&format!("{base}/logged")])).await;
+    curl_h(s(&[&format!("{base}/nowhere")])).await;
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        lines = text.lines().map(json).collect::<Vec<_>>();
+        if lines.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let ok = &lines[0];
+    assert_eq!(ok["request"]["method"], "GET");
+    assert_eq!(ok["request"]["uri"], "/logged/x?y=1");
+    assert_eq!(ok["request"]["querystring"]["y"], "1");
+    assert_eq!(ok["request"]["headers"]["authorization"], "REDACTED");
+    assert_eq!(ok["upstream_uri"], "/base/x?y=1");
+    assert_eq!(ok["response"]["status"], 200);
+    assert_eq!(ok["route"]["name"], "logged");
+    assert_eq!(ok["service"]["name"], "svc");
+    assert_eq!(ok["consumer"]["username"], "alice");
+    assert_eq!(ok["client_ip"], "127.0.0.1");
+    assert_eq!(ok["source"], "upstream");
+    assert!(
+        ok["latencies"]["request"].is_u64() && ok["started_at"].is_u64(),
+        "{ok}"
+    );
+    // Refused by key-auth: logged too, answered by the gateway.
+    assert_eq!(lines[1]["response"]["status"], 401);
+    assert_eq!(lines[1]["source"], "kong");
+    assert!(lines[1].get("consumer").is_none());
+    // No route: the global instance logs it.
+    assert_eq!(lines[2]["response"]["status"], 404);
+    assert_eq!(lines[2]["request"]["uri"], "/nowhere");
+}
