@@ -135,15 +135,15 @@ const PLUGINS_KEY: &str = "apikey: bench-key";
 /// far above what a run reaches) and prometheus.
 fn bench_config(backend: u16) -> serde_json::Value {
     serde_json::json!({"_format_version": "3.0",
-        "consumers": [{"username": "bench", "keyauth_credentials": [{"key": "bench-key"}]}],
-        "services": [{"name": "backend", "url": format!("http://127.0.0.1:{backend}"), "routes": [
-            {"name": "all", "paths": ["/"]},
-            {"name": "plugins", "paths": [PLUGINS_PATH.trim_end_matches('/')], "plugins": [
-                {"name": "key-auth"},
-                {"name": "rate-limiting", "config": {"second": 1_000_000_000u64, "limit_by": "consumer"}},
-                {"name": "prometheus", "config": {"status_code_metrics": true, "latency_metrics": true}}
-            ]}
-        ]}]})
+    "consumers": [{"username": "bench", "keyauth_credentials": [{"key": "bench-key"}]}],
+    "services": [{"name": "backend", "url": format!("http://127.0.0.1:{backend}"), "routes": [
+        {"name": "all", "paths": ["/"]},
+        {"name": "plugins", "paths": [PLUGINS_PATH.trim_end_matches('/')], "plugins": [
+            {"name": "key-auth"},
+            {"name": "rate-limiting", "config": {"second": 1_000_000_000u64, "limit_by": "consumer"}},
+            {"name": "prometheus", "config": {"status_code_metrics": true, "latency_metrics": true}}
+        ]}
+    ]}]})
 }
 
 /// 10,000 routes (one per host, a path each), nanoseconds per match of a

@@ -166,10 +166,14 @@ impl KeyAuth {
         })
     }
 
-    /// The key the request carries: `Ok(None)` when none, `Err` when
-    /// several differ.
-    fn find_key(&self, req: &mut http::request::Parts) -> Result<Option<String>, &'static str> {
-        let mut found: Option<String> = None;
+    /// The credential of the key the request carries: `Ok(None)` when it
+    /// carries none, `Err` with Kong's message when the key is unknown or
+    /// given twice. A header key is looked up without a copy.
+    fn find_key(
+        &self,
+        req: &mut http::request::Parts,
+    ) -> Result<Option<&(u32, HeaderValue)>, &'static str> {
+        const INVALID: &str = "Invalid authentication credentials";
         for (header, name) in &self.names {
             if self.in_header
                 && let Some(h) = header
@@ -179,14 +183,12 @@ impl KeyAuth {
                     if values.next().is_some() {
                         return Err("Duplicate API key found");
                     }
-                    let v = v
-                        .to_str()
-                        .map_err(|_| "Invalid authentication credentials")?;
-                    found = Some(v.to_string());
+                    let v = v.to_str().map_err(|_| INVALID)?;
+                    let found = self.credentials.keys.get(v);
                     if self.hide_credentials {
                         req.headers.remove(h);
                     }
-                    break;
+                    return found.map(Some).ok_or(INVALID);
                 }
             }
             if self.in_query
@@ -203,17 +205,16 @@ impl KeyAuth {
                     if more {
                         return Err("Duplicate API key found");
                     }
-                    found = Some(v);
                     if self.hide_credentials
                         && let Some(u) = remove_query_param(&req.uri, name)
                     {
                         req.uri = u;
                     }
-                    break;
+                    return self.credentials.keys.get(&v).map(Some).ok_or(INVALID);
                 }
             }
         }
-        Ok(found)
+        Ok(None)
     }
 
     fn unauthorized(&self, message: &str) -> Answer {
@@ -242,14 +243,11 @@ impl Plugin for KeyAuth {
             return Ok(());
         }
         let failure = match self.find_key(req) {
-            Ok(Some(key)) => match self.credentials.keys.get(key.as_str()) {
-                Some((consumer, credential)) => {
-                    let consumer = &self.credentials.consumers[*consumer as usize];
-                    set_consumer(req, ctx, Some(consumer), Some(credential.clone()));
-                    return Ok(());
-                }
-                None => "Invalid authentication credentials",
-            },
+            Ok(Some((consumer, credential))) => {
+                let consumer = self.credentials.consumers[*consumer as usize].clone();
+                set_consumer(req, ctx, Some(&consumer), Some(credential.clone()));
+                return Ok(());
+            }
             Ok(None) => "No API key found in request",
             Err(message) => message,
         };

@@ -710,17 +710,27 @@ impl Compiled {
                 ));
             }
             let cfg = format!("{field}.config");
-            let plugin = build_one(&p.name, p.config.as_ref(), &cfg, &credentials)?;
-            if p.enabled == Some(false) {
-                // Kong: a disabled instance still overrides less specific
-                // ones; it runs nothing.
-                instances.push(Instance {
-                    scope,
-                    plugin: Arc::new(Disabled(priority_of(&p.name).unwrap_or(0), plugin.name())),
-                });
-                continue;
+            // What the instance is, whatever its place in the document:
+            // state such as rate-limiting's counters survives a rebuild
+            // that keeps the instance.
+            let identity = format!(
+                "{}|{:?}|{:?}|{:?}|{}",
+                p.id.as_deref().unwrap_or(""),
+                scope.service.map(|i| &d.services[i].name),
+                scope
+                    .route
+                    .map(|(i, j)| (&d.services[i].name, &d.services[i].routes[j].name)),
+                scope
+                    .consumer
+                    .map(|c| &credentials.consumers[c as usize].username),
+                p.config.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+            );
+            let plugin = build_one(&p.name, p.config.as_ref(), &cfg, &credentials, &identity)?;
+            // Kong loads enabled instances only: a disabled one is checked,
+            // then left out (a less specific instance applies instead).
+            if p.enabled != Some(false) {
+                instances.push(Instance { scope, plugin });
             }
-            instances.push(Instance { scope, plugin });
         }
         let mut scoped_consumers: Vec<u32> =
             instances.iter().filter_map(|i| i.scope.consumer).collect();
@@ -754,7 +764,6 @@ impl Compiled {
         let mut list: Vec<Arc<dyn Plugin>> = best
             .into_values()
             .map(|(_, p)| p)
-            .filter(|p| p.priority() != i32::MIN)
             .map(|p| p.for_route(names.0, names.1).unwrap_or_else(|| p.clone()))
             .collect();
         if list.is_empty() {
@@ -807,7 +816,6 @@ impl Compiled {
                         consumer: None,
                     }
             })
-            .filter(|i| i.plugin.priority() != i32::MIN)
             .map(|i| {
                 i.plugin
                     .for_route(route, service)
@@ -841,30 +849,18 @@ fn refuse_refs(p: &declarative::Plugin, field: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// A disabled instance: it wins precedence and is then left out.
-struct Disabled(i32, &'static str);
-
-impl Plugin for Disabled {
-    fn name(&self) -> &'static str {
-        self.1
-    }
-    fn priority(&self) -> i32 {
-        let _ = self.0;
-        i32::MIN
-    }
-}
-
 fn build_one(
     name: &str,
     config: Option<&serde_json::Value>,
     field: &str,
     credentials: &Arc<Credentials>,
+    identity: &str,
 ) -> Result<Arc<dyn Plugin>, Invalid> {
     Ok(match name {
         "key-auth" => Arc::new(key_auth::KeyAuth::new(config, field, credentials)?),
         "basic-auth" => Arc::new(basic_auth::BasicAuth::new(config, field, credentials)?),
         "jwt" => Arc::new(jwt::Jwt::new(config, field, credentials)?),
-        "rate-limiting" => Arc::new(rate_limiting::RateLimiting::new(config, field)?),
+        "rate-limiting" => Arc::new(rate_limiting::RateLimiting::new(config, field, identity)?),
         "prometheus" => Arc::new(prometheus::Prometheus::new(config, field)?),
         "ip-restriction" => Arc::new(ip_restriction::IpRestriction::new(config, field)?),
         "request-size-limiting" => Arc::new(request_size_limiting::RequestSizeLimiting::new(

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
@@ -154,23 +155,49 @@ type Windows = [(u64, u64); 6];
 pub struct RateLimiting {
     /// (period, limit) for each configured period.
     limits: Vec<(Period, u64)>,
+    /// Per configured period: its two header names and the limit's value.
+    header_names: Vec<(HeaderName, HeaderName, HeaderValue)>,
     limit_by: LimitBy,
     header_name: Option<HeaderName>,
     path: Option<String>,
     hide_client_headers: bool,
     error_code: StatusCode,
     error_message: String,
+    counters: Arc<Counters>,
+}
+
+/// The counts of one instance: kept across configuration rebuilds that
+/// keep the instance (same scope and config), as Kong's shared memory.
+pub struct Counters {
     shards: Box<[Mutex<HashMap<Ident, Windows>>]>,
     hasher: std::collections::hash_map::RandomState,
     inserts: AtomicU64,
+}
+
+/// Live counters by instance identity.
+static LIVE: LazyLock<Mutex<HashMap<String, Weak<Counters>>>> = LazyLock::new(Default::default);
+
+fn counters_for(identity: &str) -> Arc<Counters> {
+    let mut live = LIVE.lock();
+    if let Some(c) = live.get(identity).and_then(Weak::upgrade) {
+        return c;
+    }
+    live.retain(|_, w| w.strong_count() > 0);
+    let c = Arc::new(Counters {
+        shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        hasher: std::collections::hash_map::RandomState::new(),
+        inserts: AtomicU64::new(0),
+    });
+    live.insert(identity.to_string(), Arc::downgrade(&c));
+    c
 }
 
 /// The decision for one request.
 #[derive(Debug, PartialEq)]
 pub struct Decision {
     pub allowed: bool,
-    /// (period, limit, remaining) for each configured period.
-    pub per_period: Vec<(Period, u64, u64)>,
+    /// Remaining requests for each configured period (`limits`' order).
+    pub remaining_per_period: [u64; 6],
     /// Kong's `RateLimit-*`: the window closest to its limit.
     pub limit: u64,
     pub remaining: u64,
@@ -178,7 +205,13 @@ pub struct Decision {
 }
 
 impl RateLimiting {
-    pub fn new(config: Option<&serde_json::Value>, field: &str) -> Result<Self, Invalid> {
+    /// `identity`: what the instance is (scope and config); an instance of
+    /// the same identity still alive lends its counters.
+    pub fn new(
+        config: Option<&serde_json::Value>,
+        field: &str,
+        identity: &str,
+    ) -> Result<Self, Invalid> {
         let c: Config = parse_config(config, field)?;
         let f = |n: &str| format!("{field}.{n}");
         let mut limits = Vec::new();
@@ -266,6 +299,13 @@ impl RateLimiting {
             .filter(|s| s.as_u16() >= 400)
             .ok_or_else(|| Invalid::new(f("error_code"), "expected an HTTP error status"))?;
         Ok(Self {
+            header_names: limits
+                .iter()
+                .map(|(p, l)| {
+                    let (a, b) = p.headers();
+                    (a, b, HeaderValue::from(*l))
+                })
+                .collect(),
             limits,
             limit_by,
             header_name,
@@ -275,9 +315,7 @@ impl RateLimiting {
             error_message: c
                 .error_message
                 .unwrap_or_else(|| "API rate limit exceeded".into()),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
-            inserts: AtomicU64::new(0),
+            counters: counters_for(identity),
         })
     }
 
@@ -304,10 +342,10 @@ impl RateLimiting {
 
     /// Counts one request of `ident` at unix time `now`.
     fn decide(&self, ident: Ident, now: u64) -> Decision {
-        let shard = &self.shards[(self.hasher.hash_one(&ident) as usize) % SHARDS];
+        let c = &self.counters;
+        let shard = &c.shards[(c.hasher.hash_one(&ident) as usize) % SHARDS];
         let mut map = shard.lock();
-        if !map.contains_key(&ident) && self.inserts.fetch_add(1, Ordering::Relaxed) % 4096 == 4095
-        {
+        if !map.contains_key(&ident) && c.inserts.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
             // Forget identifiers whose longest window is over.
             let (longest, _) = *self.limits.last().unwrap_or(&(Period::Second, 0));
             let current = longest.window(now).0;
@@ -327,7 +365,7 @@ impl RateLimiting {
         }
         let mut d = Decision {
             allowed,
-            per_period: Vec::with_capacity(self.limits.len()),
+            remaining_per_period: [0; 6],
             limit: 0,
             remaining: u64::MAX,
             reset: 0,
@@ -339,7 +377,7 @@ impl RateLimiting {
             }
             let remaining = limit.saturating_sub(windows[k].1);
             let (start, len) = period.window(now);
-            d.per_period.push((*period, *limit, remaining));
+            d.remaining_per_period[k] = remaining;
             if remaining < d.remaining || (remaining == d.remaining && len > best_len) {
                 d.limit = *limit;
                 d.remaining = remaining;
@@ -350,6 +388,10 @@ impl RateLimiting {
         d
     }
 }
+
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -368,29 +410,28 @@ impl Plugin for RateLimiting {
 
     fn access(&self, req: &mut http::request::Parts, ctx: &mut Ctx) -> Result<(), Answer> {
         let d = self.decide(self.ident(req, ctx), unix_now());
-        let mut headers = http::HeaderMap::new();
+        let mut answer = (!d.allowed).then(|| exit(self.error_code, &self.error_message));
+        let headers = match &mut answer {
+            Some(r) => r.headers_mut(),
+            None => &mut ctx.response_headers,
+        };
         if !self.hide_client_headers {
-            for (period, limit, remaining) in &d.per_period {
-                let (l, r) = period.headers();
-                headers.insert(l, HeaderValue::from(*limit));
-                headers.insert(r, HeaderValue::from(*remaining));
+            for (k, (l, r, limit)) in self.header_names.iter().enumerate() {
+                headers.insert(l.clone(), limit.clone());
+                headers.insert(r.clone(), HeaderValue::from(d.remaining_per_period[k]));
             }
-            headers.insert("ratelimit-limit", HeaderValue::from(d.limit));
-            headers.insert("ratelimit-remaining", HeaderValue::from(d.remaining));
-            headers.insert("ratelimit-reset", HeaderValue::from(d.reset));
+            headers.insert(RATELIMIT_LIMIT, HeaderValue::from(d.limit));
+            headers.insert(RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
+            headers.insert(RATELIMIT_RESET, HeaderValue::from(d.reset));
         }
-        if d.allowed {
-            for (n, v) in headers {
-                if let Some(n) = n {
-                    ctx.response_headers.insert(n, v);
-                }
+        match answer {
+            None => Ok(()),
+            Some(mut r) => {
+                r.headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from(d.reset));
+                Err(r)
             }
-            return Ok(());
         }
-        let mut r = exit(self.error_code, &self.error_message);
-        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(d.reset));
-        r.headers_mut().extend(headers);
-        Err(r)
     }
 }
 
@@ -420,16 +461,14 @@ mod tests {
         let rl = RateLimiting::new(
             Some(&serde_json::json!({"second": 2, "minute": 3, "limit_by": "ip"})),
             "config",
+            "test-windows",
         )
         .unwrap();
         let ip = Ident::Ip("10.0.0.1".parse().unwrap());
         let t = 1_795_444_200;
         let a = rl.decide(ip.clone(), t);
         assert!(a.allowed);
-        assert_eq!(
-            a.per_period,
-            vec![(Period::Second, 2, 1), (Period::Minute, 3, 2)]
-        );
+        assert_eq!(a.remaining_per_period[..2], [1, 2]);
         assert_eq!((a.limit, a.remaining, a.reset), (2, 1, 1));
         assert!(rl.decide(ip.clone(), t).allowed);
         // The second window is full.
@@ -452,7 +491,7 @@ mod tests {
     #[test]
     fn bad_configs_are_named() {
         let e = |v: serde_json::Value| {
-            RateLimiting::new(Some(&v), "plugins[0].config")
+            RateLimiting::new(Some(&v), "plugins[0].config", "test-bad")
                 .err()
                 .unwrap()
         };

@@ -266,7 +266,8 @@ async fn the_most_specific_instance_wins() {
         ("/inherits", Some("service")),
         ("/referenced", Some("route-by-reference")),
         ("/global", Some("global")),
-        ("/off", None),
+        // Disabled: as if absent (Kong loads enabled instances only).
+        ("/off", Some("service")),
     ] {
         let (code, _, body) = curl_h(s(&[&format!("http://{}{path}", gw.addr)])).await;
         assert_eq!(code, 200, "{path}: {body}");
@@ -287,7 +288,7 @@ async fn the_most_specific_instance_wins() {
 async fn rate_limiting_counts_per_identifier_with_kong_headers() {
     let backend = echo("a").await;
     // Day windows: a test never straddles their boundary in practice.
-    let gw = gateway(serde_json::json!({
+    let doc = serde_json::json!({
         "_format_version": "3.0",
         "consumers": consumers(),
         "keyauth_credentials": [{"key": "bob-key", "consumer": "bob"}],
@@ -305,8 +306,8 @@ async fn rate_limiting_counts_per_identifier_with_kong_headers() {
                 {"name": "rate-limiting", "config": {"day": 1, "limit_by": "header", "header_name": "x-tenant",
                  "error_code": 503, "error_message": "slow down"}}]}
           ]}]
-    }))
-    .await;
+    });
+    let gw = gateway(doc.clone()).await;
     let base = format!("http://{}", gw.addr);
 
     for remaining in [2, 1, 0] {
@@ -331,6 +332,12 @@ async fn rate_limiting_counts_per_identifier_with_kong_headers() {
     assert_eq!(body, r#"{"message":"API rate limit exceeded"}"#);
     assert_eq!(h["ratelimit-remaining"], "0");
     assert!(h.contains_key("retry-after"), "{h:?}");
+    // Re-applying the configuration keeps the counts (a rebuild is not a
+    // way around a limit).
+    let (code, v) = post_config(&gw, &doc).await;
+    assert_eq!(code, 201, "{v}");
+    let (code, _, _) = curl_h(s(&[&format!("{base}/ip")])).await;
+    assert_eq!(code, 429);
 
     // By consumer: alice has the route's 2 a day; bob's own instance (1 a
     // day) overrides the route's for him.
