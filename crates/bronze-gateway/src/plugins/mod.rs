@@ -581,89 +581,90 @@ impl Compiled {
                     .map(|j| (i, j))
             })
         };
+        // Where an instance applies: its references (by name or id), plus
+        // the entity it is nested under.
+        let resolve = |p: &declarative::Plugin,
+                       field: &str,
+                       parent: Scope|
+         -> Result<Scope, Invalid> {
+            let missing = |what: &str, r: &EntityRef| {
+                Invalid::new(
+                    format!("{field}.{what}"),
+                    format!("{:?}: no such {what}", r.key()),
+                )
+            };
+            let nested = |what: &str| {
+                Invalid::new(
+                    format!("{field}.{what}"),
+                    format!(
+                        "the plugin is nested under a {what} already; expected no {what} reference"
+                    ),
+                )
+            };
+            let mut scope = parent;
+            if let Some(r) = &p.service {
+                if parent.service.is_some() {
+                    return Err(nested("service"));
+                }
+                scope.service = Some(service_index(r).ok_or_else(|| missing("service", r))?);
+            }
+            if let Some(r) = &p.route {
+                if parent.route.is_some() {
+                    return Err(nested("route"));
+                }
+                scope.route = Some(route_index(r).ok_or_else(|| missing("route", r))?);
+            }
+            if let Some(r) = &p.consumer {
+                if parent.consumer.is_some() {
+                    return Err(nested("consumer"));
+                }
+                scope.consumer = Some(
+                    credentials
+                        .find(r.key())
+                        .map(|c| c.index)
+                        .ok_or_else(|| missing("consumer", r))?,
+                );
+            }
+            Ok(scope)
+        };
+        let none = Scope {
+            service: None,
+            route: None,
+            consumer: None,
+        };
         let mut all: Vec<(&declarative::Plugin, String, Scope)> = Vec::new();
         for (k, p) in d.plugins.iter().enumerate() {
             let field = format!("plugins[{k}]");
-            let service = p
-                .service
-                .as_ref()
-                .map(|r| {
-                    service_index(r).ok_or_else(|| {
-                        Invalid::new(
-                            format!("{field}.service"),
-                            format!("{:?}: no such service", r.key()),
-                        )
-                    })
-                })
-                .transpose()?;
-            let route = p
-                .route
-                .as_ref()
-                .map(|r| {
-                    route_index(r).ok_or_else(|| {
-                        Invalid::new(
-                            format!("{field}.route"),
-                            format!("{:?}: no such route", r.key()),
-                        )
-                    })
-                })
-                .transpose()?;
-            let consumer = p
-                .consumer
-                .as_ref()
-                .map(|r| {
-                    credentials.find(r.key()).map(|c| c.index).ok_or_else(|| {
-                        Invalid::new(
-                            format!("{field}.consumer"),
-                            format!("{:?}: no such consumer", r.key()),
-                        )
-                    })
-                })
-                .transpose()?;
-            all.push((
-                p,
-                field,
-                Scope {
-                    service,
-                    route,
-                    consumer,
-                },
-            ));
+            all.push((p, field.clone(), resolve(p, &field, none)?));
         }
         for (i, s) in d.services.iter().enumerate() {
             for (k, p) in s.plugins.iter().enumerate() {
                 let field = format!("services[{i}].plugins[{k}]");
-                refuse_refs(p, &field)?;
-                let scope = Scope {
+                let parent = Scope {
                     service: Some(i),
-                    route: None,
-                    consumer: None,
+                    ..none
                 };
-                all.push((p, field, scope));
+                all.push((p, field.clone(), resolve(p, &field, parent)?));
             }
             for (j, r) in s.routes.iter().enumerate() {
                 for (k, p) in r.plugins.iter().enumerate() {
                     let field = format!("services[{i}].routes[{j}].plugins[{k}]");
-                    refuse_refs(p, &field)?;
-                    let scope = Scope {
-                        service: None,
+                    let parent = Scope {
                         route: Some((i, j)),
-                        consumer: None,
+                        ..none
                     };
-                    all.push((p, field, scope));
+                    all.push((p, field.clone(), resolve(p, &field, parent)?));
                 }
             }
         }
         for (i, c) in d.consumers.iter().enumerate() {
             for (k, p) in c.plugins.iter().enumerate() {
                 let field = format!("consumers[{i}].plugins[{k}]");
-                refuse_refs(p, &field)?;
-                let scope = Scope {
-                    service: None,
-                    route: None,
+                let parent = Scope {
                     consumer: Some(i as u32),
+                    ..none
                 };
-                all.push((p, field, scope));
+                all.push((p, field.clone(), resolve(p, &field, parent)?));
             }
         }
 
@@ -830,23 +831,6 @@ impl Compiled {
             by_consumer: None,
         }
     }
-}
-
-/// Nested instances take their entities from where they are nested.
-fn refuse_refs(p: &declarative::Plugin, field: &str) -> Result<(), Invalid> {
-    for (set, name) in [
-        (p.service.is_some(), "service"),
-        (p.route.is_some(), "route"),
-        (p.consumer.is_some(), "consumer"),
-    ] {
-        if set {
-            return Err(Invalid::new(
-                format!("{field}.{name}"),
-                "a nested plugin takes its entity from where it is nested; expected no reference",
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn build_one(

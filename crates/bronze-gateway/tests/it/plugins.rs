@@ -246,21 +246,40 @@ async fn the_most_specific_instance_wins() {
     on_route_by_ref["route"] = "referenced".into();
     let mut disabled = tag("disabled");
     disabled["enabled"] = false.into();
+    let mut bob_on_who = tag("bob-on-who");
+    bob_on_who["route"] = "who".into();
+    let mut people = consumers();
+    people[1]["keyauth_credentials"] = serde_json::json!([{"key": "bob-key"}]);
+    people[1]["plugins"] = serde_json::json!([bob_on_who]);
     let gw = gateway(serde_json::json!({
         "_format_version": "3.0",
+        "consumers": people,
         "plugins": [tag("global"), on_route_by_ref],
         "services": [
             {"name": "one", "url": format!("http://{backend}"), "plugins": [tag("service")], "routes": [
                 {"name": "own", "paths": ["/own"], "plugins": [tag("route")]},
                 {"name": "inherits", "paths": ["/inherits"]},
                 {"name": "referenced", "paths": ["/referenced"]},
-                {"name": "off", "paths": ["/off"], "plugins": [disabled]}
+                {"name": "off", "paths": ["/off"], "plugins": [disabled]},
+                {"name": "who", "paths": ["/who"], "plugins": [tag("route"), {"name": "key-auth"}]}
             ]},
             {"name": "two", "url": format!("http://{backend}"), "routes": [
                 {"name": "global-only", "paths": ["/global"]}]}
         ]
     }))
     .await;
+    // A consumer's own instance (nested under the consumer, naming the
+    // route) beats the route's once key-auth has named the consumer.
+    for (key, want) in [("bob-key", "bob-on-who"), ("alice-key", "route")] {
+        let (code, _, body) = curl_h(s(&[
+            "-H",
+            &format!("apikey: {key}"),
+            &format!("http://{}/who", gw.addr),
+        ]))
+        .await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(json(&body)["headers"]["x-scope"], want, "{key}");
+    }
     for (path, want) in [
         ("/own", Some("route")),
         ("/inherits", Some("service")),
