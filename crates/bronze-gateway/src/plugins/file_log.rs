@@ -53,13 +53,24 @@ impl FileLog {
                 "not implemented: Bronze runs no Lua",
             ));
         }
-        let file = open(&path).map_err(|e| Invalid::new(f("path"), format!("{path}: {e}")))?;
+        // Checked, not created: a refused configuration leaves no file.
+        let p = std::path::Path::new(&path);
+        if p.is_dir()
+            || !p
+                .parent()
+                .is_some_and(|d| d.as_os_str().is_empty() || d.is_dir())
+        {
+            return Err(Invalid::new(
+                f("path"),
+                format!("{path}: expected a file in an existing directory"),
+            ));
+        }
         let reopen = c.reopen.unwrap_or(false);
         let (lines, rx) = sync_channel::<String>(8192);
         std::thread::Builder::new()
             .name("file-log".into())
             .spawn(move || {
-                let mut file = Some(file);
+                let mut file: Option<std::fs::File> = None;
                 while let Ok(line) = rx.recv() {
                     if reopen || file.is_none() {
                         file = open(&path).ok();

@@ -1131,4 +1131,15 @@ async fn file_log_writes_kong_json_lines() {
     // No route: the global instance logs it.
     assert_eq!(lines[2]["response"]["status"], 404);
     assert_eq!(lines[2]["request"]["uri"], "/nowhere");
+
+    let elsewhere = dir.path().join("missing-dir").join("x.log");
+    let (code, v) = post_config(
+        &gw,
+        &serde_json::json!({"_format_version": "3.0", "plugins": [
+            {"name": "file-log", "config": {"path": elsewhere.display().to_string()}}]}),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(v["fields"].get("plugins[0].config.path").is_some(), "{v}");
+    assert!(!elsewhere.exists());
 }
