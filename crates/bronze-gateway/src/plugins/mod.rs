@@ -862,3 +862,89 @@ fn build_one(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compiled(doc: serde_json::Value) -> Result<Compiled, Invalid> {
+        Compiled::build(&crate::declarative::parse(doc.to_string().as_bytes())?)
+    }
+
+    #[test]
+    fn chains_follow_kong_priorities_and_cost_nothing_when_empty() {
+        let c = compiled(serde_json::json!({"_format_version": "3.0",
+            "plugins": [{"name": "prometheus"}, {"name": "cors"}],
+            "services": [{"name": "s", "url": "http://127.0.0.1:1",
+              "plugins": [{"name": "rate-limiting", "config": {"minute": 5}},
+                          {"name": "request-termination"}],
+              "routes": [
+                {"name": "a", "paths": ["/a"], "plugins": [
+                    {"name": "ip-restriction", "config": {"deny": ["10.0.0.0/8"]}},
+                    {"name": "key-auth"}]},
+                {"name": "b", "paths": ["/b"]}]},
+              {"name": "t", "url": "http://127.0.0.1:1", "routes": [{"name": "c", "paths": ["/c"]}]}]}))
+        .unwrap();
+        assert_eq!(
+            c.chain_for(0, 0, "a", "s").names(),
+            [
+                "cors",
+                "key-auth",
+                "ip-restriction",
+                "rate-limiting",
+                "prometheus",
+                "request-termination"
+            ]
+        );
+        assert_eq!(
+            c.chain_for(0, 1, "b", "s").names(),
+            ["cors", "rate-limiting", "prometheus", "request-termination"]
+        );
+        assert_eq!(c.chain_for(1, 0, "c", "t").names(), ["cors", "prometheus"]);
+        let none = compiled(serde_json::json!({"_format_version": "3.0",
+            "services": [{"name": "s", "url": "http://127.0.0.1:1", "routes": [{"name": "a", "paths": ["/"]}]}]}))
+        .unwrap();
+        assert!(none.chain_for(0, 0, "a", "s").is_empty());
+        assert!(none.global("", "").is_empty());
+    }
+
+    #[test]
+    fn precedence_ranks_follow_kong() {
+        let s = |service, route, consumer| Scope {
+            service,
+            route,
+            consumer,
+        };
+        let order = [
+            s(Some(0), Some((0, 0)), Some(0)),
+            s(None, Some((0, 0)), Some(0)),
+            s(Some(0), None, Some(0)),
+            s(Some(0), Some((0, 0)), None),
+            s(None, None, Some(0)),
+            s(None, Some((0, 0)), None),
+            s(Some(0), None, None),
+            s(None, None, None),
+        ];
+        let ranks: Vec<u8> = order.iter().map(Scope::rank).collect();
+        assert!(ranks.windows(2).all(|w| w[0] < w[1]), "{ranks:?}");
+        assert!(order[1].applies(0, (0, 0), Some(0)));
+        assert!(!order[1].applies(0, (0, 0), Some(1)));
+        assert!(!order[1].applies(0, (0, 1), Some(0)));
+        assert!(order[7].applies(3, (3, 2), None));
+    }
+
+    #[test]
+    fn unknown_names_list_what_exists() {
+        let e =
+            compiled(serde_json::json!({"_format_version": "3.0", "plugins": [{"name": "acl"}]}))
+                .err()
+                .unwrap();
+        assert_eq!(e.field, "plugins[0].name");
+        assert!(
+            e.message.contains("'acl'") && e.message.contains("key-auth, basic-auth"),
+            "{e}"
+        );
+        assert_eq!(derived_id("consumer", "bob"), derived_id("consumer", "bob"));
+        assert_ne!(derived_id("consumer", "bob"), derived_id("consumer", "bib"));
+    }
+}
