@@ -439,7 +439,8 @@ async fn prometheus_adds_status_codes_and_latencies_per_route() {
     );
 }
 
-#[tokio::test]
+// Multi-thread: bcrypt runs in block_in_place there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth_as_kong() {
     let backend = echo("a").await;
     let hashed = bcrypt_hash("hunter2");
