@@ -22,6 +22,9 @@ pub struct CodeLabels {
     pub route: String,
     pub service: String,
     pub code: u16,
+    /// Kong's: `service` (the upstream answered), `exit` (a plugin
+    /// answered), `kong` (the gateway's own error).
+    pub source: &'static str,
     /// Empty unless the plugin's `per_consumer` is on.
     pub consumer: String,
 }

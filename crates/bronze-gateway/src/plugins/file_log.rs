@@ -189,7 +189,7 @@ impl Plugin for FileLog {
             },
             "client_ip": ctx.peer.ip().to_string(),
             "started_at": started_at,
-            "source": if ctx.upstream_latency.is_some() { "upstream" } else { "kong" },
+            "source": ctx.source(),
         });
         if let Some(u) = &ctx.upstream_uri {
             entry["upstream_uri"] = Value::from(u.as_str());

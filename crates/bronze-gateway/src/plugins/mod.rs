@@ -104,6 +104,21 @@ pub struct Ctx {
     pub log_request: Option<Box<serde_json::Value>>,
     /// cors: the request's `Origin`.
     pub origin: Option<HeaderValue>,
+    /// A plugin answered in the access phase.
+    pub exited: bool,
+}
+
+impl Ctx {
+    /// Kong's `source` of a response: `service`, `exit` or `kong`.
+    pub fn source(&self) -> &'static str {
+        if self.exited {
+            "exit"
+        } else if self.upstream_latency.is_some() {
+            "service"
+        } else {
+            "kong"
+        }
+    }
 }
 
 /// One compiled plugin instance.
@@ -184,6 +199,7 @@ impl Chain {
             upstream_uri: None,
             log_request: None,
             origin: None,
+            exited: false,
         })
     }
 
@@ -208,7 +224,10 @@ impl Chain {
         let mut switched = false;
         while i < list.len() {
             let p = &list[i];
-            p.access(req, ctx)?;
+            if let Err(answer) = p.access(req, ctx) {
+                ctx.exited = true;
+                return Err(answer);
+            }
             i += 1;
             if !switched
                 && let (Some(by), Some(c)) = (&self.by_consumer, &ctx.consumer)

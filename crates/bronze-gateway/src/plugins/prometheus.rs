@@ -78,8 +78,8 @@ struct ForRoute {
     route: String,
     service: String,
     latencies: OnceLock<Latencies>,
-    /// (status, consumer index or u32::MAX) to its counter.
-    codes: RwLock<HashMap<(u16, u32), Counter>>,
+    /// (status, source, consumer index or u32::MAX) to its counter.
+    codes: RwLock<HashMap<(u16, &'static str, u32), Counter>>,
 }
 
 impl Plugin for Prometheus {
@@ -114,7 +114,11 @@ impl Plugin for ForRoute {
     fn log(&self, ctx: &Ctx, status: StatusCode, _headers: &HeaderMap, m: &GatewayMetrics) {
         if self.conf.status_codes {
             let consumer = ctx.consumer.as_ref().filter(|_| self.conf.per_consumer);
-            let key = (status.as_u16(), consumer.map_or(u32::MAX, |c| c.index));
+            let key = (
+                status.as_u16(),
+                ctx.source(),
+                consumer.map_or(u32::MAX, |c| c.index),
+            );
             let known = self.codes.read().get(&key).cloned();
             let counter = known.unwrap_or_else(|| {
                 let c = m
@@ -123,6 +127,7 @@ impl Plugin for ForRoute {
                         route: self.route.clone(),
                         service: self.service.clone(),
                         code: key.0,
+                        source: key.1,
                         consumer: consumer.map(|c| c.username.clone()).unwrap_or_default(),
                     })
                     .clone();

@@ -394,11 +394,14 @@ async fn prometheus_adds_status_codes_and_latencies_per_route() {
                 {"name": "key-auth", "config": {"anonymous": "bob"}},
                 {"name": "prometheus", "config": {"status_code_metrics": true, "latency_metrics": true,
                                                    "per_consumer": true}}]},
-            {"name": "plain", "paths": ["/plain"]}
+            {"name": "plain", "paths": ["/plain"]},
+            {"name": "locked", "paths": ["/locked"], "plugins": [
+                {"name": "key-auth"}, {"name": "prometheus", "config": {"status_code_metrics": true}}]}
         ]}]
     }))
     .await;
     let base = format!("http://{}", gw.addr);
+    curl_h(s(&[&format!("{base}/locked")])).await;
     for _ in 0..3 {
         curl_h(s(&["-H", "apikey: alice-key", &format!("{base}/watched")])).await;
     }
@@ -406,8 +409,10 @@ async fn prometheus_adds_status_codes_and_latencies_per_route() {
     curl_h(s(&[&format!("{base}/plain")])).await;
     let (_, _, metrics) = curl_h(s(&[&format!("http://{}/metrics", gw.admin)])).await;
     for line in [
-        r#"bronze_gateway_http_status_total{route="watched",service="svc",code="200",consumer="alice"} 3"#,
-        r#"bronze_gateway_http_status_total{route="watched",service="svc",code="200",consumer="bob"} 1"#,
+        r#"bronze_gateway_http_status_total{route="watched",service="svc",code="200",source="service",consumer="alice"} 3"#,
+        r#"bronze_gateway_http_status_total{route="watched",service="svc",code="200",source="service",consumer="bob"} 1"#,
+        // Answered by key-auth: Kong's source "exit".
+        r#"bronze_gateway_http_status_total{route="locked",service="svc",code="401",source="exit",consumer=""} 1"#,
         r#"bronze_gateway_request_latency_seconds_count{route="watched",service="svc"} 4"#,
         r#"bronze_gateway_upstream_latency_seconds_count{route="watched",service="svc"} 4"#,
         r#"bronze_gateway_proxy_latency_seconds_count{route="watched",service="svc"} 4"#,
@@ -1120,14 +1125,15 @@ async fn file_log_writes_kong_json_lines() {
     assert_eq!(ok["service"]["name"], "svc");
     assert_eq!(ok["consumer"]["username"], "alice");
     assert_eq!(ok["client_ip"], "127.0.0.1");
-    assert_eq!(ok["source"], "upstream");
+    assert_eq!(ok["source"], "service");
     assert!(
         ok["latencies"]["request"].is_u64() && ok["started_at"].is_u64(),
         "{ok}"
     );
     // Refused by key-auth: logged too, answered by the gateway.
     assert_eq!(lines[1]["response"]["status"], 401);
-    assert_eq!(lines[1]["source"], "kong");
+    assert_eq!(lines[1]["source"], "exit");
+    assert_eq!(lines[2]["source"], "kong");
     assert!(lines[1].get("consumer").is_none());
     // No route: the global instance logs it.
     assert_eq!(lines[2]["response"]["status"], 404);
