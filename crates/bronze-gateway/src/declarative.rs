@@ -134,6 +134,8 @@ pub struct Plugin {
     pub id: Option<String>,
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     /// Checked against the plugin's own schema when compiled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,6 +187,8 @@ impl EntityRef {
 pub struct Consumer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// Kong needs a username or a custom_id (or both).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub username: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_id: Option<String>,

@@ -355,12 +355,19 @@ impl Credentials {
         let mut c = Credentials::default();
         for (i, k) in d.consumers.iter().enumerate() {
             let field = |f: &str| format!("consumers[{i}].{f}");
-            if k.username.is_empty() {
-                return Err(Invalid::new(field("username"), "expected a username"));
-            }
+            let name = match (k.username.as_str(), k.custom_id.as_deref()) {
+                ("", None | Some("")) => {
+                    return Err(Invalid::new(
+                        field("username"),
+                        "at least one of these fields must be non-empty: 'custom_id', 'username'",
+                    ));
+                }
+                ("", Some(c)) => format!("custom_id:{c}"),
+                (u, _) => u.to_string(),
+            };
             let id =
                 k.id.clone()
-                    .unwrap_or_else(|| derived_id("consumer", &k.username));
+                    .unwrap_or_else(|| derived_id("consumer", &name));
             let header = |v: &str, f: &str| {
                 HeaderValue::from_str(v).map_err(|_| {
                     Invalid::new(field(f), "expected a value that fits an HTTP header")
@@ -369,7 +376,9 @@ impl Credentials {
             let consumer = Consumer {
                 index: i as u32,
                 id_header: header(&id, "id")?,
-                username_header: Some(header(&k.username, "username")?),
+                username_header: (!k.username.is_empty())
+                    .then(|| header(&k.username, "username"))
+                    .transpose()?,
                 custom_id_header: k
                     .custom_id
                     .as_deref()
@@ -379,7 +388,8 @@ impl Credentials {
                 username: k.username.clone(),
                 custom_id: k.custom_id.clone(),
             };
-            for key in [Some(&id), Some(&k.username)].into_iter().flatten() {
+            let username = (!k.username.is_empty()).then_some(&k.username);
+            for key in [Some(&id), username].into_iter().flatten() {
                 if c.by_ref.insert(key.clone(), i as u32).is_some() {
                     return Err(Invalid::new(
                         field("username"),

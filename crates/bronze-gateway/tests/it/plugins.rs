@@ -71,7 +71,8 @@ fn consumers() -> serde_json::Value {
     serde_json::json!([
         {"username": "alice", "id": "4e8a6a0e-7f57-4e8b-9d55-3a3f1c0d2a11", "custom_id": "A-1",
          "keyauth_credentials": [{"key": "alice-key", "id": "c0ffee00-0000-4000-8000-000000000001"}]},
-        {"username": "bob"}
+        {"username": "bob"},
+        {"custom_id": "svc-42", "keyauth_credentials": [{"key": "svc-key"}]}
     ])
 }
 
@@ -142,6 +143,13 @@ async fn key_auth_as_kong() {
         .to_string();
     assert_eq!(id.len(), 36, "{id}");
 
+    // A consumer known by custom_id only.
+    let (code, _, body) = curl_h(s(&["-H", "apikey: svc-key", &format!("{base}/locked")])).await;
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["headers"]["x-consumer-custom-id"], "svc-42");
+    assert!(v["headers"].get("x-consumer-username").is_none(), "{v}");
+
     // hide_credentials: neither header nor query parameter travels.
     let (code, _, body) = curl_h(s(&[
         "-H",
@@ -211,6 +219,12 @@ async fn bad_plugin_configs_are_named_and_change_nothing() {
     let (code, v) = post_config(&gw, &doc).await;
     assert_eq!(code, 400, "{v}");
     assert!(v["fields"].get("plugins[0].consumer").is_some(), "{v}");
+
+    let mut doc = key_auth_doc(backend);
+    doc["consumers"][2]["custom_id"] = serde_json::Value::Null;
+    let (code, v) = post_config(&gw, &doc).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(v["fields"].get("consumers[2].username").is_some(), "{v}");
 
     let mut doc = key_auth_doc(backend);
     doc["plugins"] = serde_json::json!([{"name": "key-auth", "consumer": "bob"}]);
