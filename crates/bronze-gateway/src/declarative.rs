@@ -37,6 +37,18 @@ pub struct Declarative {
     /// Kong's top-level `snis`: names given to a certificate by its `id`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snis: Vec<SniEntity>,
+    /// Global plugins, or attached by `service`, `route`, `consumer`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<Plugin>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<Consumer>,
+    /// Kong's top-level credential lists, each naming its `consumer`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keyauth_credentials: Vec<KeyAuthCredential>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub basicauth_credentials: Vec<BasicAuthCredential>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwt_secrets: Vec<JwtSecret>,
 }
 
 /// A foreign key as Kong's flat form writes it: a name or id, or
@@ -102,6 +114,8 @@ pub struct Service {
     pub tags: Vec<String>,
     #[serde(default)]
     pub routes: Vec<Route>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<Plugin>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -140,6 +154,8 @@ pub struct Route {
     pub https_redirect_status_code: Option<u16>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<Plugin>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -236,6 +252,99 @@ pub struct Certificate {
     pub tags: Vec<String>,
 }
 
+/// A plugin instance (Kong's `plugins` entity). Where it applies: nested
+/// under a service or route, or (top level) by `service`, `route` and
+/// `consumer`, each naming an entity by name (or id); none of them: global.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Plugin {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Checked against the plugin's own schema when compiled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protocols: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<EntityRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<EntityRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<EntityRef>,
+}
+
+/// A reference to another entity: its name (or id) as a string, or Kong's
+/// object form `{"id": ...}` / `{"name": ...}` / `{"username": ...}`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum EntityRef {
+    Key(String),
+    Object {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+    },
+}
+
+impl EntityRef {
+    /// The id, name or username it names.
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Key(k) => k,
+            Self::Object { id, name, username } => id
+                .as_deref()
+                .or(name.as_deref())
+                .or(username.as_deref())
+                .unwrap_or(""),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Consumer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Kong needs a username or a custom_id (or both).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub username: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keyauth_credentials: Vec<KeyAuthCredential>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub basicauth_credentials: Vec<BasicAuthCredential>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwt_secrets: Vec<JwtSecret>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<Plugin>,
+}
+
+/// key-auth's credential. `consumer` only at top level.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyAuthCredential {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<EntityRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
 /// One of a certificate's server names: `a.example.com`, `*.example.com`
 /// or `example.*`. Read from Kong's declarative form (`{"name": "..."}`)
 /// or the Admin API's (`"..."`); written in the declarative form.
@@ -297,6 +406,21 @@ pub struct SniEntity {
     pub tags: Vec<String>,
 }
 
+/// basic-auth's credential; the password is given in plain text and hashed
+/// (bcrypt) when the configuration is compiled.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthCredential {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub username: String,
+    pub password: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<EntityRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
 /// A foreign key as Kong's declarative format writes it: the id, or
 /// `{"id": "<id>"}`; written as the latter.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -330,6 +454,28 @@ impl<'de> Deserialize<'de> for Reference {
         }
         d.deserialize_any(Visitor)
     }
+}
+
+/// jwt's credential: `key` is matched against the token's `key_claim_name`
+/// claim (`iss` by default).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSecret {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// HS256 (default), HS384, HS512 or RS256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rsa_public_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<EntityRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// A configuration refused: which field (Kong's path, e.g.

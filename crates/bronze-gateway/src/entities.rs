@@ -345,7 +345,19 @@ fn take(
         return Err(Invalid::new(place, "expected an object"));
     };
     let id = match o.get("id") {
-        None | Some(Value::Null) => new_id(),
+        // Kong's DB-less habit: an entity without an id gets one derived
+        // from what it is and where, so applying the same document again
+        // keeps every id (and the state kept per entity, such as
+        // rate-limiting counters).
+        None | Some(Value::Null) => {
+            let seed = format!(
+                "{}|{}|{place}|{}",
+                k.name,
+                parent.as_ref().map_or("", |(_, pid)| pid.as_str()),
+                Value::Object(o.clone())
+            );
+            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, seed.as_bytes()).to_string()
+        }
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(_) => return Err(Invalid::new(format!("{place}.id"), "expected a string")),
     };

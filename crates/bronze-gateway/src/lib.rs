@@ -22,6 +22,7 @@ pub mod entities;
 pub mod flat;
 pub mod labels;
 pub mod metrics;
+pub mod plugins;
 pub mod proxy;
 pub mod router;
 pub mod tls;

@@ -5,6 +5,7 @@ use http::StatusCode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Labels {
@@ -14,19 +15,88 @@ pub struct Labels {
     pub status: &'static str,
 }
 
+/// The prometheus plugin's exact status codes (Kong's
+/// `status_code_metrics`, with `per_consumer`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub route: String,
+    pub service: String,
+    pub code: u16,
+    /// Kong's: `service` (the upstream answered), `exit` (a plugin
+    /// answered), `kong` (the gateway's own error).
+    pub source: &'static str,
+    /// Empty unless the plugin's `per_consumer` is on.
+    pub consumer: String,
+}
+
+/// The prometheus plugin's latencies (Kong's `latency_metrics`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    pub route: String,
+    pub service: String,
+}
+
+type Histograms = Family<LatencyLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // Kong's buckets (ms), in seconds.
+    Histogram::new(
+        [
+            1.0, 2.0, 5.0, 7.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0,
+            100.0, 200.0, 300.0, 400.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0, 60000.0,
+        ]
+        .map(|ms| ms / 1000.0),
+    )
+}
+
 pub struct GatewayMetrics {
     requests: Family<Labels, Counter>,
+    pub codes: Family<CodeLabels, Counter>,
+    /// Whole request, as the client sees it.
+    pub request_latency: Histograms,
+    /// Until the upstream's response head.
+    pub upstream_latency: Histograms,
+    /// Time spent in the gateway itself (Kong's `kong_latency`).
+    pub gateway_latency: Histograms,
 }
 
 impl GatewayMetrics {
     pub fn register(m: &mut Metrics) -> Self {
         let this = Self {
             requests: Family::default(),
+            codes: Family::default(),
+            request_latency: Family::new_with_constructor(latency_histogram),
+            upstream_latency: Family::new_with_constructor(latency_histogram),
+            gateway_latency: Family::new_with_constructor(latency_histogram),
         };
-        m.registry().register(
+        let r = m.registry();
+        r.register(
             "http_requests",
             "Proxied requests, by route, service and status class (route \"\" when none matched)",
             this.requests.clone(),
+        );
+        r.register(
+            "http_status",
+            "Requests by exact status code, on routes with the prometheus plugin's status_code_metrics",
+            this.codes.clone(),
+        );
+        r.register_with_unit(
+            "request_latency",
+            "Time from the request to the response head, on routes with the prometheus plugin's latency_metrics",
+            prometheus_client::registry::Unit::Seconds,
+            this.request_latency.clone(),
+        );
+        r.register_with_unit(
+            "upstream_latency",
+            "Time the upstream took to answer, on routes with the prometheus plugin's latency_metrics",
+            prometheus_client::registry::Unit::Seconds,
+            this.upstream_latency.clone(),
+        );
+        r.register_with_unit(
+            "proxy_latency",
+            "Time spent in the gateway itself (Kong's kong_latency), on routes with the prometheus plugin's latency_metrics",
+            prometheus_client::registry::Unit::Seconds,
+            this.gateway_latency.clone(),
         );
         this
     }

@@ -271,7 +271,22 @@ impl Proxy {
         self.table.store(Arc::new(table));
     }
 
-    pub async fn handle(&self, mut req: Request<Incoming>, conn: &Downstream) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Incoming>, conn: &Downstream) -> Response<Body> {
+        let mut ctx = None;
+        let mut resp = self.forward(req, conn, &mut ctx).await;
+        if let Some(ctx) = &mut ctx {
+            crate::plugins::Chain::finish(&mut resp, ctx, &self.metrics);
+        }
+        resp
+    }
+
+    /// Routes and forwards; `ctx` is set when plugins apply.
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        conn: &Downstream,
+        ctx: &mut Option<crate::plugins::Ctx>,
+    ) -> Response<Body> {
         let table = self.table.load();
         // HTTP/1.1 names the host in `Host`, HTTP/2 in `:authority`.
         let host_value = match req.headers().get(header::HOST) {
@@ -287,6 +302,12 @@ impl Proxy {
             .unwrap_or("");
         let path = req.uri().path();
         let Some(m) = table.find(req.method(), host, path, req.headers()) else {
+            *ctx = table.unmatched.start(None, conn.peer);
+            if let Some(c) = ctx.as_mut() {
+                table
+                    .unmatched
+                    .copy_request(req.method(), req.uri(), req.headers(), c);
+            }
             self.unmatched.count(StatusCode::NOT_FOUND);
             return error(StatusCode::NOT_FOUND, "no Route matched with those values");
         };
@@ -299,6 +320,17 @@ impl Proxy {
             counters.count(route.https_redirect);
             return https_required(route.https_redirect, &req, host);
         }
+        // Plugins' access phase: may answer, rewrite, identify a consumer.
+        *ctx = route.plugins.start(Some(&route), conn.peer);
+        if let Some(c) = ctx.as_mut() {
+            let (mut parts, body) = req.into_parts();
+            if let Err(resp) = route.plugins.access(&mut parts, c) {
+                counters.count(resp.status());
+                return *resp;
+            }
+            req = Request::from_parts(parts, body);
+        }
+        let path = req.uri().path();
         let key = service.upstream.key(&RequestInfo {
             headers: req.headers(),
             peer: conn.peer.ip(),
@@ -326,6 +358,11 @@ impl Proxy {
                 "the request path cannot be forwarded",
             );
         };
+        if let Some(c) = ctx.as_mut()
+            && c.log_request.is_some()
+        {
+            c.upstream_uri = Some(path_and_query.as_str().to_string());
+        }
 
         // A WebSocket (or other) upgrade: keep its two headers for the
         // upstream and splice the connections once it answers 101.
@@ -395,7 +432,23 @@ impl Proxy {
         let (parts, body) = req.into_parts();
         let method = parts.method;
         let mut headers = Some(parts.headers);
+        // request-size-limiting: a body without a length is cut at the limit.
+        let mut too_large = None;
+        let body = match ctx.as_ref().and_then(|c| c.body_limit) {
+            Some(limit) => {
+                let (limited, tripped) = crate::plugins::LimitedBody::new(body, limit);
+                too_large = Some(tripped);
+                Either::Right(limited)
+            }
+            None => Either::Left(body),
+        };
         let mut body = Some(body);
+        let tripped = || {
+            too_large
+                .as_ref()
+                .is_some_and(|t| t.load(std::sync::atomic::Ordering::Acquire))
+        };
+        let sent_at = ctx.is_some().then(std::time::Instant::now);
         let mut attempt = 0;
         let timeouts = service.timeouts();
         let sent = loop {
@@ -435,6 +488,7 @@ impl Proxy {
             };
             let deadline = tokio::time::Instant::now() + service.read_timeout;
             match within(conn, deadline, send).await {
+                Some(Err(e)) if tripped() => break Ok(Err(e)),
                 Some(Err(e)) => {
                     pick.report(if e.is_timeout() {
                         Outcome::Timeout
@@ -463,7 +517,14 @@ impl Proxy {
                 }
             }
         };
+        if let (Some(c), Some(at)) = (ctx.as_mut(), sent_at) {
+            c.upstream_latency = Some(at.elapsed());
+        }
         match sent {
+            Ok(Err(_)) if tripped() => {
+                counters.count(StatusCode::PAYLOAD_TOO_LARGE);
+                error(StatusCode::PAYLOAD_TOO_LARGE, crate::plugins::TOO_LARGE)
+            }
             Ok(Ok(mut resp)) => {
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                     && let Some(downstream) = downstream

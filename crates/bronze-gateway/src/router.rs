@@ -91,6 +91,8 @@ pub struct Route {
     /// `https_redirect` (426, or a redirect to https).
     pub https_only: bool,
     pub https_redirect: http::StatusCode,
+    /// Its plugins, compiled (empty: none).
+    pub plugins: crate::plugins::Chain,
 }
 
 /// An entry's sort key, smallest first: host class, path class, regex
@@ -128,6 +130,8 @@ pub struct Table {
     pub upstreams: HashMap<String, Arc<Upstream>>,
     /// Per-target state shared with the tables before and after this one.
     pub registry: Arc<Registry>,
+    /// Global plugins, for requests no route matched.
+    pub unmatched: crate::plugins::Chain,
 }
 
 fn host_match(h: &str, field: &str) -> Result<HostMatch, Invalid> {
@@ -234,6 +238,7 @@ impl Table {
 
     /// As `build`, keeping the state of targets `registry` already knows.
     pub fn build_with(d: &Declarative, registry: &Arc<Registry>) -> Result<Self, Invalid> {
+        let plugins = crate::plugins::Compiled::build(d)?;
         let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
         for (i, u) in d.upstreams.iter().enumerate() {
             let field = |f: &str| format!("upstreams[{i}].{f}");
@@ -270,6 +275,7 @@ impl Table {
 
         let mut table = Table {
             registry: registry.clone(),
+            unmatched: plugins.global("", ""),
             ..Table::default()
         };
         let mut names = std::collections::HashSet::new();
@@ -419,6 +425,7 @@ impl Table {
                         && !r.protocols.iter().any(|p| p == "http"),
                     https_redirect,
                     preserve_host: r.preserve_host.unwrap_or(false),
+                    plugins: plugins.chain_for(i, j, &r.name, &s.name),
                 });
                 table.routes += 1;
                 let hosts: Vec<HostMatch> = if r.hosts.is_empty() {

@@ -28,9 +28,11 @@ use crate::balancer::connect::{TimedIo, Timeouts};
 
 type Io = TimedIo<TokioIo<TcpStream>>;
 
-/// What goes upstream: the client's body, or nothing (a bodyless request
-/// that may be sent again on another target).
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// What goes upstream: the client's body (limited in size by a plugin),
+/// or nothing (a bodyless request that may be sent again on another
+/// target).
+pub type UpstreamBody =
+    Either<Either<Incoming, crate::plugins::LimitedBody<Incoming>>, Empty<Bytes>>;
 
 /// Why a request did not get an upstream response.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,221 @@
+//! basic-auth: `Authorization: Basic` (or `Proxy-Authorization`) names a
+//! consumer's credential. Passwords given in plain text are hashed with
+//! bcrypt when the configuration is compiled (or given as a bcrypt hash);
+//! a password once verified is remembered by its SHA-256 so later requests
+//! do not pay bcrypt again.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use http::StatusCode;
+use http::header::HeaderValue;
+use parking_lot::RwLock;
+use serde::Deserialize;
+use sha2::Digest;
+
+use super::{Answer, Credentials, Ctx, Plugin, exit, parse_config, set_consumer};
+use crate::declarative::{BasicAuthCredential, Invalid};
+
+/// bcrypt's cost for passwords given in plain text.
+const COST: u32 = 10;
+
+pub struct Credential {
+    consumer: u32,
+    hash: String,
+    /// Kong's `X-Credential-Identifier` for basic-auth: the username.
+    identifier: HeaderValue,
+    /// SHA-256 of passwords that verified (a few, newest last).
+    verified: RwLock<Vec<[u8; 32]>>,
+}
+
+/// Hashes of plain-text passwords, kept across recompiles (a configuration
+/// rebuilt when discovery changes must not pay bcrypt again). Keyed by
+/// username and the password's SHA-256.
+type HashCache = parking_lot::Mutex<std::collections::HashMap<(String, [u8; 32]), String>>;
+static HASHED: std::sync::LazyLock<HashCache> = std::sync::LazyLock::new(Default::default);
+
+impl Credential {
+    pub fn new(c: &BasicAuthCredential, consumer: u32, field: &str) -> Result<Self, Invalid> {
+        if c.username.is_empty() || c.username.contains(':') {
+            return Err(Invalid::new(
+                format!("{field}.username"),
+                "expected a username without ':'",
+            ));
+        }
+        let identifier = HeaderValue::from_str(&c.username).map_err(|_| {
+            Invalid::new(
+                format!("{field}.username"),
+                "expected a header-safe username",
+            )
+        })?;
+        let is_hash = ["$2a$", "$2b$", "$2y$"]
+            .iter()
+            .any(|p| c.password.starts_with(p));
+        let hash = if is_hash {
+            c.password.parse::<bcrypt::HashParts>().map_err(|e| {
+                Invalid::new(
+                    format!("{field}.password"),
+                    format!("not a bcrypt hash: {e}"),
+                )
+            })?;
+            c.password.clone()
+        } else {
+            let digest: [u8; 32] = sha2::Sha256::digest(c.password.as_bytes()).into();
+            let key = (c.username.clone(), digest);
+            let cached = HASHED.lock().get(&key).cloned();
+            match cached {
+                Some(h) => h,
+                None => {
+                    let h = bcrypt::hash(&c.password, COST).map_err(|e| {
+                        Invalid::new(format!("{field}.password"), format!("cannot hash: {e}"))
+                    })?;
+                    HASHED.lock().insert(key, h.clone());
+                    h
+                }
+            }
+        };
+        Ok(Self {
+            consumer,
+            hash,
+            identifier,
+            verified: RwLock::new(Vec::new()),
+        })
+    }
+
+    fn verify(&self, password: &str) -> bool {
+        let digest: [u8; 32] = sha2::Sha256::digest(password.as_bytes()).into();
+        if self.verified.read().contains(&digest) {
+            return true;
+        }
+        // bcrypt takes milliseconds: on a multi-thread runtime, let the
+        // worker's other tasks move elsewhere meanwhile.
+        let check = || bcrypt::verify(password, &self.hash).unwrap_or(false);
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let ok = if multi {
+            tokio::task::block_in_place(check)
+        } else {
+            check()
+        };
+        if ok {
+            let mut v = self.verified.write();
+            if v.len() >= 4 {
+                v.remove(0);
+            }
+            v.push(digest);
+            return true;
+        }
+        false
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    anonymous: Option<String>,
+    #[serde(default)]
+    hide_credentials: Option<bool>,
+    #[serde(default)]
+    realm: Option<String>,
+}
+
+pub struct BasicAuth {
+    anonymous: Option<Arc<super::Consumer>>,
+    hide_credentials: bool,
+    challenge: HeaderValue,
+    credentials: Arc<Credentials>,
+}
+
+impl BasicAuth {
+    pub fn new(
+        config: Option<&serde_json::Value>,
+        field: &str,
+        credentials: &Arc<Credentials>,
+    ) -> Result<Self, Invalid> {
+        let c: Config = parse_config(config, field)?;
+        let realm = c.realm.unwrap_or_else(|| "service".into());
+        Ok(Self {
+            anonymous: super::key_auth::resolve_anonymous(
+                c.anonymous.as_deref(),
+                credentials,
+                field,
+            )?,
+            hide_credentials: c.hide_credentials.unwrap_or(false),
+            challenge: HeaderValue::from_str(&format!("Basic realm=\"{realm}\"")).map_err(
+                |_| Invalid::new(format!("{field}.realm"), "expected a header-safe realm"),
+            )?,
+            credentials: credentials.clone(),
+        })
+    }
+
+    /// The (username, password) of an `Authorization: Basic` value.
+    fn decode(v: &HeaderValue) -> Option<(String, String)> {
+        let v = v.to_str().ok()?;
+        let (scheme, rest) = v.trim().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()?;
+        let text = String::from_utf8(raw).ok()?;
+        let (u, p) = text.split_once(':')?;
+        Some((u.to_string(), p.to_string()))
+    }
+}
+
+impl Plugin for BasicAuth {
+    fn name(&self) -> &'static str {
+        "basic-auth"
+    }
+
+    fn priority(&self) -> i32 {
+        1100
+    }
+
+    fn access(&self, req: &mut http::request::Parts, ctx: &mut Ctx) -> Result<(), Answer> {
+        if self.anonymous.is_some() && ctx.credential.is_some() {
+            return Ok(());
+        }
+        let mut header = None;
+        for name in [
+            http::header::PROXY_AUTHORIZATION,
+            http::header::AUTHORIZATION,
+        ] {
+            if let Some(v) = req.headers.get(&name) {
+                header = Some((name, v.clone()));
+                break;
+            }
+        }
+        let failure = match &header {
+            None => "Unauthorized",
+            Some((name, v)) => match Self::decode(v) {
+                Some((user, password)) => match self.credentials.basic.get(&user) {
+                    Some(cred) if cred.verify(&password) => {
+                        if self.hide_credentials {
+                            req.headers.remove(name);
+                        }
+                        let consumer = &self.credentials.consumers[cred.consumer as usize];
+                        set_consumer(req, ctx, Some(consumer), Some(cred.identifier.clone()));
+                        return Ok(());
+                    }
+                    _ => "Invalid authentication credentials",
+                },
+                None => "Invalid authentication credentials",
+            },
+        };
+        match &self.anonymous {
+            Some(a) => {
+                set_consumer(req, ctx, Some(a), None);
+                Ok(())
+            }
+            None => {
+                let mut r = exit(StatusCode::UNAUTHORIZED, failure);
+                r.headers_mut()
+                    .insert(http::header::WWW_AUTHENTICATE, self.challenge.clone());
+                Err(r)
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! file-log: one JSON object per request (Kong's log serializer fields),
+//! one per line, appended to `path`. Requests only hand a line to a
+//! bounded channel; one writer thread per instance writes it (a full
+//! channel drops the line and counts it, never blocks a request).
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::StatusCode;
+use http::header::HeaderMap;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{Ctx, Plugin, parse_config};
+use crate::declarative::Invalid;
+use crate::metrics::GatewayMetrics;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    path: Option<String>,
+    #[serde(default)]
+    reopen: Option<bool>,
+    #[serde(default)]
+    custom_fields_by_lua: Option<Map<String, Value>>,
+}
+
+pub struct FileLog {
+    lines: SyncSender<String>,
+    dropped: AtomicU64,
+}
+
+fn open(path: &str) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+impl FileLog {
+    pub fn new(config: Option<&Value>, field: &str) -> Result<Self, Invalid> {
+        let c: Config = parse_config(config, field)?;
+        let f = |n: &str| format!("{field}.{n}");
+        let path = c
+            .path
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| Invalid::new(f("path"), "required field missing"))?;
+        if c.custom_fields_by_lua.is_some_and(|m| !m.is_empty()) {
+            return Err(Invalid::new(
+                f("custom_fields_by_lua"),
+                "not implemented: Bronze runs no Lua",
+            ));
+        }
+        // Checked, not created: a refused configuration leaves no file.
+        let p = std::path::Path::new(&path);
+        if p.is_dir()
+            || !p
+                .parent()
+                .is_some_and(|d| d.as_os_str().is_empty() || d.is_dir())
+        {
+            return Err(Invalid::new(
+                f("path"),
+                format!("{path}: expected a file in an existing directory"),
+            ));
+        }
+        let reopen = c.reopen.unwrap_or(false);
+        let (lines, rx) = sync_channel::<String>(8192);
+        std::thread::Builder::new()
+            .name("file-log".into())
+            .spawn(move || {
+                let mut file: Option<std::fs::File> = None;
+                while let Ok(line) = rx.recv() {
+                    if reopen || file.is_none() {
+                        file = open(&path).ok();
+                    }
+                    let Some(out) = file.as_mut() else {
+                        tracing::warn!(%path, "file-log cannot open its file; line dropped");
+                        continue;
+                    };
+                    if let Err(error) = out.write_all(line.as_bytes()) {
+                        tracing::warn!(%path, %error, "file-log write failed");
+                        file = None;
+                    }
+                }
+            })
+            .map_err(|e| Invalid::new(f("path"), format!("cannot start the writer: {e}")))?;
+        Ok(Self {
+            lines,
+            dropped: AtomicU64::new(0),
+        })
+    }
+}
+
+fn headers_json(h: &HeaderMap) -> Value {
+    let mut m = Map::new();
+    for name in h.keys() {
+        let values: Vec<&str> = h
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or(""))
+            .collect();
+        // Kong's serializer never logs credentials.
+        let v = if name == http::header::AUTHORIZATION || name == http::header::PROXY_AUTHORIZATION
+        {
+            Value::from("REDACTED")
+        } else if values.len() == 1 {
+            Value::from(values[0])
+        } else {
+            Value::from(values)
+        };
+        m.insert(name.as_str().to_string(), v);
+    }
+    Value::Object(m)
+}
+
+/// Kong's `request` object, taken before any plugin runs (so that
+/// requests refused by an earlier plugin are logged too).
+pub fn snapshot(method: &http::Method, uri: &http::Uri, h: &HeaderMap) -> Value {
+    let host = h
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut query = Map::new();
+    if let Some(q) = uri.query() {
+        for pair in q.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .map_or((pair, Value::Bool(true)), |(k, v)| {
+                    (
+                        k,
+                        Value::from(super::key_auth::percent_decode(v).into_owned()),
+                    )
+                });
+            query.insert(super::key_auth::percent_decode(k).into_owned(), v);
+        }
+    }
+    let size = h
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    json!({
+        "method": method.as_str(),
+        "uri": path,
+        "url": format!("http://{host}{path}"),
+        "querystring": query,
+        "headers": headers_json(h),
+        "size": size,
+    })
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Plugin for FileLog {
+    fn name(&self) -> &'static str {
+        "file-log"
+    }
+
+    fn priority(&self) -> i32 {
+        9
+    }
+
+    fn log(&self, ctx: &Ctx, status: StatusCode, headers: &HeaderMap, _m: &GatewayMetrics) {
+        let total = ctx.started.elapsed();
+        let started_at = millis(SystemTime::now() - total);
+        let request = ctx.log_request.as_deref().cloned().unwrap_or(Value::Null);
+        let size = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let mut entry = json!({
+            "request": request,
+            "response": {
+                "status": status.as_u16(),
+                "headers": headers_json(headers),
+                "size": size,
+            },
+            "latencies": {
+                "request": total.as_millis() as u64,
+                "proxy": ctx.upstream_latency.map(|d| d.as_millis() as u64),
+                "kong": total.saturating_sub(ctx.upstream_latency.unwrap_or_default()).as_millis() as u64,
+            },
+            "client_ip": ctx.peer.ip().to_string(),
+            "started_at": started_at,
+            "source": ctx.source(),
+        });
+        if let Some(u) = &ctx.upstream_uri {
+            entry["upstream_uri"] = Value::from(u.as_str());
+        }
+        if let Some(r) = &ctx.route {
+            entry["route"] = json!({ "name": r.name });
+            entry["service"] = json!({ "name": r.service.name });
+        }
+        if let Some(c) = &ctx.consumer {
+            entry["consumer"] = json!({
+                "id": c.id,
+                "username": c.username,
+                "custom_id": c.custom_id,
+            });
+        }
+        if let Some(c) = ctx.credential.as_ref().and_then(|v| v.to_str().ok()) {
+            entry["authenticated_entity"] = json!({ "id": c });
+        }
+        let mut line = entry.to_string();
+        line.push('\n');
+        match self.lines.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(dropped = n, "file-log is behind; lines dropped");
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}

@@ -1,0 +1,1166 @@
+//! Plugins end to end: curl through the gateway to an echo backend that
+//! reports what it received; Kong's status codes, messages and headers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Command;
+
+use super::{Gw, echo, gateway, s};
+
+/// curl's status, response headers (lowercased names; repeated ones joined
+/// with ", ") and body.
+async fn curl_h(args: Vec<String>) -> (u16, HashMap<String, String>, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new("curl")
+            .args(["-s", "-D", "-"])
+            .args(&args)
+            .output()
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        // The last header block (after any 100 Continue).
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let (mut head, mut body) = (head.to_string(), body.to_string());
+        while body.starts_with("HTTP/") {
+            let (h, b) = body.split_once("\r\n\r\n").unwrap_or((&body, ""));
+            (head, body) = (h.to_string(), b.to_string());
+        }
+        let mut lines = head.lines();
+        let code = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let mut headers: HashMap<String, String> = HashMap::new();
+        for l in lines {
+            if let Some((k, v)) = l.split_once(':') {
+                headers
+                    .entry(k.trim().to_ascii_lowercase())
+                    .and_modify(|e| {
+                        e.push_str(", ");
+                        e.push_str(v.trim());
+                    })
+                    .or_insert_with(|| v.trim().to_string());
+            }
+        }
+        (code, headers, body)
+    })
+    .await
+    .expect("join")
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
+}
+
+/// POST /config; the status and the JSON answer.
+async fn post_config(gw: &Gw, doc: &serde_json::Value) -> (u16, serde_json::Value) {
+    let (code, _, body) = curl_h(s(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &doc.to_string(),
+        &format!("http://{}/config", gw.admin),
+    ]))
+    .await;
+    (code, json(&body))
+}
+
+fn consumers() -> serde_json::Value {
+    serde_json::json!([
+        {"username": "alice", "id": "4e8a6a0e-7f57-4e8b-9d55-3a3f1c0d2a11", "custom_id": "A-1",
+         "keyauth_credentials": [{"key": "alice-key", "id": "c0ffee00-0000-4000-8000-000000000001"}]},
+        {"username": "bob"},
+        {"custom_id": "svc-42", "keyauth_credentials": [{"key": "svc-key"}]}
+    ])
+}
+
+fn key_auth_doc(backend: SocketAddr) -> serde_json::Value {
+    serde_json::json!({
+        "_format_version": "3.0",
+        "consumers": consumers(),
+        "keyauth_credentials": [{"key": "bob-key", "consumer": "bob"}],
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "locked", "paths": ["/locked"], "plugins": [{"name": "key-auth"}]},
+            {"name": "hidden", "paths": ["/hidden"], "plugins": [
+                {"name": "key-auth", "config": {"key_names": ["apikey", "x-api-key"], "hide_credentials": true}}]},
+            {"name": "guest", "paths": ["/guest"], "plugins": [
+                {"name": "key-auth", "config": {"anonymous": "bob"}}]},
+            {"name": "open", "paths": ["/open"]}
+        ]}]
+    })
+}
+
+#[tokio::test]
+async fn key_auth_as_kong() {
+    let backend = echo("a").await;
+    let gw = gateway(key_auth_doc(backend)).await;
+    let base = format!("http://{}", gw.addr);
+
+    let (code, h, body) = curl_h(s(&[&format!("{base}/locked")])).await;
+    assert_eq!(code, 401);
+    assert_eq!(body, r#"{"message":"No API key found in request"}"#);
+    assert_eq!(h["www-authenticate"], "Key");
+    let (code, _, body) = curl_h(s(&["-H", "apikey: nope", &format!("{base}/locked")])).await;
+    assert_eq!(code, 401);
+    assert_eq!(body, r#"{"message":"Invalid authentication credentials"}"#);
+
+    // A header key: the backend learns the consumer and the credential;
+    // headers the client made up are replaced.
+    let (code, _, body) = curl_h(s(&[
+        "-H",
+        "apikey: alice-key",
+        "-H",
+        "X-Consumer-Username: mallory",
+        &format!("{base}/locked/x"),
+    ]))
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["headers"]["x-consumer-username"], "alice");
+    assert_eq!(
+        v["headers"]["x-consumer-id"],
+        "4e8a6a0e-7f57-4e8b-9d55-3a3f1c0d2a11"
+    );
+    assert_eq!(v["headers"]["x-consumer-custom-id"], "A-1");
+    assert_eq!(
+        v["headers"]["x-credential-identifier"],
+        "c0ffee00-0000-4000-8000-000000000001"
+    );
+    assert_eq!(v["headers"]["apikey"], "alice-key");
+
+    // The query string; a credential listed at top level with `consumer`.
+    let (code, _, body) = curl_h(s(&[&format!("{base}/locked?apikey=bob-key&x=1")])).await;
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["headers"]["x-consumer-username"], "bob");
+    assert_eq!(v["uri"], "/?apikey=bob-key&x=1");
+    // bob has no id in the file: a stable one is derived.
+    let id = v["headers"]["x-consumer-id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    assert_eq!(id.len(), 36, "{id}");
+
+    // A consumer known by custom_id only.
+    let (code, _, body) = curl_h(s(&["-H", "apikey: svc-key", &format!("{base}/locked")])).await;
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["headers"]["x-consumer-custom-id"], "svc-42");
+    assert!(v["headers"].get("x-consumer-username").is_none(), "{v}");
+
+    // hide_credentials: neither header nor query parameter travels.
+    let (code, _, body) = curl_h(s(&[
+        "-H",
+        "x-api-key: alice-key",
+        &format!("{base}/hidden"),
+    ]))
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(json(&body)["headers"].get("x-api-key").is_none(), "{body}");
+    let (code, _, body) = curl_h(s(&[&format!("{base}/hidden/p?a=1&apikey=alice-key&b=2")])).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["uri"], "/p?a=1&b=2");
+    // Two keys: refused.
+    let (code, _, body) = curl_h(s(&[&format!("{base}/locked?apikey=a&apikey=b")])).await;
+    assert_eq!(code, 401);
+    assert_eq!(body, r#"{"message":"Duplicate API key found"}"#);
+
+    // anonymous: a request without a key passes as that consumer.
+    let (code, _, body) = curl_h(s(&[&format!("{base}/guest")])).await;
+    assert_eq!(code, 200);
+    let v = json(&body);
+    assert_eq!(v["headers"]["x-consumer-username"], "bob");
+    assert_eq!(v["headers"]["x-anonymous-consumer"], "true");
+    let (_, _, body) = curl_h(s(&["-H", "apikey: alice-key", &format!("{base}/guest")])).await;
+    let v = json(&body);
+    assert_eq!(v["headers"]["x-consumer-username"], "alice");
+    assert!(v["headers"].get("x-anonymous-consumer").is_none());
+
+    // A route without plugins is untouched.
+    let (code, _, body) = curl_h(s(&[&format!("{base}/open")])).await;
+    assert_eq!(code, 200);
+    assert!(json(&body)["headers"].get("x-consumer-id").is_none());
+}
+
+#[tokio::test]
+async fn bad_plugin_configs_are_named_and_change_nothing() {
+    let backend = echo("a").await;
+    let gw = gateway(key_auth_doc(backend)).await;
+    let base = format!("http://{}", gw.addr);
+
+    let mut doc = key_auth_doc(backend);
+    doc["services"][0]["routes"][3]["plugins"] = serde_json::json!([{"name": "key-authx"}]);
+    let (code, v) = post_config(&gw, &doc).await;
+    assert_eq!(code, 400, "{v}");
+    let m = v["fields"]["services[0].routes[3].plugins[0].name"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert!(
+        m.contains("key-authx") && m.contains("rate-limiting"),
+        "{m}"
+    );
+
+    let mut doc = key_auth_doc(backend);
+    doc["services"][0]["plugins"] = serde_json::json!([
+        {"name": "cors"}, {"name": "rate-limiting", "config": {"minut": 5}}]);
+    let (code, v) = post_config(&gw, &doc).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["fields"]["services[0].plugins[1].config.minut"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown field")),
+        "{v}"
+    );
+
+    let mut doc = key_auth_doc(backend);
+    doc["plugins"] = serde_json::json!([{"name": "rate-limiting", "consumer": "carol", "config": {"minute": 1}}]);
+    let (code, v) = post_config(&gw, &doc).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(v["fields"].get("plugins[0].consumer").is_some(), "{v}");
+
+    let mut doc = key_auth_doc(backend);
+    doc["consumers"][2]["custom_id"] = serde_json::Value::Null;
+    let (code, v) = post_config(&gw, &doc).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(v["fields"].get("consumers[2].username").is_some(), "{v}");
+
+    let mut doc = key_auth_doc(backend);
+    doc["plugins"] = serde_json::json!([{"name": "key-auth", "consumer": "bob"}]);
+    let (code, v) = post_config(&gw, &doc).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(v["fields"].get("plugins[0].consumer").is_some(), "{v}");
+
+    let mut doc = key_auth_doc(backend);
+    doc["services"][0]["routes"][0]["plugins"][0]["config"] =
+        serde_json::json!({"anonymous": "nobody"});
+    let (code, v) = post_config(&gw, &doc).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["fields"]
+            .get("services[0].routes[0].plugins[0].config.anonymous")
+            .is_some(),
+        "{v}"
+    );
+
+    // Nothing changed: the locked route still wants its key, the open one
+    // still passes.
+    let (code, _, _) = curl_h(s(&[&format!("{base}/locked")])).await;
+    assert_eq!(code, 401);
+    let (code, _, _) = curl_h(s(&[&format!("{base}/open")])).await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn the_most_specific_instance_wins() {
+    let backend = echo("a").await;
+    let tag = |scope: &str| serde_json::json!({"name": "request-transformer", "config": {"add": {"headers": [format!("x-scope:{scope}")]}}});
+    let mut on_route_by_ref = tag("route-by-reference");
+    on_route_by_ref["route"] = "referenced".into();
+    let mut disabled = tag("disabled");
+    disabled["enabled"] = false.into();
+    let mut bob_on_who = tag("bob-on-who");
+    bob_on_who["route"] = "who".into();
+    let mut people = consumers();
+    people[1]["keyauth_credentials"] = serde_json::json!([{"key": "bob-key"}]);
+    people[1]["plugins"] = serde_json::json!([bob_on_who]);
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "consumers": people,
+        "plugins": [tag("global"), on_route_by_ref],
+        "services": [
+            {"name": "one", "url": format!("http://{backend}"), "plugins": [tag("service")], "routes": [
+                {"name": "own", "paths": ["/own"], "plugins": [tag("route")]},
+                {"name": "inherits", "paths": ["/inherits"]},
+                {"name": "referenced", "paths": ["/referenced"]},
+                {"name": "off", "paths": ["/off"], "plugins": [disabled]},
+                {"name": "who", "paths": ["/who"], "plugins": [tag("route"), {"name": "key-auth"}]}
+            ]},
+            {"name": "two", "url": format!("http://{backend}"), "routes": [
+                {"name": "global-only", "paths": ["/global"]}]}
+        ]
+    }))
+    .await;
+    // A consumer's own instance (nested under the consumer, naming the
+    // route) beats the route's once key-auth has named the consumer.
+    for (key, want) in [("bob-key", "bob-on-who"), ("alice-key", "route")] {
+        let (code, _, body) = curl_h(s(&[
+            "-H",
+            &format!("apikey: {key}"),
+            &format!("http://{}/who", gw.addr),
+        ]))
+        .await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(json(&body)["headers"]["x-scope"], want, "{key}");
+    }
+    for (path, want) in [
+        ("/own", Some("route")),
+        ("/inherits", Some("service")),
+        ("/referenced", Some("route-by-reference")),
+        ("/global", Some("global")),
+        // Disabled: as if absent (Kong loads enabled instances only).
+        ("/off", Some("service")),
+    ] {
+        let (code, _, body) = curl_h(s(&[&format!("http://{}{path}", gw.addr)])).await;
+        assert_eq!(code, 200, "{path}: {body}");
+        assert_eq!(
+            json(&body)["headers"]
+                .get("x-scope")
+                .and_then(|v| v.as_str()),
+            want,
+            "{path}"
+        );
+    }
+    // A request no route matched still sees Kong's 404.
+    let (code, _, body) = curl_h(s(&[&format!("http://{}/nothing", gw.addr)])).await;
+    assert_eq!(code, 404, "{body}");
+}
+
+#[tokio::test]
+async fn rate_limiting_counts_per_identifier_with_kong_headers() {
+    let backend = echo("a").await;
+    // Day windows: a test never straddles their boundary in practice.
+    let doc = serde_json::json!({
+        "_format_version": "3.0",
+        "consumers": consumers(),
+        "keyauth_credentials": [{"key": "bob-key", "consumer": "bob"}],
+        "plugins": [{"name": "rate-limiting", "consumer": "bob", "route": "per-consumer",
+                     "config": {"day": 1}}],
+        "services": [{"name": "svc", "url": format!("http://{backend}"),
+          "plugins": [{"name": "rate-limiting", "config": {"day": 100, "limit_by": "ip"}}],
+          "routes": [
+            {"name": "by-ip", "paths": ["/ip"], "plugins": [
+                {"name": "rate-limiting", "config": {"hour": 3, "day": 3, "limit_by": "ip"}}]},
+            {"name": "per-consumer", "paths": ["/consumer"], "plugins": [
+                {"name": "key-auth"},
+                {"name": "rate-limiting", "config": {"day": 2}}]},
+            {"name": "by-header", "paths": ["/header"], "plugins": [
+                {"name": "rate-limiting", "config": {"day": 1, "limit_by": "header", "header_name": "x-tenant",
+                 "error_code": 503, "error_message": "slow down"}}]}
+          ]}]
+    });
+    let gw = gateway(doc.clone()).await;
+    let base = format!("http://{}", gw.addr);
+
+    for remaining in [2, 1, 0] {
+        let (code, h, _) = curl_h(s(&[&format!("{base}/ip")])).await;
+        assert_eq!(code, 200);
+        assert_eq!(h["x-ratelimit-limit-day"], "3");
+        assert_eq!(h["x-ratelimit-remaining-day"], remaining.to_string());
+        assert_eq!(h["x-ratelimit-limit-hour"], "3");
+        assert_eq!(h["ratelimit-limit"], "3");
+        assert_eq!(h["ratelimit-remaining"], remaining.to_string());
+        // Among windows with as much left, Kong reports the longer one.
+        let reset: u64 = h["ratelimit-reset"].parse().expect("reset");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let to_midnight = 86_400 - now % 86_400;
+        assert!(reset.abs_diff(to_midnight) <= 2, "{reset} vs {to_midnight}");
+    }
+    let (code, h, body) = curl_h(s(&[&format!("{base}/ip")])).await;
+    assert_eq!(code, 429);
+    assert_eq!(body, r#"{"message":"API rate limit exceeded"}"#);
+    assert_eq!(h["ratelimit-remaining"], "0");
+    assert!(h.contains_key("retry-after"), "{h:?}");
+    // Re-applying the configuration keeps the counts (a rebuild is not a
+    // way around a limit).
+    let (code, v) = post_config(&gw, &doc).await;
+    assert_eq!(code, 201, "{v}");
+    let (code, _, _) = curl_h(s(&[&format!("{base}/ip")])).await;
+    assert_eq!(code, 429);
+
+    // By consumer: alice has the route's 2 a day; bob's own instance (1 a
+    // day) overrides the route's for him.
+    for _ in 0..2 {
+        let (code, _, _) =
+            curl_h(s(&["-H", "apikey: alice-key", &format!("{base}/consumer")])).await;
+        assert_eq!(code, 200);
+    }
+    let (code, _, _) = curl_h(s(&["-H", "apikey: alice-key", &format!("{base}/consumer")])).await;
+    assert_eq!(code, 429);
+    let (code, h, _) = curl_h(s(&["-H", "apikey: bob-key", &format!("{base}/consumer")])).await;
+    assert_eq!(code, 200);
+    assert_eq!(h["x-ratelimit-limit-day"], "1");
+    let (code, _, _) = curl_h(s(&["-H", "apikey: bob-key", &format!("{base}/consumer")])).await;
+    assert_eq!(code, 429);
+
+    // By header, with a custom status and message.
+    let (code, _, _) = curl_h(s(&["-H", "x-tenant: t1", &format!("{base}/header")])).await;
+    assert_eq!(code, 200);
+    let (code, _, body) = curl_h(s(&["-H", "x-tenant: t1", &format!("{base}/header")])).await;
+    assert_eq!(code, 503);
+    assert_eq!(body, r#"{"message":"slow down"}"#);
+    let (code, _, _) = curl_h(s(&["-H", "x-tenant: t2", &format!("{base}/header")])).await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn prometheus_adds_status_codes_and_latencies_per_route() {
+    let backend = echo("a").await;
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "consumers": consumers(),
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "watched", "paths": ["/watched"], "plugins": [
+                {"name": "key-auth", "config": {"anonymous": "bob"}},
+                {"name": "prometheus", "config": {"status_code_metrics": true, "latency_metrics": true,
+                                                   "per_consumer": true}}]},
+            {"name": "plain", "paths": ["/plain"]},
+            {"name": "locked", "paths": ["/locked"], "plugins": [
+                {"name": "key-auth"}, {"name": "prometheus", "config": {"status_code_metrics": true}}]}
+        ]}]
+    }))
+    .await;
+    let base = format!("http://{}", gw.addr);
+    curl_h(s(&[&format!("{base}/locked")])).await;
+    for _ in 0..3 {
+        curl_h(s(&["-H", "apikey: alice-key", &format!("{base}/watched")])).await;
+    }
+    curl_h(s(&[&format!("{base}/watched")])).await;
+    curl_h(s(&[&format!("{base}/plain")])).await;
+    let (_, _, metrics) = curl_h(s(&[&format!("http://{}/metrics", gw.admin)])).await;
+    for line in [
+        r#"bronze_gateway_http_status_total{route="watched",service="svc",code="200",source="service",consumer="alice"} 3"#,
+        r#"bronze_gateway_http_status_total{route="watched",service="svc",code="200",source="service",consumer="bob"} 1"#,
+        // Answered by key-auth: Kong's source "exit".
+        r#"bronze_gateway_http_status_total{route="locked",service="svc",code="401",source="exit",consumer=""} 1"#,
+        r#"bronze_gateway_request_latency_seconds_count{route="watched",service="svc"} 4"#,
+        r#"bronze_gateway_upstream_latency_seconds_count{route="watched",service="svc"} 4"#,
+        r#"bronze_gateway_proxy_latency_seconds_count{route="watched",service="svc"} 4"#,
+        // The status-class counter every route has, unchanged.
+        r#"bronze_gateway_http_requests_total{route="watched",service="svc",status="2xx"} 4"#,
+        r#"bronze_gateway_http_requests_total{route="plain",service="svc",status="2xx"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+    // Routes without the plugin get no per-code series.
+    assert!(!metrics.contains(r#"bronze_gateway_http_status_total{route="plain""#));
+
+    let mut doc = serde_json::json!({"_format_version": "3.0", "plugins": [
+        {"name": "prometheus", "config": {"bandwidth_metrics": true}}]});
+    let (code, v) = post_config(&gw, &doc).await;
+    assert_eq!(code, 400);
+    assert!(
+        v["fields"]
+            .get("plugins[0].config.bandwidth_metrics")
+            .is_some(),
+        "{v}"
+    );
+    doc["plugins"][0]["config"] = serde_json::json!({"status_codes": true});
+    let (code, v) = post_config(&gw, &doc).await;
+    assert_eq!(code, 400);
+    assert!(
+        v["fields"].get("plugins[0].config.status_codes").is_some(),
+        "{v}"
+    );
+}
+
+// Multi-thread: bcrypt runs in block_in_place there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_as_kong() {
+    let backend = echo("a").await;
+    let hashed = bcrypt_hash("hunter2");
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "consumers": [
+            {"username": "carol", "basicauth_credentials": [{"username": "carol", "password": "s3cret"}]},
+            {"username": "dave"}],
+        "basicauth_credentials": [{"username": "dave-login", "password": hashed, "consumer": "dave"}],
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "basic", "paths": ["/basic"], "plugins": [{"name": "basic-auth"}]},
+            {"name": "hidden", "paths": ["/hidden"], "plugins": [
+                {"name": "basic-auth", "config": {"hide_credentials": true}}]}
+        ]}]
+    }))
+    .await;
+    let base = format!("http://{}", gw.addr);
+    let (code, h, body) = curl_h(s(&[&format!("{base}/basic")])).await;
+    assert_eq!(code, 401);
+    assert_eq!(body, r#"{"message":"Unauthorized"}"#);
+    assert_eq!(h["www-authenticate"], r#"Basic realm="service""#);
+    let (code, _, body) = curl_h(s(&["-u", "carol:wrong", &format!("{base}/basic")])).await;
+    assert_eq!(code, 401);
+    assert_eq!(body, r#"{"message":"Invalid authentication credentials"}"#);
+    // Twice: the second is answered from the verified-password cache.
+    for _ in 0..2 {
+        let (code, _, body) = curl_h(s(&["-u", "carol:s3cret", &format!("{base}/basic")])).await;
+        assert_eq!(code, 200, "{body}");
+        let v = json(&body);
+        assert_eq!(v["headers"]["x-consumer-username"], "carol");
+        assert_eq!(v["headers"]["x-credential-identifier"], "carol");
+        assert!(
+            v["headers"]["authorization"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("Basic "))
+        );
+    }
+    // A password given already hashed (bcrypt), as a Kong export would.
+    let (code, _, body) = curl_h(s(&["-u", "dave-login:hunter2", &format!("{base}/hidden")])).await;
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["headers"]["x-consumer-username"], "dave");
+    assert!(v["headers"].get("authorization").is_none(), "{v}");
+    let (code, _, _) = curl_h(s(&["-u", "dave-login:hunter3", &format!("{base}/hidden")])).await;
+    assert_eq!(code, 401);
+}
+
+fn bcrypt_hash(password: &str) -> String {
+    bcrypt::hash(password, 4).expect("bcrypt")
+}
+
+/// An RSA key pair from openssl: (private PEM, public PEM, JWK n).
+fn rsa_key(dir: &std::path::Path) -> (String, String, String) {
+    let key = dir.join("key.pem");
+    let ok = Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .output()
+        .expect("openssl");
+    assert!(ok.status.success());
+    let public = Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&key)
+        .output()
+        .expect("openssl");
+    let modulus = Command::new("openssl")
+        .args(["rsa", "-noout", "-modulus", "-in"])
+        .arg(&key)
+        .output()
+        .expect("openssl");
+    let hex = String::from_utf8_lossy(&modulus.stdout)
+        .trim()
+        .trim_start_matches("Modulus=")
+        .to_string();
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    use base64::Engine;
+    (
+        std::fs::read_to_string(&key).expect("key"),
+        String::from_utf8_lossy(&public.stdout).to_string(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+    )
+}
+
+fn token(
+    alg: jsonwebtoken::Algorithm,
+    kid: Option<&str>,
+    claims: serde_json::Value,
+    key: &jsonwebtoken::EncodingKey,
+) -> String {
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(&header, &claims, key).expect("encode")
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// A server answering GET with `body` (a JWKS URL).
+async fn serve(body: String) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new().fallback(move || {
+        let body = body.clone();
+        async move { ([("content-type", "application/json")], body) }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serves") });
+    addr
+}
+
+#[tokio::test]
+async fn jwt_as_kong_and_jwks_keys() {
+    let backend = echo("a").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (private, public, n) = rsa_key(dir.path());
+    let jwks = serde_json::json!({"keys": [
+        {"kty": "RSA", "kid": "k1", "alg": "RS256", "use": "sig", "n": n, "e": "AQAB"}]})
+    .to_string();
+    let jwks_file = dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, &jwks).expect("write");
+    let jwks_url = serve(jwks.clone()).await;
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "consumers": [
+            {"username": "erin", "jwt_secrets": [
+                {"key": "erin-iss", "algorithm": "HS256", "secret": "erin-secret"},
+                {"key": "erin-rsa", "algorithm": "RS256", "rsa_public_key": public}]},
+            {"username": "frank"}],
+        "jwt_secrets": [{"key": "frank-iss", "algorithm": "HS512", "secret": "frank-secret", "consumer": "frank"}],
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "jwt", "paths": ["/jwt"], "plugins": [
+                {"name": "jwt", "config": {"claims_to_verify": ["exp", "nbf"], "maximum_expiration": 7200,
+                                           "cookie_names": ["session"]}}]},
+            {"name": "jwks-file", "paths": ["/jwks-file"], "plugins": [
+                {"name": "jwt", "config": {"bronze_jwks_path": jwks_file.display().to_string()}}]},
+            {"name": "jwks-url", "paths": ["/jwks-url"], "plugins": [
+                {"name": "jwt", "config": {"bronze_jwks_url": format!("http://{jwks_url}/jwks.json")}}]}
+        ]}]
+    }))
+    .await;
+    let base = format!("http://{}", gw.addr);
+    let hs = |secret: &str| jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    let rs = jsonwebtoken::EncodingKey::from_rsa_pem(private.as_bytes()).expect("rsa key");
+    let t = now();
+    let bearer = |t: &str| format!("Authorization: Bearer {t}");
+
+    let good = token(
+        jsonwebtoken::Algorithm::HS256,
+        None,
+        serde_json::json!({"iss": "erin-iss", "exp": t + 600, "nbf": t - 10}),
+        &hs("erin-secret"),
+    );
+    let (code, _, body) = curl_h(s(&["-H", &bearer(&good), &format!("{base}/jwt")])).await;
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["headers"]["x-consumer-username"], "erin");
+    assert_eq!(v["headers"]["x-credential-identifier"], "erin-iss");
+    // From the query string and from a cookie.
+    let (code, _, _) = curl_h(s(&[&format!("{base}/jwt?jwt={good}")])).await;
+    assert_eq!(code, 200);
+    let (code, _, _) = curl_h(s(&[
+        "-b",
+        &format!("session={good}"),
+        &format!("{base}/jwt"),
+    ]))
+    .await;
+    assert_eq!(code, 200);
+    // HS512 for a secret listed at top level; RS256 with a PEM key.
+    let frank = token(
+        jsonwebtoken::Algorithm::HS512,
+        None,
+        serde_json::json!({"iss": "frank-iss", "exp": t + 600, "nbf": t}),
+        &hs("frank-secret"),
+    );
+    let (code, _, body) = curl_h(s(&["-H", &bearer(&frank), &format!("{base}/jwt")])).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["headers"]["x-consumer-username"], "frank");
+    let rsa = token(
+        jsonwebtoken::Algorithm::RS256,
+        None,
+        serde_json::json!({"iss": "erin-rsa", "exp": t + 600, "nbf": t}),
+        &rs,
+    );
+    let (code, _, body) = curl_h(s(&["-H", &bearer(&rsa), &format!("{base}/jwt")])).await;
+    assert_eq!(code, 200, "{body}");
+
+    // Kong's refusals.
+    let refused = [
+        (None, r#"{"message":"Unauthorized"}"#),
+        (
+            Some(token(
+                jsonwebtoken::Algorithm::HS256,
+                None,
+                serde_json::json!({"iss": "erin-iss", "exp": t + 600, "nbf": t}),
+                &hs("not-the-secret"),
+            )),
+            r#"{"message":"Invalid signature"}"#,
+        ),
+        (
+            Some(token(
+                jsonwebtoken::Algorithm::HS256,
+                None,
+                serde_json::json!({"iss": "erin-iss", "exp": t - 5, "nbf": t - 100}),
+                &hs("erin-secret"),
+            )),
+            r#"{"exp":"token expired"}"#,
+        ),
+        (
+            Some(token(
+                jsonwebtoken::Algorithm::HS256,
+                None,
+                serde_json::json!({"iss": "erin-iss", "exp": t + 600, "nbf": t + 300}),
+                &hs("erin-secret"),
+            )),
+            r#"{"nbf":"token not valid yet"}"#,
+        ),
+        (
+            Some(token(
+                jsonwebtoken::Algorithm::HS256,
+                None,
+                serde_json::json!({"iss": "erin-iss", "exp": t + 86_400, "nbf": t}),
+                &hs("erin-secret"),
+            )),
+            r#"{"exp":"exceeds maximum allowed expiration"}"#,
+        ),
+        (
+            Some(token(
+                jsonwebtoken::Algorithm::HS256,
+                None,
+                serde_json::json!({"iss": "stranger", "exp": t + 600}),
+                &hs("x"),
+            )),
+            r#"{"message":"No credentials found for given 'iss'"}"#,
+        ),
+        (
+            Some(token(
+                jsonwebtoken::Algorithm::HS256,
+                None,
+                serde_json::json!({"sub": "x", "exp": t + 600}),
+                &hs("x"),
+            )),
+            r#"{"message":"No mandatory 'iss' in claims"}"#,
+        ),
+        // Erin's RSA key, signed as HS256: the algorithm must match.
+        (
+            Some(token(
+                jsonwebtoken::Algorithm::HS256,
+                None,
+                serde_json::json!({"iss": "erin-rsa", "exp": t + 600, "nbf": t}),
+                &hs("x"),
+            )),
+            r#"{"message":"Invalid algorithm"}"#,
+        ),
+        (
+            Some("not.a.token".to_string()),
+            r#"{"message":"Bad token; invalid JSON"}"#,
+        ),
+    ];
+    for (tok, want) in refused {
+        let mut args = vec![];
+        if let Some(tok) = &tok {
+            args.extend(["-H".to_string(), bearer(tok)]);
+        }
+        args.push(format!("{base}/jwt"));
+        let (code, h, body) = curl_h(args).await;
+        assert_eq!((code, body.as_str()), (401, want), "{tok:?}");
+        assert_eq!(h["www-authenticate"], r#"Bearer realm="kong""#);
+    }
+    let (code, _, body) = curl_h(s(&[
+        "-H",
+        &bearer(&good),
+        &format!("{base}/jwt?jwt={frank}"),
+    ]))
+    .await;
+    assert_eq!(
+        (code, body.as_str()),
+        (401, r#"{"message":"Multiple tokens provided"}"#)
+    );
+
+    // Bronze extension: JWKS from a file and from a URL; the token's kid
+    // picks the key; a known iss still names the consumer.
+    let by_kid = token(
+        jsonwebtoken::Algorithm::RS256,
+        Some("k1"),
+        serde_json::json!({"iss": "erin-rsa", "sub": "someone"}),
+        &rs,
+    );
+    let (code, _, body) = curl_h(s(&["-H", &bearer(&by_kid), &format!("{base}/jwks-file")])).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["headers"]["x-consumer-username"], "erin");
+    let anonymous_iss = token(
+        jsonwebtoken::Algorithm::RS256,
+        Some("k1"),
+        serde_json::json!({"iss": "https://idp.example.com"}),
+        &rs,
+    );
+    let mut ok = false;
+    for _ in 0..100 {
+        let (code, _, body) = curl_h(s(&[
+            "-H",
+            &bearer(&anonymous_iss),
+            &format!("{base}/jwks-url"),
+        ]))
+        .await;
+        if code == 200 {
+            let v = json(&body);
+            assert_eq!(v["headers"]["x-credential-identifier"], "k1");
+            assert!(v["headers"].get("x-consumer-username").is_none());
+            ok = true;
+            break;
+        }
+        // Until the background fetch lands.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the JWKS URL was never used");
+    let other_kid = token(
+        jsonwebtoken::Algorithm::RS256,
+        Some("k2"),
+        serde_json::json!({"iss": "https://idp.example.com"}),
+        &rs,
+    );
+    let (code, _, body) = curl_h(s(&[
+        "-H",
+        &bearer(&other_kid),
+        &format!("{base}/jwks-file"),
+    ]))
+    .await;
+    assert_eq!(
+        (code, body.as_str()),
+        (401, r#"{"message":"No credentials found for given 'iss'"}"#)
+    );
+    let forged = token(
+        jsonwebtoken::Algorithm::HS256,
+        Some("k1"),
+        serde_json::json!({"iss": "x"}),
+        &hs("guess"),
+    );
+    let (code, _, body) = curl_h(s(&["-H", &bearer(&forged), &format!("{base}/jwks-file")])).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (401, r#"{"message":"Invalid algorithm"}"#)
+    );
+
+    // A JWKS file that is not one is refused by name.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{}").expect("write");
+    let (code, v) = post_config(
+        &gw,
+        &serde_json::json!({"_format_version": "3.0", "plugins": [
+        {"name": "jwt", "config": {"bronze_jwks_path": bad.display().to_string()}}]}),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(
+        v["fields"]
+            .get("plugins[0].config.bronze_jwks_path")
+            .is_some(),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn ip_restriction_and_request_termination() {
+    let backend = echo("a").await;
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "allow-other", "paths": ["/allow-other"], "plugins": [
+                {"name": "ip-restriction", "config": {"allow": ["10.0.0.0/8", "2001:db8::/32"]}}]},
+            {"name": "allow-local", "paths": ["/allow-local"], "plugins": [
+                {"name": "ip-restriction", "config": {"allow": ["127.0.0.0/8"]}}]},
+            {"name": "deny-local", "paths": ["/deny-local"], "plugins": [
+                {"name": "ip-restriction", "config": {"allow": ["0.0.0.0/0"], "deny": ["127.0.0.1"],
+                                                       "status": 401, "message": "go away"}}]},
+            {"name": "maintenance", "paths": ["/maintenance"], "plugins": [
+                {"name": "request-termination", "config": {"status_code": 503, "message": "back soon"}}]},
+            {"name": "teapot", "paths": ["/teapot"], "plugins": [
+                {"name": "request-termination", "config": {"status_code": 418, "content_type": "text/plain",
+                                                            "body": "short and stout"}}]},
+            {"name": "default-termination", "paths": ["/gone"], "plugins": [{"name": "request-termination"}]}
+        ]}]
+    }))
+    .await;
+    let base = format!("http://{}", gw.addr);
+    let (code, _, body) = curl_h(s(&[&format!("{base}/allow-other")])).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (403, r#"{"message":"IP address not allowed"}"#)
+    );
+    let (code, _, body) = curl_h(s(&[&format!("{base}/allow-local")])).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, _, body) = curl_h(s(&[&format!("{base}/deny-local")])).await;
+    assert_eq!((code, body.as_str()), (401, r#"{"message":"go away"}"#));
+
+    let (code, _, body) = curl_h(s(&[&format!("{base}/maintenance")])).await;
+    assert_eq!((code, body.as_str()), (503, r#"{"message":"back soon"}"#));
+    let (code, h, body) = curl_h(s(&[&format!("{base}/teapot")])).await;
+    assert_eq!((code, body.as_str()), (418, "short and stout"));
+    assert_eq!(h["content-type"], "text/plain");
+    let (code, _, body) = curl_h(s(&[&format!("{base}/gone")])).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (503, r#"{"message":"Service unavailable"}"#)
+    );
+
+    let (code, v) = post_config(
+        &gw,
+        &serde_json::json!({"_format_version": "3.0", "plugins": [
+        {"name": "ip-restriction", "config": {"deny": ["10.0.0.0/40"]}}]}),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(
+        v["fields"].get("plugins[0].config.deny[0]").is_some(),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn request_size_limiting_stops_large_and_growing_bodies() {
+    let backend = echo("a").await;
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "small", "paths": ["/small"], "plugins": [
+                {"name": "request-size-limiting", "config": {"allowed_payload_size": 1, "size_unit": "megabytes"}}]},
+            {"name": "strict", "paths": ["/strict"], "plugins": [
+                {"name": "request-size-limiting", "config": {"allowed_payload_size": 10, "size_unit": "kilobytes",
+                                                              "require_content_length": true}}]}
+        ]}]
+    }))
+    .await;
+    let base = format!("http://{}", gw.addr);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'x'; 3 << 20]).expect("write");
+    let fits = dir.path().join("fits");
+    std::fs::write(&fits, vec![b'y'; 512 << 10]).expect("write");
+    let at = |f: &std::path::Path| format!("@{}", f.display());
+
+    // With Content-Length: refused before anything goes upstream.
+    let (code, _, body) = curl_h(s(&["--data-binary", &at(&big), &format!("{base}/small")])).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (413, r#"{"message":"Request size limit exceeded"}"#)
+    );
+    let (code, _, body) = curl_h(s(&["--data-binary", &at(&fits), &format!("{base}/small")])).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["body_len"], 512 << 10);
+    // Chunked: streamed, and cut off once past the limit.
+    let chunked = "Transfer-Encoding: chunked";
+    let (code, _, body) = curl_h(s(&[
+        "-H",
+        chunked,
+        "--data-binary",
+        &at(&big),
+        &format!("{base}/small"),
+    ]))
+    .await;
+    assert_eq!(
+        (code, body.as_str()),
+        (413, r#"{"message":"Request size limit exceeded"}"#)
+    );
+    let (code, _, body) = curl_h(s(&[
+        "-H",
+        chunked,
+        "--data-binary",
+        &at(&fits),
+        &format!("{base}/small"),
+    ]))
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["body_len"], 512 << 10);
+    // require_content_length.
+    let (code, _, body) = curl_h(s(&[
+        "-H",
+        chunked,
+        "--data-binary",
+        "abc",
+        &format!("{base}/strict"),
+    ]))
+    .await;
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            411,
+            r#"{"message":"A valid Content-Length header is required"}"#
+        )
+    );
+    let (code, _, _) = curl_h(s(&["--data-binary", "abc", &format!("{base}/strict")])).await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn cors_preflight_and_response_headers() {
+    let backend = echo("a").await;
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "cors", "paths": ["/cors"], "plugins": [
+                {"name": "cors", "config": {
+                    "origins": ["https://app.example.com", "https://.*\\.example\\.org"],
+                    "methods": ["GET", "POST"], "headers": ["x-token"], "exposed_headers": ["x-total"],
+                    "credentials": true, "max_age": 600}}]},
+            {"name": "continue", "paths": ["/continue"], "plugins": [
+                {"name": "cors", "config": {"preflight_continue": true}}]}
+        ]}]
+    }))
+    .await;
+    let base = format!("http://{}", gw.addr);
+    let preflight = |origin: &str, path: &str| {
+        s(&[
+            "-X",
+            "OPTIONS",
+            "-H",
+            &format!("Origin: {origin}"),
+            "-H",
+            "Access-Control-Request-Method: POST",
+            &format!("{base}{path}"),
+        ])
+    };
+    let (code, h, body) = curl_h(preflight("https://app.example.com", "/cors")).await;
+    assert_eq!(code, 200);
+    assert_eq!(body, "", "answered by the gateway");
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(h["access-control-allow-methods"], "GET,POST");
+    assert_eq!(h["access-control-allow-headers"], "x-token");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert_eq!(h["access-control-max-age"], "600");
+    // A regex origin.
+    let (_, h, _) = curl_h(preflight("https://shop.example.org", "/cors")).await;
+    assert_eq!(h["access-control-allow-origin"], "https://shop.example.org");
+    // An origin not listed gets no grant.
+    let (_, h, _) = curl_h(preflight("https://evil.example.net", "/cors")).await;
+    assert!(!h.contains_key("access-control-allow-origin"), "{h:?}");
+    // A simple request: proxied, with the grant and exposed headers.
+    let (code, h, body) = curl_h(s(&[
+        "-H",
+        "Origin: https://app.example.com",
+        &format!("{base}/cors"),
+    ]))
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["method"], "GET");
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(h["access-control-expose-headers"], "x-total");
+    assert_eq!(h["vary"], "Origin");
+    // preflight_continue: the upstream answers the OPTIONS itself.
+    let (code, h, body) = curl_h(preflight("https://any.example", "/continue")).await;
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["method"], "OPTIONS");
+    assert_eq!(h["access-control-allow-origin"], "*");
+}
+
+#[tokio::test]
+async fn transformers_edit_headers_and_query_strings() {
+    let backend = echo("a").await;
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "t", "paths": ["/t"], "plugins": [
+                {"name": "request-transformer", "config": {
+                    "remove": {"headers": ["x-drop"], "querystring": ["secret"]},
+                    "rename": {"headers": ["x-old:x-new"], "querystring": ["q:query"]},
+                    "replace": {"headers": ["x-replace:replaced", "x-absent:never"]},
+                    "add": {"headers": ["x-added:yes", "x-keep:not-used"], "querystring": ["added:1"]},
+                    "append": {"headers": ["x-multi:two"], "querystring": ["tag:b"]}}},
+                {"name": "response-transformer", "config": {
+                    "remove": {"headers": ["content-type"]},
+                    "add": {"headers": ["x-served-by:bronze"]},
+                    "append": {"headers": ["x-list:a", "x-list:b"]}}}]}
+        ]}]
+    }))
+    .await;
+    let (code, h, body) = curl_h(s(&[
+        "-H",
+        "x-drop: 1",
+        "-H",
+        "x-old: moved",
+        "-H",
+        "x-replace: before",
+        "-H",
+        "x-keep: mine",
+        "-H",
+        "x-multi: one",
+        &format!("http://{}/t?secret=s&q=find&tag=a", gw.addr),
+    ]))
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    let hv = |n: &str| {
+        v["headers"]
+            .get(n)
+            .and_then(|x| x.as_str())
+            .map(str::to_string)
+    };
+    assert_eq!(hv("x-drop"), None);
+    assert_eq!(hv("x-old"), None);
+    assert_eq!(hv("x-new").as_deref(), Some("moved"));
+    assert_eq!(hv("x-replace").as_deref(), Some("replaced"));
+    assert_eq!(hv("x-absent"), None);
+    assert_eq!(hv("x-added").as_deref(), Some("yes"));
+    assert_eq!(hv("x-keep").as_deref(), Some("mine"));
+    assert_eq!(v["uri"], "/?query=find&tag=a&added=1&tag=b");
+    // The echo backend sees two x-multi values (its map keeps one); the
+    // response side is checked on the client.
+    assert!(!h.contains_key("content-type"), "{h:?}");
+    assert_eq!(h["x-served-by"], "bronze");
+    assert_eq!(h["x-list"], "a, b");
+
+    let (code, v) = post_config(
+        &gw,
+        &serde_json::json!({"_format_version": "3.0", "plugins": [
+        {"name": "request-transformer", "config": {"add": {"body": ["a:b"]}}}]}),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(
+        v["fields"]["plugins[0].config.add.body"]
+            .as_str()
+            .is_some_and(|m| m.contains("not implemented")),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn file_log_writes_kong_json_lines() {
+    let backend = echo("a").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "consumers": consumers(),
+        "plugins": [{"name": "file-log", "config": {"path": log.display().to_string()}}],
+        "services": [{"name": "svc", "url": format!("http://{backend}/base"), "routes": [
+            {"name": "logged", "paths": ["/logged"], "plugins": [{"name": "key-auth"}]}]}]
+    }))
+    .await;
+    let base = format!("http://{}", gw.addr);
+    curl_h(s(&[
+        "-H",
+        "apikey: alice-key",
+        "-H",
+        "Authorization: Bearer secret",
+        &format!("{base}/logged/x?y=1"),
+    ]))
+    .await;
+    curl_h(s(&[&format!("{base}/logged")])).await;
+    curl_h(s(&[&format!("{base}/nowhere")])).await;
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        lines = text.lines().map(json).collect::<Vec<_>>();
+        if lines.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let ok = &lines[0];
+    assert_eq!(ok["request"]["method"], "GET");
+    assert_eq!(ok["request"]["uri"], "/logged/x?y=1");
+    assert_eq!(ok["request"]["querystring"]["y"], "1");
+    assert_eq!(ok["request"]["headers"]["authorization"], "REDACTED");
+    assert_eq!(ok["upstream_uri"], "/base/x?y=1");
+    assert_eq!(ok["response"]["status"], 200);
+    assert_eq!(ok["route"]["name"], "logged");
+    assert_eq!(ok["service"]["name"], "svc");
+    assert_eq!(ok["consumer"]["username"], "alice");
+    assert_eq!(ok["client_ip"], "127.0.0.1");
+    assert_eq!(ok["source"], "service");
+    assert!(
+        ok["latencies"]["request"].is_u64() && ok["started_at"].is_u64(),
+        "{ok}"
+    );
+    // Refused by key-auth: logged too, answered by the gateway.
+    assert_eq!(lines[1]["response"]["status"], 401);
+    assert_eq!(lines[1]["source"], "exit");
+    assert_eq!(lines[2]["source"], "kong");
+    assert!(lines[1].get("consumer").is_none());
+    // No route: the global instance logs it.
+    assert_eq!(lines[2]["response"]["status"], 404);
+    assert_eq!(lines[2]["request"]["uri"], "/nowhere");
+
+    let elsewhere = dir.path().join("missing-dir").join("x.log");
+    let (code, v) = post_config(
+        &gw,
+        &serde_json::json!({"_format_version": "3.0", "plugins": [
+            {"name": "file-log", "config": {"path": elsewhere.display().to_string()}}]}),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(v["fields"].get("plugins[0].config.path").is_some(), "{v}");
+    assert!(!elsewhere.exists());
+}
