@@ -42,6 +42,10 @@ enum Task {
         /// Containers started at once (registrator).
         #[arg(long, default_value_t = 100)]
         containers: usize,
+        /// gateway: instead of the table, a soak of this many minutes
+        /// (10 when given alone): steady load, config swaps, memory sampled.
+        #[arg(long, value_name = "MINUTES", num_args = 0..=1, default_missing_value = "10")]
+        soak: Option<u32>,
     },
 }
 
@@ -81,11 +85,15 @@ fn main() -> anyhow::Result<()> {
             runs,
             only,
             containers,
+            soak,
         } => match name.as_str() {
             "dns" => rt.block_on(xtask::bench_dns::run(seconds, runs, only.as_deref())),
             "registrator" => rt.block_on(xtask::bench_registrator::run(containers)),
             "registry" => rt.block_on(xtask::bench_registry::run(runs as usize)),
-            "gateway" => xtask::bench_gateway::run(u64::from(seconds)),
+            "gateway" => match soak {
+                Some(minutes) => xtask::bench_gateway_soak::run(minutes),
+                None => xtask::bench_gateway::run(u64::from(seconds)),
+            },
             other => {
                 anyhow::bail!(
                     "no benchmark named {other:?}; available: dns, registrator, registry, gateway"
