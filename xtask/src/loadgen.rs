@@ -585,6 +585,107 @@ mod tests {
         assert!(s.max >= Duration::from_secs(99));
     }
 
+    /// A real HTTP/1.1 server on a thread of its own that answers at once,
+    /// except request number `stall_at` which it holds for `stall`.
+    fn server(stall_at: u64, stall: Duration) -> SocketAddr {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let seen = Arc::new(AtomicU64::new(0));
+                loop {
+                    let (tcp, _) = listener.accept().await.unwrap();
+                    let seen = seen.clone();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |_req| {
+                            let n = seen.fetch_add(1, Ordering::Relaxed);
+                            async move {
+                                if n == stall_at {
+                                    tokio::time::sleep(stall).await;
+                                }
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                    http_body_util::Full::new(Bytes::from_static(b"hello\n")),
+                                ))
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tcp), svc)
+                            .await;
+                    });
+                }
+            });
+        });
+        addr
+    }
+
+    fn plan(addr: SocketAddr, rate: f64, connections: usize) -> Plan {
+        Plan {
+            addr,
+            host: addr.to_string(),
+            path: "/".into(),
+            rate,
+            connections,
+            threads: 1,
+            duration: Duration::from_secs(2),
+            requests_per_connection: None,
+        }
+    }
+
+    #[test]
+    fn against_a_real_server_the_rate_is_kept_and_a_stall_shows_in_the_tail() {
+        // One connection, 500 requests/s for 2 s; the server holds request
+        // 100 for 300 ms. The ~150 requests due meanwhile queue behind it
+        // and are each measured from their own schedule: p99 near 300 ms,
+        // where a closed-loop client would show one slow sample in 1,000.
+        let addr = server(100, Duration::from_millis(300));
+        let r = run(&plan(addr, 500.0, 1)).unwrap();
+        assert_eq!(r.completed, 1000);
+        assert_eq!((r.errors, r.non_2xx, r.unfinished), (0, 0, 0));
+        assert!(r.reached(), "achieved {}", r.achieved_rate);
+        let l = r.latencies;
+        assert!(l.max >= Duration::from_millis(300), "{l:?}");
+        assert!(l.p99 >= Duration::from_millis(250), "{l:?}");
+        assert!(l.p50 < Duration::from_millis(50), "{l:?}");
+        assert!(
+            r.generator_cpu > 0.0 && r.generator_cpu < 1.0,
+            "{}",
+            r.generator_cpu
+        );
+    }
+
+    #[test]
+    fn churn_reconnects_and_counts_every_request() {
+        let addr = server(u64::MAX, Duration::ZERO);
+        let mut p = plan(addr, 400.0, 4);
+        p.requests_per_connection = Some(10);
+        p.threads = 2;
+        let r = run(&p).unwrap();
+        assert_eq!(r.completed, 800);
+        assert_eq!((r.errors, r.non_2xx, r.unfinished), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_refused_port_is_counted_as_errors_not_a_hang() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut p = plan(port, 100.0, 2);
+        p.duration = Duration::from_millis(500);
+        let r = run(&p).unwrap();
+        assert_eq!(r.completed, 0);
+        assert!(r.errors > 0);
+        assert!(!r.reached());
+    }
+
     #[test]
     fn reached_needs_99_percent_and_nothing_cut_off() {
         assert!(rate_reached(50_000.0, 49_600.0, 0));
