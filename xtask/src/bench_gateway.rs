@@ -225,6 +225,9 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         Command::new(bin.join("bronze-gateway"))
             .args(["--workers", "1", "--addr", &format!("127.0.0.1:{gw}")])
             .args(["--admin-addr", &format!("127.0.0.1:{}", free_port()?)])
+            // Entities in memory, as the peers' configuration: no store
+            // file written (nor left in the working directory).
+            .args(["--data-dir", ""])
             .arg("--declarative-config")
             .arg(&kong)
             .env("RUST_LOG", "error"),

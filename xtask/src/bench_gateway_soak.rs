@@ -155,6 +155,9 @@ pub fn run(minutes: u32) -> anyhow::Result<()> {
         Command::new(bin.join("bronze-gateway"))
             .args(["--workers", "1", "--addr", &format!("127.0.0.1:{gw}")])
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            // Entities in memory, as the peers' configuration: no store
+            // file written (nor left in the working directory).
+            .args(["--data-dir", ""])
             .arg("--declarative-config")
             .arg(&docs[0])
             .env("RUST_LOG", "error"),

@@ -223,12 +223,29 @@ struct ThreadResult {
     last_done: Duration,
 }
 
-/// CPU time this thread has used (scheduler statistics, nanoseconds).
+/// CPU time this thread has used: the scheduler's nanoseconds, or where
+/// the kernel keeps no schedstat, user + system time in `/proc`'s fixed
+/// 100 ticks a second.
 fn thread_cpu() -> Duration {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
+    let sched = std::fs::read_to_string("/proc/thread-self/schedstat")
         .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .map_or(Duration::ZERO, Duration::from_nanos)
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .filter(|ns| *ns > 0);
+    if let Some(ns) = sched {
+        return Duration::from_nanos(ns);
+    }
+    std::fs::read_to_string("/proc/thread-self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces):
+            // state is the first, utime the 12th, stime the 13th.
+            let rest = s.rsplit_once(") ")?.1;
+            let mut f = rest.split_whitespace().skip(11);
+            let utime: u64 = f.next()?.parse().ok()?;
+            let stime: u64 = f.next()?.parse().ok()?;
+            Some(Duration::from_millis((utime + stime) * 10))
+        })
+        .unwrap_or(Duration::ZERO)
 }
 
 fn thread_main(
