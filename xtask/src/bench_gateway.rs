@@ -191,7 +191,9 @@ fn table_match_ns() -> anyhow::Result<f64> {
     Ok(ns)
 }
 
-pub fn run(seconds: u64) -> anyhow::Result<()> {
+/// `rate`: the fixed-rate run's requests/s (default: half the backend's
+/// wrk maximum).
+pub fn run(seconds: u64, rate: Option<f64>) -> anyhow::Result<()> {
     crate::prerequisites::apt(&[
         ("nginx", "nginx-light"),
         ("haproxy", "haproxy"),
@@ -270,7 +272,7 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         wrk("HAProxy (1 thread)", hap, seconds)?,
         wrk("Caddy (GOMAXPROCS=1)", cdy, seconds)?,
     ];
-    let rate = (runs[0].rps / 2.0).round();
+    let rate = rate.unwrap_or((runs[0].rps / 2.0).round());
     let ports = [backend, gw, ngx, hap, cdy];
     let targets: Vec<(&str, u16)> = runs.iter().map(|r| r.name.as_str()).zip(ports).collect();
     let fixed = crate::bench_gateway_rate::fixed_rate(&targets, rate, seconds)?;

@@ -46,6 +46,10 @@ enum Task {
         /// (10 when given alone): steady load, config swaps, memory sampled.
         #[arg(long, value_name = "MINUTES", num_args = 0..=1, default_missing_value = "10")]
         soak: Option<u32>,
+        /// gateway: requests/s of the fixed-rate run [default: half of what
+        /// wrk measured for the backend directly].
+        #[arg(long)]
+        rate: Option<f64>,
     },
 }
 
@@ -86,13 +90,14 @@ fn main() -> anyhow::Result<()> {
             only,
             containers,
             soak,
+            rate,
         } => match name.as_str() {
             "dns" => rt.block_on(xtask::bench_dns::run(seconds, runs, only.as_deref())),
             "registrator" => rt.block_on(xtask::bench_registrator::run(containers)),
             "registry" => rt.block_on(xtask::bench_registry::run(runs as usize)),
             "gateway" => match soak {
                 Some(minutes) => xtask::bench_gateway_soak::run(minutes),
-                None => xtask::bench_gateway::run(u64::from(seconds)),
+                None => xtask::bench_gateway::run(u64::from(seconds), rate),
             },
             other => {
                 anyhow::bail!(
