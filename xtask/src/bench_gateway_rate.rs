@@ -9,30 +9,42 @@ use crate::loadgen::{self, Plan, Report};
 
 /// Connections, as wrk's `-c50`.
 pub const CONNECTIONS: usize = 50;
-/// Generator threads (each a current-thread runtime).
-pub const THREADS: usize = 1;
+/// Generator threads (each a current-thread runtime): one, as wrk's `-t1`,
+/// unless one thread is busier than this share of a core during the first
+/// warm-up (against the backend directly), then two.
+const ONE_THREAD_LIMIT: f64 = 0.7;
 
 /// The plan for one target.
-pub fn plan(port: u16, rate: f64, seconds: u64) -> Plan {
+pub fn plan(port: u16, rate: f64, seconds: u64, threads: usize) -> Plan {
     Plan {
         addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         host: format!("127.0.0.1:{port}"),
         path: "/".into(),
         rate,
         connections: CONNECTIONS,
-        threads: THREADS,
+        threads,
         duration: Duration::from_secs(seconds),
         requests_per_connection: None,
     }
 }
 
 /// Each target in turn at `rate` requests/s: a one-second warm-up at the
-/// same rate, then `seconds` measured.
+/// same rate, then `seconds` measured. The first target should be the
+/// backend directly: its warm-up decides the generator's thread count.
 pub fn fixed_rate(targets: &[(&str, u16)], rate: f64, seconds: u64) -> anyhow::Result<Vec<Report>> {
     let mut reports = Vec::new();
-    for (name, port) in targets {
-        loadgen::run(&plan(*port, rate, 1))?;
-        let r = loadgen::run(&plan(*port, rate, seconds))?;
+    let mut threads = 1;
+    for (i, (name, port)) in targets.iter().enumerate() {
+        let warm = loadgen::run(&plan(*port, rate, 1, threads))?;
+        if i == 0 && warm.generator_cpu > ONE_THREAD_LIMIT {
+            threads = 2;
+            eprintln!(
+                "open-loop generator: one thread was {:.0}% busy at {rate:.0} requests/s; using two",
+                warm.generator_cpu * 100.0
+            );
+            loadgen::run(&plan(*port, rate, 1, threads))?;
+        }
+        let r = loadgen::run(&plan(*port, rate, seconds, threads))?;
         if !r.reached() || r.errors > 0 || r.non_2xx > 0 {
             eprintln!(
                 "{name}: {:.0} of {:.0} requests/s answered, {} errors, {} non-2xx, {} unanswered at the cut-off",
@@ -75,13 +87,17 @@ pub fn columns(r: &Report) -> String {
 /// whole core, its numbers include its own queueing.
 pub fn generator_note(reports: &[Report]) -> String {
     let busiest = reports.iter().map(|r| r.generator_cpu).fold(0.0, f64::max);
+    let per_request = reports.first().map_or(0.0, |r| {
+        r.generator_cpu_time.as_secs_f64() * 1e6 / r.completed.max(1) as f64
+    });
     let verdict = if busiest > 0.85 {
-        "near a whole core: the generator may be limiting; re-run with fewer targets at once or a lower rate"
+        "near a whole core: the generator may be limiting; use a lower --rate"
     } else {
-        "the generator had spare time"
+        "it had spare time"
     };
     format!(
-        "open-loop generator CPU: at most {:.0}% of a core per thread ({verdict})",
+        "open-loop generator: {} thread(s), at most {:.0}% of a core per thread ({verdict}); {per_request:.1} us of CPU per request against the backend",
+        reports.first().map_or(1, |r| r.plan.threads),
         busiest * 100.0
     )
 }

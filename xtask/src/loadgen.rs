@@ -156,6 +156,8 @@ pub struct Report {
     /// CPU time the generator's threads used, as a fraction of one core per
     /// thread (1.0: every thread was busy all the time).
     pub generator_cpu: f64,
+    /// The generator's threads' CPU time, all together.
+    pub generator_cpu_time: Duration,
 }
 
 impl Report {
@@ -208,6 +210,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Report> {
         achieved_rate: total.completed as f64 / elapsed.as_secs_f64(),
         latencies: total.latencies.summary(),
         generator_cpu: total.cpu.as_secs_f64() / (elapsed.as_secs_f64() * threads as f64),
+        generator_cpu_time: total.cpu,
     })
 }
 
