@@ -40,6 +40,25 @@ pub fn build_binaries(profile: Profile) -> anyhow::Result<PathBuf> {
 pub fn build_packages(packages: &[&str], profile: Profile) -> anyhow::Result<PathBuf> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root()).arg("build").arg("--locked");
+    // `cargo xtask` runs with the variables cargo sets for xtask itself;
+    // ring's build script reruns when CARGO_MANIFEST_DIR changes, so
+    // passing them on rebuilt ring, rustls and everything above it on
+    // every run (and again on the next plain `cargo build`).
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || matches!(
+                k.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+            )
+        {
+            cmd.env_remove(&key);
+        }
+    }
     if profile == Profile::Release {
         cmd.arg("--release");
     }
