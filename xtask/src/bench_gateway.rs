@@ -317,7 +317,11 @@ fn print_table(runs: &[Run], fixed: &[crate::loadgen::Report], seconds: u64) {
         bronze / runs[3].rps,
         bronze / runs[4].rps
     );
-    println!("{}", crate::bench_gateway_rate::generator_note(fixed));
+    let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+    println!(
+        "{}",
+        crate::bench_gateway_rate::generator_note(&names, fixed)
+    );
     println!("\ncommands (every target in turn; configs written by xtask/src/bench_gateway.rs):");
     println!(
         "  requests/s, p50, p99: wrk -t1 -c50 -d2s URL (warm-up), then wrk -t1 -c50 -d{seconds}s --latency URL"

@@ -268,6 +268,11 @@ pub fn run(minutes: u32) -> anyhow::Result<()> {
         ms(l.max)
     );
     println!(
+        "| generator: CPU, send lag p99 on idle connections | {:.0}% of a core, {:.2} ms |",
+        report.generator_cpu * 100.0,
+        ms(report.send_lag.p99)
+    );
+    println!(
         "| errors / non-2xx / unanswered | {} / {} / {} |",
         report.errors, report.non_2xx, report.unfinished
     );

@@ -158,6 +158,11 @@ pub struct Report {
     pub generator_cpu: f64,
     /// The generator's threads' CPU time, all together.
     pub generator_cpu_time: Duration,
+    /// How late the generator itself sent requests whose connection was
+    /// idle at their scheduled time (timer and thread wake-up delays; not
+    /// the target's doing). Large values: the generator, or the machine,
+    /// was the limit.
+    pub send_lag: Summary,
 }
 
 impl Report {
@@ -193,6 +198,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Report> {
     for r in results {
         let r = r?;
         total.latencies.merge(&r.latencies);
+        total.send_lag.merge(&r.send_lag);
         total.completed += r.completed;
         total.non_2xx += r.non_2xx;
         total.errors += r.errors;
@@ -211,12 +217,14 @@ pub fn run(plan: &Plan) -> anyhow::Result<Report> {
         latencies: total.latencies.summary(),
         generator_cpu: total.cpu.as_secs_f64() / (elapsed.as_secs_f64() * threads as f64),
         generator_cpu_time: total.cpu,
+        send_lag: total.send_lag.summary(),
     })
 }
 
 #[derive(Default)]
 struct ThreadResult {
     latencies: Latencies,
+    send_lag: Latencies,
     completed: u64,
     non_2xx: u64,
     errors: u64,
@@ -270,6 +278,7 @@ fn thread_main(
         for r in futures::future::join_all(conns).await {
             let r = r?;
             total.latencies.merge(&r.latencies);
+            total.send_lag.merge(&r.send_lag);
             total.completed += r.completed;
             total.non_2xx += r.non_2xx;
             total.errors += r.errors;
@@ -309,13 +318,13 @@ impl Pacer {
         Ok(Self(fd))
     }
 
-    /// Returns at `due` (at once when it has passed).
-    async fn sleep_until(&self, due: Instant) -> std::io::Result<()> {
+    /// Returns at `due` (at once when it has passed); whether it waited.
+    async fn sleep_until(&self, due: Instant) -> std::io::Result<bool> {
         let Some(wait) = due
             .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
         else {
-            return Ok(());
+            return Ok(false);
         };
         self.0
             .get_ref()
@@ -327,7 +336,7 @@ impl Pacer {
             // Reading the expiration count fails with EAGAIN until the alarm
             // has gone off; try_io then clears the readiness.
             match ready.try_io(|fd| fd.get_ref().0.wait().map_err(std::io::Error::from)) {
-                Ok(r) => return r,
+                Ok(r) => return r.map(|()| true),
                 Err(_would_block) => continue,
             }
         }
@@ -438,10 +447,14 @@ async fn on_connection(
 ) {
     while st.next < limit {
         let due = start + scheduled(conn, st.next, plan.connections, plan.rate);
-        if pacer.sleep_until(due).await.is_err() {
-            st.result.errors += 1;
-            st.next += 1;
-            return;
+        match pacer.sleep_until(due).await {
+            Ok(true) => st.result.send_lag.record(due, Instant::now()),
+            Ok(false) => {}
+            Err(_) => {
+                st.result.errors += 1;
+                st.next += 1;
+                return;
+            }
         }
         // Closed by the server between requests (keep-alive limit): not a
         // failed request; reconnect and send it there.
@@ -679,6 +692,8 @@ mod tests {
             "{}",
             r.generator_cpu
         );
+        // The connection was idle before most sends: their lateness is known.
+        assert!(r.send_lag.count > 500, "{:?}", r.send_lag);
     }
 
     #[test]
