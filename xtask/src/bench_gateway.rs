@@ -279,14 +279,13 @@ pub fn run(seconds: u64, rate: Option<f64>) -> anyhow::Result<()> {
     let ns = table_match_ns()?;
     let _ = std::fs::remove_dir_all(&dir);
 
-    print_table(&runs, &fixed, seconds);
-    println!("routing table of 10,000 routes: {ns:.0} ns per match");
+    print_table(&runs, &fixed, seconds, ns);
     Ok(())
 }
 
 /// One table: wrk's closed-loop figures and the fixed-rate ones per target,
 /// then the ratios and the exact load commands.
-fn print_table(runs: &[Run], fixed: &[crate::loadgen::Report], seconds: u64) {
+fn print_table(runs: &[Run], fixed: &[crate::loadgen::Report], seconds: u64, match_ns: f64) {
     let bronze = runs[1].rps;
     let rate = fixed.first().map_or(0.0, |r| r.plan.rate);
     println!(
@@ -322,6 +321,7 @@ fn print_table(runs: &[Run], fixed: &[crate::loadgen::Report], seconds: u64) {
         "{}",
         crate::bench_gateway_rate::generator_note(&names, fixed)
     );
+    println!("routing table of 10,000 routes: {match_ns:.0} ns per match");
     println!("\ncommands (every target in turn; configs written by xtask/src/bench_gateway.rs):");
     println!(
         "  requests/s, p50, p99: wrk -t1 -c50 -d2s URL (warm-up), then wrk -t1 -c50 -d{seconds}s --latency URL"
@@ -334,7 +334,9 @@ fn print_table(runs: &[Run], fixed: &[crate::loadgen::Report], seconds: u64) {
                 .replace(&r.plan.addr.to_string(), "TARGET")
         );
     }
-    println!("  bronze-gateway --workers 1 --declarative-config kong.json (RUST_LOG=error)");
+    println!(
+        "  bronze-gateway --workers 1 --data-dir '' --declarative-config kong.json (RUST_LOG=error)"
+    );
     println!(
         "  nginx -p DIR -c nginx.conf (worker_processes 1, upstream keepalive 64, access_log off)"
     );

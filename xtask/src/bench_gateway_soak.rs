@@ -288,7 +288,9 @@ pub fn run(minutes: u32) -> anyhow::Result<()> {
         .collect();
     println!("\nVmRSS (MB) over time: {}", series.join(", "));
     println!("\ncommands:");
-    println!("  bronze-gateway --workers 1 --declarative-config small.json (RUST_LOG=error)");
+    println!(
+        "  bronze-gateway --workers 1 --data-dir '' --declarative-config small.json (RUST_LOG=error)"
+    );
     println!(
         "  load: {}",
         plan.describe().replace(&plan.addr.to_string(), "GATEWAY")
