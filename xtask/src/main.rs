@@ -30,7 +30,7 @@ enum Task {
     /// dns, registrator, registry, gateway.
     Bench {
         name: String,
-        /// Seconds per dnsperf or wrk run.
+        /// Seconds per dnsperf or wrk run (and per fixed-rate run: gateway).
         #[arg(long, default_value_t = 10)]
         seconds: u32,
         /// Runs per peer (the median is reported).
