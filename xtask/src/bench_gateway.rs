@@ -1,11 +1,14 @@
 //! `cargo xtask bench gateway`: one fast backend (Debian's nginx answering
 //! a fixed 200 body), and wrk (`-t1 -c50`) against it directly and through
 //! bronze-gateway (one worker thread), nginx as a proxy (one worker,
-//! upstream keep-alive) and HAProxy (one thread), each with the same single
-//! route; requests/s, p50/p99 and ratios. Also bronze-gateway with
-//! key-auth, rate-limiting (a limit never reached) and prometheus (status
-//! codes and latencies) on one route, against plain nginx (issue goal:
-//! at least 0.9x). And the routing table: 10,000 routes, time per match.
+//! upstream keep-alive), HAProxy (one thread) and Caddy (GOMAXPROCS=1),
+//! each with the same single route; requests/s, p50/p99 and ratios. Also
+//! bronze-gateway with key-auth, rate-limiting (a limit never reached) and
+//! prometheus on one route, against plain nginx (issue goal: at least
+//! 0.9x). Then every target at one fixed rate, half the backend's maximum,
+//! latency corrected for coordinated omission (`bench_gateway_rate`). And
+//! the routing table: 10,000 routes, time per match. `--soak` is in
+//! `bench_gateway_soak`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -14,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::bench_util::{Proc, free_port};
 use anyhow::{Context, bail};
 
-fn wait_ready(port: u16, what: &str) -> anyhow::Result<()> {
+pub(crate) fn wait_ready(port: u16, what: &str) -> anyhow::Result<()> {
     for _ in 0..200 {
         let ok = Command::new("curl")
             .args(["-s", "-f", "-o", "/dev/null"])
@@ -29,7 +32,7 @@ fn wait_ready(port: u16, what: &str) -> anyhow::Result<()> {
     bail!("{what} did not answer on port {port}")
 }
 
-fn spawn(cmd: &mut Command) -> anyhow::Result<Proc> {
+pub(crate) fn spawn(cmd: &mut Command) -> anyhow::Result<Proc> {
     Ok(Proc(
         cmd.stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -38,7 +41,7 @@ fn spawn(cmd: &mut Command) -> anyhow::Result<Proc> {
     ))
 }
 
-fn nginx(dir: &Path, name: &str, body: &str) -> anyhow::Result<Proc> {
+pub(crate) fn nginx(dir: &Path, name: &str, body: &str) -> anyhow::Result<Proc> {
     let prefix = dir.join(name);
     std::fs::create_dir_all(prefix.join("logs"))?;
     let conf = format!(
@@ -57,6 +60,33 @@ fn nginx(dir: &Path, name: &str, body: &str) -> anyhow::Result<Proc> {
             .arg(&prefix)
             .arg("-c")
             .arg(&file),
+    )
+}
+
+/// Caddy as a reverse proxy on `port` to the backend: one route, upstream
+/// keep-alive (64 idle connections, as nginx's `keepalive 64`), no access
+/// log (Caddy logs none unless asked), admin endpoint off, run with
+/// GOMAXPROCS=1 (one thread running Go code, as one nginx worker).
+fn caddy(dir: &Path, port: u16, backend: u16) -> anyhow::Result<Proc> {
+    let home = dir.join("caddy");
+    std::fs::create_dir_all(&home)?;
+    let file = home.join("Caddyfile");
+    std::fs::write(
+        &file,
+        format!(
+            "{{\n admin off\n auto_https off\n}}\n\
+             http://:{port} {{\n bind 127.0.0.1\n reverse_proxy 127.0.0.1:{backend} {{\n  transport http {{\n   \
+             keepalive 5m\n   keepalive_idle_conns 64\n   keepalive_idle_conns_per_host 64\n  }}\n }}\n}}\n"
+        ),
+    )?;
+    spawn(
+        Command::new("caddy")
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&file)
+            .env("GOMAXPROCS", "1")
+            .env("HOME", &home)
+            .env("XDG_DATA_HOME", &home)
+            .env("XDG_CONFIG_HOME", &home),
     )
 }
 
@@ -197,14 +227,17 @@ fn table_match_ns() -> anyhow::Result<f64> {
     Ok(ns)
 }
 
-pub fn run(seconds: u64) -> anyhow::Result<()> {
+/// `rate`: the fixed-rate run's requests/s (default: half the backend's
+/// wrk maximum).
+pub fn run(seconds: u64, rate: Option<f64>) -> anyhow::Result<()> {
     crate::prerequisites::apt(&[
         ("nginx", "nginx-light"),
         ("haproxy", "haproxy"),
+        ("caddy", "caddy"),
         ("wrk", "wrk"),
         ("curl", "curl"),
     ])?;
-    let bin = crate::build_binaries(crate::Profile::Release)?;
+    let bin = crate::build_packages(&["bronze-gateway"], crate::Profile::Release)?;
     let dir = std::env::temp_dir().join(format!("bronze-bench-gateway-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
 
@@ -225,6 +258,9 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         Command::new(bin.join("bronze-gateway"))
             .args(["--workers", "1", "--addr", &format!("127.0.0.1:{gw}")])
             .args(["--admin-addr", &format!("127.0.0.1:{}", free_port()?)])
+            // Entities in memory, as the peers' configuration: no store
+            // file written (nor left in the working directory).
+            .args(["--data-dir", ""])
             .arg("--declarative-config")
             .arg(&kong)
             .env("RUST_LOG", "error"),
@@ -264,11 +300,16 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     if !plugins_ready {
         bail!("bronze-gateway refused the key-auth route's key");
     }
+    let cdy = free_port()?;
+    let _caddy = caddy(&dir, cdy, backend)?;
+    wait_ready(cdy, "caddy")?;
+
     let runs = vec![
         wrk("backend directly", backend, seconds)?,
         wrk("bronze-gateway (1 worker)", gw, seconds)?,
         wrk("nginx proxy (1 worker, keep-alive)", ngx, seconds)?,
         wrk("HAProxy (1 thread)", hap, seconds)?,
+        wrk("Caddy (GOMAXPROCS=1)", cdy, seconds)?,
         wrk_with(
             "bronze-gateway + key-auth, rate-limiting, prometheus",
             gw,
@@ -277,35 +318,82 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
             seconds,
         )?,
     ];
+    let rate = rate.unwrap_or((runs[0].rps / 2.0).round());
+    let ports = [backend, gw, ngx, hap, cdy];
+    let targets: Vec<(&str, u16)> = runs.iter().map(|r| r.name.as_str()).zip(ports).collect();
+    let fixed = crate::bench_gateway_rate::fixed_rate(&targets, rate, seconds)?;
     let ns = table_match_ns()?;
     let _ = std::fs::remove_dir_all(&dir);
 
-    let (bronze, nginx_rps, haproxy) = (runs[1].rps, runs[2].rps, runs[3].rps);
+    print_table(&runs, &fixed, seconds, ns);
+    Ok(())
+}
+
+/// One table: wrk's closed-loop figures and the fixed-rate ones per target,
+/// then the ratios and the exact load commands.
+fn print_table(runs: &[Run], fixed: &[crate::loadgen::Report], seconds: u64, match_ns: f64) {
+    let bronze = runs[1].rps;
+    let rate = fixed.first().map_or(0.0, |r| r.plan.rate);
     println!(
-        "\nwrk -t1 -c50 -d{seconds}s, one route to one nginx backend; {} cores\n",
+        "\none route to one nginx backend; {} cores\n",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    println!("| target | requests/s | p50 | p99 | bronze-gateway / this |");
-    println!("|---|---|---|---|---|");
-    for r in &runs {
+    println!(
+        "| target | requests/s | p50 | p99 | bronze-gateway / this | at {rate:.0}/s: achieved | p50 | p99 | p99.9 | max |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (i, r) in runs.iter().enumerate() {
         println!(
-            "| {} | {:.0} | {:.2} ms | {:.2} ms | {:.2}x |",
+            "| {} | {:.0} | {:.2} ms | {:.2} ms | {:.2}x | {} |",
             r.name,
             r.rps,
             r.p50_ms,
             r.p99_ms,
-            bronze / r.rps
+            bronze / r.rps,
+            fixed.get(i).map_or_else(
+                || "- | - | - | - | -".into(),
+                crate::bench_gateway_rate::columns
+            )
         );
     }
     println!(
-        "\nbronze-gateway: {:.2}x nginx, {:.2}x HAProxy",
-        bronze / nginx_rps,
-        bronze / haproxy
+        "\nbronze-gateway: {:.2}x nginx, {:.2}x HAProxy, {:.2}x Caddy",
+        bronze / runs[2].rps,
+        bronze / runs[3].rps,
+        bronze / runs[4].rps
+    );
+    let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+    println!(
+        "{}",
+        crate::bench_gateway_rate::generator_note(&names, fixed)
+    );
+    println!("routing table of 10,000 routes: {match_ns:.0} ns per match");
+    println!("\ncommands (every target in turn; configs written by xtask/src/bench_gateway.rs):");
+    println!(
+        "  requests/s, p50, p99: wrk -t1 -c50 -d2s URL (warm-up), then wrk -t1 -c50 -d{seconds}s --latency URL"
+    );
+    if let Some(r) = fixed.first() {
+        println!(
+            "  fixed rate: 1 s warm-up, then {}",
+            r.plan
+                .describe()
+                .replace(&r.plan.addr.to_string(), "TARGET")
+        );
+    }
+    println!(
+        "  bronze-gateway --workers 1 --data-dir '' --declarative-config kong.json (RUST_LOG=error)"
     );
     println!(
-        "bronze-gateway with key-auth, rate-limiting and prometheus: {:.2}x plain nginx (goal: 0.9x)",
-        runs[4].rps / nginx_rps
+        "  nginx -p DIR -c nginx.conf (worker_processes 1, upstream keepalive 64, access_log off)"
     );
-    println!("routing table of 10,000 routes: {ns:.0} ns per match");
-    Ok(())
+    println!("  haproxy -f haproxy.cfg (nbthread 1, http-reuse always, no log)");
+    println!(
+        "  GOMAXPROCS=1 caddy run --adapter caddyfile --config Caddyfile (admin off, keepalive_idle_conns 64)"
+    );
+    if let Some(p) = runs.get(5) {
+        println!(
+            "bronze-gateway with key-auth, rate-limiting and prometheus: {:.2}x plain nginx (goal: 0.9x)",
+            p.rps / runs[2].rps
+        );
+    }
 }

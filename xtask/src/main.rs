@@ -30,7 +30,7 @@ enum Task {
     /// dns, registrator, registry, gateway.
     Bench {
         name: String,
-        /// Seconds per dnsperf or wrk run.
+        /// Seconds per dnsperf or wrk run (and per fixed-rate run: gateway).
         #[arg(long, default_value_t = 10)]
         seconds: u32,
         /// Runs per peer (the median is reported).
@@ -42,6 +42,14 @@ enum Task {
         /// Containers started at once (registrator).
         #[arg(long, default_value_t = 100)]
         containers: usize,
+        /// gateway: instead of the table, a soak of this many minutes
+        /// (10 when given alone): steady load, config swaps, memory sampled.
+        #[arg(long, value_name = "MINUTES", num_args = 0..=1, default_missing_value = "10")]
+        soak: Option<u32>,
+        /// gateway: requests/s of the fixed-rate run [default: half of what
+        /// wrk measured for the backend directly].
+        #[arg(long)]
+        rate: Option<f64>,
     },
 }
 
@@ -81,11 +89,16 @@ fn main() -> anyhow::Result<()> {
             runs,
             only,
             containers,
+            soak,
+            rate,
         } => match name.as_str() {
             "dns" => rt.block_on(xtask::bench_dns::run(seconds, runs, only.as_deref())),
             "registrator" => rt.block_on(xtask::bench_registrator::run(containers)),
             "registry" => rt.block_on(xtask::bench_registry::run(runs as usize)),
-            "gateway" => xtask::bench_gateway::run(u64::from(seconds)),
+            "gateway" => match soak {
+                Some(minutes) => xtask::bench_gateway_soak::run(minutes),
+                None => xtask::bench_gateway::run(u64::from(seconds), rate),
+            },
             other => {
                 anyhow::bail!(
                     "no benchmark named {other:?}; available: dns, registrator, registry, gateway"
