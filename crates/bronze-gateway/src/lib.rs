@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod plugins;
 pub mod proxy;
 pub mod router;
+pub mod secrets;
 pub mod tls;
 pub mod upstream;
 
