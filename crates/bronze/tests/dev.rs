@@ -154,8 +154,9 @@ async fn dev_prints_its_listeners_serves_and_stops_on_sigterm() {
         r.text().await.expect("body"),
         r#"{"message":"no Route matched with those values"}"#
     );
-    // The gateway resolves `<svc>.service.bronze` with the in-process
-    // discovery DNS: a service registered now is reachable through it.
+    // The gateway resolves names with the in-process discovery DNS (SRV:
+    // address and port): a service registered now is reachable through an
+    // RFC 2782 name (`<svc>.service.bronze` alone would follow gRPC).
     let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("backend binds");
@@ -192,7 +193,7 @@ async fn dev_prints_its_listeners_serves_and_stops_on_sigterm() {
     let r = reqwest::Client::new()
         .post(format!("http://{admin_api}/services"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("name=devgw&url=http://{svc}.service.bronze/"))
+        .body(format!("name=devgw&url=http://_{svc}._tcp.service.bronze/"))
         .send()
         .await
         .expect("admin");

@@ -952,6 +952,19 @@ async fn certificates_and_snis_created_through_the_admin_api_are_served_at_once(
         .unwrap_or_default();
     assert!(names.contains(&"b.example.com"), "{snis}");
 
+    // A name a certificate already has is refused and changes nothing.
+    let (code, body) = admin_call(
+        &gw,
+        "POST",
+        "/snis",
+        &["-d", "name=a.example.com", "-d", &cert_id],
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(
+        s_client(gw.tls, "a.example.com", &[]).await,
+        "subject=CN = a"
+    );
     // A name taken twice is refused and changes nothing.
     let (code, body) = admin_call(
         &gw,
