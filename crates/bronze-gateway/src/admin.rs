@@ -455,6 +455,8 @@ impl Admin {
         form: bool,
         status: StatusCode,
     ) -> Response {
+        let mut body = body;
+        let snis = crate::certs::take_snis(k, &mut body);
         let mut current = self.state.lock().await;
         let mut next = current.clone();
         let (id, v) = match self.prepare(&next, k, body, None) {
@@ -462,10 +464,31 @@ impl Admin {
             Err(r) => return *r,
         };
         next.insert(k, id.clone(), v);
+        if let Err(r) = self.give_snis(&mut next, &id, snis) {
+            return *r;
+        }
         match self.commit(&mut current, next, Some((k, &id)), form).await {
-            Ok(e) => json_response(status, e.get(k, &id).cloned().unwrap_or_default()),
+            Ok(e) => json_response(status, shown(&e, k, &id)),
             Err(r) => *r,
         }
+    }
+
+    /// A certificate's `snis` sugar: its SNI entities replaced by `names`.
+    fn give_snis(
+        &self,
+        next: &mut Entities,
+        cert_id: &str,
+        names: Option<Vec<Value>>,
+    ) -> Result<(), Box<Response>> {
+        let (Some(names), Some(k)) = (names, entities::kind("snis")) else {
+            return Ok(());
+        };
+        crate::certs::remove_snis(next, cert_id);
+        for body in crate::certs::sni_bodies(cert_id, names) {
+            let (id, v) = self.prepare(next, k, body, None)?;
+            next.insert(k, id, v);
+        }
+        Ok(())
     }
 
     /// PUT (replace) or PATCH (merge) of an existing entity.
@@ -477,6 +500,8 @@ impl Admin {
         patch: bool,
         form: bool,
     ) -> Response {
+        let mut body = body;
+        let snis = crate::certs::take_snis(k, &mut body);
         let mut current = self.state.lock().await;
         let Some(old) = current.get(k, id).cloned() else {
             return not_found();
@@ -497,8 +522,11 @@ impl Admin {
             Err(r) => return *r,
         };
         next.insert(k, id.clone(), v);
+        if let Err(r) = self.give_snis(&mut next, &id, snis) {
+            return *r;
+        }
         match self.commit(&mut current, next, Some((k, &id)), form).await {
-            Ok(e) => json_response(StatusCode::OK, e.get(k, &id).cloned().unwrap_or_default()),
+            Ok(e) => json_response(StatusCode::OK, shown(&e, k, &id)),
             Err(r) => *r,
         }
     }
@@ -562,6 +590,14 @@ impl Admin {
             serde_json::to_value(running).unwrap_or_default(),
         )
     }
+}
+
+/// Entity `id` of kind `k` as the API shows it.
+fn shown(e: &Entities, k: &Kind, id: &str) -> Value {
+    e.get(k, id)
+        .cloned()
+        .map(|v| crate::certs::shown(e, k, v))
+        .unwrap_or_default()
 }
 
 /// Kong's PATCH: fields replaced, nested records (a plugin's `config`)
@@ -725,7 +761,11 @@ fn list(
         .filter(|(_, v)| {
             scope.is_none_or(|(field, id)| v.get(field).and_then(entities::fk_id) == Some(id))
         });
-    let data: Vec<Value> = page.by_ref().take(size).map(|(_, v)| v.clone()).collect();
+    let data: Vec<Value> = page
+        .by_ref()
+        .take(size)
+        .map(|(_, v)| crate::certs::shown(current, k, v.clone()))
+        .collect();
     let more = page.next().is_some();
     let last = data
         .last()
@@ -819,9 +859,9 @@ async fn dispatch(
             match (method, found) {
                 (Method::GET, Some(id)) => {
                     let current = a.state.lock().await;
-                    current
-                        .get(k, &id)
-                        .map_or_else(not_found, |v| json_response(StatusCode::OK, v.clone()))
+                    current.get(k, &id).map_or_else(not_found, |_| {
+                        json_response(StatusCode::OK, shown(&current, k, &id))
+                    })
                 }
                 (Method::GET | Method::PATCH, None) => not_found(),
                 (Method::PATCH, Some(id)) => match body_value(&headers, &body) {

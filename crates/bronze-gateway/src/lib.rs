@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod balancer;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod declarative;

@@ -951,6 +951,11 @@ async fn certificates_and_snis_created_through_the_admin_api_are_served_at_once(
         .map(|a| a.iter().filter_map(|s| s["name"].as_str()).collect())
         .unwrap_or_default();
     assert!(names.contains(&"b.example.com"), "{snis}");
+    // The sugar made an SNI entity too, as in Kong.
+    assert!(names.contains(&"a.example.com"), "{snis}");
+    let second_id = second["id"].as_str().unwrap_or_default();
+    let (_, got) = admin_call(&gw, "GET", &format!("/certificates/{second_id}"), &[]).await;
+    assert_eq!(got["snis"], serde_json::json!(["b.example.com"]), "{got}");
 
     // A name a certificate already has is refused and changes nothing.
     let (code, body) = admin_call(
@@ -960,7 +965,8 @@ async fn certificates_and_snis_created_through_the_admin_api_are_served_at_once(
         &["-d", "name=a.example.com", "-d", &cert_id],
     )
     .await;
-    assert_eq!(code, 400, "{body}");
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["name"], "unique constraint violation", "{body}");
     assert_eq!(
         s_client(gw.tls, "a.example.com", &[]).await,
         "subject=CN = a"
@@ -981,4 +987,24 @@ async fn certificates_and_snis_created_through_the_admin_api_are_served_at_once(
     assert_ne!(code, 0, "b.example.com has no certificate any more");
     let (code, status, _) = curl_https(&gw, "a.example.com", "/users", &ca.cert_path, &[]).await;
     assert_eq!((code, status.as_str()), (0, "2 200"));
+
+    // PATCH with `snis` replaces the certificate's names.
+    let (code, got) = admin_call(
+        &gw,
+        "PATCH",
+        &format!("/certificates/{second_id}"),
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"snis": ["b2.example.com"]}"#,
+        ],
+    )
+    .await;
+    assert_eq!(code, 200, "{got}");
+    assert_eq!(got["snis"], serde_json::json!(["b2.example.com"]), "{got}");
+    assert_eq!(
+        s_client(gw.tls, "b2.example.com", &[]).await,
+        "subject=CN = b"
+    );
 }
