@@ -340,3 +340,76 @@ async fn basic_auth_passwords_are_stored_hashed_and_a_reposted_config_still_work
     let (code, _) = proxied(&gw, "/b", &["-u", "ann:second try"]).await;
     assert_eq!(code, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_an_older_build_stored_in_clear_are_hashed_at_start() {
+    use bronze_store::{Op, RedbStore, Store};
+    let backend = echo("a").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (svc, route, plugin, consumer, cred) = (
+        "2b1a0b6e-0a8f-4c43-9a41-0c7d4b7f0001",
+        "2b1a0b6e-0a8f-4c43-9a41-0c7d4b7f0002",
+        "2b1a0b6e-0a8f-4c43-9a41-0c7d4b7f0003",
+        "2b1a0b6e-0a8f-4c43-9a41-0c7d4b7f0004",
+        "2b1a0b6e-0a8f-4c43-9a41-0c7d4b7f0005",
+    );
+    {
+        let store = RedbStore::open(&dir.path().join("gateway.redb")).expect("store");
+        let put = |ns: &str, id: &str, v: Value| Op::put(ns, id, v.to_string());
+        store
+            .apply(&[
+                put(
+                    "gateway.services",
+                    svc,
+                    serde_json::json!({"id": svc, "name": "s", "url": format!("http://{backend}")}),
+                ),
+                put(
+                    "gateway.routes",
+                    route,
+                    serde_json::json!({"id": route, "paths": ["/b"], "service": {"id": svc}}),
+                ),
+                put(
+                    "gateway.plugins",
+                    plugin,
+                    serde_json::json!({"id": plugin, "name": "basic-auth", "route": {"id": route}}),
+                ),
+                put(
+                    "gateway.consumers",
+                    consumer,
+                    serde_json::json!({"id": consumer, "username": "ann"}),
+                ),
+                put(
+                    "gateway.basicauth_credentials",
+                    cred,
+                    serde_json::json!({"id": cred, "username": "ann", "password": "in clear",
+                        "consumer": {"id": consumer}}),
+                ),
+            ])
+            .expect("write");
+    }
+    let mut config = Config::ephemeral();
+    config.data_dir = dir.path().display().to_string();
+    let server = Server::bind(config).await.expect("gateway binds");
+    let gw = Running {
+        addr: server.addr(),
+        admin: server.admin_addr(),
+        _shutdown: Shutdown::new(),
+    };
+    let sd = gw._shutdown.clone();
+    tokio::spawn(async move { server.serve(sd).await.expect("gateway serves") });
+
+    let (code, got) = admin(&gw, "GET", &format!("/basic-auths/{cred}"), &[]).await;
+    assert_eq!(code, 200, "{got}");
+    assert!(
+        got["password"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("$2b$")),
+        "{got}"
+    );
+    let (_, config) = admin(&gw, "GET", "/config", &[]).await;
+    assert!(!config.to_string().contains("in clear"), "{config}");
+    let (code, _) = proxied(&gw, "/b", &["-u", "ann:in clear"]).await;
+    assert_eq!(code, 200);
+    let (code, _) = proxied(&gw, "/b", &["-u", "ann:wrong"]).await;
+    assert_eq!(code, 401);
+}
