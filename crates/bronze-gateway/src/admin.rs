@@ -109,7 +109,8 @@ pub fn from_document(
 ) -> Result<(Entities, Declarative, Table), Invalid> {
     let as_written = declarative::parse_value(doc)?;
     flat::compile(&as_written, &Arc::default())?;
-    let e = Entities::from_document(doc)?;
+    let mut e = Entities::from_document(doc)?;
+    crate::secrets::hash_all(&mut e)?;
     for k in KINDS {
         for group in k.unique {
             let mut seen = std::collections::HashSet::new();
@@ -409,7 +410,9 @@ impl Admin {
             .unwrap_or(now.into());
         o.insert("created_at".into(), created);
         o.insert("updated_at".into(), now.into());
-        let v = Value::Object(o);
+        let mut v = Value::Object(o);
+        crate::secrets::hash_entity(k, &mut v)
+            .map_err(|e| Box::new(schema_violation(&e.field, &e.message)))?;
         for group in k.unique {
             let key: Vec<Option<&Value>> = group
                 .iter()
@@ -452,6 +455,8 @@ impl Admin {
         form: bool,
         status: StatusCode,
     ) -> Response {
+        let mut body = body;
+        let snis = crate::certs::take_snis(k, &mut body);
         let mut current = self.state.lock().await;
         let mut next = current.clone();
         let (id, v) = match self.prepare(&next, k, body, None) {
@@ -459,10 +464,31 @@ impl Admin {
             Err(r) => return *r,
         };
         next.insert(k, id.clone(), v);
+        if let Err(r) = self.give_snis(&mut next, &id, snis) {
+            return *r;
+        }
         match self.commit(&mut current, next, Some((k, &id)), form).await {
-            Ok(e) => json_response(status, e.get(k, &id).cloned().unwrap_or_default()),
+            Ok(e) => json_response(status, shown(&e, k, &id)),
             Err(r) => *r,
         }
+    }
+
+    /// A certificate's `snis` sugar: its SNI entities replaced by `names`.
+    fn give_snis(
+        &self,
+        next: &mut Entities,
+        cert_id: &str,
+        names: Option<Vec<Value>>,
+    ) -> Result<(), Box<Response>> {
+        let (Some(names), Some(k)) = (names, entities::kind("snis")) else {
+            return Ok(());
+        };
+        crate::certs::remove_snis(next, cert_id);
+        for body in crate::certs::sni_bodies(cert_id, names) {
+            let (id, v) = self.prepare(next, k, body, None)?;
+            next.insert(k, id, v);
+        }
+        Ok(())
     }
 
     /// PUT (replace) or PATCH (merge) of an existing entity.
@@ -474,6 +500,8 @@ impl Admin {
         patch: bool,
         form: bool,
     ) -> Response {
+        let mut body = body;
+        let snis = crate::certs::take_snis(k, &mut body);
         let mut current = self.state.lock().await;
         let Some(old) = current.get(k, id).cloned() else {
             return not_found();
@@ -494,8 +522,11 @@ impl Admin {
             Err(r) => return *r,
         };
         next.insert(k, id.clone(), v);
+        if let Err(r) = self.give_snis(&mut next, &id, snis) {
+            return *r;
+        }
         match self.commit(&mut current, next, Some((k, &id)), form).await {
-            Ok(e) => json_response(StatusCode::OK, e.get(k, &id).cloned().unwrap_or_default()),
+            Ok(e) => json_response(StatusCode::OK, shown(&e, k, &id)),
             Err(r) => *r,
         }
     }
@@ -559,6 +590,14 @@ impl Admin {
             serde_json::to_value(running).unwrap_or_default(),
         )
     }
+}
+
+/// Entity `id` of kind `k` as the API shows it.
+fn shown(e: &Entities, k: &Kind, id: &str) -> Value {
+    e.get(k, id)
+        .cloned()
+        .map(|v| crate::certs::shown(e, k, v))
+        .unwrap_or_default()
 }
 
 /// Kong's PATCH: fields replaced, nested records (a plugin's `config`)
@@ -722,7 +761,11 @@ fn list(
         .filter(|(_, v)| {
             scope.is_none_or(|(field, id)| v.get(field).and_then(entities::fk_id) == Some(id))
         });
-    let data: Vec<Value> = page.by_ref().take(size).map(|(_, v)| v.clone()).collect();
+    let data: Vec<Value> = page
+        .by_ref()
+        .take(size)
+        .map(|(_, v)| crate::certs::shown(current, k, v.clone()))
+        .collect();
     let more = page.next().is_some();
     let last = data
         .last()
@@ -816,9 +859,9 @@ async fn dispatch(
             match (method, found) {
                 (Method::GET, Some(id)) => {
                     let current = a.state.lock().await;
-                    current
-                        .get(k, &id)
-                        .map_or_else(not_found, |v| json_response(StatusCode::OK, v.clone()))
+                    current.get(k, &id).map_or_else(not_found, |_| {
+                        json_response(StatusCode::OK, shown(&current, k, &id))
+                    })
                 }
                 (Method::GET | Method::PATCH, None) => not_found(),
                 (Method::PATCH, Some(id)) => match body_value(&headers, &body) {
@@ -1000,6 +1043,119 @@ async fn auth(State(a): State<Arc<Admin>>, req: Request, next: Next) -> Response
     next.run(req).await
 }
 
+/// Kong's `GET /upstreams/{u}/health`: the balancer's view of each target
+/// (`HEALTHY`, `UNHEALTHY`, `HEALTHCHECKS_OFF`), one entry per resolved
+/// address, with the declared target's `id` and `upstream` when the
+/// address is written as declared; `?balancer_health=1` gives the
+/// upstream's own health instead: Kong's rule, healthy while the healthy
+/// targets' share of the weight is at least `healthchecks.threshold`
+/// percent (0, the only value Bronze takes: healthy while it has weight).
+async fn upstream_health(
+    State(a): State<Arc<Admin>>,
+    axum::extract::Path(key): axum::extract::Path<String>,
+    uri: Uri,
+) -> Response {
+    let (uid, name, threshold, targets) = {
+        let current = a.state.lock().await;
+        let Some(k) = entities::kind("upstreams") else {
+            return not_found();
+        };
+        let Some(uid) = current.find(k, &key, None) else {
+            return not_found();
+        };
+        let u = current.get(k, &uid).cloned().unwrap_or_default();
+        let name = u
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let threshold = u
+            .pointer("/healthchecks/threshold")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        let targets: Vec<Value> = entities::kind("targets")
+            .map(|t| {
+                current
+                    .of(t)
+                    .filter(|(_, v)| v.get("upstream").and_then(entities::fk_id) == Some(&uid))
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (uid, name, threshold, targets)
+    };
+    let Some(health) = a.gateway.proxy.table.load().upstream_health(&name) else {
+        return not_found();
+    };
+    let mut data: Vec<Value> = health
+        .get("data")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for entry in &mut data {
+        let addr = entry
+            .get("target")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let declared = targets.iter().find(|t| {
+            t.get("target")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t == addr || (!t.contains(':') && format!("{t}:8000") == addr))
+        });
+        if let (Some(o), Some(t)) = (entry.as_object_mut(), declared) {
+            for f in ["id", "created_at", "updated_at", "tags"] {
+                if let Some(v) = t.get(f) {
+                    o.insert(f.into(), v.clone());
+                }
+            }
+        }
+        if let Some(o) = entry.as_object_mut() {
+            o.insert("upstream".into(), json!({ "id": uid }));
+        }
+    }
+    let balancer = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .any(|(k, v)| k == "balancer_health" && v != "0" && v != "false");
+    if balancer {
+        let weight = |e: &Value| e.get("weight").and_then(Value::as_f64).unwrap_or(0.0);
+        let state = |e: &Value| {
+            e.get("health")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let total: f64 = data.iter().map(weight).sum();
+        let healthy: f64 = data
+            .iter()
+            .filter(|e| state(e) != "UNHEALTHY")
+            .map(weight)
+            .sum();
+        let health = if !data.is_empty() && data.iter().all(|e| state(e) == "HEALTHCHECKS_OFF") {
+            "HEALTHCHECKS_OFF"
+        } else if total > 0.0 && healthy * 100.0 / total >= threshold {
+            "HEALTHY"
+        } else {
+            "UNHEALTHY"
+        };
+        return json_response(
+            StatusCode::OK,
+            json!({
+                "data": {"id": uid, "health": health},
+                "next": null,
+                "node_id": a.node_id,
+            }),
+        );
+    }
+    json_response(
+        StatusCode::OK,
+        json!({
+            "total": data.len(),
+            "data": data,
+            "next": null,
+            "node_id": a.node_id,
+        }),
+    )
+}
+
 /// The Admin API's routes, behind the token check (`/metrics` and
 /// `/healthz` are merged in by the caller, outside it).
 pub fn router(admin: Arc<Admin>) -> Router {
@@ -1007,6 +1163,10 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/", axum::routing::get(root))
         .route("/status", axum::routing::get(status))
         .route("/config", axum::routing::get(get_config).post(post_config))
+        .route(
+            "/upstreams/{upstream}/health",
+            axum::routing::get(upstream_health),
+        )
         .fallback(dispatch)
         // Whole configurations are posted here (axum's default is 2 MiB).
         .layer(axum::extract::DefaultBodyLimit::max(ADMIN_BODY_LIMIT))

@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod balancer;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod declarative;
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod plugins;
 pub mod proxy;
 pub mod router;
+pub mod secrets;
 pub mod tls;
 pub mod upstream;
 
@@ -315,12 +317,16 @@ impl Server {
         // A declarative file replaces what the store held; without one, the
         // store's entities (from the Admin API) are the configuration.
         let (entities, declarative, table) = if config.declarative_config.is_empty() {
-            let (d, table) =
-                admin::check(&stored, &registry).map_err(|e| StartError::Declarative {
-                    path: format!("{} (stored configuration)", config.data_dir),
-                    message: e.to_string(),
-                })?;
-            (stored, d, table)
+            let invalid = |e: Invalid| StartError::Declarative {
+                path: format!("{} (stored configuration)", config.data_dir),
+                message: e.to_string(),
+            };
+            // Passwords an older build stored in clear are hashed now.
+            let mut hashed = stored.clone();
+            secrets::hash_all(&mut hashed).map_err(invalid)?;
+            store.apply(&admin::diff(&stored, &hashed))?;
+            let (d, table) = admin::check(&hashed, &registry).map_err(invalid)?;
+            (hashed, d, table)
         } else {
             let path = config.declarative_config.clone();
             let fail = |message: String| StartError::Declarative {

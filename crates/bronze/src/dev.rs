@@ -44,7 +44,9 @@ pub struct DevConfig {
     registrator: bronze_registrator::Config,
     /// Its `root` defaults to `<data_dir>/registry`.
     registry: bronze_registry::Config,
-    /// Its `discovery` key defaults to the in-process discovery.
+    /// Its `discovery` key defaults to the in-process discovery's gRPC, its
+    /// `dns_resolver` to the in-process discovery's DNS server (so
+    /// `<svc>.service.<domain>` hosts and SRV names resolve).
     gateway: bronze_gateway::Config,
     #[serde(skip)]
     ephemeral: bool,
@@ -191,6 +193,9 @@ pub fn run(config: DevConfig) -> i32 {
         if gateway_config.discovery.is_empty() {
             gateway_config.discovery = format!("http://{}", discovery.grpc_addr());
         }
+        if gateway_config.dns_resolver.is_empty() {
+            gateway_config.dns_resolver = reachable(discovery.dns_addr()).to_string();
+        }
         let gateway = match bronze_gateway::Server::bind(gateway_config).await {
             Ok(s) => s,
             Err(e) => {
@@ -269,4 +274,16 @@ fn exit_code<E: std::fmt::Display>(
             1
         }
     }
+}
+
+/// A listener's address as a client in this process reaches it: an
+/// unspecified bind address (`0.0.0.0`, `::`) becomes loopback.
+fn reachable(mut addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
 }

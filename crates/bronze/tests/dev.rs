@@ -154,6 +154,72 @@ async fn dev_prints_its_listeners_serves_and_stops_on_sigterm() {
         r.text().await.expect("body"),
         r#"{"message":"no Route matched with those values"}"#
     );
+    // The gateway resolves names with the in-process discovery DNS (SRV:
+    // address and port): a service registered now is reachable through an
+    // RFC 2782 name (`<svc>.service.bronze` alone would follow gRPC).
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("backend binds");
+    let backend_port = backend.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = backend.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 13\r\nconnection: close\r\n\r\nhello via dns")
+                    .await;
+            });
+        }
+    });
+    let svc = format!("devgw{}", std::process::id());
+    let r = reqwest::Client::new()
+        .put(format!("http://{http}/v1/agent/service/register"))
+        .body(format!(
+            r#"{{"Name": "{svc}", "Address": "127.0.0.1", "Port": {backend_port}}}"#
+        ))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(r.status(), 200);
+    let admin_api = lines
+        .iter()
+        .find(|l| l.starts_with("gateway "))
+        .and_then(|l| l.rsplit("on http://").next())
+        .and_then(|rest| rest.split(')').next())
+        .expect("gateway admin address")
+        .to_string();
+    let r = reqwest::Client::new()
+        .post(format!("http://{admin_api}/services"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("name=devgw&url=http://_{svc}._tcp.service.bronze/"))
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let r = reqwest::Client::new()
+        .post(format!("http://{admin_api}/services/devgw/routes"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("paths[]=/devgw")
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (status, body) = loop {
+        let r = reqwest::get(format!("http://{gateway}/devgw"))
+            .await
+            .expect("gateway");
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap_or_default();
+        if status == 200 || Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((status, body.as_str()), (200, "hello via dns"));
+
     let registry_root = std::env::temp_dir().join(format!("bronze-dev-registry-{}", child.id()));
     assert!(registry_root.exists(), "{registry_root:?}");
 

@@ -34,6 +34,31 @@ pub struct Credential {
 type HashCache = parking_lot::Mutex<std::collections::HashMap<(String, [u8; 32]), String>>;
 static HASHED: std::sync::LazyLock<HashCache> = std::sync::LazyLock::new(Default::default);
 
+/// Whether `password` is already a bcrypt hash (`$2a$`, `$2b$`, `$2y$`).
+pub fn is_hashed(password: &str) -> bool {
+    ["$2a$", "$2b$", "$2y$"]
+        .iter()
+        .any(|p| password.starts_with(p))
+}
+
+/// The bcrypt hash of a plain-text password (from the cache when this
+/// username and password were hashed before); a password that already is
+/// a bcrypt hash is returned as it is. The Admin API stores credentials
+/// this way, so they are never kept or shown in clear.
+pub fn hashed(username: &str, password: &str) -> Result<String, String> {
+    if is_hashed(password) {
+        return Ok(password.to_string());
+    }
+    let digest: [u8; 32] = sha2::Sha256::digest(password.as_bytes()).into();
+    let key = (username.to_string(), digest);
+    if let Some(h) = HASHED.lock().get(&key) {
+        return Ok(h.clone());
+    }
+    let h = bcrypt::hash(password, COST).map_err(|e| format!("cannot hash: {e}"))?;
+    HASHED.lock().insert(key, h.clone());
+    Ok(h)
+}
+
 impl Credential {
     pub fn new(c: &BasicAuthCredential, consumer: u32, field: &str) -> Result<Self, Invalid> {
         if c.username.is_empty() || c.username.contains(':') {
@@ -48,32 +73,16 @@ impl Credential {
                 "expected a header-safe username",
             )
         })?;
-        let is_hash = ["$2a$", "$2b$", "$2y$"]
-            .iter()
-            .any(|p| c.password.starts_with(p));
-        let hash = if is_hash {
+        if is_hashed(&c.password) {
             c.password.parse::<bcrypt::HashParts>().map_err(|e| {
                 Invalid::new(
                     format!("{field}.password"),
                     format!("not a bcrypt hash: {e}"),
                 )
             })?;
-            c.password.clone()
-        } else {
-            let digest: [u8; 32] = sha2::Sha256::digest(c.password.as_bytes()).into();
-            let key = (c.username.clone(), digest);
-            let cached = HASHED.lock().get(&key).cloned();
-            match cached {
-                Some(h) => h,
-                None => {
-                    let h = bcrypt::hash(&c.password, COST).map_err(|e| {
-                        Invalid::new(format!("{field}.password"), format!("cannot hash: {e}"))
-                    })?;
-                    HASHED.lock().insert(key, h.clone());
-                    h
-                }
-            }
-        };
+        }
+        let hash = hashed(&c.username, &c.password)
+            .map_err(|e| Invalid::new(format!("{field}.password"), e))?;
         Ok(Self {
             consumer,
             hash,

@@ -13,7 +13,7 @@
 //! and some instance names that consumer, the rest of the request runs the
 //! chain compiled for that consumer (from the position reached).
 
-mod basic_auth;
+pub(crate) mod basic_auth;
 mod cors;
 mod file_log;
 mod ip_restriction;

@@ -167,7 +167,10 @@ async fn until_only(c: &reqwest::Client, url: &str, want: &str, n: usize) -> boo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_loaded_algorithms_favour_the_idle_backend() {
-    let (slow, _) = named("slow", Duration::from_millis(300)).await;
+    // The slow backend's delay dwarfs what a loaded machine adds to a fast
+    // request (the share the slow one gets grows with that ratio: at 300 ms
+    // a busy machine once pushed it past a fifth).
+    let (slow, _) = named("slow", Duration::from_millis(1000)).await;
     let (fast, _) = named("fast", Duration::ZERO).await;
     let c = client();
     for algorithm in ["least-connections", "p2c", "latency", "round-robin"] {
@@ -998,4 +1001,94 @@ async fn write_timeout_fails_an_upload_the_upstream_stops_reading() {
         took < Duration::from_secs(10),
         "took {took:?}: write_timeout not applied"
     );
+}
+
+async fn admin_get(c: &reqwest::Client, gw: &Gw, path: &str) -> (u16, Value) {
+    let r = c
+        .get(format!("http://{}{path}", gw.admin))
+        .send()
+        .await
+        .expect("admin GET");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+/// The `health` of the entry for `addr` in a `/upstreams/{u}/health` answer.
+fn health_of(v: &Value, addr: SocketAddr) -> Option<String> {
+    v["data"]
+        .as_array()?
+        .iter()
+        .find(|e| e["target"] == addr.to_string())
+        .and_then(|e| e["health"].as_str())
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn upstream_health_in_the_admin_api_follows_active_checks() {
+    let (a, a_health) = named("a", Duration::ZERO).await;
+    let (b, _) = named("b", Duration::ZERO).await;
+    let mut config = pool(
+        &[a, b],
+        json!({"healthchecks": {"active": {
+            "http_path": "/health", "timeout": 1, "concurrency": 2,
+            "healthy": {"interval": 0.1, "successes": 1},
+            "unhealthy": {"interval": 0.1, "http_failures": 1}}}}),
+    );
+    config["upstreams"]
+        .as_array_mut()
+        .expect("upstreams")
+        .push(json!({"name": "plain", "targets": [{"target": a.to_string()}]}));
+    let gw = gateway(config).await;
+    let c = client();
+
+    let (code, v) = admin_get(&c, &gw, "/upstreams/pool/health").await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["total"], 2, "{v}");
+    assert_eq!(health_of(&v, a).as_deref(), Some("HEALTHY"), "{v}");
+    assert_eq!(health_of(&v, b).as_deref(), Some("HEALTHY"), "{v}");
+    let (_, targets) = admin_get(&c, &gw, "/upstreams/pool/targets").await;
+    let ids: Vec<&Value> = targets["data"]
+        .as_array()
+        .map(|t| t.iter().map(|t| &t["id"]).collect())
+        .unwrap_or_default();
+    for e in v["data"].as_array().into_iter().flatten() {
+        assert!(ids.contains(&&e["id"]), "each entry names its target: {v}");
+        assert!(e["upstream"]["id"].is_string(), "{v}");
+    }
+    let (_, v) = admin_get(&c, &gw, "/upstreams/pool/health?balancer_health=1").await;
+    assert_eq!(v["data"]["health"], "HEALTHY", "{v}");
+
+    // a fails its checks: the admin API shows it, b stays healthy.
+    a_health.store(500, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let v = loop {
+        let (_, v) = admin_get(&c, &gw, "/upstreams/pool/health").await;
+        if health_of(&v, a).as_deref() == Some("UNHEALTHY") || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(health_of(&v, a).as_deref(), Some("UNHEALTHY"), "{v}");
+    assert_eq!(health_of(&v, b).as_deref(), Some("HEALTHY"), "{v}");
+    // Kong's balancer health: at `threshold` 0 the upstream stays healthy.
+    let (_, v) = admin_get(&c, &gw, "/upstreams/pool/health?balancer_health=1").await;
+    assert_eq!(v["data"]["health"], "HEALTHY", "{v}");
+    // a comes back.
+    a_health.store(200, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let v = loop {
+        let (_, v) = admin_get(&c, &gw, "/upstreams/pool/health").await;
+        if health_of(&v, a).as_deref() == Some("HEALTHY") || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(health_of(&v, a).as_deref(), Some("HEALTHY"), "{v}");
+
+    // An upstream without health checks says so; an unknown one is 404.
+    let (code, v) = admin_get(&c, &gw, "/upstreams/plain/health").await;
+    assert_eq!(code, 200);
+    assert_eq!(health_of(&v, a).as_deref(), Some("HEALTHCHECKS_OFF"), "{v}");
+    let (code, _) = admin_get(&c, &gw, "/upstreams/nope/health").await;
+    assert_eq!(code, 404);
 }

@@ -15,6 +15,7 @@ use bronze_gateway::{Config, Server};
 use bronze_runtime::Shutdown;
 
 mod admin;
+mod integration;
 mod plugins;
 
 /// An HTTP backend that answers every request with what it received:

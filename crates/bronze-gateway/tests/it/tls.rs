@@ -843,3 +843,168 @@ async fn bad_tls_settings_are_refused_by_name() {
     .await
     .expect("a matching pair is accepted");
 }
+
+/// curl against the admin API with a JSON or form body: status and JSON.
+async fn admin_call(
+    gw: &TlsGw,
+    method: &str,
+    path: &str,
+    args: &[&str],
+) -> (u16, serde_json::Value) {
+    let mut all = s(&["-X", method]);
+    all.extend(s(args));
+    all.push(format!("http://{}{path}", gw.admin));
+    let (code, body) = super::curl(all).await;
+    (
+        code,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_and_snis_created_through_the_admin_api_are_served_at_once() {
+    let backend = echo("a").await;
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let a = pki.leaf(&ca, "a", &["a.example.com"], false);
+    let b = pki.leaf(&ca, "b", &["b.example.com"], true);
+    let gw = tls_gateway(
+        serde_json::json!({"_format_version": "3.0", "services": [echo_service(backend)]}),
+        |_| {},
+    )
+    .await;
+    // No certificate yet: the handshake fails.
+    let (code, _, _) = curl_https(&gw, "a.example.com", "/users", &ca.cert_path, &[]).await;
+    assert_ne!(code, 0, "no certificate for a.example.com yet");
+
+    // Kong's sugar: `snis` on the certificate.
+    let cert = serde_json::json!({"cert": a.cert, "key": a.key, "snis": ["a.example.com"]});
+    let (code, created) = admin_call(
+        &gw,
+        "POST",
+        "/certificates",
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &cert.to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(code, 201, "{created}");
+    let (code, status, body) =
+        curl_https(&gw, "a.example.com", "/users/x", &ca.cert_path, &[]).await;
+    assert_eq!((code, status.as_str()), (0, "2 200"), "{body}");
+    assert_eq!(
+        s_client(gw.tls, "a.example.com", &[]).await,
+        "subject=CN = a"
+    );
+    let (code, got) = admin_call(
+        &gw,
+        "GET",
+        &format!(
+            "/certificates/{}",
+            created["id"].as_str().unwrap_or_default()
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(got["snis"], serde_json::json!(["a.example.com"]), "{got}");
+
+    // A second certificate, its name given as an SNI entity (form body).
+    let cert = serde_json::json!({"cert": b.cert, "key": b.key});
+    let (code, second) = admin_call(
+        &gw,
+        "POST",
+        "/certificates",
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &cert.to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(code, 201, "{second}");
+    let cert_id = format!(
+        "certificate.id={}",
+        second["id"].as_str().unwrap_or_default()
+    );
+    let (code, sni) = admin_call(
+        &gw,
+        "POST",
+        "/snis",
+        &["-d", "name=b.example.com", "-d", &cert_id],
+    )
+    .await;
+    assert_eq!(code, 201, "{sni}");
+    let (code, status, _) = curl_https(&gw, "b.example.com", "/users", &ca.cert_path, &[]).await;
+    assert_eq!((code, status.as_str()), (0, "2 200"));
+    assert_eq!(
+        s_client(gw.tls, "b.example.com", &[]).await,
+        "subject=CN = b"
+    );
+    let (_, snis) = admin_call(&gw, "GET", "/snis", &[]).await;
+    let names: Vec<&str> = snis["data"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(names.contains(&"b.example.com"), "{snis}");
+    // The sugar made an SNI entity too, as in Kong.
+    assert!(names.contains(&"a.example.com"), "{snis}");
+    let second_id = second["id"].as_str().unwrap_or_default();
+    let (_, got) = admin_call(&gw, "GET", &format!("/certificates/{second_id}"), &[]).await;
+    assert_eq!(got["snis"], serde_json::json!(["b.example.com"]), "{got}");
+
+    // A name a certificate already has is refused and changes nothing.
+    let (code, body) = admin_call(
+        &gw,
+        "POST",
+        "/snis",
+        &["-d", "name=a.example.com", "-d", &cert_id],
+    )
+    .await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["name"], "unique constraint violation", "{body}");
+    assert_eq!(
+        s_client(gw.tls, "a.example.com", &[]).await,
+        "subject=CN = a"
+    );
+    // A name taken twice is refused and changes nothing.
+    let (code, body) = admin_call(
+        &gw,
+        "POST",
+        "/snis",
+        &["-d", "name=b.example.com", "-d", &cert_id],
+    )
+    .await;
+    assert_eq!(code, 409, "{body}");
+    // Deleting the SNI stops serving b's certificate for that name.
+    let (code, _) = admin_call(&gw, "DELETE", "/snis/b.example.com", &[]).await;
+    assert_eq!(code, 204);
+    let (code, _, _) = curl_https(&gw, "b.example.com", "/users", &ca.cert_path, &[]).await;
+    assert_ne!(code, 0, "b.example.com has no certificate any more");
+    let (code, status, _) = curl_https(&gw, "a.example.com", "/users", &ca.cert_path, &[]).await;
+    assert_eq!((code, status.as_str()), (0, "2 200"));
+
+    // PATCH with `snis` replaces the certificate's names.
+    let (code, got) = admin_call(
+        &gw,
+        "PATCH",
+        &format!("/certificates/{second_id}"),
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"snis": ["b2.example.com"]}"#,
+        ],
+    )
+    .await;
+    assert_eq!(code, 200, "{got}");
+    assert_eq!(got["snis"], serde_json::json!(["b2.example.com"]), "{got}");
+    assert_eq!(
+        s_client(gw.tls, "b2.example.com", &[]).await,
+        "subject=CN = b"
+    );
+}
