@@ -182,6 +182,11 @@ pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// A UUID (v5) derived from `seed`: the same seed, the same id.
+pub fn stable_id(seed: &str) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, seed.as_bytes()).to_string()
+}
+
 /// 32 random hex digits, as Kong generates credentials' keys.
 pub fn new_key() -> String {
     uuid::Uuid::new_v4().simple().to_string()
@@ -356,7 +361,7 @@ fn take(
                 parent.as_ref().map_or("", |(_, pid)| pid.as_str()),
                 Value::Object(o.clone())
             );
-            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, seed.as_bytes()).to_string()
+            stable_id(&seed)
         }
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(_) => return Err(Invalid::new(format!("{place}.id"), "expected a string")),

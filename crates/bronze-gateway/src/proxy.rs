@@ -464,9 +464,9 @@ impl Proxy {
                 headers.take().unwrap_or_default()
             };
             if !route.preserve_host
-                && let Ok(v) = HeaderValue::from_str(&target)
+                && let Some(v) = &pick.target.host_header
             {
-                upstream_req.headers_mut().insert(header::HOST, v);
+                upstream_req.headers_mut().insert(header::HOST, v.clone());
             }
             let send = async {
                 if service.http2 {

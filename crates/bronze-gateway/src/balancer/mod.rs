@@ -71,6 +71,9 @@ pub enum Outcome {
 pub struct TargetState {
     /// `host:port` as sent upstream.
     pub addr: Arc<str>,
+    /// `addr` as a `Host` header value, made once rather than per request
+    /// (`None` if it is not a valid header value).
+    pub host_header: Option<http::HeaderValue>,
     in_flight: AtomicU32,
     /// Exponentially weighted response time, microseconds (0: unknown).
     ewma_us: AtomicU64,
@@ -91,6 +94,7 @@ pub struct TargetState {
 impl TargetState {
     fn new(addr: Arc<str>) -> Self {
         Self {
+            host_header: http::HeaderValue::from_str(&addr).ok(),
             addr,
             in_flight: AtomicU32::new(0),
             ewma_us: AtomicU64::new(0),

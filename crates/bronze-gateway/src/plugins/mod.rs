@@ -35,7 +35,6 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 use serde::de::DeserializeOwned;
-use sha2::Digest;
 
 use crate::declarative::{self, Declarative, EntityRef, Invalid};
 use crate::metrics::GatewayMetrics;
@@ -311,23 +310,10 @@ pub(crate) fn parse_config<T: DeserializeOwned>(
     })
 }
 
-/// A stable id for an entity given without one: a UUID (version 8) made
-/// from a hash of its kind and name, so it survives reloads.
+/// A stable id for an entity given without one, from its kind and name
+/// (survives reloads): the same UUID v5 scheme as `entities::stable_id`.
 pub(crate) fn derived_id(kind: &str, name: &str) -> String {
-    let h = sha2::Sha256::digest(format!("bronze:{kind}:{name}").as_bytes());
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&h[..16]);
-    b[6] = (b[6] & 0x0f) | 0x80;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    crate::entities::stable_id(&format!("bronze:{kind}:{name}"))
 }
 
 /// Consumers and their credentials, compiled once per configuration and

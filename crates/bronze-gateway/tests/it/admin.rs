@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 
 use super::{curl, echo, s};
 
-struct Running {
-    addr: SocketAddr,
-    admin: SocketAddr,
+pub(super) struct Running {
+    pub(super) addr: SocketAddr,
+    pub(super) admin: SocketAddr,
     shutdown: Shutdown,
     task: tokio::task::JoinHandle<()>,
 }
@@ -28,7 +28,7 @@ impl Running {
     }
 }
 
-async fn start(config: Config) -> Running {
+pub(super) async fn start(config: Config) -> Running {
     let server = Server::bind(config).await.expect("gateway binds");
     let (addr, admin) = (server.addr(), server.admin_addr());
     let shutdown = Shutdown::new();
@@ -44,7 +44,7 @@ async fn start(config: Config) -> Running {
 
 /// curl against the admin API: method, path, extra curl args; status and
 /// the body as JSON (null when empty).
-async fn admin(gw: &Running, method: &str, path: &str, args: &[&str]) -> (u16, Value) {
+pub(super) async fn admin(gw: &Running, method: &str, path: &str, args: &[&str]) -> (u16, Value) {
     let mut all = s(&["-X", method]);
     all.extend(s(args));
     all.push(format!("http://{}{path}", gw.admin));

@@ -3,48 +3,11 @@
 //! bodies), against the real gateway and an echo backend: consumers,
 //! credentials, plugins at every scope, basic-auth passwords kept hashed.
 
-use std::net::SocketAddr;
-
-use bronze_gateway::{Config, Server};
-use bronze_runtime::Shutdown;
+use bronze_gateway::Config;
 use serde_json::Value;
 
+use super::admin::{Running, admin, start};
 use super::{curl, echo, s};
-
-struct Running {
-    addr: SocketAddr,
-    admin: SocketAddr,
-    _shutdown: Shutdown,
-}
-
-async fn start() -> Running {
-    let server = Server::bind(Config::ephemeral())
-        .await
-        .expect("gateway binds");
-    let (addr, admin) = (server.addr(), server.admin_addr());
-    let shutdown = Shutdown::new();
-    let sd = shutdown.clone();
-    tokio::spawn(async move { server.serve(sd).await.expect("gateway serves") });
-    Running {
-        addr,
-        admin,
-        _shutdown: shutdown,
-    }
-}
-
-/// `curl -X <method> <args> http://admin<path>`: status and JSON body.
-async fn admin(gw: &Running, method: &str, path: &str, args: &[&str]) -> (u16, Value) {
-    let mut all = s(&["-X", method]);
-    all.extend(s(args));
-    all.push(format!("http://{}{path}", gw.admin));
-    let (code, body) = curl(all).await;
-    let v = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"))
-    };
-    (code, v)
-}
 
 /// `curl <args> http://proxy<path>`: status and body.
 async fn proxied(gw: &Running, path: &str, args: &[&str]) -> (u16, String) {
@@ -56,7 +19,7 @@ async fn proxied(gw: &Running, path: &str, args: &[&str]) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kong_script_consumers_credentials_and_plugins_through_the_admin_api() {
     let backend = echo("a").await;
-    let gw = start().await;
+    let gw = start(Config::ephemeral()).await;
     let url = format!("url=http://{backend}");
     let (code, body) = admin(&gw, "POST", "/services", &["-d", "name=svc", "-d", &url]).await;
     assert_eq!(code, 201, "{body}");
@@ -234,7 +197,7 @@ async fn kong_script_consumers_credentials_and_plugins_through_the_admin_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth_passwords_are_stored_hashed_and_a_reposted_config_still_works() {
     let backend = echo("a").await;
-    let gw = start().await;
+    let gw = start(Config::ephemeral()).await;
     let url = format!("url=http://{backend}");
     let (code, _) = admin(&gw, "POST", "/services", &["-d", "name=svc", "-d", &url]).await;
     assert_eq!(code, 201);
@@ -389,14 +352,7 @@ async fn passwords_an_older_build_stored_in_clear_are_hashed_at_start() {
     }
     let mut config = Config::ephemeral();
     config.data_dir = dir.path().display().to_string();
-    let server = Server::bind(config).await.expect("gateway binds");
-    let gw = Running {
-        addr: server.addr(),
-        admin: server.admin_addr(),
-        _shutdown: Shutdown::new(),
-    };
-    let sd = gw._shutdown.clone();
-    tokio::spawn(async move { server.serve(sd).await.expect("gateway serves") });
+    let gw = start(config).await;
 
     let (code, got) = admin(&gw, "GET", &format!("/basic-auths/{cred}"), &[]).await;
     assert_eq!(code, 200, "{got}");
