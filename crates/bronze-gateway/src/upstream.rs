@@ -151,25 +151,21 @@ impl Pool {
         timeouts: Timeouts,
         upgrade: bool,
     ) -> Result<Response<PooledBody>, SendError> {
-        let mut req = Some(req);
+        let mut req = req;
         // A pooled connection the upstream closed meanwhile fails before
         // anything is written: then the request goes on a new one.
         while let Some(mut sender) = self.checkout(target) {
             if sender.ready().await.is_err() {
                 continue;
             }
-            let Some(r) = req.take() else { break };
-            match sender.try_send_request(r).await {
+            match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(self.wrap(resp, target, sender, upgrade)),
                 Err(mut e) => match e.take_message() {
-                    Some(r) => req = Some(r),
+                    Some(r) => req = r,
                     None => return Err(e.into_error().into()),
                 },
             }
         }
-        let Some(req) = req else {
-            unreachable!("the request is only taken to be sent")
-        };
         let stream = connect(target, timeouts).await?;
         let (mut sender, conn) = http1::Builder::new()
             .max_buf_size(64 << 10)
