@@ -465,6 +465,9 @@ impl Server {
 /// Accepts until shutdown, then lets open connections finish (at most
 /// 30 s: a client holding a connection open cannot stall shutdown). With
 /// `tls`, the handshake must finish within `header_read_timeout` too.
+/// The largest request head a client may send.
+const MAX_HEADER_BYTES: usize = 64 << 10;
+
 async fn serve_proxy(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -476,20 +479,14 @@ async fn serve_proxy(
         tls,
         handshake_timeout: header_read_timeout,
         header_read_timeout: Some(header_read_timeout),
-        max_header_bytes: Some(64 << 10),
+        max_header_bytes: Some(MAX_HEADER_BYTES),
         drain_timeout: Some(Duration::from_secs(30)),
     };
-    bronze_runtime::serve::serve(
+    bronze_runtime::serve::serve_with(
         listener,
         options,
         move |conn| {
-            let proxy = proxy.clone();
-            let downstream = Arc::new(proxy::Downstream::new(conn.peer, conn.tls));
-            hyper::service::service_fn(move |req| {
-                let proxy = proxy.clone();
-                let downstream = downstream.clone();
-                async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &downstream).await) }
-            })
+            proxy::serve_connection(conn, proxy.clone(), header_read_timeout, MAX_HEADER_BYTES)
         },
         shutdown,
     )

@@ -22,6 +22,9 @@ use crate::metrics::GatewayMetrics;
 use crate::router::Table;
 use crate::upstream::{Pool, PooledBody};
 
+mod h1;
+pub use h1::serve_connection;
+
 pub type Body = Either<Tracked, Full<Bytes>>;
 
 pub struct Proxy {
@@ -85,7 +88,7 @@ impl Downstream {
     }
 }
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -175,7 +178,7 @@ pub fn error(status: StatusCode, message: &str) -> Response<Body> {
 }
 
 /// Kong's `X-Request-Id` shape: per process prefix and counter, in hex.
-fn request_id(prefix: u32, n: u64) -> HeaderValue {
+pub(crate) fn request_id(prefix: u32, n: u64) -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 25];
     for (i, b) in buf[..8].iter_mut().enumerate() {
@@ -192,13 +195,29 @@ fn request_id(prefix: u32, n: u64) -> HeaderValue {
 /// strip, then the query. The client's own path is reused untouched when
 /// the result is the same (a route on `/` of a service on `/`).
 fn upstream_path(service_path: &str, uri: &Uri, rest: &str) -> Option<PathAndQuery> {
-    let path = uri.path();
+    match rewrite_target(service_path, uri.path(), uri.query(), rest) {
+        None => Some(
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or(PathAndQuery::from_static("/")),
+        ),
+        Some(p) => PathAndQuery::from_maybe_shared(Bytes::from(p)).ok(),
+    }
+}
+
+/// The upstream request target for a client's `path` and `query`, or
+/// `None` when it is the client's own (a route on `/` of a service on `/`).
+pub(crate) fn rewrite_target(
+    service_path: &str,
+    path: &str,
+    query: Option<&str>,
+    rest: &str,
+) -> Option<String> {
     if service_path == "/"
         && ((rest.len() == path.len() && rest.starts_with('/'))
             || (path.len() == rest.len() + 1 && !rest.starts_with('/')))
-        && let Some(pq) = uri.path_and_query()
     {
-        return Some(pq.clone());
+        return None;
     }
     let mut p = String::with_capacity(service_path.len() + rest.len() + 1);
     p.push_str(service_path);
@@ -210,11 +229,11 @@ fn upstream_path(service_path: &str, uri: &Uri, rest: &str) -> Option<PathAndQue
     } else {
         p.push_str(rest);
     }
-    if let Some(q) = uri.query() {
+    if let Some(q) = query {
         p.push('?');
         p.push_str(q);
     }
-    PathAndQuery::from_maybe_shared(Bytes::from(p)).ok()
+    Some(p)
 }
 
 /// Kong's answer to plain HTTP on an https-only route: 426 with
@@ -250,6 +269,25 @@ fn https_required(status: StatusCode, req: &Request<Incoming>, host: &str) -> Re
     r.headers_mut()
         .insert("server", HeaderValue::from_static("bronze-gateway"));
     r
+}
+
+/// The hyper service of one downstream connection (HTTP/2, and what the
+/// HTTP/1.1 path leaves to the general one).
+pub fn service(
+    proxy: Arc<Proxy>,
+    downstream: Arc<Downstream>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send,
+> + Send
++ 'static {
+    hyper::service::service_fn(move |req| {
+        let proxy = proxy.clone();
+        let downstream = downstream.clone();
+        async move { Ok(proxy.handle(req, &downstream).await) }
+    })
 }
 
 impl Proxy {

@@ -116,6 +116,26 @@ pub struct Matched<'a> {
     pub matched_len: usize,
 }
 
+/// Request headers as the router reads them: hyper's `HeaderMap`, or the
+/// HTTP/1.1 path's parsed head.
+pub trait HeaderLookup {
+    /// Whether some value of the header `name` satisfies `f`.
+    fn any_value(&self, name: &HeaderName, f: &mut dyn FnMut(&[u8]) -> bool) -> bool;
+}
+
+impl HeaderLookup for HeaderMap {
+    fn any_value(&self, name: &HeaderName, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.get_all(name).iter().any(|v| f(v.as_bytes()))
+    }
+}
+
+impl HeaderLookup for [httparse::Header<'_>] {
+    fn any_value(&self, name: &HeaderName, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.iter()
+            .any(|h| h.name.eq_ignore_ascii_case(name.as_str()) && f(h.value))
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Table {
     entries: Vec<Entry>,
@@ -529,12 +549,12 @@ impl Table {
     }
 
     /// The route for a request, if any.
-    pub fn find(
+    pub fn find<H: HeaderLookup + ?Sized>(
         &self,
         method: &Method,
         host: &str,
         path: &str,
-        headers: &HeaderMap,
+        headers: &H,
     ) -> Option<Matched<'_>> {
         let host = host.rsplit_once(':').map_or(host, |(h, p)| {
             if p.bytes().all(|b| b.is_ascii_digit()) {
@@ -562,9 +582,10 @@ impl Table {
                 continue;
             }
             let headers_ok = e.headers.iter().all(|(name, values)| {
-                headers.get_all(name).iter().any(|v| {
-                    v.to_str()
-                        .is_ok_and(|v| values.iter().any(|want| want.eq_ignore_ascii_case(v)))
+                headers.any_value(name, &mut |v| {
+                    values
+                        .iter()
+                        .any(|want| want.as_bytes().eq_ignore_ascii_case(v))
                 })
             });
             if !headers_ok {

@@ -78,6 +78,9 @@ type Idles = HashMap<Arc<str>, Vec<Idle>, FxBuildHasher>;
 /// Upstream connections, shared by every downstream connection.
 pub struct Pool {
     idle: Mutex<Idles>,
+    /// Idle connections of the HTTP/1.1 proxy path (`proxy::h1`), which
+    /// speaks HTTP/1.1 on them itself.
+    raw: Mutex<HashMap<Arc<str>, Vec<(TcpStream, Instant)>, FxBuildHasher>>,
     h2: Mutex<HashMap<Arc<str>, http2::SendRequest<UpstreamBody>, FxBuildHasher>>,
     /// An idle connection older than this is closed instead of reused.
     idle_timeout: Duration,
@@ -107,6 +110,7 @@ impl Pool {
     pub fn new(idle_timeout: Duration, max_idle: usize) -> Self {
         Self {
             idle: Mutex::new(HashMap::default()),
+            raw: Mutex::new(HashMap::default()),
             h2: Mutex::new(HashMap::default()),
             idle_timeout,
             max_idle,
@@ -138,6 +142,59 @@ impl Pool {
                 sender,
                 since: Instant::now(),
             });
+        }
+    }
+
+    /// An idle connection to `target` for the HTTP/1.1 path, most recently
+    /// used first, or a new one.
+    /// (`reuse: false`: a new one.)
+    pub async fn raw(
+        &self,
+        target: &Arc<str>,
+        t: Timeouts,
+        reuse: bool,
+    ) -> Result<RawConn, SendError> {
+        if reuse && let Some(stream) = self.checkout_raw(target) {
+            return Ok(RawConn {
+                stream,
+                reused: true,
+            });
+        }
+        let stream = tokio::time::timeout(t.connect, TcpStream::connect(&**target))
+            .await
+            .map_err(|_| SendError::ConnectTimeout(target.clone()))?
+            .map_err(|source| SendError::Connect {
+                target: target.clone(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        Ok(RawConn {
+            stream,
+            reused: false,
+        })
+    }
+
+    fn checkout_raw(&self, target: &Arc<str>) -> Option<TcpStream> {
+        let mut idle = self.raw.lock();
+        let list = idle.get_mut(target)?;
+        let now = Instant::now();
+        while let Some((stream, since)) = list.pop() {
+            if now.duration_since(since) < self.idle_timeout && !closed(&stream) {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose last response was read to its end.
+    pub fn put_back_raw(&self, target: &Arc<str>, stream: TcpStream) {
+        let mut idle = self.raw.lock();
+        let list = match idle.get_mut(target) {
+            Some(l) => l,
+            None => idle.entry(target.clone()).or_default(),
+        };
+        if list.len() < self.max_idle {
+            list.push((stream, Instant::now()));
         }
     }
 
@@ -238,6 +295,31 @@ impl Pool {
         };
         sender.ready().await?;
         Ok(sender.send_request(req).await?)
+    }
+}
+
+/// A connection of the HTTP/1.1 path.
+pub struct RawConn {
+    pub stream: TcpStream,
+    /// Taken from the pool: the upstream may have closed it just as the
+    /// request went out, so a failure before any answer is worth one more
+    /// try on a new connection.
+    pub reused: bool,
+}
+
+/// Whether an idle connection has been closed by its peer (or sent
+/// something unasked): the reactor has marked it readable. Costs no
+/// system call unless it has.
+fn closed(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => false,
+        Poll::Ready(Err(_)) => true,
+        Poll::Ready(Ok(())) => {
+            let mut byte = [0u8; 1];
+            // Readable but nothing there (a spurious wake-up): still open.
+            !matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        }
     }
 }
 

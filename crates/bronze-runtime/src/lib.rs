@@ -42,6 +42,12 @@ impl Shutdown {
         self.0.cancelled().await;
     }
 
+    /// Completes once shutdown has been asked for; owns its handle, so it
+    /// can be kept (pinned) and polled again and again, registered once.
+    pub fn waiter(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.0.clone().cancelled_owned()
+    }
+
     /// A child signal: triggered with its parent, or on its own.
     pub fn child(&self) -> Self {
         Self(self.0.child_token())

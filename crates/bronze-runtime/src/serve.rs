@@ -14,8 +14,13 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::Shutdown;
@@ -67,7 +72,7 @@ pub async fn serve<M, S, B>(
     make_service: M,
     shutdown: Shutdown,
 ) where
-    M: Fn(Accepted) -> S,
+    M: Fn(Accepted) -> S + Send + Sync + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
@@ -75,6 +80,67 @@ pub async fn serve<M, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
+    serve_with(
+        listener,
+        options,
+        move |conn: Conn| {
+            let service = make_service(conn.accepted);
+            conn.serve_hyper(Bytes::new(), service)
+        },
+        shutdown,
+    )
+    .await;
+}
+
+/// An accepted connection (TLS already terminated), handed to the
+/// `serve_with` handler: it may speak HTTP/1.1 itself and hand the rest of
+/// the connection to hyper at any message boundary (`serve_hyper`).
+pub struct Conn {
+    pub stream: Stream,
+    pub accepted: Accepted,
+    /// Triggered when the server starts draining: finish the message in
+    /// hand, then close.
+    pub shutdown: Shutdown,
+    builder: auto::Builder<TokioExecutor>,
+    /// Held while the connection lives: draining waits for it.
+    watcher: Watcher,
+}
+
+impl Conn {
+    /// Serves the rest of the connection with hyper (HTTP/1.1 or HTTP/2,
+    /// upgrades, the listener's limits and timeouts); `read`: bytes already
+    /// read from the stream and not yet answered.
+    pub async fn serve_hyper<S, B>(self, read: Bytes, service: S)
+    where
+        S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn StdError + Send + Sync>>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let io = Rewind {
+            read,
+            inner: self.stream,
+        };
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        if let Err(error) = self.watcher.watch(conn.into_owned()).await {
+            tracing::debug!(peer = %self.accepted.peer, %error, "connection ended with an error");
+        }
+    }
+}
+
+/// Accepts until `shutdown`, runs `handler` on its own task for every
+/// connection (after the TLS handshake, within `handshake_timeout`), then
+/// waits for open connections to finish (at most `drain_timeout`).
+pub async fn serve_with<H, F>(listener: TcpListener, options: Options, handler: H, shutdown: Shutdown)
+where
+    H: Fn(Conn) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let handler = Arc::new(handler);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     {
@@ -109,19 +175,32 @@ pub async fn serve<M, S, B>(
             () = shutdown.wait() => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = make_service(Accepted { peer, tls });
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let accepted = Accepted { peer, tls };
+        let conn = |stream| Conn {
+            stream,
+            accepted,
+            shutdown: shutdown.clone(),
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+        };
         match &options.tls {
             None => {
-                tokio::spawn(connection(builder, watcher, stream, service, peer));
+                tokio::spawn(handler(conn(Stream::Plain(stream))));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 let timeout = options.handshake_timeout;
+                let conn = conn(Stream::Handshaking);
+                let handler = handler.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => connection(builder, watcher, tls, service, peer).await,
+                        Ok(Ok(tls)) => {
+                            handler(Conn {
+                                stream: Stream::Tls(Box::new(tls)),
+                                ..conn
+                            })
+                            .await;
+                        }
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -137,23 +216,130 @@ pub async fn serve<M, S, B>(
     }
 }
 
-async fn connection<I, S, B>(
-    builder: auto::Builder<TokioExecutor>,
-    watcher: Watcher,
-    io: I,
-    service: S,
-    peer: SocketAddr,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn StdError + Send + Sync>>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
-{
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(error) = watcher.watch(conn.into_owned()).await {
-        tracing::debug!(%peer, %error, "connection ended with an error");
+/// A server-side connection: plain TCP or TLS over TCP.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// Only while the TLS handshake runs: never handed to a handler.
+    Handshaking,
+}
+
+fn not_connected() -> std::io::Error {
+    std::io::Error::from(std::io::ErrorKind::NotConnected)
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Handshaking => Poll::Ready(Err(not_connected())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Handshaking => Poll::Ready(Err(not_connected())),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Handshaking => Poll::Ready(Err(not_connected())),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.is_write_vectored(),
+            Self::Tls(s) => s.is_write_vectored(),
+            Self::Handshaking => false,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s).poll_flush(cx),
+            Self::Handshaking => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Handshaking => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// A stream whose first reads return bytes read from it earlier.
+struct Rewind {
+    read: Bytes,
+    inner: Stream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.read.is_empty() {
+            let n = this.read.len().min(buf.remaining());
+            buf.put_slice(&this.read.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

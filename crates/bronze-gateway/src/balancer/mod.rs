@@ -595,6 +595,12 @@ impl Upstream {
 
     /// The request's hash key; sets `Key::set_cookie` for `hash_on: cookie`
     /// when the request has no such cookie (Kong's sticky behaviour).
+    /// Whether picks depend on the request (consistent hashing), so
+    /// [`Upstream::key`] must see it.
+    pub fn hashes(&self) -> bool {
+        self.settings.algorithm == Algorithm::ConsistentHashing
+    }
+
     pub fn key(&self, r: &RequestInfo<'_>) -> Key {
         if self.settings.algorithm != Algorithm::ConsistentHashing {
             return Key::default();

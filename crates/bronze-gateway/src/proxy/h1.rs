@@ -1,0 +1,933 @@
+//! The HTTP/1.1 proxy path: the common request (a route without plugins
+//! to an HTTP/1.1 upstream, no upgrade, no chunked request body) is
+//! forwarded without building `http` messages, as nginx and HAProxy do:
+//! the head is parsed in place (httparse), the upstream head is written
+//! straight from it (hop-by-hop headers dropped, `X-Forwarded-*` and
+//! `X-Request-Id` added, as the general path does), and the answer's bytes
+//! go back as they come, framed by the upstream's own `Content-Length` or
+//! chunked encoding, which is checked as it passes. One task serves the
+//! downstream connection and the upstream one in turn: no channel, no
+//! second task.
+//!
+//! Anything else — HTTP/2 (prior knowledge or ALPN), HTTP/1.0, upgrades,
+//! `Expect`, `Transfer-Encoding` on a request, routes with plugins, HTTPS
+//! redirects, gRPC upstreams, hashing balancers, unmatched requests and
+//! malformed or oversized heads — goes to the general path: the rest of
+//! the connection, from the first byte of that request, is handed to hyper
+//! (`Conn::serve_hyper`), so it gets exactly the answers it always did.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bronze_runtime::serve::{Conn, Stream};
+use bytes::{Buf, BytesMut};
+use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+use super::{Downstream, Proxy};
+use crate::balancer::{Key, Outcome};
+use crate::router::Route;
+
+/// Most headers a message may carry on this path (more: a request goes to
+/// hyper, a response is refused with 502).
+const MAX_HEADERS: usize = 64;
+/// The longest response head accepted from an upstream.
+const MAX_RESPONSE_HEAD: usize = 64 << 10;
+/// How long an idle client connection is kept open for its next request
+/// (nginx's and Kong's `keepalive_timeout`).
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Between two reads of a request body (nginx's `client_body_timeout`) and
+/// for each write to the client (`send_timeout`).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a request head asks of this path.
+enum Parse {
+    /// The head is not complete yet.
+    Partial,
+    /// Not for this path: hyper serves it (and the rest of the connection).
+    General,
+    Forward(Plan),
+}
+
+/// A request this path forwards; its upstream head is in the connection's
+/// `line`, `host` and `rest` buffers.
+struct Plan {
+    route: Arc<Route>,
+    head_len: usize,
+    body_len: u64,
+    head: bool,
+    /// The client asked to close after this answer.
+    close: bool,
+    /// Idempotent and bodyless, with another target to try.
+    replayable: bool,
+}
+
+/// Per connection buffers and timer, reused by every request on it.
+struct Client {
+    /// Bytes read from the client and not yet forwarded.
+    buf: BytesMut,
+    /// The upstream request line (with the rewritten path).
+    line: Vec<u8>,
+    /// The client's Host value.
+    host: Vec<u8>,
+    /// The upstream headers after Host, through the blank line.
+    rest: Vec<u8>,
+    /// Bytes on their way out (upstream head, downstream head and body).
+    out: Vec<u8>,
+    /// Bytes read from the upstream.
+    up: BytesMut,
+    timer: Pin<Box<Sleep>>,
+}
+
+/// Runs `fut` for at most `after`, on the connection's one timer.
+async fn timed<F: Future>(timer: &mut Pin<Box<Sleep>>, after: Duration, fut: F) -> Option<F::Output> {
+    timer.as_mut().reset(Instant::now() + after);
+    tokio::select! {
+        biased;
+        out = fut => Some(out),
+        () = timer.as_mut() => None,
+    }
+}
+
+/// Serves a proxy connection: this path while requests suit it, then
+/// hyper for the rest.
+pub async fn serve_connection(
+    mut conn: Conn,
+    proxy: Arc<Proxy>,
+    header_read_timeout: Duration,
+    max_head: usize,
+) {
+    let downstream = Arc::new(Downstream::new(conn.accepted.peer, conn.accepted.tls));
+    let h2 = matches!(&conn.stream, Stream::Tls(s) if s.get_ref().1.alpn_protocol() == Some(b"h2"));
+    let mut c = Client {
+        buf: BytesMut::with_capacity(8 << 10),
+        line: Vec::with_capacity(256),
+        host: Vec::with_capacity(64),
+        rest: Vec::with_capacity(1024),
+        out: Vec::with_capacity(4 << 10),
+        up: BytesMut::with_capacity(16 << 10),
+        timer: Box::pin(tokio::time::sleep(header_read_timeout)),
+    };
+    let mut stop = std::pin::pin!(conn.shutdown.waiter());
+    while !h2 {
+        // A request head: its first byte within the keep-alive timeout, the
+        // rest within `header_read_timeout` of that.
+        let idle_until = Instant::now() + KEEPALIVE_TIMEOUT;
+        let mut head_until = None;
+        let plan = loop {
+            if !c.buf.is_empty() {
+                match plan_request(&proxy, &downstream, &mut c) {
+                    Parse::Partial if c.buf.len() < max_head => {}
+                    Parse::Partial | Parse::General => break None,
+                    Parse::Forward(p) => break Some(p),
+                }
+            }
+            if c.buf.capacity() - c.buf.len() < 1024 {
+                c.buf.reserve(8 << 10);
+            }
+            let idle = c.buf.is_empty();
+            let deadline = if idle {
+                idle_until
+            } else {
+                *head_until.get_or_insert_with(|| Instant::now() + header_read_timeout)
+            };
+            c.timer.as_mut().reset(deadline);
+            let read = tokio::select! {
+                biased;
+                r = conn.stream.read_buf(&mut c.buf) => r.ok(),
+                () = c.timer.as_mut() => None,
+                () = &mut stop, if idle => None,
+            };
+            match read {
+                Some(0) | None => return,
+                Some(_) => {}
+            }
+        };
+        let Some(plan) = plan else { break };
+        let keep_alive = forward(&proxy, &mut conn.stream, &mut c, plan).await;
+        if !keep_alive || conn.shutdown.is_triggered() {
+            let _ = conn.stream.shutdown().await;
+            return;
+        }
+    }
+    let service = super::service(proxy, downstream);
+    conn.serve_hyper(c.buf.split().freeze(), service).await;
+}
+
+/// What a header means to this path.
+enum Kind {
+    Host,
+    ContentLength,
+    Connection,
+    /// `Transfer-Encoding`, `Expect`: the general path's business.
+    General,
+    /// Hop-by-hop, or replaced by the gateway's own value.
+    Dropped,
+    ForwardedFor,
+    RequestId,
+    Other,
+}
+
+fn classify(name: &[u8]) -> Kind {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    match name.len() {
+        2 if is("te") => Kind::Dropped,
+        4 if is("host") => Kind::Host,
+        6 if is("expect") => Kind::General,
+        7 if is("upgrade") || is("trailer") => Kind::Dropped,
+        9 if is("x-real-ip") => Kind::Dropped,
+        10 if is("connection") => Kind::Connection,
+        10 if is("keep-alive") => Kind::Dropped,
+        12 if is("x-request-id") => Kind::RequestId,
+        14 if is("content-length") => Kind::ContentLength,
+        15 if is("x-forwarded-for") => Kind::ForwardedFor,
+        16 if is("proxy-connection") || is("x-forwarded-host") => Kind::Dropped,
+        17 if is("transfer-encoding") => Kind::General,
+        17 if is("x-forwarded-proto") => Kind::Dropped,
+        18 if is("proxy-authenticate") => Kind::Dropped,
+        19 if is("proxy-authorization") => Kind::Dropped,
+        _ => Kind::Other,
+    }
+}
+
+/// A `Content-Length` value: digits only (no sign, no list).
+fn content_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter()
+        .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
+fn tokens(v: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    v.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
+fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Parses the head at the start of `c.buf` and, when this path takes it,
+/// writes the upstream head into `c.line`, `c.host` and `c.rest`.
+fn plan_request(proxy: &Proxy, conn: &Downstream, c: &mut Client) -> Parse {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(&c.buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parse::Partial,
+        Err(_) => return Parse::General,
+    };
+    let (Some(1), Some(method), Some(target)) = (req.version, req.method, req.path) else {
+        return Parse::General;
+    };
+    if !target.starts_with('/') {
+        return Parse::General;
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parse::General;
+    };
+    let mut host = None;
+    let mut body_len = None;
+    let mut close = false;
+    let mut forwarded_for = None;
+    let mut has_id = false;
+    c.rest.clear();
+    for h in req.headers.iter() {
+        match classify(h.name.as_bytes()) {
+            Kind::Host if host.is_none() => host = Some(h.value),
+            Kind::ContentLength if body_len.is_none() => match content_length(h.value) {
+                Some(n) => {
+                    body_len = Some(n);
+                    header(&mut c.rest, h.name.as_bytes(), h.value);
+                }
+                None => return Parse::General,
+            },
+            Kind::Host | Kind::ContentLength | Kind::General => return Parse::General,
+            Kind::Connection => {
+                for t in tokens(h.value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
+                        // An upgrade, or headers named as hop-by-hop.
+                        return Parse::General;
+                    }
+                }
+            }
+            Kind::Dropped => {}
+            Kind::ForwardedFor => {
+                forwarded_for.get_or_insert(h.value);
+            }
+            Kind::RequestId => {
+                has_id = true;
+                header(&mut c.rest, h.name.as_bytes(), h.value);
+            }
+            Kind::Other => header(&mut c.rest, h.name.as_bytes(), h.value),
+        }
+    }
+    let Some(Ok(host)) = host.map(std::str::from_utf8) else {
+        return Parse::General;
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let table = proxy.table.load();
+    let Some(m) = table.find(&method, host, path, &*req.headers) else {
+        return Parse::General;
+    };
+    let route = m.route;
+    let service = &route.service;
+    if !route.plugins.is_empty()
+        || (route.https_only && !conn.tls)
+        || service.http2
+        || service.upstream.hashes()
+    {
+        return Parse::General;
+    }
+    let rest = if route.strip_path {
+        &path[m.matched_len..]
+    } else {
+        path
+    };
+    c.line.clear();
+    c.line.extend_from_slice(method.as_str().as_bytes());
+    c.line.push(b' ');
+    match super::rewrite_target(&service.path, path, query, rest) {
+        Some(t) => c.line.extend_from_slice(t.as_bytes()),
+        None => c.line.extend_from_slice(target.as_bytes()),
+    }
+    c.line.extend_from_slice(b" HTTP/1.1\r\n");
+    c.host.clear();
+    c.host.extend_from_slice(host.as_bytes());
+
+    let ip = conn.ip.as_bytes();
+    c.rest.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prior) = forwarded_for {
+        c.rest.extend_from_slice(prior);
+        c.rest.extend_from_slice(b", ");
+    }
+    c.rest.extend_from_slice(ip);
+    c.rest.extend_from_slice(b"\r\n");
+    header(&mut c.rest, b"x-real-ip", ip);
+    let proto: &[u8] = if conn.tls { b"https" } else { b"http" };
+    header(&mut c.rest, b"x-forwarded-proto", proto);
+    header(&mut c.rest, b"x-forwarded-host", host.as_bytes());
+    if !has_id {
+        let n = proxy.request_ids.fetch_add(1, Ordering::Relaxed);
+        let id = super::request_id(proxy.id_prefix, n);
+        header(&mut c.rest, b"x-request-id", id.as_bytes());
+    }
+    c.rest.extend_from_slice(b"\r\n");
+    let body_len = body_len.unwrap_or(0);
+    let replayable = matches!(
+        method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::TRACE
+    ) && body_len == 0
+        && service.distinct_targets() > 1;
+    Parse::Forward(Plan {
+        route: route.clone(),
+        head_len,
+        body_len,
+        head: method == Method::HEAD,
+        close,
+        replayable,
+    })
+}
+
+/// How the upstream's answer ends.
+enum Framing {
+    /// No body (HEAD, 1xx, 204, 304).
+    Empty,
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the upstream closes (then the client's connection closes too).
+    UntilClose,
+}
+
+/// Why an exchange with the upstream failed before an answer came.
+enum Failed {
+    /// Connect, write or read failed (`true`: by timing out).
+    Upstream(bool),
+    /// The upstream's answer was not HTTP/1.1 this path can forward.
+    Invalid,
+    /// The client went away or stalled while sending its body.
+    Client,
+}
+
+/// Forwards one planned request and its answer; returns whether the
+/// client connection may carry another request.
+async fn forward(proxy: &Proxy, stream: &mut Stream, c: &mut Client, plan: Plan) -> bool {
+    let route = &plan.route;
+    let service = &route.service;
+    let counters = route
+        .counters
+        .get_or_init(|| proxy.metrics.route_counters(&route.name, &service.name));
+    c.buf.advance(plan.head_len);
+    service.budget.request();
+    let key = Key::default();
+    let mut pick = match service.upstream.pick(&key, None).await {
+        Ok(p) => p,
+        Err(no_peer) => {
+            counters.count(StatusCode::SERVICE_UNAVAILABLE);
+            return answer_error(
+                stream,
+                c,
+                StatusCode::SERVICE_UNAVAILABLE,
+                no_peer.message(),
+                plan.close || plan.body_len > 0,
+            )
+            .await;
+        }
+    };
+    let timeouts = service.timeouts();
+    let mut attempt = 0;
+    let mut reuse = true;
+    let (mut up, ready) = loop {
+        c.out.clear();
+        c.out.extend_from_slice(&c.line);
+        let host = match &pick.target.host_header {
+            Some(v) if !route.preserve_host => v.as_bytes(),
+            _ => &c.host,
+        };
+        header(&mut c.out, b"host", host);
+        c.out.extend_from_slice(&c.rest);
+        let (failed, reused) = match exchange(proxy, stream, c, &plan, pick.addr(), timeouts, reuse).await {
+            Ok(done) => break done,
+            Err(f) => f,
+        };
+        // A pooled connection the upstream had closed: once more on a new
+        // one (nothing was answered, and a bodyless request is whole in
+        // `out`), without blaming the target.
+        if reused && plan.body_len == 0 && matches!(failed, Failed::Upstream(false)) {
+            reuse = false;
+            continue;
+        }
+        match failed {
+            Failed::Client => return false,
+            Failed::Upstream(timeout) => pick.report(if timeout {
+                Outcome::Timeout
+            } else {
+                Outcome::TcpFailure
+            }),
+            Failed::Invalid => pick.report(Outcome::TcpFailure),
+        }
+        tracing::warn!(route = %route.name, target = %pick.addr(), attempt, "upstream failed");
+        if plan.replayable
+            && attempt < service.retries
+            && service.budget.try_retry()
+            && let Ok(next) = service.upstream.try_pick(&key, Some(&pick.target))
+        {
+            attempt += 1;
+            pick = next;
+            reuse = true;
+            continue;
+        }
+        let (status, message) = if matches!(failed, Failed::Upstream(true)) {
+            (StatusCode::GATEWAY_TIMEOUT, "The upstream server is timing out")
+        } else {
+            (
+                StatusCode::BAD_GATEWAY,
+                "An invalid response was received from the upstream server",
+            )
+        };
+        counters.count(status);
+        return answer_error(stream, c, status, message, plan.close || plan.body_len > 0).await;
+    };
+
+    // The answer's head, rewritten for the client in `c.out`.
+    let Ready {
+        len: head_len,
+        status,
+        mut framing,
+        mut reusable,
+    } = ready;
+    pick.report(Outcome::Status(status));
+    counters.count(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
+    let keep_alive = !plan.close && !matches!(framing, Framing::UntilClose);
+    c.up.advance(head_len);
+
+    // The body: what came with the head, then the rest as it arrives.
+    loop {
+        let done = match &mut framing {
+            Framing::Empty => true,
+            Framing::Length(left) => {
+                let n = c.up.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                c.out.extend_from_slice(&c.up[..n]);
+                c.up.advance(n);
+                *left -= n as u64;
+                *left == 0
+            }
+            Framing::Chunked(chunks) => match chunks.scan(&c.up) {
+                Ok(Some(end)) => {
+                    c.out.extend_from_slice(&c.up[..end]);
+                    c.up.advance(end);
+                    true
+                }
+                Ok(None) => {
+                    c.out.extend_from_slice(&c.up);
+                    c.up.clear();
+                    false
+                }
+                Err(()) => {
+                    tracing::warn!(route = %route.name, target = %pick.addr(), "upstream sent a malformed chunked body");
+                    return false;
+                }
+            },
+            Framing::UntilClose => {
+                c.out.extend_from_slice(&c.up);
+                c.up.clear();
+                false
+            }
+        };
+        if !c.out.is_empty() {
+            let written = timed(&mut c.timer, CLIENT_TIMEOUT, async {
+                stream.write_all(&c.out).await?;
+                stream.flush().await
+            })
+            .await;
+            c.out.clear();
+            if !matches!(written, Some(Ok(()))) {
+                return false;
+            }
+        }
+        if done {
+            break;
+        }
+        c.up.reserve(16 << 10);
+        match timed(&mut c.timer, service.read_timeout, up.read_buf(&mut c.up)).await {
+            Some(Ok(0)) if matches!(framing, Framing::UntilClose) => {
+                reusable = false;
+                break;
+            }
+            Some(Ok(n)) if n > 0 => {}
+            _ => {
+                // Cut short: the client sees its connection close before
+                // the promised end, the only way HTTP/1.1 can say so.
+                tracing::warn!(route = %route.name, target = %pick.addr(), "upstream body cut short");
+                return false;
+            }
+        }
+    }
+    // Bytes past the end of the answer: the connection is out of step.
+    if reusable && c.up.is_empty() {
+        proxy.pool.put_back_raw(pick.addr(), up);
+    } else {
+        let _ = up.shutdown().await;
+    }
+    drop(pick);
+    keep_alive
+}
+
+/// Sends `c.out` (the upstream head) and the request body to `target`,
+/// then reads until the answer's head is complete (skipping 1xx interim
+/// answers): returns the connection and the head's length in `c.up`.
+async fn exchange(
+    proxy: &Proxy,
+    stream: &mut Stream,
+    c: &mut Client,
+    plan: &Plan,
+    target: &Arc<str>,
+    timeouts: crate::balancer::connect::Timeouts,
+    reuse: bool,
+) -> Result<(TcpStream, Ready), (Failed, bool)> {
+    let conn = proxy
+        .pool
+        .raw(target, timeouts, reuse)
+        .await
+        .map_err(|e| (Failed::Upstream(e.is_timeout()), false))?;
+    let reused = conn.reused;
+    let mut up = conn.stream;
+    let failed = |f| (f, reused);
+    // The body bytes already read come along with the head.
+    let mut left = plan.body_len;
+    let now = c.buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+    c.out.extend_from_slice(&c.buf[..now]);
+    c.buf.advance(now);
+    left -= now as u64;
+    let sent = timed(&mut c.timer, timeouts.write, up.write_all(&c.out)).await;
+    match sent {
+        Some(Ok(())) => {}
+        Some(Err(_)) => return Err(failed(Failed::Upstream(false))),
+        None => return Err(failed(Failed::Upstream(true))),
+    }
+    while left > 0 {
+        c.buf.reserve(16 << 10);
+        match timed(&mut c.timer, CLIENT_TIMEOUT, stream.read_buf(&mut c.buf)).await {
+            Some(Ok(n)) if n > 0 => {}
+            _ => return Err(failed(Failed::Client)),
+        }
+        let n = c.buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        match timed(&mut c.timer, timeouts.write, up.write_all(&c.buf[..n])).await {
+            Some(Ok(())) => {}
+            Some(Err(_)) => return Err(failed(Failed::Upstream(false))),
+            None => return Err(failed(Failed::Upstream(true))),
+        }
+        c.buf.advance(n);
+        left -= n as u64;
+    }
+    // The answer's head; the read timeout runs from the request's end.
+    c.up.clear();
+    let deadline = Instant::now() + plan.route.service.read_timeout;
+    loop {
+        if !c.up.is_empty() {
+            match answer_head(c, plan) {
+                Head::Partial if c.up.len() < MAX_RESPONSE_HEAD => {}
+                Head::Partial | Head::Invalid => return Err(failed(Failed::Invalid)),
+                // 100 Continue and the like: not forwarded.
+                Head::Interim(n) => {
+                    c.up.advance(n);
+                    continue;
+                }
+                Head::Ready(ready) => return Ok((up, ready)),
+            }
+        }
+        c.up.reserve(16 << 10);
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timed(&mut c.timer, left, up.read_buf(&mut c.up)).await {
+            Some(Ok(n)) if n > 0 => {}
+            // Closed before a complete head (a reused connection closed
+            // just as the request went out, or a broken upstream).
+            Some(_) => return Err(failed(Failed::Upstream(false))),
+            None => return Err(failed(Failed::Upstream(true))),
+        }
+    }
+}
+
+/// An upstream answer's head, as far as it has come.
+enum Head {
+    Partial,
+    /// A 1xx interim answer of this many bytes.
+    Interim(usize),
+    Ready(Ready),
+    /// Not an answer this path can forward.
+    Invalid,
+}
+
+struct Ready {
+    len: usize,
+    status: u16,
+    framing: Framing,
+    /// The upstream connection may carry another request afterwards.
+    reusable: bool,
+}
+
+/// Hop-by-hop response headers (RFC 9110 7.6.1), `Transfer-Encoding`
+/// aside: a chunked body is forwarded chunked, as it came.
+fn hop_by_hop(name: &[u8]) -> bool {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    match name.len() {
+        2 => is("te"),
+        7 => is("upgrade") || is("trailer"),
+        10 => is("connection") || is("keep-alive"),
+        16 => is("proxy-connection"),
+        18 => is("proxy-authenticate"),
+        19 => is("proxy-authorization"),
+        _ => false,
+    }
+}
+
+/// Parses the upstream answer at the start of `c.up`; once complete (and
+/// final), writes the client's head for it into `c.out`.
+fn answer_head(c: &mut Client, plan: &Plan) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(&c.up) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::Invalid,
+    };
+    let Some(code) = resp.code else {
+        return Head::Invalid;
+    };
+    match code {
+        // A 101 nobody asked for.
+        101 => return Head::Invalid,
+        100..=199 => return Head::Interim(len),
+        _ => {}
+    }
+    let mut reusable = resp.version == Some(1);
+    let mut chunked = None;
+    let mut length = None;
+    let mut names_headers = false;
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"connection") {
+            for t in tokens(h.value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    reusable = false;
+                } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
+                    names_headers = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Chunked only when it is the last coding.
+            chunked = Some(
+                tokens(h.value)
+                    .next_back()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
+            );
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            let Some(n) = content_length(h.value) else {
+                return Head::Invalid;
+            };
+            if length.is_some_and(|l| l != n) {
+                return Head::Invalid;
+            }
+            length = Some(n);
+        }
+    }
+    let framing = if plan.head || code == 204 || code == 304 {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked(Chunked::default()),
+            (Some(false), _) | (None, None) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+        }
+    };
+    // Headers `Connection` names are hop-by-hop too.
+    let named = |name: &[u8]| {
+        names_headers
+            && resp.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("connection")
+                    && tokens(h.value).any(|t| t.eq_ignore_ascii_case(name))
+            })
+    };
+    c.out.clear();
+    c.out.extend_from_slice(b"HTTP/1.1 ");
+    #[allow(clippy::cast_possible_truncation)] // 100..=999
+    c.out.extend_from_slice(&[
+        b'0' + (code / 100 % 10) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+        b' ',
+    ]);
+    c.out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    c.out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        // With a Transfer-Encoding, a Content-Length means nothing.
+        let dropped = hop_by_hop(name)
+            || (chunked.is_some() && name.eq_ignore_ascii_case(b"content-length"))
+            || named(name);
+        if !dropped {
+            header(&mut c.out, name, h.value);
+        }
+    }
+    let until_close = matches!(framing, Framing::UntilClose);
+    if plan.close || until_close {
+        c.out.extend_from_slice(b"connection: close\r\n");
+    }
+    c.out.extend_from_slice(b"\r\n");
+    Head::Ready(Ready {
+        len,
+        status: code,
+        framing,
+        reusable: reusable && !until_close,
+    })
+}
+
+/// Answers the client with Kong's error shape; returns whether its
+/// connection may carry another request.
+async fn answer_error(
+    stream: &mut Stream,
+    c: &mut Client,
+    status: StatusCode,
+    message: &str,
+    close: bool,
+) -> bool {
+    let body = serde_json::json!({ "message": message }).to_string();
+    c.out.clear();
+    c.out.extend_from_slice(format!("HTTP/1.1 {status}\r\n").as_bytes());
+    header(&mut c.out, b"content-type", b"application/json; charset=utf-8");
+    header(&mut c.out, b"server", b"bronze-gateway");
+    header(&mut c.out, b"content-length", body.len().to_string().as_bytes());
+    if close {
+        c.out.extend_from_slice(b"connection: close\r\n");
+    }
+    c.out.extend_from_slice(b"\r\n");
+    c.out.extend_from_slice(body.as_bytes());
+    let written = timed(&mut c.timer, CLIENT_TIMEOUT, async {
+        stream.write_all(&c.out).await?;
+        stream.flush().await
+    })
+    .await;
+    c.out.clear();
+    !close && matches!(written, Some(Ok(())))
+}
+
+/// Follows a chunked body as its bytes pass through, to find where it
+/// ends (RFC 9112 7.1): chunk sizes in hex with optional extensions, data,
+/// CRLFs, the last chunk and trailer fields.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Chunked {
+    state: ChunkState,
+    size: u64,
+    digits: u8,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    Trailer,
+    TrailerLf,
+    EndLf,
+}
+
+impl Chunked {
+    /// Scans the next bytes of the body: `Some(n)` when the body ends
+    /// after its first `n` bytes, `None` when it goes on, `Err` when the
+    /// framing is broken.
+    pub fn scan(&mut self, bytes: &[u8]) -> Result<Option<usize>, ()> {
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            match self.state {
+                ChunkState::Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        if self.digits == 15 {
+                            return Err(());
+                        }
+                        let d = (b as char).to_digit(16).ok_or(())?;
+                        self.size = self.size * 16 + u64::from(d);
+                        self.digits += 1;
+                    }
+                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = ChunkState::Extension,
+                    b'\r' if self.digits > 0 => self.state = ChunkState::SizeLf,
+                    _ => return Err(()),
+                },
+                ChunkState::Extension => match b {
+                    b'\r' => self.state = ChunkState::SizeLf,
+                    b'\n' => return Err(()),
+                    _ => {}
+                },
+                ChunkState::SizeLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    self.digits = 0;
+                    self.state = if self.size == 0 {
+                        ChunkState::TrailerStart
+                    } else {
+                        ChunkState::Data
+                    };
+                }
+                ChunkState::Data => {
+                    let n = (bytes.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
+                    self.size -= n as u64;
+                    i += n;
+                    if self.size == 0 {
+                        self.state = ChunkState::DataCr;
+                    }
+                    continue;
+                }
+                ChunkState::DataCr => {
+                    if b != b'\r' {
+                        return Err(());
+                    }
+                    self.state = ChunkState::DataLf;
+                }
+                ChunkState::DataLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::TrailerStart => {
+                    self.state = if b == b'\r' {
+                        ChunkState::EndLf
+                    } else if b == b'\n' {
+                        return Err(());
+                    } else {
+                        ChunkState::Trailer
+                    };
+                }
+                ChunkState::Trailer => match b {
+                    b'\r' => self.state = ChunkState::TrailerLf,
+                    b'\n' => return Err(()),
+                    _ => {}
+                },
+                ChunkState::TrailerLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    self.state = ChunkState::TrailerStart;
+                }
+                ChunkState::EndLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    return Ok(Some(i + 1));
+                }
+            }
+            i += 1;
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(body: &[u8]) -> Result<Option<usize>, ()> {
+        Chunked::default().scan(body)
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_the_last_chunk_and_trailers_end() {
+        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\nNEXT";
+        assert_eq!(whole(body), Ok(Some(body.len() - 4)));
+        let trailers = b"A\r\n0123456789\r\n0\r\nx-sum: 1\r\nx-b: 2\r\n\r\n";
+        assert_eq!(whole(trailers), Ok(Some(trailers.len())));
+        assert_eq!(whole(b"5\r\nhel"), Ok(None));
+        // Every split point gives the same end.
+        for cut in 0..=body.len() {
+            let mut c = Chunked::default();
+            let first = c.scan(&body[..cut]).unwrap();
+            let end = match first {
+                Some(n) => n,
+                None => cut + c.scan(&body[cut..]).unwrap().unwrap(),
+            };
+            assert_eq!(end, body.len() - 4, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn broken_chunk_framing_is_refused() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"\r\n",
+            b"5\nhello\r\n",
+            b"5\r\nhelloX\r\n",
+            b"1234567890abcdef0\r\n",
+            b"0\r\nbad\ntrailer\r\n\r\n",
+            b"0\r\n\r\r",
+        ] {
+            assert_eq!(whole(bad), Err(()), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn content_lengths_are_plain_digits() {
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b"1234"), Some(1234));
+        for bad in [&b""[..], b"+1", b"-1", b"1,1", b" 1", b"99999999999999999999"] {
+            assert_eq!(content_length(bad), None);
+        }
+    }
+}
