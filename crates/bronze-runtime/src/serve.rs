@@ -135,8 +135,12 @@ impl Conn {
 /// Accepts until `shutdown`, runs `handler` on its own task for every
 /// connection (after the TLS handshake, within `handshake_timeout`), then
 /// waits for open connections to finish (at most `drain_timeout`).
-pub async fn serve_with<H, F>(listener: TcpListener, options: Options, handler: H, shutdown: Shutdown)
-where
+pub async fn serve_with<H, F>(
+    listener: TcpListener,
+    options: Options,
+    handler: H,
+    shutdown: Shutdown,
+) where
     H: Fn(Conn) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {

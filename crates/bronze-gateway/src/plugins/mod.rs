@@ -244,9 +244,18 @@ impl Chain {
 
     /// The header phase, then the log phase.
     pub fn finish(resp: &mut Response<Body>, ctx: &mut Ctx, metrics: &GatewayMetrics) {
-        let chain = ctx.chain.clone();
         let status = resp.status();
-        let headers = resp.headers_mut();
+        Self::finish_head(status, resp.headers_mut(), ctx, metrics);
+    }
+
+    /// The header phase, then the log phase, on a response head.
+    pub fn finish_head(
+        status: StatusCode,
+        headers: &mut HeaderMap,
+        ctx: &mut Ctx,
+        metrics: &GatewayMetrics,
+    ) {
+        let chain = ctx.chain.clone();
         for p in chain.iter() {
             p.header(status, headers, ctx);
         }

@@ -51,6 +51,8 @@ enum Parse {
     /// Not for this path: hyper serves it (and the rest of the connection).
     General,
     Forward(Plan),
+    /// A plugin answered in the access phase.
+    Answer(Plan, crate::plugins::Answer),
 }
 
 /// A request this path forwards; its upstream head is in the connection's
@@ -64,6 +66,10 @@ struct Plan {
     close: bool,
     /// Idempotent and bodyless, with another target to try.
     replayable: bool,
+    /// The route's plugins' state, when it has plugins.
+    ctx: Option<crate::plugins::Ctx>,
+    /// When the request went upstream (plugins' latencies).
+    sent_at: Option<std::time::Instant>,
 }
 
 /// Per connection buffers and timer, reused by every request on it.
@@ -84,7 +90,11 @@ struct Client {
 }
 
 /// Runs `fut` for at most `after`, on the connection's one timer.
-async fn timed<F: Future>(timer: &mut Pin<Box<Sleep>>, after: Duration, fut: F) -> Option<F::Output> {
+async fn timed<F: Future>(
+    timer: &mut Pin<Box<Sleep>>,
+    after: Duration,
+    fut: F,
+) -> Option<F::Output> {
     timer.as_mut().reset(Instant::now() + after);
     tokio::select! {
         biased;
@@ -123,7 +133,8 @@ pub async fn serve_connection(
                 match plan_request(&proxy, &downstream, &mut c) {
                     Parse::Partial if c.buf.len() < max_head => {}
                     Parse::Partial | Parse::General => break None,
-                    Parse::Forward(p) => break Some(p),
+                    Parse::Forward(p) => break Some((p, None)),
+                    Parse::Answer(p, answer) => break Some((p, Some(answer))),
                 }
             }
             if c.buf.capacity() - c.buf.len() < 1024 {
@@ -147,8 +158,33 @@ pub async fn serve_connection(
                 Some(_) => {}
             }
         };
-        let Some(plan) = plan else { break };
-        let keep_alive = forward(&proxy, &mut conn.stream, &mut c, plan).await;
+        let keep_alive = match plan {
+            None => break,
+            Some((plan, None)) => forward(&proxy, &mut conn.stream, &mut c, plan).await,
+            Some((mut plan, Some(answer))) => {
+                c.buf.advance(plan.head_len);
+                let counters = plan.route.counters.get_or_init(|| {
+                    let route = &plan.route;
+                    proxy
+                        .metrics
+                        .route_counters(&route.name, &route.service.name)
+                });
+                counters.count(answer.status());
+                // The body was not read: the connection cannot go on.
+                let close = plan.close || plan.body_len > 0;
+                let ctx = plan.ctx.as_mut();
+                answer_with(
+                    &proxy,
+                    &mut conn.stream,
+                    &mut c,
+                    *answer,
+                    ctx,
+                    plan.head,
+                    close,
+                )
+                .await
+            }
+        };
         if !keep_alive || conn.shutdown.is_triggered() {
             let _ = conn.stream.shutdown().await;
             return;
@@ -199,8 +235,9 @@ fn content_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    v.iter()
-        .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    v.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 fn tokens(v: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
@@ -215,7 +252,8 @@ fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Parses the head at the start of `c.buf` and, when this path takes it,
-/// writes the upstream head into `c.line`, `c.host` and `c.rest`.
+/// runs the route's plugins' access phase and writes the upstream head
+/// into `c.line`, `c.host` and `c.rest`.
 fn plan_request(proxy: &Proxy, conn: &Downstream, c: &mut Client) -> Parse {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -233,20 +271,15 @@ fn plan_request(proxy: &Proxy, conn: &Downstream, c: &mut Client) -> Parse {
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Parse::General;
     };
+    // Framing and connection handling, from the client's own headers.
     let mut host = None;
     let mut body_len = None;
     let mut close = false;
-    let mut forwarded_for = None;
-    let mut has_id = false;
-    c.rest.clear();
     for h in req.headers.iter() {
         match classify(h.name.as_bytes()) {
             Kind::Host if host.is_none() => host = Some(h.value),
             Kind::ContentLength if body_len.is_none() => match content_length(h.value) {
-                Some(n) => {
-                    body_len = Some(n);
-                    header(&mut c.rest, h.name.as_bytes(), h.value);
-                }
+                Some(n) => body_len = Some(n),
                 None => return Parse::General,
             },
             Kind::Host | Kind::ContentLength | Kind::General => return Parse::General,
@@ -260,15 +293,7 @@ fn plan_request(proxy: &Proxy, conn: &Downstream, c: &mut Client) -> Parse {
                     }
                 }
             }
-            Kind::Dropped => {}
-            Kind::ForwardedFor => {
-                forwarded_for.get_or_insert(h.value);
-            }
-            Kind::RequestId => {
-                has_id = true;
-                header(&mut c.rest, h.name.as_bytes(), h.value);
-            }
-            Kind::Other => header(&mut c.rest, h.name.as_bytes(), h.value),
+            _ => {}
         }
     }
     let Some(Ok(host)) = host.map(std::str::from_utf8) else {
@@ -283,62 +308,187 @@ fn plan_request(proxy: &Proxy, conn: &Downstream, c: &mut Client) -> Parse {
         return Parse::General;
     };
     let route = m.route;
-    let service = &route.service;
-    if !route.plugins.is_empty()
-        || (route.https_only && !conn.tls)
-        || service.http2
-        || service.upstream.hashes()
-    {
+    if (route.https_only && !conn.tls) || route.service.http2 || route.service.upstream.hashes() {
         return Parse::General;
     }
-    let rest = if route.strip_path {
-        &path[m.matched_len..]
-    } else {
-        path
+    let mut plan = Plan {
+        head_len,
+        body_len: body_len.unwrap_or(0),
+        head: method == Method::HEAD,
+        close,
+        replayable: false,
+        ctx: None,
+        sent_at: None,
+        route: route.clone(),
     };
+    let service = &route.service;
+    plan.replayable = matches!(
+        method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::TRACE
+    ) && plan.body_len == 0
+        && service.distinct_targets() > 1;
+    let strip = |path: &str| {
+        if route.strip_path {
+            path.get(m.matched_len..).unwrap_or("").to_string()
+        } else {
+            path.to_string()
+        }
+    };
+    let Some(mut ctx) = route.plugins.start(Some(route), conn.peer) else {
+        // No plugins: the upstream head straight from the client's.
+        c.line.clear();
+        request_line(
+            &mut c.line,
+            &method,
+            &service.path,
+            target,
+            path,
+            query,
+            &strip(path),
+        );
+        c.host.clear();
+        c.host.extend_from_slice(host.as_bytes());
+        let names = req.headers.iter().map(|h| (h.name.as_bytes(), h.value));
+        upstream_headers(
+            proxy,
+            conn,
+            &mut c.rest,
+            names,
+            body_len,
+            Some(host.as_bytes()),
+        );
+        return Parse::Forward(plan);
+    };
+    // Plugins see the request as the general path gives it to them.
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(target)
+        .version(http::Version::HTTP_11);
+    if let Some(map) = builder.headers_mut() {
+        for h in req.headers.iter() {
+            let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(h.name.as_bytes()),
+                http::HeaderValue::from_bytes(h.value),
+            ) else {
+                return Parse::General;
+            };
+            map.append(n, v);
+        }
+    }
+    let Ok(request) = builder.body(()) else {
+        return Parse::General;
+    };
+    let (mut parts, ()) = request.into_parts();
+    if let Err(answer) = route.plugins.access(&mut parts, &mut ctx) {
+        plan.ctx = Some(ctx);
+        return Parse::Answer(plan, answer);
+    }
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let path = parts.uri.path();
     c.line.clear();
-    c.line.extend_from_slice(method.as_str().as_bytes());
-    c.line.push(b' ');
-    match super::rewrite_target(&service.path, path, query, rest) {
-        Some(t) => c.line.extend_from_slice(t.as_bytes()),
-        None => c.line.extend_from_slice(target.as_bytes()),
+    request_line(
+        &mut c.line,
+        &parts.method,
+        &service.path,
+        target,
+        path,
+        parts.uri.query(),
+        &strip(path),
+    );
+    if ctx.log_request.is_some() {
+        ctx.upstream_uri = Some(
+            String::from_utf8_lossy(&c.line[parts.method.as_str().len() + 1..c.line.len() - 11])
+                .into_owned(),
+        );
     }
-    c.line.extend_from_slice(b" HTTP/1.1\r\n");
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .map(http::HeaderValue::as_bytes);
     c.host.clear();
-    c.host.extend_from_slice(host.as_bytes());
+    c.host.extend_from_slice(host.unwrap_or_default());
+    let names = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    upstream_headers(proxy, conn, &mut c.rest, names, body_len, host);
+    plan.head = parts.method == Method::HEAD;
+    plan.ctx = Some(ctx);
+    Parse::Forward(plan)
+}
 
-    let ip = conn.ip.as_bytes();
-    c.rest.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(prior) = forwarded_for {
-        c.rest.extend_from_slice(prior);
-        c.rest.extend_from_slice(b", ");
+/// `METHOD target HTTP/1.1`: the target rewritten for the service's path
+/// and the route's `strip_path` (`rest`: what the route left of `path`).
+fn request_line(
+    out: &mut Vec<u8>,
+    method: &Method,
+    service_path: &str,
+    target: &str,
+    path: &str,
+    query: Option<&str>,
+    rest: &str,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    match super::rewrite_target(service_path, path, query, rest) {
+        Some(t) => out.extend_from_slice(t.as_bytes()),
+        None => out.extend_from_slice(target.as_bytes()),
     }
-    c.rest.extend_from_slice(ip);
-    c.rest.extend_from_slice(b"\r\n");
-    header(&mut c.rest, b"x-real-ip", ip);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+}
+
+/// The upstream headers after Host, through the blank line: the client's
+/// (or the plugins') end-to-end headers, `Content-Length` as framed here,
+/// then `X-Forwarded-*`, `X-Real-IP` and an `X-Request-Id` if none came.
+fn upstream_headers<'a>(
+    proxy: &Proxy,
+    conn: &Downstream,
+    out: &mut Vec<u8>,
+    headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    body_len: Option<u64>,
+    host: Option<&[u8]>,
+) {
+    out.clear();
+    let mut forwarded_for = None;
+    let mut has_id = false;
+    for (name, value) in headers {
+        match classify(name) {
+            Kind::ForwardedFor => {
+                forwarded_for.get_or_insert(value);
+            }
+            Kind::RequestId => {
+                has_id = true;
+                header(out, name, value);
+            }
+            Kind::Other => header(out, name, value),
+            // Host, framing, hop-by-hop and the gateway's own: below.
+            _ => {}
+        }
+    }
+    if let Some(n) = body_len {
+        let mut digits = [0u8; 20];
+        header(out, b"content-length", decimal(n, &mut digits));
+    }
+    let ip = conn.ip.as_bytes();
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prior) = forwarded_for {
+        out.extend_from_slice(prior);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(ip);
+    out.extend_from_slice(b"\r\n");
+    header(out, b"x-real-ip", ip);
     let proto: &[u8] = if conn.tls { b"https" } else { b"http" };
-    header(&mut c.rest, b"x-forwarded-proto", proto);
-    header(&mut c.rest, b"x-forwarded-host", host.as_bytes());
+    header(out, b"x-forwarded-proto", proto);
+    if let Some(host) = host {
+        header(out, b"x-forwarded-host", host);
+    }
     if !has_id {
         let n = proxy.request_ids.fetch_add(1, Ordering::Relaxed);
         let id = super::request_id(proxy.id_prefix, n);
-        header(&mut c.rest, b"x-request-id", id.as_bytes());
+        header(out, b"x-request-id", id.as_bytes());
     }
-    c.rest.extend_from_slice(b"\r\n");
-    let body_len = body_len.unwrap_or(0);
-    let replayable = matches!(
-        method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::TRACE
-    ) && body_len == 0
-        && service.distinct_targets() > 1;
-    Parse::Forward(Plan {
-        route: route.clone(),
-        head_len,
-        body_len,
-        head: method == Method::HEAD,
-        close,
-        replayable,
-    })
+    out.extend_from_slice(b"\r\n");
 }
 
 /// How the upstream's answer ends.
@@ -363,7 +513,8 @@ enum Failed {
 
 /// Forwards one planned request and its answer; returns whether the
 /// client connection may carry another request.
-async fn forward(proxy: &Proxy, stream: &mut Stream, c: &mut Client, plan: Plan) -> bool {
+async fn forward(proxy: &Proxy, stream: &mut Stream, c: &mut Client, mut plan: Plan) -> bool {
+    let mut ctx = plan.ctx.take();
     let route = &plan.route;
     let service = &route.service;
     let counters = route
@@ -376,19 +527,15 @@ async fn forward(proxy: &Proxy, stream: &mut Stream, c: &mut Client, plan: Plan)
         Ok(p) => p,
         Err(no_peer) => {
             counters.count(StatusCode::SERVICE_UNAVAILABLE);
-            return answer_error(
-                stream,
-                c,
-                StatusCode::SERVICE_UNAVAILABLE,
-                no_peer.message(),
-                plan.close || plan.body_len > 0,
-            )
-            .await;
+            let resp = super::error(StatusCode::SERVICE_UNAVAILABLE, no_peer.message());
+            let close = plan.close || plan.body_len > 0;
+            return answer_with(proxy, stream, c, resp, ctx.as_mut(), plan.head, close).await;
         }
     };
     let timeouts = service.timeouts();
     let mut attempt = 0;
     let mut reuse = true;
+    plan.sent_at = ctx.is_some().then(std::time::Instant::now);
     let (mut up, ready) = loop {
         c.out.clear();
         c.out.extend_from_slice(&c.line);
@@ -398,7 +545,17 @@ async fn forward(proxy: &Proxy, stream: &mut Stream, c: &mut Client, plan: Plan)
         };
         header(&mut c.out, b"host", host);
         c.out.extend_from_slice(&c.rest);
-        let (failed, reused) = match exchange(proxy, stream, c, &plan, pick.addr(), timeouts, reuse).await {
+        let sent = exchange(
+            proxy,
+            stream,
+            c,
+            &plan,
+            ctx.as_mut(),
+            pick.addr(),
+            timeouts,
+            reuse,
+        );
+        let (failed, reused) = match sent.await {
             Ok(done) => break done,
             Err(f) => f,
         };
@@ -430,7 +587,10 @@ async fn forward(proxy: &Proxy, stream: &mut Stream, c: &mut Client, plan: Plan)
             continue;
         }
         let (status, message) = if matches!(failed, Failed::Upstream(true)) {
-            (StatusCode::GATEWAY_TIMEOUT, "The upstream server is timing out")
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                "The upstream server is timing out",
+            )
         } else {
             (
                 StatusCode::BAD_GATEWAY,
@@ -438,7 +598,9 @@ async fn forward(proxy: &Proxy, stream: &mut Stream, c: &mut Client, plan: Plan)
             )
         };
         counters.count(status);
-        return answer_error(stream, c, status, message, plan.close || plan.body_len > 0).await;
+        let close = plan.close || plan.body_len > 0;
+        let resp = super::error(status, message);
+        return answer_with(proxy, stream, c, resp, ctx.as_mut(), plan.head, close).await;
     };
 
     // The answer's head, rewritten for the client in `c.out`.
@@ -533,6 +695,7 @@ async fn exchange(
     stream: &mut Stream,
     c: &mut Client,
     plan: &Plan,
+    mut ctx: Option<&mut crate::plugins::Ctx>,
     target: &Arc<str>,
     timeouts: crate::balancer::connect::Timeouts,
     reuse: bool,
@@ -577,7 +740,7 @@ async fn exchange(
     let deadline = Instant::now() + plan.route.service.read_timeout;
     loop {
         if !c.up.is_empty() {
-            match answer_head(c, plan) {
+            match answer_head(proxy, c, plan, ctx.as_deref_mut()) {
                 Head::Partial if c.up.len() < MAX_RESPONSE_HEAD => {}
                 Head::Partial | Head::Invalid => return Err(failed(Failed::Invalid)),
                 // 100 Continue and the like: not forwarded.
@@ -635,7 +798,12 @@ fn hop_by_hop(name: &[u8]) -> bool {
 
 /// Parses the upstream answer at the start of `c.up`; once complete (and
 /// final), writes the client's head for it into `c.out`.
-fn answer_head(c: &mut Client, plan: &Plan) -> Head {
+fn answer_head(
+    proxy: &Proxy,
+    c: &mut Client,
+    plan: &Plan,
+    ctx: Option<&mut crate::plugins::Ctx>,
+) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(&c.up) {
@@ -700,25 +868,57 @@ fn answer_head(c: &mut Client, plan: &Plan) -> Head {
                     && tokens(h.value).any(|t| t.eq_ignore_ascii_case(name))
             })
     };
-    c.out.clear();
-    c.out.extend_from_slice(b"HTTP/1.1 ");
-    #[allow(clippy::cast_possible_truncation)] // 100..=999
-    c.out.extend_from_slice(&[
-        b'0' + (code / 100 % 10) as u8,
-        b'0' + (code / 10 % 10) as u8,
-        b'0' + (code % 10) as u8,
-        b' ',
-    ]);
-    c.out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-    c.out.extend_from_slice(b"\r\n");
-    for h in resp.headers.iter() {
-        let name = h.name.as_bytes();
-        // With a Transfer-Encoding, a Content-Length means nothing.
-        let dropped = hop_by_hop(name)
-            || (chunked.is_some() && name.eq_ignore_ascii_case(b"content-length"))
-            || named(name);
-        if !dropped {
-            header(&mut c.out, name, h.value);
+    status_line(&mut c.out, code, resp.reason.unwrap_or(""));
+    let framing_header = |name: &[u8]| {
+        name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"transfer-encoding")
+    };
+    match ctx {
+        None => {
+            for h in resp.headers.iter() {
+                let name = h.name.as_bytes();
+                // With a Transfer-Encoding, a Content-Length means nothing.
+                let dropped = hop_by_hop(name)
+                    || (chunked.is_some() && name.eq_ignore_ascii_case(b"content-length"))
+                    || named(name);
+                if !dropped {
+                    header(&mut c.out, name, h.value);
+                }
+            }
+        }
+        Some(ctx) => {
+            // Plugins see and change the end-to-end headers; the framing
+            // stays the upstream's.
+            let mut map = http::HeaderMap::with_capacity(resp.headers.len());
+            for h in resp.headers.iter() {
+                let name = h.name.as_bytes();
+                if hop_by_hop(name) || framing_header(name) || named(name) {
+                    continue;
+                }
+                if let (Ok(n), Ok(v)) = (
+                    http::HeaderName::from_bytes(name),
+                    http::HeaderValue::from_bytes(h.value),
+                ) {
+                    map.append(n, v);
+                }
+            }
+            if let Some(at) = plan.sent_at {
+                ctx.upstream_latency = Some(at.elapsed());
+            }
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+            crate::plugins::Chain::finish_head(status, &mut map, ctx, &proxy.metrics);
+            write_headers(&mut c.out, &map);
+            for h in resp.headers.iter() {
+                let name = h.name.as_bytes();
+                let kept = if name.eq_ignore_ascii_case(b"content-length") {
+                    chunked.is_none()
+                } else {
+                    name.eq_ignore_ascii_case(b"transfer-encoding")
+                };
+                if kept {
+                    header(&mut c.out, name, h.value);
+                }
+            }
         }
     }
     let until_close = matches!(framing, Framing::UntilClose);
@@ -734,26 +934,73 @@ fn answer_head(c: &mut Client, plan: &Plan) -> Head {
     })
 }
 
-/// Answers the client with Kong's error shape; returns whether its
-/// connection may carry another request.
-async fn answer_error(
+/// `HTTP/1.1 NNN reason`.
+fn status_line(out: &mut Vec<u8>, code: u16, reason: &str) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    #[allow(clippy::cast_possible_truncation)] // a status code has three digits
+    out.extend_from_slice(&[
+        b'0' + (code / 100 % 10) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+        b' ',
+    ]);
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_headers(out: &mut Vec<u8>, map: &http::HeaderMap) {
+    for (name, value) in map {
+        header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+}
+
+/// Answers the client with a response the gateway made (an error, or a
+/// plugin's early answer), after the plugins' header and log phases;
+/// returns whether its connection may carry another request.
+async fn answer_with(
+    proxy: &Proxy,
     stream: &mut Stream,
     c: &mut Client,
-    status: StatusCode,
-    message: &str,
+    mut resp: http::Response<super::Body>,
+    ctx: Option<&mut crate::plugins::Ctx>,
+    head: bool,
     close: bool,
 ) -> bool {
-    let body = serde_json::json!({ "message": message }).to_string();
-    c.out.clear();
-    c.out.extend_from_slice(format!("HTTP/1.1 {status}\r\n").as_bytes());
-    header(&mut c.out, b"content-type", b"application/json; charset=utf-8");
-    header(&mut c.out, b"server", b"bronze-gateway");
-    header(&mut c.out, b"content-length", body.len().to_string().as_bytes());
+    if let Some(ctx) = ctx {
+        crate::plugins::Chain::finish(&mut resp, ctx, &proxy.metrics);
+    }
+    let (parts, body) = resp.into_parts();
+    let body = match body {
+        http_body_util::Either::Right(full) => http_body_util::BodyExt::collect(full)
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default(),
+        http_body_util::Either::Left(_) => bytes::Bytes::new(),
+    };
+    status_line(
+        &mut c.out,
+        parts.status.as_u16(),
+        parts.status.canonical_reason().unwrap_or(""),
+    );
+    let mut map = parts.headers;
+    map.remove(http::header::CONTENT_LENGTH);
+    map.remove(http::header::TRANSFER_ENCODING);
+    map.remove(http::header::CONNECTION);
+    write_headers(&mut c.out, &map);
+    let mut digits = [0u8; 20];
+    header(
+        &mut c.out,
+        b"content-length",
+        decimal(body.len() as u64, &mut digits),
+    );
     if close {
         c.out.extend_from_slice(b"connection: close\r\n");
     }
     c.out.extend_from_slice(b"\r\n");
-    c.out.extend_from_slice(body.as_bytes());
+    if !head {
+        c.out.extend_from_slice(&body);
+    }
     let written = timed(&mut c.timer, CLIENT_TIMEOUT, async {
         stream.write_all(&c.out).await?;
         stream.flush().await
@@ -761,6 +1008,22 @@ async fn answer_error(
     .await;
     c.out.clear();
     !close && matches!(written, Some(Ok(())))
+}
+
+/// `n` in decimal, in `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        #[allow(clippy::cast_possible_truncation)] // one digit
+        {
+            buf[i] = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
 }
 
 /// Follows a chunked body as its bytes pass through, to find where it
@@ -926,7 +1189,14 @@ mod tests {
     fn content_lengths_are_plain_digits() {
         assert_eq!(content_length(b"0"), Some(0));
         assert_eq!(content_length(b"1234"), Some(1234));
-        for bad in [&b""[..], b"+1", b"-1", b"1,1", b" 1", b"99999999999999999999"] {
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b"1,1",
+            b" 1",
+            b"99999999999999999999",
+        ] {
             assert_eq!(content_length(bad), None);
         }
     }
