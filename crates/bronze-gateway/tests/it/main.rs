@@ -2,6 +2,7 @@
 //! to echo backends; configuration swaps under load; bad configuration.
 
 mod balancing;
+mod h1;
 mod tls;
 
 use std::net::SocketAddr;

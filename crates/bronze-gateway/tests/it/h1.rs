@@ -1,0 +1,242 @@
+//! The HTTP/1.1 path (`proxy::h1`) against scripted backends: upstream
+//! connections reused and replaced, chunked and close-delimited answers,
+//! HEAD, pipelining, and a connection that moves to the general path
+//! mid-way.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{curl, echo, gateway, raw, s};
+
+/// How a scripted backend answers one request head.
+type Script = fn(&str) -> (&'static [u8], bool);
+
+/// A backend that reads bodyless request heads and answers each with
+/// `script` (the answer's bytes, and whether to close the connection
+/// afterwards without saying so). Counts the connections it accepts.
+async fn scripted(script: Script) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end + 4);
+                    let (answer, close) = script(&head);
+                    if conn.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    if close {
+                        // Closed a moment later, as a keep-alive timeout
+                        // would: the gateway holds it idle by then.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+fn one_route(backend: SocketAddr) -> serde_json::Value {
+    serde_json::json!({
+        "_format_version": "3.0",
+        "services": [{"name": "b", "url": format!("http://{backend}"),
+            "routes": [{"name": "all", "paths": ["/"]}]}]
+    })
+}
+
+#[tokio::test]
+async fn one_upstream_connection_carries_many_requests_and_a_closed_one_is_replaced() {
+    let (backend, accepted) =
+        scripted(|_| (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false)).await;
+    let gw = gateway(one_route(backend)).await;
+    for i in 0..20 {
+        // A new client connection each time; the upstream one is pooled.
+        let (code, body) = curl(s(&[&format!("http://{}/n/{i}", gw.addr)])).await;
+        assert_eq!((code, body.as_str()), (200, "ok"));
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream connection"
+    );
+
+    // A backend that closes every connection after its answer: the pooled
+    // connection is found closed and replaced, and no request fails.
+    let (closing, accepted) =
+        scripted(|_| (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", true)).await;
+    let gw = gateway(one_route(closing)).await;
+    for i in 0..5 {
+        let (code, body) = curl(s(&[&format!("http://{}/c/{i}", gw.addr)])).await;
+        assert_eq!((code, body.as_str()), (200, "ok"), "request {i}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn chunked_answers_pass_whole_and_broken_framing_cuts_the_connection() {
+    let (backend, _) = scripted(|head| {
+        if head.starts_with("GET /broken") {
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+                false,
+            )
+        } else {
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n\
+                  5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n",
+                false,
+            )
+        }
+    })
+    .await;
+    let gw = gateway(one_route(backend)).await;
+    // Two requests on one client connection: the second is answered only
+    // if the first answer's end was found exactly.
+    let url = format!("http://{}/chunks", gw.addr);
+    let (code, body) = curl(s(&["--raw", &url, &url])).await;
+    assert_eq!(code, 200);
+    let once = "5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n";
+    // (curl's status line for the first URL sits between the two.)
+    assert_eq!(
+        body.matches(once).count(),
+        2,
+        "forwarded as it came: {body:?}"
+    );
+    let (code, body) = curl(s(&[&url])).await;
+    assert_eq!((code, body.as_str()), (200, "hello world"));
+
+    // Broken framing: the client sees its connection end early (curl's
+    // exit code is not 0), never a body that looks complete.
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-s", "-m", "10", &format!("http://{}/broken", gw.addr)])
+            .output()
+            .expect("curl runs")
+    })
+    .await
+    .expect("join");
+    assert!(!out.status.success(), "{out:?}");
+}
+
+#[tokio::test]
+async fn answers_without_a_length_end_with_the_connection_and_head_has_no_body() {
+    let (backend, _) = scripted(|head| {
+        if head.starts_with("HEAD") {
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n", false)
+        } else {
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end",
+                true,
+            )
+        }
+    })
+    .await;
+    let gw = gateway(one_route(backend)).await;
+    let answer = raw(gw.addr, b"GET /eof HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("connection: close\r\n"),
+        "{answer}"
+    );
+    assert!(answer.ends_with("\r\n\r\nuntil the end"), "{answer}");
+
+    // HEAD: the length is the GET's, no body follows; the connection
+    // carries the next request.
+    let answer = raw(
+        gw.addr,
+        b"HEAD /h HTTP/1.1\r\nhost: x\r\n\r\nHEAD /h HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 2, "{answer}");
+    assert_eq!(answer.matches("content-length: 100").count(), 2, "{answer}");
+}
+
+#[tokio::test]
+async fn pipelined_requests_and_a_move_to_the_general_path_on_one_connection() {
+    let backend = echo("p").await;
+    let gw = gateway(one_route(backend)).await;
+    // Two pipelined GETs (this path), a chunked POST (hyper takes the
+    // connection over from its first byte), then a last GET.
+    let answer = raw(
+        gw.addr,
+        b"GET /one HTTP/1.1\r\nhost: x\r\n\r\nGET /two HTTP/1.1\r\nhost: x\r\n\r\n\
+          POST /three HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+          GET /four HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let order: Vec<usize> = ["\"/one\"", "\"/two\"", "\"/three\"", "\"/four\""]
+        .iter()
+        .map(|u| {
+            answer
+                .find(u)
+                .unwrap_or_else(|| panic!("{u} missing: {answer}"))
+        })
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 4, "{answer}");
+    assert!(answer.contains("\"body_len\":3"), "{answer}");
+}
+
+#[tokio::test]
+async fn request_bodies_stream_by_length_and_plugins_answer_on_this_path() {
+    let backend = echo("b").await;
+    let mut config = one_route(backend);
+    config["services"][0]["routes"]
+        .as_array_mut()
+        .expect("routes")
+        .push(serde_json::json!({"name": "closed", "paths": ["/closed"],
+            "plugins": [{"name": "request-termination",
+                         "config": {"status_code": 403, "message": "closed"}}]}));
+    let gw = gateway(config).await;
+    // A body larger than any buffer, sent in pieces, then a request on the
+    // same connection.
+    let mut conn = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let len = 3 << 20;
+    conn.write_all(
+        format!("PUT /up HTTP/1.1\r\nhost: x\r\ncontent-length: {len}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("head");
+    for _ in 0..(len / (64 << 10)) {
+        conn.write_all(&[b'x'; 64 << 10]).await.expect("body");
+    }
+    conn.write_all(b"GET /closed HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("next");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut out))
+        .await
+        .expect("answers in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.contains(&format!("\"body_len\":{len}")), "{answer}");
+    assert!(answer.contains("HTTP/1.1 403 Forbidden"), "{answer}");
+    assert!(answer.contains("{\"message\":\"closed\"}"), "{answer}");
+}
