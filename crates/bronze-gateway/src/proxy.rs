@@ -23,7 +23,7 @@ use crate::router::Table;
 use crate::upstream::{Pool, PooledBody};
 
 mod h1;
-pub use h1::{Chunked, serve_connection};
+pub use h1::{Chunked, Malformed, serve_connection};
 
 pub type Body = Either<Tracked, Full<Bytes>>;
 

@@ -74,13 +74,14 @@ struct Idle {
 }
 
 type Idles = HashMap<Arc<str>, Vec<Idle>, FxBuildHasher>;
+type RawIdles = HashMap<Arc<str>, Vec<(TcpStream, Instant)>, FxBuildHasher>;
 
 /// Upstream connections, shared by every downstream connection.
 pub struct Pool {
     idle: Mutex<Idles>,
     /// Idle connections of the HTTP/1.1 proxy path (`proxy::h1`), which
     /// speaks HTTP/1.1 on them itself.
-    raw: Mutex<HashMap<Arc<str>, Vec<(TcpStream, Instant)>, FxBuildHasher>>,
+    raw: Mutex<RawIdles>,
     h2: Mutex<HashMap<Arc<str>, http2::SendRequest<UpstreamBody>, FxBuildHasher>>,
     /// An idle connection older than this is closed instead of reused.
     idle_timeout: Duration,

@@ -123,71 +123,73 @@ pub async fn serve_connection(
         timer: Box::pin(tokio::time::sleep(header_read_timeout)),
     };
     let mut stop = std::pin::pin!(conn.shutdown.waiter());
-    while !h2 {
-        // A request head: its first byte within the keep-alive timeout, the
-        // rest within `header_read_timeout` of that.
-        let idle_until = Instant::now() + KEEPALIVE_TIMEOUT;
-        let mut head_until = None;
-        let plan = loop {
-            if !c.buf.is_empty() {
-                match plan_request(&proxy, &downstream, &mut c) {
-                    Parse::Partial if c.buf.len() < max_head => {}
-                    Parse::Partial | Parse::General => break None,
-                    Parse::Forward(p) => break Some((p, None)),
-                    Parse::Answer(p, answer) => break Some((p, Some(answer))),
+    if !h2 {
+        loop {
+            // A request head: its first byte within the keep-alive timeout, the
+            // rest within `header_read_timeout` of that.
+            let idle_until = Instant::now() + KEEPALIVE_TIMEOUT;
+            let mut head_until = None;
+            let plan = loop {
+                if !c.buf.is_empty() {
+                    match plan_request(&proxy, &downstream, &mut c) {
+                        Parse::Partial if c.buf.len() < max_head => {}
+                        Parse::Partial | Parse::General => break None,
+                        Parse::Forward(p) => break Some((p, None)),
+                        Parse::Answer(p, answer) => break Some((p, Some(answer))),
+                    }
                 }
-            }
-            if c.buf.capacity() - c.buf.len() < 1024 {
-                c.buf.reserve(8 << 10);
-            }
-            let idle = c.buf.is_empty();
-            let deadline = if idle {
-                idle_until
-            } else {
-                *head_until.get_or_insert_with(|| Instant::now() + header_read_timeout)
+                if c.buf.capacity() - c.buf.len() < 1024 {
+                    c.buf.reserve(8 << 10);
+                }
+                let idle = c.buf.is_empty();
+                let deadline = if idle {
+                    idle_until
+                } else {
+                    *head_until.get_or_insert_with(|| Instant::now() + header_read_timeout)
+                };
+                c.timer.as_mut().reset(deadline);
+                let read = tokio::select! {
+                    biased;
+                    r = conn.stream.read_buf(&mut c.buf) => r.ok(),
+                    () = c.timer.as_mut() => None,
+                    () = &mut stop, if idle => None,
+                };
+                match read {
+                    Some(0) | None => return,
+                    Some(_) => {}
+                }
             };
-            c.timer.as_mut().reset(deadline);
-            let read = tokio::select! {
-                biased;
-                r = conn.stream.read_buf(&mut c.buf) => r.ok(),
-                () = c.timer.as_mut() => None,
-                () = &mut stop, if idle => None,
+            let keep_alive = match plan {
+                None => break,
+                Some((plan, None)) => forward(&proxy, &mut conn.stream, &mut c, plan).await,
+                Some((mut plan, Some(answer))) => {
+                    c.buf.advance(plan.head_len);
+                    let counters = plan.route.counters.get_or_init(|| {
+                        let route = &plan.route;
+                        proxy
+                            .metrics
+                            .route_counters(&route.name, &route.service.name)
+                    });
+                    counters.count(answer.status());
+                    // The body was not read: the connection cannot go on.
+                    let close = plan.close || plan.body_len > 0;
+                    let ctx = plan.ctx.as_mut();
+                    answer_with(
+                        &proxy,
+                        &mut conn.stream,
+                        &mut c,
+                        *answer,
+                        ctx,
+                        plan.head,
+                        close,
+                    )
+                    .await
+                }
             };
-            match read {
-                Some(0) | None => return,
-                Some(_) => {}
+            if !keep_alive || conn.shutdown.is_triggered() {
+                let _ = conn.stream.shutdown().await;
+                return;
             }
-        };
-        let keep_alive = match plan {
-            None => break,
-            Some((plan, None)) => forward(&proxy, &mut conn.stream, &mut c, plan).await,
-            Some((mut plan, Some(answer))) => {
-                c.buf.advance(plan.head_len);
-                let counters = plan.route.counters.get_or_init(|| {
-                    let route = &plan.route;
-                    proxy
-                        .metrics
-                        .route_counters(&route.name, &route.service.name)
-                });
-                counters.count(answer.status());
-                // The body was not read: the connection cannot go on.
-                let close = plan.close || plan.body_len > 0;
-                let ctx = plan.ctx.as_mut();
-                answer_with(
-                    &proxy,
-                    &mut conn.stream,
-                    &mut c,
-                    *answer,
-                    ctx,
-                    plan.head,
-                    close,
-                )
-                .await
-            }
-        };
-        if !keep_alive || conn.shutdown.is_triggered() {
-            let _ = conn.stream.shutdown().await;
-            return;
         }
     }
     let service = super::service(proxy, downstream);
@@ -532,7 +534,6 @@ async fn forward(proxy: &Proxy, stream: &mut Stream, c: &mut Client, mut plan: P
             return answer_with(proxy, stream, c, resp, ctx.as_mut(), plan.head, close).await;
         }
     };
-    let timeouts = service.timeouts();
     let mut attempt = 0;
     let mut reuse = true;
     plan.sent_at = ctx.is_some().then(std::time::Instant::now);
@@ -545,16 +546,7 @@ async fn forward(proxy: &Proxy, stream: &mut Stream, c: &mut Client, mut plan: P
         };
         header(&mut c.out, b"host", host);
         c.out.extend_from_slice(&c.rest);
-        let sent = exchange(
-            proxy,
-            stream,
-            c,
-            &plan,
-            ctx.as_mut(),
-            pick.addr(),
-            timeouts,
-            reuse,
-        );
+        let sent = exchange(proxy, stream, c, &plan, ctx.as_mut(), pick.addr(), reuse);
         let (failed, reused) = match sent.await {
             Ok(done) => break done,
             Err(f) => f,
@@ -637,7 +629,7 @@ async fn forward(proxy: &Proxy, stream: &mut Stream, c: &mut Client, mut plan: P
                     c.up.clear();
                     false
                 }
-                Err(()) => {
+                Err(Malformed) => {
                     tracing::warn!(route = %route.name, target = %pick.addr(), "upstream sent a malformed chunked body");
                     return false;
                 }
@@ -697,9 +689,9 @@ async fn exchange(
     plan: &Plan,
     mut ctx: Option<&mut crate::plugins::Ctx>,
     target: &Arc<str>,
-    timeouts: crate::balancer::connect::Timeouts,
     reuse: bool,
 ) -> Result<(TcpStream, Ready), (Failed, bool)> {
+    let timeouts = plan.route.service.timeouts();
     let conn = proxy
         .pool
         .raw(target, timeouts, reuse)
@@ -1026,6 +1018,11 @@ fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     }
 }
 
+/// A chunked body whose framing is broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed chunked body")]
+pub struct Malformed;
+
 /// Follows a chunked body as its bytes pass through, to find where it
 /// ends (RFC 9112 7.1): chunk sizes in hex with optional extensions, data,
 /// CRLFs, the last chunk and trailer fields.
@@ -1055,7 +1052,7 @@ impl Chunked {
     /// Scans the next bytes of the body: `Some(n)` when the body ends
     /// after its first `n` bytes, `None` when it goes on, `Err` when the
     /// framing is broken.
-    pub fn scan(&mut self, bytes: &[u8]) -> Result<Option<usize>, ()> {
+    pub fn scan(&mut self, bytes: &[u8]) -> Result<Option<usize>, Malformed> {
         let mut i = 0;
         while i < bytes.len() {
             let b = bytes[i];
@@ -1063,24 +1060,24 @@ impl Chunked {
                 ChunkState::Size => match b {
                     b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
                         if self.digits == 15 {
-                            return Err(());
+                            return Err(Malformed);
                         }
-                        let d = (b as char).to_digit(16).ok_or(())?;
+                        let d = (b as char).to_digit(16).ok_or(Malformed)?;
                         self.size = self.size * 16 + u64::from(d);
                         self.digits += 1;
                     }
                     b';' | b' ' | b'\t' if self.digits > 0 => self.state = ChunkState::Extension,
                     b'\r' if self.digits > 0 => self.state = ChunkState::SizeLf,
-                    _ => return Err(()),
+                    _ => return Err(Malformed),
                 },
                 ChunkState::Extension => match b {
                     b'\r' => self.state = ChunkState::SizeLf,
-                    b'\n' => return Err(()),
+                    b'\n' => return Err(Malformed),
                     _ => {}
                 },
                 ChunkState::SizeLf => {
                     if b != b'\n' {
-                        return Err(());
+                        return Err(Malformed);
                     }
                     self.digits = 0;
                     self.state = if self.size == 0 {
@@ -1100,13 +1097,13 @@ impl Chunked {
                 }
                 ChunkState::DataCr => {
                     if b != b'\r' {
-                        return Err(());
+                        return Err(Malformed);
                     }
                     self.state = ChunkState::DataLf;
                 }
                 ChunkState::DataLf => {
                     if b != b'\n' {
-                        return Err(());
+                        return Err(Malformed);
                     }
                     self.state = ChunkState::Size;
                 }
@@ -1114,25 +1111,25 @@ impl Chunked {
                     self.state = if b == b'\r' {
                         ChunkState::EndLf
                     } else if b == b'\n' {
-                        return Err(());
+                        return Err(Malformed);
                     } else {
                         ChunkState::Trailer
                     };
                 }
                 ChunkState::Trailer => match b {
                     b'\r' => self.state = ChunkState::TrailerLf,
-                    b'\n' => return Err(()),
+                    b'\n' => return Err(Malformed),
                     _ => {}
                 },
                 ChunkState::TrailerLf => {
                     if b != b'\n' {
-                        return Err(());
+                        return Err(Malformed);
                     }
                     self.state = ChunkState::TrailerStart;
                 }
                 ChunkState::EndLf => {
                     if b != b'\n' {
-                        return Err(());
+                        return Err(Malformed);
                     }
                     return Ok(Some(i + 1));
                 }
@@ -1147,7 +1144,7 @@ impl Chunked {
 mod tests {
     use super::*;
 
-    fn whole(body: &[u8]) -> Result<Option<usize>, ()> {
+    fn whole(body: &[u8]) -> Result<Option<usize>, Malformed> {
         Chunked::default().scan(body)
     }
 
@@ -1181,7 +1178,12 @@ mod tests {
             b"0\r\nbad\ntrailer\r\n\r\n",
             b"0\r\n\r\r",
         ] {
-            assert_eq!(whole(bad), Err(()), "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                whole(bad),
+                Err(Malformed),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
