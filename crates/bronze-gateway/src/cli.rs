@@ -77,6 +77,26 @@ pub struct Args {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub header_read_timeout: Option<String>,
 
+    /// How long an idle client connection is kept open for its next
+    /// request, e.g. 60s (nginx's keepalive_timeout) [default: 60s].
+    #[arg(
+        long,
+        env = "BRONZE_GATEWAY_KEEPALIVE_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keepalive_timeout: Option<String>,
+
+    /// How long an idle upstream connection is kept for reuse, e.g. 60s
+    /// (Kong's upstream_keepalive_idle_timeout) [default: 60s].
+    #[arg(
+        long,
+        env = "BRONZE_GATEWAY_UPSTREAM_KEEPALIVE_IDLE_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_keepalive_idle_timeout: Option<String>,
+
     /// TLS proxy address, e.g. 0.0.0.0:8443 (Kong's port) [default: none,
     /// no TLS listener].
     #[arg(long, env = "BRONZE_GATEWAY_TLS_ADDR", value_name = "ADDR")]

@@ -33,6 +33,14 @@ pub struct Config {
     /// A client must send its request headers within this long (slow-loris).
     #[serde(with = "bronze_runtime::duration::serde")]
     pub header_read_timeout: Duration,
+    /// An idle client connection is closed after this long without a new
+    /// request (nginx's `keepalive_timeout`).
+    #[serde(with = "bronze_runtime::duration::serde")]
+    pub keepalive_timeout: Duration,
+    /// An idle upstream connection is closed after this long (Kong's
+    /// `upstream_keepalive_idle_timeout`).
+    #[serde(with = "bronze_runtime::duration::serde")]
+    pub upstream_keepalive_idle_timeout: Duration,
     /// The TLS proxy listener (Kong's 8443), e.g. `0.0.0.0:8443`. Empty
     /// (the default): no TLS listener.
     pub tls_addr: String,
@@ -55,6 +63,8 @@ impl Default for Config {
             discovery: String::new(),
             dns_resolver: String::new(),
             header_read_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            upstream_keepalive_idle_timeout: Duration::from_secs(60),
             tls_addr: String::new(),
             tls_cert: String::new(),
             tls_key: String::new(),
@@ -70,6 +80,17 @@ impl Config {
                 "header_read_timeout",
                 "expected at least 100ms",
             ));
+        }
+        for (field, d) in [
+            ("keepalive_timeout", self.keepalive_timeout),
+            (
+                "upstream_keepalive_idle_timeout",
+                self.upstream_keepalive_idle_timeout,
+            ),
+        ] {
+            if d < Duration::from_millis(100) {
+                return Err(ConfigError::invalid(field, "expected at least 100ms"));
+            }
         }
         if !self.admin_addr.ip().is_loopback() && self.admin_token.is_empty() {
             return Err(ConfigError::invalid(

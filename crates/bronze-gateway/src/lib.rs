@@ -355,7 +355,11 @@ impl Server {
         };
         let mut metrics = Metrics::new("gateway");
         let gateway_metrics = Arc::new(metrics::GatewayMetrics::register(&mut metrics));
-        let proxy = Arc::new(proxy::Proxy::new(table, gateway_metrics));
+        let proxy = Arc::new(proxy::Proxy::new(
+            table,
+            gateway_metrics,
+            config.upstream_keepalive_idle_timeout,
+        ));
         if tls_listener.is_some() && default_cert.is_none() {
             tracing::info!(
                 "TLS listener without a default certificate (tls_cert): clients whose SNI matches no certificate get an alert"
@@ -432,12 +436,22 @@ impl Server {
             ))
         });
         tracing::info!(proxy = %self.config.addr, admin = %self.config.admin_addr, tls = %self.config.tls_addr, "gateway serving");
+        let limits = proxy::Limits {
+            header_read_timeout: self.config.header_read_timeout,
+            keepalive_timeout: self.config.keepalive_timeout,
+            max_head: MAX_HEADER_BYTES,
+        };
+        let sweeper = {
+            let proxy = self.gateway.proxy.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { proxy.sweep_idle(shutdown).await })
+        };
         let tls_task = self.tls.map(|(listener, config)| {
             tokio::spawn(serve_proxy(
                 listener,
                 Some(tokio_rustls::TlsAcceptor::from(config)),
                 self.gateway.proxy.clone(),
-                self.config.header_read_timeout,
+                limits,
                 shutdown.clone(),
             ))
         });
@@ -445,13 +459,14 @@ impl Server {
             self.proxy_listener,
             None,
             self.gateway.proxy.clone(),
-            self.config.header_read_timeout,
+            limits,
             shutdown.clone(),
         )
         .await;
         if let Some(t) = tls_task {
             let _ = t.await;
         }
+        let _ = sweeper.await;
         draining.store(true, Ordering::Relaxed);
         let _ = admin_task.await;
         if let Some(w) = watcher {
@@ -462,19 +477,20 @@ impl Server {
     }
 }
 
-/// Accepts until shutdown, then lets open connections finish (at most
-/// 30 s: a client holding a connection open cannot stall shutdown). With
-/// `tls`, the handshake must finish within `header_read_timeout` too.
 /// The largest request head a client may send.
 const MAX_HEADER_BYTES: usize = 64 << 10;
 
+/// Accepts until shutdown, then lets open connections finish (at most
+/// 30 s: a client holding a connection open cannot stall shutdown). With
+/// `tls`, the handshake must finish within `header_read_timeout` too.
 async fn serve_proxy(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     proxy: Arc<proxy::Proxy>,
-    header_read_timeout: Duration,
+    limits: proxy::Limits,
     shutdown: Shutdown,
 ) {
+    let header_read_timeout = limits.header_read_timeout;
     let options = bronze_runtime::serve::Options {
         tls,
         handshake_timeout: header_read_timeout,
@@ -485,9 +501,7 @@ async fn serve_proxy(
     bronze_runtime::serve::serve_with(
         listener,
         options,
-        move |conn| {
-            proxy::serve_connection(conn, proxy.clone(), header_read_timeout, MAX_HEADER_BYTES)
-        },
+        move |conn| proxy::serve_connection(conn, proxy.clone(), limits),
         shutdown,
     )
     .await;

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -23,7 +24,7 @@ use crate::router::Table;
 use crate::upstream::{Pool, PooledBody};
 
 mod h1;
-pub use h1::{Chunked, Malformed, serve_connection};
+pub use h1::{Chunked, Limits, Malformed, serve_connection};
 
 pub type Body = Either<Tracked, Full<Bytes>>;
 
@@ -291,15 +292,28 @@ pub fn service(
 }
 
 impl Proxy {
-    pub fn new(table: Table, metrics: Arc<GatewayMetrics>) -> Self {
+    /// `upstream_idle`: how long idle upstream connections are kept.
+    pub fn new(table: Table, metrics: Arc<GatewayMetrics>, upstream_idle: Duration) -> Self {
         table.start();
         Self {
             table: ArcSwap::from_pointee(table),
-            pool: Arc::new(Pool::default()),
+            pool: Arc::new(Pool::new(upstream_idle, 1024)),
             unmatched: metrics.route_counters("", ""),
             metrics,
             request_ids: AtomicU64::new(0),
             id_prefix: fastrand::u32(..),
+        }
+    }
+
+    /// Closes idle upstream connections past their timeout, every half
+    /// timeout, until `shutdown`.
+    pub async fn sweep_idle(&self, shutdown: bronze_runtime::Shutdown) {
+        let every = (self.pool.idle_timeout() / 2).max(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => self.pool.sweep(),
+                () = shutdown.wait() => return,
+            }
         }
     }
 

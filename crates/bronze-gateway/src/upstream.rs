@@ -146,6 +146,25 @@ impl Pool {
         }
     }
 
+    /// Closes idle connections older than the idle timeout.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let fresh = |since: Instant| now.duration_since(since) < self.idle_timeout;
+        self.idle.lock().retain(|_, list| {
+            list.retain(|c| fresh(c.since));
+            !list.is_empty()
+        });
+        self.raw.lock().retain(|_, list| {
+            list.retain(|(_, since)| fresh(*since));
+            !list.is_empty()
+        });
+    }
+
+    /// How long an idle connection is kept.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
     /// An idle connection to `target` for the HTTP/1.1 path, most recently
     /// used first, or a new one.
     /// (`reuse: false`: a new one.)

@@ -37,9 +37,17 @@ use crate::router::Route;
 const MAX_HEADERS: usize = 64;
 /// The longest response head accepted from an upstream.
 const MAX_RESPONSE_HEAD: usize = 64 << 10;
-/// How long an idle client connection is kept open for its next request
-/// (nginx's and Kong's `keepalive_timeout`).
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A listener's bounds on its clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// From a request's first byte to the end of its head (slow-loris).
+    pub header_read_timeout: Duration,
+    /// How long an idle connection waits for its next request.
+    pub keepalive_timeout: Duration,
+    /// The longest request head read here (longer: hyper answers 431).
+    pub max_head: usize,
+}
+
 /// Between two reads of a request body (nginx's `client_body_timeout`) and
 /// for each write to the client (`send_timeout`).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -105,12 +113,12 @@ async fn timed<F: Future>(
 
 /// Serves a proxy connection: this path while requests suit it, then
 /// hyper for the rest.
-pub async fn serve_connection(
-    mut conn: Conn,
-    proxy: Arc<Proxy>,
-    header_read_timeout: Duration,
-    max_head: usize,
-) {
+pub async fn serve_connection(mut conn: Conn, proxy: Arc<Proxy>, limits: Limits) {
+    let Limits {
+        header_read_timeout,
+        keepalive_timeout,
+        max_head,
+    } = limits;
     let downstream = Arc::new(Downstream::new(conn.accepted.peer, conn.accepted.tls));
     let h2 = matches!(&conn.stream, Stream::Tls(s) if s.get_ref().1.alpn_protocol() == Some(b"h2"));
     let mut c = Client {
@@ -127,7 +135,7 @@ pub async fn serve_connection(
         loop {
             // A request head: its first byte within the keep-alive timeout, the
             // rest within `header_read_timeout` of that.
-            let idle_until = Instant::now() + KEEPALIVE_TIMEOUT;
+            let idle_until = Instant::now() + keepalive_timeout;
             let mut head_until = None;
             let plan = loop {
                 if !c.buf.is_empty() {

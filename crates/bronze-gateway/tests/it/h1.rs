@@ -10,31 +10,42 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{curl, echo, gateway, raw, s};
+use super::{Gw, curl, echo, gateway, raw, s};
 
 /// How a scripted backend answers one request head.
 type Script = fn(&str) -> (&'static [u8], bool);
 
+/// Connections a scripted backend accepted, and those its peer closed.
+#[derive(Default)]
+struct Counts {
+    accepted: AtomicUsize,
+    closed_by_peer: AtomicUsize,
+}
+
 /// A backend that reads bodyless request heads and answers each with
 /// `script` (the answer's bytes, and whether to close the connection
-/// afterwards without saying so). Counts the connections it accepts.
-async fn scripted(script: Script) -> (SocketAddr, Arc<AtomicUsize>) {
+/// afterwards without saying so).
+async fn scripted(script: Script) -> (SocketAddr, Arc<Counts>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
+    let counts = Arc::new(Counts::default());
+    let count = counts.clone();
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
+            count.accepted.fetch_add(1, Ordering::SeqCst);
+            let count = count.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
                 loop {
                     let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
                         match conn.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
+                            Ok(0) | Err(_) => {
+                                count.closed_by_peer.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                         continue;
@@ -55,7 +66,7 @@ async fn scripted(script: Script) -> (SocketAddr, Arc<AtomicUsize>) {
             });
         }
     });
-    (addr, accepted)
+    (addr, counts)
 }
 
 fn one_route(backend: SocketAddr) -> serde_json::Value {
@@ -77,7 +88,7 @@ async fn one_upstream_connection_carries_many_requests_and_a_closed_one_is_repla
         assert_eq!((code, body.as_str()), (200, "ok"));
     }
     assert_eq!(
-        accepted.load(Ordering::SeqCst),
+        accepted.accepted.load(Ordering::SeqCst),
         1,
         "one upstream connection"
     );
@@ -92,7 +103,7 @@ async fn one_upstream_connection_carries_many_requests_and_a_closed_one_is_repla
         assert_eq!((code, body.as_str()), (200, "ok"), "request {i}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    assert_eq!(accepted.accepted.load(Ordering::SeqCst), 5);
 }
 
 #[tokio::test]
@@ -239,4 +250,55 @@ async fn request_bodies_stream_by_length_and_plugins_answer_on_this_path() {
     assert!(answer.contains(&format!("\"body_len\":{len}")), "{answer}");
     assert!(answer.contains("HTTP/1.1 403 Forbidden"), "{answer}");
     assert!(answer.contains("{\"message\":\"closed\"}"), "{answer}");
+}
+
+#[tokio::test]
+async fn idle_client_and_upstream_connections_close_after_their_timeouts() {
+    let (backend, counts) =
+        scripted(|_| (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kong.json");
+    std::fs::write(&path, one_route(backend).to_string()).expect("write");
+    let mut config = bronze_gateway::Config::ephemeral();
+    config.declarative_config = path.display().to_string();
+    config.keepalive_timeout = Duration::from_millis(600);
+    config.upstream_keepalive_idle_timeout = Duration::from_millis(600);
+    let server = bronze_gateway::Server::bind(config).await.expect("binds");
+    let shutdown = bronze_runtime::Shutdown::new();
+    let gw = Gw {
+        addr: server.addr(),
+        admin: server.admin_addr(),
+        _shutdown: shutdown.clone(),
+    };
+    tokio::spawn(async move { server.serve(shutdown).await.expect("serves") });
+
+    // A client connection that stays idle after one answer is closed.
+    let mut conn = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    conn.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = conn.read(&mut buf).await.expect("answer");
+    assert!(String::from_utf8_lossy(&buf[..n]).ends_with("\r\n\r\nok"));
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "closed by the gateway: {closed:?}"
+    );
+
+    // The idle upstream connection was closed too (the backend saw it go),
+    // and the next request opens a new one.
+    for _ in 0..100 {
+        if counts.closed_by_peer.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counts.closed_by_peer.load(Ordering::SeqCst), 1);
+    let (code, _) = curl(s(&[&format!("http://{}/b", gw.addr)])).await;
+    assert_eq!(code, 200);
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+    let _ = gw.admin;
 }
