@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::bench_util::{Proc, free_port};
+use crate::bench_util::{Proc, cpu_seconds, free_port};
 use anyhow::{Context, bail};
 
 pub(crate) fn wait_ready(port: u16, what: &str) -> anyhow::Result<()> {
@@ -95,6 +95,9 @@ struct Run {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// The measured server's CPU time per request (user + system), in
+    /// microseconds: what it costs the machine, whatever else shares it.
+    cpu_us: f64,
 }
 
 /// wrk's "50%" and "99%" latency lines, in milliseconds.
@@ -115,13 +118,14 @@ fn latency(out: &str, pct: &str) -> f64 {
         })
 }
 
-fn wrk(name: &str, port: u16, seconds: u64) -> anyhow::Result<Run> {
-    wrk_with(name, port, "/", &[], seconds)
+fn wrk(name: &str, server: &Proc, port: u16, seconds: u64) -> anyhow::Result<Run> {
+    wrk_with(name, server, port, "/", &[], seconds)
 }
 
 /// wrk against `path` with extra request headers.
 fn wrk_with(
     name: &str,
+    server: &Proc,
     port: u16,
     path: &str,
     headers: &[&str],
@@ -135,11 +139,14 @@ fn wrk_with(
         .args(&header_args)
         .arg(&url)
         .output()?;
+    let pid = server.0.id();
+    let cpu_before = cpu_seconds(pid);
     let out = Command::new("wrk")
         .args(["-t1", "-c50", &format!("-d{seconds}s"), "--latency"])
         .args(&header_args)
         .arg(&url)
         .output()?;
+    let cpu = cpu_seconds(pid) - cpu_before;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     if text.contains("Non-2xx") || text.contains("Socket errors") {
         eprintln!("{name}: wrk reported errors:\n{text}");
@@ -155,6 +162,7 @@ fn wrk_with(
         rps,
         p50_ms: latency(&text, "50%"),
         p99_ms: latency(&text, "99%"),
+        cpu_us: cpu * 1e6 / (rps * seconds as f64),
     })
 }
 
@@ -242,7 +250,7 @@ pub fn run(seconds: u64, rate: Option<f64>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
 
     let backend = free_port()?;
-    let _backend = nginx(
+    let backend_proc = nginx(
         &dir,
         "backend",
         &format!(
@@ -254,7 +262,7 @@ pub fn run(seconds: u64, rate: Option<f64>) -> anyhow::Result<()> {
     let gw = free_port()?;
     let kong = dir.join("kong.json");
     std::fs::write(&kong, bench_config(backend).to_string())?;
-    let _gateway = spawn(
+    let gateway = spawn(
         Command::new(bin.join("bronze-gateway"))
             .args(["--workers", "1", "--addr", &format!("127.0.0.1:{gw}")])
             .args(["--admin-addr", &format!("127.0.0.1:{}", free_port()?)])
@@ -268,7 +276,7 @@ pub fn run(seconds: u64, rate: Option<f64>) -> anyhow::Result<()> {
     wait_ready(gw, "bronze-gateway")?;
 
     let ngx = free_port()?;
-    let _nginx_proxy = nginx(
+    let nginx_proxy = nginx(
         &dir,
         "proxy",
         &format!(
@@ -289,7 +297,7 @@ pub fn run(seconds: u64, rate: Option<f64>) -> anyhow::Result<()> {
              backend be\n server b1 127.0.0.1:{backend}\n"
         ),
     )?;
-    let _haproxy = spawn(Command::new("haproxy").arg("-f").arg(&hap_cfg))?;
+    let haproxy = spawn(Command::new("haproxy").arg("-f").arg(&hap_cfg))?;
     wait_ready(hap, "haproxy")?;
 
     let plugins_ready = Command::new("curl")
@@ -301,17 +309,23 @@ pub fn run(seconds: u64, rate: Option<f64>) -> anyhow::Result<()> {
         bail!("bronze-gateway refused the key-auth route's key");
     }
     let cdy = free_port()?;
-    let _caddy = caddy(&dir, cdy, backend)?;
+    let caddy_proc = caddy(&dir, cdy, backend)?;
     wait_ready(cdy, "caddy")?;
 
     let runs = vec![
-        wrk("backend directly", backend, seconds)?,
-        wrk("bronze-gateway (1 worker)", gw, seconds)?,
-        wrk("nginx proxy (1 worker, keep-alive)", ngx, seconds)?,
-        wrk("HAProxy (1 thread)", hap, seconds)?,
-        wrk("Caddy (GOMAXPROCS=1)", cdy, seconds)?,
+        wrk("backend directly", &backend_proc, backend, seconds)?,
+        wrk("bronze-gateway (1 worker)", &gateway, gw, seconds)?,
+        wrk(
+            "nginx proxy (1 worker, keep-alive)",
+            &nginx_proxy,
+            ngx,
+            seconds,
+        )?,
+        wrk("HAProxy (1 thread)", &haproxy, hap, seconds)?,
+        wrk("Caddy (GOMAXPROCS=1)", &caddy_proc, cdy, seconds)?,
         wrk_with(
             "bronze-gateway + key-auth, rate-limiting, prometheus",
+            &gateway,
             gw,
             PLUGINS_PATH,
             &[PLUGINS_KEY],
@@ -339,17 +353,18 @@ fn print_table(runs: &[Run], fixed: &[crate::loadgen::Report], seconds: u64, mat
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
-        "| target | requests/s | p50 | p99 | bronze-gateway / this | at {rate:.0}/s: achieved | p50 | p99 | p99.9 | max |"
+        "| target | requests/s | p50 | p99 | bronze-gateway / this | server CPU per request | at {rate:.0}/s: achieved | p50 | p99 | p99.9 | max |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (i, r) in runs.iter().enumerate() {
         println!(
-            "| {} | {:.0} | {:.2} ms | {:.2} ms | {:.2}x | {} |",
+            "| {} | {:.0} | {:.2} ms | {:.2} ms | {:.2}x | {:.1} us | {} |",
             r.name,
             r.rps,
             r.p50_ms,
             r.p99_ms,
             bronze / r.rps,
+            r.cpu_us,
             fixed.get(i).map_or_else(
                 || "- | - | - | - | -".into(),
                 crate::bench_gateway_rate::columns
@@ -361,6 +376,13 @@ fn print_table(runs: &[Run], fixed: &[crate::loadgen::Report], seconds: u64, mat
         bronze / runs[2].rps,
         bronze / runs[3].rps,
         bronze / runs[4].rps
+    );
+    let cpu = runs[1].cpu_us;
+    println!(
+        "CPU per proxied request: bronze-gateway {cpu:.1} us; nginx needs {:.2}x that, HAProxy {:.2}x, Caddy {:.2}x",
+        runs[2].cpu_us / cpu,
+        runs[3].cpu_us / cpu,
+        runs[4].cpu_us / cpu
     );
     let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
     println!(

@@ -39,3 +39,34 @@ pub fn rss_mb(pid: u32) -> f64 {
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
+
+/// CPU time (user + system, in seconds) a process and its direct children
+/// have used so far, from `/proc` (clock ticks of 1/100 s).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let ticks = |stat: &str| -> Option<(u32, u64)> {
+        // Fields after the command name, which is in parentheses.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ppid = f.get(1)?.parse().ok()?;
+        let used = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        Some((ppid, used))
+    };
+    let mut total = 0;
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(p) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            if let Some((ppid, used)) = ticks(&stat)
+                && (p == pid || ppid == pid)
+            {
+                total += used;
+            }
+        }
+    }
+    total as f64 / 100.0
+}
