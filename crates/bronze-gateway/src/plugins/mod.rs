@@ -94,7 +94,9 @@ pub struct Ctx {
     /// request-size-limiting: the most body bytes the upstream may get.
     pub body_limit: Option<u64>,
     /// Headers access handlers want on the response (rate-limiting's).
-    pub response_headers: HeaderMap,
+    /// (Names are distinct: each replaces the upstream's header of that
+    /// name.)
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
     /// When the upstream answered (for latencies), if it was asked.
     pub upstream_latency: Option<Duration>,
     /// The upstream path sent (for logs).
@@ -193,7 +195,7 @@ impl Chain {
             consumer: None,
             credential: None,
             body_limit: None,
-            response_headers: HeaderMap::new(),
+            response_headers: Vec::new(),
             upstream_latency: None,
             upstream_uri: None,
             log_request: None,
@@ -259,16 +261,8 @@ impl Chain {
         for p in chain.iter() {
             p.header(status, headers, ctx);
         }
-        if !ctx.response_headers.is_empty() {
-            let mut last: Option<HeaderName> = None;
-            for (name, value) in ctx.response_headers.drain() {
-                if let Some(n) = name {
-                    headers.insert(n.clone(), value);
-                    last = Some(n);
-                } else if let Some(n) = &last {
-                    headers.append(n.clone(), value);
-                }
-            }
+        for (name, value) in ctx.response_headers.drain(..) {
+            headers.insert(name, value);
         }
         for p in chain.iter() {
             p.log(ctx, status, headers, metrics);

@@ -370,25 +370,25 @@ fn plan_request(proxy: &Proxy, conn: &Downstream, c: &mut Client) -> Parse {
         return Parse::Forward(plan);
     };
     // Plugins see the request as the general path gives it to them.
-    let mut builder = http::Request::builder()
-        .method(method)
-        .uri(target)
-        .version(http::Version::HTTP_11);
-    if let Some(map) = builder.headers_mut() {
-        for h in req.headers.iter() {
-            let (Ok(n), Ok(v)) = (
-                http::HeaderName::from_bytes(h.name.as_bytes()),
-                http::HeaderValue::from_bytes(h.value),
-            ) else {
-                return Parse::General;
-            };
-            map.append(n, v);
-        }
+    // Room for what auth plugins add (X-Consumer-*, X-Credential-*).
+    let mut map = http::HeaderMap::with_capacity(req.headers.len() + 4);
+    for h in req.headers.iter() {
+        let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(h.name.as_bytes()),
+            http::HeaderValue::from_bytes(h.value),
+        ) else {
+            return Parse::General;
+        };
+        map.append(n, v);
     }
-    let Ok(request) = builder.body(()) else {
+    let Ok(uri) = http::Uri::from_maybe_shared(bytes::Bytes::copy_from_slice(target.as_bytes()))
+    else {
         return Parse::General;
     };
-    let (mut parts, ()) = request.into_parts();
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.headers = map;
     if let Err(answer) = route.plugins.access(&mut parts, &mut ctx) {
         plan.ctx = Some(ctx);
         return Parse::Answer(plan, answer);
@@ -889,7 +889,8 @@ fn answer_head(
         Some(ctx) => {
             // Plugins see and change the end-to-end headers; the framing
             // stays the upstream's.
-            let mut map = http::HeaderMap::with_capacity(resp.headers.len());
+            // Room for what plugins add (rate-limiting's five, CORS').
+            let mut map = http::HeaderMap::with_capacity(resp.headers.len() + 8);
             for h in resp.headers.iter() {
                 let name = h.name.as_bytes();
                 if hop_by_hop(name) || framing_header(name) || named(name) {
