@@ -64,6 +64,16 @@ pub struct Args {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload_ttl: Option<String>,
 
+    /// Time a client has to send a request's headers, e.g. 30s [default: 30s].
+    #[arg(
+        long,
+        env = "BRONZE_REGISTRY_HEADER_READ_TIMEOUT",
+        value_name = "DURATION",
+        global = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout: Option<String>,
+
     /// POST every push and delete to this URL (repeatable; comma-separated in the environment).
     #[arg(
         long = "webhook",

@@ -21,6 +21,10 @@ pub struct Config {
     /// Uploads untouched this long are purged.
     #[serde(with = "bronze_runtime::duration::serde")]
     pub upload_ttl: Duration,
+    /// A client must send a request's headers within this long
+    /// (slow-loris); bodies (layer uploads) are not bounded by it.
+    #[serde(with = "bronze_runtime::duration::serde")]
+    pub header_read_timeout: Duration,
     /// URLs that receive every push and delete (Docker distribution's
     /// notification format).
     pub webhooks: Vec<String>,
@@ -39,6 +43,7 @@ impl Default for Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 5002)),
             root: "bronze-data/registry".into(),
             upload_ttl: Duration::from_secs(24 * 3600),
+            header_read_timeout: Duration::from_secs(30),
             webhooks: Vec::new(),
             tls_cert: String::new(),
             tls_key: String::new(),
@@ -52,6 +57,12 @@ impl Config {
     pub fn validate(&mut self) -> Result<(), ConfigError> {
         if self.root.is_empty() {
             return Err(ConfigError::invalid("root", "expected a directory"));
+        }
+        if self.header_read_timeout < Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                "header_read_timeout",
+                "expected at least 100ms",
+            ));
         }
         if self.upload_ttl < Duration::from_secs(1) {
             return Err(ConfigError::invalid("upload_ttl", "expected at least 1s"));

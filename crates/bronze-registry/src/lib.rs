@@ -218,17 +218,18 @@ impl Server {
             ));
         let http_shutdown = shutdown.clone();
         let listener = self.http;
-        let http = match self.tls {
-            Some(tls) => tokio::spawn(async move {
-                tls::serve(listener, tls, router, http_shutdown).await;
-                Ok(())
-            }),
-            None => tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { http_shutdown.wait().await })
-                    .await
-            }),
-        };
+        let header_read_timeout = self.config.header_read_timeout;
+        let tls_config = self.tls;
+        let http = tokio::spawn(async move {
+            tls::serve(
+                listener,
+                tls_config,
+                router,
+                header_read_timeout,
+                http_shutdown,
+            )
+            .await;
+        });
         let grpc_shutdown = shutdown.clone();
         let svc = pb::registry_server::RegistryServer::new(RegistryService {
             app: self.app.clone(),

@@ -37,17 +37,20 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String
     Ok(Arc::new(config))
 }
 
-/// Serves `router` over TLS until `shutdown`, then drains open connections
-/// (bronze-runtime's accept loop).
+/// Serves `router` (over TLS with `config`) until `shutdown`, then drains
+/// open connections (bronze-runtime's accept loop). A client has
+/// `header_read_timeout` for each request's headers and its handshake.
 pub async fn serve(
     listener: TcpListener,
-    config: Arc<rustls::ServerConfig>,
+    config: Option<Arc<rustls::ServerConfig>>,
     router: Router,
+    header_read_timeout: Duration,
     shutdown: Shutdown,
 ) {
     let options = serve::Options {
-        tls: Some(TlsAcceptor::from(config)),
-        handshake_timeout: Duration::from_secs(10),
+        tls: config.map(TlsAcceptor::from),
+        handshake_timeout: header_read_timeout,
+        header_read_timeout: Some(header_read_timeout),
         ..serve::Options::default()
     };
     serve::serve(

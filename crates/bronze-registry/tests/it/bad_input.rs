@@ -441,3 +441,34 @@ async fn stale_upload_sessions_expire_and_are_purged() {
     let catalog: serde_json::Value = r.get("/v2/_catalog").await.json().await.expect("json");
     assert_eq!(catalog["repositories"], serde_json::json!([]));
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let r = Reg::start_with(tempfile::tempdir().expect("tempdir"), |c| {
+        c.header_read_timeout = std::time::Duration::from_millis(500);
+    })
+    .await;
+    // Slow-loris: half a request head, then silence.
+    let mut conn = tokio::net::TcpStream::connect(r.addr)
+        .await
+        .expect("connect");
+    conn.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        conn.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(closed.is_ok(), "the registry closed the connection in time");
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("200 OK"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    // A complete request is still served.
+    let resp = r.client.get(r.url("/v2/")).send().await.expect("GET");
+    assert_eq!(resp.status(), 200);
+}
