@@ -756,8 +756,10 @@ async fn exchange(
         match timed(&mut c.timer, left, up.read_buf(&mut c.up)).await {
             Some(Ok(n)) if n > 0 => {}
             // Closed before a complete head (a reused connection closed
-            // just as the request went out, or a broken upstream).
-            Some(_) => return Err(failed(Failed::Upstream(false))),
+            // just as the request went out, or a broken upstream). Sent
+            // again elsewhere only if not a byte of an answer came: the
+            // upstream may have acted on it otherwise.
+            Some(_) => return Err((Failed::Upstream(false), reused && c.up.is_empty())),
             None => return Err(failed(Failed::Upstream(true))),
         }
     }
