@@ -235,9 +235,28 @@ fn table_match_ns() -> anyhow::Result<f64> {
     Ok(ns)
 }
 
-/// `rate`: the fixed-rate run's requests/s (default: half the backend's
-/// wrk maximum).
-pub fn run(seconds: u64, rate: Option<f64>) -> anyhow::Result<()> {
+/// Each target's median run (by requests/s) over the rounds.
+fn median_runs(rounds: Vec<Vec<Run>>) -> Vec<Run> {
+    let n = rounds.first().map_or(0, Vec::len);
+    let mut per_target: Vec<Vec<Run>> = (0..n).map(|_| Vec::new()).collect();
+    for round in rounds {
+        for (i, r) in round.into_iter().enumerate() {
+            per_target[i].push(r);
+        }
+    }
+    per_target
+        .into_iter()
+        .filter_map(|mut runs| {
+            runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+            let mid = runs.len() / 2;
+            (!runs.is_empty()).then(|| runs.swap_remove(mid))
+        })
+        .collect()
+}
+
+/// `repeat`: rounds of wrk runs (the median is reported); `rate`: the
+/// fixed-rate run's requests/s (default: half the backend's wrk maximum).
+pub fn run(seconds: u64, repeat: usize, rate: Option<f64>) -> anyhow::Result<()> {
     crate::prerequisites::apt(&[
         ("nginx", "nginx-light"),
         ("haproxy", "haproxy"),
@@ -312,26 +331,32 @@ pub fn run(seconds: u64, rate: Option<f64>) -> anyhow::Result<()> {
     let caddy_proc = caddy(&dir, cdy, backend)?;
     wait_ready(cdy, "caddy")?;
 
-    let runs = vec![
-        wrk("backend directly", &backend_proc, backend, seconds)?,
-        wrk("bronze-gateway (1 worker)", &gateway, gw, seconds)?,
-        wrk(
-            "nginx proxy (1 worker, keep-alive)",
-            &nginx_proxy,
-            ngx,
-            seconds,
-        )?,
-        wrk("HAProxy (1 thread)", &haproxy, hap, seconds)?,
-        wrk("Caddy (GOMAXPROCS=1)", &caddy_proc, cdy, seconds)?,
-        wrk_with(
-            "bronze-gateway + key-auth, rate-limiting, prometheus",
-            &gateway,
-            gw,
-            PLUGINS_PATH,
-            &[PLUGINS_KEY],
-            seconds,
-        )?,
-    ];
+    // Rounds over every target in turn (so a slow patch of the machine
+    // hits them all alike); each target's median run by requests/s.
+    let mut rounds: Vec<Vec<Run>> = Vec::new();
+    for _ in 0..repeat.max(1) {
+        rounds.push(vec![
+            wrk("backend directly", &backend_proc, backend, seconds)?,
+            wrk("bronze-gateway (1 worker)", &gateway, gw, seconds)?,
+            wrk(
+                "nginx proxy (1 worker, keep-alive)",
+                &nginx_proxy,
+                ngx,
+                seconds,
+            )?,
+            wrk("HAProxy (1 thread)", &haproxy, hap, seconds)?,
+            wrk("Caddy (GOMAXPROCS=1)", &caddy_proc, cdy, seconds)?,
+            wrk_with(
+                "bronze-gateway + key-auth, rate-limiting, prometheus",
+                &gateway,
+                gw,
+                PLUGINS_PATH,
+                &[PLUGINS_KEY],
+                seconds,
+            )?,
+        ]);
+    }
+    let runs = median_runs(rounds);
     let rate = rate.unwrap_or((runs[0].rps / 2.0).round());
     let ports = [backend, gw, ngx, hap, cdy];
     let targets: Vec<(&str, u16)> = runs.iter().map(|r| r.name.as_str()).zip(ports).collect();
@@ -339,13 +364,19 @@ pub fn run(seconds: u64, rate: Option<f64>) -> anyhow::Result<()> {
     let ns = table_match_ns()?;
     let _ = std::fs::remove_dir_all(&dir);
 
-    print_table(&runs, &fixed, seconds, ns);
+    print_table(&runs, &fixed, seconds, repeat, ns);
     Ok(())
 }
 
 /// One table: wrk's closed-loop figures and the fixed-rate ones per target,
 /// then the ratios and the exact load commands.
-fn print_table(runs: &[Run], fixed: &[crate::loadgen::Report], seconds: u64, match_ns: f64) {
+fn print_table(
+    runs: &[Run],
+    fixed: &[crate::loadgen::Report],
+    seconds: u64,
+    repeat: usize,
+    match_ns: f64,
+) {
     let bronze = runs[1].rps;
     let rate = fixed.first().map_or(0.0, |r| r.plan.rate);
     println!(
@@ -392,7 +423,8 @@ fn print_table(runs: &[Run], fixed: &[crate::loadgen::Report], seconds: u64, mat
     println!("routing table of 10,000 routes: {match_ns:.0} ns per match");
     println!("\ncommands (every target in turn; configs written by xtask/src/bench_gateway.rs):");
     println!(
-        "  requests/s, p50, p99: wrk -t1 -c50 -d2s URL (warm-up), then wrk -t1 -c50 -d{seconds}s --latency URL"
+        "  requests/s, p50, p99: wrk -t1 -c50 -d2s URL (warm-up), then wrk -t1 -c50 -d{seconds}s --latency URL;\n  every target in turn, {} rounds, each target's median round shown (--runs)",
+        repeat.max(1)
     );
     if let Some(r) = fixed.first() {
         println!(

@@ -97,7 +97,7 @@ fn main() -> anyhow::Result<()> {
             "registry" => rt.block_on(xtask::bench_registry::run(runs as usize)),
             "gateway" => match soak {
                 Some(minutes) => xtask::bench_gateway_soak::run(minutes),
-                None => xtask::bench_gateway::run(u64::from(seconds), rate),
+                None => xtask::bench_gateway::run(u64::from(seconds), runs as usize, rate),
             },
             other => {
                 anyhow::bail!(
