@@ -95,6 +95,9 @@ struct Client {
     /// Bytes read from the upstream.
     up: BytesMut,
     timer: Pin<Box<Sleep>>,
+    /// The server's drain: once triggered, each answer is the connection's
+    /// last and says so (`connection: close`).
+    draining: bronze_runtime::Shutdown,
 }
 
 /// Runs `fut` for at most `after`, on the connection's one timer.
@@ -129,6 +132,7 @@ pub async fn serve_connection(mut conn: Conn, proxy: Arc<Proxy>, limits: Limits)
         out: Vec::with_capacity(4 << 10),
         up: BytesMut::with_capacity(16 << 10),
         timer: Box::pin(tokio::time::sleep(header_read_timeout)),
+        draining: conn.shutdown.clone(),
     };
     let mut stop = std::pin::pin!(conn.shutdown.waiter());
     if !h2 {
@@ -925,7 +929,7 @@ fn answer_head(
         }
     }
     let until_close = matches!(framing, Framing::UntilClose);
-    if plan.close || until_close {
+    if plan.close || until_close || c.draining.is_triggered() {
         c.out.extend_from_slice(b"connection: close\r\n");
     }
     c.out.extend_from_slice(b"\r\n");
@@ -973,6 +977,7 @@ async fn answer_with(
     if let Some(ctx) = ctx {
         crate::plugins::Chain::finish(&mut resp, ctx, &proxy.metrics);
     }
+    let close = close || c.draining.is_triggered();
     let (parts, body) = resp.into_parts();
     let body = match body {
         http_body_util::Either::Right(full) => http_body_util::BodyExt::collect(full)

@@ -302,3 +302,47 @@ async fn idle_client_and_upstream_connections_close_after_their_timeouts() {
     assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
     let _ = gw.admin;
 }
+
+#[tokio::test]
+async fn a_request_in_flight_when_draining_starts_is_answered_and_told_the_connection_ends() {
+    // A backend that takes 500 ms to answer.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow";
+                    if conn.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = gateway(one_route(backend)).await;
+    let mut conn = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    conn.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    gw._shutdown.trigger();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out))
+        .await
+        .expect("answered and closed in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nslow"), "{answer}");
+}
