@@ -21,6 +21,7 @@ pub mod config;
 pub mod declarative;
 pub mod entities;
 pub mod flat;
+pub mod fuzzing;
 pub mod labels;
 pub mod metrics;
 pub mod plugins;

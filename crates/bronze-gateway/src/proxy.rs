@@ -24,7 +24,7 @@ use crate::router::Table;
 use crate::upstream::{Pool, PooledBody};
 
 mod h1;
-pub use h1::{Chunked, Limits, Malformed, serve_connection};
+pub use h1::{Chunked, Limits, Malformed, plan_for_fuzzing, serve_connection};
 
 pub type Body = Either<Tracked, Full<Bytes>>;
 

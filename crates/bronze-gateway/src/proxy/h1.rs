@@ -100,6 +100,48 @@ struct Client {
     draining: bronze_runtime::Shutdown,
 }
 
+impl Client {
+    fn new(first_wait: Duration, draining: bronze_runtime::Shutdown) -> Self {
+        Self {
+            buf: BytesMut::with_capacity(8 << 10),
+            line: Vec::with_capacity(256),
+            host: Vec::with_capacity(64),
+            rest: Vec::with_capacity(1024),
+            out: Vec::with_capacity(4 << 10),
+            up: BytesMut::with_capacity(16 << 10),
+            timer: Box::pin(tokio::time::sleep(first_wait)),
+            draining,
+        }
+    }
+
+    /// The upstream head in `out`: the request line, Host (`host`, or the
+    /// client's), the rest.
+    fn upstream_head(&mut self, host: Option<&http::HeaderValue>) {
+        self.out.clear();
+        self.out.extend_from_slice(&self.line);
+        let host = host.map_or(&self.host[..], http::HeaderValue::as_bytes);
+        header(&mut self.out, b"host", host);
+        self.out.extend_from_slice(&self.rest);
+    }
+}
+
+/// The upstream head the HTTP/1.1 path would send for `data` read from a
+/// client (the fuzz targets' view), or `None` when it does not forward it
+/// (incomplete, left to hyper, or answered by a plugin).
+#[doc(hidden)]
+pub fn plan_for_fuzzing(proxy: &Proxy, conn: &Downstream, data: &[u8]) -> Option<Vec<u8>> {
+    let mut c = Client::new(Duration::from_secs(1), bronze_runtime::Shutdown::new());
+    c.buf.extend_from_slice(data);
+    match plan_request(proxy, conn, &mut c) {
+        Parse::Forward(plan) => {
+            assert!(plan.head_len <= data.len());
+            c.upstream_head(None);
+            Some(c.out)
+        }
+        Parse::Partial | Parse::General | Parse::Answer(..) => None,
+    }
+}
+
 /// Runs `fut` for at most `after`, on the connection's one timer.
 async fn timed<F: Future>(
     timer: &mut Pin<Box<Sleep>>,
@@ -124,16 +166,7 @@ pub async fn serve_connection(mut conn: Conn, proxy: Arc<Proxy>, limits: Limits)
     } = limits;
     let downstream = Arc::new(Downstream::new(conn.accepted.peer, conn.accepted.tls));
     let h2 = matches!(&conn.stream, Stream::Tls(s) if s.get_ref().1.alpn_protocol() == Some(b"h2"));
-    let mut c = Client {
-        buf: BytesMut::with_capacity(8 << 10),
-        line: Vec::with_capacity(256),
-        host: Vec::with_capacity(64),
-        rest: Vec::with_capacity(1024),
-        out: Vec::with_capacity(4 << 10),
-        up: BytesMut::with_capacity(16 << 10),
-        timer: Box::pin(tokio::time::sleep(header_read_timeout)),
-        draining: conn.shutdown.clone(),
-    };
+    let mut c = Client::new(header_read_timeout, conn.shutdown.clone());
     let mut stop = std::pin::pin!(conn.shutdown.waiter());
     if !h2 {
         loop {
@@ -550,14 +583,8 @@ async fn forward(proxy: &Proxy, stream: &mut Stream, c: &mut Client, mut plan: P
     let mut reuse = true;
     plan.sent_at = ctx.is_some().then(std::time::Instant::now);
     let (mut up, ready) = loop {
-        c.out.clear();
-        c.out.extend_from_slice(&c.line);
-        let host = match &pick.target.host_header {
-            Some(v) if !route.preserve_host => v.as_bytes(),
-            _ => &c.host,
-        };
-        header(&mut c.out, b"host", host);
-        c.out.extend_from_slice(&c.rest);
+        let host = pick.target.host_header.as_ref();
+        c.upstream_head(host.filter(|_| !route.preserve_host));
         let sent = exchange(proxy, stream, c, &plan, ctx.as_mut(), pick.addr(), reuse);
         let (failed, reused) = match sent.await {
             Ok(done) => break done,

@@ -1,0 +1,164 @@
+//! The properties the fuzz targets (`fuzz/fuzz_targets/gateway_*.rs`)
+//! check on every input, here so that the committed corpus is replayed by
+//! `cargo test` too. Each function panics when a property is broken.
+
+use std::sync::{Arc, LazyLock};
+
+use crate::proxy::{Chunked, Downstream, Proxy};
+
+/// The first byte says where to split the rest: the scanner finds the same
+/// end (or the same refusal) whole or in two pieces, never past the bytes
+/// it was given.
+pub fn chunked(data: &[u8]) {
+    let Some((&cut, body)) = data.split_first() else {
+        return;
+    };
+    let whole = Chunked::default().scan(body);
+    if let Ok(Some(end)) = whole {
+        assert!(end <= body.len());
+    }
+    let cut = usize::from(cut).min(body.len());
+    let mut halves = Chunked::default();
+    let split = match halves.scan(&body[..cut]) {
+        Ok(None) => halves.scan(&body[cut..]).map(|e| e.map(|e| cut + e)),
+        done => done,
+    };
+    assert_eq!(whole, split);
+}
+
+/// A gateway with routes of every kind the HTTP/1.1 path plans for: plain,
+/// stripped and rewritten paths, hosts, headers, methods, preserve_host,
+/// and plugins (key-auth, request-transformer, request-termination).
+struct Fixture {
+    runtime: tokio::runtime::Runtime,
+    proxy: Arc<Proxy>,
+    conn: Downstream,
+}
+
+static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let doc = crate::declarative::parse(
+        br#"{"_format_version": "3.0",
+        "consumers": [{"username": "u", "keyauth_credentials": [{"key": "k"}]}],
+        "services": [
+          {"name": "a", "url": "http://127.0.0.1:9/base", "routes": [
+            {"name": "root", "paths": ["/"]},
+            {"name": "api", "paths": ["/api"], "strip_path": true, "methods": ["GET", "POST"]},
+            {"name": "re", "paths": ["~/u/\\d+"]},
+            {"name": "host", "hosts": ["*.example.com"], "preserve_host": true},
+            {"name": "hdr", "paths": ["/h"], "headers": {"x-v": ["1"]}},
+            {"name": "auth", "paths": ["/auth"], "plugins": [{"name": "key-auth"},
+              {"name": "request-transformer", "config": {"add": {"headers": ["x-added:1"]}}}]},
+            {"name": "stop", "paths": ["/stop"], "plugins": [{"name": "request-termination"}]}
+          ]}]}"#,
+    )
+    .expect("fixture config");
+    let proxy = {
+        let _enter = runtime.enter();
+        let table = crate::router::Table::build(&doc).expect("fixture table");
+        let mut metrics = bronze_telemetry::Metrics::new("fuzz");
+        let gm = Arc::new(crate::metrics::GatewayMetrics::register(&mut metrics));
+        Arc::new(Proxy::new(table, gm, std::time::Duration::from_secs(60)))
+    };
+    let conn = Downstream::new(std::net::SocketAddr::from(([10, 0, 0, 1], 4242)), false);
+    Fixture {
+        runtime,
+        proxy,
+        conn,
+    }
+});
+
+/// Any bytes from a client as a request head: the HTTP/1.1 path takes it
+/// or leaves it to hyper, never panics, and what it would send upstream is
+/// one well-formed HTTP/1.1 request head, with no `Transfer-Encoding`, at
+/// most one `Content-Length`, and no header the client could use to smuggle
+/// a second message.
+pub fn request_head(data: &[u8]) {
+    let f = &*FIXTURE;
+    let _enter = f.runtime.enter();
+    if let Some(upstream) = crate::proxy::plan_for_fuzzing(&f.proxy, &f.conn, data) {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&upstream) {
+            Ok(httparse::Status::Complete(n)) => assert_eq!(
+                n,
+                upstream.len(),
+                "one head, nothing after it: {:?}",
+                String::from_utf8_lossy(&upstream)
+            ),
+            other => panic!(
+                "malformed upstream head ({other:?}): {:?}",
+                String::from_utf8_lossy(&upstream)
+            ),
+        }
+        let count = |name: &str| {
+            req.headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .count()
+        };
+        assert_eq!(count("transfer-encoding"), 0);
+        assert!(count("content-length") <= 1);
+        assert_eq!(count("host"), 1);
+        assert_eq!(count("connection"), 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The committed corpus of each target, replayed on every test run.
+    fn replay(target: &str, check: fn(&[u8])) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/corpus")
+            .join(target);
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("corpus directory") {
+            check(&std::fs::read(entry.expect("entry").path()).expect("read"));
+            n += 1;
+        }
+        assert!(n > 0, "empty corpus in {}", dir.display());
+    }
+
+    #[test]
+    fn chunked_corpus_replays() {
+        replay("gateway_chunked", super::chunked);
+    }
+
+    #[test]
+    fn request_head_corpus_replays() {
+        replay("gateway_request", super::request_head);
+    }
+
+    #[test]
+    fn the_fixture_forwards_plain_requests_and_leaves_the_rest() {
+        let f = &*super::FIXTURE;
+        let _enter = f.runtime.enter();
+        let plan = |data: &[u8]| crate::proxy::plan_for_fuzzing(&f.proxy, &f.conn, data);
+        let head = plan(b"GET /api/x?y=1 HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n")
+            .expect("forwarded");
+        let head = String::from_utf8(head).expect("text");
+        assert!(
+            head.starts_with("GET /base/x?y=1 HTTP/1.1\r\nhost: 127.0.0.1:9\r\n")
+                || head.starts_with("GET /base/x?y=1 HTTP/1.1\r\nhost: a\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("x-forwarded-for: 1.2.3.4, 10.0.0.1\r\n"),
+            "{head}"
+        );
+        // Plugins rewrite on this path too.
+        let head = plan(b"GET /auth HTTP/1.1\r\nHost: a\r\napikey: k\r\n\r\n").expect("forwarded");
+        assert!(String::from_utf8_lossy(&head).contains("x-added: 1\r\n"));
+        for general in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET /auth HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert_eq!(plan(general), None, "{:?}", String::from_utf8_lossy(general));
+        }
+    }
+}
