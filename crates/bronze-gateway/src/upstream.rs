@@ -95,7 +95,9 @@ impl Default for Pool {
     }
 }
 
-async fn connect(target: &Arc<str>, t: Timeouts) -> Result<Io, SendError> {
+/// A new TCP connection to `target` within the connect timeout, with
+/// TCP_NODELAY.
+async fn connect_tcp(target: &Arc<str>, t: Timeouts) -> Result<TcpStream, SendError> {
     let stream = tokio::time::timeout(t.connect, TcpStream::connect(&**target))
         .await
         .map_err(|_| SendError::ConnectTimeout(target.clone()))?
@@ -104,7 +106,15 @@ async fn connect(target: &Arc<str>, t: Timeouts) -> Result<Io, SendError> {
             source,
         })?;
     let _ = stream.set_nodelay(true);
-    Ok(TimedIo::new(TokioIo::new(stream), t.write))
+    Ok(stream)
+}
+
+/// A new connection for hyper's client, writes bounded by the write timeout.
+async fn connect(target: &Arc<str>, t: Timeouts) -> Result<Io, SendError> {
+    Ok(TimedIo::new(
+        TokioIo::new(connect_tcp(target, t).await?),
+        t.write,
+    ))
 }
 
 impl Pool {
@@ -166,8 +176,7 @@ impl Pool {
     }
 
     /// An idle connection to `target` for the HTTP/1.1 path, most recently
-    /// used first, or a new one.
-    /// (`reuse: false`: a new one.)
+    /// used first, or a new one (always, with `reuse: false`).
     pub async fn raw(
         &self,
         target: &Arc<str>,
@@ -180,16 +189,8 @@ impl Pool {
                 reused: true,
             });
         }
-        let stream = tokio::time::timeout(t.connect, TcpStream::connect(&**target))
-            .await
-            .map_err(|_| SendError::ConnectTimeout(target.clone()))?
-            .map_err(|source| SendError::Connect {
-                target: target.clone(),
-                source,
-            })?;
-        let _ = stream.set_nodelay(true);
         Ok(RawConn {
-            stream,
+            stream: connect_tcp(target, t).await?,
             reused: false,
         })
     }
