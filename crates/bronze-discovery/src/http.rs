@@ -1154,19 +1154,14 @@ mod tests {
     /// every test run.
     #[test]
     fn fuzz_corpus_replays() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fuzz/corpus/consul_registration");
-        let mut n = 0;
-        for entry in std::fs::read_dir(&dir).expect("corpus directory") {
-            let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
-            match parse_registration("n1", "127.0.0.1", &bytes) {
+        bronze_runtime::replay_fuzz_corpus(
+            "consul_registration",
+            |bytes| match parse_registration("n1", "127.0.0.1", bytes) {
                 Ok(reg) => assert!(!reg.instance.service.is_empty()),
                 Err(Error::Invalid { field, .. }) => assert!(!field.is_empty()),
                 Err(e) => panic!("unexpected error kind {e}"),
-            }
-            n += 1;
-        }
-        assert!(n > 0, "empty corpus in {}", dir.display());
+            },
+        );
     }
 
     /// JSON values of every type, nested a little.

@@ -109,27 +109,14 @@ pub fn request_head(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    /// The committed corpus of each target, replayed on every test run.
-    fn replay(target: &str, check: fn(&[u8])) {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fuzz/corpus")
-            .join(target);
-        let mut n = 0;
-        for entry in std::fs::read_dir(&dir).expect("corpus directory") {
-            check(&std::fs::read(entry.expect("entry").path()).expect("read"));
-            n += 1;
-        }
-        assert!(n > 0, "empty corpus in {}", dir.display());
-    }
-
     #[test]
     fn chunked_corpus_replays() {
-        replay("gateway_chunked", super::chunked);
+        bronze_runtime::replay_fuzz_corpus("gateway_chunked", super::chunked);
     }
 
     #[test]
     fn request_head_corpus_replays() {
-        replay("gateway_request", super::request_head);
+        bronze_runtime::replay_fuzz_corpus("gateway_request", super::request_head);
     }
 
     #[test]
@@ -148,6 +135,21 @@ mod tests {
         assert!(
             head.contains("x-forwarded-for: 1.2.3.4, 10.0.0.1\r\n"),
             "{head}"
+        );
+        // Routes matched on a header read from the parsed head: with it,
+        // the header route (its path stripped); without, the root route.
+        let line = |data: &[u8]| {
+            let head = plan(data).expect("forwarded");
+            let end = head.iter().position(|&b| b == b'\r').expect("line");
+            String::from_utf8_lossy(&head[..end]).into_owned()
+        };
+        assert_eq!(
+            line(b"GET /h HTTP/1.1\r\nHost: a\r\nX-V: 1\r\n\r\n"),
+            "GET /base HTTP/1.1"
+        );
+        assert_eq!(
+            line(b"GET /h HTTP/1.1\r\nHost: a\r\n\r\n"),
+            "GET /base/h HTTP/1.1"
         );
         // Plugins rewrite on this path too.
         let head = plan(b"GET /auth HTTP/1.1\r\nHost: a\r\napikey: k\r\n\r\n").expect("forwarded");

@@ -54,6 +54,21 @@ pub struct Downstream {
     timer: parking_lot::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>,
 }
 
+/// Runs `fut` until `deadline` on `timer`, moved to that deadline (`None`:
+/// it ran out). Both proxy paths keep one such timer per connection.
+pub(crate) async fn until<F: Future>(
+    timer: &mut Pin<Box<tokio::time::Sleep>>,
+    deadline: tokio::time::Instant,
+    fut: F,
+) -> Option<F::Output> {
+    timer.as_mut().reset(deadline);
+    tokio::select! {
+        biased;
+        out = fut => Some(out),
+        () = timer.as_mut() => None,
+    }
+}
+
 /// Runs `fut` until `deadline`, on the connection's reusable timer.
 async fn within<F: Future>(
     conn: &Downstream,
@@ -61,18 +76,8 @@ async fn within<F: Future>(
     fut: F,
 ) -> Option<F::Output> {
     let taken = conn.timer.lock().take();
-    let mut timer = match taken {
-        Some(mut t) => {
-            t.as_mut().reset(deadline);
-            t
-        }
-        None => Box::pin(tokio::time::sleep_until(deadline)),
-    };
-    let out = tokio::select! {
-        biased;
-        out = fut => Some(out),
-        () = &mut timer => None,
-    };
+    let mut timer = taken.unwrap_or_else(|| Box::pin(tokio::time::sleep_until(deadline)));
+    let out = until(&mut timer, deadline, fut).await;
     *conn.timer.lock() = Some(timer);
     out
 }
@@ -89,7 +94,7 @@ impl Downstream {
     }
 }
 
-pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -106,6 +111,14 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
+
+/// Whether `name` is one of the hop-by-hop headers (or `Upgrade`).
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"upgrade")
+        || HOP_BY_HOP
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+}
 
 /// Removes hop-by-hop headers, including those `Connection` names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
@@ -317,6 +330,14 @@ impl Proxy {
         }
     }
 
+    /// A route's request counters, made on its first request.
+    fn counters<'r>(&self, route: &'r crate::router::Route) -> &'r crate::metrics::RouteCounters {
+        route.counters.get_or_init(|| {
+            self.metrics
+                .route_counters(&route.name, &route.service.name)
+        })
+    }
+
     /// Replaces the routing table; requests already matched keep theirs.
     pub fn swap(&self, table: Table) {
         table.start();
@@ -365,9 +386,7 @@ impl Proxy {
         };
         let route = m.route.clone();
         let service = &route.service;
-        let counters = route
-            .counters
-            .get_or_init(|| self.metrics.route_counters(&route.name, &service.name));
+        let counters = self.counters(&route);
         if route.https_only && !conn.tls {
             counters.count(route.https_redirect);
             return https_required(route.https_redirect, &req, host);

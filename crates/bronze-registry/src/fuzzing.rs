@@ -86,26 +86,13 @@ pub fn reference(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    /// The committed corpus of each target, replayed on every test run.
-    fn replay(target: &str, check: fn(&[u8])) {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fuzz/corpus")
-            .join(target);
-        let mut n = 0;
-        for entry in std::fs::read_dir(&dir).expect("corpus directory") {
-            check(&std::fs::read(entry.expect("entry").path()).expect("read"));
-            n += 1;
-        }
-        assert!(n > 0, "empty corpus in {}", dir.display());
-    }
-
     #[test]
     fn manifest_corpus_replays() {
-        replay("registry_manifest", super::manifest);
+        bronze_runtime::replay_fuzz_corpus("registry_manifest", super::manifest);
     }
 
     #[test]
     fn reference_corpus_replays() {
-        replay("registry_reference", super::reference);
+        bronze_runtime::replay_fuzz_corpus("registry_reference", super::reference);
     }
 }

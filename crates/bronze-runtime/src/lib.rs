@@ -92,3 +92,19 @@ async fn wait_for_signal() -> &'static str {
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// Runs `check` on every input of a fuzz target's committed corpus
+/// (`fuzz/corpus/<target>` in the workspace), so `cargo test` replays what
+/// fuzzing found. Panics when the corpus is missing or empty.
+#[doc(hidden)]
+pub fn replay_fuzz_corpus(target: &str, mut check: impl FnMut(&[u8])) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("corpus directory") {
+        check(&std::fs::read(entry.expect("corpus entry").path()).expect("corpus file"));
+        n += 1;
+    }
+    assert!(n > 0, "empty corpus in {}", dir.display());
+}

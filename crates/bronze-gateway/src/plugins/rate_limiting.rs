@@ -414,11 +414,7 @@ impl Plugin for RateLimiting {
 
     fn access(&self, req: &mut http::request::Parts, ctx: &mut Ctx) -> Result<(), Answer> {
         let d = self.decide(self.ident(req, ctx), unix_now());
-        let mut answer = (!d.allowed).then(|| exit(self.error_code, &self.error_message));
-        let headers = match &mut answer {
-            Some(_) => &mut Vec::new(),
-            None => &mut ctx.response_headers,
-        };
+        let mut headers = Vec::new();
         if !self.hide_client_headers {
             headers.reserve(self.header_names.len() * 2 + 3);
             for (k, (l, r, limit)) in self.header_names.iter().enumerate() {
@@ -429,17 +425,22 @@ impl Plugin for RateLimiting {
             headers.push((RATELIMIT_REMAINING, HeaderValue::from(d.remaining)));
             headers.push((RATELIMIT_RESET, HeaderValue::from(d.reset)));
         }
-        match answer {
-            None => Ok(()),
-            Some(mut r) => {
-                let answer_headers = r.headers_mut();
-                for (name, value) in headers.drain(..) {
-                    answer_headers.insert(name, value);
-                }
-                answer_headers.insert(http::header::RETRY_AFTER, HeaderValue::from(d.reset));
-                Err(r)
+        if d.allowed {
+            // Set on the response once it comes (the header phase).
+            if ctx.response_headers.is_empty() {
+                ctx.response_headers = headers;
+            } else {
+                ctx.response_headers.extend(headers);
             }
+            return Ok(());
         }
+        let mut answer = exit(self.error_code, &self.error_message);
+        let answer_headers = answer.headers_mut();
+        for (name, value) in headers {
+            answer_headers.insert(name, value);
+        }
+        answer_headers.insert(http::header::RETRY_AFTER, HeaderValue::from(d.reset));
+        Err(answer)
     }
 }
 

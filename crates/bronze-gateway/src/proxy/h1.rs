@@ -16,6 +16,7 @@
 //! the connection, from the first byte of that request, is handed to hyper
 //! (`Conn::serve_hyper`), so it gets exactly the answers it always did.
 
+use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -148,12 +149,7 @@ async fn timed<F: Future>(
     after: Duration,
     fut: F,
 ) -> Option<F::Output> {
-    timer.as_mut().reset(Instant::now() + after);
-    tokio::select! {
-        biased;
-        out = fut => Some(out),
-        () = timer.as_mut() => None,
-    }
+    super::until(timer, Instant::now() + after, fut).await
 }
 
 /// Serves a proxy connection: this path while requests suit it, then
@@ -209,13 +205,7 @@ pub async fn serve_connection(mut conn: Conn, proxy: Arc<Proxy>, limits: Limits)
                 Some((plan, None)) => forward(&proxy, &mut conn.stream, &mut c, plan).await,
                 Some((mut plan, Some(answer))) => {
                     c.buf.advance(plan.head_len);
-                    let counters = plan.route.counters.get_or_init(|| {
-                        let route = &plan.route;
-                        proxy
-                            .metrics
-                            .route_counters(&route.name, &route.service.name)
-                    });
-                    counters.count(answer.status());
+                    proxy.counters(&plan.route).count(answer.status());
                     // The body was not read: the connection cannot go on.
                     let close = plan.close || plan.body_len > 0;
                     let ctx = plan.ctx.as_mut();
@@ -256,24 +246,27 @@ enum Kind {
 }
 
 fn classify(name: &[u8]) -> Kind {
-    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
-    match name.len() {
-        2 if is("te") => Kind::Dropped,
-        4 if is("host") => Kind::Host,
-        6 if is("expect") => Kind::General,
-        7 if is("upgrade") || is("trailer") => Kind::Dropped,
-        9 if is("x-real-ip") => Kind::Dropped,
-        10 if is("connection") => Kind::Connection,
-        10 if is("keep-alive") => Kind::Dropped,
-        12 if is("x-request-id") => Kind::RequestId,
-        14 if is("content-length") => Kind::ContentLength,
-        15 if is("x-forwarded-for") => Kind::ForwardedFor,
-        16 if is("proxy-connection") || is("x-forwarded-host") => Kind::Dropped,
-        17 if is("transfer-encoding") => Kind::General,
-        17 if is("x-forwarded-proto") => Kind::Dropped,
-        18 if is("proxy-authenticate") => Kind::Dropped,
-        19 if is("proxy-authorization") => Kind::Dropped,
-        _ => Kind::Other,
+    let is = |h: &http::HeaderName| name.eq_ignore_ascii_case(h.as_str().as_bytes());
+    if is(&http::header::HOST) {
+        Kind::Host
+    } else if is(&http::header::CONTENT_LENGTH) {
+        Kind::ContentLength
+    } else if is(&http::header::CONNECTION) {
+        Kind::Connection
+    } else if is(&http::header::TRANSFER_ENCODING) || is(&http::header::EXPECT) {
+        Kind::General
+    } else if is(&super::X_FORWARDED_FOR) {
+        Kind::ForwardedFor
+    } else if is(&super::X_REQUEST_ID) {
+        Kind::RequestId
+    } else if super::is_hop_by_hop(name)
+        || is(&super::X_REAL_IP)
+        || is(&super::X_FORWARDED_PROTO)
+        || is(&super::X_FORWARDED_HOST)
+    {
+        Kind::Dropped
+    } else {
+        Kind::Other
     }
 }
 
@@ -513,8 +506,7 @@ fn upstream_headers<'a>(
         }
     }
     if let Some(n) = body_len {
-        let mut digits = [0u8; 20];
-        header(out, b"content-length", decimal(n, &mut digits));
+        let _ = write!(out, "content-length: {n}\r\n");
     }
     let ip = conn.ip.as_bytes();
     out.extend_from_slice(b"x-forwarded-for: ");
@@ -564,9 +556,7 @@ async fn forward(proxy: &Proxy, stream: &mut Stream, c: &mut Client, mut plan: P
     let mut ctx = plan.ctx.take();
     let route = &plan.route;
     let service = &route.service;
-    let counters = route
-        .counters
-        .get_or_init(|| proxy.metrics.route_counters(&route.name, &service.name));
+    let counters = proxy.counters(route);
     c.buf.advance(plan.head_len);
     service.budget.request();
     let key = Key::default();
@@ -783,8 +773,7 @@ async fn exchange(
             }
         }
         c.up.reserve(16 << 10);
-        let left = deadline.saturating_duration_since(Instant::now());
-        match timed(&mut c.timer, left, up.read_buf(&mut c.up)).await {
+        match super::until(&mut c.timer, deadline, up.read_buf(&mut c.up)).await {
             Some(Ok(n)) if n > 0 => {}
             // Closed before a complete head (a reused connection closed
             // just as the request went out, or a broken upstream). Sent
@@ -817,16 +806,7 @@ struct Ready {
 /// Hop-by-hop response headers (RFC 9110 7.6.1), `Transfer-Encoding`
 /// aside: a chunked body is forwarded chunked, as it came.
 fn hop_by_hop(name: &[u8]) -> bool {
-    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
-    match name.len() {
-        2 => is("te"),
-        7 => is("upgrade") || is("trailer"),
-        10 => is("connection") || is("keep-alive"),
-        16 => is("proxy-connection"),
-        18 => is("proxy-authenticate"),
-        19 => is("proxy-authorization"),
-        _ => false,
-    }
+    super::is_hop_by_hop(name) && !name.eq_ignore_ascii_case(b"transfer-encoding")
 }
 
 /// Parses the upstream answer at the start of `c.up`; once complete (and
@@ -972,13 +952,9 @@ fn answer_head(
 fn status_line(out: &mut Vec<u8>, code: u16, reason: &str) {
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
-    #[allow(clippy::cast_possible_truncation)] // a status code has three digits
-    out.extend_from_slice(&[
-        b'0' + (code / 100 % 10) as u8,
-        b'0' + (code / 10 % 10) as u8,
-        b'0' + (code % 10) as u8,
-        b' ',
-    ]);
+    let code = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+    out.extend_from_slice(code.as_str().as_bytes());
+    out.push(b' ');
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
 }
@@ -1023,12 +999,7 @@ async fn answer_with(
     map.remove(http::header::TRANSFER_ENCODING);
     map.remove(http::header::CONNECTION);
     write_headers(&mut c.out, &map);
-    let mut digits = [0u8; 20];
-    header(
-        &mut c.out,
-        b"content-length",
-        decimal(body.len() as u64, &mut digits),
-    );
+    let _ = write!(c.out, "content-length: {}\r\n", body.len());
     if close {
         c.out.extend_from_slice(b"connection: close\r\n");
     }
@@ -1043,22 +1014,6 @@ async fn answer_with(
     .await;
     c.out.clear();
     !close && matches!(written, Some(Ok(())))
-}
-
-/// `n` in decimal, in `buf`.
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        #[allow(clippy::cast_possible_truncation)] // one digit
-        {
-            buf[i] = b'0' + (n % 10) as u8;
-        }
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
 }
 
 /// A chunked body whose framing is broken.
@@ -1098,85 +1053,43 @@ impl Chunked {
     pub fn scan(&mut self, bytes: &[u8]) -> Result<Option<usize>, Malformed> {
         let mut i = 0;
         while i < bytes.len() {
-            let b = bytes[i];
-            match self.state {
-                ChunkState::Size => match b {
-                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        if self.digits == 15 {
-                            return Err(Malformed);
-                        }
-                        let d = (b as char).to_digit(16).ok_or(Malformed)?;
-                        self.size = self.size * 16 + u64::from(d);
-                        self.digits += 1;
-                    }
-                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = ChunkState::Extension,
-                    b'\r' if self.digits > 0 => self.state = ChunkState::SizeLf,
-                    _ => return Err(Malformed),
-                },
-                ChunkState::Extension => match b {
-                    b'\r' => self.state = ChunkState::SizeLf,
-                    b'\n' => return Err(Malformed),
-                    _ => {}
-                },
-                ChunkState::SizeLf => {
-                    if b != b'\n' {
-                        return Err(Malformed);
-                    }
-                    self.digits = 0;
-                    self.state = if self.size == 0 {
-                        ChunkState::TrailerStart
-                    } else {
-                        ChunkState::Data
-                    };
+            use ChunkState::*;
+            if self.state == Data {
+                let n = (bytes.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
+                self.size -= n as u64;
+                i += n;
+                if self.size == 0 {
+                    self.state = DataCr;
                 }
-                ChunkState::Data => {
-                    let n = (bytes.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
-                    self.size -= n as u64;
-                    i += n;
-                    if self.size == 0 {
-                        self.state = ChunkState::DataCr;
-                    }
-                    continue;
-                }
-                ChunkState::DataCr => {
-                    if b != b'\r' {
-                        return Err(Malformed);
-                    }
-                    self.state = ChunkState::DataLf;
-                }
-                ChunkState::DataLf => {
-                    if b != b'\n' {
-                        return Err(Malformed);
-                    }
-                    self.state = ChunkState::Size;
-                }
-                ChunkState::TrailerStart => {
-                    self.state = if b == b'\r' {
-                        ChunkState::EndLf
-                    } else if b == b'\n' {
-                        return Err(Malformed);
-                    } else {
-                        ChunkState::Trailer
-                    };
-                }
-                ChunkState::Trailer => match b {
-                    b'\r' => self.state = ChunkState::TrailerLf,
-                    b'\n' => return Err(Malformed),
-                    _ => {}
-                },
-                ChunkState::TrailerLf => {
-                    if b != b'\n' {
-                        return Err(Malformed);
-                    }
-                    self.state = ChunkState::TrailerStart;
-                }
-                ChunkState::EndLf => {
-                    if b != b'\n' {
-                        return Err(Malformed);
-                    }
-                    return Ok(Some(i + 1));
-                }
+                continue;
             }
+            let b = bytes[i];
+            self.state = match (self.state, b) {
+                (Size, b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') if self.digits < 15 => {
+                    let d = (b as char).to_digit(16).ok_or(Malformed)?;
+                    self.size = self.size * 16 + u64::from(d);
+                    self.digits += 1;
+                    Size
+                }
+                (Size, b';' | b' ' | b'\t') if self.digits > 0 => Extension,
+                (Size, b'\r') if self.digits > 0 => SizeLf,
+                (Extension, b'\r') => SizeLf,
+                (SizeLf, b'\n') => {
+                    self.digits = 0;
+                    if self.size == 0 { TrailerStart } else { Data }
+                }
+                (DataCr, b'\r') => DataLf,
+                (DataLf, b'\n') => Size,
+                (TrailerStart, b'\r') => EndLf,
+                (Trailer, b'\r') => TrailerLf,
+                (TrailerLf, b'\n') => TrailerStart,
+                (EndLf, b'\n') => return Ok(Some(i + 1)),
+                // Any other byte but a bare LF is text of an extension or
+                // a trailer field.
+                (Extension, b) if b != b'\n' => Extension,
+                (TrailerStart | Trailer, b) if b != b'\n' => Trailer,
+                _ => return Err(Malformed),
+            };
             i += 1;
         }
         Ok(None)

@@ -214,7 +214,7 @@ async fn pipelined_requests_and_a_move_to_the_general_path_on_one_connection() {
 }
 
 #[tokio::test]
-async fn request_bodies_stream_by_length_and_plugins_answer_on_this_path() {
+async fn a_body_sent_in_pieces_streams_through_and_a_plugin_answers_the_next_request() {
     let backend = echo("b").await;
     let mut config = one_route(backend);
     config["services"][0]["routes"]
