@@ -196,6 +196,70 @@ async fn push_monolithic_single_post_chunked_and_resumable() {
     assert_eq!(r.get(&location).await.status(), 404);
 }
 
+/// Uploads larger than the 16 MiB between two early flushes
+/// (`storage::write_batches`): monolithic, and a PATCH then a PUT that
+/// carries the rest. What is served and what is on disk is every byte sent.
+#[tokio::test]
+async fn large_uploads_are_stored_byte_exact() {
+    let r = Reg::start().await;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Vec<u8> = (0..(40usize << 20))
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let digest = r.push_blob("large/mono", &data).await;
+    let pulled = r.get(&format!("/v2/large/mono/blobs/{digest}")).await;
+    assert_eq!(pulled.status(), 200);
+    assert!(pulled.bytes().await.expect("body") == data);
+    let hex = digest.trim_start_matches("sha256:");
+    let on_disk = std::fs::read(
+        r.root
+            .path()
+            .join(format!("blobs/sha256/{}/{hex}", &hex[..2])),
+    )
+    .expect("the blob's file");
+    assert!(on_disk == data, "the file holds exactly the bytes sent");
+
+    // The same content again, as a 20 MiB PATCH and a PUT with the rest.
+    let location = r
+        .req(Method::POST, "/v2/large/pieces/blobs/uploads/")
+        .await
+        .send()
+        .await
+        .expect("POST")
+        .headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
+    let half = 20 << 20;
+    let resp = r
+        .req(Method::PATCH, &location)
+        .await
+        .header("content-type", "application/octet-stream")
+        .header("content-range", format!("0-{}", half - 1))
+        .body(data[..half].to_vec())
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(resp.status(), 202);
+    assert_eq!(resp.headers()["range"], format!("0-{}", half - 1).as_str());
+    let resp = r
+        .req(Method::PUT, &format!("{location}?digest={digest}"))
+        .await
+        .header("content-type", "application/octet-stream")
+        .body(data[half..].to_vec())
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(resp.status(), 201);
+    let pulled = r.get(&format!("/v2/large/pieces/blobs/{digest}")).await;
+    assert!(pulled.bytes().await.expect("body") == data);
+}
+
 #[tokio::test]
 async fn cross_repository_mount_links_without_upload() {
     let r = Reg::start().await;
