@@ -127,6 +127,9 @@ impl Plugin for IpRestriction {
     fn name(&self) -> &'static str {
         "ip-restriction"
     }
+    fn sees_response_headers(&self) -> bool {
+        false
+    }
 
     fn priority(&self) -> i32 {
         990

@@ -110,6 +110,12 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// Whether a plugin of this request looks at the response's headers
+    /// (`Plugin::sees_response_headers`).
+    pub fn sees_response_headers(&self) -> bool {
+        self.chain.iter().any(|p| p.sees_response_headers())
+    }
+
     /// Kong's `source` of a response: `service`, `exit` or `kong`.
     pub fn source(&self) -> &'static str {
         if self.exited {
@@ -134,6 +140,15 @@ pub trait Plugin: Send + Sync + 'static {
     fn header(&self, _status: StatusCode, _headers: &mut HeaderMap, _ctx: &mut Ctx) {}
     /// After the response head was produced.
     fn log(&self, _ctx: &Ctx, _status: StatusCode, _headers: &HeaderMap, _m: &GatewayMetrics) {}
+    /// Whether `header` or `log` look at the response's headers. When no
+    /// plugin of a request does, the HTTP/1.1 path writes the upstream's
+    /// headers as they came (with `Ctx::response_headers` in place of
+    /// those of the same name) instead of building a `HeaderMap` of them.
+    /// A plugin that implements `header` or reads headers in `log` keeps
+    /// the default.
+    fn sees_response_headers(&self) -> bool {
+        true
+    }
     /// An instance of its own for a given route (per-route state such as
     /// metric handles); `None`: the route shares this one.
     fn for_route(&self, _route: &str, _service: &str) -> Option<Arc<dyn Plugin>> {
@@ -264,7 +279,14 @@ impl Chain {
         for (name, value) in ctx.response_headers.drain(..) {
             headers.insert(name, value);
         }
-        for p in chain.iter() {
+        Self::log(status, headers, ctx, metrics);
+    }
+
+    /// The log phase alone: for a response whose headers no plugin looks
+    /// at (`Ctx::sees_response_headers`), the header phase is
+    /// `Ctx::response_headers` written by the caller.
+    pub fn log(status: StatusCode, headers: &HeaderMap, ctx: &Ctx, metrics: &GatewayMetrics) {
+        for p in ctx.chain.iter() {
             p.log(ctx, status, headers, metrics);
         }
     }

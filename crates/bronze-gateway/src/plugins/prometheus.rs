@@ -86,6 +86,9 @@ impl Plugin for Prometheus {
     fn name(&self) -> &'static str {
         "prometheus"
     }
+    fn sees_response_headers(&self) -> bool {
+        false
+    }
 
     fn priority(&self) -> i32 {
         13
@@ -105,6 +108,9 @@ impl Plugin for Prometheus {
 impl Plugin for ForRoute {
     fn name(&self) -> &'static str {
         "prometheus"
+    }
+    fn sees_response_headers(&self) -> bool {
+        false
     }
 
     fn priority(&self) -> i32 {

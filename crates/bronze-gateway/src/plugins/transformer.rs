@@ -306,6 +306,9 @@ impl Plugin for RequestTransformer {
     fn name(&self) -> &'static str {
         "request-transformer"
     }
+    fn sees_response_headers(&self) -> bool {
+        false
+    }
 
     fn priority(&self) -> i32 {
         801

@@ -886,18 +886,37 @@ fn answer_head(
         name.eq_ignore_ascii_case(b"content-length")
             || name.eq_ignore_ascii_case(b"transfer-encoding")
     };
-    match ctx {
-        None => {
-            for h in resp.headers.iter() {
-                let name = h.name.as_bytes();
-                // With a Transfer-Encoding, a Content-Length means nothing.
-                let dropped = hop_by_hop(name)
-                    || (chunked.is_some() && name.eq_ignore_ascii_case(b"content-length"))
-                    || named(name);
-                if !dropped {
-                    header(&mut c.out, name, h.value);
-                }
+    // The upstream's end-to-end headers as they came, but those named in
+    // `replaced`.
+    let copy = |out: &mut Vec<u8>, replaced: &[(http::HeaderName, http::HeaderValue)]| {
+        for h in resp.headers.iter() {
+            let name = h.name.as_bytes();
+            // With a Transfer-Encoding, a Content-Length means nothing.
+            let dropped = hop_by_hop(name)
+                || (chunked.is_some() && name.eq_ignore_ascii_case(b"content-length"))
+                || named(name)
+                || replaced
+                    .iter()
+                    .any(|(n, _)| name.eq_ignore_ascii_case(n.as_str().as_bytes()));
+            if !dropped {
+                header(out, name, h.value);
             }
+        }
+    };
+    match ctx {
+        None => copy(&mut c.out, &[]),
+        // The plugins add headers (rate-limiting's) and count, but none
+        // looks at the upstream's: no HeaderMap of them.
+        Some(ctx) if !ctx.sees_response_headers() => {
+            copy(&mut c.out, &ctx.response_headers);
+            for (name, value) in ctx.response_headers.drain(..) {
+                header(&mut c.out, name.as_str().as_bytes(), value.as_bytes());
+            }
+            if let Some(at) = plan.sent_at {
+                ctx.upstream_latency = Some(at.elapsed());
+            }
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+            crate::plugins::Chain::log(status, &http::HeaderMap::new(), ctx, &proxy.metrics);
         }
         Some(ctx) => {
             // Plugins see and change the end-to-end headers; the framing

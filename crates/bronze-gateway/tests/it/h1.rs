@@ -346,3 +346,64 @@ async fn a_request_in_flight_when_draining_starts_is_answered_and_told_the_conne
     assert!(answer.contains("connection: close\r\n"), "{answer}");
     assert!(answer.ends_with("\r\n\r\nslow"), "{answer}");
 }
+
+/// Plugins that only add response headers and count (rate-limiting,
+/// prometheus) get the upstream's headers written as they came, with
+/// rate-limiting's in place of the upstream's of the same name; a plugin
+/// that changes the upstream's headers (response-transformer) still sees
+/// them, on the same connection.
+#[tokio::test]
+async fn plugin_headers_replace_the_upstreams_of_the_same_name() {
+    let (backend, _) = scripted(|_| {
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-custom: kept\r\n\
+              x-ratelimit-limit-minute: 999\r\nx-remove-me: yes\r\n\r\nok",
+            false,
+        )
+    })
+    .await;
+    let mut config = one_route(backend);
+    config["services"][0]["routes"] = serde_json::json!([
+        {"name": "counted", "paths": ["/counted"], "plugins": [
+            {"name": "rate-limiting", "config": {"minute": 5}},
+            {"name": "prometheus", "config": {"status_code_metrics": true}}]},
+        {"name": "changed", "paths": ["/changed"], "plugins": [
+            {"name": "rate-limiting", "config": {"minute": 5}},
+            {"name": "response-transformer", "config": {"remove": {"headers": ["x-remove-me"]}}}]}
+    ]);
+    let gw = gateway(config).await;
+    let answer = raw(
+        gw.addr,
+        b"GET /counted HTTP/1.1\r\nhost: x\r\n\r\nGET /changed HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .to_ascii_lowercase();
+    let (counted, changed) = answer
+        .split_once("\r\n\r\nok")
+        .unwrap_or_else(|| panic!("two answers: {answer}"));
+    for (name, one) in [("counted", counted), ("changed", changed)] {
+        assert!(one.contains("http/1.1 200 ok\r\n"), "{name}: {one}");
+        assert!(one.contains("x-custom: kept\r\n"), "{name}: {one}");
+        assert_eq!(
+            one.matches("x-ratelimit-limit-minute").count(),
+            1,
+            "{name}: {one}"
+        );
+        assert!(
+            one.contains("x-ratelimit-limit-minute: 5\r\n"),
+            "{name}: {one}"
+        );
+        assert!(
+            one.contains("x-ratelimit-remaining-minute: 4\r\n"),
+            "{name}: {one}"
+        );
+        assert_eq!(
+            one.matches("content-length: 2\r\n").count(),
+            1,
+            "{name}: {one}"
+        );
+    }
+    assert!(counted.contains("x-remove-me: yes\r\n"), "{counted}");
+    assert!(!changed.contains("x-remove-me"), "{changed}");
+    assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
+}
