@@ -348,8 +348,9 @@ pub struct Credentials {
     pub consumers: Vec<Arc<Consumer>>,
     /// Consumer id or username to index.
     by_ref: HashMap<String, u32>,
-    /// key-auth: key to (consumer, credential id).
-    pub keys: HashMap<String, (u32, HeaderValue)>,
+    /// key-auth: key to (consumer, credential id); looked up with every
+    /// request's key (foldhash, seeded: faster than SipHash).
+    pub keys: HashMap<String, (u32, HeaderValue), foldhash::quality::RandomState>,
     /// basic-auth: username to credential.
     pub basic: HashMap<String, basic_auth::Credential>,
     /// jwt: key to secret.
@@ -533,8 +534,13 @@ pub(crate) fn set_consumer(
     const CREDENTIAL: HeaderName = HeaderName::from_static("x-credential-identifier");
     const ANONYMOUS: HeaderName = HeaderName::from_static("x-anonymous-consumer");
     let h = &mut req.headers;
-    for n in [&ID, &USERNAME, &CUSTOM, &CREDENTIAL, &ANONYMOUS] {
-        h.remove(n);
+    // Whatever the client sent under these names goes (one pass over the
+    // few headers a request has, rather than five removals by hash).
+    let names = [&ID, &USERNAME, &CUSTOM, &CREDENTIAL, &ANONYMOUS];
+    if h.keys().any(|k| names.contains(&k)) {
+        for n in names {
+            h.remove(n);
+        }
     }
     if let Some(c) = consumer {
         h.insert(ID, c.id_header.clone());

@@ -79,7 +79,7 @@ struct ForRoute {
     service: String,
     latencies: OnceLock<Latencies>,
     /// (status, source, consumer index or u32::MAX) to its counter.
-    codes: RwLock<HashMap<(u16, &'static str, u32), Counter>>,
+    codes: RwLock<HashMap<(u16, &'static str, u32), Counter, foldhash::fast::RandomState>>,
 }
 
 impl Plugin for Prometheus {
@@ -100,7 +100,7 @@ impl Plugin for Prometheus {
             route: route.to_string(),
             service: service.to_string(),
             latencies: OnceLock::new(),
-            codes: RwLock::new(HashMap::new()),
+            codes: RwLock::new(HashMap::default()),
         }))
     }
 }

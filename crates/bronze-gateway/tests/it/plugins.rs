@@ -113,12 +113,15 @@ async fn key_auth_as_kong() {
         "apikey: alice-key",
         "-H",
         "X-Consumer-Username: mallory",
+        "-H",
+        "X-Anonymous-Consumer: true",
         &format!("{base}/locked/x"),
     ]))
     .await;
     assert_eq!(code, 200, "{body}");
     let v = json(&body);
     assert_eq!(v["headers"]["x-consumer-username"], "alice");
+    assert!(v["headers"].get("x-anonymous-consumer").is_none(), "{v}");
     assert_eq!(
         v["headers"]["x-consumer-id"],
         "4e8a6a0e-7f57-4e8b-9d55-3a3f1c0d2a11"
@@ -143,8 +146,16 @@ async fn key_auth_as_kong() {
         .to_string();
     assert_eq!(id.len(), 36, "{id}");
 
-    // A consumer known by custom_id only.
-    let (code, _, body) = curl_h(s(&["-H", "apikey: svc-key", &format!("{base}/locked")])).await;
+    // A consumer known by custom_id only: a username the client made up
+    // does not travel either.
+    let (code, _, body) = curl_h(s(&[
+        "-H",
+        "apikey: svc-key",
+        "-H",
+        "x-consumer-username: mallory",
+        &format!("{base}/locked"),
+    ]))
+    .await;
     assert_eq!(code, 200, "{body}");
     let v = json(&body);
     assert_eq!(v["headers"]["x-consumer-custom-id"], "svc-42");
