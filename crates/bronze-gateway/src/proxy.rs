@@ -54,19 +54,52 @@ pub struct Downstream {
     timer: parking_lot::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>,
 }
 
-/// Runs `fut` until `deadline` on `timer`, moved to that deadline (`None`:
-/// it ran out). Both proxy paths keep one such timer per connection.
+/// Runs `fut` until `deadline` on `timer` (`None`: it ran out). Both proxy
+/// paths keep one such timer per connection, re-armed lazily (as nginx's
+/// timers): most steps of a connection set a deadline later than the one
+/// armed, and moving the timer costs more than the step's own work, so a
+/// timer armed earlier is kept; when it fires before `deadline`, it is
+/// moved then. A deadline earlier than the armed one moves it at once: a
+/// timeout never fires late.
 pub(crate) async fn until<F: Future>(
     timer: &mut Pin<Box<tokio::time::Sleep>>,
     deadline: tokio::time::Instant,
     fut: F,
 ) -> Option<F::Output> {
-    timer.as_mut().reset(deadline);
-    tokio::select! {
-        biased;
-        out = fut => Some(out),
-        () = timer.as_mut() => None,
+    arm(timer, deadline);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut fut => return Some(out),
+            () = timer.as_mut() => {
+                if !early(timer, deadline) {
+                    return None;
+                }
+            }
+        }
     }
+}
+
+/// Arms `timer` for `deadline` unless it is armed for an earlier instant
+/// that has not passed (see `until`).
+pub(crate) fn arm(timer: &mut Pin<Box<tokio::time::Sleep>>, deadline: tokio::time::Instant) {
+    if timer.deadline() > deadline || timer.is_elapsed() {
+        timer.as_mut().reset(deadline);
+    }
+}
+
+/// `timer` fired: whether that was before `deadline` (then it is moved
+/// there and the wait goes on) rather than the deadline itself.
+pub(crate) fn early(
+    timer: &mut Pin<Box<tokio::time::Sleep>>,
+    deadline: tokio::time::Instant,
+) -> bool {
+    if tokio::time::Instant::now() >= deadline {
+        return false;
+    }
+    timer.as_mut().reset(deadline);
+    true
 }
 
 /// Runs `fut` until `deadline`, on the connection's reusable timer.

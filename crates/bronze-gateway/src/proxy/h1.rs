@@ -188,11 +188,16 @@ pub async fn serve_connection(mut conn: Conn, proxy: Arc<Proxy>, limits: Limits)
                 } else {
                     *head_until.get_or_insert_with(|| Instant::now() + header_read_timeout)
                 };
-                c.timer.as_mut().reset(deadline);
+                super::arm(&mut c.timer, deadline);
                 let read = tokio::select! {
                     biased;
                     r = conn.stream.read_buf(&mut c.buf) => r.ok(),
-                    () = c.timer.as_mut() => None,
+                    () = c.timer.as_mut() => {
+                        if super::early(&mut c.timer, deadline) {
+                            continue;
+                        }
+                        None
+                    }
                     () = &mut stop, if idle => None,
                 };
                 match read {

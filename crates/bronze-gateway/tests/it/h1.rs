@@ -407,3 +407,83 @@ async fn plugin_headers_replace_the_upstreams_of_the_same_name() {
     assert!(!changed.contains("x-remove-me"), "{changed}");
     assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
 }
+
+/// The connection's one timer is re-armed lazily (`proxy::until`): a
+/// timer still armed for an earlier instant (the 400 ms keep-alive wait)
+/// does not cut a later deadline short (the service's 3 s read timeout, an
+/// answer after 900 ms), and a deadline earlier than the one armed (a
+/// 300 ms read timeout after the 3 s one, on the same connection) fires on
+/// time (504, not the answer that comes at 900 ms).
+#[tokio::test]
+async fn timers_armed_for_other_deadlines_neither_cut_short_nor_fire_late() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        tokio::time::sleep(Duration::from_millis(900)).await;
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow";
+                        if conn.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kong.json");
+    let doc = serde_json::json!({
+        "_format_version": "3.0",
+        "services": [
+            {"name": "patient", "url": format!("http://{backend}"), "read_timeout": 3000,
+             "routes": [{"name": "patient", "paths": ["/patient"]}]},
+            {"name": "hasty", "url": format!("http://{backend}"), "read_timeout": 300,
+             "routes": [{"name": "hasty", "paths": ["/hasty"]}]}
+        ]
+    });
+    std::fs::write(&path, doc.to_string()).expect("write");
+    let mut config = bronze_gateway::Config::ephemeral();
+    config.declarative_config = path.display().to_string();
+    config.keepalive_timeout = Duration::from_millis(400);
+    let server = bronze_gateway::Server::bind(config).await.expect("binds");
+    let shutdown = bronze_runtime::Shutdown::new();
+    let addr = server.addr();
+    let s = shutdown.clone();
+    tokio::spawn(async move { server.serve(s).await.expect("serves") });
+
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    conn.write_all(b"GET /patient HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+        .await
+        .expect("answered")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nslow"), "{answer}");
+
+    conn.write_all(b"GET /hasty HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out)).await;
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.starts_with("HTTP/1.1 504 "), "{answer}");
+    assert!(!answer.contains("slow"), "{answer}");
+    drop(shutdown);
+}
