@@ -69,6 +69,39 @@ async fn scripted(script: Script) -> (SocketAddr, Arc<Counts>) {
     (addr, counts)
 }
 
+/// A backend that answers each request head `delay` after it came, with
+/// `slow`, on a kept-alive connection.
+async fn slow(delay: Duration) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        tokio::time::sleep(delay).await;
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow";
+                        if conn.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 fn one_route(backend: SocketAddr) -> serde_json::Value {
     serde_json::json!({
         "_format_version": "3.0",
@@ -305,28 +338,7 @@ async fn idle_client_and_upstream_connections_close_after_their_timeouts() {
 
 #[tokio::test]
 async fn a_request_in_flight_when_draining_starts_is_answered_and_told_the_connection_ends() {
-    // A backend that takes 500 ms to answer.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let backend = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = conn.read(&mut buf).await {
-                    if n == 0 {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow";
-                    if conn.write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let backend = slow(Duration::from_millis(500)).await;
     let gw = gateway(one_route(backend)).await;
     let mut conn = tokio::net::TcpStream::connect(gw.addr)
         .await
@@ -416,33 +428,7 @@ async fn plugin_headers_replace_the_upstreams_of_the_same_name() {
 /// time (504, not the answer that comes at 900 ms).
 #[tokio::test]
 async fn timers_armed_for_other_deadlines_neither_cut_short_nor_fire_late() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let backend = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        tokio::time::sleep(Duration::from_millis(900)).await;
-                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow";
-                        if conn.write_all(answer).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
-        }
-    });
+    let backend = slow(Duration::from_millis(900)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("kong.json");
     let doc = serde_json::json!({
