@@ -78,6 +78,32 @@ pub struct Consumer {
     custom_id_header: Option<HeaderValue>,
 }
 
+/// A response header's value an access handler asks for: rate-limiting's
+/// are numbers, written as digits on the HTTP/1.1 path without building
+/// a `HeaderValue` for each (an allocation per number per request).
+#[derive(Debug, Clone)]
+pub enum Value {
+    Header(HeaderValue),
+    Number(u64),
+}
+
+impl Value {
+    pub fn into_header(self) -> HeaderValue {
+        match self {
+            Value::Header(v) => v,
+            Value::Number(n) => HeaderValue::from(n),
+        }
+    }
+
+    /// Calls `f` with the value's bytes (a number formatted on the stack).
+    pub fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        match self {
+            Value::Header(v) => f(v.as_bytes()),
+            Value::Number(n) => f(itoa::Buffer::new().format(*n).as_bytes()),
+        }
+    }
+}
+
 /// Per-request state shared by the phases of one request.
 pub struct Ctx {
     pub peer: SocketAddr,
@@ -96,7 +122,7 @@ pub struct Ctx {
     /// Headers access handlers want on the response (rate-limiting's).
     /// (Names are distinct: each replaces the upstream's header of that
     /// name.)
-    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    pub response_headers: Vec<(HeaderName, Value)>,
     /// When the upstream answered (for latencies), if it was asked.
     pub upstream_latency: Option<Duration>,
     /// The upstream path sent (for logs).
@@ -277,7 +303,7 @@ impl Chain {
             p.header(status, headers, ctx);
         }
         for (name, value) in ctx.response_headers.drain(..) {
-            headers.insert(name, value);
+            headers.insert(name, value.into_header());
         }
         Self::log(status, headers, ctx, metrics);
     }

@@ -16,7 +16,7 @@ use http::header::{HeaderName, HeaderValue};
 use parking_lot::Mutex;
 use serde::Deserialize;
 
-use super::{Answer, Ctx, Plugin, exit, parse_config};
+use super::{Answer, Ctx, Plugin, Value, exit, parse_config};
 use crate::declarative::Invalid;
 
 #[derive(Deserialize)]
@@ -421,12 +421,12 @@ impl Plugin for RateLimiting {
         if !self.hide_client_headers {
             headers.reserve(self.header_names.len() * 2 + 3);
             for (k, (l, r, limit)) in self.header_names.iter().enumerate() {
-                headers.push((l.clone(), limit.clone()));
-                headers.push((r.clone(), HeaderValue::from(d.remaining_per_period[k])));
+                headers.push((l.clone(), Value::Header(limit.clone())));
+                headers.push((r.clone(), Value::Number(d.remaining_per_period[k])));
             }
-            headers.push((RATELIMIT_LIMIT, HeaderValue::from(d.limit)));
-            headers.push((RATELIMIT_REMAINING, HeaderValue::from(d.remaining)));
-            headers.push((RATELIMIT_RESET, HeaderValue::from(d.reset)));
+            headers.push((RATELIMIT_LIMIT, Value::Number(d.limit)));
+            headers.push((RATELIMIT_REMAINING, Value::Number(d.remaining)));
+            headers.push((RATELIMIT_RESET, Value::Number(d.reset)));
         }
         if d.allowed {
             // Set on the response once it comes (the header phase).
@@ -440,7 +440,7 @@ impl Plugin for RateLimiting {
         let mut answer = exit(self.error_code, &self.error_message);
         let answer_headers = answer.headers_mut();
         for (name, value) in headers {
-            answer_headers.insert(name, value);
+            answer_headers.insert(name, value.into_header());
         }
         answer_headers.insert(http::header::RETRY_AFTER, HeaderValue::from(d.reset));
         Err(answer)

@@ -893,7 +893,7 @@ fn answer_head(
     };
     // The upstream's end-to-end headers as they came, but those named in
     // `replaced`.
-    let copy = |out: &mut Vec<u8>, replaced: &[(http::HeaderName, http::HeaderValue)]| {
+    let copy = |out: &mut Vec<u8>, replaced: &[(http::HeaderName, crate::plugins::Value)]| {
         for h in resp.headers.iter() {
             let name = h.name.as_bytes();
             // With a Transfer-Encoding, a Content-Length means nothing.
@@ -915,7 +915,7 @@ fn answer_head(
         Some(ctx) if !ctx.sees_response_headers() => {
             copy(&mut c.out, &ctx.response_headers);
             for (name, value) in ctx.response_headers.drain(..) {
-                header(&mut c.out, name.as_str().as_bytes(), value.as_bytes());
+                value.with_bytes(|v| header(&mut c.out, name.as_str().as_bytes(), v));
             }
             if let Some(at) = plan.sent_at {
                 ctx.upstream_latency = Some(at.elapsed());
