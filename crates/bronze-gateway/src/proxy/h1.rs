@@ -820,7 +820,7 @@ fn answer_head(
     proxy: &Proxy,
     c: &mut Client,
     plan: &Plan,
-    ctx: Option<&mut crate::plugins::Ctx>,
+    mut ctx: Option<&mut crate::plugins::Ctx>,
 ) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
@@ -908,6 +908,10 @@ fn answer_head(
             }
         }
     };
+    if let (Some(ctx), Some(at)) = (ctx.as_deref_mut(), plan.sent_at) {
+        ctx.upstream_latency = Some(at.elapsed());
+    }
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
     match ctx {
         None => copy(&mut c.out, &[]),
         // The plugins add headers (rate-limiting's) and count, but none
@@ -917,10 +921,6 @@ fn answer_head(
             for (name, value) in ctx.response_headers.drain(..) {
                 value.with_bytes(|v| header(&mut c.out, name.as_str().as_bytes(), v));
             }
-            if let Some(at) = plan.sent_at {
-                ctx.upstream_latency = Some(at.elapsed());
-            }
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
             crate::plugins::Chain::log(status, &http::HeaderMap::new(), ctx, &proxy.metrics);
         }
         Some(ctx) => {
@@ -940,10 +940,6 @@ fn answer_head(
                     map.append(n, v);
                 }
             }
-            if let Some(at) = plan.sent_at {
-                ctx.upstream_latency = Some(at.elapsed());
-            }
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
             crate::plugins::Chain::finish_head(status, &mut map, ctx, &proxy.metrics);
             write_headers(&mut c.out, &map);
             for h in resp.headers.iter() {
