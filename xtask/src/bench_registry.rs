@@ -274,10 +274,17 @@ pub async fn run(runs: usize) -> anyhow::Result<()> {
         drop(f);
         sha256_file(&big)
     };
+    let warned = std::cell::Cell::new(false);
     let settle = |drop_caches: bool| {
         let _ = Command::new("sync").status();
-        if drop_caches {
-            let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
+        if drop_caches
+            && let Err(e) = std::fs::write("/proc/sys/vm/drop_caches", "1")
+            && !warned.replace(true)
+        {
+            eprintln!(
+                "  cannot drop the page cache ({e}; needs root): later uploads may \
+                 measure the machine's page-cache growth, for both servers alike"
+            );
         }
     };
     for t in [&bronze, &distribution] {
