@@ -91,10 +91,7 @@ pub(crate) fn arm(timer: &mut Pin<Box<tokio::time::Sleep>>, deadline: tokio::tim
 
 /// `timer` fired: whether that was before `deadline` (then it is moved
 /// there and the wait goes on) rather than the deadline itself.
-pub(crate) fn early(
-    timer: &mut Pin<Box<tokio::time::Sleep>>,
-    deadline: tokio::time::Instant,
-) -> bool {
+fn early(timer: &mut Pin<Box<tokio::time::Sleep>>, deadline: tokio::time::Instant) -> bool {
     if tokio::time::Instant::now() >= deadline {
         return false;
     }

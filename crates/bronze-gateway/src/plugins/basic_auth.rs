@@ -178,9 +178,6 @@ impl Plugin for BasicAuth {
     fn name(&self) -> &'static str {
         "basic-auth"
     }
-    fn sees_response_headers(&self) -> bool {
-        false
-    }
 
     fn priority(&self) -> i32 {
         1100

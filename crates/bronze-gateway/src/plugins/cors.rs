@@ -189,6 +189,10 @@ impl Plugin for Cors {
         Ok(())
     }
 
+    fn sees_response_headers(&self) -> bool {
+        true
+    }
+
     fn header(&self, _status: StatusCode, headers: &mut HeaderMap, ctx: &mut Ctx) {
         self.common(headers, ctx.origin.as_ref());
         if let Some(v) = &self.exposed {

@@ -167,6 +167,10 @@ impl Plugin for FileLog {
         9
     }
 
+    fn sees_response_headers(&self) -> bool {
+        true
+    }
+
     fn log(&self, ctx: &Ctx, status: StatusCode, headers: &HeaderMap, _m: &GatewayMetrics) {
         let total = ctx.started.elapsed();
         let started_at = millis(SystemTime::now() - total);

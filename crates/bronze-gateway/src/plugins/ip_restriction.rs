@@ -127,9 +127,6 @@ impl Plugin for IpRestriction {
     fn name(&self) -> &'static str {
         "ip-restriction"
     }
-    fn sees_response_headers(&self) -> bool {
-        false
-    }
 
     fn priority(&self) -> i32 {
         990

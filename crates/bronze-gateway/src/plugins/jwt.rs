@@ -567,9 +567,6 @@ impl Plugin for Jwt {
     fn name(&self) -> &'static str {
         "jwt"
     }
-    fn sees_response_headers(&self) -> bool {
-        false
-    }
 
     fn priority(&self) -> i32 {
         1450

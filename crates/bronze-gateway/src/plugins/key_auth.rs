@@ -229,9 +229,6 @@ impl Plugin for KeyAuth {
     fn name(&self) -> &'static str {
         "key-auth"
     }
-    fn sees_response_headers(&self) -> bool {
-        false
-    }
 
     fn priority(&self) -> i32 {
         1250

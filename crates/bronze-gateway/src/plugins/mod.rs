@@ -166,14 +166,14 @@ pub trait Plugin: Send + Sync + 'static {
     fn header(&self, _status: StatusCode, _headers: &mut HeaderMap, _ctx: &mut Ctx) {}
     /// After the response head was produced.
     fn log(&self, _ctx: &Ctx, _status: StatusCode, _headers: &HeaderMap, _m: &GatewayMetrics) {}
-    /// Whether `header` or `log` look at the response's headers. When no
-    /// plugin of a request does, the HTTP/1.1 path writes the upstream's
-    /// headers as they came (with `Ctx::response_headers` in place of
-    /// those of the same name) instead of building a `HeaderMap` of them.
-    /// A plugin that implements `header` or reads headers in `log` keeps
-    /// the default.
+    /// Whether `header` or `log` look at the response's headers: a plugin
+    /// that implements `header` or reads headers in `log` must say so.
+    /// When no plugin of a request does, the HTTP/1.1 path skips the header
+    /// phase and writes the upstream's headers as they came (with
+    /// `Ctx::response_headers` in place of those of the same name) instead
+    /// of building a `HeaderMap` of them.
     fn sees_response_headers(&self) -> bool {
-        true
+        false
     }
     /// An instance of its own for a given route (per-route state such as
     /// metric handles); `None`: the route shares this one.
@@ -298,6 +298,13 @@ impl Chain {
         ctx: &mut Ctx,
         metrics: &GatewayMetrics,
     ) {
+        Self::header_phase(status, headers, ctx);
+        Self::log(status, headers, ctx, metrics);
+    }
+
+    /// The header phase alone: the plugins' `header`, then
+    /// `Ctx::response_headers` in place of same-named headers.
+    pub fn header_phase(status: StatusCode, headers: &mut HeaderMap, ctx: &mut Ctx) {
         let chain = ctx.chain.clone();
         for p in chain.iter() {
             p.header(status, headers, ctx);
@@ -305,7 +312,6 @@ impl Chain {
         for (name, value) in ctx.response_headers.drain(..) {
             headers.insert(name, value.into_header());
         }
-        Self::log(status, headers, ctx, metrics);
     }
 
     /// The log phase alone: for a response whose headers no plugin looks

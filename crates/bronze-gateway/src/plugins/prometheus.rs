@@ -86,9 +86,6 @@ impl Plugin for Prometheus {
     fn name(&self) -> &'static str {
         "prometheus"
     }
-    fn sees_response_headers(&self) -> bool {
-        false
-    }
 
     fn priority(&self) -> i32 {
         13
@@ -108,9 +105,6 @@ impl Plugin for Prometheus {
 impl Plugin for ForRoute {
     fn name(&self) -> &'static str {
         "prometheus"
-    }
-    fn sees_response_headers(&self) -> bool {
-        false
     }
 
     fn priority(&self) -> i32 {

@@ -407,9 +407,6 @@ impl Plugin for RateLimiting {
     fn name(&self) -> &'static str {
         "rate-limiting"
     }
-    fn sees_response_headers(&self) -> bool {
-        false
-    }
 
     fn priority(&self) -> i32 {
         910

@@ -64,9 +64,6 @@ impl Plugin for RequestSizeLimiting {
     fn name(&self) -> &'static str {
         "request-size-limiting"
     }
-    fn sees_response_headers(&self) -> bool {
-        false
-    }
 
     fn priority(&self) -> i32 {
         951

@@ -76,9 +76,6 @@ impl Plugin for RequestTermination {
     fn name(&self) -> &'static str {
         "request-termination"
     }
-    fn sees_response_headers(&self) -> bool {
-        false
-    }
 
     fn priority(&self) -> i32 {
         2

@@ -306,9 +306,6 @@ impl Plugin for RequestTransformer {
     fn name(&self) -> &'static str {
         "request-transformer"
     }
-    fn sees_response_headers(&self) -> bool {
-        false
-    }
 
     fn priority(&self) -> i32 {
         801
@@ -354,6 +351,10 @@ impl Plugin for ResponseTransformer {
 
     fn priority(&self) -> i32 {
         800
+    }
+
+    fn sees_response_headers(&self) -> bool {
+        true
     }
 
     fn header(&self, _status: StatusCode, headers: &mut HeaderMap, _ctx: &mut Ctx) {

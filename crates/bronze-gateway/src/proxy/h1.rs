@@ -189,6 +189,9 @@ pub async fn serve_connection(mut conn: Conn, proxy: Arc<Proxy>, limits: Limits)
                     *head_until.get_or_insert_with(|| Instant::now() + header_read_timeout)
                 };
                 super::arm(&mut c.timer, deadline);
+                // `until`'s loop, with a third branch: draining ends an
+                // idle wait (through `until` with a nested select, 160 more
+                // instructions a request).
                 let read = tokio::select! {
                     biased;
                     r = conn.stream.read_buf(&mut c.buf) => r.ok(),
@@ -940,7 +943,7 @@ fn answer_head(
                     map.append(n, v);
                 }
             }
-            crate::plugins::Chain::finish_head(status, &mut map, ctx, &proxy.metrics);
+            crate::plugins::Chain::header_phase(status, &mut map, ctx);
             write_headers(&mut c.out, &map);
             for h in resp.headers.iter() {
                 let name = h.name.as_bytes();
@@ -951,8 +954,16 @@ fn answer_head(
                 };
                 if kept {
                     header(&mut c.out, name, h.value);
+                    // Log plugins see the answer as sent (file-log's size).
+                    if let (Ok(n), Ok(v)) = (
+                        http::HeaderName::from_bytes(name),
+                        http::HeaderValue::from_bytes(h.value),
+                    ) {
+                        map.append(n, v);
+                    }
                 }
             }
+            crate::plugins::Chain::log(status, &map, ctx, &proxy.metrics);
         }
     }
     let until_close = matches!(framing, Framing::UntilClose);

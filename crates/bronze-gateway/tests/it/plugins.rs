@@ -1146,6 +1146,18 @@ async fn file_log_writes_kong_json_lines() {
     assert_eq!(ok["request"]["headers"]["authorization"], "REDACTED");
     assert_eq!(ok["upstream_uri"], "/base/x?y=1");
     assert_eq!(ok["response"]["status"], 200);
+    // The answer's headers as the client got them, its length among them.
+    let sent = &ok["response"]["headers"];
+    assert!(sent["content-type"].is_string(), "{ok}");
+    assert_eq!(
+        ok["response"]["size"].as_u64().map(|n| n.to_string()),
+        sent["content-length"].as_str().map(str::to_string),
+        "{ok}"
+    );
+    assert!(
+        ok["response"]["size"].as_u64().is_some_and(|n| n > 0),
+        "{ok}"
+    );
     assert_eq!(ok["route"]["name"], "logged");
     assert_eq!(ok["service"]["name"], "svc");
     assert_eq!(ok["consumer"]["username"], "alice");
