@@ -51,6 +51,19 @@ enum Task {
         #[arg(long)]
         rate: Option<f64>,
     },
+    /// One fixed-rate run of the gateway bench's open-loop generator
+    /// against 127.0.0.1:PORT (GET /, 50 connections, one thread, latency
+    /// from each request's scheduled send time), after a one-second warm-up:
+    /// to reproduce or compare a row of the fixed-rate columns by hand.
+    Loadgen {
+        port: u16,
+        /// Requests per second, all connections together.
+        #[arg(long)]
+        rate: f64,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,5 +118,23 @@ fn main() -> anyhow::Result<()> {
                 )
             }
         },
+        Task::Loadgen {
+            port,
+            rate,
+            seconds,
+        } => {
+            let reports =
+                xtask::bench_gateway_rate::fixed_rate(&[("target", port)], rate, seconds)?;
+            for r in &reports {
+                println!("{}", r.plan.describe());
+                println!("achieved | p50 | p99 | p99.9 | max");
+                println!("{}", xtask::bench_gateway_rate::columns(r));
+                println!(
+                    "{}",
+                    xtask::bench_gateway_rate::generator_note(&["target"], &reports)
+                );
+            }
+            Ok(())
+        }
     }
 }
