@@ -56,6 +56,7 @@ enum Task {
     /// from each request's scheduled send time), after a one-second warm-up:
     /// to reproduce or compare a row of the fixed-rate columns by hand.
     Loadgen {
+        /// Port of the target on 127.0.0.1.
         port: u16,
         /// Requests per second, all connections together.
         #[arg(long)]
