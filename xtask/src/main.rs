@@ -124,17 +124,23 @@ fn main() -> anyhow::Result<()> {
             rate,
             seconds,
         } => {
+            if !(rate.is_finite() && rate > 0.0) {
+                anyhow::bail!("--rate: expected requests per second above 0, got {rate}");
+            }
+            if seconds == 0 {
+                anyhow::bail!("--seconds: expected at least 1");
+            }
             let reports =
                 xtask::bench_gateway_rate::fixed_rate(&[("target", port)], rate, seconds)?;
             for r in &reports {
                 println!("{}", r.plan.describe());
                 println!("achieved | p50 | p99 | p99.9 | max");
                 println!("{}", xtask::bench_gateway_rate::columns(r));
-                println!(
-                    "{}",
-                    xtask::bench_gateway_rate::generator_note(&["target"], &reports)
-                );
             }
+            println!(
+                "{}",
+                xtask::bench_gateway_rate::generator_note(&["target"], &reports)
+            );
             Ok(())
         }
     }
