@@ -36,7 +36,8 @@ pub const NS_TAGS: &str = "registry.tags";
 pub const NS_REFERRERS: &str = "registry.referrers";
 pub const NS_UPLOADS: &str = "registry.uploads";
 
-/// Bytes written to disk at once while streaming.
+/// Bytes per batch an upload hands to its hashing and writing threads
+/// (`write_stream`): one vectored write each.
 const WRITE_CHUNK: usize = 1 << 20;
 /// Bytes an upload writes between two early flushes (`write_batches`).
 const FLUSH_EVERY: u64 = 16 << 20;

@@ -288,18 +288,8 @@ impl Chain {
     /// The header phase, then the log phase.
     pub fn finish(resp: &mut Response<Body>, ctx: &mut Ctx, metrics: &GatewayMetrics) {
         let status = resp.status();
-        Self::finish_head(status, resp.headers_mut(), ctx, metrics);
-    }
-
-    /// The header phase, then the log phase, on a response head.
-    pub fn finish_head(
-        status: StatusCode,
-        headers: &mut HeaderMap,
-        ctx: &mut Ctx,
-        metrics: &GatewayMetrics,
-    ) {
-        Self::header_phase(status, headers, ctx);
-        Self::log(status, headers, ctx, metrics);
+        Self::header_phase(status, resp.headers_mut(), ctx);
+        Self::log(status, resp.headers(), ctx, metrics);
     }
 
     /// The header phase alone: the plugins' `header`, then

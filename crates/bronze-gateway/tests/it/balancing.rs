@@ -9,11 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bronze_gateway::{Config, Server};
 use bronze_runtime::Shutdown;
 use serde_json::{Value, json};
 
-use super::{Gw, curl, s};
+use super::{Gw, curl, gateway, gateway_with, s};
 
 /// A backend answering its name after `delay`; `/health` answers the
 /// status in the returned cell (200 at first).
@@ -75,29 +74,6 @@ fn dead_port() -> SocketAddr {
         .expect("bind")
         .local_addr()
         .expect("addr")
-}
-
-async fn gateway_with(declarative: Value, edit: impl FnOnce(&mut Config)) -> Gw {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("kong.json");
-    std::fs::write(&path, declarative.to_string()).expect("write");
-    let mut config = Config::ephemeral();
-    config.declarative_config = path.display().to_string();
-    edit(&mut config);
-    let server = Server::bind(config).await.expect("gateway binds");
-    let (addr, admin) = (server.addr(), server.admin_addr());
-    let shutdown = Shutdown::new();
-    let sd = shutdown.clone();
-    tokio::spawn(async move { server.serve(sd).await.expect("gateway serves") });
-    Gw {
-        addr,
-        admin,
-        _shutdown: shutdown,
-    }
-}
-
-async fn gateway(declarative: Value) -> Gw {
-    gateway_with(declarative, |_| {}).await
 }
 
 fn client() -> reqwest::Client {

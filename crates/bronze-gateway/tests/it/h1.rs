@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Gw, curl, echo, gateway, raw, s};
+use super::{curl, echo, gateway, gateway_with, raw, s};
 
 /// How a scripted backend answers one request head.
 type Script = fn(&str) -> (&'static [u8], bool);
@@ -289,21 +289,11 @@ async fn a_body_sent_in_pieces_streams_through_and_a_plugin_answers_the_next_req
 async fn idle_client_and_upstream_connections_close_after_their_timeouts() {
     let (backend, counts) =
         scripted(|_| (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false)).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("kong.json");
-    std::fs::write(&path, one_route(backend).to_string()).expect("write");
-    let mut config = bronze_gateway::Config::ephemeral();
-    config.declarative_config = path.display().to_string();
-    config.keepalive_timeout = Duration::from_millis(600);
-    config.upstream_keepalive_idle_timeout = Duration::from_millis(600);
-    let server = bronze_gateway::Server::bind(config).await.expect("binds");
-    let shutdown = bronze_runtime::Shutdown::new();
-    let gw = Gw {
-        addr: server.addr(),
-        admin: server.admin_addr(),
-        _shutdown: shutdown.clone(),
-    };
-    tokio::spawn(async move { server.serve(shutdown).await.expect("serves") });
+    let gw = gateway_with(one_route(backend), |c| {
+        c.keepalive_timeout = Duration::from_millis(600);
+        c.upstream_keepalive_idle_timeout = Duration::from_millis(600);
+    })
+    .await;
 
     // A client connection that stays idle after one answer is closed.
     let mut conn = tokio::net::TcpStream::connect(gw.addr)
@@ -429,8 +419,6 @@ async fn plugin_headers_replace_the_upstreams_of_the_same_name() {
 #[tokio::test]
 async fn timers_armed_for_other_deadlines_neither_cut_short_nor_fire_late() {
     let backend = slow(Duration::from_millis(900)).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("kong.json");
     let doc = serde_json::json!({
         "_format_version": "3.0",
         "services": [
@@ -440,17 +428,11 @@ async fn timers_armed_for_other_deadlines_neither_cut_short_nor_fire_late() {
              "routes": [{"name": "hasty", "paths": ["/hasty"]}]}
         ]
     });
-    std::fs::write(&path, doc.to_string()).expect("write");
-    let mut config = bronze_gateway::Config::ephemeral();
-    config.declarative_config = path.display().to_string();
-    config.keepalive_timeout = Duration::from_millis(400);
-    let server = bronze_gateway::Server::bind(config).await.expect("binds");
-    let shutdown = bronze_runtime::Shutdown::new();
-    let addr = server.addr();
-    let s = shutdown.clone();
-    tokio::spawn(async move { server.serve(s).await.expect("serves") });
+    let gw = gateway_with(doc, |c| c.keepalive_timeout = Duration::from_millis(400)).await;
 
-    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut conn = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
     conn.write_all(b"GET /patient HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .expect("write");
@@ -471,5 +453,4 @@ async fn timers_armed_for_other_deadlines_neither_cut_short_nor_fire_late() {
     let answer = String::from_utf8_lossy(&out);
     assert!(answer.starts_with("HTTP/1.1 504 "), "{answer}");
     assert!(!answer.contains("slow"), "{answer}");
-    drop(shutdown);
 }

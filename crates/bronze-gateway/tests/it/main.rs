@@ -59,12 +59,8 @@ struct Gw {
     _shutdown: Shutdown,
 }
 
-async fn gateway(declarative: serde_json::Value) -> Gw {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("kong.json");
-    std::fs::write(&path, declarative.to_string()).expect("write");
-    let mut config = Config::ephemeral();
-    config.declarative_config = path.display().to_string();
+/// A gateway serving `config` until the returned `Gw` is dropped.
+async fn serve(config: Config) -> Gw {
     let server = Server::bind(config).await.expect("gateway binds");
     let (addr, admin) = (server.addr(), server.admin_addr());
     let shutdown = Shutdown::new();
@@ -75,6 +71,22 @@ async fn gateway(declarative: serde_json::Value) -> Gw {
         admin,
         _shutdown: shutdown,
     }
+}
+
+/// A gateway that loads `declarative` at start, its configuration first
+/// changed by `edit`.
+async fn gateway_with(declarative: serde_json::Value, edit: impl FnOnce(&mut Config)) -> Gw {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kong.json");
+    std::fs::write(&path, declarative.to_string()).expect("write");
+    let mut config = Config::ephemeral();
+    config.declarative_config = path.display().to_string();
+    edit(&mut config);
+    serve(config).await
+}
+
+async fn gateway(declarative: serde_json::Value) -> Gw {
+    gateway_with(declarative, |_| {}).await
 }
 
 /// curl's status and body, off the async threads.
@@ -366,16 +378,7 @@ async fn discovery() -> (SocketAddr, SocketAddr, Shutdown) {
 async fn gateway_with_discovery(grpc: SocketAddr) -> Gw {
     let mut config = Config::ephemeral();
     config.discovery = format!("http://{grpc}");
-    let server = Server::bind(config).await.expect("gateway binds");
-    let (addr, admin) = (server.addr(), server.admin_addr());
-    let shutdown = Shutdown::new();
-    let s = shutdown.clone();
-    tokio::spawn(async move { server.serve(s).await.expect("gateway serves") });
-    Gw {
-        addr,
-        admin,
-        _shutdown: shutdown,
-    }
+    serve(config).await
 }
 
 /// Polls `url` (with `host`) until its status is `want`.
