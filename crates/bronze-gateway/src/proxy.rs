@@ -425,6 +425,9 @@ impl Proxy {
         *ctx = route.plugins.start(Some(&route), conn.peer);
         if let Some(c) = ctx.as_mut() {
             let (mut parts, body) = req.into_parts();
+            if let Some(check) = crate::plugins::Chain::prepare(&parts, c) {
+                c.verdict = Some(check.run().await);
+            }
             if let Err(resp) = route.plugins.access(&mut parts, c) {
                 counters.count(resp.status());
                 return *resp;

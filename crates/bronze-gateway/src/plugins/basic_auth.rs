@@ -3,6 +3,14 @@
 //! bcrypt when the configuration is compiled (or given as a bcrypt hash);
 //! a password once verified is remembered by its SHA-256 so later requests
 //! do not pay bcrypt again.
+//!
+//! bcrypt costs tens of milliseconds of CPU by design, so it never runs on
+//! the worker thread that serves other connections: `prepare` hands the
+//! check to the proxy as a [`Verification`], which runs on the blocking
+//! pool, a few at a time (`SLOTS`), while the worker goes on serving;
+//! `access` then reads its [`Verdict`]. Without that, a client sending
+//! wrong passwords would stall every request behind it (with `--workers
+//! 1`, all of them).
 
 use std::sync::Arc;
 
@@ -24,8 +32,47 @@ pub struct Credential {
     hash: String,
     /// Kong's `X-Credential-Identifier` for basic-auth: the username.
     identifier: HeaderValue,
-    /// SHA-256 of passwords that verified (a few, newest last).
+    /// Keys (`key`) of passwords that verified (a few, newest last).
     verified: RwLock<Vec<[u8; 32]>>,
+}
+
+/// A bcrypt check to run off the worker thread: see the module's doc.
+pub struct Verification {
+    key: [u8; 32],
+    hash: String,
+    password: String,
+}
+
+/// Whether the password of a `Verification` matched its hash.
+pub struct Verdict {
+    key: [u8; 32],
+    ok: bool,
+}
+
+/// bcrypt checks running at once: one core's worth of them fewer than the
+/// machine has (at least one), so that a flood of wrong passwords leaves
+/// the workers a core; the rest wait their turn without holding a thread.
+static SLOTS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    tokio::sync::Semaphore::new(cores.saturating_sub(1).max(1))
+});
+
+impl Verification {
+    /// Runs the check on the blocking pool once a slot is free.
+    pub async fn run(self) -> Verdict {
+        // The semaphore is never closed; without a permit the check runs
+        // anyway rather than fail the request.
+        let _slot = SLOTS.acquire().await.ok();
+        let Self {
+            key,
+            hash,
+            password,
+        } = self;
+        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
+            .await
+            .is_ok_and(|r| r.unwrap_or(false));
+        Verdict { key, ok }
+    }
 }
 
 /// Hashes of plain-text passwords, kept across recompiles (a configuration
@@ -91,30 +138,49 @@ impl Credential {
         })
     }
 
-    fn verify(&self, password: &str) -> bool {
-        let digest: [u8; 32] = sha2::Sha256::digest(password.as_bytes()).into();
-        if self.verified.read().contains(&digest) {
+    /// What identifies `password` checked against this credential's hash
+    /// (a verdict for another credential, or for this one before its
+    /// password changed, does not match).
+    fn key(&self, password: &str) -> [u8; 32] {
+        let mut h = sha2::Sha256::new();
+        h.update(self.hash.as_bytes());
+        h.update([0]);
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+
+    /// The check `password` still needs, `None` when it verified before.
+    fn verification(&self, password: &str, verdict: Option<&Verdict>) -> Option<Verification> {
+        let key = self.key(password);
+        if self.verified.read().contains(&key) || verdict.is_some_and(|v| v.key == key) {
+            return None;
+        }
+        Some(Verification {
+            key,
+            hash: self.hash.clone(),
+            password: password.to_string(),
+        })
+    }
+
+    fn verify(&self, password: &str, verdict: Option<&Verdict>) -> bool {
+        let key = self.key(password);
+        if self.verified.read().contains(&key) {
             return true;
         }
-        // bcrypt takes milliseconds: on a multi-thread runtime, let the
-        // worker's other tasks move elsewhere meanwhile.
-        let check = || bcrypt::verify(password, &self.hash).unwrap_or(false);
-        let multi = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let ok = if multi {
-            tokio::task::block_in_place(check)
-        } else {
-            check()
+        let ok = match verdict {
+            Some(v) if v.key == key => v.ok,
+            // Not prepared (a plugin before this one changed the header):
+            // checked here, on the worker, as the rare exception.
+            _ => bcrypt::verify(password, &self.hash).unwrap_or(false),
         };
         if ok {
             let mut v = self.verified.write();
             if v.len() >= 4 {
                 v.remove(0);
             }
-            v.push(digest);
-            return true;
+            v.push(key);
         }
-        false
+        ok
     }
 }
 
@@ -158,6 +224,23 @@ impl BasicAuth {
         })
     }
 
+    /// The header carrying credentials (`Proxy-Authorization` first) and
+    /// its (username, password), when it is a well-formed Basic value.
+    fn presented(
+        headers: &http::HeaderMap,
+    ) -> Option<(http::HeaderName, Option<(String, String)>)> {
+        [
+            http::header::PROXY_AUTHORIZATION,
+            http::header::AUTHORIZATION,
+        ]
+        .into_iter()
+        .find_map(|name| {
+            let v = headers.get(&name)?;
+            let decoded = Self::decode(v);
+            Some((name, decoded))
+        })
+    }
+
     /// The (username, password) of an `Authorization: Basic` value.
     fn decode(v: &HeaderValue) -> Option<(String, String)> {
         let v = v.to_str().ok()?;
@@ -183,36 +266,34 @@ impl Plugin for BasicAuth {
         1100
     }
 
+    fn prepare(&self, req: &http::request::Parts, ctx: &Ctx) -> Option<Verification> {
+        let (_, Some((user, password))) = Self::presented(&req.headers)? else {
+            return None;
+        };
+        self.credentials
+            .basic
+            .get(&user)?
+            .verification(&password, ctx.verdict.as_ref())
+    }
+
     fn access(&self, req: &mut http::request::Parts, ctx: &mut Ctx) -> Result<(), Answer> {
         if self.anonymous.is_some() && ctx.credential.is_some() {
             return Ok(());
         }
-        let mut header = None;
-        for name in [
-            http::header::PROXY_AUTHORIZATION,
-            http::header::AUTHORIZATION,
-        ] {
-            if let Some(v) = req.headers.get(&name) {
-                header = Some((name, v.clone()));
-                break;
-            }
-        }
-        let failure = match &header {
+        let failure = match Self::presented(&req.headers) {
             None => "Unauthorized",
-            Some((name, v)) => match Self::decode(v) {
-                Some((user, password)) => match self.credentials.basic.get(&user) {
-                    Some(cred) if cred.verify(&password) => {
-                        if self.hide_credentials {
-                            req.headers.remove(name);
-                        }
-                        let consumer = &self.credentials.consumers[cred.consumer as usize];
-                        set_consumer(req, ctx, Some(consumer), Some(cred.identifier.clone()));
-                        return Ok(());
+            Some((name, Some((user, password)))) => match self.credentials.basic.get(&user) {
+                Some(cred) if cred.verify(&password, ctx.verdict.as_ref()) => {
+                    if self.hide_credentials {
+                        req.headers.remove(name);
                     }
-                    _ => "Invalid authentication credentials",
-                },
-                None => "Invalid authentication credentials",
+                    let consumer = &self.credentials.consumers[cred.consumer as usize];
+                    set_consumer(req, ctx, Some(consumer), Some(cred.identifier.clone()));
+                    return Ok(());
+                }
+                _ => "Invalid authentication credentials",
             },
+            Some((_, None)) => "Invalid authentication credentials",
         };
         match &self.anonymous {
             Some(a) => {

@@ -7,7 +7,10 @@
 //! Phases, as Kong's: `access` before a target is chosen (may answer early,
 //! may rewrite the request, may identify a consumer), `header` on the
 //! response head (the upstream's, or an early answer), `log` once the
-//! response head is ready.
+//! response head is ready. Before `access`, `prepare` may name work that
+//! must not run on the worker thread (basic-auth's bcrypt): the proxy runs
+//! it on the blocking pool, awaits it, and `access` finds its verdict in
+//! [`Ctx::verdict`].
 //!
 //! Consumer-scoped instances: when an access handler identifies a consumer
 //! and some instance names that consumer, the rest of the request runs the
@@ -40,6 +43,7 @@ use crate::declarative::{self, Declarative, EntityRef, Invalid};
 use crate::metrics::GatewayMetrics;
 use crate::proxy::Body;
 
+pub use basic_auth::{Verdict, Verification};
 pub use request_size_limiting::{LimitedBody, TOO_LARGE};
 
 /// The plugins Bronze has, with Kong's priorities (higher runs first).
@@ -133,6 +137,8 @@ pub struct Ctx {
     pub origin: Option<HeaderValue>,
     /// A plugin answered in the access phase.
     pub exited: bool,
+    /// The outcome of the `Verification` `prepare` asked for, if any.
+    pub verdict: Option<Verdict>,
 }
 
 impl Ctx {
@@ -158,6 +164,13 @@ impl Ctx {
 pub trait Plugin: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn priority(&self) -> i32;
+    /// Before `access`: work this request needs done off the worker
+    /// thread first (a password hash to check). The proxy runs it and puts
+    /// its verdict in `Ctx::verdict`; `None` when there is nothing to do
+    /// (no such credential, or its verdict is known).
+    fn prepare(&self, _req: &http::request::Parts, _ctx: &Ctx) -> Option<Verification> {
+        None
+    }
     /// Before a target is chosen; `Err` answers the client at once.
     fn access(&self, _req: &mut http::request::Parts, _ctx: &mut Ctx) -> Result<(), Answer> {
         Ok(())
@@ -242,6 +255,7 @@ impl Chain {
             log_request: None,
             origin: None,
             exited: false,
+            verdict: None,
         })
     }
 
@@ -256,6 +270,12 @@ impl Chain {
         if self.copy_request {
             ctx.log_request = Some(Box::new(file_log::snapshot(method, uri, h)));
         }
+    }
+
+    /// What the access phase needs done off the worker thread first, if
+    /// anything (see `Plugin::prepare`).
+    pub fn prepare(req: &http::request::Parts, ctx: &Ctx) -> Option<Verification> {
+        ctx.chain.iter().find_map(|p| p.prepare(req, ctx))
     }
 
     /// The access phase, in priority order.

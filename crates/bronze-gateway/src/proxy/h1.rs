@@ -62,6 +62,10 @@ enum Parse {
     Forward(Plan),
     /// A plugin answered in the access phase.
     Answer(Plan, crate::plugins::Answer),
+    /// A plugin needs this check run off the worker first; then the request
+    /// is planned again (from its bytes, so nothing is applied twice) with
+    /// the verdict in `Client::verdict`.
+    Verify(crate::plugins::Verification),
 }
 
 /// A request this path forwards; its upstream head is in the connection's
@@ -99,6 +103,9 @@ struct Client {
     /// The server's drain: once triggered, each answer is the connection's
     /// last and says so (`connection: close`).
     draining: bronze_runtime::Shutdown,
+    /// The verdict of the check `Parse::Verify` asked for, for the next
+    /// planning of the same request.
+    verdict: Option<crate::plugins::Verdict>,
 }
 
 impl Client {
@@ -112,6 +119,7 @@ impl Client {
             up: BytesMut::with_capacity(16 << 10),
             timer: Box::pin(tokio::time::sleep(first_wait)),
             draining,
+            verdict: None,
         }
     }
 
@@ -139,7 +147,7 @@ pub fn plan_for_fuzzing(proxy: &Proxy, conn: &Downstream, data: &[u8]) -> Option
             c.upstream_head(None);
             Some(c.out)
         }
-        Parse::Partial | Parse::General | Parse::Answer(..) => None,
+        Parse::Partial | Parse::General | Parse::Answer(..) | Parse::Verify(_) => None,
     }
 }
 
@@ -177,6 +185,10 @@ pub async fn serve_connection(mut conn: Conn, proxy: Arc<Proxy>, limits: Limits)
                         Parse::Partial | Parse::General => break None,
                         Parse::Forward(p) => break Some((p, None)),
                         Parse::Answer(p, answer) => break Some((p, Some(answer))),
+                        Parse::Verify(check) => {
+                            c.verdict = Some(check.run().await);
+                            continue;
+                        }
                     }
                 }
                 if c.buf.capacity() - c.buf.len() < 1024 {
@@ -427,6 +439,10 @@ fn plan_request(proxy: &Proxy, conn: &Downstream, c: &mut Client) -> Parse {
     parts.method = method;
     parts.uri = uri;
     parts.headers = map;
+    ctx.verdict = c.verdict.take();
+    if let Some(check) = crate::plugins::Chain::prepare(&parts, &ctx) {
+        return Parse::Verify(check);
+    }
     if let Err(answer) = route.plugins.access(&mut parts, &mut ctx) {
         plan.ctx = Some(ctx);
         return Parse::Answer(plan, answer);

@@ -469,7 +469,7 @@ async fn prometheus_adds_status_codes_and_latencies_per_route() {
     );
 }
 
-// Multi-thread: bcrypt runs in block_in_place there.
+// On a multi-thread runtime (as `--workers 2` and more).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth_as_kong() {
     let backend = echo("a").await;
@@ -516,6 +516,95 @@ async fn basic_auth_as_kong() {
     assert!(v["headers"].get("authorization").is_none(), "{v}");
     let (code, _, _) = curl_h(s(&["-u", "dave-login:hunter3", &format!("{base}/hidden")])).await;
     assert_eq!(code, 401);
+}
+
+// One thread serves everything here (the default current-thread runtime),
+// as `bronze-gateway --workers 1`: a password check must not hold it.
+#[tokio::test]
+async fn basic_auth_wrong_passwords_do_not_stall_other_requests() {
+    let backend = echo("a").await;
+    // bcrypt cost 12: a few hundred milliseconds a check, so that the
+    // checks below queue for seconds.
+    let hashed = tokio::task::spawn_blocking(|| bcrypt::hash("s3cret", 12).expect("bcrypt"))
+        .await
+        .expect("join");
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "consumers": [{"username": "carol"}],
+        "basicauth_credentials": [{"username": "carol", "password": hashed, "consumer": "carol"}],
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "basic", "paths": ["/basic"], "plugins": [{"name": "basic-auth"}]},
+            {"name": "open", "paths": ["/open"]}
+        ]}]
+    }))
+    .await;
+    let base = format!("http://{}", gw.addr);
+    // More wrong passwords than checks may run at once (one core's worth
+    // fewer than the machine has), half over HTTP/2 (hyper's path).
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let wrong = 2 * cores + 2;
+    let b = base.clone();
+    let (order, codes) = tokio::task::spawn_blocking(move || {
+        let base = b;
+        let finished = std::sync::Mutex::new(Vec::new());
+        let codes = std::sync::Mutex::new(Vec::new());
+        let curl = |args: Vec<String>| {
+            let out = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+                .args(&args)
+                .output()
+                .expect("curl runs");
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        std::thread::scope(|scope| {
+            for i in 0..wrong {
+                let (curl, finished, codes, base) = (&curl, &finished, &codes, &base);
+                scope.spawn(move || {
+                    let mut args = s(&["-u", &format!("carol:wrong{i}"), &format!("{base}/basic")]);
+                    if i % 2 == 1 {
+                        args.insert(0, "--http2-prior-knowledge".into());
+                    }
+                    let code = curl(args);
+                    finished.lock().expect("lock").push(format!("wrong{i}"));
+                    codes.lock().expect("lock").push(code);
+                });
+            }
+            // The wrong passwords are in the gateway's hands by now.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let code = curl(s(&[&format!("{base}/open")]));
+            finished.lock().expect("lock").push("open".into());
+            codes.lock().expect("lock").push(code);
+        });
+        (
+            finished.into_inner().expect("lock"),
+            codes.into_inner().expect("lock"),
+        )
+    })
+    .await
+    .expect("join");
+    assert_eq!(
+        codes.iter().filter(|c| *c == "401").count(),
+        wrong,
+        "{codes:?}"
+    );
+    assert_eq!(codes.iter().filter(|c| *c == "200").count(), 1, "{codes:?}");
+    // The open route answered while wrong passwords were still being
+    // checked: none of them held the one thread.
+    let open_at = order.iter().position(|n| n == "open").expect("open ran");
+    assert!(
+        open_at < wrong,
+        "the open route waited for every check: {order:?}"
+    );
+    // The right password, over both paths: checked once, then remembered.
+    for http2 in [false, true, false] {
+        let mut args = s(&["-u", "carol:s3cret", &format!("{base}/basic")]);
+        if http2 {
+            args.insert(0, "--http2-prior-knowledge".into());
+        }
+        let (code, _, body) = curl_h(args).await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(json(&body)["headers"]["x-consumer-username"], "carol");
+    }
 }
 
 fn bcrypt_hash(password: &str) -> String {
