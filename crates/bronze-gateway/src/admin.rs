@@ -160,6 +160,18 @@ fn bad_request(message: impl Into<String>) -> Response {
     json_response(StatusCode::BAD_REQUEST, json!({"message": message.into()}))
 }
 
+/// Runs `f` on the blocking pool: compiling a configuration (milliseconds
+/// for thousands of routes) and bcrypt (tens of milliseconds a new
+/// plain-text password) must not hold a worker thread, which with
+/// `--workers 1` is the one that proxies.
+async fn off_worker<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Box<Response>> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Box::new(internal(e)))
+}
+
 fn internal(e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "admin change failed");
     json_response(
@@ -287,8 +299,11 @@ impl Admin {
         let (d, table) = loop {
             let (doc, index) = next.document();
             let registry = self.gateway.registry();
-            let checked = declarative::parse_value(&doc)
-                .and_then(|d| flat::compile(&d, &registry).map(|t| (d, t)));
+            let checked = off_worker(move || {
+                declarative::parse_value(&doc)
+                    .and_then(|d| flat::compile(&d, &registry).map(|t| (d, t)))
+            })
+            .await?;
             let e = match checked {
                 Ok(ok) => break ok,
                 Err(e) => e,
@@ -333,7 +348,7 @@ impl Admin {
 
     /// Resolves foreign keys, checks the id and unique fields, sets the
     /// timestamps: the entity as it will be stored.
-    fn prepare(
+    async fn prepare(
         &self,
         next: &Entities,
         k: &'static Kind,
@@ -411,7 +426,8 @@ impl Admin {
         o.insert("created_at".into(), created);
         o.insert("updated_at".into(), now.into());
         let mut v = Value::Object(o);
-        crate::secrets::hash_entity(k, &mut v)
+        v = off_worker(move || crate::secrets::hash_entity(k, &mut v).map(|()| v))
+            .await?
             .map_err(|e| Box::new(schema_violation(&e.field, &e.message)))?;
         for group in k.unique {
             let key: Vec<Option<&Value>> = group
@@ -459,12 +475,12 @@ impl Admin {
         let snis = crate::certs::take_snis(k, &mut body);
         let mut current = self.state.lock().await;
         let mut next = current.clone();
-        let (id, v) = match self.prepare(&next, k, body, None) {
+        let (id, v) = match self.prepare(&next, k, body, None).await {
             Ok(x) => x,
             Err(r) => return *r,
         };
         next.insert(k, id.clone(), v);
-        if let Err(r) = self.give_snis(&mut next, &id, snis) {
+        if let Err(r) = self.give_snis(&mut next, &id, snis).await {
             return *r;
         }
         match self.commit(&mut current, next, Some((k, &id)), form).await {
@@ -474,7 +490,7 @@ impl Admin {
     }
 
     /// A certificate's `snis` sugar: its SNI entities replaced by `names`.
-    fn give_snis(
+    async fn give_snis(
         &self,
         next: &mut Entities,
         cert_id: &str,
@@ -485,7 +501,7 @@ impl Admin {
         };
         crate::certs::remove_snis(next, cert_id);
         for body in crate::certs::sni_bodies(cert_id, names) {
-            let (id, v) = self.prepare(next, k, body, None)?;
+            let (id, v) = self.prepare(next, k, body, None).await?;
             next.insert(k, id, v);
         }
         Ok(())
@@ -517,12 +533,12 @@ impl Admin {
             body
         };
         let mut next = current.clone();
-        let (id, v) = match self.prepare(&next, k, body, Some((id, &old))) {
+        let (id, v) = match self.prepare(&next, k, body, Some((id, &old))).await {
             Ok(x) => x,
             Err(r) => return *r,
         };
         next.insert(k, id.clone(), v);
-        if let Err(r) = self.give_snis(&mut next, &id, snis) {
+        if let Err(r) = self.give_snis(&mut next, &id, snis).await {
             return *r;
         }
         match self.commit(&mut current, next, Some((k, &id)), form).await {
@@ -568,11 +584,13 @@ impl Admin {
     }
 
     /// `POST /config`: the whole configuration replaced.
-    async fn replace(&self, doc: &Value) -> Response {
+    async fn replace(&self, doc: Value) -> Response {
         let mut current = self.state.lock().await;
-        let (next, d, table) = match from_document(doc, &self.gateway.registry()) {
-            Ok(x) => x,
-            Err(e) => return declarative_invalid(&e),
+        let registry = self.gateway.registry();
+        let (next, d, table) = match off_worker(move || from_document(&doc, &registry)).await {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => return declarative_invalid(&e),
+            Err(e) => return *e,
         };
         let ops = diff(&current, &next);
         let store = self.store.clone();
@@ -950,7 +968,7 @@ async fn post_config(State(a): State<Arc<Admin>>, headers: HeaderMap, body: Byte
         _ => body.to_vec(),
     };
     match declarative::to_value(&text) {
-        Ok(doc) => a.replace(&doc).await,
+        Ok(doc) => a.replace(doc).await,
         Err(e) => declarative_invalid(&e),
     }
 }

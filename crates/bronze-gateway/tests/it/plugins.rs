@@ -54,7 +54,13 @@ fn json(body: &str) -> serde_json::Value {
 
 /// POST /config; the status and the JSON answer.
 async fn post_config(gw: &Gw, doc: &serde_json::Value) -> (u16, serde_json::Value) {
-    let (code, _, body) = curl_h(s(&[
+    let (code, _, body) = curl_h(post_config_args(gw, doc)).await;
+    (code, json(&body))
+}
+
+/// curl's arguments for POST /config of `doc`.
+fn post_config_args(gw: &Gw, doc: &serde_json::Value) -> Vec<String> {
+    s(&[
         "-X",
         "POST",
         "-H",
@@ -62,9 +68,7 @@ async fn post_config(gw: &Gw, doc: &serde_json::Value) -> (u16, serde_json::Valu
         "--data-binary",
         &doc.to_string(),
         &format!("http://{}/config", gw.admin),
-    ]))
-    .await;
-    (code, json(&body))
+    ])
 }
 
 fn consumers() -> serde_json::Value {
@@ -543,56 +547,27 @@ async fn basic_auth_wrong_passwords_do_not_stall_other_requests() {
     // fewer than the machine has), half over HTTP/2 (hyper's path).
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let wrong = 2 * cores + 2;
-    let b = base.clone();
-    let (order, codes) = tokio::task::spawn_blocking(move || {
-        let base = b;
-        let finished = std::sync::Mutex::new(Vec::new());
-        let codes = std::sync::Mutex::new(Vec::new());
-        let curl = |args: Vec<String>| {
-            let out = Command::new("curl")
-                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
-                .args(&args)
-                .output()
-                .expect("curl runs");
-            String::from_utf8_lossy(&out.stdout).to_string()
-        };
-        std::thread::scope(|scope| {
-            for i in 0..wrong {
-                let (curl, finished, codes, base) = (&curl, &finished, &codes, &base);
-                scope.spawn(move || {
-                    let mut args = s(&["-u", &format!("carol:wrong{i}"), &format!("{base}/basic")]);
-                    if i % 2 == 1 {
-                        args.insert(0, "--http2-prior-knowledge".into());
-                    }
-                    let code = curl(args);
-                    finished.lock().expect("lock").push(format!("wrong{i}"));
-                    codes.lock().expect("lock").push(code);
-                });
+    let flood = (0..wrong)
+        .map(|i| {
+            let mut args = s(&["-u", &format!("carol:wrong{i}"), &format!("{base}/basic")]);
+            if i % 2 == 1 {
+                args.insert(0, "--http2-prior-knowledge".into());
             }
-            // The wrong passwords are in the gateway's hands by now.
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            let code = curl(s(&[&format!("{base}/open")]));
-            finished.lock().expect("lock").push("open".into());
-            codes.lock().expect("lock").push(code);
-        });
-        (
-            finished.into_inner().expect("lock"),
-            codes.into_inner().expect("lock"),
-        )
-    })
-    .await
-    .expect("join");
+            args
+        })
+        .collect();
+    let (order, codes) = flood_then_open(flood, format!("{base}/open")).await;
     assert_eq!(
         codes.iter().filter(|c| *c == "401").count(),
         wrong,
         "{codes:?}"
     );
-    assert_eq!(codes.iter().filter(|c| *c == "200").count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| *c == "200").count(), 2, "{codes:?}");
     // The open route answered while wrong passwords were still being
     // checked: none of them held the one thread.
-    let open_at = order.iter().position(|n| n == "open").expect("open ran");
+    let open_at = order.iter().rposition(|n| n == "open").expect("open ran");
     assert!(
-        open_at < wrong,
+        open_at < wrong + 1,
         "the open route waited for every check: {order:?}"
     );
     // The right password, over both paths: checked once, then remembered.
@@ -605,6 +580,84 @@ async fn basic_auth_wrong_passwords_do_not_stall_other_requests() {
         assert_eq!(code, 200, "{body}");
         assert_eq!(json(&body)["headers"]["x-consumer-username"], "carol");
     }
+}
+
+// One thread, as `--workers 1`: a configuration with new plain-text
+// passwords (bcrypt each) is compiled off it, the proxy keeps answering.
+#[tokio::test]
+async fn a_posted_config_with_new_passwords_does_not_stall_proxying() {
+    let backend = echo("a").await;
+    let open = serde_json::json!({"name": "svc", "url": format!("http://{backend}"), "routes": [
+        {"name": "open", "paths": ["/open"]}]});
+    let gw = gateway(serde_json::json!({"_format_version": "3.0", "services": [open]})).await;
+    // Sixteen passwords no other test uses (hashes are cached by password).
+    let tag = std::process::id();
+    let consumers: Vec<serde_json::Value> = (0..16)
+        .map(|i| {
+            serde_json::json!({"username": format!("u{i}"), "basicauth_credentials": [
+            {"username": format!("u{i}"), "password": format!("plain-{tag}-{i}")}]})
+        })
+        .collect();
+    let doc =
+        serde_json::json!({"_format_version": "3.0", "consumers": consumers, "services": [open]});
+    let post = post_config_args(&gw, &doc);
+    let (order, codes) = flood_then_open(vec![post], format!("http://{}/open", gw.addr)).await;
+    assert_eq!(
+        order,
+        ["open", "open", "0"],
+        "the proxy waited for the configuration: {codes:?}"
+    );
+    assert_eq!(codes, ["200", "200", "201"]);
+    // The new configuration is the one running, its passwords hashed.
+    let (code, _, body) = curl_h(s(&[&format!("http://{}/config", gw.admin)])).await;
+    assert_eq!(code, 200, "{body}");
+    let running = json(&body);
+    let hashes: Vec<&str> = running["basicauth_credentials"]
+        .as_array()
+        .expect("credentials")
+        .iter()
+        .filter_map(|c| c["password"].as_str())
+        .collect();
+    assert_eq!(hashes.len(), 16, "{running}");
+    assert!(hashes.iter().all(|h| h.starts_with("$2")), "{hashes:?}");
+}
+
+/// Runs every curl of `flood` (its arguments) at once and, 100 ms later,
+/// two GETs of `open`, one after the other: which finished in what order
+/// (the flood's index, or "open") and their status codes in that order.
+/// A second GET sent only once the first is answered tells "answered while
+/// the flood was still being worked on" from "answered when the thread
+/// came free, just before the flood's answers".
+pub(super) async fn flood_then_open(
+    flood: Vec<Vec<String>>,
+    open: String,
+) -> (Vec<String>, Vec<String>) {
+    tokio::task::spawn_blocking(move || {
+        let done = std::sync::Mutex::new(Vec::new());
+        let curl = |name: String, args: Vec<String>| {
+            let out = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+                .args(&args)
+                .output()
+                .expect("curl runs");
+            let code = String::from_utf8_lossy(&out.stdout).to_string();
+            eprintln!("DBG {name} {code} {:?}", std::time::SystemTime::now());
+            done.lock().expect("lock").push((name, code));
+        };
+        std::thread::scope(|scope| {
+            for (i, args) in flood.into_iter().enumerate() {
+                let curl = &curl;
+                scope.spawn(move || curl(i.to_string(), args));
+            }
+            // The flood is in the gateway's hands by now.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            curl("open".into(), vec![open.clone()]);
+            curl("open".into(), vec![open]);
+        });
+        done.into_inner().expect("lock").into_iter().unzip()
+    })
+    .await
+    .expect("join")
 }
 
 fn bcrypt_hash(password: &str) -> String {
