@@ -114,6 +114,12 @@ pub struct Args {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<String>,
 
+    /// CA certificates (PEM) trusted for https and grpcs upstreams, besides
+    /// the system's (Kong's lua_ssl_trusted_certificate) [default: none].
+    #[arg(long, env = "BRONZE_GATEWAY_UPSTREAM_CA_FILE", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_ca_file: Option<String>,
+
     /// Proxy worker threads [default: one per CPU].
     #[arg(long, env = "BRONZE_GATEWAY_WORKERS", value_name = "N")]
     #[serde(skip)]

@@ -49,6 +49,10 @@ pub struct Config {
     pub tls_cert: String,
     /// The default certificate's private key (PEM).
     pub tls_key: String,
+    /// CA certificates (PEM) trusted for `https`/`grpcs` upstreams besides
+    /// the system's (Kong's `lua_ssl_trusted_certificate`). Empty: the
+    /// system's only.
+    pub upstream_ca_file: String,
     pub log_format: LogFormat,
 }
 
@@ -68,6 +72,7 @@ impl Default for Config {
             tls_addr: String::new(),
             tls_cert: String::new(),
             tls_key: String::new(),
+            upstream_ca_file: String::new(),
             log_format: LogFormat::Plain,
         }
     }

@@ -104,6 +104,10 @@ pub struct Service {
     pub write_timeout: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// `https`/`grpcs` services: whether the upstream's certificate is
+    /// verified (Bronze's default: yes; Kong's: no).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_verify: Option<bool>,
     /// Bronze extension: retries may add at most this share of the request
     /// rate (see `balancer::config::RetryBudget`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -61,7 +61,13 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         let table = crate::router::Table::build(&doc).expect("fixture table");
         let mut metrics = bronze_telemetry::Metrics::new("fuzz");
         let gm = Arc::new(crate::metrics::GatewayMetrics::register(&mut metrics));
-        Arc::new(Proxy::new(table, gm, std::time::Duration::from_secs(60)))
+        let tls = crate::upstream::tls::Clients::new("").expect("TLS client configurations");
+        Arc::new(Proxy::new(
+            table,
+            gm,
+            std::time::Duration::from_secs(60),
+            tls,
+        ))
     };
     let conn = Downstream::new(std::net::SocketAddr::from(([10, 0, 0, 1], 4242)), false);
     Fixture {

@@ -65,6 +65,9 @@ pub enum StartError {
     /// The default certificate (`tls_cert`, `tls_key`).
     #[error("{0}")]
     Tls(String),
+    /// The CA file for TLS upstreams.
+    #[error("upstream_ca_file {0}")]
+    UpstreamCa(String),
 }
 
 type InstanceKey = (String, String);
@@ -356,10 +359,13 @@ impl Server {
         };
         let mut metrics = Metrics::new("gateway");
         let gateway_metrics = Arc::new(metrics::GatewayMetrics::register(&mut metrics));
+        let upstream_tls = upstream::tls::Clients::new(&config.upstream_ca_file)
+            .map_err(StartError::UpstreamCa)?;
         let proxy = Arc::new(proxy::Proxy::new(
             table,
             gateway_metrics,
             config.upstream_keepalive_idle_timeout,
+            upstream_tls,
         ));
         if tls_listener.is_some() && default_cert.is_none() {
             tracing::info!(

@@ -335,12 +335,18 @@ pub fn service(
 }
 
 impl Proxy {
-    /// `upstream_idle`: how long idle upstream connections are kept.
-    pub fn new(table: Table, metrics: Arc<GatewayMetrics>, upstream_idle: Duration) -> Self {
+    /// `upstream_idle`: how long idle upstream connections are kept;
+    /// `tls`: the client side of TLS to upstreams.
+    pub fn new(
+        table: Table,
+        metrics: Arc<GatewayMetrics>,
+        upstream_idle: Duration,
+        tls: crate::upstream::tls::Clients,
+    ) -> Self {
         table.start();
         Self {
             table: ArcSwap::from_pointee(table),
-            pool: Arc::new(Pool::new(upstream_idle, 1024)),
+            pool: Arc::new(Pool::new(upstream_idle, 1024, tls)),
             unmatched: metrics.route_counters("", ""),
             metrics,
             request_ids: AtomicU64::new(0),
@@ -575,18 +581,28 @@ impl Proxy {
             let send = async {
                 if service.http2 {
                     let mut uri = http::uri::Parts::default();
-                    uri.scheme = Some(http::uri::Scheme::HTTP);
+                    uri.scheme = Some(if service.tls.is_some() {
+                        http::uri::Scheme::HTTPS
+                    } else {
+                        http::uri::Scheme::HTTP
+                    });
                     uri.authority = target.parse().ok();
                     uri.path_and_query = Some(path_and_query.clone());
                     *upstream_req.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
                     self.pool
-                        .send_http2(&target, upstream_req, timeouts)
+                        .send_http2(&target, upstream_req, timeouts, service.tls.as_ref())
                         .await
                         .map(|r| r.map(PooledBody::unpooled))
                 } else {
                     *upstream_req.uri_mut() = Uri::from(path_and_query.clone());
                     self.pool
-                        .send_http1(&target, upstream_req, timeouts, downstream.is_some())
+                        .send_http1(
+                            &target,
+                            upstream_req,
+                            timeouts,
+                            downstream.is_some(),
+                            service.tls.as_ref(),
+                        )
                         .await
                 }
             };

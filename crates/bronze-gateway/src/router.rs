@@ -37,8 +37,12 @@ pub struct Service {
     pub budget: RetryBudget,
     /// Prepended to the forwarded path (`/` when none).
     pub path: String,
-    /// HTTP/2 with prior knowledge to the targets (Kong's `grpc` protocol).
+    /// HTTP/2 to the targets (Kong's `grpc` and `grpcs` protocols): with
+    /// prior knowledge, or by ALPN over TLS.
     pub http2: bool,
+    /// TLS to the targets (`https`, `grpcs`): the name they are checked
+    /// against and sent as SNI, and whether they are verified.
+    pub tls: Option<crate::upstream::UpstreamTls>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
@@ -223,31 +227,31 @@ fn target_authority(t: &str, field: &str) -> Result<(String, u16), Invalid> {
     Ok((host.to_string(), port))
 }
 
-/// A service's upstream protocol: Kong's names, those Bronze speaks.
-fn upstream_protocol(p: &str, field: &str) -> Result<bool, Invalid> {
+/// A service's upstream protocol (Kong's names): HTTP/2, TLS.
+fn upstream_protocol(p: &str, field: &str) -> Result<(bool, bool), Invalid> {
     match p {
-        "http" => Ok(false),
-        "grpc" => Ok(true),
+        "http" => Ok((false, false)),
+        "https" => Ok((false, true)),
+        "grpc" => Ok((true, false)),
+        "grpcs" => Ok((true, true)),
         other => Err(Invalid::new(
             field,
-            format!(
-                "{other:?}: expected http or grpc (https and grpcs upstreams are not supported yet)"
-            ),
+            format!("{other:?}: expected http, https, grpc or grpcs"),
         )),
     }
 }
 
-/// `http://host[:port][/path]` (or `grpc://`) of a service's `url`: host,
-/// port, path, HTTP/2.
-fn split_url(url: &str, field: &str) -> Result<(String, u16, String, bool), Invalid> {
+/// `http://host[:port][/path]` (or `https://`, `grpc://`, `grpcs://`) of a
+/// service's `url`: host, port (80, or 443 with TLS), path, (HTTP/2, TLS).
+fn split_url(url: &str, field: &str) -> Result<(String, u16, String, (bool, bool)), Invalid> {
     let bad = |why: &str| Invalid::new(field, format!("{url:?}: {why}"));
     let uri: http::Uri = url
         .parse()
         .map_err(|_| bad("expected http://host[:port][/path]"))?;
-    let http2 = upstream_protocol(uri.scheme_str().unwrap_or(""), field)?;
+    let protocol = upstream_protocol(uri.scheme_str().unwrap_or(""), field)?;
     let host = uri.host().ok_or_else(|| bad("no host"))?.to_string();
-    let port = uri.port_u16().unwrap_or(80);
-    Ok((host, port, uri.path().to_string(), http2))
+    let port = uri.port_u16().unwrap_or(if protocol.1 { 443 } else { 80 });
+    Ok((host, port, uri.path().to_string(), protocol))
 }
 
 impl Table {
@@ -312,23 +316,31 @@ impl Table {
                     format!("{:?} appears twice", s.name),
                 ));
             }
-            let (host, port, path, http2) = match &s.url {
+            let (host, port, path, (http2, tls)) = match &s.url {
                 Some(url) => split_url(url, &field("url"))?,
                 None => {
-                    let http2 = match &s.protocol {
+                    let protocol = match &s.protocol {
                         Some(p) => upstream_protocol(p, &field("protocol"))?,
-                        None => false,
+                        None => (false, false),
                     };
                     let host = s.host.clone().ok_or_else(|| {
                         Invalid::new(field("host"), "expected url, or host (and port)")
                     })?;
                     (
                         host,
-                        s.port.unwrap_or(80),
+                        s.port.unwrap_or(if protocol.1 { 443 } else { 80 }),
                         s.path.clone().unwrap_or_default(),
-                        http2,
+                        protocol,
                     )
                 }
+            };
+            let tls = if tls {
+                Some(
+                    crate::upstream::UpstreamTls::new(&host, s.tls_verify.unwrap_or(true))
+                        .map_err(|why| Invalid::new(field("host"), why))?,
+                )
+            } else {
+                None
             };
             let upstream = match upstreams.get(host.as_str()) {
                 Some(u) => u.clone(),
@@ -363,6 +375,7 @@ impl Table {
                 retries: s.retries.unwrap_or(5),
                 path: if path.is_empty() { "/".into() } else { path },
                 http2,
+                tls,
                 connect_timeout: ms(s.connect_timeout, "connect_timeout", 60_000)?,
                 read_timeout: ms(s.read_timeout, "read_timeout", 60_000)?,
                 write_timeout: ms(s.write_timeout, "write_timeout", 60_000)?,

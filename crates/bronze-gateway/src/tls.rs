@@ -92,7 +92,7 @@ impl std::fmt::Debug for Certificates {
     }
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     bronze_runtime::install_crypto_provider();
     CryptoProvider::get_default()
         .cloned()

@@ -26,7 +26,14 @@ use tokio::net::TcpStream;
 
 use crate::balancer::connect::{TimedIo, Timeouts};
 
-type Io = TimedIo<TokioIo<TcpStream>>;
+pub mod tls;
+
+pub use tls::UpstreamTls;
+
+/// An upstream connection of hyper's client: plain, or TLS (`https`,
+/// `grpcs` services).
+type UpIo = tokio_util::either::Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
+type Io = TimedIo<TokioIo<UpIo>>;
 
 /// What goes upstream: the client's body (limited in size by a plugin),
 /// or nothing (a bodyless request that may be sent again on another
@@ -44,6 +51,11 @@ pub enum SendError {
     },
     #[error("connect to {0}: timed out")]
     ConnectTimeout(Arc<str>),
+    #[error("TLS with {target}: {source}")]
+    Tls {
+        target: Arc<str>,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Http(#[from] hyper::Error),
 }
@@ -53,7 +65,7 @@ impl SendError {
     pub fn is_timeout(&self) -> bool {
         match self {
             Self::ConnectTimeout(_) => true,
-            Self::Connect { .. } => false,
+            Self::Connect { .. } | Self::Tls { .. } => false,
             Self::Http(e) => crate::balancer::connect::is_timeout(e),
         }
     }
@@ -62,7 +74,7 @@ impl SendError {
     /// the method.
     pub fn before_sending(&self) -> bool {
         match self {
-            Self::Connect { .. } | Self::ConnectTimeout(_) => true,
+            Self::Connect { .. } | Self::ConnectTimeout(_) | Self::Tls { .. } => true,
             Self::Http(e) => e.is_canceled(),
         }
     }
@@ -87,12 +99,8 @@ pub struct Pool {
     idle_timeout: Duration,
     /// Idle connections kept per target; more are closed.
     max_idle: usize,
-}
-
-impl Default for Pool {
-    fn default() -> Self {
-        Self::new(Duration::from_secs(60), 1024)
-    }
+    /// rustls client configurations for TLS upstreams.
+    tls: tls::Clients,
 }
 
 /// A new TCP connection to `target` within the connect timeout, with
@@ -109,23 +117,45 @@ async fn connect_tcp(target: &Arc<str>, t: Timeouts) -> Result<TcpStream, SendEr
     Ok(stream)
 }
 
-/// A new connection for hyper's client, writes bounded by the write timeout.
-async fn connect(target: &Arc<str>, t: Timeouts) -> Result<Io, SendError> {
-    Ok(TimedIo::new(
-        TokioIo::new(connect_tcp(target, t).await?),
-        t.write,
-    ))
-}
-
 impl Pool {
-    pub fn new(idle_timeout: Duration, max_idle: usize) -> Self {
+    pub fn new(idle_timeout: Duration, max_idle: usize, tls: tls::Clients) -> Self {
         Self {
             idle: Mutex::new(HashMap::default()),
             raw: Mutex::new(HashMap::default()),
             h2: Mutex::new(HashMap::default()),
             idle_timeout,
             max_idle,
+            tls,
         }
+    }
+
+    /// A new connection for hyper's client (TLS with `tls`, offering h2 or
+    /// http/1.1 by ALPN), writes bounded by the write timeout; the TCP
+    /// connect and the handshake each within the connect timeout.
+    async fn connect(
+        &self,
+        target: &Arc<str>,
+        t: Timeouts,
+        tls: Option<&UpstreamTls>,
+        http2: bool,
+    ) -> Result<Io, SendError> {
+        let tcp = connect_tcp(target, t).await?;
+        let io = match tls {
+            None => UpIo::Left(tcp),
+            Some(tls) => {
+                let connector = tokio_rustls::TlsConnector::from(self.tls.config(tls, http2));
+                let stream =
+                    tokio::time::timeout(t.connect, connector.connect(tls.name.clone(), tcp))
+                        .await
+                        .map_err(|_| SendError::ConnectTimeout(target.clone()))?
+                        .map_err(|source| SendError::Tls {
+                            target: target.clone(),
+                            source,
+                        })?;
+                UpIo::Right(Box::new(stream))
+            }
+        };
+        Ok(TimedIo::new(TokioIo::new(io), t.write))
     }
 
     /// An idle HTTP/1.1 connection to `target` that is still open, most
@@ -219,32 +249,35 @@ impl Pool {
         }
     }
 
-    /// Sends `req` over HTTP/1.1 to `target` (an `host:port`), reusing an
-    /// idle connection when one is open. `upgrade`: the connection is
-    /// handed over to the caller after a 101 and never pooled.
+    /// Sends `req` over HTTP/1.1 to `target` (an `host:port`; over TLS
+    /// with `tls`), reusing an idle connection when one is open.
+    /// `upgrade`: the connection is handed over to the caller after a 101
+    /// and never pooled.
     pub async fn send_http1(
         self: &Arc<Self>,
         target: &Arc<str>,
         req: Request<UpstreamBody>,
         timeouts: Timeouts,
         upgrade: bool,
+        tls: Option<&UpstreamTls>,
     ) -> Result<Response<PooledBody>, SendError> {
         let mut req = req;
+        let key = tls.map_or_else(|| target.clone(), |t| t.pool_key(target));
         // A pooled connection the upstream closed meanwhile fails before
         // anything is written: then the request goes on a new one.
-        while let Some(mut sender) = self.checkout(target) {
+        while let Some(mut sender) = self.checkout(&key) {
             if sender.ready().await.is_err() {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(resp, target, sender, upgrade)),
+                Ok(resp) => return Ok(self.wrap(resp, &key, sender, upgrade)),
                 Err(mut e) => match e.take_message() {
                     Some(r) => req = r,
                     None => return Err(e.into_error().into()),
                 },
             }
         }
-        let stream = connect(target, timeouts).await?;
+        let stream = self.connect(target, timeouts, tls, false).await?;
         let (mut sender, conn) = http1::Builder::new()
             .max_buf_size(64 << 10)
             .handshake(stream)
@@ -256,7 +289,7 @@ impl Pool {
             }
         });
         let resp = sender.send_request(req).await?;
-        Ok(self.wrap(resp, target, sender, upgrade))
+        Ok(self.wrap(resp, &key, sender, upgrade))
     }
 
     fn wrap(
@@ -280,25 +313,23 @@ impl Pool {
         Response::from_parts(parts, body)
     }
 
-    /// Sends `req` over HTTP/2 (prior knowledge, h2c) to `target`: one
-    /// connection per target carries every stream (gRPC).
+    /// Sends `req` over HTTP/2 to `target` (prior knowledge, h2c; or by
+    /// ALPN over TLS with `tls`): one connection per target carries every
+    /// stream (gRPC).
     pub async fn send_http2(
         &self,
         target: &Arc<str>,
         mut req: Request<UpstreamBody>,
         timeouts: Timeouts,
+        tls: Option<&UpstreamTls>,
     ) -> Result<Response<Incoming>, SendError> {
         *req.version_mut() = http::Version::HTTP_2;
-        let existing = self
-            .h2
-            .lock()
-            .get(target)
-            .filter(|s| !s.is_closed())
-            .cloned();
+        let key = tls.map_or_else(|| target.clone(), |t| t.pool_key(target));
+        let existing = self.h2.lock().get(&key).filter(|s| !s.is_closed()).cloned();
         let mut sender = match existing {
             Some(s) => s,
             None => {
-                let stream = connect(target, timeouts).await?;
+                let stream = self.connect(target, timeouts, tls, true).await?;
                 let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .keep_alive_interval(Duration::from_secs(30))
@@ -310,7 +341,7 @@ impl Pool {
                         tracing::debug!(target = %name, %error, "upstream h2 connection ended");
                     }
                 });
-                self.h2.lock().insert(target.clone(), sender.clone());
+                self.h2.lock().insert(key, sender.clone());
                 sender
             }
         };

@@ -368,7 +368,11 @@ fn plan_request(proxy: &Proxy, conn: &Downstream, c: &mut Client) -> Parse {
         return Parse::General;
     };
     let route = m.route;
-    if (route.https_only && !conn.tls) || route.service.http2 || route.service.upstream.hashes() {
+    if (route.https_only && !conn.tls)
+        || route.service.http2
+        || route.service.tls.is_some()
+        || route.service.upstream.hashes()
+    {
         return Parse::General;
     }
     let mut plan = Plan {

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 
-use super::{echo, s, ws_echo};
+use super::{Gw, curl, echo, gateway_with, s, ws_echo};
 
 /// A throwaway PKI in a temporary directory, made with the openssl CLI.
 struct Pki {
@@ -842,6 +842,77 @@ async fn bad_tls_settings_are_refused_by_name() {
     })
     .await
     .expect("a matching pair is accepted");
+    // The CA file for TLS upstreams: missing, or without a certificate.
+    let e = bind(&|c| c.upstream_ca_file = missing.clone())
+        .await
+        .expect_err("refused");
+    assert!(
+        e.contains("upstream_ca_file") && e.contains("missing.pem"),
+        "{e}"
+    );
+    let e = bind(&|c| c.upstream_ca_file = a.key_path.display().to_string())
+        .await
+        .expect_err("refused");
+    assert!(
+        e.contains("upstream_ca_file") && e.contains("expected PEM certificates"),
+        "{e}"
+    );
+}
+
+/// `https` and `grpcs` services: the gateway under test speaks TLS to a
+/// second gateway that terminates it (a certificate for backend.test from
+/// a private CA, whatever the SNI) in front of the echo backend.
+#[tokio::test]
+async fn https_upstreams_are_verified_unless_told_not_to() {
+    let pki = Pki::new();
+    let ca = pki.ca("upstream-ca");
+    let leaf = pki.leaf(&ca, "backend.test", &["backend.test"], false);
+    let backend = echo("a").await;
+    let terminating = tls_gateway(
+        serde_json::json!({"_format_version": "3.0", "services": [echo_service(backend)]}),
+        |c| {
+            c.tls_cert = leaf.cert_path.display().to_string();
+            c.tls_key = leaf.key_path.display().to_string();
+        },
+    )
+    .await;
+    // Upstream entities: the service's host is the name checked (and sent
+    // as SNI); the target is where that name lives.
+    let target = format!("127.0.0.1:{}", terminating.tls.port());
+    let route = |name: &str| serde_json::json!([{"name": name, "paths": [format!("/{name}")]}]);
+    let doc = serde_json::json!({"_format_version": "3.0",
+        "upstreams": [
+            {"name": "backend.test", "targets": [{"target": target}]},
+            {"name": "other.test", "targets": [{"target": target}]}],
+        "services": [
+            {"name": "verified", "url": "https://backend.test/users", "routes": route("verified")},
+            {"name": "h2", "url": "grpcs://backend.test/users", "routes": route("h2")},
+            {"name": "wrong-name", "url": "https://other.test/users", "routes": route("wrong-name")},
+            {"name": "unverified", "url": "https://other.test/users", "tls_verify": false,
+             "routes": route("unverified")}]});
+    let ca_file = ca.cert_path.display().to_string();
+    let gw = gateway_with(doc.clone(), |c| c.upstream_ca_file = ca_file).await;
+    let get = |gw: &Gw, path: &str| {
+        let url = format!("http://{}{path}", gw.addr);
+        async move { curl(s(&[&url])).await }
+    };
+    for path in ["/verified", "/h2", "/unverified"] {
+        let (code, body) = get(&gw, path).await;
+        assert_eq!(code, 200, "{path}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("echo JSON");
+        assert_eq!(v["backend"], "a", "{path}: {v}");
+        // Set by the terminating gateway: the hop was TLS.
+        assert_eq!(v["headers"]["x-forwarded-proto"], "https", "{path}: {v}");
+    }
+    // A certificate for another name: refused, as Kong's bad-gateway answer.
+    let (code, body) = get(&gw, "/wrong-name").await;
+    assert_eq!(code, 502, "{body}");
+    // Without the private CA nothing it signed is trusted.
+    let untrusting = gateway_with(doc, |_| {}).await;
+    let (code, body) = get(&untrusting, "/verified").await;
+    assert_eq!(code, 502, "{body}");
+    let (code, _) = get(&untrusting, "/unverified").await;
+    assert_eq!(code, 200);
 }
 
 /// curl against the admin API with a JSON or form body: status and JSON.
