@@ -56,19 +56,22 @@ async fn echo(name: &'static str) -> SocketAddr {
 struct Gw {
     addr: SocketAddr,
     admin: SocketAddr,
+    /// The TLS listener, when the configuration has one.
+    tls: Option<SocketAddr>,
     _shutdown: Shutdown,
 }
 
 /// A gateway serving `config` until the returned `Gw` is dropped.
 async fn serve(config: Config) -> Gw {
     let server = Server::bind(config).await.expect("gateway binds");
-    let (addr, admin) = (server.addr(), server.admin_addr());
+    let (addr, admin, tls) = (server.addr(), server.admin_addr(), server.tls_addr());
     let shutdown = Shutdown::new();
     let s = shutdown.clone();
     tokio::spawn(async move { server.serve(s).await.expect("gateway serves") });
     Gw {
         addr,
         admin,
+        tls,
         _shutdown: shutdown,
     }
 }

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bronze_gateway::{Config, Server};
-use bronze_runtime::Shutdown;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -150,33 +149,26 @@ impl Pki {
     }
 }
 
+/// A gateway with a TLS listener (and the plain one).
 struct TlsGw {
     addr: SocketAddr,
     tls: SocketAddr,
     admin: SocketAddr,
-    _shutdown: Shutdown,
+    _gw: Gw,
 }
 
 async fn tls_gateway(declarative: serde_json::Value, tune: impl FnOnce(&mut Config)) -> TlsGw {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("kong.json");
-    std::fs::write(&path, declarative.to_string()).expect("write");
-    let mut config = Config::ephemeral();
-    config.declarative_config = path.display().to_string();
-    config.tls_addr = "127.0.0.1:0".into();
-    tune(&mut config);
-    config.validate().expect("valid config");
-    let server = Server::bind(config).await.expect("gateway binds");
-    let (addr, admin) = (server.addr(), server.admin_addr());
-    let tls = server.tls_addr().expect("a TLS listener");
-    let shutdown = Shutdown::new();
-    let sd = shutdown.clone();
-    tokio::spawn(async move { server.serve(sd).await.expect("gateway serves") });
+    let gw = gateway_with(declarative, |config| {
+        config.tls_addr = "127.0.0.1:0".into();
+        tune(config);
+        config.validate().expect("valid config");
+    })
+    .await;
     TlsGw {
-        addr,
-        tls,
-        admin,
-        _shutdown: shutdown,
+        addr: gw.addr,
+        tls: gw.tls.expect("a TLS listener"),
+        admin: gw.admin,
+        _gw: gw,
     }
 }
 
