@@ -120,6 +120,15 @@ pub struct Args {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_ca_file: Option<String>,
 
+    /// Peers trusted to say how the client connected: comma-separated
+    /// addresses and CIDR blocks (Kong's trusted_ips), e.g. a load balancer's
+    /// 10.0.0.0/8. Their X-Forwarded-Proto and X-Forwarded-Host are passed on
+    /// and X-Forwarded-Proto: https satisfies https-only routes [default:
+    /// none].
+    #[arg(long, env = "BRONZE_GATEWAY_TRUSTED_IPS", value_name = "LIST")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trusted_ips: Option<String>,
+
     /// Proxy worker threads [default: one per CPU].
     #[arg(long, env = "BRONZE_GATEWAY_WORKERS", value_name = "N")]
     #[serde(skip)]

@@ -53,6 +53,10 @@ pub struct Config {
     /// the system's (Kong's `lua_ssl_trusted_certificate`). Empty: the
     /// system's only.
     pub upstream_ca_file: String,
+    /// Peers whose X-Forwarded-Proto and X-Forwarded-Host are passed on
+    /// (and count for https-only routes): comma-separated addresses and
+    /// CIDR blocks, as Kong's `trusted_ips`. Empty: no one.
+    pub trusted_ips: String,
     pub log_format: LogFormat,
 }
 
@@ -73,6 +77,7 @@ impl Default for Config {
             tls_cert: String::new(),
             tls_key: String::new(),
             upstream_ca_file: String::new(),
+            trusted_ips: String::new(),
             log_format: LogFormat::Plain,
         }
     }
@@ -118,6 +123,9 @@ impl Config {
                     self.discovery
                 ),
             ));
+        }
+        if let Err(e) = crate::proxy::TrustedIps::parse(&self.trusted_ips) {
+            return Err(ConfigError::invalid("trusted_ips", e));
         }
         if !self.tls_addr.is_empty() && self.tls_addr.parse::<SocketAddr>().is_err() {
             return Err(ConfigError::invalid(

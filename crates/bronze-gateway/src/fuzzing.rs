@@ -62,14 +62,14 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         let mut metrics = bronze_telemetry::Metrics::new("fuzz");
         let gm = Arc::new(crate::metrics::GatewayMetrics::register(&mut metrics));
         let tls = crate::upstream::tls::Clients::new("").expect("TLS client configurations");
-        Arc::new(Proxy::new(
-            table,
-            gm,
-            std::time::Duration::from_secs(60),
-            tls,
-        ))
+        let idle = std::time::Duration::from_secs(60);
+        Arc::new(Proxy::new(table, gm, idle, tls, Default::default()))
     };
-    let conn = Downstream::new(std::net::SocketAddr::from(([10, 0, 0, 1], 4242)), false);
+    let conn = Downstream::new(
+        std::net::SocketAddr::from(([10, 0, 0, 1], 4242)),
+        false,
+        false,
+    );
     Fixture {
         runtime,
         proxy,

@@ -68,6 +68,8 @@ pub enum StartError {
     /// The CA file for TLS upstreams.
     #[error("upstream_ca_file {0}")]
     UpstreamCa(String),
+    #[error("trusted_ips {0}")]
+    TrustedIps(String),
 }
 
 type InstanceKey = (String, String);
@@ -361,11 +363,14 @@ impl Server {
         let gateway_metrics = Arc::new(metrics::GatewayMetrics::register(&mut metrics));
         let upstream_tls = upstream::tls::Clients::new(&config.upstream_ca_file)
             .map_err(StartError::UpstreamCa)?;
+        let trusted =
+            proxy::TrustedIps::parse(&config.trusted_ips).map_err(StartError::TrustedIps)?;
         let proxy = Arc::new(proxy::Proxy::new(
             table,
             gateway_metrics,
             config.upstream_keepalive_idle_timeout,
             upstream_tls,
+            trusted,
         ));
         if tls_listener.is_some() && default_cert.is_none() {
             tracing::info!(

@@ -25,6 +25,9 @@ use crate::upstream::{Pool, PooledBody};
 
 mod h1;
 pub use h1::{Chunked, Limits, Malformed, plan_for_fuzzing, serve_connection};
+pub use trusted::TrustedIps;
+
+mod trusted;
 
 pub type Body = Either<Tracked, Full<Bytes>>;
 
@@ -36,6 +39,8 @@ pub struct Proxy {
     unmatched: crate::metrics::RouteCounters,
     request_ids: AtomicU64,
     id_prefix: u32,
+    /// Peers whose X-Forwarded-Proto and -Host are kept (`trusted_ips`).
+    pub trusted: TrustedIps,
 }
 
 /// What the proxy knows of a downstream connection, computed once when it
@@ -47,6 +52,9 @@ pub struct Downstream {
     /// Whether the connection came over TLS (X-Forwarded-Proto, https-only
     /// routes).
     pub tls: bool,
+    /// The peer is in `trusted_ips`: its X-Forwarded-Proto and -Host are
+    /// kept (see `trusted`).
+    pub trusted: bool,
     /// One timer per connection, moved forward for each request: moving a
     /// registered tokio timer later is an atomic store, where a new timer
     /// per request costs a registration and a removal in the timer wheel.
@@ -113,10 +121,11 @@ async fn within<F: Future>(
 }
 
 impl Downstream {
-    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+    pub fn new(peer: SocketAddr, tls: bool, trusted: bool) -> Self {
         Self {
             peer,
             tls,
+            trusted,
             ip: HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or(HeaderValue::from_static("")),
             timer: parking_lot::Mutex::new(None),
@@ -315,6 +324,16 @@ fn https_required(status: StatusCode, req: &Request<Incoming>, host: &str) -> Re
     r
 }
 
+/// Whether the client's request came over TLS: to the gateway, or to a
+/// trusted proxy in front of it that says so in `X-Forwarded-Proto`.
+fn secure(conn: &Downstream, headers: &HeaderMap) -> bool {
+    conn.tls
+        || (conn.trusted
+            && headers
+                .get(X_FORWARDED_PROTO)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")))
+}
+
 /// The hyper service of one downstream connection (HTTP/2, and what the
 /// HTTP/1.1 path leaves to the general one).
 pub fn service(
@@ -336,15 +355,18 @@ pub fn service(
 
 impl Proxy {
     /// `upstream_idle`: how long idle upstream connections are kept;
-    /// `tls`: the client side of TLS to upstreams.
+    /// `tls`: the client side of TLS to upstreams; `trusted`: the
+    /// `trusted_ips`.
     pub fn new(
         table: Table,
         metrics: Arc<GatewayMetrics>,
         upstream_idle: Duration,
         tls: crate::upstream::tls::Clients,
+        trusted: TrustedIps,
     ) -> Self {
         table.start();
         Self {
+            trusted,
             table: ArcSwap::from_pointee(table),
             pool: Arc::new(Pool::new(upstream_idle, 1024, tls)),
             unmatched: metrics.route_counters("", ""),
@@ -423,7 +445,7 @@ impl Proxy {
         let route = m.route.clone();
         let service = &route.service;
         let counters = self.counters(&route);
-        if route.https_only && !conn.tls {
+        if route.https_only && !secure(conn, req.headers()) {
             counters.count(route.https_redirect);
             return https_required(route.https_redirect, &req, host);
         }
@@ -508,11 +530,15 @@ impl Proxy {
             headers.insert(X_FORWARDED_FOR, v);
         }
         headers.insert(X_REAL_IP, conn.ip.clone());
-        headers.insert(
-            X_FORWARDED_PROTO,
-            HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-        );
-        if let Some(h) = &host_value {
+        if !(conn.trusted && headers.contains_key(X_FORWARDED_PROTO)) {
+            headers.insert(
+                X_FORWARDED_PROTO,
+                HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+            );
+        }
+        if let Some(h) = &host_value
+            && !(conn.trusted && headers.contains_key(X_FORWARDED_HOST))
+        {
             headers.insert(X_FORWARDED_HOST, h.clone());
         }
         if !headers.contains_key(X_REQUEST_ID) {

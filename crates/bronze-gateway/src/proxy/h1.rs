@@ -168,7 +168,9 @@ pub async fn serve_connection(mut conn: Conn, proxy: Arc<Proxy>, limits: Limits)
         keepalive_timeout,
         max_head,
     } = limits;
-    let downstream = Arc::new(Downstream::new(conn.accepted.peer, conn.accepted.tls));
+    let peer = conn.accepted.peer;
+    let trusted = proxy.trusted.contains(peer.ip());
+    let downstream = Arc::new(Downstream::new(peer, conn.accepted.tls, trusted));
     let h2 = matches!(&conn.stream, Stream::Tls(s) if s.get_ref().1.alpn_protocol() == Some(b"h2"));
     let mut c = Client::new(header_read_timeout, conn.shutdown.clone());
     let mut stop = std::pin::pin!(conn.shutdown.waiter());
@@ -261,6 +263,9 @@ enum Kind {
     /// Hop-by-hop, or replaced by the gateway's own value.
     Dropped,
     ForwardedFor,
+    /// Replaced by the gateway's own value unless the peer is trusted.
+    ForwardedProto,
+    ForwardedHost,
     RequestId,
     Other,
 }
@@ -279,11 +284,11 @@ fn classify(name: &[u8]) -> Kind {
         Kind::ForwardedFor
     } else if is(&super::X_REQUEST_ID) {
         Kind::RequestId
-    } else if super::is_hop_by_hop(name)
-        || is(&super::X_REAL_IP)
-        || is(&super::X_FORWARDED_PROTO)
-        || is(&super::X_FORWARDED_HOST)
-    {
+    } else if is(&super::X_FORWARDED_PROTO) {
+        Kind::ForwardedProto
+    } else if is(&super::X_FORWARDED_HOST) {
+        Kind::ForwardedHost
+    } else if super::is_hop_by_hop(name) || is(&super::X_REAL_IP) {
         Kind::Dropped
     } else {
         Kind::Other
@@ -518,11 +523,18 @@ fn upstream_headers<'a>(
 ) {
     out.clear();
     let mut forwarded_for = None;
+    let (mut forwarded_proto, mut forwarded_host) = (None, None);
     let mut has_id = false;
     for (name, value) in headers {
         match classify(name) {
             Kind::ForwardedFor => {
                 forwarded_for.get_or_insert(value);
+            }
+            Kind::ForwardedProto if conn.trusted => {
+                forwarded_proto.get_or_insert(value);
+            }
+            Kind::ForwardedHost if conn.trusted => {
+                forwarded_host.get_or_insert(value);
             }
             Kind::RequestId => {
                 has_id = true;
@@ -545,9 +557,9 @@ fn upstream_headers<'a>(
     out.extend_from_slice(ip);
     out.extend_from_slice(b"\r\n");
     header(out, b"x-real-ip", ip);
-    let proto: &[u8] = if conn.tls { b"https" } else { b"http" };
-    header(out, b"x-forwarded-proto", proto);
-    if let Some(host) = host {
+    let own: &[u8] = if conn.tls { b"https" } else { b"http" };
+    header(out, b"x-forwarded-proto", forwarded_proto.unwrap_or(own));
+    if let Some(host) = forwarded_host.or(host) {
         header(out, b"x-forwarded-host", host);
     }
     if !has_id {

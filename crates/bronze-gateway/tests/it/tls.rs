@@ -759,6 +759,71 @@ async fn https_only_routes_refuse_plain_http_as_kong_does() {
     }
 }
 
+/// Behind a load balancer that terminates TLS: `trusted_ips` (Kong's)
+/// decides whose X-Forwarded-Proto and -Host are believed, over both proxy
+/// paths (HTTP/1.1 and h2c).
+#[tokio::test]
+async fn forwarded_proto_and_host_are_kept_only_from_trusted_peers() {
+    let backend = echo("a").await;
+    let doc = serde_json::json!({"_format_version": "3.0", "services": [echo_service(backend)]});
+    let lb = [
+        "-H",
+        "X-Forwarded-Proto: https",
+        "-H",
+        "X-Forwarded-Host: shop.example.com",
+    ];
+    // curl connects from 127.0.0.1: trusted by the first, not the second.
+    let trusting = gateway_with(doc.clone(), |c| {
+        c.trusted_ips = "10.0.0.0/8, 127.0.0.1".into()
+    })
+    .await;
+    let other = gateway_with(doc, |c| c.trusted_ips = "10.0.0.0/8".into()).await;
+    for h2 in [false, true] {
+        let get = |gw: &Gw, path: &str| {
+            let mut args = s(&lb);
+            if h2 {
+                args.push("--http2-prior-knowledge".into());
+            }
+            args.push(format!("http://{}{path}", gw.addr));
+            async move { curl(args).await }
+        };
+        let (code, body) = get(&trusting, "/users").await;
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["headers"]["x-forwarded-proto"], "https", "h2 {h2}: {v}");
+        assert_eq!(
+            v["headers"]["x-forwarded-host"], "shop.example.com",
+            "h2 {h2}: {v}"
+        );
+        // The balancer's word that the client used https opens https-only
+        // routes.
+        let (code, body) = get(&trusting, "/secure").await;
+        assert_eq!(code, 200, "h2 {h2}: {body}");
+
+        let (code, body) = get(&other, "/users").await;
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["headers"]["x-forwarded-proto"], "http", "h2 {h2}: {v}");
+        assert_eq!(
+            v["headers"]["x-forwarded-host"],
+            other.addr.to_string(),
+            "h2 {h2}: {v}"
+        );
+        let (code, body) = get(&other, "/secure").await;
+        assert_eq!(code, 426, "h2 {h2}: {body}");
+    }
+    // Without the header, even a trusted peer's plain request is plain.
+    let (code, _) = curl(s(&[&format!("http://{}/secure", trusting.addr)])).await;
+    assert_eq!(code, 426);
+    let mut config = Config::ephemeral();
+    config.trusted_ips = "10.0.0.0/33".into();
+    let e = config.validate().expect_err("refused").to_string();
+    assert!(
+        e.contains("trusted_ips") && e.contains("10.0.0.0/33"),
+        "{e}"
+    );
+}
+
 #[tokio::test]
 async fn a_client_that_never_finishes_its_handshake_is_dropped() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
