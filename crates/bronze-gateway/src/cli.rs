@@ -129,6 +129,19 @@ pub struct Args {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trusted_ips: Option<String>,
 
+    /// From a trusted peer (--trusted-ips), the header that names the
+    /// client's address, e.g. X-Forwarded-For (Kong's real_ip_header)
+    /// [default: X-Real-IP].
+    #[arg(long, env = "BRONZE_GATEWAY_REAL_IP_HEADER", value_name = "HEADER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub real_ip_header: Option<String>,
+
+    /// The real-IP header is a list: the client is its rightmost address
+    /// not in --trusted-ips, rather than its last (Kong's real_ip_recursive).
+    #[arg(long, env = "BRONZE_GATEWAY_REAL_IP_RECURSIVE", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub real_ip_recursive: Option<bool>,
+
     /// Proxy worker threads [default: one per CPU].
     #[arg(long, env = "BRONZE_GATEWAY_WORKERS", value_name = "N")]
     #[serde(skip)]

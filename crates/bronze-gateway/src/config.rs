@@ -57,6 +57,12 @@ pub struct Config {
     /// (and count for https-only routes): comma-separated addresses and
     /// CIDR blocks, as Kong's `trusted_ips`. Empty: no one.
     pub trusted_ips: String,
+    /// From a trusted peer, the header naming the client's address (Kong's
+    /// `real_ip_header`; `X-Forwarded-For` behind most load balancers).
+    pub real_ip_header: String,
+    /// `real_ip_header` is a list: the client is its rightmost address not
+    /// in `trusted_ips` rather than its last (Kong's `real_ip_recursive`).
+    pub real_ip_recursive: bool,
     pub log_format: LogFormat,
 }
 
@@ -78,6 +84,8 @@ impl Default for Config {
             tls_key: String::new(),
             upstream_ca_file: String::new(),
             trusted_ips: String::new(),
+            real_ip_header: "X-Real-IP".into(),
+            real_ip_recursive: false,
             log_format: LogFormat::Plain,
         }
     }
@@ -126,6 +134,12 @@ impl Config {
         }
         if let Err(e) = crate::proxy::TrustedIps::parse(&self.trusted_ips) {
             return Err(ConfigError::invalid("trusted_ips", e));
+        }
+        if http::HeaderName::from_bytes(self.real_ip_header.as_bytes()).is_err() {
+            return Err(ConfigError::invalid(
+                "real_ip_header",
+                format!("{:?}: expected a header name", self.real_ip_header),
+            ));
         }
         if !self.tls_addr.is_empty() && self.tls_addr.parse::<SocketAddr>().is_err() {
             return Err(ConfigError::invalid(

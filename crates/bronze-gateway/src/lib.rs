@@ -70,6 +70,8 @@ pub enum StartError {
     UpstreamCa(String),
     #[error("trusted_ips {0}")]
     TrustedIps(String),
+    #[error("real_ip_header {0:?}: expected a header name")]
+    RealIpHeader(String),
 }
 
 type InstanceKey = (String, String);
@@ -363,14 +365,20 @@ impl Server {
         let gateway_metrics = Arc::new(metrics::GatewayMetrics::register(&mut metrics));
         let upstream_tls = upstream::tls::Clients::new(&config.upstream_ca_file)
             .map_err(StartError::UpstreamCa)?;
-        let trusted =
-            proxy::TrustedIps::parse(&config.trusted_ips).map_err(StartError::TrustedIps)?;
+        let trust = proxy::Trust {
+            ips: proxy::TrustedIps::parse(&config.trusted_ips).map_err(StartError::TrustedIps)?,
+            real_ip: proxy::RealIp {
+                header: http::HeaderName::from_bytes(config.real_ip_header.as_bytes())
+                    .map_err(|_| StartError::RealIpHeader(config.real_ip_header.clone()))?,
+                recursive: config.real_ip_recursive,
+            },
+        };
         let proxy = Arc::new(proxy::Proxy::new(
             table,
             gateway_metrics,
             config.upstream_keepalive_idle_timeout,
             upstream_tls,
-            trusted,
+            trust,
         ));
         if tls_listener.is_some() && default_cert.is_none() {
             tracing::info!(

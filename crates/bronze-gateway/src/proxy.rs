@@ -25,7 +25,7 @@ use crate::upstream::{Pool, PooledBody};
 
 mod h1;
 pub use h1::{Chunked, Limits, Malformed, plan_for_fuzzing, serve_connection};
-pub use trusted::TrustedIps;
+pub use trusted::{RealIp, Trust, TrustedIps};
 
 mod trusted;
 
@@ -39,8 +39,9 @@ pub struct Proxy {
     unmatched: crate::metrics::RouteCounters,
     request_ids: AtomicU64,
     id_prefix: u32,
-    /// Peers whose X-Forwarded-Proto and -Host are kept (`trusted_ips`).
-    pub trusted: TrustedIps,
+    /// Peers whose X-Forwarded-Proto and -Host are kept and whose word on
+    /// the client's address is taken (`trusted_ips`, `real_ip_header`).
+    pub trust: Trust,
 }
 
 /// What the proxy knows of a downstream connection, computed once when it
@@ -324,6 +325,16 @@ fn https_required(status: StatusCode, req: &Request<Incoming>, host: &str) -> Re
     r
 }
 
+/// `X-Real-IP`: the client's address (the peer's unless a trusted peer
+/// named another).
+fn real_ip(conn: &Downstream, client: SocketAddr) -> HeaderValue {
+    if client == conn.peer {
+        conn.ip.clone()
+    } else {
+        HeaderValue::from_str(&client.ip().to_string()).unwrap_or_else(|_| conn.ip.clone())
+    }
+}
+
 /// Whether the client's request came over TLS: to the gateway, or to a
 /// trusted proxy in front of it that says so in `X-Forwarded-Proto`.
 fn secure(conn: &Downstream, headers: &HeaderMap) -> bool {
@@ -355,18 +366,18 @@ pub fn service(
 
 impl Proxy {
     /// `upstream_idle`: how long idle upstream connections are kept;
-    /// `tls`: the client side of TLS to upstreams; `trusted`: the
-    /// `trusted_ips`.
+    /// `tls`: the client side of TLS to upstreams; `trust`: the
+    /// `trusted_ips` and how to read the client's address from them.
     pub fn new(
         table: Table,
         metrics: Arc<GatewayMetrics>,
         upstream_idle: Duration,
         tls: crate::upstream::tls::Clients,
-        trusted: TrustedIps,
+        trust: Trust,
     ) -> Self {
         table.start();
         Self {
-            trusted,
+            trust,
             table: ArcSwap::from_pointee(table),
             pool: Arc::new(Pool::new(upstream_idle, 1024, tls)),
             unmatched: metrics.route_counters("", ""),
@@ -402,6 +413,23 @@ impl Proxy {
         self.table.store(Arc::new(table));
     }
 
+    /// The client's address for a request on `conn`: the peer's, or, from
+    /// a trusted peer, what its `real_ip_header` says (`values`: that
+    /// header's values, in order).
+    pub fn client<'a>(
+        &self,
+        conn: &Downstream,
+        values: impl Iterator<Item = &'a [u8]>,
+    ) -> SocketAddr {
+        if !conn.trusted {
+            return conn.peer;
+        }
+        self.trust
+            .real_ip
+            .client(&self.trust.ips, values)
+            .map_or(conn.peer, |ip| SocketAddr::new(ip, conn.peer.port()))
+    }
+
     pub async fn handle(&self, req: Request<Incoming>, conn: &Downstream) -> Response<Body> {
         let mut ctx = None;
         let mut resp = self.forward(req, conn, &mut ctx).await;
@@ -419,6 +447,13 @@ impl Proxy {
         ctx: &mut Option<crate::plugins::Ctx>,
     ) -> Response<Body> {
         let table = self.table.load();
+        let client = self.client(
+            conn,
+            req.headers()
+                .get_all(&self.trust.real_ip.header)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        );
         // HTTP/1.1 names the host in `Host`, HTTP/2 in `:authority`.
         let host_value = match req.headers().get(header::HOST) {
             Some(h) => Some(h.clone()),
@@ -433,7 +468,7 @@ impl Proxy {
             .unwrap_or("");
         let path = req.uri().path();
         let Some(m) = table.find(req.method(), host, path, req.headers()) else {
-            *ctx = table.unmatched.start(None, conn.peer);
+            *ctx = table.unmatched.start(None, client);
             if let Some(c) = ctx.as_mut() {
                 table
                     .unmatched
@@ -450,7 +485,7 @@ impl Proxy {
             return https_required(route.https_redirect, &req, host);
         }
         // Plugins' access phase: may answer, rewrite, identify a consumer.
-        *ctx = route.plugins.start(Some(&route), conn.peer);
+        *ctx = route.plugins.start(Some(&route), client);
         if let Some(c) = ctx.as_mut() {
             let (mut parts, body) = req.into_parts();
             if let Some(check) = crate::plugins::Chain::prepare(&parts, c) {
@@ -465,7 +500,7 @@ impl Proxy {
         let path = req.uri().path();
         let key = service.upstream.key(&RequestInfo {
             headers: req.headers(),
-            peer: conn.peer.ip(),
+            peer: client.ip(),
             path,
             query: req.uri().query(),
         });
@@ -529,7 +564,7 @@ impl Proxy {
         if let Some(v) = forwarded_for {
             headers.insert(X_FORWARDED_FOR, v);
         }
-        headers.insert(X_REAL_IP, conn.ip.clone());
+        headers.insert(X_REAL_IP, real_ip(conn, client));
         if !(conn.trusted && headers.contains_key(X_FORWARDED_PROTO)) {
             headers.insert(
                 X_FORWARDED_PROTO,

@@ -169,7 +169,7 @@ pub async fn serve_connection(mut conn: Conn, proxy: Arc<Proxy>, limits: Limits)
         max_head,
     } = limits;
     let peer = conn.accepted.peer;
-    let trusted = proxy.trusted.contains(peer.ip());
+    let trusted = proxy.trust.ips.contains(peer.ip());
     let downstream = Arc::new(Downstream::new(peer, conn.accepted.tls, trusted));
     let h2 = matches!(&conn.stream, Stream::Tls(s) if s.get_ref().1.alpn_protocol() == Some(b"h2"));
     let mut c = Client::new(header_read_timeout, conn.shutdown.clone());
@@ -403,7 +403,21 @@ fn plan_request(proxy: &Proxy, conn: &Downstream, c: &mut Client) -> Parse {
             path.to_string()
         }
     };
-    let Some(mut ctx) = route.plugins.start(Some(route), conn.peer) else {
+    // The client's address: the peer's, or what a trusted one says.
+    let client = if conn.trusted {
+        let name = proxy.trust.real_ip.header.as_str().as_bytes();
+        let values = req
+            .headers
+            .iter()
+            .filter(|h| h.name.as_bytes().eq_ignore_ascii_case(name))
+            .map(|h| h.value);
+        proxy.client(conn, values)
+    } else {
+        conn.peer
+    };
+    let named = (client != conn.peer).then(|| client.ip().to_string());
+    let real_ip = named.as_deref().map_or(conn.ip.as_bytes(), str::as_bytes);
+    let Some(mut ctx) = route.plugins.start(Some(route), client) else {
         // No plugins: the upstream head straight from the client's.
         c.line.clear();
         request_line(
@@ -421,6 +435,7 @@ fn plan_request(proxy: &Proxy, conn: &Downstream, c: &mut Client) -> Parse {
         upstream_headers(
             proxy,
             conn,
+            real_ip,
             &mut c.rest,
             names,
             body_len,
@@ -484,7 +499,7 @@ fn plan_request(proxy: &Proxy, conn: &Downstream, c: &mut Client) -> Parse {
         .headers
         .iter()
         .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
-    upstream_headers(proxy, conn, &mut c.rest, names, body_len, host);
+    upstream_headers(proxy, conn, real_ip, &mut c.rest, names, body_len, host);
     plan.head = parts.method == Method::HEAD;
     plan.ctx = Some(ctx);
     Parse::Forward(plan)
@@ -512,10 +527,12 @@ fn request_line(
 
 /// The upstream headers after Host, through the blank line: the client's
 /// (or the plugins') end-to-end headers, `Content-Length` as framed here,
-/// then `X-Forwarded-*`, `X-Real-IP` and an `X-Request-Id` if none came.
+/// then `X-Forwarded-*`, `X-Real-IP` (`real_ip`) and an `X-Request-Id` if
+/// none came.
 fn upstream_headers<'a>(
     proxy: &Proxy,
     conn: &Downstream,
+    real_ip: &[u8],
     out: &mut Vec<u8>,
     headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
     body_len: Option<u64>,
@@ -556,7 +573,7 @@ fn upstream_headers<'a>(
     }
     out.extend_from_slice(ip);
     out.extend_from_slice(b"\r\n");
-    header(out, b"x-real-ip", ip);
+    header(out, b"x-real-ip", real_ip);
     let own: &[u8] = if conn.tls { b"https" } else { b"http" };
     header(out, b"x-forwarded-proto", forwarded_proto.unwrap_or(own));
     if let Some(host) = forwarded_host.or(host) {

@@ -3,8 +3,74 @@
 //! as they came instead of being replaced, and whose `X-Forwarded-Proto:
 //! https` satisfies https-only routes. Everyone else's are replaced with
 //! what the gateway saw.
+//!
+//! And Kong's (nginx's) `real_ip_header`/`real_ip_recursive`: from a
+//! trusted peer, the client's address is the one that header names, for
+//! everything that looks at the client's address (ip-restriction,
+//! rate-limiting by IP, hashing on the IP, logs, `X-Real-IP`).
 
 use std::net::IpAddr;
+
+use http::HeaderName;
+
+/// Where a trusted peer says who the client is.
+#[derive(Debug, Clone)]
+pub struct RealIp {
+    /// `X-Real-IP` (Kong's default), `X-Forwarded-For`, or another.
+    pub header: HeaderName,
+    /// The header is a list (as X-Forwarded-For): take its rightmost
+    /// address not in `trusted_ips` instead of its last.
+    pub recursive: bool,
+}
+
+impl Default for RealIp {
+    fn default() -> Self {
+        Self {
+            header: HeaderName::from_static("x-real-ip"),
+            recursive: false,
+        }
+    }
+}
+
+impl RealIp {
+    /// The client's address from the header's values (in the order they
+    /// came), as nginx's realip module reads them: the last address, or
+    /// with `recursive` the rightmost one not trusted (the leftmost when
+    /// all are). `None` when there is no such header or an address in it
+    /// does not parse (then the peer's address stands).
+    pub fn client<'a>(
+        &self,
+        trusted: &TrustedIps,
+        values: impl Iterator<Item = &'a [u8]>,
+    ) -> Option<IpAddr> {
+        let mut addrs = Vec::new();
+        for v in values {
+            for a in std::str::from_utf8(v).ok()?.split(',') {
+                let a = a.trim();
+                if !a.is_empty() {
+                    addrs.push(a.parse::<IpAddr>().ok()?);
+                }
+            }
+        }
+        if self.recursive {
+            addrs
+                .iter()
+                .rev()
+                .find(|a| !trusted.contains(**a))
+                .or(addrs.first())
+                .copied()
+        } else {
+            addrs.last().copied()
+        }
+    }
+}
+
+/// Whom the gateway believes about the client, and how it reads them.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    pub ips: TrustedIps,
+    pub real_ip: RealIp,
+}
 
 /// Addresses and CIDR blocks.
 #[derive(Debug, Clone, Default)]
@@ -76,6 +142,39 @@ mod tests {
                 .expect("empty")
                 .contains(ip("127.0.0.1"))
         );
+    }
+
+    #[test]
+    fn the_client_is_the_last_address_or_the_last_untrusted_one() {
+        let trusted = TrustedIps::parse("10.0.0.0/8").expect("parses");
+        let plain = RealIp::default();
+        let recursive = RealIp {
+            header: HeaderName::from_static("x-forwarded-for"),
+            recursive: true,
+        };
+        let list: [&[u8]; 2] = [b"203.0.113.9, 198.51.100.2", b"10.1.1.1"];
+        assert_eq!(
+            plain.client(&trusted, list.into_iter()),
+            Some(ip("10.1.1.1"))
+        );
+        assert_eq!(
+            recursive.client(&trusted, list.into_iter()),
+            Some(ip("198.51.100.2"))
+        );
+        let all_trusted: [&[u8]; 1] = [b"10.0.0.1, 10.0.0.2"];
+        assert_eq!(
+            recursive.client(&trusted, all_trusted.into_iter()),
+            Some(ip("10.0.0.1"))
+        );
+        let single: [&[u8]; 1] = [b" 2001:db8::7 "];
+        assert_eq!(
+            plain.client(&trusted, single.into_iter()),
+            Some(ip("2001:db8::7"))
+        );
+        for bad in [&b"not-an-ip"[..], b"1.2.3.4:80", b"\xff"] {
+            assert_eq!(plain.client(&trusted, [bad].into_iter()), None);
+        }
+        assert_eq!(plain.client(&trusted, std::iter::empty()), None);
     }
 
     #[test]

@@ -760,21 +760,32 @@ async fn https_only_routes_refuse_plain_http_as_kong_does() {
 }
 
 /// Behind a load balancer that terminates TLS: `trusted_ips` (Kong's)
-/// decides whose X-Forwarded-Proto and -Host are believed, over both proxy
-/// paths (HTTP/1.1 and h2c).
+/// decides whose X-Forwarded-Proto, -Host and client address (from
+/// `real_ip_header`) are believed, over both proxy paths (HTTP/1.1, h2c).
 #[tokio::test]
-async fn forwarded_proto_and_host_are_kept_only_from_trusted_peers() {
+async fn forwarded_headers_and_the_client_address_are_taken_only_from_trusted_peers() {
     let backend = echo("a").await;
-    let doc = serde_json::json!({"_format_version": "3.0", "services": [echo_service(backend)]});
+    let mut services = vec![echo_service(backend)];
+    services.push(
+        serde_json::json!({"name": "guarded", "url": format!("http://{backend}"),
+        "routes": [{"name": "guarded", "paths": ["/guarded"]}],
+        "plugins": [{"name": "ip-restriction", "config": {"deny": ["203.0.113.0/24"]}}]}),
+    );
+    let doc = serde_json::json!({"_format_version": "3.0", "services": services});
+    // What a balancer at 10.1.2.3 in front of a client at 203.0.113.9
+    // would send (curl connects from 127.0.0.1).
     let lb = [
         "-H",
         "X-Forwarded-Proto: https",
         "-H",
         "X-Forwarded-Host: shop.example.com",
+        "-H",
+        "X-Forwarded-For: 203.0.113.9, 10.1.2.3",
     ];
-    // curl connects from 127.0.0.1: trusted by the first, not the second.
     let trusting = gateway_with(doc.clone(), |c| {
-        c.trusted_ips = "10.0.0.0/8, 127.0.0.1".into()
+        c.trusted_ips = "10.0.0.0/8, 127.0.0.1".into();
+        c.real_ip_header = "X-Forwarded-For".into();
+        c.real_ip_recursive = true;
     })
     .await;
     let other = gateway_with(doc, |c| c.trusted_ips = "10.0.0.0/8".into()).await;
@@ -790,38 +801,61 @@ async fn forwarded_proto_and_host_are_kept_only_from_trusted_peers() {
         let (code, body) = get(&trusting, "/users").await;
         assert_eq!(code, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-        assert_eq!(v["headers"]["x-forwarded-proto"], "https", "h2 {h2}: {v}");
+        let h = &v["headers"];
+        assert_eq!(h["x-forwarded-proto"], "https", "h2 {h2}: {v}");
+        assert_eq!(h["x-forwarded-host"], "shop.example.com", "h2 {h2}: {v}");
+        // The rightmost address not trusted: the client behind the balancer.
+        assert_eq!(h["x-real-ip"], "203.0.113.9", "h2 {h2}: {v}");
         assert_eq!(
-            v["headers"]["x-forwarded-host"], "shop.example.com",
+            h["x-forwarded-for"], "203.0.113.9, 10.1.2.3, 127.0.0.1",
             "h2 {h2}: {v}"
         );
         // The balancer's word that the client used https opens https-only
-        // routes.
+        // routes; plugins see the client's address.
         let (code, body) = get(&trusting, "/secure").await;
         assert_eq!(code, 200, "h2 {h2}: {body}");
+        let (code, body) = get(&trusting, "/guarded").await;
+        assert_eq!(code, 403, "h2 {h2}: {body}");
 
         let (code, body) = get(&other, "/users").await;
         assert_eq!(code, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-        assert_eq!(v["headers"]["x-forwarded-proto"], "http", "h2 {h2}: {v}");
+        let h = &v["headers"];
+        assert_eq!(h["x-forwarded-proto"], "http", "h2 {h2}: {v}");
         assert_eq!(
-            v["headers"]["x-forwarded-host"],
+            h["x-forwarded-host"],
             other.addr.to_string(),
             "h2 {h2}: {v}"
         );
+        assert_eq!(h["x-real-ip"], "127.0.0.1", "h2 {h2}: {v}");
         let (code, body) = get(&other, "/secure").await;
         assert_eq!(code, 426, "h2 {h2}: {body}");
+        let (code, body) = get(&other, "/guarded").await;
+        assert_eq!(code, 200, "h2 {h2}: {body}");
     }
-    // Without the header, even a trusted peer's plain request is plain.
+    // Without the headers, even a trusted peer's plain request is plain,
+    // and the client is the peer.
     let (code, _) = curl(s(&[&format!("http://{}/secure", trusting.addr)])).await;
     assert_eq!(code, 426);
-    let mut config = Config::ephemeral();
-    config.trusted_ips = "10.0.0.0/33".into();
-    let e = config.validate().expect_err("refused").to_string();
-    assert!(
-        e.contains("trusted_ips") && e.contains("10.0.0.0/33"),
-        "{e}"
-    );
+    let (code, body) = curl(s(&[&format!("http://{}/users", trusting.addr)])).await;
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["headers"]["x-real-ip"], "127.0.0.1", "{v}");
+    for (tune, field) in [
+        (
+            &(|c: &mut Config| c.trusted_ips = "10.0.0.0/33".into()) as &dyn Fn(&mut Config),
+            "trusted_ips",
+        ),
+        (
+            &|c: &mut Config| c.real_ip_header = "X Real IP".into(),
+            "real_ip_header",
+        ),
+    ] {
+        let mut config = Config::ephemeral();
+        tune(&mut config);
+        let e = config.validate().expect_err("refused").to_string();
+        assert!(e.contains(field), "{e}");
+    }
 }
 
 #[tokio::test]
