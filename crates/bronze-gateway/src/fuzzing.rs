@@ -63,12 +63,21 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         let gm = Arc::new(crate::metrics::GatewayMetrics::register(&mut metrics));
         let tls = crate::upstream::tls::Clients::new("").expect("TLS client configurations");
         let idle = std::time::Duration::from_secs(60);
-        Arc::new(Proxy::new(table, gm, idle, tls, Default::default()))
+        // The peer is a trusted balancer: the client's X-Forwarded-* and
+        // its address list are read too.
+        let trust = crate::proxy::Trust {
+            ips: crate::proxy::TrustedIps::parse("10.0.0.0/8").expect("trusted_ips"),
+            real_ip: crate::proxy::RealIp {
+                header: http::HeaderName::from_static("x-forwarded-for"),
+                recursive: true,
+            },
+        };
+        Arc::new(Proxy::new(table, gm, idle, tls, trust))
     };
     let conn = Downstream::new(
         std::net::SocketAddr::from(([10, 0, 0, 1], 4242)),
         false,
-        false,
+        true,
     );
     Fixture {
         runtime,
@@ -80,8 +89,10 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
 /// Any bytes from a client as a request head: the HTTP/1.1 path takes it
 /// or leaves it to hyper, never panics, and what it would send upstream is
 /// one well-formed HTTP/1.1 request head, with no `Transfer-Encoding`, at
-/// most one `Content-Length`, and no header the client could use to smuggle
-/// a second message.
+/// most one `Content-Length`, no header the client could use to smuggle
+/// a second message, and one each of the gateway's `X-Forwarded-For`,
+/// `X-Forwarded-Proto` and `X-Real-IP` (the last a valid address, whatever
+/// the client's address list said).
 pub fn request_head(data: &[u8]) {
     let f = &*FIXTURE;
     let _enter = f.runtime.enter();
@@ -110,6 +121,21 @@ pub fn request_head(data: &[u8]) {
         assert!(count("content-length") <= 1);
         assert_eq!(count("host"), 1);
         assert_eq!(count("connection"), 0);
+        assert_eq!(count("x-forwarded-for"), 1);
+        assert_eq!(count("x-forwarded-proto"), 1);
+        assert!(count("x-forwarded-host") <= 1);
+        assert_eq!(count("x-real-ip"), 1);
+        let real_ip = req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("x-real-ip"))
+            .map(|h| h.value);
+        assert!(
+            real_ip.is_some_and(
+                |v| std::str::from_utf8(v).is_ok_and(|v| v.parse::<std::net::IpAddr>().is_ok())
+            ),
+            "x-real-ip {real_ip:?}"
+        );
     }
 }
 
