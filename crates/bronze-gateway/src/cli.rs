@@ -142,6 +142,13 @@ pub struct Args {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub real_ip_recursive: Option<bool>,
 
+    /// Every connection to the proxy listeners starts with a PROXY protocol
+    /// header (v1 or v2) from a TCP load balancer; its client address counts
+    /// when the balancer is in --trusted-ips [default: false].
+    #[arg(long, env = "BRONZE_GATEWAY_PROXY_PROTOCOL", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<bool>,
+
     /// Proxy worker threads [default: one per CPU].
     #[arg(long, env = "BRONZE_GATEWAY_WORKERS", value_name = "N")]
     #[serde(skip)]

@@ -63,6 +63,10 @@ pub struct Config {
     /// `real_ip_header` is a list: the client is its rightmost address not
     /// in `trusted_ips` rather than its last (Kong's `real_ip_recursive`).
     pub real_ip_recursive: bool,
+    /// The proxy listeners expect a PROXY protocol header (v1 or v2) first
+    /// on every connection, from a TCP load balancer; its client address
+    /// counts when the balancer is in `trusted_ips`.
+    pub proxy_protocol: bool,
     pub log_format: LogFormat,
 }
 
@@ -86,6 +90,7 @@ impl Default for Config {
             trusted_ips: String::new(),
             real_ip_header: "X-Real-IP".into(),
             real_ip_recursive: false,
+            proxy_protocol: false,
             log_format: LogFormat::Plain,
         }
     }

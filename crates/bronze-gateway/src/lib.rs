@@ -460,6 +460,7 @@ impl Server {
             header_read_timeout: self.config.header_read_timeout,
             keepalive_timeout: self.config.keepalive_timeout,
             max_head: MAX_HEADER_BYTES,
+            proxy_protocol: self.config.proxy_protocol,
         };
         let sweeper = {
             let proxy = self.gateway.proxy.clone();
@@ -517,6 +518,7 @@ async fn serve_proxy(
         header_read_timeout: Some(header_read_timeout),
         max_header_bytes: Some(MAX_HEADER_BYTES),
         drain_timeout: Some(Duration::from_secs(30)),
+        proxy_protocol: limits.proxy_protocol,
     };
     bronze_runtime::serve::serve_with(
         listener,

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod duration;
+pub mod proxy_protocol;
 #[cfg(feature = "serve")]
 pub mod serve;
 

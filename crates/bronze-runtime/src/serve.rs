@@ -42,6 +42,10 @@ pub struct Options {
     /// After shutdown, how long open connections may take to finish.
     /// `None`: as long as they need.
     pub drain_timeout: Option<Duration>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2,
+    /// before TLS), read within `handshake_timeout`; a connection without
+    /// one is closed. Its address is `Accepted::proxied`.
+    pub proxy_protocol: bool,
 }
 
 impl Default for Options {
@@ -52,6 +56,7 @@ impl Default for Options {
             header_read_timeout: None,
             max_header_bytes: None,
             drain_timeout: None,
+            proxy_protocol: false,
         }
     }
 }
@@ -62,6 +67,10 @@ pub struct Accepted {
     pub peer: SocketAddr,
     /// Whether the connection came through TLS.
     pub tls: bool,
+    /// The client's address from the PROXY protocol header, when the
+    /// listener reads one and it named a client. Whether to believe it
+    /// (is `peer` a trusted balancer?) is the service's decision.
+    pub proxied: Option<SocketAddr>,
 }
 
 /// Serves every connection `listener` accepts with the service
@@ -166,7 +175,7 @@ pub async fn serve_with<H, F>(
     }
     let tls = options.tls.is_some();
     loop {
-        let (stream, peer) = tokio::select! {
+        let (mut stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(error) => {
@@ -179,44 +188,110 @@ pub async fn serve_with<H, F>(
             () = shutdown.wait() => break,
         };
         let _ = stream.set_nodelay(true);
-        let accepted = Accepted { peer, tls };
-        let conn = |stream| Conn {
-            stream,
-            accepted,
+        let conn = Conn {
+            stream: Stream::Handshaking,
+            accepted: Accepted {
+                peer,
+                tls,
+                proxied: None,
+            },
             shutdown: shutdown.clone(),
             builder: builder.clone(),
             watcher: graceful.watcher(),
         };
-        match &options.tls {
-            None => {
-                tokio::spawn(handler(conn(Stream::Plain(stream))));
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let timeout = options.handshake_timeout;
-                let conn = conn(Stream::Handshaking);
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            handler(Conn {
-                                stream: Stream::Tls(Box::new(tls)),
-                                ..conn
-                            })
-                            .await;
-                        }
-                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
+        if options.tls.is_none() && !options.proxy_protocol {
+            tokio::spawn(handler(Conn {
+                stream: Stream::Plain(stream),
+                ..conn
+            }));
+            continue;
         }
+        // A PROXY header, a TLS handshake, or both: on the connection's
+        // own task, each within the handshake timeout.
+        let (acceptor, proxy_protocol) = (options.tls.clone(), options.proxy_protocol);
+        let timeout = options.handshake_timeout;
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let mut conn = conn;
+            if proxy_protocol {
+                match tokio::time::timeout(timeout, proxy_header(&mut stream)).await {
+                    Ok(Ok(proxied)) => conn.accepted.proxied = proxied,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "no PROXY protocol header");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "PROXY protocol header timed out");
+                        return;
+                    }
+                }
+            }
+            let Some(acceptor) = acceptor else {
+                handler(Conn {
+                    stream: Stream::Plain(stream),
+                    ..conn
+                })
+                .await;
+                return;
+            };
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    handler(Conn {
+                        stream: Stream::Tls(Box::new(tls)),
+                        ..conn
+                    })
+                    .await;
+                }
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        });
     }
     match options.drain_timeout {
         Some(t) => {
             let _ = tokio::time::timeout(t, graceful.shutdown()).await;
         }
         None => graceful.shutdown().await,
+    }
+}
+
+/// Reads a PROXY protocol header off `stream`, and nothing after it (the
+/// client's bytes stay for HTTP or TLS): the client's address, if it named
+/// one.
+async fn proxy_header(stream: &mut TcpStream) -> std::io::Result<Option<SocketAddr>> {
+    use tokio::io::AsyncReadExt;
+    let invalid =
+        |e: crate::proxy_protocol::Invalid| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    // The shortest header ("PROXY UNKNOWN\r\n") is 15 bytes.
+    let mut head = vec![0u8; 15];
+    stream.read_exact(&mut head).await?;
+    loop {
+        if let Some(h) = crate::proxy_protocol::parse(&head).map_err(invalid)? {
+            return Ok(h.source);
+        }
+        let more = if head.starts_with(b"PROXY ") {
+            // v1: up to the line's end if it has arrived (one read), else
+            // a byte at a time.
+            let mut peeked = [0u8; 128];
+            let n = stream.peek(&mut peeked).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let mut line = head.clone();
+            line.extend_from_slice(&peeked[..n]);
+            match line.windows(2).position(|w| w == b"\r\n") {
+                Some(end) => (end + 2).saturating_sub(head.len()).max(1),
+                None => 1,
+            }
+        } else if head.len() < 16 {
+            16 - head.len()
+        } else {
+            // v2: the length field says how much follows.
+            16 + usize::from(u16::from_be_bytes([head[14], head[15]])) - head.len()
+        };
+        let at = head.len();
+        head.resize(at + more, 0);
+        stream.read_exact(&mut head[at..]).await?;
     }
 }
 

@@ -47,6 +47,9 @@ pub struct Limits {
     pub keepalive_timeout: Duration,
     /// The longest request head read here (longer: hyper answers 431).
     pub max_head: usize,
+    /// Connections start with a PROXY protocol header (`--proxy-protocol`),
+    /// whose client address counts when the balancer is in `trusted_ips`.
+    pub proxy_protocol: bool,
 }
 
 /// Between two reads of a request body (nginx's `client_body_timeout`) and
@@ -167,8 +170,14 @@ pub async fn serve_connection(mut conn: Conn, proxy: Arc<Proxy>, limits: Limits)
         header_read_timeout,
         keepalive_timeout,
         max_head,
+        proxy_protocol: _,
     } = limits;
-    let peer = conn.accepted.peer;
+    // Behind a TCP balancer speaking the PROXY protocol, the client is the
+    // one its header names, if the balancer is trusted.
+    let peer = match conn.accepted.proxied {
+        Some(client) if proxy.trust.ips.contains(conn.accepted.peer.ip()) => client,
+        _ => conn.accepted.peer,
+    };
     let trusted = proxy.trust.ips.contains(peer.ip());
     let downstream = Arc::new(Downstream::new(peer, conn.accepted.tls, trusted));
     let h2 = matches!(&conn.stream, Stream::Tls(s) if s.get_ref().1.alpn_protocol() == Some(b"h2"));

@@ -858,6 +858,80 @@ async fn forwarded_headers_and_the_client_address_are_taken_only_from_trusted_pe
     }
 }
 
+/// Sends `bytes` (a request that asks to close) and returns the body of
+/// the answer (empty when the gateway closed without one).
+async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer).to_string();
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// Behind a TCP balancer (AWS NLB, HAProxy in TCP mode): a PROXY protocol
+/// header (v1 or v2) before the client's bytes, plain or TLS, names the
+/// client when the balancer is trusted.
+#[tokio::test]
+async fn a_tcp_balancer_names_the_client_with_the_proxy_protocol() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let leaf = pki.leaf(&ca, "a", &["a.example.com"], false);
+    let backend = echo("a").await;
+    let doc = serde_json::json!({"_format_version": "3.0", "services": [echo_service(backend)]});
+    let start = |trusted: &'static str| {
+        let (doc, cert, key) = (doc.clone(), leaf.cert_path.clone(), leaf.key_path.clone());
+        async move {
+            tls_gateway(doc, |c| {
+                c.proxy_protocol = true;
+                c.trusted_ips = trusted.into();
+                c.tls_cert = cert.display().to_string();
+                c.tls_key = key.display().to_string();
+            })
+            .await
+        }
+    };
+    let gw = start("127.0.0.1").await;
+    let request = b"GET /users HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let v1 = [
+        &b"PROXY TCP4 203.0.113.9 10.0.0.1 56324 8000\r\n"[..],
+        request,
+    ]
+    .concat();
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend_from_slice(&[198, 51, 100, 7, 10, 0, 0, 1, 0xdc, 0x04, 0x1f, 0x40]);
+    v2.extend_from_slice(request);
+    for (header, client) in [(&v1, "203.0.113.9"), (&v2, "198.51.100.7")] {
+        let body = raw_exchange(gw.addr, header).await;
+        let v: serde_json::Value = serde_json::from_str(&body).expect("echo JSON");
+        assert_eq!(v["headers"]["x-real-ip"], client, "{v}");
+        assert_eq!(v["headers"]["x-forwarded-for"], client, "{v}");
+    }
+    // Before a TLS handshake too (curl sends a v1 header of its own).
+    let (code, status, body) = curl_https(
+        &gw,
+        "a.example.com",
+        "/users",
+        &ca.cert_path,
+        &["--haproxy-protocol"],
+    )
+    .await;
+    assert_eq!((code, status.as_str()), (0, "2 200"), "{body}");
+    // A connection without the header is closed unanswered.
+    assert_eq!(raw_exchange(gw.addr, request).await, "");
+    let (code, _) = curl_raw(s(&[&format!("http://{}/users", gw.addr)])).await;
+    assert_ne!(code, 0, "answered without a PROXY header");
+    // From a balancer that is not trusted, the header is read but not
+    // believed.
+    let untrusted = start("10.0.0.0/8").await;
+    let body = raw_exchange(untrusted.addr, &v1).await;
+    let v: serde_json::Value = serde_json::from_str(&body).expect("echo JSON");
+    assert_eq!(v["headers"]["x-real-ip"], "127.0.0.1", "{v}");
+}
+
 #[tokio::test]
 async fn a_client_that_never_finishes_its_handshake_is_dropped() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
