@@ -365,6 +365,7 @@ impl Server {
         let gateway_metrics = Arc::new(metrics::GatewayMetrics::register(&mut metrics));
         let upstream_tls = upstream::tls::Clients::new(&config.upstream_ca_file)
             .map_err(StartError::UpstreamCa)?;
+        registry.set_tls(upstream_tls.clone());
         let trust = proxy::Trust {
             ips: proxy::TrustedIps::parse(&config.trusted_ips).map_err(StartError::TrustedIps)?,
             real_ip: proxy::RealIp {

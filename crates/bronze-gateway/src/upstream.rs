@@ -32,7 +32,8 @@ pub use tls::UpstreamTls;
 
 /// An upstream connection of hyper's client: plain, or TLS (`https`,
 /// `grpcs` services).
-type UpIo = tokio_util::either::Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
+pub(crate) type UpIo =
+    tokio_util::either::Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 type Io = TimedIo<TokioIo<UpIo>>;
 
 /// What goes upstream: the client's body (limited in size by a plugin),

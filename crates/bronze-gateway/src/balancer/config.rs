@@ -39,7 +39,8 @@ pub struct Healthchecks {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Active {
-    /// `http` only (Kong also has https, tcp, grpc, grpcs).
+    /// `http` (Kong's default), `https` or `tcp` (Kong also has grpc and
+    /// grpcs).
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// Seconds (Kong's default 1).
@@ -54,10 +55,12 @@ pub struct Active {
     /// Headers sent with each check (name to values), as Kong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<std::collections::BTreeMap<String, Vec<String>>>,
-    /// For `https` checks (not supported yet); accepted so Kong's exported
-    /// configurations load.
+    /// `https` checks: whether the target's certificate is verified
+    /// (Kong's default: yes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub https_verify_certificate: Option<bool>,
+    /// `https` checks: the name sent as SNI and checked (default: the
+    /// target's host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub https_sni: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -213,6 +216,7 @@ pub struct Thresholds {
 
 #[derive(Debug, Clone)]
 pub struct ActiveSettings {
+    pub kind: CheckKind,
     pub http_path: String,
     pub headers: http::HeaderMap,
     pub timeout: Duration,
@@ -221,6 +225,21 @@ pub struct ActiveSettings {
     pub healthy_interval: Duration,
     pub unhealthy_interval: Duration,
     pub thresholds: Thresholds,
+}
+
+/// What an active check does.
+#[derive(Debug, Clone)]
+pub enum CheckKind {
+    /// `GET http_path` over HTTP/1.1.
+    Http,
+    /// The same over TLS: `sni` (default: the target's host) is sent and,
+    /// with `verify`, checked against the certificate.
+    Https {
+        sni: Option<rustls_pki_types::ServerName<'static>>,
+        verify: bool,
+    },
+    /// A TCP connection that opens is a success.
+    Tcp,
 }
 
 /// An upstream's compiled balancing settings.
@@ -495,11 +514,31 @@ pub fn compile(u: &Upstream, prefix: &str) -> Result<Settings, Invalid> {
     s.passive = passive_thresholds(&passive);
     if let Some(a) = hc.active {
         let f = |x: &str| field(&format!("healthchecks.active.{x}"));
-        if let Some(k) = a.kind.as_deref().filter(|k| *k != "http") {
-            return Err(Invalid::new(
-                f("type"),
-                format!("{k:?}: only http is supported"),
-            ));
+        let kind = match a.kind.as_deref().unwrap_or("http") {
+            "http" => CheckKind::Http,
+            "tcp" => CheckKind::Tcp,
+            "https" => CheckKind::Https {
+                sni: match &a.https_sni {
+                    None => None,
+                    Some(n) => Some(
+                        crate::upstream::UpstreamTls::new(n, true)
+                            .map_err(|why| Invalid::new(f("https_sni"), why))?
+                            .name,
+                    ),
+                },
+                verify: a.https_verify_certificate.unwrap_or(true),
+            },
+            k => {
+                return Err(Invalid::new(
+                    f("type"),
+                    format!(
+                        "{k:?}: expected http, https or tcp (grpc checks are not supported yet)"
+                    ),
+                ));
+            }
+        };
+        if a.https_sni.is_some() && !matches!(kind, CheckKind::Https { .. }) {
+            return Err(Invalid::new(f("https_sni"), "only for https checks"));
         }
         let h = a.healthy.clone().unwrap_or_default();
         let un = a.unhealthy.clone().unwrap_or_default();
@@ -533,16 +572,11 @@ pub fn compile(u: &Upstream, prefix: &str) -> Result<Settings, Invalid> {
                 headers.append(n.clone(), v.parse().map_err(|_| bad())?);
             }
         }
-        if a.https_sni.is_some() {
-            return Err(Invalid::new(
-                f("https_sni"),
-                "https checks are not supported yet",
-            ));
-        }
         statuses(&h.http_statuses, &f("healthy.http_statuses"))?;
         statuses(&un.http_statuses, &f("unhealthy.http_statuses"))?;
         if !healthy_interval.is_zero() || !unhealthy_interval.is_zero() {
             s.active = Some(ActiveSettings {
+                kind,
                 http_path,
                 headers,
                 timeout,

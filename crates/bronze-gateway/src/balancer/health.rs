@@ -1,6 +1,7 @@
-//! Kong's active health checks: one background task per upstream sends
-//! `GET <http_path>` to each target, every `healthy.interval` seconds while
-//! it is healthy and every `unhealthy.interval` while it is not, at most
+//! Kong's active health checks: one background task per upstream checks
+//! each target (`GET <http_path>` over HTTP/1.1, in TLS for `https`, or a
+//! TCP connect for `tcp`), every `healthy.interval` seconds while it is
+//! healthy and every `unhealthy.interval` while it is not, at most
 //! `concurrency` at once, and counts the outcome against the
 //! `healthchecks.active` thresholds. The task ends when its upstream is
 //! dropped (a configuration without it took over); the targets' state
@@ -12,35 +13,79 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::config::{ActiveSettings, CheckKind};
 use super::{Outcome, TargetState, Upstream};
+use crate::upstream::tls::Clients;
+use crate::upstream::{UpIo, UpstreamTls};
 
-async fn check(
-    client: &Client<HttpConnector, Empty<Bytes>>,
-    target: &TargetState,
-    path: &str,
-    headers: &http::HeaderMap,
-    timeout: Duration,
-) -> Outcome {
-    let uri = format!("http://{}{}", target.addr, path);
-    let Ok(mut req) = http::Request::get(uri)
-        .header(http::header::USER_AGENT, "bronze-gateway health check")
-        .body(Empty::new())
+/// One check of `target`, all of it within the check's timeout.
+async fn check(active: &ActiveSettings, tls: Option<&Clients>, target: &TargetState) -> Outcome {
+    tokio::time::timeout(active.timeout, probe(active, tls, target))
+        .await
+        .unwrap_or(Outcome::Timeout)
+}
+
+async fn probe(active: &ActiveSettings, tls: Option<&Clients>, target: &TargetState) -> Outcome {
+    let Ok(tcp) = TcpStream::connect(&*target.addr).await else {
+        return Outcome::TcpFailure;
+    };
+    let _ = tcp.set_nodelay(true);
+    let io = match &active.kind {
+        CheckKind::Tcp => return Outcome::Connected,
+        CheckKind::Http => UpIo::Left(tcp),
+        CheckKind::Https { sni, verify } => {
+            let host = target
+                .addr
+                .rsplit_once(':')
+                .map_or(&*target.addr, |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = match sni {
+                Some(n) => n.clone(),
+                None => match UpstreamTls::new(host, *verify) {
+                    Ok(t) => t.name,
+                    Err(_) => return Outcome::TcpFailure,
+                },
+            };
+            let settings = UpstreamTls {
+                name: name.clone(),
+                verify: *verify,
+            };
+            let Some(clients) = tls else {
+                return Outcome::TcpFailure;
+            };
+            let connector = tokio_rustls::TlsConnector::from(clients.config(&settings, false));
+            match connector.connect(name, tcp).await {
+                Ok(s) => UpIo::Right(Box::new(s)),
+                Err(error) => {
+                    tracing::debug!(target = %target.addr, %error, "health check TLS handshake failed");
+                    return Outcome::TcpFailure;
+                }
+            }
+        }
+    };
+    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await
     else {
         return Outcome::TcpFailure;
     };
-    for (name, value) in headers {
+    tokio::spawn(conn);
+    let Ok(mut req) = http::Request::get(&active.http_path)
+        .header(http::header::HOST, &*target.addr)
+        .header(http::header::USER_AGENT, "bronze-gateway health check")
+        .body(Empty::<Bytes>::new())
+    else {
+        return Outcome::TcpFailure;
+    };
+    for (name, value) in &active.headers {
         req.headers_mut().append(name, value.clone());
     }
-    match tokio::time::timeout(timeout, client.request(req)).await {
-        Ok(Ok(resp)) => Outcome::Status(resp.status().as_u16()),
-        Ok(Err(e)) if super::connect::is_timeout(&e) => Outcome::Timeout,
-        Ok(Err(_)) => Outcome::TcpFailure,
-        Err(_) => Outcome::Timeout,
+    match sender.send_request(req).await {
+        Ok(resp) => Outcome::Status(resp.status().as_u16()),
+        Err(_) => Outcome::TcpFailure,
     }
 }
 
@@ -49,12 +94,7 @@ pub async fn run_active(upstream: Weak<Upstream>) {
     let Some(active) = upstream.upgrade().and_then(|u| u.settings.active.clone()) else {
         return;
     };
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(active.timeout));
-    connector.set_nodelay(true);
-    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build(connector);
+    let active = Arc::new(active);
     let limit = Arc::new(tokio::sync::Semaphore::new(active.concurrency));
     let mut due: HashMap<Arc<str>, (Instant, bool)> = HashMap::new();
     loop {
@@ -87,12 +127,11 @@ pub async fn run_active(upstream: Weak<Upstream>) {
                 continue;
             }
             due.insert(t.addr.clone(), (now + interval, healthy));
-            let (client, limit, path) = (client.clone(), limit.clone(), active.http_path.clone());
-            let headers = active.headers.clone();
-            let timeout = active.timeout;
+            let (active, limit) = (active.clone(), limit.clone());
+            let tls = u.registry.tls().cloned();
             running.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                let outcome = check(&client, &t, &path, &headers, timeout).await;
+                let outcome = check(&active, tls.as_ref(), &t).await;
                 (t, outcome)
             });
         }

@@ -61,6 +61,8 @@ struct Counters {
 pub enum Outcome {
     /// The target answered with this status.
     Status(u16),
+    /// A TCP check's connection opened.
+    Connected,
     /// Could not connect, or the connection broke.
     TcpFailure,
     Timeout,
@@ -133,6 +135,7 @@ impl TargetState {
             Outcome::Status(s) if t.unhealthy_statuses.contains(s) => Some(0),
             Outcome::Status(s) if t.healthy_statuses.contains(s) => None,
             Outcome::Status(_) => return,
+            Outcome::Connected => None,
             Outcome::TcpFailure => Some(1),
             Outcome::Timeout => Some(2),
         };
@@ -353,6 +356,9 @@ pub struct Registry {
     /// then follow its Watch stream instead of DNS.
     pub discovery: bool,
     resolver: OnceLock<Option<dns::Resolver>>,
+    /// The client side of TLS (with `upstream_ca_file`), for https active
+    /// checks; set once by the server.
+    tls: OnceLock<crate::upstream::tls::Clients>,
 }
 
 /// The host suffix naming a discovery service.
@@ -365,6 +371,17 @@ impl Registry {
             discovery,
             ..Self::default()
         }
+    }
+
+    /// Gives https active checks the server's TLS client configurations
+    /// (the first call wins).
+    pub fn set_tls(&self, clients: crate::upstream::tls::Clients) {
+        let _ = self.tls.set(clients);
+    }
+
+    /// The TLS client configurations, once the server set them.
+    pub fn tls(&self) -> Option<&crate::upstream::tls::Clients> {
+        self.tls.get()
     }
 
     /// How a configured host is followed: an IP address (or `localhost`)

@@ -43,6 +43,7 @@ impl UpstreamTls {
 }
 
 /// The four client configurations: verified or not, ALPN http/1.1 or h2.
+#[derive(Clone, Debug)]
 pub struct Clients {
     configs: [Arc<ClientConfig>; 4],
 }

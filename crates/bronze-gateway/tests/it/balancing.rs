@@ -69,14 +69,14 @@ async fn breaking() -> (SocketAddr, Arc<AtomicUsize>) {
 }
 
 /// A port nothing listens on.
-fn dead_port() -> SocketAddr {
+pub(super) fn dead_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
         .expect("addr")
 }
 
-fn client() -> reqwest::Client {
+pub(super) fn client() -> reqwest::Client {
     bronze_runtime::install_crypto_provider();
     reqwest::Client::new()
 }
@@ -914,6 +914,21 @@ async fn bad_upstream_configurations_are_refused_naming_the_field() {
             "",
         ),
         (
+            json!({"healthchecks": {"active": {"type": "grpc"}}}),
+            "upstreams[0].healthchecks.active.type",
+            "expected http, https or tcp",
+        ),
+        (
+            json!({"healthchecks": {"active": {"type": "http", "https_sni": "a.test"}}}),
+            "upstreams[0].healthchecks.active.https_sni",
+            "only for https checks",
+        ),
+        (
+            json!({"healthchecks": {"active": {"type": "https", "https_sni": "not a name"}}}),
+            "upstreams[0].healthchecks.active.https_sni",
+            "expected a DNS name",
+        ),
+        (
             json!({"healthchecks": {"passive": {"unhealthy": {"http_statuses": [42]}}}}),
             "upstreams[0].healthchecks.passive.unhealthy.http_statuses",
             "status",
@@ -982,7 +997,7 @@ async fn write_timeout_fails_an_upload_the_upstream_stops_reading() {
     );
 }
 
-async fn admin_get(c: &reqwest::Client, gw: &Gw, path: &str) -> (u16, Value) {
+pub(super) async fn admin_get(c: &reqwest::Client, gw: &Gw, path: &str) -> (u16, Value) {
     let r = c
         .get(format!("http://{}{path}", gw.admin))
         .send()
@@ -993,7 +1008,7 @@ async fn admin_get(c: &reqwest::Client, gw: &Gw, path: &str) -> (u16, Value) {
 }
 
 /// The `health` of the entry for `addr` in a `/upstreams/{u}/health` answer.
-fn health_of(v: &Value, addr: SocketAddr) -> Option<String> {
+pub(super) fn health_of(v: &Value, addr: SocketAddr) -> Option<String> {
     v["data"]
         .as_array()?
         .iter()

@@ -858,6 +858,83 @@ async fn forwarded_headers_and_the_client_address_are_taken_only_from_trusted_pe
     }
 }
 
+/// A private CA, and a gateway in front of an echo backend ("a") that
+/// terminates TLS with the CA's certificate for backend.test, whatever the
+/// SNI.
+async fn terminating_backend(pki: &Pki) -> (Issued, TlsGw) {
+    let ca = pki.ca("upstream-ca");
+    let leaf = pki.leaf(&ca, "backend.test", &["backend.test"], false);
+    let backend = echo("a").await;
+    let gw = tls_gateway(
+        serde_json::json!({"_format_version": "3.0", "services": [echo_service(backend)]}),
+        |c| {
+            c.tls_cert = leaf.cert_path.display().to_string();
+            c.tls_key = leaf.key_path.display().to_string();
+        },
+    )
+    .await;
+    (ca, gw)
+}
+
+/// Active checks of TLS upstreams (`https`, with or without verifying the
+/// certificate) and plain TCP checks, against a second gateway
+/// terminating TLS (a certificate for backend.test from a private CA) and
+/// a port nothing listens on.
+#[tokio::test]
+async fn https_and_tcp_active_checks_judge_targets() {
+    use super::balancing::{admin_get, client, dead_port, health_of};
+    let pki = Pki::new();
+    let (ca, terminating) = terminating_backend(&pki).await;
+    let (up, down) = (terminating.tls, dead_port());
+    let checked = |name: &str, active: serde_json::Value| {
+        let mut active = active;
+        active["http_path"] = "/users".into();
+        active["timeout"] = 1.into();
+        active["healthy"] = serde_json::json!({"interval": 0.1, "successes": 1});
+        active["unhealthy"] =
+            serde_json::json!({"interval": 0.1, "tcp_failures": 1, "http_failures": 1});
+        serde_json::json!({"name": name, "healthchecks": {"active": active},
+            "targets": [{"target": up.to_string()}, {"target": down.to_string()}]})
+    };
+    let doc = serde_json::json!({"_format_version": "3.0", "upstreams": [
+        checked("verified", serde_json::json!({"type": "https", "https_sni": "backend.test"})),
+        checked("wrong-name", serde_json::json!({"type": "https", "https_sni": "other.test"})),
+        checked("unverified", serde_json::json!({"type": "https", "https_verify_certificate": false})),
+        checked("plain-http", serde_json::json!({"type": "http"})),
+        checked("tcp", serde_json::json!({"type": "tcp"}))]});
+    let ca_file = ca.cert_path.display().to_string();
+    let gw = gateway_with(doc, |c| c.upstream_ca_file = ca_file).await;
+    let c = client();
+    // Each upstream settles: (name, the TLS target's health).
+    let want = [
+        ("verified", "HEALTHY"),
+        ("wrong-name", "UNHEALTHY"),
+        ("unverified", "HEALTHY"),
+        // HTTP to a TLS port gets no HTTP answer.
+        ("plain-http", "UNHEALTHY"),
+        ("tcp", "HEALTHY"),
+    ];
+    for (name, health) in want {
+        let path = format!("/upstreams/{name}/health");
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let v = loop {
+            let (_, v) = admin_get(&c, &gw, &path).await;
+            let settled = health_of(&v, up).as_deref() == Some(health)
+                && health_of(&v, down).as_deref() == Some("UNHEALTHY");
+            if settled || std::time::Instant::now() > deadline {
+                break v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(health_of(&v, up).as_deref(), Some(health), "{name}: {v}");
+        assert_eq!(
+            health_of(&v, down).as_deref(),
+            Some("UNHEALTHY"),
+            "{name}: {v}"
+        );
+    }
+}
+
 /// Sends `bytes` (a request that asks to close) and returns the body of
 /// the answer (empty when the gateway closed without one).
 async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
@@ -1030,17 +1107,7 @@ async fn bad_tls_settings_are_refused_by_name() {
 #[tokio::test]
 async fn https_upstreams_are_verified_unless_told_not_to() {
     let pki = Pki::new();
-    let ca = pki.ca("upstream-ca");
-    let leaf = pki.leaf(&ca, "backend.test", &["backend.test"], false);
-    let backend = echo("a").await;
-    let terminating = tls_gateway(
-        serde_json::json!({"_format_version": "3.0", "services": [echo_service(backend)]}),
-        |c| {
-            c.tls_cert = leaf.cert_path.display().to_string();
-            c.tls_key = leaf.key_path.display().to_string();
-        },
-    )
-    .await;
+    let (ca, terminating) = terminating_backend(&pki).await;
     // Upstream entities: the service's host is the name checked (and sent
     // as SNI); the target is where that name lives.
     let target = format!("127.0.0.1:{}", terminating.tls.port());
