@@ -172,47 +172,7 @@ impl Plugin for FileLog {
     }
 
     fn log(&self, ctx: &Ctx, status: StatusCode, headers: &HeaderMap, _m: &GatewayMetrics) {
-        let total = ctx.started.elapsed();
-        let started_at = millis(SystemTime::now() - total);
-        let request = ctx.log_request.as_deref().cloned().unwrap_or(Value::Null);
-        let size = headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let mut entry = json!({
-            "request": request,
-            "response": {
-                "status": status.as_u16(),
-                "headers": headers_json(headers),
-                "size": size,
-            },
-            "latencies": {
-                "request": total.as_millis() as u64,
-                "proxy": ctx.upstream_latency.map(|d| d.as_millis() as u64),
-                "kong": total.saturating_sub(ctx.upstream_latency.unwrap_or_default()).as_millis() as u64,
-            },
-            "client_ip": ctx.peer.ip().to_string(),
-            "started_at": started_at,
-            "source": ctx.source(),
-        });
-        if let Some(u) = &ctx.upstream_uri {
-            entry["upstream_uri"] = Value::from(u.as_str());
-        }
-        if let Some(r) = &ctx.route {
-            entry["route"] = json!({ "name": r.name });
-            entry["service"] = json!({ "name": r.service.name });
-        }
-        if let Some(c) = &ctx.consumer {
-            entry["consumer"] = json!({
-                "id": c.id,
-                "username": c.username,
-                "custom_id": c.custom_id,
-            });
-        }
-        if let Some(c) = ctx.credential.as_ref().and_then(|v| v.to_str().ok()) {
-            entry["authenticated_entity"] = json!({ "id": c });
-        }
-        let mut line = entry.to_string();
+        let mut line = entry(ctx, status, headers).to_string();
         line.push('\n');
         match self.lines.try_send(line) {
             Ok(()) => {}
@@ -225,4 +185,50 @@ impl Plugin for FileLog {
             Err(TrySendError::Disconnected(_)) => {}
         }
     }
+}
+
+/// Kong's log serializer: one request's JSON object, as file-log writes it
+/// and http-log sends it.
+pub fn entry(ctx: &Ctx, status: StatusCode, headers: &HeaderMap) -> Value {
+    let total = ctx.started.elapsed();
+    let started_at = millis(SystemTime::now() - total);
+    let request = ctx.log_request.as_deref().cloned().unwrap_or(Value::Null);
+    let size = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut entry = json!({
+        "request": request,
+        "response": {
+            "status": status.as_u16(),
+            "headers": headers_json(headers),
+            "size": size,
+        },
+        "latencies": {
+            "request": total.as_millis() as u64,
+            "proxy": ctx.upstream_latency.map(|d| d.as_millis() as u64),
+            "kong": total.saturating_sub(ctx.upstream_latency.unwrap_or_default()).as_millis() as u64,
+        },
+        "client_ip": ctx.peer.ip().to_string(),
+        "started_at": started_at,
+        "source": ctx.source(),
+    });
+    if let Some(u) = &ctx.upstream_uri {
+        entry["upstream_uri"] = Value::from(u.as_str());
+    }
+    if let Some(r) = &ctx.route {
+        entry["route"] = json!({ "name": r.name });
+        entry["service"] = json!({ "name": r.service.name });
+    }
+    if let Some(c) = &ctx.consumer {
+        entry["consumer"] = json!({
+            "id": c.id,
+            "username": c.username,
+            "custom_id": c.custom_id,
+        });
+    }
+    if let Some(c) = ctx.credential.as_ref().and_then(|v| v.to_str().ok()) {
+        entry["authenticated_entity"] = json!({ "id": c });
+    }
+    entry
 }

@@ -19,6 +19,7 @@
 pub(crate) mod basic_auth;
 mod cors;
 mod file_log;
+mod http_log;
 mod ip_restriction;
 mod jwt;
 mod key_auth;
@@ -58,9 +59,14 @@ pub const PLUGINS: &[(&str, i32)] = &[
     ("request-transformer", 801),
     ("response-transformer", 800),
     ("prometheus", 13),
+    ("http-log", 12),
     ("file-log", 9),
     ("request-termination", 2),
 ];
+
+/// Plugins that log Kong's serializer entry: the request is copied for
+/// them before any plugin runs.
+const LOGGERS: &[&str] = &["file-log", "http-log"];
 
 /// Authentication plugins: cannot be scoped to a consumer (Kong's
 /// `no_consumer`).
@@ -884,7 +890,7 @@ impl Compiled {
         let copy_request = base
             .iter()
             .chain(by.values())
-            .any(|l| l.iter().any(|p| p.name() == "file-log"));
+            .any(|l| l.iter().any(|p| LOGGERS.contains(&p.name())));
         Chain {
             base,
             copy_request,
@@ -915,7 +921,7 @@ impl Compiled {
         let mut globals = globals;
         globals.sort_by_key(|p| sort_key(p.as_ref()));
         Chain {
-            copy_request: globals.iter().any(|p| p.name() == "file-log"),
+            copy_request: globals.iter().any(|p| LOGGERS.contains(&p.name())),
             base: (!globals.is_empty()).then(|| globals.into()),
             by_consumer: None,
         }
@@ -946,6 +952,7 @@ fn build_one(
         "request-transformer" => Arc::new(transformer::RequestTransformer::new(config, field)?),
         "response-transformer" => Arc::new(transformer::ResponseTransformer::new(config, field)?),
         "file-log" => Arc::new(file_log::FileLog::new(config, field)?),
+        "http-log" => Arc::new(http_log::HttpLog::new(config, field)?),
         other => {
             return Err(Invalid::new(field, format!("plugin '{other}' not enabled")));
         }

@@ -1247,15 +1247,16 @@ async fn transformers_edit_headers_and_query_strings() {
     );
 }
 
-#[tokio::test]
-async fn file_log_writes_kong_json_lines() {
+/// A gateway with the global plugin `logger` and the route `/logged`
+/// behind key-auth, after three requests: alice's to `/logged/x?y=1` (with
+/// an `Authorization` header, which logs must not show), one without a
+/// key, one no route matches.
+async fn logged_requests(logger: serde_json::Value) -> Gw {
     let backend = echo("a").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("access.log");
     let gw = gateway(serde_json::json!({
         "_format_version": "3.0",
         "consumers": consumers(),
-        "plugins": [{"name": "file-log", "config": {"path": log.display().to_string()}}],
+        "plugins": [logger],
         "services": [{"name": "svc", "url": format!("http://{backend}/base"), "routes": [
             {"name": "logged", "paths": ["/logged"], "plugins": [{"name": "key-auth"}]}]}]
     }))
@@ -1271,6 +1272,150 @@ async fn file_log_writes_kong_json_lines() {
     .await;
     curl_h(s(&[&format!("{base}/logged")])).await;
     curl_h(s(&[&format!("{base}/nowhere")])).await;
+    gw
+}
+
+/// A log collector: every request's body, parsed as JSON, and its
+/// content type. It answers 503 to the first `fail_first` requests.
+async fn collector(
+    fail_first: usize,
+) -> (
+    SocketAddr,
+    std::sync::Arc<parking_lot::Mutex<Vec<(String, serde_json::Value)>>>,
+) {
+    let got = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let store = got.clone();
+    let app = axum::Router::new().fallback(
+        move |headers: http::HeaderMap, body: axum::body::Bytes| async move {
+            if seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < fail_first {
+                return http::StatusCode::SERVICE_UNAVAILABLE;
+            }
+            let ct = headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            store
+                .lock()
+                .push((ct, json(&String::from_utf8_lossy(&body))));
+            http::StatusCode::OK
+        },
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("collector serves") });
+    (addr, got)
+}
+
+#[tokio::test]
+async fn http_log_sends_kong_entries_in_batches_and_retries() {
+    // The collector refuses its first batch: http-log sends it again.
+    let (sink, got) = collector(1).await;
+    let gw = logged_requests(serde_json::json!({"name": "http-log", "config": {
+        "http_endpoint": format!("http://{sink}/logs"),
+        "headers": {"x-token": "t0ken"},
+        "queue": {"max_batch_size": 2, "max_coalescing_delay": 5, "initial_retry_delay": 0.05}}}))
+    .await;
+    let base = format!("http://{}", gw.addr);
+    curl_h(s(&["-H", "apikey: alice-key", &format!("{base}/logged/z")])).await;
+    let mut batches = Vec::new();
+    for _ in 0..250 {
+        batches = got.lock().clone();
+        if batches.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(batches.len(), 2, "{batches:?}");
+    let entries: Vec<&serde_json::Value> = batches
+        .iter()
+        .flat_map(|(ct, b)| {
+            assert_eq!(ct, "application/json");
+            b.as_array().expect("a batch of two is an array").iter()
+        })
+        .collect();
+    assert_eq!(entries.len(), 4, "{batches:?}");
+    let statuses: Vec<&serde_json::Value> =
+        entries.iter().map(|e| &e["response"]["status"]).collect();
+    assert_eq!(statuses, [200, 401, 404, 200], "{batches:?}");
+    let ok = entries[0];
+    assert_eq!(ok["request"]["uri"], "/logged/x?y=1");
+    assert_eq!(ok["request"]["headers"]["authorization"], "REDACTED");
+    assert_eq!(ok["upstream_uri"], "/base/x?y=1");
+    assert_eq!(ok["route"]["name"], "logged");
+    assert_eq!(ok["consumer"]["username"], "alice");
+    assert_eq!(ok["client_ip"], "127.0.0.1");
+    assert_eq!(entries[2]["source"], "kong");
+
+    // One at a time (Kong's default batch of one): the entry itself.
+    let (sink, got) = collector(0).await;
+    let (code, v) = post_config(
+        &gw,
+        &serde_json::json!({"_format_version": "3.0",
+        "plugins": [{"name": "http-log", "config": {"http_endpoint": format!("http://{sink}/")}}]}),
+    )
+    .await;
+    assert_eq!(code, 201, "{v}");
+    curl_h(s(&[&format!("{base}/nowhere/else")])).await;
+    for _ in 0..250 {
+        if !got.lock().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let one = got
+        .lock()
+        .first()
+        .map(|(_, b)| b.clone())
+        .expect("an entry");
+    assert_eq!(one["request"]["uri"], "/nowhere/else", "{one}");
+
+    for (config, field) in [
+        (serde_json::json!({}), "http_endpoint"),
+        (
+            serde_json::json!({"http_endpoint": "ftp://x/"}),
+            "http_endpoint",
+        ),
+        (
+            serde_json::json!({"http_endpoint": "http://x/", "method": "GET"}),
+            "method",
+        ),
+        (
+            serde_json::json!({"http_endpoint": "http://x/", "queue": {"max_batch_size": 0}}),
+            "queue.max_batch_size",
+        ),
+        (
+            serde_json::json!({"http_endpoint": "http://x/", "queue": {"max_coalescing_delay": -1}}),
+            "queue.max_coalescing_delay",
+        ),
+    ] {
+        let (code, v) = post_config(
+            &gw,
+            &serde_json::json!({"_format_version": "3.0",
+            "plugins": [{"name": "http-log", "config": config}]}),
+        )
+        .await;
+        assert_eq!(code, 400, "{v}");
+        assert!(
+            v["fields"]
+                .get(format!("plugins[0].config.{field}"))
+                .is_some(),
+            "{field}: {v}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn file_log_writes_kong_json_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let gw = logged_requests(
+        serde_json::json!({"name": "file-log", "config": {"path": log.display().to_string()}}),
+    )
+    .await;
     let mut lines = Vec::new();
     for _ in 0..100 {
         let text = std::fs::read_to_string(&log).unwrap_or_default();

@@ -1,0 +1,305 @@
+//! http-log: Kong's log serializer entries (as file-log writes them) sent
+//! to an HTTP endpoint (a log collector: Loki's, Logstash's or Vector's
+//! HTTP input). Requests only hand an entry to a bounded queue; one sender
+//! thread per instance batches them (Kong's `queue.max_batch_size`, at
+//! most `queue.max_coalescing_delay` seconds apart) and sends each batch,
+//! retrying with backoff for up to `queue.max_retry_time` seconds. A full
+//! queue drops the entry and counts it: a slow collector never slows a
+//! request. A batch of one is sent as the entry itself, a larger one as a
+//! JSON array (Kong's behaviour).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::StatusCode;
+use http::header::HeaderMap;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use super::{Ctx, Plugin, parse_config};
+use crate::declarative::Invalid;
+use crate::metrics::GatewayMetrics;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    http_endpoint: Option<String>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    content_type: Option<String>,
+    /// Milliseconds (Kong's default 10000).
+    #[serde(default)]
+    timeout: Option<u64>,
+    /// Milliseconds an idle connection is kept (Kong's default 60000).
+    #[serde(default)]
+    keepalive: Option<u64>,
+    #[serde(default)]
+    headers: Option<Map<String, Value>>,
+    #[serde(default)]
+    queue: Option<Queue>,
+    #[serde(default)]
+    custom_fields_by_lua: Option<Map<String, Value>>,
+}
+
+/// Kong 3's queue parameters (those Bronze honours).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Queue {
+    #[serde(default)]
+    max_batch_size: Option<usize>,
+    /// Seconds.
+    #[serde(default)]
+    max_coalescing_delay: Option<f64>,
+    #[serde(default)]
+    max_entries: Option<usize>,
+    /// Seconds.
+    #[serde(default)]
+    max_retry_time: Option<f64>,
+    /// Seconds.
+    #[serde(default)]
+    initial_retry_delay: Option<f64>,
+    /// Seconds.
+    #[serde(default)]
+    max_retry_delay: Option<f64>,
+}
+
+/// Where and how batches go.
+struct Target {
+    client: reqwest::Client,
+    endpoint: reqwest::Url,
+    method: reqwest::Method,
+    headers: reqwest::header::HeaderMap,
+    batch: usize,
+    coalesce: Duration,
+    retry_for: Duration,
+    first_retry: Duration,
+    max_retry: Duration,
+}
+
+pub struct HttpLog {
+    entries: mpsc::Sender<Value>,
+    dropped: AtomicU64,
+}
+
+/// Seconds as a duration: finite and not negative, or an error naming
+/// the field.
+fn seconds(v: Option<f64>, default: f64, field: &str) -> Result<Duration, Invalid> {
+    let s = v.unwrap_or(default);
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| Invalid::new(field, format!("{s}: expected seconds, 0 or more")))
+}
+
+impl HttpLog {
+    pub fn new(config: Option<&Value>, field: &str) -> Result<Self, Invalid> {
+        let c: Config = parse_config(config, field)?;
+        let f = |n: &str| format!("{field}.{n}");
+        if c.custom_fields_by_lua.is_some_and(|m| !m.is_empty()) {
+            return Err(Invalid::new(
+                f("custom_fields_by_lua"),
+                "not implemented: Bronze runs no Lua",
+            ));
+        }
+        let endpoint = c
+            .http_endpoint
+            .filter(|e| !e.is_empty())
+            .ok_or_else(|| Invalid::new(f("http_endpoint"), "required field missing"))?;
+        let endpoint = reqwest::Url::parse(&endpoint)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| {
+                Invalid::new(
+                    f("http_endpoint"),
+                    format!("{endpoint:?}: expected an http:// or https:// URL"),
+                )
+            })?;
+        let method = match c.method.as_deref().unwrap_or("POST") {
+            "POST" => reqwest::Method::POST,
+            "PUT" => reqwest::Method::PUT,
+            "PATCH" => reqwest::Method::PATCH,
+            other => {
+                return Err(Invalid::new(
+                    f("method"),
+                    format!("{other:?}: expected POST, PUT or PATCH"),
+                ));
+            }
+        };
+        let content_type = c.content_type.as_deref().unwrap_or("application/json");
+        if !matches!(
+            content_type,
+            "application/json" | "application/json; charset=utf-8"
+        ) {
+            return Err(Invalid::new(
+                f("content_type"),
+                format!("{content_type:?}: expected application/json"),
+            ));
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            reqwest::header::HeaderValue::from_static(if content_type.contains("charset") {
+                "application/json; charset=utf-8"
+            } else {
+                "application/json"
+            }),
+        );
+        for (name, value) in c.headers.iter().flatten() {
+            let bad = || {
+                Invalid::new(
+                    f(&format!("headers.{name}")),
+                    "expected a header name and a string value",
+                )
+            };
+            let n = reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
+            let v = value
+                .as_str()
+                .and_then(|v| reqwest::header::HeaderValue::from_str(v).ok())
+                .ok_or_else(bad)?;
+            headers.insert(n, v);
+        }
+        let q = c.queue.unwrap_or_default();
+        let batch = q.max_batch_size.unwrap_or(1);
+        let max_entries = q.max_entries.unwrap_or(10_000);
+        if batch == 0 || batch > 1_000_000 {
+            return Err(Invalid::new(
+                f("queue.max_batch_size"),
+                "expected 1 to 1000000",
+            ));
+        }
+        if max_entries == 0 || max_entries > 1_000_000 {
+            return Err(Invalid::new(
+                f("queue.max_entries"),
+                "expected 1 to 1000000",
+            ));
+        }
+        let ms = |v: Option<u64>, default: u64, name: &str| match v.unwrap_or(default) {
+            0 => Err(Invalid::new(f(name), "expected at least 1 (milliseconds)")),
+            n => Ok(Duration::from_millis(n)),
+        };
+        let timeout = ms(c.timeout, 10_000, "timeout")?;
+        let keepalive = ms(c.keepalive, 60_000, "keepalive")?;
+        bronze_runtime::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .pool_idle_timeout(keepalive)
+            .build()
+            .map_err(|e| Invalid::new(f("http_endpoint"), format!("cannot build a client: {e}")))?;
+        let target = Target {
+            client,
+            endpoint,
+            method,
+            headers,
+            batch,
+            coalesce: seconds(
+                q.max_coalescing_delay,
+                1.0,
+                &f("queue.max_coalescing_delay"),
+            )?,
+            retry_for: seconds(q.max_retry_time, 60.0, &f("queue.max_retry_time"))?,
+            first_retry: seconds(q.initial_retry_delay, 0.01, &f("queue.initial_retry_delay"))?,
+            max_retry: seconds(q.max_retry_delay, 60.0, &f("queue.max_retry_delay"))?,
+        };
+        let (entries, rx) = mpsc::channel::<Value>(max_entries);
+        std::thread::Builder::new()
+            .name("http-log".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(send_batches(target, rx)),
+                    Err(error) => tracing::warn!(%error, "http-log cannot start its sender"),
+                }
+            })
+            .map_err(|e| {
+                Invalid::new(f("http_endpoint"), format!("cannot start the sender: {e}"))
+            })?;
+        Ok(Self {
+            entries,
+            dropped: AtomicU64::new(0),
+        })
+    }
+}
+
+/// Until the instance is dropped (and its queue drained): gathers up to
+/// `batch` entries, waiting at most `coalesce` after the first, and sends
+/// them.
+async fn send_batches(t: Target, mut rx: mpsc::Receiver<Value>) {
+    let mut batch = Vec::with_capacity(t.batch);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + t.coalesce;
+        while batch.len() < t.batch {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(e)) => batch.push(e),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let body = if batch.len() == 1 {
+            batch.pop().unwrap_or_default()
+        } else {
+            Value::Array(std::mem::take(&mut batch))
+        };
+        batch.clear();
+        send(&t, body.to_string()).await;
+    }
+}
+
+/// Sends one batch, retrying failures (no answer, or not 2xx) with
+/// doubling delays for up to `retry_for`; then drops it with a warning.
+async fn send(t: &Target, body: String) {
+    let started = tokio::time::Instant::now();
+    let mut delay = t.first_retry;
+    loop {
+        let sent = t
+            .client
+            .request(t.method.clone(), t.endpoint.clone())
+            .headers(t.headers.clone())
+            .body(body.clone())
+            .send()
+            .await;
+        let failure = match sent {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => format!("status {}", r.status()),
+            Err(e) => e.to_string(),
+        };
+        if started.elapsed() + delay > t.retry_for {
+            tracing::warn!(endpoint = %t.endpoint, %failure, "http-log gave up on a batch");
+            return;
+        }
+        tracing::debug!(endpoint = %t.endpoint, %failure, "http-log retries a batch");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(t.max_retry);
+    }
+}
+
+impl Plugin for HttpLog {
+    fn name(&self) -> &'static str {
+        "http-log"
+    }
+
+    fn priority(&self) -> i32 {
+        12
+    }
+
+    fn sees_response_headers(&self) -> bool {
+        true
+    }
+
+    fn log(&self, ctx: &Ctx, status: StatusCode, headers: &HeaderMap, _m: &GatewayMetrics) {
+        match self
+            .entries
+            .try_send(super::file_log::entry(ctx, status, headers))
+        {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(dropped = n, "http-log is behind; entries dropped");
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
