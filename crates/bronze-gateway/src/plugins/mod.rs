@@ -20,7 +20,7 @@ pub(crate) mod basic_auth;
 mod cors;
 mod file_log;
 mod http_log;
-mod ip_restriction;
+pub(crate) mod ip_restriction;
 mod jwt;
 mod key_auth;
 mod prometheus;

@@ -13,6 +13,8 @@ use std::net::IpAddr;
 
 use http::HeaderName;
 
+use crate::plugins::ip_restriction::Cidr;
+
 /// Where a trusted peer says who the client is.
 #[derive(Debug, Clone)]
 pub struct RealIp {
@@ -72,48 +74,31 @@ pub struct Trust {
     pub real_ip: RealIp,
 }
 
-/// Addresses and CIDR blocks.
+/// Addresses and CIDR blocks (ip-restriction's `Cidr`).
 #[derive(Debug, Clone, Default)]
-pub struct TrustedIps(Vec<(IpAddr, u8)>);
+pub struct TrustedIps(Vec<Cidr>);
 
 impl TrustedIps {
     /// A comma-separated list of addresses and CIDR blocks, e.g.
     /// `10.0.0.0/8, 192.168.1.7, fd00::/8` (Kong's `0.0.0.0/0,::/0`
     /// trusts everyone); empty: no one. Errors name the bad entry.
     pub fn parse(list: &str) -> Result<Self, String> {
-        let mut nets = Vec::new();
-        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let bad = || format!("{entry:?}: expected an IP address or a CIDR block (10.0.0.0/8)");
-            let (ip, len) = match entry.split_once('/') {
-                Some((ip, len)) => (ip, Some(len)),
-                None => (entry, None),
-            };
-            let ip: IpAddr = ip.parse().map_err(|_| bad())?;
-            let max = if ip.is_ipv4() { 32 } else { 128 };
-            let len = match len {
-                None => max,
-                Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(bad)?,
-            };
-            nets.push((ip, len));
-        }
-        Ok(Self(nets))
+        list.split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|entry| {
+                Cidr::parse(entry).ok_or_else(|| {
+                    format!("{entry:?}: expected an IP address or a CIDR block (10.0.0.0/8)")
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
     }
 
     /// Whether `ip` is in one of the blocks (an IPv4 address seen as
     /// IPv4-mapped IPv6 counts as the IPv4 one).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        self.0.iter().any(|&(net, len)| match (net, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        })
+        self.0.iter().any(|c| c.contains(ip))
     }
 }
 
