@@ -49,6 +49,9 @@ pub struct Declarative {
     pub basicauth_credentials: Vec<BasicAuthCredential>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jwt_secrets: Vec<JwtSecret>,
+    /// The acl plugin's groups, each naming its `consumer`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acls: Vec<Acl>,
 }
 
 /// A foreign key as Kong's flat form writes it: a name or id, or
@@ -333,7 +336,23 @@ pub struct Consumer {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jwt_secrets: Vec<JwtSecret>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acls: Vec<Acl>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<Plugin>,
+}
+
+/// A consumer's membership of a group, for the acl plugin. `consumer` only
+/// at top level.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Acl {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub group: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<EntityRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// key-auth's credential. `consumer` only at top level.

@@ -161,6 +161,15 @@ pub static KINDS: &[Kind] = &[
         foreign: &[fk("consumer", "consumers", true)],
         generated: &["key", "secret"],
     },
+    Kind {
+        name: "acls",
+        path: Some("acls"),
+        scoped: "acls",
+        endpoint_key: None,
+        unique: &[&["consumer", "group"]],
+        foreign: &[fk("consumer", "consumers", true)],
+        generated: &[],
+    },
 ];
 
 pub fn kind(name: &str) -> Option<&'static Kind> {

@@ -16,6 +16,7 @@
 //! and some instance names that consumer, the rest of the request runs the
 //! chain compiled for that consumer (from the position reached).
 
+mod acl;
 pub(crate) mod basic_auth;
 mod cors;
 mod file_log;
@@ -54,6 +55,7 @@ pub const PLUGINS: &[(&str, i32)] = &[
     ("key-auth", 1250),
     ("basic-auth", 1100),
     ("ip-restriction", 990),
+    ("acl", 950),
     ("request-size-limiting", 951),
     ("rate-limiting", 910),
     ("request-transformer", 801),
@@ -70,7 +72,7 @@ const LOGGERS: &[&str] = &["file-log", "http-log"];
 
 /// Authentication plugins: cannot be scoped to a consumer (Kong's
 /// `no_consumer`).
-const NO_CONSUMER: &[&str] = &["cors", "jwt", "key-auth", "basic-auth", "prometheus"];
+const NO_CONSUMER: &[&str] = &["cors", "jwt", "key-auth", "basic-auth", "prometheus", "acl"];
 
 fn priority_of(name: &str) -> Option<i32> {
     PLUGINS.iter().find(|(n, _)| *n == name).map(|(_, p)| *p)
@@ -403,6 +405,8 @@ pub struct Credentials {
     pub basic: HashMap<String, basic_auth::Credential>,
     /// jwt: key to secret.
     pub jwt: HashMap<String, jwt::Secret>,
+    /// acl: each consumer's groups (by consumer index; sorted, distinct).
+    pub groups: HashMap<u32, Vec<String>>,
 }
 
 impl Credentials {
@@ -479,6 +483,9 @@ impl Credentials {
             for (j, cred) in k.jwt_secrets.iter().enumerate() {
                 c.add_jwt(cred, i as u32, &format!("{prefix}.jwt_secrets[{j}]"))?;
             }
+            for (j, acl) in k.acls.iter().enumerate() {
+                c.add_group(acl, i as u32, &format!("{prefix}.acls[{j}]"))?;
+            }
         }
         let owner = |r: &Option<EntityRef>, field: &str, c: &Credentials| {
             let r = r.as_ref().ok_or_else(|| {
@@ -508,6 +515,11 @@ impl Credentials {
             let field = format!("jwt_secrets[{j}]");
             let i = owner(&cred.consumer, &field, &c)?;
             c.add_jwt(cred, i, &field)?;
+        }
+        for (j, acl) in d.acls.iter().enumerate() {
+            let field = format!("acls[{j}]");
+            let i = owner(&acl.consumer, &field, &c)?;
+            c.add_group(acl, i, &field)?;
         }
         Ok(c)
     }
@@ -566,6 +578,34 @@ impl Credentials {
             ));
         }
         Ok(())
+    }
+}
+
+impl Credentials {
+    fn add_group(
+        &mut self,
+        acl: &declarative::Acl,
+        consumer: u32,
+        field: &str,
+    ) -> Result<(), Invalid> {
+        let group = acl.group.trim();
+        if group.is_empty() || HeaderValue::from_str(group).is_err() || group.contains(',') {
+            return Err(Invalid::new(
+                format!("{field}.group"),
+                "expected a group name (no comma)",
+            ));
+        }
+        let groups = self.groups.entry(consumer).or_default();
+        match groups.binary_search_by(|g| g.as_str().cmp(group)) {
+            Ok(_) => Err(Invalid::new(
+                format!("{field}.group"),
+                format!("UNIQUE violation: the consumer is in {group:?} already"),
+            )),
+            Err(at) => {
+                groups.insert(at, group.to_string());
+                Ok(())
+            }
+        }
     }
 }
 
@@ -942,6 +982,7 @@ fn build_one(
         "rate-limiting" => Arc::new(rate_limiting::RateLimiting::new(config, field, identity)?),
         "prometheus" => Arc::new(prometheus::Prometheus::new(config, field)?),
         "ip-restriction" => Arc::new(ip_restriction::IpRestriction::new(config, field)?),
+        "acl" => Arc::new(acl::Acl::new(config, field, credentials)?),
         "request-size-limiting" => Arc::new(request_size_limiting::RequestSizeLimiting::new(
             config, field,
         )?),
@@ -1031,13 +1072,14 @@ mod tests {
 
     #[test]
     fn unknown_names_list_what_exists() {
-        let e =
-            compiled(serde_json::json!({"_format_version": "3.0", "plugins": [{"name": "acl"}]}))
-                .err()
-                .unwrap();
+        let e = compiled(
+            serde_json::json!({"_format_version": "3.0", "plugins": [{"name": "oauth2"}]}),
+        )
+        .err()
+        .unwrap();
         assert_eq!(e.field, "plugins[0].name");
         assert!(
-            e.message.contains("'acl'") && e.message.contains("key-auth, basic-auth"),
+            e.message.contains("'oauth2'") && e.message.contains("key-auth, basic-auth"),
             "{e}"
         );
         assert_eq!(derived_id("consumer", "bob"), derived_id("consumer", "bob"));

@@ -1247,6 +1247,119 @@ async fn transformers_edit_headers_and_query_strings() {
     );
 }
 
+#[tokio::test]
+async fn acl_lets_groups_through_as_kong_does() {
+    let backend = echo("a").await;
+    let key_and_acl = |acl: serde_json::Value| serde_json::json!([{"name": "key-auth"}, {"name": "acl", "config": acl}]);
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "consumers": [
+            {"username": "alice", "keyauth_credentials": [{"key": "alice-key"}],
+             "acls": [{"group": "staff"}, {"group": "admins"}]},
+            {"username": "bob", "keyauth_credentials": [{"key": "bob-key"}]},
+            {"username": "carol", "keyauth_credentials": [{"key": "carol-key"}]}],
+        "acls": [{"consumer": "bob", "group": "guests"}],
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "admin", "paths": ["/admin"], "plugins": key_and_acl(serde_json::json!({"allow": ["admins"]}))},
+            {"name": "public", "paths": ["/public"], "plugins": key_and_acl(serde_json::json!({"deny": ["guests"]}))},
+            {"name": "quiet", "paths": ["/quiet"],
+             "plugins": key_and_acl(serde_json::json!({"allow": ["admins"], "hide_groups_header": true}))},
+            {"name": "noauth", "paths": ["/noauth"], "plugins": [{"name": "acl", "config": {"allow": ["admins"]}}]}
+        ]}]
+    }))
+    .await;
+    let base = format!("http://{}", gw.addr);
+    let get = |key: &str, path: &str| {
+        let args = s(&[
+            "-H",
+            &format!("apikey: {key}"),
+            "-H",
+            "X-Consumer-Groups: forged",
+            &format!("{base}{path}"),
+        ]);
+        async move { curl_h(args).await }
+    };
+    let forbidden = r#"{"message":"You cannot consume this service"}"#;
+    // allow: only a member of a listed group.
+    let (code, _, body) = get("alice-key", "/admin").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["headers"]["x-consumer-groups"], "admins, staff");
+    for key in ["bob-key", "carol-key"] {
+        let (code, _, body) = get(key, "/admin").await;
+        assert_eq!((code, body.as_str()), (403, forbidden), "{key}");
+    }
+    // deny: anyone not in a listed group, even in none; the client's own
+    // X-Consumer-Groups never goes upstream.
+    let (code, _, body) = get("bob-key", "/public").await;
+    assert_eq!((code, body.as_str()), (403, forbidden));
+    let (code, _, body) = get("carol-key", "/public").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        json(&body)["headers"].get("x-consumer-groups").is_none(),
+        "{body}"
+    );
+    let (code, _, body) = get("alice-key", "/quiet").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        json(&body)["headers"].get("x-consumer-groups").is_none(),
+        "{body}"
+    );
+    // No authenticated consumer: refused.
+    let (code, _, body) = get("alice-key", "/noauth").await;
+    assert_eq!((code, body.as_str()), (403, forbidden));
+    // A group given through the Admin API (Kong's path and form body).
+    let add_carol_to_admins = || {
+        curl_h(s(&[
+            "-X",
+            "POST",
+            "-d",
+            "group=admins",
+            &format!("http://{}/consumers/carol/acls", gw.admin),
+        ]))
+    };
+    let (code, _, body) = add_carol_to_admins().await;
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(json(&body)["group"], "admins");
+    let (code, _, body) = get("carol-key", "/admin").await;
+    assert_eq!(code, 200, "{body}");
+    // The same group twice for one consumer, and bad plugin settings.
+    let (code, _, body) = add_carol_to_admins().await;
+    assert_eq!(code, 409, "{body}");
+    refused(
+        &gw,
+        "acl",
+        &[
+            (serde_json::json!({"allow": ["a"], "deny": ["b"]}), "deny"),
+            (serde_json::json!({}), "allow"),
+            (
+                serde_json::json!({"allow": ["a"], "include_consumer_groups": true}),
+                "include_consumer_groups",
+            ),
+        ],
+    )
+    .await;
+}
+
+/// Each `(config, field)`: a global `plugin` with that config is refused
+/// by `POST /config` with a 400 naming `plugins[0].config.<field>`.
+async fn refused(gw: &Gw, plugin: &str, cases: &[(serde_json::Value, &str)]) {
+    for (config, field) in cases {
+        let (code, v) = post_config(
+            gw,
+            &serde_json::json!({"_format_version": "3.0",
+            "plugins": [{"name": plugin, "config": config}]}),
+        )
+        .await;
+        assert_eq!(code, 400, "{v}");
+        assert!(
+            v["fields"]
+                .get(format!("plugins[0].config.{field}"))
+                .is_some(),
+            "{plugin} {field}: {v}"
+        );
+    }
+}
+
 /// A gateway with the global plugin `logger` and the route `/logged`
 /// behind key-auth, after three requests: alice's to `/logged/x?y=1` (with
 /// an `Authorization` header, which logs must not show), one without a
@@ -1373,7 +1486,7 @@ async fn http_log_sends_kong_entries_in_batches_and_retries() {
         .expect("an entry");
     assert_eq!(one["request"]["uri"], "/nowhere/else", "{one}");
 
-    for (config, field) in [
+    refused(&gw, "http-log", &[
         (serde_json::json!({}), "http_endpoint"),
         (
             serde_json::json!({"http_endpoint": "ftp://x/"}),
@@ -1391,21 +1504,8 @@ async fn http_log_sends_kong_entries_in_batches_and_retries() {
             serde_json::json!({"http_endpoint": "http://x/", "queue": {"max_coalescing_delay": -1}}),
             "queue.max_coalescing_delay",
         ),
-    ] {
-        let (code, v) = post_config(
-            &gw,
-            &serde_json::json!({"_format_version": "3.0",
-            "plugins": [{"name": "http-log", "config": config}]}),
-        )
-        .await;
-        assert_eq!(code, 400, "{v}");
-        assert!(
-            v["fields"]
-                .get(format!("plugins[0].config.{field}"))
-                .is_some(),
-            "{field}: {v}"
-        );
-    }
+    ])
+    .await;
 }
 
 #[tokio::test]
