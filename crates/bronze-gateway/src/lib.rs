@@ -494,6 +494,17 @@ impl Server {
         if let Some(w) = watcher {
             let _ = w.await;
         }
+        // Loggers send what they still hold (http-log's batches), for at
+        // most 5 s.
+        let table = self.gateway.proxy.table.load();
+        let flushed: Vec<_> = table.plugins.0.iter().filter_map(|p| p.flush()).collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        for f in flushed {
+            if tokio::time::timeout_at(deadline, f).await.is_err() {
+                tracing::warn!("a log plugin did not finish sending before shutdown");
+                break;
+            }
+        }
         tracing::info!("gateway stopped");
         Ok(())
     }

@@ -156,6 +156,8 @@ pub struct Table {
     pub registry: Arc<Registry>,
     /// Global plugins, for requests no route matched.
     pub unmatched: crate::plugins::Chain,
+    /// Every plugin instance (shutdown flushes the loggers among them).
+    pub plugins: crate::plugins::Instances,
 }
 
 fn host_match(h: &str, field: &str) -> Result<HostMatch, Invalid> {
@@ -300,6 +302,7 @@ impl Table {
         let mut table = Table {
             registry: registry.clone(),
             unmatched: plugins.global("", ""),
+            plugins: plugins.all(),
             ..Table::default()
         };
         let mut names = std::collections::HashSet::new();

@@ -78,8 +78,15 @@ struct Target {
     max_retry: Duration,
 }
 
+/// What the sender thread gets: an entry, or a request to send what it
+/// holds now and say when that is done (shutdown).
+enum Msg {
+    Entry(Value),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 pub struct HttpLog {
-    entries: mpsc::Sender<Value>,
+    entries: mpsc::Sender<Msg>,
     dropped: AtomicU64,
 }
 
@@ -200,7 +207,7 @@ impl HttpLog {
             first_retry: seconds(q.initial_retry_delay, 0.01, &f("queue.initial_retry_delay"))?,
             max_retry: seconds(q.max_retry_delay, 60.0, &f("queue.max_retry_delay"))?,
         };
-        let (entries, rx) = mpsc::channel::<Value>(max_entries);
+        let (entries, rx) = mpsc::channel::<Msg>(max_entries);
         std::thread::Builder::new()
             .name("http-log".into())
             .spawn(move || {
@@ -224,25 +231,35 @@ impl HttpLog {
 
 /// Until the instance is dropped (and its queue drained): gathers up to
 /// `batch` entries, waiting at most `coalesce` after the first, and sends
-/// them.
-async fn send_batches(t: Target, mut rx: mpsc::Receiver<Value>) {
+/// them; a flush request sends what is gathered at once.
+async fn send_batches(t: Target, mut rx: mpsc::Receiver<Msg>) {
     let mut batch = Vec::with_capacity(t.batch);
     while let Some(first) = rx.recv().await {
-        batch.push(first);
+        let mut flushed = None;
+        match first {
+            Msg::Entry(e) => batch.push(e),
+            Msg::Flush(done) => flushed = Some(done),
+        }
         let deadline = tokio::time::Instant::now() + t.coalesce;
-        while batch.len() < t.batch {
+        while flushed.is_none() && batch.len() < t.batch {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(e)) => batch.push(e),
+                Ok(Some(Msg::Entry(e))) => batch.push(e),
+                Ok(Some(Msg::Flush(done))) => flushed = Some(done),
                 Ok(None) | Err(_) => break,
             }
         }
-        let body = if batch.len() == 1 {
-            batch.pop().unwrap_or_default()
-        } else {
-            Value::Array(std::mem::take(&mut batch))
-        };
-        batch.clear();
-        send(&t, body.to_string()).await;
+        if !batch.is_empty() {
+            let body = if batch.len() == 1 {
+                batch.pop().unwrap_or_default()
+            } else {
+                Value::Array(std::mem::take(&mut batch))
+            };
+            batch.clear();
+            send(&t, body.to_string()).await;
+        }
+        if let Some(done) = flushed {
+            let _ = done.send(());
+        }
     }
 }
 
@@ -287,11 +304,15 @@ impl Plugin for HttpLog {
         true
     }
 
+    fn flush(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        self.entries.try_send(Msg::Flush(done)).ok()?;
+        Some(flushed)
+    }
+
     fn log(&self, ctx: &Ctx, status: StatusCode, headers: &HeaderMap, _m: &GatewayMetrics) {
-        match self
-            .entries
-            .try_send(super::file_log::entry(ctx, status, headers))
-        {
+        let entry = Msg::Entry(super::file_log::entry(ctx, status, headers));
+        match self.entries.try_send(entry) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;

@@ -196,6 +196,11 @@ pub trait Plugin: Send + Sync + 'static {
     fn sees_response_headers(&self) -> bool {
         false
     }
+    /// A logger sends what it holds now (at shutdown): resolves when it
+    /// is done; `None` for plugins that hold nothing.
+    fn flush(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        None
+    }
     /// An instance of its own for a given route (per-route state such as
     /// metric handles); `None`: the route shares this one.
     fn for_route(&self, _route: &str, _service: &str) -> Option<Arc<dyn Plugin>> {
@@ -691,6 +696,18 @@ struct Instance {
     plugin: Arc<dyn Plugin>,
 }
 
+/// A configuration's plugin instances, in no particular order.
+#[derive(Default, Clone)]
+pub struct Instances(pub Vec<Arc<dyn Plugin>>);
+
+impl std::fmt::Debug for Instances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|p| p.name()))
+            .finish()
+    }
+}
+
 /// Every plugin instance of a configuration, compiled.
 pub struct Compiled {
     instances: Vec<Instance>,
@@ -936,6 +953,11 @@ impl Compiled {
             copy_request,
             by_consumer: (!by.is_empty()).then(|| Arc::new(by)),
         }
+    }
+
+    /// Every instance, for shutdown's `Plugin::flush`.
+    pub fn all(&self) -> Instances {
+        Instances(self.instances.iter().map(|i| i.plugin.clone()).collect())
     }
 
     /// Global instances: what requests no route matched see (their log

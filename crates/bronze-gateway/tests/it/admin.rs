@@ -22,7 +22,7 @@ pub(super) struct Running {
 
 impl Running {
     /// Stops the gateway and waits until it let go of its store.
-    async fn stop(self) {
+    pub(super) async fn stop(self) {
         self.shutdown.trigger();
         self.task.await.expect("gateway task");
     }

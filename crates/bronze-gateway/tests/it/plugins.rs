@@ -1360,6 +1360,37 @@ async fn refused(gw: &Gw, plugin: &str, cases: &[(serde_json::Value, &str)]) {
     }
 }
 
+#[tokio::test]
+async fn http_log_sends_what_it_holds_when_the_gateway_stops() {
+    let (sink, got) = collector(0).await;
+    let backend = echo("a").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kong.json");
+    // Batches of 100, a minute apart: nothing would go before the stop.
+    let doc = serde_json::json!({"_format_version": "3.0",
+        "plugins": [{"name": "http-log", "config": {"http_endpoint": format!("http://{sink}/"),
+            "queue": {"max_batch_size": 100, "max_coalescing_delay": 60}}}],
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "r", "paths": ["/r"]}]}]});
+    std::fs::write(&path, doc.to_string()).expect("write");
+    let mut config = bronze_gateway::Config::ephemeral();
+    config.declarative_config = path.display().to_string();
+    let gw = super::admin::start(config).await;
+    for _ in 0..2 {
+        let (code, _, _) = curl_h(s(&[&format!("http://{}/r", gw.addr)])).await;
+        assert_eq!(code, 200);
+    }
+    assert!(got.lock().is_empty(), "sent before the stop");
+    gw.stop().await;
+    let batches = got.lock().clone();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    assert_eq!(
+        batches[0].1.as_array().map(Vec::len),
+        Some(2),
+        "{batches:?}"
+    );
+}
+
 /// A gateway with the global plugin `logger` and the route `/logged`
 /// behind key-auth, after three requests: alice's to `/logged/x?y=1` (with
 /// an `Authorization` header, which logs must not show), one without a
