@@ -39,8 +39,7 @@ pub struct Healthchecks {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Active {
-    /// `http` (Kong's default), `https` or `tcp` (Kong also has grpc and
-    /// grpcs).
+    /// `http` (Kong's default), `https`, `tcp`, `grpc` or `grpcs`.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// Seconds (Kong's default 1).
@@ -230,16 +229,21 @@ pub struct ActiveSettings {
 /// What an active check does.
 #[derive(Debug, Clone)]
 pub enum CheckKind {
-    /// `GET http_path` over HTTP/1.1.
-    Http,
-    /// The same over TLS: `sni` (default: the target's host) is sent and,
-    /// with `verify`, checked against the certificate.
-    Https {
-        sni: Option<rustls_pki_types::ServerName<'static>>,
-        verify: bool,
-    },
+    /// `GET http_path` over HTTP/1.1 (`https`: in TLS).
+    Http { tls: Option<TlsCheck> },
+    /// The gRPC health protocol (`grpc.health.v1.Health/Check`, the
+    /// server as a whole) over HTTP/2: h2c, or TLS for `grpcs`.
+    Grpc { tls: Option<TlsCheck> },
     /// A TCP connection that opens is a success.
     Tcp,
+}
+
+/// TLS for a check: `sni` (default: the target's host) is sent and, with
+/// `verify`, checked against the certificate.
+#[derive(Debug, Clone)]
+pub struct TlsCheck {
+    pub sni: Option<rustls_pki_types::ServerName<'static>>,
+    pub verify: bool,
 }
 
 /// An upstream's compiled balancing settings.
@@ -514,32 +518,39 @@ pub fn compile(u: &Upstream, prefix: &str) -> Result<Settings, Invalid> {
     s.passive = passive_thresholds(&passive);
     if let Some(a) = hc.active {
         let f = |x: &str| field(&format!("healthchecks.active.{x}"));
-        let kind = match a.kind.as_deref().unwrap_or("http") {
-            "http" => CheckKind::Http,
-            "tcp" => CheckKind::Tcp,
-            "https" => CheckKind::Https {
-                sni: match &a.https_sni {
-                    None => None,
-                    Some(n) => Some(
-                        crate::upstream::UpstreamTls::new(n, true)
-                            .map_err(|why| Invalid::new(f("https_sni"), why))?
-                            .name,
-                    ),
-                },
+        let kind = a.kind.as_deref().unwrap_or("http");
+        let tls = if matches!(kind, "https" | "grpcs") {
+            let sni = match &a.https_sni {
+                None => None,
+                Some(n) => Some(
+                    crate::upstream::UpstreamTls::new(n, true)
+                        .map_err(|why| Invalid::new(f("https_sni"), why))?
+                        .name,
+                ),
+            };
+            Some(TlsCheck {
+                sni,
                 verify: a.https_verify_certificate.unwrap_or(true),
-            },
+            })
+        } else if a.https_sni.is_some() {
+            return Err(Invalid::new(
+                f("https_sni"),
+                "only for https and grpcs checks",
+            ));
+        } else {
+            None
+        };
+        let kind = match kind {
+            "http" | "https" => CheckKind::Http { tls },
+            "grpc" | "grpcs" => CheckKind::Grpc { tls },
+            "tcp" => CheckKind::Tcp,
             k => {
                 return Err(Invalid::new(
                     f("type"),
-                    format!(
-                        "{k:?}: expected http, https or tcp (grpc checks are not supported yet)"
-                    ),
+                    format!("{k:?}: expected http, https, tcp, grpc or grpcs"),
                 ));
             }
         };
-        if a.https_sni.is_some() && !matches!(kind, CheckKind::Https { .. }) {
-            return Err(Invalid::new(f("https_sni"), "only for https checks"));
-        }
         let h = a.healthy.clone().unwrap_or_default();
         let un = a.unhealthy.clone().unwrap_or_default();
         let healthy_interval = seconds(h.interval, &f("healthy.interval"), 0.0)?;

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::config::{ActiveSettings, CheckKind};
+use super::config::{ActiveSettings, CheckKind, TlsCheck};
 use super::{Outcome, TargetState, Upstream};
 use crate::upstream::tls::Clients;
 use crate::upstream::{UpIo, UpstreamTls};
@@ -34,40 +34,59 @@ async fn probe(active: &ActiveSettings, tls: Option<&Clients>, target: &TargetSt
         return Outcome::TcpFailure;
     };
     let _ = tcp.set_nodelay(true);
-    let io = match &active.kind {
-        CheckKind::Tcp => return Outcome::Connected,
-        CheckKind::Http => UpIo::Left(tcp),
-        CheckKind::Https { sni, verify } => {
-            let host = target
-                .addr
-                .rsplit_once(':')
-                .map_or(&*target.addr, |(h, _)| h)
-                .trim_start_matches('[')
-                .trim_end_matches(']');
-            let name = match sni {
-                Some(n) => n.clone(),
-                None => match UpstreamTls::new(host, *verify) {
-                    Ok(t) => t.name,
-                    Err(_) => return Outcome::TcpFailure,
-                },
-            };
-            let settings = UpstreamTls {
-                name: name.clone(),
-                verify: *verify,
-            };
-            let Some(clients) = tls else {
-                return Outcome::TcpFailure;
-            };
-            let connector = tokio_rustls::TlsConnector::from(clients.config(&settings, false));
-            match connector.connect(name, tcp).await {
-                Ok(s) => UpIo::Right(Box::new(s)),
-                Err(error) => {
-                    tracing::debug!(target = %target.addr, %error, "health check TLS handshake failed");
-                    return Outcome::TcpFailure;
-                }
-            }
-        }
+    let (check_tls, grpc) = match &active.kind {
+        CheckKind::Tcp => return Outcome::Passed,
+        CheckKind::Http { tls } => (tls, false),
+        CheckKind::Grpc { tls } => (tls, true),
     };
+    let io = match check_tls {
+        None => UpIo::Left(tcp),
+        Some(check) => match handshake(tcp, check, tls, target, grpc).await {
+            Some(s) => UpIo::Right(Box::new(s)),
+            None => return Outcome::TcpFailure,
+        },
+    };
+    if grpc {
+        grpc_health(io, check_tls.is_some(), target).await
+    } else {
+        http_get(io, active, target).await
+    }
+}
+
+/// The TLS handshake of an `https`/`grpcs` check (ALPN h2 for gRPC).
+async fn handshake(
+    tcp: TcpStream,
+    check: &TlsCheck,
+    clients: Option<&Clients>,
+    target: &TargetState,
+    h2: bool,
+) -> Option<tokio_rustls::client::TlsStream<TcpStream>> {
+    let host = target
+        .addr
+        .rsplit_once(':')
+        .map_or(&*target.addr, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = match &check.sni {
+        Some(n) => n.clone(),
+        None => UpstreamTls::new(host, check.verify).ok()?.name,
+    };
+    let settings = UpstreamTls {
+        name: name.clone(),
+        verify: check.verify,
+    };
+    let connector = tokio_rustls::TlsConnector::from(clients?.config(&settings, h2));
+    connector
+        .connect(name, tcp)
+        .await
+        .map_err(|error| {
+            tracing::debug!(target = %target.addr, %error, "health check TLS handshake failed");
+        })
+        .ok()
+}
+
+/// `GET http_path` over HTTP/1.1: the answer's status.
+async fn http_get(io: UpIo, active: &ActiveSettings, target: &TargetState) -> Outcome {
     let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await
     else {
         return Outcome::TcpFailure;
@@ -86,6 +105,57 @@ async fn probe(active: &ActiveSettings, tls: Option<&Clients>, target: &TargetSt
     match sender.send_request(req).await {
         Ok(resp) => Outcome::Status(resp.status().as_u16()),
         Err(_) => Outcome::TcpFailure,
+    }
+}
+
+/// `grpc.health.v1.Health/Check` for the whole server (an empty
+/// request): passed when it answers SERVING.
+async fn grpc_health(io: UpIo, tls: bool, target: &TargetState) -> Outcome {
+    use http_body_util::BodyExt;
+    let Ok((mut sender, conn)) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await
+    else {
+        return Outcome::TcpFailure;
+    };
+    tokio::spawn(conn);
+    let scheme = if tls { "https" } else { "http" };
+    // One gRPC message: not compressed, 0 bytes (HealthCheckRequest{}).
+    let request = http::Request::post(format!(
+        "{scheme}://{}/grpc.health.v1.Health/Check",
+        target.addr
+    ))
+    .header(http::header::CONTENT_TYPE, "application/grpc")
+    .header(http::header::TE, "trailers")
+    .header(http::header::USER_AGENT, "bronze-gateway health check")
+    .body(http_body_util::Full::new(Bytes::from_static(&[
+        0, 0, 0, 0, 0,
+    ])));
+    let Ok(request) = request else {
+        return Outcome::TcpFailure;
+    };
+    let resp = match sender.send_request(request).await {
+        Ok(r) => r,
+        Err(_) => return Outcome::TcpFailure,
+    };
+    if resp.status() != http::StatusCode::OK {
+        return Outcome::Status(resp.status().as_u16());
+    }
+    let (parts, body) = resp.into_parts();
+    let Ok(collected) = body.collect().await else {
+        return Outcome::TcpFailure;
+    };
+    let status = |h: Option<&http::HeaderMap>| {
+        h.and_then(|h| h.get("grpc-status"))
+            .map(|v| v.as_bytes().to_vec())
+    };
+    let trailers = collected.trailers().cloned();
+    let grpc_status = status(trailers.as_ref()).or_else(|| status(Some(&parts.headers)));
+    // HealthCheckResponse{status: SERVING}: field 1, varint 1.
+    let serving = collected.to_bytes()[..] == [0, 0, 0, 0, 2, 0x08, 0x01];
+    if grpc_status.as_deref() == Some(b"0") && serving {
+        Outcome::Passed
+    } else {
+        Outcome::Failed
     }
 }
 

@@ -61,8 +61,12 @@ struct Counters {
 pub enum Outcome {
     /// The target answered with this status.
     Status(u16),
-    /// A TCP check's connection opened.
-    Connected,
+    /// A check without an HTTP status passed (a TCP connection opened, a
+    /// gRPC server said SERVING).
+    Passed,
+    /// A gRPC health check answered, but not SERVING: counted as an HTTP
+    /// failure.
+    Failed,
     /// Could not connect, or the connection broke.
     TcpFailure,
     Timeout,
@@ -135,7 +139,8 @@ impl TargetState {
             Outcome::Status(s) if t.unhealthy_statuses.contains(s) => Some(0),
             Outcome::Status(s) if t.healthy_statuses.contains(s) => None,
             Outcome::Status(_) => return,
-            Outcome::Connected => None,
+            Outcome::Passed => None,
+            Outcome::Failed => Some(0),
             Outcome::TcpFailure => Some(1),
             Outcome::Timeout => Some(2),
         };

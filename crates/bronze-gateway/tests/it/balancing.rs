@@ -914,14 +914,14 @@ async fn bad_upstream_configurations_are_refused_naming_the_field() {
             "",
         ),
         (
-            json!({"healthchecks": {"active": {"type": "grpc"}}}),
+            json!({"healthchecks": {"active": {"type": "udp"}}}),
             "upstreams[0].healthchecks.active.type",
-            "expected http, https or tcp",
+            "expected http, https, tcp, grpc or grpcs",
         ),
         (
             json!({"healthchecks": {"active": {"type": "http", "https_sni": "a.test"}}}),
             "upstreams[0].healthchecks.active.https_sni",
-            "only for https checks",
+            "only for https and grpcs checks",
         ),
         (
             json!({"healthchecks": {"active": {"type": "https", "https_sni": "not a name"}}}),
@@ -1015,6 +1015,63 @@ pub(super) fn health_of(v: &Value, addr: SocketAddr) -> Option<String> {
         .find(|e| e["target"] == addr.to_string())
         .and_then(|e| e["health"].as_str())
         .map(str::to_string)
+}
+
+/// Waits (at most 15 s) until the admin API shows `addr` in upstream
+/// `name` with `health`; the last answer.
+async fn health_becomes(gw: &Gw, name: &str, addr: SocketAddr, health: &str) -> Value {
+    let c = client();
+    let path = format!("/upstreams/{name}/health");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, v) = admin_get(&c, gw, &path).await;
+        if health_of(&v, addr).as_deref() == Some(health) || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `type: grpc` checks speak the gRPC health protocol (tonic-health's
+/// server): SERVING is healthy, NOT_SERVING and a dead port are not.
+#[tokio::test]
+async fn grpc_active_checks_follow_the_health_protocol() {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let down = dead_port();
+    let gw = gateway(
+        json!({"_format_version": "3.0", "upstreams": [{"name": "grpc-pool",
+        "healthchecks": {"active": {"type": "grpc", "timeout": 1,
+            "healthy": {"interval": 0.1, "successes": 1},
+            "unhealthy": {"interval": 0.1, "http_failures": 1, "tcp_failures": 1}}},
+        "targets": [{"target": addr.to_string()}, {"target": down.to_string()}]}]}),
+    )
+    .await;
+    let v = health_becomes(&gw, "grpc-pool", addr, "HEALTHY").await;
+    assert_eq!(health_of(&v, addr).as_deref(), Some("HEALTHY"), "{v}");
+    let v = health_becomes(&gw, "grpc-pool", down, "UNHEALTHY").await;
+    assert_eq!(health_of(&v, down).as_deref(), Some("UNHEALTHY"), "{v}");
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let v = health_becomes(&gw, "grpc-pool", addr, "UNHEALTHY").await;
+    assert_eq!(health_of(&v, addr).as_deref(), Some("UNHEALTHY"), "{v}");
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let v = health_becomes(&gw, "grpc-pool", addr, "HEALTHY").await;
+    assert_eq!(health_of(&v, addr).as_deref(), Some("HEALTHY"), "{v}");
 }
 
 #[tokio::test]
