@@ -202,10 +202,15 @@ impl Server {
             let svc =
                 DiscoveryServer::new(grpc::DiscoveryService::new(agent.clone(), shutdown.clone()));
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+            let (reporter, health) = bronze_runtime::grpc::health();
             tokio::spawn(async move {
                 tonic::transport::Server::builder()
+                    .add_service(health)
                     .add_service(svc)
-                    .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await })
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        shutdown.wait().await;
+                        bronze_runtime::grpc::draining(&reporter).await;
+                    })
                     .await
             })
         };

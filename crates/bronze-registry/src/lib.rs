@@ -236,10 +236,17 @@ impl Server {
             shutdown: shutdown.clone(),
         });
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
+        // grpc.health.v1 (grpc_health_probe, the gateway's grpc checks):
+        // SERVING until the drain starts.
+        let (reporter, health) = bronze_runtime::grpc::health();
         let grpc = tokio::spawn(async move {
             tonic::transport::Server::builder()
+                .add_service(health)
                 .add_service(svc)
-                .serve_with_incoming_shutdown(incoming, async move { grpc_shutdown.wait().await })
+                .serve_with_incoming_shutdown(incoming, async move {
+                    grpc_shutdown.wait().await;
+                    bronze_runtime::grpc::draining(&reporter).await;
+                })
                 .await
         });
         // Stale uploads are purged hourly.

@@ -7,9 +7,13 @@
 //!   they return.
 //! * [`serve::serve`] (feature `serve`): the HTTP accept loop, plain or
 //!   TLS, shared by every listener.
+//! * [`grpc`] (feature `grpc`): the gRPC health service of every gRPC
+//!   port.
 
 pub mod config;
 pub mod duration;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 pub mod proxy_protocol;
 #[cfg(feature = "serve")]
 pub mod serve;

@@ -508,3 +508,13 @@ async fn external_ttl_checks_are_left_to_the_service() {
     );
     s.stop().await;
 }
+
+/// grpc.health.v1 beside the API (grpc_health_probe, bronze-gateway's
+/// `grpc` active checks): the server as a whole is SERVING.
+#[tokio::test]
+async fn the_grpc_health_service_answers_serving() {
+    let r = Running::start().await;
+    let status = bronze_runtime::grpc::serving(r.grpc, "").await;
+    assert!(status.expect("check"), "SERVING");
+    r.stop().await;
+}

@@ -1036,9 +1036,9 @@ async fn health_becomes(gw: &Gw, name: &str, addr: SocketAddr, health: &str) -> 
 /// server): SERVING is healthy, NOT_SERVING and a dead port are not.
 #[tokio::test]
 async fn grpc_active_checks_follow_the_health_protocol() {
-    let (reporter, service) = tonic_health::server::health_reporter();
+    let (reporter, service) = bronze_runtime::grpc::health();
     reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .set_service_status("", bronze_runtime::grpc::ServingStatus::Serving)
         .await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -1063,12 +1063,12 @@ async fn grpc_active_checks_follow_the_health_protocol() {
     let v = health_becomes(&gw, "grpc-pool", down, "UNHEALTHY").await;
     assert_eq!(health_of(&v, down).as_deref(), Some("UNHEALTHY"), "{v}");
     reporter
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .set_service_status("", bronze_runtime::grpc::ServingStatus::NotServing)
         .await;
     let v = health_becomes(&gw, "grpc-pool", addr, "UNHEALTHY").await;
     assert_eq!(health_of(&v, addr).as_deref(), Some("UNHEALTHY"), "{v}");
     reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .set_service_status("", bronze_runtime::grpc::ServingStatus::Serving)
         .await;
     let v = health_becomes(&gw, "grpc-pool", addr, "HEALTHY").await;
     assert_eq!(health_of(&v, addr).as_deref(), Some("HEALTHY"), "{v}");

@@ -21,6 +21,17 @@ async fn client(r: &Reg) -> pb::registry_client::RegistryClient<tonic::transport
         .expect("grpc")
 }
 
+/// grpc.health.v1 beside the event stream: SERVING for the server as a
+/// whole, NOT_FOUND for a service name it does not know.
+#[tokio::test]
+async fn the_grpc_port_answers_health_checks() {
+    let r = Reg::start().await;
+    let whole = bronze_runtime::grpc::serving(r.grpc, "").await;
+    assert!(whole.expect("check"), "SERVING");
+    let unknown = bronze_runtime::grpc::serving(r.grpc, "no.such.Service").await;
+    assert_eq!(unknown.expect_err("unknown").code(), tonic::Code::NotFound);
+}
+
 #[tokio::test]
 async fn pushes_and_deletes_stream_as_events() {
     let r = Reg::start().await;
