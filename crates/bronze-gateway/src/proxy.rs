@@ -503,6 +503,10 @@ impl Proxy {
             peer: client.ip(),
             path,
             query: req.uri().query(),
+            consumer: ctx
+                .as_ref()
+                .and_then(|c| c.consumer.as_ref())
+                .map(|c| c.id.as_str()),
         });
         service.budget.request();
         let mut pick = match service.upstream.pick(&key, None).await {

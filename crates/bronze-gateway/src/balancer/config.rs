@@ -177,6 +177,8 @@ pub enum HashOn {
     Cookie(String, String),
     Path,
     QueryArg(String),
+    /// The consumer an auth plugin identified (its id).
+    Consumer,
 }
 
 #[derive(Debug, Clone)]
@@ -388,11 +390,12 @@ fn hash_on(
             }
             HashOn::Cookie(name, path)
         }
-        "consumer" | "uri_capture" => {
+        "consumer" => HashOn::Consumer,
+        "uri_capture" => {
             return Err(Invalid::new(
                 field(name),
                 format!(
-                    "{:?} is not implemented yet; expected none, ip, header, cookie, path or query_arg",
+                    "{:?} is not implemented yet; expected none, ip, header, cookie, path, query_arg or consumer",
                     what.unwrap_or("")
                 ),
             ));

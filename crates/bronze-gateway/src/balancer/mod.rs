@@ -433,6 +433,8 @@ pub struct RequestInfo<'a> {
     pub peer: IpAddr,
     pub path: &'a str,
     pub query: Option<&'a str>,
+    /// The id of the consumer an auth plugin identified, if any.
+    pub consumer: Option<&'a str>,
 }
 
 /// A request's hash (if the upstream hashes and the request has the value)
@@ -472,6 +474,7 @@ fn hash_of(on: &HashOn, r: &RequestInfo<'_>) -> Option<u64> {
             Some(hash64(&parts))
         }
         HashOn::Path => Some(hash64(&[r.path.as_bytes()])),
+        HashOn::Consumer => r.consumer.map(|c| hash64(&[c.as_bytes()])),
         HashOn::QueryArg(name) => r.query.and_then(|q| {
             q.split('&').find_map(|kv| {
                 let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
@@ -1170,6 +1173,7 @@ mod tests {
             peer: IpAddr::from([127, 0, 0, 1]),
             path: "/",
             query: None,
+            consumer: None,
         });
         u.try_pick(&key, None).expect("pick").addr().to_string()
     }

@@ -306,6 +306,34 @@ async fn hashing_on_client_ip_and_on_path() {
     assert!(owners.len() > 1, "paths spread: {owners:?}");
 }
 
+/// `hash_on: consumer`: each consumer key-auth identifies sticks to one
+/// target; consumers spread over them.
+#[tokio::test]
+async fn hashing_on_the_consumer() {
+    let (a, _) = named("a", Duration::ZERO).await;
+    let (b, _) = named("b", Duration::ZERO).await;
+    let (c3, _) = named("c", Duration::ZERO).await;
+    let mut config = pool(&[a, b, c3], json!({"hash_on": "consumer"}));
+    config["consumers"] = (0..12)
+        .map(|k| json!({"username": format!("user{k}"), "keyauth_credentials": [{"key": format!("key{k}")}]}))
+        .collect();
+    config["plugins"] = json!([{"name": "key-auth"}]);
+    let gw = gateway(config).await;
+    let c = client();
+    let url = format!("http://{}/x", gw.addr);
+    let mut owners = std::collections::HashSet::new();
+    for k in 0..12 {
+        let key = format!("key{k}");
+        let (code, first) = get(&c, &url, &[("apikey", &key)]).await;
+        assert_eq!(code, 200, "{first}");
+        for _ in 0..3 {
+            assert_eq!(get(&c, &url, &[("apikey", &key)]).await.1, first, "{key}");
+        }
+        owners.insert(first);
+    }
+    assert!(owners.len() > 1, "consumers spread: {owners:?}");
+}
+
 #[tokio::test]
 async fn sticky_cookie_is_set_when_absent_and_honoured() {
     let (a, _) = named("a", Duration::ZERO).await;
@@ -935,7 +963,7 @@ async fn bad_upstream_configurations_are_refused_naming_the_field() {
         ),
         (json!({"slots": 5}), "upstreams[0].slots", "10-65536"),
         (
-            json!({"hash_on": "consumer"}),
+            json!({"hash_on": "uri_capture"}),
             "upstreams[0].hash_on",
             "not implemented",
         ),
