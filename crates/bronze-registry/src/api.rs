@@ -187,8 +187,11 @@ fn needs(route: &Route, method: &Method) -> Vec<Need> {
 
 /// `/token`: the Docker token endpoint (token mode only). `GET` with
 /// optional Basic credentials (none: an anonymous token), or `POST` with
-/// an OAuth2 password grant. The token grants the asked-for scopes the
-/// caller may have, and nothing else.
+/// an OAuth2 password or refresh-token grant. The token grants the
+/// asked-for scopes the caller may have, and nothing else. With
+/// `offline_token=true` (GET) or `access_type=offline` (POST) a user also
+/// gets a refresh token, which `docker login` keeps instead of the
+/// password; it lasts 90 days or until the user's password changes.
 pub async fn token(State(app): State<App>, req: Request) -> Response {
     let oauth_error = |status: StatusCode, error: &str, description: String| {
         let body = json!({"error": error, "error_description": description}).to_string();
@@ -199,6 +202,10 @@ pub async fn token(State(app): State<App>, req: Request) -> Response {
     }
     let mut fields = params(&req);
     let mut credentials = crate::auth::basic_credentials(req.headers());
+    // Docker's offline token: a refresh token with the access token, which
+    // `docker login` keeps instead of the password.
+    let mut offline = param(&fields, "offline_token") == Some("true");
+    let mut presented_refresh = None;
     if req.method() == Method::POST {
         let body = match axum::body::to_bytes(req.into_body(), 64 << 10).await {
             Ok(b) => b,
@@ -221,22 +228,34 @@ pub async fn token(State(app): State<App>, req: Request) -> Response {
             }
         };
         match param(&form, "grant_type") {
-            Some("password") => {}
+            Some("password") => match (param(&form, "username"), param(&form, "password")) {
+                (Some(u), Some(pw)) => {
+                    credentials = Some((u.to_string(), pw.to_string()));
+                    offline = param(&form, "access_type") == Some("offline");
+                }
+                _ => {
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "username and password: expected both".into(),
+                    );
+                }
+            },
+            Some("refresh_token") => match param(&form, "refresh_token") {
+                Some(t) if !t.is_empty() => presented_refresh = Some(t.to_string()),
+                _ => {
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "refresh_token: expected the refresh token".into(),
+                    );
+                }
+            },
             other => {
                 return oauth_error(
                     StatusCode::BAD_REQUEST,
                     "unsupported_grant_type",
-                    format!("grant_type {other:?}: expected \"password\""),
-                );
-            }
-        }
-        match (param(&form, "username"), param(&form, "password")) {
-            (Some(u), Some(pw)) => credentials = Some((u.to_string(), pw.to_string())),
-            _ => {
-                return oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "username and password: expected both".into(),
+                    format!("grant_type {other:?}: expected \"password\" or \"refresh_token\""),
                 );
             }
         }
@@ -253,15 +272,27 @@ pub async fn token(State(app): State<App>, req: Request) -> Response {
             format!("service {service:?}: expected {:?}", app.auth.service()),
         );
     }
-    let who = match credentials {
-        Some((user, password)) => {
+    let who = match (presented_refresh.as_deref(), credentials) {
+        (Some(refresh), _) => match app.auth.redeem_refresh(refresh) {
+            Some(who) => who,
+            None => {
+                tracing::info!("token refused: refresh token expired, revoked or not from here");
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "refresh_token: expired, revoked (the password changed) or not issued here"
+                        .into(),
+                );
+            }
+        },
+        (None, Some((user, password))) => {
             if !app.auth.verify_password(&user, &password).await {
                 tracing::info!(user, "token refused: wrong user name or password");
                 return RegistryError::Unauthorized.into_response();
             }
             Identity::User(user)
         }
-        None => Identity::Anonymous,
+        (None, None) => Identity::Anonymous,
     };
     let scopes: Vec<String> = fields
         .iter()
@@ -270,13 +301,22 @@ pub async fn token(State(app): State<App>, req: Request) -> Response {
         .collect();
     let (token, granted) = app.auth.issue(&who, &scopes);
     tracing::debug!(user = who.name(), ?granted, "token issued");
-    let body = json!({
+    let mut body = json!({
         "token": token,
         "access_token": token,
         "expires_in": app.auth.token_ttl().as_secs(),
         "issued_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-    })
-    .to_string();
+    });
+    // A refresh grant gets its token back; an offline request a new one.
+    let refresh = match (&presented_refresh, &who) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Identity::User(user)) if offline => app.auth.issue_refresh(user),
+        _ => None,
+    };
+    if let Some(t) = refresh {
+        body["refresh_token"] = t.into();
+    }
+    let body = body.to_string();
     let mut r = json_body(StatusCode::OK, Vec::new(), body, "application/json");
     r.extensions_mut().insert(who);
     r

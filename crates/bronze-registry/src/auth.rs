@@ -222,6 +222,23 @@ struct Claims {
     access: Vec<Grant>,
 }
 
+/// A refresh token's claims (Docker's `offline_token`, what `docker
+/// login` keeps instead of the password): whose, until when, and a
+/// fingerprint of the password hash it was issued against, so that a
+/// changed password or a removed user ends it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Refresh {
+    typ: String,
+    aud: String,
+    sub: String,
+    exp: u64,
+    pwd: String,
+}
+
+/// How long a refresh token lasts (distribution's token servers: 90 days
+/// is common; a password change ends it sooner).
+const REFRESH_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+
 /// A parsed `htpasswd` file.
 #[derive(Default)]
 struct Htpasswd {
@@ -575,7 +592,9 @@ impl Auth {
         mac.finalize().into_bytes().to_vec()
     }
 
-    fn verify_token(&self, token: &str) -> Option<Claims> {
+    /// The payload of a token this registry signed (HS256 over
+    /// `header.payload`), or `None`.
+    fn signed_payload(&self, token: &str) -> Option<Vec<u8>> {
         let (signed, sig) = token.rsplit_once('.')?;
         let (head, body) = signed.split_once('.')?;
         let header: serde_json::Value =
@@ -587,7 +606,55 @@ impl Auth {
         let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.key).ok()?;
         mac.update(signed.as_bytes());
         mac.verify_slice(&sig).ok()?;
-        let claims: Claims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).ok()?).ok()?;
+        URL_SAFE_NO_PAD.decode(body).ok()
+    }
+
+    /// `header.payload.signature` for `payload`.
+    fn signed(&self, payload: &[u8]) -> String {
+        let head = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let signed = format!("{head}.{}", URL_SAFE_NO_PAD.encode(payload));
+        let sig = URL_SAFE_NO_PAD.encode(self.sign(signed.as_bytes()));
+        format!("{signed}.{sig}")
+    }
+
+    /// What a refresh token for a user with this password hash carries.
+    fn fingerprint(&self, hash: &str) -> String {
+        let digest = sha2::Sha256::digest([self.key.as_slice(), hash.as_bytes()].concat());
+        URL_SAFE_NO_PAD.encode(&digest[..12])
+    }
+
+    /// A refresh token for `user` (who just gave the right password), or
+    /// `None` if the user is gone from the htpasswd file.
+    pub fn issue_refresh(&self, user: &str) -> Option<String> {
+        let hash = self.htpasswd.lock().users.get(user).cloned()?;
+        let claims = Refresh {
+            typ: "refresh".into(),
+            aud: self.config.service.clone(),
+            sub: user.to_string(),
+            exp: now() + REFRESH_TTL.as_secs(),
+            pwd: self.fingerprint(&hash),
+        };
+        Some(self.signed(&serde_json::to_vec(&claims).unwrap_or_default()))
+    }
+
+    /// The user a refresh token names, if it was issued here, has not
+    /// expired, and that user's password is still the one it was issued
+    /// against.
+    pub fn redeem_refresh(&self, token: &str) -> Option<Identity> {
+        if let Err(e) = self.reload(false) {
+            tracing::warn!(error = %e, "cannot read the htpasswd file");
+        }
+        let claims: Refresh = serde_json::from_slice(&self.signed_payload(token)?).ok()?;
+        let hash = self.htpasswd.lock().users.get(&claims.sub).cloned()?;
+        (claims.typ == "refresh"
+            && claims.aud == self.config.service
+            && claims.exp > now()
+            && claims.pwd == self.fingerprint(&hash))
+        .then_some(Identity::User(claims.sub))
+    }
+
+    fn verify_token(&self, token: &str) -> Option<Claims> {
+        let claims: Claims = serde_json::from_slice(&self.signed_payload(token)?).ok()?;
         let t = now();
         (claims.aud == self.config.service && claims.exp > t && claims.nbf <= t + 60)
             .then_some(claims)
@@ -660,11 +727,8 @@ impl Auth {
             jti: uuid::Uuid::new_v4().to_string(),
             access: access.clone(),
         };
-        let head = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
-        let signed = format!("{head}.{body}");
-        let sig = URL_SAFE_NO_PAD.encode(self.sign(signed.as_bytes()));
-        (format!("{signed}.{sig}"), access)
+        let token = self.signed(&serde_json::to_vec(&claims).unwrap_or_default());
+        (token, access)
     }
 
     pub fn token_ttl(&self) -> Duration {

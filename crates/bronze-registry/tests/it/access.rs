@@ -205,6 +205,17 @@ async fn token(r: &Reg, auth: Option<&str>, scopes: &[&str]) -> reqwest::Respons
     get_as_url(r, &url, auth).await
 }
 
+/// POST /token with a form body.
+async fn post_token(r: &Reg, form: &[(&str, &str)]) -> reqwest::Response {
+    r.client
+        .post(r.url("/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string(form).expect("form"))
+        .send()
+        .await
+        .expect("POST /token")
+}
+
 async fn get_as_url(r: &Reg, url: &str, auth: Option<&str>) -> reqwest::Response {
     let mut req = r.client.get(url);
     if let Some(a) = auth {
@@ -362,38 +373,104 @@ async fn token_flow_grants_only_allowed_scopes() {
     assert!(challenge(&resp).contains("error=\"invalid_token\""));
 
     // OAuth2 password grant (POST), as containerd and others use it.
-    let resp = r
-        .client
-        .post(r.url("/token"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(
-            serde_urlencoded::to_string([
-                ("grant_type", "password"),
-                ("username", "alice"),
-                ("password", "alice-secret"),
-                ("service", "bronze-registry"),
-                ("scope", "repository:team/web:pull"),
-                ("client_id", "test"),
-            ])
-            .expect("form"),
-        )
-        .send()
-        .await
-        .expect("POST /token");
+    let resp = post_token(
+        &r,
+        &[
+            ("grant_type", "password"),
+            ("username", "alice"),
+            ("password", "alice-secret"),
+            ("service", "bronze-registry"),
+            ("scope", "repository:team/web:pull"),
+            ("client_id", "test"),
+        ],
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::OK);
     let v: serde_json::Value = resp.json().await.expect("json");
     assert!(v["access_token"].as_str().is_some());
-    let resp = r
-        .client
-        .post(r.url("/token"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("grant_type=refresh_token&refresh_token=x")
-        .send()
-        .await
-        .expect("POST /token");
+    let resp = post_token(&r, &[("grant_type", "client_credentials")]).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let v: serde_json::Value = resp.json().await.expect("json");
     assert_eq!(v["error"], "unsupported_grant_type");
+
+    // Refresh tokens (docker login's identity token): asked for offline,
+    // redeemed for access tokens, refused once tampered with, when an
+    // access token stands in for one, and after the password changes.
+    let resp = get_as_url(
+        &r,
+        &r.url("/token?service=bronze-registry&offline_token=true"),
+        Some(&alice),
+    )
+    .await;
+    let v: serde_json::Value = resp.json().await.expect("json");
+    let refresh = v["refresh_token"]
+        .as_str()
+        .expect("a refresh token")
+        .to_string();
+    let anonymous = get_as_url(&r, &r.url("/token?offline_token=true"), None).await;
+    let v: serde_json::Value = anonymous.json().await.expect("json");
+    assert!(v.get("refresh_token").is_none(), "anonymous: {v}");
+    let redeem = |token: String| {
+        let r = &r;
+        async move {
+            post_token(
+                r,
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", &token),
+                    ("service", "bronze-registry"),
+                    ("scope", "repository:team/web:push,pull"),
+                    ("client_id", "docker"),
+                ],
+            )
+            .await
+        }
+    };
+    let resp = redeem(refresh.clone()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(v["refresh_token"], refresh.as_str());
+    let pushing = format!("Bearer {}", v["access_token"].as_str().expect("token"));
+    assert_eq!(
+        start_upload(&r, "team/web", Some(&pushing)).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let access_token = t.trim_start_matches("Bearer ").to_string();
+    for bad in [format!("{refresh}x"), access_token, "x".to_string()] {
+        let resp = redeem(bad).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let v: serde_json::Value = resp.json().await.expect("json");
+        assert_eq!(v["error"], "invalid_grant");
+    }
+    // alice's password changes (the file is re-read within a second).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let path = secrets.path().join("htpasswd");
+    let text = std::fs::read_to_string(&path).expect("htpasswd");
+    let new = bcrypt::hash("alice-new", 5).expect("bcrypt");
+    let changed: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("alice:") {
+                format!("alice:{new}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&path, changed.join("\n") + "\n").expect("htpasswd");
+    let mut refused = false;
+    for _ in 0..30 {
+        if redeem(refresh.clone()).await.status() == StatusCode::BAD_REQUEST {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        refused,
+        "a refresh token outlived the password it was issued for"
+    );
+    std::fs::write(&path, text).expect("htpasswd restored");
 
     // Tokens stay valid across a restart (the key lives in the root).
     let root = r.stop().await;
@@ -489,6 +566,26 @@ async fn docker_login_push_and_pull_in_both_modes() {
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
+            if mode == Mode::Token {
+                // docker keeps the refresh token, not the password.
+                let saved = std::fs::read_to_string(cfg.join("config.json")).expect("config");
+                let v: serde_json::Value = serde_json::from_str(&saved).expect("json");
+                let entry = &v["auths"][host.as_str()];
+                assert!(
+                    entry["identitytoken"]
+                        .as_str()
+                        .is_some_and(|t| !t.is_empty()),
+                    "{saved}"
+                );
+                let auth = entry["auth"].as_str().unwrap_or("");
+                let auth = base64::engine::general_purpose::STANDARD
+                    .decode(auth)
+                    .unwrap_or_default();
+                assert!(
+                    !String::from_utf8_lossy(&auth).contains("alice-secret"),
+                    "{saved}"
+                );
+            }
             for image in [&team, &public] {
                 let out = docker(cfg, &["push", image], None);
                 assert!(
