@@ -14,15 +14,7 @@ what=${1:?bronze, bronze-plugins or nginx}
 bin=${2:-target/release/bronze-gateway}
 d=$(mktemp -d)
 trap 'kill $pid $backend 2>/dev/null || true; rm -rf "$d"' EXIT
-conf() { # dir, http block
-  mkdir -p "$d/$1/logs"
-  cat > "$d/$1/nginx.conf" <<C
-daemon off; master_process off; worker_processes 1; user root; pid $d/$1/nginx.pid;
-error_log $d/$1/logs/error.log crit; events { worker_connections 4096; }
-http { access_log off; client_body_temp_path $d/$1/b; proxy_temp_path $d/$1/p; fastcgi_temp_path $d/$1/f;
-uwsgi_temp_path $d/$1/u; scgi_temp_path $d/$1/s; keepalive_requests 1000000; $2 }
-C
-}
+. "$(dirname "$0")/nginx-conf.sh"
 conf backend "server { listen 127.0.0.1:18180; location / { default_type text/plain; return 200 'hello from the backend\n'; } }"
 nginx -p "$d/backend" -c "$d/backend/nginx.conf" & backend=$!
 out="$d/callgrind.out"

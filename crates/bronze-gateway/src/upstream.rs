@@ -144,15 +144,13 @@ impl Pool {
         let io = match tls {
             None => UpIo::Left(tcp),
             Some(tls) => {
-                let connector = tokio_rustls::TlsConnector::from(self.tls.config(tls, http2));
-                let stream =
-                    tokio::time::timeout(t.connect, connector.connect(tls.name.clone(), tcp))
-                        .await
-                        .map_err(|_| SendError::ConnectTimeout(target.clone()))?
-                        .map_err(|source| SendError::Tls {
-                            target: target.clone(),
-                            source,
-                        })?;
+                let stream = tokio::time::timeout(t.connect, self.tls.connect(tls, http2, tcp))
+                    .await
+                    .map_err(|_| SendError::ConnectTimeout(target.clone()))?
+                    .map_err(|source| SendError::Tls {
+                        target: target.clone(),
+                        source,
+                    })?;
                 UpIo::Right(Box::new(stream))
             }
         };

@@ -72,12 +72,11 @@ async fn handshake(
         None => UpstreamTls::new(host, check.verify).ok()?.name,
     };
     let settings = UpstreamTls {
-        name: name.clone(),
+        name,
         verify: check.verify,
     };
-    let connector = tokio_rustls::TlsConnector::from(clients?.config(&settings, h2));
-    connector
-        .connect(name, tcp)
+    clients?
+        .connect(&settings, h2, tcp)
         .await
         .map_err(|error| {
             tracing::debug!(target = %target.addr, %error, "health check TLS handshake failed");

@@ -1,7 +1,7 @@
 //! http-log: Kong's log serializer entries (as file-log writes them) sent
 //! to an HTTP endpoint (a log collector: Loki's, Logstash's or Vector's
 //! HTTP input). Requests only hand an entry to a bounded queue; one sender
-//! thread per instance batches them (Kong's `queue.max_batch_size`, at
+//! thread per instance (started with its first entry) batches them (Kong's `queue.max_batch_size`, at
 //! most `queue.max_coalescing_delay` seconds apart) and sends each batch,
 //! retrying with backoff for up to `queue.max_retry_time` seconds. A full
 //! queue drops the entry and counts it: a slow collector never slows a
@@ -67,7 +67,10 @@ struct Queue {
 
 /// Where and how batches go.
 struct Target {
-    client: reqwest::Client,
+    /// The client's timeout and idle-connection lifetime (the client is
+    /// built when the sender starts).
+    timeout: Duration,
+    keepalive: Duration,
     endpoint: reqwest::Url,
     method: reqwest::Method,
     headers: reqwest::header::HeaderMap,
@@ -85,8 +88,13 @@ enum Msg {
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
+/// The sender thread starts with the first entry: a configuration
+/// compiled only to be validated (the Admin API compiles each change more
+/// than once) starts no thread and builds no client.
 pub struct HttpLog {
-    entries: mpsc::Sender<Msg>,
+    entries: std::sync::OnceLock<Option<mpsc::Sender<Msg>>>,
+    /// What the sender needs, until it starts; and the queue's length.
+    pending: parking_lot::Mutex<Option<(Target, usize)>>,
     dropped: AtomicU64,
 }
 
@@ -186,14 +194,9 @@ impl HttpLog {
         };
         let timeout = ms(c.timeout, 10_000, "timeout")?;
         let keepalive = ms(c.keepalive, 60_000, "keepalive")?;
-        bronze_runtime::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .pool_idle_timeout(keepalive)
-            .build()
-            .map_err(|e| Invalid::new(f("http_endpoint"), format!("cannot build a client: {e}")))?;
         let target = Target {
-            client,
+            timeout,
+            keepalive,
             endpoint,
             method,
             headers,
@@ -207,32 +210,56 @@ impl HttpLog {
             first_retry: seconds(q.initial_retry_delay, 0.01, &f("queue.initial_retry_delay"))?,
             max_retry: seconds(q.max_retry_delay, 60.0, &f("queue.max_retry_delay"))?,
         };
-        let (entries, rx) = mpsc::channel::<Msg>(max_entries);
-        std::thread::Builder::new()
-            .name("http-log".into())
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt.block_on(send_batches(target, rx)),
-                    Err(error) => tracing::warn!(%error, "http-log cannot start its sender"),
-                }
-            })
-            .map_err(|e| {
-                Invalid::new(f("http_endpoint"), format!("cannot start the sender: {e}"))
-            })?;
         Ok(Self {
-            entries,
+            entries: std::sync::OnceLock::new(),
+            pending: parking_lot::Mutex::new(Some((target, max_entries))),
             dropped: AtomicU64::new(0),
         })
+    }
+
+    /// The queue to the sender thread, started on first use (`None` when
+    /// it could not start: entries are then dropped, with a warning once).
+    fn entries(&self) -> Option<&mpsc::Sender<Msg>> {
+        self.entries
+            .get_or_init(|| {
+                let (target, max_entries) = self.pending.lock().take()?;
+                let (entries, rx) = mpsc::channel::<Msg>(max_entries);
+                let started =
+                    std::thread::Builder::new()
+                        .name("http-log".into())
+                        .spawn(move || {
+                            let runtime = tokio::runtime::Builder::new_current_thread()
+                                .enable_all()
+                                .build();
+                            bronze_runtime::install_crypto_provider();
+                            let client = reqwest::Client::builder()
+                                .timeout(target.timeout)
+                                .pool_idle_timeout(target.keepalive)
+                                .build();
+                            match (runtime, client) {
+                                (Ok(rt), Ok(client)) => {
+                                    rt.block_on(send_batches(target, client, rx))
+                                }
+                                (Err(e), _) => tracing::warn!(error = %e, "http-log cannot start"),
+                                (_, Err(e)) => tracing::warn!(error = %e, "http-log cannot start"),
+                            }
+                        });
+                match started {
+                    Ok(_) => Some(entries),
+                    Err(error) => {
+                        tracing::warn!(%error, "http-log cannot start its sender; entries dropped");
+                        None
+                    }
+                }
+            })
+            .as_ref()
     }
 }
 
 /// Until the instance is dropped (and its queue drained): gathers up to
 /// `batch` entries, waiting at most `coalesce` after the first, and sends
 /// them; a flush request sends what is gathered at once.
-async fn send_batches(t: Target, mut rx: mpsc::Receiver<Msg>) {
+async fn send_batches(t: Target, client: reqwest::Client, mut rx: mpsc::Receiver<Msg>) {
     let mut batch = Vec::with_capacity(t.batch);
     while let Some(first) = rx.recv().await {
         let mut flushed = None;
@@ -255,7 +282,7 @@ async fn send_batches(t: Target, mut rx: mpsc::Receiver<Msg>) {
                 Value::Array(std::mem::take(&mut batch))
             };
             batch.clear();
-            send(&t, body.to_string()).await;
+            send(&t, &client, body.to_string()).await;
         }
         if let Some(done) = flushed {
             let _ = done.send(());
@@ -265,12 +292,11 @@ async fn send_batches(t: Target, mut rx: mpsc::Receiver<Msg>) {
 
 /// Sends one batch, retrying failures (no answer, or not 2xx) with
 /// doubling delays for up to `retry_for`; then drops it with a warning.
-async fn send(t: &Target, body: String) {
+async fn send(t: &Target, client: &reqwest::Client, body: String) {
     let started = tokio::time::Instant::now();
     let mut delay = t.first_retry;
     loop {
-        let sent = t
-            .client
+        let sent = client
             .request(t.method.clone(), t.endpoint.clone())
             .headers(t.headers.clone())
             .body(body.clone())
@@ -305,14 +331,19 @@ impl Plugin for HttpLog {
     }
 
     fn flush(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        // Never started: nothing to send.
+        let entries = self.entries.get()?.as_ref()?;
         let (done, flushed) = tokio::sync::oneshot::channel();
-        self.entries.try_send(Msg::Flush(done)).ok()?;
+        entries.try_send(Msg::Flush(done)).ok()?;
         Some(flushed)
     }
 
     fn log(&self, ctx: &Ctx, status: StatusCode, headers: &HeaderMap, _m: &GatewayMetrics) {
+        let Some(entries) = self.entries() else {
+            return;
+        };
         let entry = Msg::Entry(super::file_log::entry(ctx, status, headers));
-        match self.entries.try_send(entry) {
+        match entries.try_send(entry) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;

@@ -97,10 +97,19 @@ impl Clients {
         })
     }
 
-    /// The configuration for `tls`, speaking HTTP/2 or HTTP/1.1.
-    pub fn config(&self, tls: &UpstreamTls, http2: bool) -> Arc<ClientConfig> {
+    /// The TLS handshake over `tcp` as `tls` says, offering HTTP/2 or
+    /// HTTP/1.1 by ALPN (the proxy's upstream connections and the active
+    /// health checks alike).
+    pub async fn connect(
+        &self,
+        tls: &UpstreamTls,
+        http2: bool,
+        tcp: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let i = usize::from(!tls.verify) * 2 + usize::from(http2);
-        self.configs[i].clone()
+        tokio_rustls::TlsConnector::from(self.configs[i].clone())
+            .connect(tls.name.clone(), tcp)
+            .await
     }
 }
 
