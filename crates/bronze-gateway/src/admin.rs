@@ -10,6 +10,7 @@
 //! routing table in. A refused change touches neither the store nor the
 //! running configuration.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ use crate::balancer::Registry;
 use crate::declarative::{self, Declarative, Invalid};
 use crate::entities::{self, Entities, KINDS, Kind};
 use crate::flat;
+use crate::multipart;
 use crate::router::Table;
 
 /// The largest admin request body (a whole declarative configuration).
@@ -665,14 +667,15 @@ fn remove_cascading(e: &mut Entities, k: &'static Kind, id: &str) {
     }
 }
 
-/// A request body as Kong reads it: JSON, or a form (values coerced by
-/// the schema later). Returns the value and whether it was a form.
+/// A request body as Kong reads it: JSON, or a form, urlencoded or
+/// `multipart/form-data` (values coerced by the schema later). Returns the
+/// value and whether it was a form.
 fn body_value(headers: &HeaderMap, body: &[u8]) -> Result<(Value, bool), Box<Response>> {
-    let ct = headers
+    let raw = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+        .unwrap_or("");
+    let ct = raw.to_ascii_lowercase();
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok((Value::Object(Map::new()), false));
     }
@@ -686,10 +689,35 @@ fn body_value(headers: &HeaderMap, body: &[u8]) -> Result<(Value, bool), Box<Res
             .map(|v| (v, true))
             .map_err(|e| Box::new(schema_violation(&e.field, &e.message)));
     }
+    if let Some(parts) = multipart_parts(raw, body) {
+        let mut fields = Vec::new();
+        for p in parts? {
+            let text = std::str::from_utf8(p.value)
+                .map_err(|_| Box::new(schema_violation(&p.name, "expected UTF-8 text")))?;
+            fields.push((Cow::Owned(p.name), Cow::Owned(text.to_string())));
+        }
+        return entities::form_fields(fields)
+            .map(|v| (v, true))
+            .map_err(|e| Box::new(schema_violation(&e.field, &e.message)));
+    }
     Err(Box::new(json_response(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        json!({"message": format!("{ct}: expected application/json or application/x-www-form-urlencoded")}),
+        json!({"message": format!("{ct}: expected application/json, application/x-www-form-urlencoded or multipart/form-data")}),
     )))
+}
+
+/// The parts of a `multipart/form-data` body (`None` for another content
+/// type), or a 400 saying what is wrong with it.
+fn multipart_parts<'a>(
+    content_type: &str,
+    body: &'a [u8],
+) -> Option<Result<Vec<multipart::Part<'a>>, Box<Response>>> {
+    let boundary = multipart::boundary(content_type)?;
+    Some(
+        boundary
+            .and_then(|b| multipart::parts(body, &b))
+            .map_err(|m| Box::new(bad_request(m))),
+    )
 }
 
 fn percent_decode(s: &str) -> String {
@@ -952,20 +980,26 @@ async fn get_config(State(a): State<Arc<Admin>>, headers: HeaderMap) -> Response
 /// Kong's `POST /config`: JSON or YAML, raw or as the `config` field of a
 /// form; replaces every entity. A refused document changes nothing.
 async fn post_config(State(a): State<Arc<Admin>>, headers: HeaderMap, body: Bytes) -> Response {
-    let form = headers
+    let ct = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
-    let text: Vec<u8> = match form
-        .then(|| {
-            form_urlencoded::parse(&body)
-                .find(|(k, _)| k == "config")
-                .map(|(_, v)| v.into_owned().into_bytes())
-        })
-        .flatten()
-    {
-        Some(t) if body.starts_with(b"config=") => t,
-        _ => body.to_vec(),
+        .unwrap_or("");
+    let text: Vec<u8> = if let Some(parts) = multipart_parts(ct, &body) {
+        // `curl -F config=@kong.yml`, Kong's documented way.
+        match parts {
+            Ok(parts) => match parts.into_iter().find(|p| p.name == "config") {
+                Some(p) => p.value.to_vec(),
+                None => return bad_request("multipart body: expected a part named config"),
+            },
+            Err(refused) => return *refused,
+        }
+    } else if ct.starts_with("application/x-www-form-urlencoded") && body.starts_with(b"config=") {
+        form_urlencoded::parse(&body)
+            .find(|(k, _)| k == "config")
+            .map(|(_, v)| v.into_owned().into_bytes())
+            .unwrap_or_default()
+    } else {
+        body.to_vec()
     };
     match declarative::to_value(&text) {
         Ok(doc) => a.replace(doc).await,

@@ -9,6 +9,7 @@
 //! entities by [`Entities::from_document`] (nested children moved to the
 //! top level with their parent's id).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
@@ -445,8 +446,16 @@ fn take(
 /// `service.id=...`, `config.minute=5`. Values stay strings (an empty one
 /// is null); [`coerce`] turns them into what the schema expects.
 pub fn form(body: &[u8]) -> Result<Value, Invalid> {
+    form_fields(form_urlencoded::parse(body))
+}
+
+/// A form's fields (from a urlencoded or a `multipart/form-data` body)
+/// as Kong reads them: see [`form`].
+pub fn form_fields<'a>(
+    fields: impl IntoIterator<Item = (Cow<'a, str>, Cow<'a, str>)>,
+) -> Result<Value, Invalid> {
     let mut root = Value::Object(Map::new());
-    for (key, value) in form_urlencoded::parse(body) {
+    for (key, value) in fields {
         let value = if value.is_empty() {
             Value::Null
         } else {

@@ -139,11 +139,56 @@ pub fn request_head(data: &[u8]) {
     }
 }
 
+/// The first byte is the boundary's length (the bytes after it, when
+/// they make one); the rest is a `multipart/form-data` body. Parts are
+/// read without panicking, each value lies inside the body, and the parts
+/// written out again with the same boundary read back the same.
+pub fn multipart(data: &[u8]) {
+    let Some((&n, rest)) = data.split_first() else {
+        return;
+    };
+    let n = usize::from(n % 71).min(rest.len());
+    let (boundary, body) = rest.split_at(n);
+    let Some(Ok(boundary)) = std::str::from_utf8(boundary)
+        .ok()
+        .and_then(|b| crate::multipart::boundary(&format!("multipart/form-data; boundary={b}")))
+    else {
+        return;
+    };
+    let Ok(parts) = crate::multipart::parts(body, &boundary) else {
+        return;
+    };
+    let range = body.as_ptr_range();
+    let mut again = Vec::new();
+    for p in &parts {
+        let inside = p.value.as_ptr_range();
+        assert!(range.start <= inside.start && inside.end <= range.end);
+        assert!(!p.name.is_empty());
+        again.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{}\"\r\n\r\n",
+                p.name
+            )
+            .as_bytes(),
+        );
+        again.extend_from_slice(p.value);
+        again.extend_from_slice(b"\r\n");
+    }
+    again.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let reread = crate::multipart::parts(&again, &boundary).expect("written parts read back");
+    assert_eq!(parts, reread);
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn chunked_corpus_replays() {
         bronze_runtime::replay_fuzz_corpus("gateway_chunked", super::chunked);
+    }
+
+    #[test]
+    fn multipart_corpus_replays() {
+        bronze_runtime::replay_fuzz_corpus("admin_multipart", super::multipart);
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod flat;
 pub mod fuzzing;
 pub mod labels;
 pub mod metrics;
+pub mod multipart;
 pub mod plugins;
 pub mod proxy;
 pub mod router;
@@ -494,8 +495,8 @@ impl Server {
         if let Some(w) = watcher {
             let _ = w.await;
         }
-        // Loggers send what they still hold (http-log's batches), for at
-        // most 5 s.
+        // Loggers send what they still hold (http-log's batches, file-log's
+        // lines), for at most 5 s.
         let table = self.gateway.proxy.table.load();
         let flushed: Vec<_> = table.plugins.0.iter().filter_map(|p| p.flush()).collect();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -1,11 +1,11 @@
 //! file-log: one JSON object per request (Kong's log serializer fields),
 //! one per line, appended to `path`. Requests only hand a line to a
-//! bounded channel; one writer thread per instance writes it (a full
-//! channel drops the line and counts it, never blocks a request).
+//! bounded queue ([`Queue`]); one writer thread per instance, started with
+//! the first line, writes what has gathered with one write (a full queue
+//! drops the line and counts it, never blocks a request). Shutdown waits
+//! for the lines queued before it.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
@@ -13,6 +13,7 @@ use http::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::queue::Queue;
 use super::{Ctx, Plugin, parse_config};
 use crate::declarative::Invalid;
 use crate::metrics::GatewayMetrics;
@@ -27,9 +28,15 @@ struct Config {
     custom_fields_by_lua: Option<Map<String, Value>>,
 }
 
+/// What the writer gets: a line, or a request to say when everything
+/// before it is written (shutdown).
+enum Msg {
+    Line(String),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 pub struct FileLog {
-    lines: SyncSender<String>,
-    dropped: AtomicU64,
+    lines: Queue<Msg>,
 }
 
 fn open(path: &str) -> std::io::Result<std::fs::File> {
@@ -66,30 +73,50 @@ impl FileLog {
             ));
         }
         let reopen = c.reopen.unwrap_or(false);
-        let (lines, rx) = sync_channel::<String>(8192);
-        std::thread::Builder::new()
-            .name("file-log".into())
-            .spawn(move || {
-                let mut file: Option<std::fs::File> = None;
-                while let Ok(line) = rx.recv() {
-                    if reopen || file.is_none() {
-                        file = open(&path).ok();
-                    }
-                    let Some(out) = file.as_mut() else {
-                        tracing::warn!(%path, "file-log cannot open its file; line dropped");
-                        continue;
-                    };
-                    if let Err(error) = out.write_all(line.as_bytes()) {
+        Ok(Self {
+            lines: Queue::new("file-log", 8192, move |rx| write_lines(&path, reopen, rx)),
+        })
+    }
+}
+
+/// Until the instance is dropped: appends the lines that have gathered
+/// (up to 64 KiB at a time) with one write, opening the file for each
+/// such write when `reopen` (log rotation) or after a failure.
+fn write_lines(path: &str, reopen: bool, mut rx: tokio::sync::mpsc::Receiver<Msg>) {
+    let mut file: Option<std::fs::File> = None;
+    let mut buf = String::new();
+    let mut flushed = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            match msg {
+                Msg::Line(line) => buf.push_str(&line),
+                Msg::Flush(done) => flushed.push(done),
+            }
+            next = if buf.len() < 64 << 10 {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if !buf.is_empty() {
+            if reopen || file.is_none() {
+                file = open(path).ok();
+            }
+            match file.as_mut() {
+                None => tracing::warn!(%path, "file-log cannot open its file; lines dropped"),
+                Some(out) => {
+                    if let Err(error) = out.write_all(buf.as_bytes()) {
                         tracing::warn!(%path, %error, "file-log write failed");
                         file = None;
                     }
                 }
-            })
-            .map_err(|e| Invalid::new(f("path"), format!("cannot start the writer: {e}")))?;
-        Ok(Self {
-            lines,
-            dropped: AtomicU64::new(0),
-        })
+            }
+            buf.clear();
+        }
+        for done in flushed.drain(..) {
+            let _ = done.send(());
+        }
     }
 }
 
@@ -171,19 +198,14 @@ impl Plugin for FileLog {
         true
     }
 
+    fn flush(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        self.lines.flush(Msg::Flush)
+    }
+
     fn log(&self, ctx: &Ctx, status: StatusCode, headers: &HeaderMap, _m: &GatewayMetrics) {
         let mut line = entry(ctx, status, headers).to_string();
         line.push('\n');
-        match self.lines.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if n.is_power_of_two() {
-                    tracing::warn!(dropped = n, "file-log is behind; lines dropped");
-                }
-            }
-            Err(TrySendError::Disconnected(_)) => {}
-        }
+        self.lines.push(Msg::Line(line));
     }
 }
 

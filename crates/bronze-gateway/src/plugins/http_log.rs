@@ -8,7 +8,6 @@
 //! request. A batch of one is sent as the entry itself, a larger one as a
 //! JSON array (Kong's behaviour).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -17,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
+use super::queue;
 use super::{Ctx, Plugin, parse_config};
 use crate::declarative::Invalid;
 use crate::metrics::GatewayMetrics;
@@ -88,14 +88,9 @@ enum Msg {
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
-/// The sender thread starts with the first entry: a configuration
-/// compiled only to be validated (the Admin API compiles each change more
-/// than once) starts no thread and builds no client.
+/// The sender thread starts with the first entry ([`queue::Queue`]).
 pub struct HttpLog {
-    entries: std::sync::OnceLock<Option<mpsc::Sender<Msg>>>,
-    /// What the sender needs, until it starts; and the queue's length.
-    pending: parking_lot::Mutex<Option<(Target, usize)>>,
-    dropped: AtomicU64,
+    entries: queue::Queue<Msg>,
 }
 
 /// Seconds as a duration: finite and not negative, or an error naming
@@ -211,48 +206,22 @@ impl HttpLog {
             max_retry: seconds(q.max_retry_delay, 60.0, &f("queue.max_retry_delay"))?,
         };
         Ok(Self {
-            entries: std::sync::OnceLock::new(),
-            pending: parking_lot::Mutex::new(Some((target, max_entries))),
-            dropped: AtomicU64::new(0),
-        })
-    }
-
-    /// The queue to the sender thread, started on first use (`None` when
-    /// it could not start: entries are then dropped, with a warning once).
-    fn entries(&self) -> Option<&mpsc::Sender<Msg>> {
-        self.entries
-            .get_or_init(|| {
-                let (target, max_entries) = self.pending.lock().take()?;
-                let (entries, rx) = mpsc::channel::<Msg>(max_entries);
-                let started =
-                    std::thread::Builder::new()
-                        .name("http-log".into())
-                        .spawn(move || {
-                            let runtime = tokio::runtime::Builder::new_current_thread()
-                                .enable_all()
-                                .build();
-                            bronze_runtime::install_crypto_provider();
-                            let client = reqwest::Client::builder()
-                                .timeout(target.timeout)
-                                .pool_idle_timeout(target.keepalive)
-                                .build();
-                            match (runtime, client) {
-                                (Ok(rt), Ok(client)) => {
-                                    rt.block_on(send_batches(target, client, rx))
-                                }
-                                (Err(e), _) => tracing::warn!(error = %e, "http-log cannot start"),
-                                (_, Err(e)) => tracing::warn!(error = %e, "http-log cannot start"),
-                            }
-                        });
-                match started {
-                    Ok(_) => Some(entries),
-                    Err(error) => {
-                        tracing::warn!(%error, "http-log cannot start its sender; entries dropped");
-                        None
-                    }
+            entries: queue::Queue::new("http-log", max_entries, move |rx| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                bronze_runtime::install_crypto_provider();
+                let client = reqwest::Client::builder()
+                    .timeout(target.timeout)
+                    .pool_idle_timeout(target.keepalive)
+                    .build();
+                match (runtime, client) {
+                    (Ok(rt), Ok(client)) => rt.block_on(send_batches(target, client, rx)),
+                    (Err(e), _) => tracing::warn!(error = %e, "http-log cannot start"),
+                    (_, Err(e)) => tracing::warn!(error = %e, "http-log cannot start"),
                 }
-            })
-            .as_ref()
+            }),
+        })
     }
 }
 
@@ -331,27 +300,11 @@ impl Plugin for HttpLog {
     }
 
     fn flush(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
-        // Never started: nothing to send.
-        let entries = self.entries.get()?.as_ref()?;
-        let (done, flushed) = tokio::sync::oneshot::channel();
-        entries.try_send(Msg::Flush(done)).ok()?;
-        Some(flushed)
+        self.entries.flush(Msg::Flush)
     }
 
     fn log(&self, ctx: &Ctx, status: StatusCode, headers: &HeaderMap, _m: &GatewayMetrics) {
-        let Some(entries) = self.entries() else {
-            return;
-        };
-        let entry = Msg::Entry(super::file_log::entry(ctx, status, headers));
-        match entries.try_send(entry) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if n.is_power_of_two() {
-                    tracing::warn!(dropped = n, "http-log is behind; entries dropped");
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-        }
+        self.entries
+            .push(Msg::Entry(super::file_log::entry(ctx, status, headers)));
     }
 }

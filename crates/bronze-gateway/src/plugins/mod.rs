@@ -25,6 +25,7 @@ pub(crate) mod ip_restriction;
 mod jwt;
 mod key_auth;
 mod prometheus;
+mod queue;
 mod rate_limiting;
 mod request_size_limiting;
 mod request_termination;

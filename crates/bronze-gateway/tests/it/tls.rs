@@ -1311,3 +1311,118 @@ async fn certificates_and_snis_created_through_the_admin_api_are_served_at_once(
         "subject=CN = b"
     );
 }
+
+/// Kong's documented `curl -F` uses: a certificate uploaded as files
+/// (`/certificates -F cert=@... -F key=@... -F snis[]=...`) and a
+/// declarative file re-applied (`POST /config -F config=@kong.yml`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_forms_upload_certificates_and_configuration_files() {
+    let backend = echo("a").await;
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let a = pki.leaf(&ca, "a", &["a.example.com"], false);
+    let gw = tls_gateway(
+        serde_json::json!({"_format_version": "3.0", "services": [echo_service(backend)]}),
+        |_| {},
+    )
+    .await;
+    let (code, created) = admin_call(
+        &gw,
+        "POST",
+        "/certificates",
+        &[
+            "-F",
+            &format!("cert=@{}", a.cert_path.display()),
+            "-F",
+            &format!("key=@{}", a.key_path.display()),
+            "-F",
+            "snis[]=a.example.com",
+            "-F",
+            "tags[]=uploaded",
+        ],
+    )
+    .await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(
+        created["tags"],
+        serde_json::json!(["uploaded"]),
+        "{created}"
+    );
+    let (code, status, body) =
+        curl_https(&gw, "a.example.com", "/users/x", &ca.cert_path, &[]).await;
+    assert_eq!((code, status.as_str()), (0, "2 200"), "{body}");
+
+    // A field the schema refuses is named, as with any other body.
+    let (code, refused) = admin_call(
+        &gw,
+        "POST",
+        "/services",
+        &[
+            "-F",
+            "name=s2",
+            "-F",
+            "url=http://127.0.0.1:1",
+            "-F",
+            "retries=many",
+        ],
+    )
+    .await;
+    assert_eq!(code, 400, "{refused}");
+    assert!(refused["fields"].get("retries").is_some(), "{refused}");
+
+    // A broken multipart body: 400 saying so, nothing stored.
+    let (code, refused) = admin_call(
+        &gw,
+        "POST",
+        "/services",
+        &[
+            "-H",
+            "Content-Type: multipart/form-data; boundary=XyZ",
+            "--data-binary",
+            "--XyZ\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\ncut-short",
+        ],
+    )
+    .await;
+    assert_eq!(code, 400, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("multipart")),
+        "{refused}"
+    );
+    let (_, services) = admin_call(&gw, "GET", "/services", &[]).await;
+    assert_eq!(
+        services["data"].as_array().map(Vec::len),
+        Some(1),
+        "{services}"
+    );
+
+    // The whole configuration as a YAML file, Kong's DB-less reload.
+    let kong_yml = pki.path("kong.yml");
+    std::fs::write(
+        &kong_yml,
+        format!(
+            "_format_version: \"3.0\"\nservices:\n- name: files\n  url: http://{backend}/from-file\n  routes:\n  - name: files\n    paths: [/files]\n"
+        ),
+    )
+    .expect("write kong.yml");
+    let (code, applied) = admin_call(
+        &gw,
+        "POST",
+        "/config",
+        &["-F", &format!("config=@{kong_yml}")],
+    )
+    .await;
+    assert_eq!(code, 201, "{applied}");
+    let (code, body) = super::curl(s(&[&format!("http://{}/files/y", gw.addr)])).await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["uri"], "/from-file/y");
+    let (code, _) = super::curl(s(&[&format!("http://{}/users/x", gw.addr)])).await;
+    assert_eq!(code, 404, "the file replaced everything");
+    // No `config` part: refused, the running configuration stays.
+    let (code, refused) = admin_call(&gw, "POST", "/config", &["-F", "other=1"]).await;
+    assert_eq!(code, 400, "{refused}");
+    let (code, _) = super::curl(s(&[&format!("http://{}/files/y", gw.addr)])).await;
+    assert_eq!(code, 200);
+}
