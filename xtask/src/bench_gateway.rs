@@ -224,6 +224,7 @@ fn table_match_ns() -> anyhow::Result<f64> {
                     std::hint::black_box(host),
                     std::hint::black_box(path),
                     &headers,
+                    None,
                 )
                 .is_some(),
         );

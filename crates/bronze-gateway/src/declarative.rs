@@ -148,6 +148,10 @@ pub struct Route {
     pub headers: BTreeMap<String, Vec<String>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub protocols: Vec<String>,
+    /// TLS server names the route answers (Kong's `snis`; `https` or
+    /// `grpcs` routes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snis: Vec<String>,
     /// Kong's default: true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strip_path: Option<bool>,
@@ -581,10 +585,10 @@ mod tests {
         assert_eq!(d.services[0].routes[0].strip_path, Some(false));
         assert_eq!(d.upstreams[0].targets[0].weight, Some(50));
 
-        let e = parse(br#"{"_format_version": "3.0", "services": [{"name": "a", "routes": [{"name": "r", "snis": ["x"]}]}]}"#)
+        let e = parse(br#"{"_format_version": "3.0", "services": [{"name": "a", "routes": [{"name": "r", "sources": [{"ip": "10.0.0.1"}]}]}]}"#)
             .unwrap_err();
-        assert_eq!(e.field, "services[0].routes[0].snis");
-        assert!(e.message.contains("snis"), "{e}");
+        assert_eq!(e.field, "services[0].routes[0].sources");
+        assert!(e.message.contains("sources"), "{e}");
         // snis: Kong's declarative form and the Admin API's, one shape out.
         let d = parse(
             br#"{"_format_version": "3.0", "certificates": [{"cert": "c", "key": "k",
@@ -625,9 +629,10 @@ mod tests {
         assert_eq!(d.services[0].routes[0].strip_path, Some(false));
         let e = parse(b"_format_version: '3.0'\nservices:\n- name: a\n  port: many\n").unwrap_err();
         assert_eq!(e.field, "services[0].port");
-        let e = parse(b"_format_version: '3.0'\nroutes:\n- name: a\n  paths: [/a]\n  snis: [x]\n")
-            .unwrap_err();
-        assert_eq!(e.field, "routes[0].snis");
+        let e =
+            parse(b"_format_version: '3.0'\nroutes:\n- name: a\n  paths: [/a]\n  sources: [x]\n")
+                .unwrap_err();
+        assert_eq!(e.field, "routes[0].sources");
         let d = parse(b"_format_version: 3.0\n").unwrap();
         assert_eq!(d.format_version, "3.0");
         let e = parse(b"services: [unclosed\n").unwrap_err();

@@ -77,6 +77,7 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
     let conn = Downstream::new(
         std::net::SocketAddr::from(([10, 0, 0, 1], 4242)),
         false,
+        None,
         true,
     );
     Fixture {

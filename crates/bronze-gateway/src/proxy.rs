@@ -53,6 +53,8 @@ pub struct Downstream {
     /// Whether the connection came over TLS (X-Forwarded-Proto, https-only
     /// routes).
     pub tls: bool,
+    /// The server name the TLS client asked for (routes' `snis`).
+    pub sni: Option<Arc<str>>,
     /// The peer is in `trusted_ips`: its X-Forwarded-Proto and -Host are
     /// kept (see `trusted`).
     pub trusted: bool,
@@ -122,10 +124,11 @@ async fn within<F: Future>(
 }
 
 impl Downstream {
-    pub fn new(peer: SocketAddr, tls: bool, trusted: bool) -> Self {
+    pub fn new(peer: SocketAddr, tls: bool, sni: Option<Arc<str>>, trusted: bool) -> Self {
         Self {
             peer,
             tls,
+            sni,
             trusted,
             ip: HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or(HeaderValue::from_static("")),
@@ -467,7 +470,8 @@ impl Proxy {
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
         let path = req.uri().path();
-        let Some(m) = table.find(req.method(), host, path, req.headers()) else {
+        let Some(m) = table.find(req.method(), host, path, req.headers(), conn.sni.as_deref())
+        else {
             *ctx = table.unmatched.start(None, client);
             if let Some(c) = ctx.as_mut() {
                 table

@@ -9,8 +9,8 @@
 //!    `api.example.*`) before a route with no hosts;
 //! 2. path: regex paths (`~/users/\d+$`) first, higher `regex_priority`
 //!    first; then prefixes, longest first; then routes with no paths;
-//! 3. routes with methods before routes without; more header conditions
-//!    before fewer;
+//! 3. routes with `snis` before routes without; routes with methods
+//!    before routes without; more header conditions before fewer;
 //! 4. the order of the configuration.
 //!
 //! Lookup goes straight to the entries of the request's exact host (a hash
@@ -102,7 +102,7 @@ pub struct Route {
 /// An entry's sort key, smallest first: host class, path class, regex
 /// priority (negated), prefix length (inverted), no methods, header count
 /// (inverted), configuration order.
-type Priority = (u8, u8, i64, usize, u8, usize, usize);
+type Priority = (u8, u8, i64, usize, u8, u8, usize, usize);
 
 #[derive(Debug)]
 struct Entry {
@@ -111,6 +111,9 @@ struct Entry {
     path: PathMatch,
     methods: Vec<Method>,
     headers: Vec<(HeaderName, Vec<String>)>,
+    /// Kong's route `snis`: the TLS server names it answers (any, when
+    /// empty).
+    snis: Arc<[crate::tls::Name]>,
 }
 
 /// A matched request: its route and how many leading bytes of the path the
@@ -396,10 +399,11 @@ impl Table {
                     && r.paths.is_empty()
                     && r.methods.is_empty()
                     && r.headers.is_empty()
+                    && r.snis.is_empty()
                 {
                     return Err(Invalid::new(
                         field("paths"),
-                        "a route needs at least one of hosts, paths, methods or headers",
+                        "a route needs at least one of hosts, paths, methods, headers or snis",
                     ));
                 }
                 if let Some(p) = r
@@ -436,6 +440,27 @@ impl Table {
                         })
                     })
                     .collect::<Result<Vec<_>, _>>()?;
+                // Kong's rule: SNIs only where TLS may be (http and grpc
+                // requests carry none); no protocols is Kong's default,
+                // http and https.
+                if !r.snis.is_empty()
+                    && !r.protocols.is_empty()
+                    && !r.protocols.iter().any(|p| p == "https" || p == "grpcs")
+                {
+                    return Err(Invalid::new(
+                        field("snis"),
+                        "'snis' can only be set when 'protocols' is 'grpcs' or 'https'",
+                    ));
+                }
+                let snis: Arc<[crate::tls::Name]> = r
+                    .snis
+                    .iter()
+                    .enumerate()
+                    .map(|(k, n)| {
+                        crate::tls::sni_name(n)
+                            .map_err(|why| Invalid::new(field(&format!("snis[{k}]")), why))
+                    })
+                    .collect::<Result<_, _>>()?;
                 let mut headers = Vec::new();
                 for (name, values) in &r.headers {
                     let h = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
@@ -505,6 +530,7 @@ impl Table {
                             path_rank,
                             regex_prio,
                             prefix_len,
+                            u8::from(snis.is_empty()),
                             u8::from(methods.is_empty()),
                             usize::MAX - headers.len(),
                             order,
@@ -516,6 +542,7 @@ impl Table {
                             path: path.clone(),
                             methods: methods.clone(),
                             headers: headers.clone(),
+                            snis: snis.clone(),
                         };
                         keyed.push((key, entry));
                     }
@@ -564,13 +591,15 @@ impl Table {
         self.upstreams.get(name).map(|u| u.health())
     }
 
-    /// The route for a request, if any.
+    /// The route for a request, if any; `sni` is the server name of its
+    /// TLS connection.
     pub fn find<H: HeaderLookup + ?Sized>(
         &self,
         method: &Method,
         host: &str,
         path: &str,
         headers: &H,
+        sni: Option<&str>,
     ) -> Option<Matched<'_>> {
         let host = host.rsplit_once(':').map_or(host, |(h, p)| {
             if p.bytes().all(|b| b.is_ascii_digit()) {
@@ -595,6 +624,9 @@ impl Table {
                 HostMatch::Prefix(p) => host.len() > p.len() && host.starts_with(p.as_str()),
             };
             if !host_ok || (!e.methods.is_empty() && !e.methods.contains(method)) {
+                continue;
+            }
+            if !e.snis.is_empty() && !sni.is_some_and(|n| e.snis.iter().any(|s| s.matches(n))) {
                 continue;
             }
             let headers_ok = e.headers.iter().all(|(name, values)| {
@@ -638,8 +670,51 @@ mod tests {
             host,
             path,
             &HeaderMap::new(),
+            None,
         )
         .map(|m| (m.route.name.clone(), m.matched_len))
+    }
+
+    #[test]
+    fn snis_choose_among_routes_by_the_tls_server_name() {
+        let t = table(
+            r#"{"_format_version": "3.0", "services": [{"name": "s", "url": "http://x", "routes": [
+                {"name": "plain", "paths": ["/"]},
+                {"name": "a", "paths": ["/"], "snis": ["a.example.com"]},
+                {"name": "wild", "paths": ["/"], "snis": ["*.wild.example.com", "api.example.*"], "protocols": ["https"]}]}]}"#,
+        );
+        let find = |sni: Option<&str>| {
+            t.find(&Method::GET, "any", "/x", &HeaderMap::new(), sni)
+                .map(|m| m.route.name.clone())
+        };
+        // A route with snis comes first, but only for its names.
+        assert_eq!(find(Some("a.example.com")).as_deref(), Some("a"));
+        assert_eq!(find(Some("x.wild.example.com")).as_deref(), Some("wild"));
+        assert_eq!(find(Some("api.example.org")).as_deref(), Some("wild"));
+        assert_eq!(find(Some("x.y.wild.example.com")).as_deref(), Some("plain"));
+        assert_eq!(find(Some("b.example.com")).as_deref(), Some("plain"));
+        assert_eq!(find(None).as_deref(), Some("plain"));
+
+        let refused = |route: &str| {
+            Table::build(
+                &parse(
+                    format!(r#"{{"_format_version": "3.0", "services": [{{"name": "s", "url": "http://x", "routes": [{route}]}}]}}"#)
+                        .as_bytes(),
+                )
+                .unwrap(),
+            )
+            .err()
+            .map(|e| (e.field, e.message))
+        };
+        let (field, message) =
+            refused(r#"{"name": "r", "snis": ["a.example.com"], "protocols": ["http"]}"#)
+                .expect("refused");
+        assert_eq!(field, "services[0].routes[0].snis");
+        assert!(message.contains("https"), "{message}");
+        let (field, _) =
+            refused(r#"{"name": "r", "snis": ["a.example.com", "10.0.0.1"]}"#).expect("refused");
+        assert_eq!(field, "services[0].routes[0].snis[1]");
+        assert!(refused(r#"{"name": "r", "snis": ["a.example.com"]}"#).is_none());
     }
 
     #[test]
@@ -702,13 +777,16 @@ mod tests {
               "routes": [{"name": "v2", "paths": ["/x"], "headers": {"x-version": ["v2", "V3"]}}]}]}"#,
         );
         let mut h = HeaderMap::new();
-        assert!(t.find(&Method::GET, "a", "/x", &h).is_none());
+        assert!(t.find(&Method::GET, "a", "/x", &h, None).is_none());
         h.insert("x-version", "v3".parse().unwrap());
         assert_eq!(
-            t.find(&Method::GET, "a", "/x", &h).unwrap().route.name,
+            t.find(&Method::GET, "a", "/x", &h, None)
+                .unwrap()
+                .route
+                .name,
             "v2"
         );
-        assert!(t.find(&Method::GET, "a", "/y", &h).is_none());
+        assert!(t.find(&Method::GET, "a", "/y", &h, None).is_none());
     }
 
     #[test]

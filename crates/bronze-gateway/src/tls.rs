@@ -137,13 +137,29 @@ fn certified(
 
 /// A server name as Kong accepts it for an SNI: a host name, `*.<domain>`
 /// or `<name>.*`; lowercased. Which table it goes to, and its key.
-enum Name {
+#[derive(Debug)]
+pub(crate) enum Name {
     Exact(String),
     Leading(String),
     Trailing(String),
 }
 
-fn sni_name(raw: &str) -> Result<Name, String> {
+impl Name {
+    /// Whether a client's (lowercased) server name is this one: equal,
+    /// or one more leading label (`*.rest`), or one more trailing label
+    /// (`head.*`), as a certificate's names are chosen.
+    pub(crate) fn matches(&self, sni: &str) -> bool {
+        match self {
+            Self::Exact(n) => sni == n,
+            Self::Leading(rest) => sni.split_once('.').is_some_and(|(_, r)| r == rest),
+            Self::Trailing(head) => sni.rsplit_once('.').is_some_and(|(h, _)| h == head),
+        }
+    }
+}
+
+/// A server name as Kong takes one (a certificate's SNI, a route's
+/// `snis`): a host name, `*.<domain>` or `<name>.*`; lowercased.
+pub(crate) fn sni_name(raw: &str) -> Result<Name, String> {
     let n = raw.to_ascii_lowercase();
     let label_ok = |l: &str| {
         !l.is_empty()

@@ -62,11 +62,13 @@ impl Default for Options {
 }
 
 /// What a service factory learns about a connection it is asked to serve.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Accepted {
     pub peer: SocketAddr,
     /// Whether the connection came through TLS.
     pub tls: bool,
+    /// The server name a TLS client asked for (SNI), lowercased.
+    pub sni: Option<std::sync::Arc<str>>,
     /// The client's address from the PROXY protocol header, when the
     /// listener reads one and it named a client. Whether to believe it
     /// (is `peer` a trusted balancer?) is the service's decision.
@@ -93,7 +95,7 @@ pub async fn serve<M, S, B>(
         listener,
         options,
         move |conn: Conn| {
-            let service = make_service(conn.accepted);
+            let service = make_service(conn.accepted.clone());
             conn.serve_hyper(Bytes::new(), service)
         },
         shutdown,
@@ -193,6 +195,7 @@ pub async fn serve_with<H, F>(
             accepted: Accepted {
                 peer,
                 tls,
+                sni: None,
                 proxied: None,
             },
             shutdown: shutdown.clone(),
@@ -236,6 +239,11 @@ pub async fn serve_with<H, F>(
             };
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
+                    conn.accepted.sni = tls
+                        .get_ref()
+                        .1
+                        .server_name()
+                        .map(|n| std::sync::Arc::from(n.to_ascii_lowercase()));
                     handler(Conn {
                         stream: Stream::Tls(Box::new(tls)),
                         ..conn

@@ -179,7 +179,12 @@ pub async fn serve_connection(mut conn: Conn, proxy: Arc<Proxy>, limits: Limits)
         _ => conn.accepted.peer,
     };
     let trusted = proxy.trust.ips.contains(peer.ip());
-    let downstream = Arc::new(Downstream::new(peer, conn.accepted.tls, trusted));
+    let downstream = Arc::new(Downstream::new(
+        peer,
+        conn.accepted.tls,
+        conn.accepted.sni.clone(),
+        trusted,
+    ));
     let h2 = matches!(&conn.stream, Stream::Tls(s) if s.get_ref().1.alpn_protocol() == Some(b"h2"));
     let mut c = Client::new(header_read_timeout, conn.shutdown.clone());
     let mut stop = std::pin::pin!(conn.shutdown.waiter());
@@ -378,7 +383,7 @@ fn plan_request(proxy: &Proxy, conn: &Downstream, c: &mut Client) -> Parse {
         None => (target, None),
     };
     let table = proxy.table.load();
-    let Some(m) = table.find(&method, host, path, &*req.headers) else {
+    let Some(m) = table.find(&method, host, path, &*req.headers, conn.sni.as_deref()) else {
         return Parse::General;
     };
     let route = m.route;

@@ -242,7 +242,7 @@ async fn kong_crud_with_json_and_forms_proxies_at_once_and_refuses_bad_input() {
     let (code, v) = post_json(
         &gw,
         "/routes",
-        json!({"name": "x", "paths": ["/x"], "snis": ["a"], "service": {"id": svc_id}}),
+        json!({"name": "x", "paths": ["/x"], "protocols": ["http"], "snis": ["a.example.com"], "service": {"id": svc_id}}),
     )
     .await;
     assert_eq!(code, 400);

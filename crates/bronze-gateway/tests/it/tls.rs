@@ -1426,3 +1426,107 @@ async fn multipart_forms_upload_certificates_and_configuration_files() {
     let (code, _) = super::curl(s(&[&format!("http://{}/files/y", gw.addr)])).await;
     assert_eq!(code, 200);
 }
+
+/// Kong's route `snis`: which route a request takes depends on the server
+/// name its TLS client asked for, on both proxy paths (HTTP/1.1 and h2),
+/// and routes with snis are made through the Admin API's forms too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_with_snis_answer_only_their_tls_server_names() {
+    let (by_sni, other) = (echo("by-sni").await, echo("other").await);
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let cert = pki.leaf(
+        &ca,
+        "example",
+        &["a.example.com", "b.example.com", "c.example.com"],
+        false,
+    );
+    let gw = tls_gateway(
+        serde_json::json!({"_format_version": "3.0",
+            "certificates": [{"cert": cert.cert, "key": cert.key,
+                "snis": ["a.example.com", "b.example.com", "c.example.com"]}],
+            "services": [
+                {"name": "by-sni", "url": format!("http://{by_sni}"), "routes": [
+                    {"name": "by-sni", "paths": ["/"], "snis": ["a.example.com"],
+                     "protocols": ["https"]}]},
+                {"name": "other", "url": format!("http://{other}"), "routes": [
+                    {"name": "other", "paths": ["/"]}]}]}),
+        |_| {},
+    )
+    .await;
+    let backend_for = |host: &'static str, h2: bool| {
+        let gw = &gw;
+        let ca = &ca;
+        async move {
+            let extra: &[&str] = if h2 { &["--http2"] } else { &["--http1.1"] };
+            let (code, status, body) = curl_https(gw, host, "/x", &ca.cert_path, extra).await;
+            assert_eq!(code, 0, "{host}: {status} {body}");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+            (
+                status,
+                v["backend"].as_str().unwrap_or_default().to_string(),
+            )
+        }
+    };
+    for h2 in [false, true] {
+        let version = if h2 { "2" } else { "1.1" };
+        assert_eq!(
+            backend_for("a.example.com", h2).await,
+            (format!("{version} 200"), "by-sni".to_string())
+        );
+        assert_eq!(
+            backend_for("b.example.com", h2).await,
+            (format!("{version} 200"), "other".to_string())
+        );
+    }
+    // Plain HTTP carries no server name, whatever its Host says.
+    let (code, body) = super::curl(s(&[
+        "-H",
+        "Host: a.example.com",
+        &format!("http://{}/x", gw.addr),
+    ]))
+    .await;
+    assert_eq!(code, 200);
+    assert!(body.contains("\"other\""), "{body}");
+
+    // The Admin API, Kong-script style.
+    let (code, route) = admin_call(
+        &gw,
+        "POST",
+        "/services/by-sni/routes",
+        &[
+            "-d",
+            "name=c",
+            "-d",
+            "paths[]=/",
+            "-d",
+            "snis[]=c.example.com",
+            "-d",
+            "protocols[]=https",
+        ],
+    )
+    .await;
+    assert_eq!(code, 201, "{route}");
+    assert_eq!(
+        route["snis"],
+        serde_json::json!(["c.example.com"]),
+        "{route}"
+    );
+    assert_eq!(backend_for("c.example.com", false).await.1, "by-sni");
+    let (code, refused) = admin_call(
+        &gw,
+        "POST",
+        "/services/by-sni/routes",
+        &[
+            "-d",
+            "name=d",
+            "-d",
+            "snis[]=d.example.com",
+            "-d",
+            "protocols[]=http",
+        ],
+    )
+    .await;
+    assert_eq!(code, 400, "{refused}");
+    assert!(refused["fields"]["snis"].is_string(), "{refused}");
+}
