@@ -18,6 +18,7 @@
 
 mod acl;
 pub(crate) mod basic_auth;
+mod correlation_id;
 mod cors;
 mod file_log;
 mod http_log;
@@ -51,6 +52,7 @@ pub use request_size_limiting::{LimitedBody, TOO_LARGE};
 
 /// The plugins Bronze has, with Kong's priorities (higher runs first).
 pub const PLUGINS: &[(&str, i32)] = &[
+    ("correlation-id", 100_001),
     ("cors", 2000),
     ("jwt", 1450),
     ("key-auth", 1250),
@@ -1010,6 +1012,7 @@ fn build_one(
             config, field,
         )?),
         "cors" => Arc::new(cors::Cors::new(config, field)?),
+        "correlation-id" => Arc::new(correlation_id::CorrelationId::new(config, field)?),
         "request-termination" => {
             Arc::new(request_termination::RequestTermination::new(config, field)?)
         }

@@ -1605,3 +1605,87 @@ async fn file_log_writes_kong_json_lines() {
     assert!(v["fields"].get("plugins[0].config.path").is_some(), "{v}");
     assert!(!elsewhere.exists());
 }
+
+/// Kong's correlation-id: an id per request in the upstream request
+/// (the client's own kept), echoed to the client when asked, on the
+/// HTTP/1.1 path and over h2c; and it runs before the auth plugins, so a
+/// refused request carries its id too.
+#[tokio::test]
+async fn correlation_id_tags_requests_as_kong_does() {
+    let backend = echo("a").await;
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "consumers": [{"username": "u", "keyauth_credentials": [{"key": "k"}]}],
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "counted", "paths": ["/counted"], "plugins": [
+                {"name": "correlation-id", "config": {"echo_downstream": true}}]},
+            {"name": "uuid", "paths": ["/uuid"], "plugins": [
+                {"name": "correlation-id", "config": {"header_name": "X-Trace", "generator": "uuid"}}]},
+            {"name": "tracker", "paths": ["/tracker"], "plugins": [
+                {"name": "correlation-id", "config": {"generator": "tracker", "echo_downstream": true}},
+                {"name": "key-auth"}]}]}]
+    }))
+    .await;
+    let url = |p: &str| format!("http://{}{p}", gw.addr);
+    let mut seen = Vec::new();
+    for h2 in [false, true] {
+        for _ in 0..2 {
+            let mut args = s(&[&url("/counted")]);
+            if h2 {
+                args.insert(0, "--http2-prior-knowledge".into());
+            }
+            let (code, h, body) = curl_h(args).await;
+            assert_eq!(code, 200, "{body}");
+            let sent = json(&body)["headers"]["kong-request-id"]
+                .as_str()
+                .map(str::to_string)
+                .expect("the upstream got an id");
+            assert_eq!(h.get("kong-request-id"), Some(&sent), "echoed: {h:?}");
+            seen.push(sent);
+        }
+    }
+    // uuid#counter: one UUID, then #1, #2, ...
+    let (prefix, _) = seen[0].split_once('#').expect("uuid#counter");
+    assert!(uuid::Uuid::parse_str(prefix).is_ok(), "{seen:?}");
+    let counters: Vec<u64> = seen
+        .iter()
+        .map(|id| {
+            let (p, n) = id.split_once('#').expect("uuid#counter");
+            assert_eq!(p, prefix);
+            n.parse().expect("a counter")
+        })
+        .collect();
+    assert_eq!(counters, [1, 2, 3, 4]);
+
+    // The client's own id goes through unchanged.
+    let (_, h, body) = curl_h(s(&["-H", "Kong-Request-ID: mine-1", &url("/counted")])).await;
+    assert_eq!(json(&body)["headers"]["kong-request-id"], "mine-1");
+    assert_eq!(h["kong-request-id"], "mine-1");
+
+    // uuid, another header, not echoed.
+    let (_, h, body) = curl_h(s(&[&url("/uuid")])).await;
+    let id = json(&body)["headers"]["x-trace"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{body}");
+    assert!(!h.contains_key("x-trace"), "{h:?}");
+
+    // tracker; and before key-auth: the 401 has its id.
+    let (code, h, _) = curl_h(s(&[&url("/tracker")])).await;
+    assert_eq!(code, 401);
+    let id = h.get("kong-request-id").cloned().unwrap_or_default();
+    assert!(id.starts_with("127.0.0.1-"), "{h:?}");
+    assert_eq!(id.split('-').count(), 5, "{id}");
+
+    refused(
+        &gw,
+        "correlation-id",
+        &[
+            (serde_json::json!({"generator": "snowflake"}), "generator"),
+            (serde_json::json!({"header_name": "a b"}), "header_name"),
+            (serde_json::json!({"echo": true}), "echo"),
+        ],
+    )
+    .await;
+}
