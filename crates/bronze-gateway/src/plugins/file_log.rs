@@ -13,7 +13,7 @@ use http::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::queue::Queue;
+use super::queue::{self, Queue};
 use super::{Ctx, Plugin, parse_config};
 use crate::declarative::Invalid;
 use crate::metrics::GatewayMetrics;
@@ -28,12 +28,7 @@ struct Config {
     custom_fields_by_lua: Option<Map<String, Value>>,
 }
 
-/// What the writer gets: a line, or a request to say when everything
-/// before it is written (shutdown).
-enum Msg {
-    Line(String),
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
+type Msg = queue::Msg<String>;
 
 pub struct FileLog {
     lines: Queue<Msg>,
@@ -90,7 +85,7 @@ fn write_lines(path: &str, reopen: bool, mut rx: tokio::sync::mpsc::Receiver<Msg
         let mut next = Some(first);
         while let Some(msg) = next {
             match msg {
-                Msg::Line(line) => buf.push_str(&line),
+                Msg::Entry(line) => buf.push_str(&line),
                 Msg::Flush(done) => flushed.push(done),
             }
             next = if buf.len() < 64 << 10 {
@@ -199,13 +194,13 @@ impl Plugin for FileLog {
     }
 
     fn flush(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
-        self.lines.flush(Msg::Flush)
+        self.lines.flush()
     }
 
     fn log(&self, ctx: &Ctx, status: StatusCode, headers: &HeaderMap, _m: &GatewayMetrics) {
         let mut line = entry(ctx, status, headers).to_string();
         line.push('\n');
-        self.lines.push(Msg::Line(line));
+        self.lines.entry(line);
     }
 }
 

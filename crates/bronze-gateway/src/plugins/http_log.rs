@@ -81,12 +81,7 @@ struct Target {
     max_retry: Duration,
 }
 
-/// What the sender thread gets: an entry, or a request to send what it
-/// holds now and say when that is done (shutdown).
-enum Msg {
-    Entry(Value),
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
+type Msg = queue::Msg<Value>;
 
 /// The sender thread starts with the first entry ([`queue::Queue`]).
 pub struct HttpLog {
@@ -300,11 +295,11 @@ impl Plugin for HttpLog {
     }
 
     fn flush(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
-        self.entries.flush(Msg::Flush)
+        self.entries.flush()
     }
 
     fn log(&self, ctx: &Ctx, status: StatusCode, headers: &HeaderMap, _m: &GatewayMetrics) {
         self.entries
-            .push(Msg::Entry(super::file_log::entry(ctx, status, headers)));
+            .entry(super::file_log::entry(ctx, status, headers));
     }
 }

@@ -30,6 +30,7 @@ mod queue;
 mod rate_limiting;
 mod request_size_limiting;
 mod request_termination;
+mod socket_log;
 mod transformer;
 
 use std::collections::HashMap;
@@ -66,12 +67,14 @@ pub const PLUGINS: &[(&str, i32)] = &[
     ("prometheus", 13),
     ("http-log", 12),
     ("file-log", 9),
+    ("udp-log", 8),
+    ("tcp-log", 7),
     ("request-termination", 2),
 ];
 
 /// Plugins that log Kong's serializer entry: the request is copied for
 /// them before any plugin runs.
-const LOGGERS: &[&str] = &["file-log", "http-log"];
+const LOGGERS: &[&str] = &["file-log", "http-log", "tcp-log", "udp-log"];
 
 /// Authentication plugins: cannot be scoped to a consumer (Kong's
 /// `no_consumer`).
@@ -1020,6 +1023,16 @@ fn build_one(
         "response-transformer" => Arc::new(transformer::ResponseTransformer::new(config, field)?),
         "file-log" => Arc::new(file_log::FileLog::new(config, field)?),
         "http-log" => Arc::new(http_log::HttpLog::new(config, field)?),
+        "tcp-log" => Arc::new(socket_log::SocketLog::new(
+            socket_log::Transport::Tcp,
+            config,
+            field,
+        )?),
+        "udp-log" => Arc::new(socket_log::SocketLog::new(
+            socket_log::Transport::Udp,
+            config,
+            field,
+        )?),
         other => {
             return Err(Invalid::new(field, format!("plugin '{other}' not enabled")));
         }

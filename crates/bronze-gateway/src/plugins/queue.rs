@@ -10,6 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
+/// What a log thread gets: an entry, or a request to say when everything
+/// before it is done (shutdown).
+pub(super) enum Msg<T> {
+    Entry(T),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// What the thread is given: the receiving end of its queue.
 type Run<M> = Box<dyn FnOnce(mpsc::Receiver<M>) + Send>;
 
@@ -44,18 +51,6 @@ impl<M: Send + 'static> Queue<M> {
         self.sender.get()?.as_ref()
     }
 
-    /// Shutdown's flush: queues the message `flush` makes of a reply
-    /// channel (the thread answers once what came before is done). `None`
-    /// when the thread never started (nothing to do) or the queue is full.
-    pub fn flush(
-        &self,
-        flush: impl FnOnce(tokio::sync::oneshot::Sender<()>) -> M,
-    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
-        let (done, flushed) = tokio::sync::oneshot::channel();
-        self.started()?.try_send(flush(done)).ok()?;
-        Some(flushed)
-    }
-
     /// The queue, its thread started now if this is the first use (`None`
     /// when it could not start: entries are then dropped, with a warning
     /// once).
@@ -79,7 +74,7 @@ impl<M: Send + 'static> Queue<M> {
     }
 
     /// Hands `entry` to the thread without waiting.
-    pub fn push(&self, entry: M) {
+    fn push(&self, entry: M) {
         let Some(sender) = self.sender() else {
             return;
         };
@@ -103,6 +98,22 @@ impl<M: Send + 'static> Queue<M> {
     #[cfg(test)]
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl<T: Send + 'static> Queue<Msg<T>> {
+    /// Shutdown's flush: the thread answers once what was queued before
+    /// is done. `None` when the thread never started (nothing to do) or
+    /// the queue is full.
+    pub fn flush(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        self.started()?.try_send(Msg::Flush(done)).ok()?;
+        Some(flushed)
+    }
+
+    /// Queues one entry.
+    pub fn entry(&self, entry: T) {
+        self.push(Msg::Entry(entry));
     }
 }
 

@@ -113,6 +113,19 @@ impl Clients {
     }
 }
 
+/// A client that accepts any certificate and offers no ALPN (tcp-log's
+/// TLS, which Kong does not verify either).
+pub fn unverified_client() -> Result<Arc<ClientConfig>, String> {
+    let provider = crate::tls::provider();
+    let config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// `tls_verify: false`: any certificate is accepted, but the handshake's
 /// signatures are still checked (the session is with whoever holds the key
 /// of the certificate shown).

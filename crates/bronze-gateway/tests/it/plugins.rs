@@ -1689,3 +1689,131 @@ async fn correlation_id_tags_requests_as_kong_does() {
     )
     .await;
 }
+
+/// What a TCP log collector got: its lines, and how many connections
+/// brought them.
+pub(super) struct Lines {
+    pub lines: std::sync::Arc<parking_lot::Mutex<Vec<String>>>,
+    pub connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Lines {
+    /// Waits (up to 5 s) for `n` lines.
+    pub async fn wait_for(&self, n: usize) -> Vec<serde_json::Value> {
+        for _ in 0..250 {
+            if self.lines.lock().len() >= n {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.lines.lock().iter().map(|l| json(l)).collect()
+    }
+}
+
+/// A TCP log input (as Logstash's or Vector's): newline-separated lines
+/// on every connection accepted, through `tls` when given.
+pub(super) async fn line_collector(tls: Option<tokio_rustls::TlsAcceptor>) -> (SocketAddr, Lines) {
+    use tokio::io::AsyncBufReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let got = Lines {
+        lines: Default::default(),
+        connections: Default::default(),
+    };
+    let (lines, connections) = (got.lines.clone(), got.connections.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (lines, tls) = (lines.clone(), tls.clone());
+            tokio::spawn(async move {
+                let reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match tls {
+                    Some(acceptor) => match acceptor.accept(tcp).await {
+                        Ok(s) => Box::new(s),
+                        Err(_) => return,
+                    },
+                    None => Box::new(tcp),
+                };
+                let mut reader = tokio::io::BufReader::new(reader).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    lines.lock().push(line);
+                }
+            });
+        }
+    });
+    (addr, got)
+}
+
+/// tcp-log: the entries as JSON lines over one kept connection; udp-log:
+/// one datagram each.
+#[tokio::test]
+async fn tcp_log_and_udp_log_send_kong_entries() {
+    let (tcp_sink, got) = line_collector(None).await;
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind udp");
+    let udp_sink = udp.local_addr().expect("addr");
+    let backend = echo("a").await;
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "plugins": [
+            {"name": "tcp-log", "config": {"host": "127.0.0.1", "port": tcp_sink.port()}},
+            {"name": "udp-log", "config": {"host": "127.0.0.1", "port": udp_sink.port()}}],
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "logged", "paths": ["/logged"]}]}]
+    }))
+    .await;
+    for i in 0..3 {
+        let (code, _, _) = curl_h(s(&[&format!("http://{}/logged/{i}", gw.addr)])).await;
+        assert_eq!(code, 200);
+    }
+    let lines = got.wait_for(3).await;
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["request"]["uri"], format!("/logged/{i}"), "{l}");
+        assert_eq!(l["response"]["status"], 200);
+        assert_eq!(l["route"]["name"], "logged");
+    }
+    assert_eq!(
+        got.connections.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one kept connection"
+    );
+    let mut buf = vec![0u8; 65536];
+    for i in 0..3 {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), udp.recv(&mut buf))
+            .await
+            .expect("a datagram")
+            .expect("recv");
+        let v = json(&String::from_utf8_lossy(&buf[..n]));
+        assert_eq!(v["request"]["uri"], format!("/logged/{i}"), "{v}");
+    }
+
+    refused(
+        &gw,
+        "tcp-log",
+        &[
+            (serde_json::json!({"port": 5000}), "host"),
+            (serde_json::json!({"host": "x"}), "port"),
+            (
+                serde_json::json!({"host": "x", "port": 1, "timeout": 0}),
+                "timeout",
+            ),
+            (
+                serde_json::json!({"host": "x", "port": 1, "tls": true, "tls_sni": "bad name!"}),
+                "tls_sni",
+            ),
+        ],
+    )
+    .await;
+    refused(
+        &gw,
+        "udp-log",
+        &[(
+            serde_json::json!({"host": "x", "port": 1, "keepalive": 5}),
+            "keepalive",
+        )],
+    )
+    .await;
+}

@@ -1530,3 +1530,40 @@ async fn routes_with_snis_answer_only_their_tls_server_names() {
     assert_eq!(code, 400, "{refused}");
     assert!(refused["fields"]["snis"].is_string(), "{refused}");
 }
+
+/// tcp-log over TLS, to a collector with a certificate from a private CA:
+/// Kong does not verify it, and neither does Bronze; `tls_sni` is sent.
+#[tokio::test]
+async fn tcp_log_speaks_tls_to_its_collector() {
+    let pki = Pki::new();
+    let ca = pki.ca("logs-ca");
+    let leaf = pki.leaf(&ca, "logs.test", &["logs.test"], false);
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![der(&leaf)],
+        rustls_pki_types::PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).expect("key"),
+    )
+    .expect("server config");
+    let (sink, got) =
+        super::plugins::line_collector(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+            .await;
+    let backend = echo("a").await;
+    let gw = gateway_with(
+        serde_json::json!({"_format_version": "3.0",
+            "plugins": [{"name": "tcp-log", "config": {"host": "127.0.0.1", "port": sink.port(),
+                "tls": true, "tls_sni": "logs.test"}}],
+            "services": [echo_service(backend)]}),
+        |_| {},
+    )
+    .await;
+    let (code, _) = super::curl(s(&[&format!("http://{}/users/tls", gw.addr)])).await;
+    assert_eq!(code, 200);
+    let lines = got.wait_for(1).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["request"]["uri"], "/users/tls");
+}
