@@ -1817,3 +1817,62 @@ async fn tcp_log_and_udp_log_send_kong_entries() {
     )
     .await;
 }
+
+/// request-termination's `trigger` (only requests with that header or
+/// query argument are answered) and `echo` (the request described back).
+#[tokio::test]
+async fn request_termination_triggers_and_echoes() {
+    let backend = echo("a").await;
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "maint", "paths": ["/maint"], "plugins": [
+                {"name": "request-termination", "config": {"trigger": "X-Maintenance", "status_code": 503}}]},
+            {"name": "debug", "paths": ["/debug"], "plugins": [
+                {"name": "request-termination", "config": {"trigger": "debug", "echo": true, "status_code": 200}}]}]}]
+    }))
+    .await;
+    let url = |p: &str| format!("http://{}{p}", gw.addr);
+    // No trigger: proxied.
+    let (code, _, body) = curl_h(s(&[&url("/maint/x")])).await;
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["backend"], "a");
+    // The header triggers it, and so does a query argument of that name.
+    let (code, _, body) = curl_h(s(&["-H", "x-maintenance: 1", &url("/maint/x")])).await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(json(&body)["message"], "Service unavailable");
+    let (code, _, _) = curl_h(s(&[&url("/maint/x?X-Maintenance=on")])).await;
+    assert_eq!(code, 503);
+
+    let (code, _, body) = curl_h(s(&[&url("/debug/x")])).await;
+    assert_eq!((code, json(&body)["backend"].as_str()), (200, Some("a")));
+    let (code, h, body) = curl_h(s(&[
+        "-H",
+        "Debug: yes",
+        "-H",
+        "Host: api.example.com:8080",
+        &url("/debug/path?a=1&b=two"),
+    ]))
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(h["content-type"].starts_with("application/json"), "{h:?}");
+    let v = json(&body);
+    assert_eq!(v["request"]["method"], "GET");
+    assert_eq!(v["request"]["host"], "api.example.com");
+    assert_eq!(v["request"]["port"], 8080);
+    assert_eq!(v["request"]["path"], "/debug/path");
+    assert_eq!(v["request"]["query"]["b"], "two");
+    assert_eq!(v["request"]["headers"]["debug"], "yes");
+    assert_eq!(v["matched_route"]["name"], "debug");
+    assert_eq!(v["matched_service"]["name"], "svc");
+
+    refused(
+        &gw,
+        "request-termination",
+        &[
+            (serde_json::json!({"trigger": "bad name"}), "trigger"),
+            (serde_json::json!({"echo": true, "message": "m"}), "echo"),
+        ],
+    )
+    .await;
+}
