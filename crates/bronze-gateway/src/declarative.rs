@@ -34,6 +34,9 @@ pub struct Declarative {
     pub targets: Vec<Target>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<Certificate>,
+    /// Kong's CA certificates: trust roots that services name by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ca_certificates: Vec<CaCertificate>,
     /// Kong's top-level `snis`: names given to a certificate by its `id`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snis: Vec<SniEntity>,
@@ -111,6 +114,18 @@ pub struct Service {
     /// verified (Bronze's default: yes; Kong's: no).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_verify: Option<bool>,
+    /// Kong's: the verification depth (only null: rustls has no limit to
+    /// set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_verify_depth: Option<u32>,
+    /// `https`/`grpcs` services: the certificate (a `certificates` entity,
+    /// by id) shown to upstreams that ask for one (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<Ref>,
+    /// `https`/`grpcs` services: ids of `ca_certificates` that are then the
+    /// only roots the upstream's certificate is checked against.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ca_certificates: Vec<String>,
     /// Bronze extension: retries may add at most this share of the request
     /// rate (see `balancer::config::RetryBudget`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -259,6 +274,19 @@ pub struct Certificate {
     pub key_alt: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snis: Vec<Sni>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+/// Kong's `ca_certificates` entity: one PEM CA certificate.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CaCertificate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub cert: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_digest: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
 }

@@ -57,12 +57,31 @@ const fn fk(field: &'static str, kind: &'static str, cascade: bool) -> Foreign {
 /// Parents before children (the order documents are read in).
 pub static KINDS: &[Kind] = &[
     Kind {
+        name: "certificates",
+        path: Some("certificates"),
+        scoped: "certificates",
+        endpoint_key: None,
+        unique: &[],
+        foreign: &[],
+        generated: &[],
+    },
+    Kind {
+        name: "ca_certificates",
+        path: Some("ca_certificates"),
+        scoped: "ca_certificates",
+        endpoint_key: None,
+        unique: &[],
+        foreign: &[],
+        generated: &[],
+    },
+    Kind {
         name: "services",
         path: Some("services"),
         scoped: "services",
         endpoint_key: Some("name"),
         unique: &[&["name"]],
-        foreign: &[],
+        // Kong refuses to delete a certificate a service presents.
+        foreign: &[fk("client_certificate", "certificates", false)],
         generated: &[],
     },
     Kind {
@@ -80,15 +99,6 @@ pub static KINDS: &[Kind] = &[
         scoped: "consumers",
         endpoint_key: Some("username"),
         unique: &[&["username"], &["custom_id"]],
-        foreign: &[],
-        generated: &[],
-    },
-    Kind {
-        name: "certificates",
-        path: Some("certificates"),
-        scoped: "certificates",
-        endpoint_key: None,
-        unique: &[],
         foreign: &[],
         generated: &[],
     },

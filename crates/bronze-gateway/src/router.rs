@@ -341,13 +341,31 @@ impl Table {
                 }
             };
             let tls = if tls {
-                Some(
+                let mut settings =
                     crate::upstream::UpstreamTls::new(&host, s.tls_verify.unwrap_or(true))
-                        .map_err(|why| Invalid::new(field("host"), why))?,
-                )
+                        .map_err(|why| Invalid::new(field("host"), why))?;
+                settings.own = own_tls(d, s, settings.verify, &field)?;
+                Some(settings)
             } else {
+                for (set, name) in [
+                    (s.client_certificate.is_some(), "client_certificate"),
+                    (!s.ca_certificates.is_empty(), "ca_certificates"),
+                ] {
+                    if set {
+                        return Err(Invalid::new(
+                            field(name),
+                            format!("{name} can only be set when protocol is https or grpcs"),
+                        ));
+                    }
+                }
                 None
             };
+            if s.tls_verify_depth.is_some() {
+                return Err(Invalid::new(
+                    field("tls_verify_depth"),
+                    "not implemented in Bronze (rustls sets no depth): expected null",
+                ));
+            }
             let upstream = match upstreams.get(host.as_str()) {
                 Some(u) => u.clone(),
                 None => {
@@ -653,6 +671,55 @@ impl Table {
         }
         None
     }
+}
+
+/// A TLS service's own client settings: its `ca_certificates` (by id, the
+/// only roots then) and `client_certificate` (a certificate by id), or
+/// `None` when it names neither. Errors name the service's field.
+fn own_tls(
+    d: &Declarative,
+    s: &crate::declarative::Service,
+    verify: bool,
+    field: &dyn Fn(&str) -> String,
+) -> Result<Option<Arc<crate::upstream::tls::Own>>, Invalid> {
+    if s.client_certificate.is_none() && s.ca_certificates.is_empty() {
+        return Ok(None);
+    }
+    let mut identity = String::new();
+    let mut roots = Vec::new();
+    for (k, id) in s.ca_certificates.iter().enumerate() {
+        let f = field(&format!("ca_certificates[{k}]"));
+        let (i, ca) = d
+            .ca_certificates
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.id.as_deref() == Some(id.as_str()))
+            .ok_or_else(|| Invalid::new(&f, format!("{id:?}: no ca_certificates with this id")))?;
+        identity.push_str(&format!("ca {id} "));
+        roots.push((format!("ca_certificates[{i}].cert"), ca.cert.as_str()));
+    }
+    let client = match &s.client_certificate {
+        None => None,
+        Some(r) => {
+            let f = field("client_certificate");
+            let id = r
+                .key()
+                .ok_or_else(|| Invalid::new(&f, "expected a certificate's id"))?;
+            let (i, c) = d
+                .certificates
+                .iter()
+                .enumerate()
+                .find(|(_, c)| c.id.as_deref() == Some(id))
+                .ok_or_else(|| Invalid::new(&f, format!("{id:?}: no certificate with this id")))?;
+            identity.push_str(&format!("client {id}"));
+            let certified = crate::tls::certified(&crate::tls::provider(), &c.cert, &c.key)
+                .map_err(|(which, m)| Invalid::new(format!("certificates[{i}].{which}"), m))?;
+            Some(certified)
+        }
+    };
+    crate::upstream::tls::Own::new(verify, &roots, client, identity)
+        .map(|own| Some(Arc::new(own)))
+        .map_err(|(f, m)| Invalid::new(f, m))
 }
 
 #[cfg(test)]

@@ -101,7 +101,7 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 
 /// Parses a PEM chain and key and checks that they belong together.
 /// Errors are `(which, message)`: which is "cert" or "key".
-fn certified(
+pub(crate) fn certified(
     provider: &CryptoProvider,
     cert: &str,
     key: &str,

@@ -74,6 +74,7 @@ async fn handshake(
     let settings = UpstreamTls {
         name,
         verify: check.verify,
+        own: None,
     };
     clients?
         .connect(&settings, h2, tcp)

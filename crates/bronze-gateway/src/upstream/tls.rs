@@ -4,12 +4,16 @@
 //! against the system's roots (`rustls-native-certs`: `/etc/ssl/certs`,
 //! or `SSL_CERT_FILE`/`SSL_CERT_DIR`) plus the CA file given as
 //! `upstream_ca_file` (Kong's `lua_ssl_trusted_certificate`), for a private
-//! CA. The name checked and sent as SNI is the service's host.
+//! CA. The name checked and sent as SNI is the service's host. A service
+//! may instead name its own roots (Kong's `ca_certificates`) and a client
+//! certificate for upstreams that ask for one (`client_certificate`):
+//! it then gets client configurations of its own ([`Own`]).
 
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
@@ -20,6 +24,101 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 pub struct UpstreamTls {
     pub name: ServerName<'static>,
     pub verify: bool,
+    /// The service's own roots or client certificate, when it has them.
+    pub own: Option<Arc<Own>>,
+}
+
+/// A service's own client configurations (HTTP/1.1 and h2 by ALPN): its
+/// `ca_certificates` as the only roots, its `client_certificate`.
+#[derive(Debug)]
+pub struct Own {
+    configs: [Arc<ClientConfig>; 2],
+    /// What sets them apart, for the connection pool's key.
+    key: String,
+}
+
+impl Own {
+    /// `roots`: PEM CA certificates (each with the field that gave it,
+    /// for errors), or none for the system's; `client`: the certificate
+    /// and key shown to upstreams; `identity`: what names both (their
+    /// ids), so that pooled connections are shared only by services that
+    /// present the same.
+    pub fn new(
+        verify: bool,
+        roots: &[(String, &str)],
+        client: Option<CertifiedKey>,
+        identity: String,
+    ) -> Result<Self, (String, String)> {
+        let provider = crate::tls::provider();
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| (String::new(), format!("TLS versions: {e}")))?;
+        let builder = if !verify {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+        } else if roots.is_empty() {
+            let mut store = rustls::RootCertStore::empty();
+            store.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            builder.with_root_certificates(store)
+        } else {
+            let mut store = rustls::RootCertStore::empty();
+            for (field, pem) in roots {
+                let certs: Vec<CertificateDer<'static>> =
+                    CertificateDer::pem_slice_iter(pem.as_bytes())
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| (field.clone(), format!("expected a PEM certificate: {e}")))?;
+                if certs.is_empty() {
+                    return Err((
+                        field.clone(),
+                        "expected a PEM certificate, found none".into(),
+                    ));
+                }
+                for c in certs {
+                    store.add(c).map_err(|e| {
+                        (
+                            field.clone(),
+                            format!("not usable as a CA certificate: {e}"),
+                        )
+                    })?;
+                }
+            }
+            builder.with_root_certificates(store)
+        };
+        let config = match client {
+            Some(certified) => {
+                builder.with_client_cert_resolver(Arc::new(ClientCert(Arc::new(certified))))
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let alpn = |proto: &[u8]| {
+            let mut c = config.clone();
+            c.alpn_protocols = vec![proto.to_vec()];
+            Arc::new(c)
+        };
+        Ok(Self {
+            configs: [alpn(b"http/1.1"), alpn(b"h2")],
+            key: identity,
+        })
+    }
+}
+
+/// The one certificate a service shows to its upstreams.
+#[derive(Debug)]
+struct ClientCert(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 impl UpstreamTls {
@@ -27,7 +126,11 @@ impl UpstreamTls {
     pub fn new(host: &str, verify: bool) -> Result<Self, String> {
         let name = ServerName::try_from(host.to_string())
             .map_err(|_| format!("{host:?}: expected a DNS name or an IP address for TLS"))?;
-        Ok(Self { name, verify })
+        Ok(Self {
+            name,
+            verify,
+            own: None,
+        })
     }
 
     /// The pool key of a connection to `target` with these settings: TLS
@@ -38,7 +141,8 @@ impl UpstreamTls {
         } else {
             "unverified"
         };
-        format!("{target} tls {} {check}", self.name.to_str()).into()
+        let own = self.own.as_ref().map_or("", |o| o.key.as_str());
+        format!("{target} tls {} {check} {own}", self.name.to_str()).into()
     }
 }
 
@@ -106,8 +210,11 @@ impl Clients {
         http2: bool,
         tcp: tokio::net::TcpStream,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-        let i = usize::from(!tls.verify) * 2 + usize::from(http2);
-        tokio_rustls::TlsConnector::from(self.configs[i].clone())
+        let config = match &tls.own {
+            Some(own) => own.configs[usize::from(http2)].clone(),
+            None => self.configs[usize::from(!tls.verify) * 2 + usize::from(http2)].clone(),
+        };
+        tokio_rustls::TlsConnector::from(config)
             .connect(tls.name.clone(), tcp)
             .await
     }

@@ -90,6 +90,12 @@ impl Pki {
     /// A server certificate for `sans` (DNS names), CN `cn`, signed by `ca`;
     /// an RSA key when `rsa`, else EC P-256.
     fn leaf(&self, ca: &Issued, cn: &str, sans: &[&str], rsa: bool) -> Issued {
+        self.issue(ca, cn, sans, rsa, "serverAuth")
+    }
+
+    /// A certificate as `leaf` makes, for the extended key usage `eku`
+    /// (`serverAuth`, `clientAuth`).
+    fn issue(&self, ca: &Issued, cn: &str, sans: &[&str], rsa: bool, eku: &str) -> Issued {
         let n = self.serial.get();
         self.serial.set(n + 1);
         let base = format!("leaf{n}");
@@ -113,7 +119,7 @@ impl Pki {
         std::fs::write(
             &ext,
             format!(
-                "subjectAltName={}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+                "subjectAltName={}\nbasicConstraints=CA:FALSE\nextendedKeyUsage={eku}\n",
                 sans.join(",")
             ),
         )
@@ -1566,4 +1572,193 @@ async fn tcp_log_speaks_tls_to_its_collector() {
     let lines = got.wait_for(1).await;
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["request"]["uri"], "/users/tls");
+}
+
+/// An HTTPS server that requires a client certificate from `client_ca`
+/// (its own certificate is `server`): it answers the client
+/// certificate's subject, as the mutual-TLS upstream of a service.
+async fn mtls_backend(server: &Issued, client_ca: &Issued) -> SocketAddr {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der(client_ca)).expect("client CA");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("client verifier");
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![der(server)],
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(server.key.as_bytes()).expect("key"),
+        )
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let presented = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .map_or(0, <[CertificateDer<'_>]>::len);
+                let service = hyper::service::service_fn(move |_req| async move {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(Bytes::from(format!(
+                            "client certificates: {presented}"
+                        ))),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Kong's `client_certificate` and `ca_certificates` on a service: an
+/// upstream that demands a client certificate gets the service's, and the
+/// upstream's certificate is checked against the service's own CA (not
+/// the system's roots, no `--upstream-ca-file`).
+#[tokio::test]
+async fn services_present_client_certificates_and_trust_their_own_cas() {
+    let pki = Pki::new();
+    let (server_ca, client_ca) = (pki.ca("server-ca"), pki.ca("client-ca"));
+    let server = pki.leaf(&server_ca, "backend.test", &["backend.test"], false);
+    let client = pki.issue(
+        &client_ca,
+        "gateway",
+        &["gateway.test"],
+        false,
+        "clientAuth",
+    );
+    let backend = mtls_backend(&server, &client_ca).await;
+    let route = |name: &str| serde_json::json!([{"name": name, "paths": [format!("/{name}")]}]);
+    let doc = serde_json::json!({"_format_version": "3.0",
+        "certificates": [{"id": "4e3ad2e4-0bc4-4638-8e34-c84a417ba39b",
+                          "cert": client.cert, "key": client.key}],
+        "ca_certificates": [{"id": "9f3f1d6b-2a55-4f35-8a3b-7f1b1d1c9e21", "cert": server_ca.cert},
+                            {"id": "other-ca", "cert": client_ca.cert}],
+        "upstreams": [{"name": "backend.test", "targets": [{"target": backend.to_string()}]}],
+        "services": [
+            {"name": "mtls", "url": "https://backend.test/",
+             "client_certificate": {"id": "4e3ad2e4-0bc4-4638-8e34-c84a417ba39b"},
+             "ca_certificates": ["9f3f1d6b-2a55-4f35-8a3b-7f1b1d1c9e21"], "routes": route("mtls")},
+            {"name": "no-client-cert", "url": "https://backend.test/",
+             "ca_certificates": ["9f3f1d6b-2a55-4f35-8a3b-7f1b1d1c9e21"], "routes": route("no-client-cert")},
+            {"name": "wrong-ca", "url": "https://backend.test/",
+             "client_certificate": {"id": "4e3ad2e4-0bc4-4638-8e34-c84a417ba39b"},
+             "ca_certificates": ["other-ca"], "routes": route("wrong-ca")}]});
+    let gw = gateway_with(doc, |_| {}).await;
+    let get = |path: &str| super::curl(s(&[&format!("http://{}{path}", gw.addr)]));
+    let (code, body) = get("/mtls").await;
+    assert_eq!((code, body.as_str()), (200, "client certificates: 1"));
+    // Without a client certificate the upstream ends the handshake.
+    let (code, body) = get("/no-client-cert").await;
+    assert_eq!(code, 502, "{body}");
+    // Trusting only the client CA, the server's certificate fails.
+    let (code, body) = get("/wrong-ca").await;
+    assert_eq!(code, 502, "{body}");
+
+    // Through the Admin API, as Kong scripts do it.
+    let tls_gw = TlsGw {
+        addr: gw.addr,
+        tls: gw.addr,
+        admin: gw.admin,
+        _gw: gw,
+    };
+    let (code, ca) = admin_call(
+        &tls_gw,
+        "POST",
+        "/ca_certificates",
+        &["-F", &format!("cert=@{}", server_ca.cert_path.display())],
+    )
+    .await;
+    assert_eq!(code, 201, "{ca}");
+    let ca_id = ca["id"].as_str().unwrap_or_default().to_string();
+    let (code, svc) = admin_call(
+        &tls_gw,
+        "POST",
+        "/services",
+        &[
+            "-d",
+            "name=admin-made",
+            "-d",
+            "url=https://backend.test/",
+            "-d",
+            "client_certificate.id=4e3ad2e4-0bc4-4638-8e34-c84a417ba39b",
+            "-d",
+            &format!("ca_certificates[]={ca_id}"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 201, "{svc}");
+    let (code, _) = admin_call(
+        &tls_gw,
+        "POST",
+        "/services/admin-made/routes",
+        &["-d", "name=admin-made", "-d", "paths[]=/admin-made"],
+    )
+    .await;
+    assert_eq!(code, 201);
+    let (code, body) = super::curl(s(&[&format!("http://{}/admin-made", tls_gw.addr)])).await;
+    assert_eq!((code, body.as_str()), (200, "client certificates: 1"));
+    // A certificate a service presents cannot be deleted.
+    let (code, refused) = admin_call(
+        &tls_gw,
+        "DELETE",
+        "/certificates/4e3ad2e4-0bc4-4638-8e34-c84a417ba39b",
+        &[],
+    )
+    .await;
+    assert!(code == 400 || code == 409, "{code} {refused}");
+    // Unknown ids, and TLS settings on a plain service, are named.
+    for (form, field) in [
+        (
+            vec![
+                "name=x1",
+                "url=https://backend.test/",
+                "ca_certificates[]=nope",
+            ],
+            "ca_certificates",
+        ),
+        (
+            vec![
+                "name=x2",
+                "url=http://backend.test/",
+                &format!("ca_certificates[]={ca_id}"),
+            ],
+            "ca_certificates",
+        ),
+        (
+            vec!["name=x3", "url=https://backend.test/", "tls_verify_depth=2"],
+            "tls_verify_depth",
+        ),
+    ] {
+        let mut args = Vec::new();
+        for f in &form {
+            args.extend(["-d", f]);
+        }
+        let (code, refused) = admin_call(&tls_gw, "POST", "/services", &args).await;
+        assert_eq!(code, 400, "{form:?}: {refused}");
+        assert!(
+            refused["fields"]
+                .as_object()
+                .is_some_and(|f| f.keys().any(|k| k.starts_with(field))),
+            "{form:?}: {refused}"
+        );
+    }
 }
