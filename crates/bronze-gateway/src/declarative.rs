@@ -178,6 +178,18 @@ pub struct Route {
     /// default), or a redirect (301, 302, 307, 308) to https.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub https_redirect_status_code: Option<u16>,
+    /// How the service's path and the rest of the request's join: Kong's
+    /// default `v0` (a `/` between them when neither has one) is how
+    /// Bronze joins; `v1` is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_handling: Option<String>,
+    /// Kong's buffering switches (default true). Bronze always streams
+    /// bodies both ways, so either value behaves as streaming (`deck
+    /// dump` writes them on every route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_buffering: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_buffering: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -551,9 +563,31 @@ impl Invalid {
     }
 }
 
+/// Removes every object member whose value is null, at any depth: to Kong
+/// a null field is an unset one (`deck dump` writes `tags: null`,
+/// `anonymous: null`, ...), which is what an absent field is here.
+/// Nulls inside arrays stay (and are refused where they are wrong).
+pub fn strip_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(o) => {
+            o.retain(|_, v| !v.is_null());
+            o.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
 /// Reads a document as JSON, or as YAML when it is not JSON (Kong's
-/// DB-less files are YAML most of the time), into a JSON value.
+/// DB-less files are YAML most of the time), into a JSON value; null
+/// fields are left out ([`strip_nulls`]).
 pub fn to_value(text: &[u8]) -> Result<serde_json::Value, Invalid> {
+    let mut v = read_value(text)?;
+    strip_nulls(&mut v);
+    Ok(v)
+}
+
+fn read_value(text: &[u8]) -> Result<serde_json::Value, Invalid> {
     let first = text.iter().find(|b| !b.is_ascii_whitespace());
     if matches!(first, Some(b'{' | b'[')) {
         serde_json::from_slice(text).map_err(|e| Invalid::new("(document)", e.to_string()))
@@ -577,7 +611,9 @@ pub fn parse(text: &[u8]) -> Result<Declarative, Invalid> {
 /// Parses a document already read into a value, naming the field of the
 /// first error (`services[0].routes[1].paths`).
 pub fn parse_value(v: &serde_json::Value) -> Result<Declarative, Invalid> {
-    let d: Declarative = serde_path_to_error::deserialize(v).map_err(|e| {
+    let mut v = v.clone();
+    strip_nulls(&mut v);
+    let d: Declarative = serde_path_to_error::deserialize(&v).map_err(|e| {
         let path = e.path().to_string();
         Invalid::new(
             if path == "." {

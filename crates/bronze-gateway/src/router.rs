@@ -434,6 +434,12 @@ impl Table {
                         format!("{p:?}: expected http, https, grpc or grpcs"),
                     ));
                 }
+                if let Some(h) = r.path_handling.as_deref().filter(|h| *h != "v0") {
+                    return Err(Invalid::new(
+                        field("path_handling"),
+                        format!("{h:?}: expected v0 (Bronze joins paths as Kong's v0)"),
+                    ));
+                }
                 let https_redirect = match r.https_redirect_status_code.unwrap_or(426) {
                     c @ (426 | 301 | 302 | 307 | 308) => {
                         http::StatusCode::from_u16(c).unwrap_or(http::StatusCode::UPGRADE_REQUIRED)

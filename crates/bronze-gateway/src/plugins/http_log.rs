@@ -63,6 +63,11 @@ struct Queue {
     /// Seconds.
     #[serde(default)]
     max_retry_delay: Option<f64>,
+    /// Kong's 1 (one batch at a time, as here) or -1 (no limit).
+    #[serde(default)]
+    concurrency_limit: Option<i64>,
+    #[serde(default)]
+    max_bytes: Option<u64>,
 }
 
 /// Where and how batches go.
@@ -164,6 +169,18 @@ impl HttpLog {
             headers.insert(n, v);
         }
         let q = c.queue.unwrap_or_default();
+        if q.concurrency_limit.is_some_and(|n| n != 1 && n != -1) {
+            return Err(Invalid::new(
+                f("queue.concurrency_limit"),
+                "expected 1 or -1 (Bronze sends one batch at a time either way)",
+            ));
+        }
+        if q.max_bytes.is_some() {
+            return Err(Invalid::new(
+                f("queue.max_bytes"),
+                "not implemented in Bronze: expected null (batches are bounded by max_batch_size)",
+            ));
+        }
         let batch = q.max_batch_size.unwrap_or(1);
         let max_entries = q.max_entries.unwrap_or(10_000);
         if batch == 0 || batch > 1_000_000 {

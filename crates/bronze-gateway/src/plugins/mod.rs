@@ -840,14 +840,26 @@ impl Compiled {
                     ),
                 ));
             }
-            if let Some(bad) = p
-                .protocols
-                .iter()
-                .find(|x| !matches!(x.as_str(), "http" | "https" | "grpc" | "grpcs"))
-            {
+            if let Some(bad) = p.protocols.iter().find(|x| {
+                !matches!(
+                    x.as_str(),
+                    "http" | "https" | "grpc" | "grpcs" | "ws" | "wss"
+                )
+            }) {
                 return Err(Invalid::new(
                     format!("{field}.protocols"),
-                    format!("{bad:?}: expected http, https, grpc or grpcs"),
+                    format!("{bad:?}: expected http, https, grpc, grpcs, ws or wss"),
+                ));
+            }
+            // Bronze runs a plugin on every request of the routes it
+            // applies to: a list that leaves out plain HTTP or HTTPS
+            // would be ignored, so it is refused.
+            let has = |x: &str| p.protocols.iter().any(|y| y == x);
+            let all = p.protocols.is_empty() || (has("http") && has("https"));
+            if !all {
+                return Err(Invalid::new(
+                    format!("{field}.protocols"),
+                    "not implemented in Bronze: plugins run for every protocol; expected a list with http and https (Kong's default)",
                 ));
             }
             if scope.consumer.is_some() && NO_CONSUMER.contains(&p.name.as_str()) {

@@ -259,6 +259,13 @@ async fn bad_plugin_configs_are_named_and_change_nothing() {
         "{v}"
     );
 
+    // A plugin limited to some protocols would run for all: refused.
+    let mut doc = key_auth_doc(backend);
+    doc["plugins"] = serde_json::json!([{"name": "cors", "protocols": ["https"]}]);
+    let (code, v) = post_config(&gw, &doc).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(v["fields"].get("plugins[0].protocols").is_some(), "{v}");
+
     // Nothing changed: the locked route still wants its key, the open one
     // still passes.
     let (code, _, _) = curl_h(s(&[&format!("{base}/locked")])).await;
