@@ -22,6 +22,18 @@ pub struct Declarative {
         skip_serializing_if = "Option::is_none"
     )]
     pub transform: Option<bool>,
+    /// Kong's free-text `_comment` and `_ignore` (where YAML anchors are
+    /// kept), and the `_workspace` DB-less Kong ignores: kept, unused.
+    #[serde(rename = "_comment", default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    #[serde(rename = "_ignore", default, skip_serializing_if = "Option::is_none")]
+    pub ignore: Option<serde_json::Value>,
+    #[serde(
+        rename = "_workspace",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub workspace: Option<String>,
     #[serde(default)]
     pub services: Vec<Service>,
     #[serde(default)]
@@ -592,8 +604,12 @@ fn read_value(text: &[u8]) -> Result<serde_json::Value, Invalid> {
     if matches!(first, Some(b'{' | b'[')) {
         serde_json::from_slice(text).map_err(|e| Invalid::new("(document)", e.to_string()))
     } else {
-        let mut v: serde_json::Value =
-            yaml_serde::from_slice(text).map_err(|e| Invalid::new("(document)", e.to_string()))?;
+        let yaml_error = |e: yaml_serde::Error| Invalid::new("(document)", e.to_string());
+        // Anchors and aliases resolve while reading; merge keys (`<<:
+        // *defaults`, as Kong's docs use with `_ignore`) are applied here.
+        let mut y: yaml_serde::Value = yaml_serde::from_slice(text).map_err(yaml_error)?;
+        y.apply_merge().map_err(yaml_error)?;
+        let mut v: serde_json::Value = yaml_serde::from_value(y).map_err(yaml_error)?;
         // `_format_version: 3.0` unquoted is a YAML number.
         if let Some(n) = v.get("_format_version").and_then(serde_json::Value::as_f64) {
             v["_format_version"] = format!("{n:?}").into();
