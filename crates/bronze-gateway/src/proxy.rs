@@ -262,6 +262,14 @@ fn upstream_path(service_path: &str, uri: &Uri, rest: &str) -> Option<PathAndQue
     }
 }
 
+/// `path` and the request's `query`, as a request target.
+pub(crate) fn with_query(path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    }
+}
+
 /// The upstream request target for a client's `path` and `query`, or
 /// `None` when it is the client's own (a route on `/` of a service on `/`).
 pub(crate) fn rewrite_target(
@@ -527,7 +535,14 @@ impl Proxy {
         } else {
             path
         };
-        let Some(path_and_query) = upstream_path(&service.path, req.uri(), rest) else {
+        let set = ctx.as_ref().and_then(|c| c.upstream_path.as_deref());
+        let rewritten = match set {
+            Some(p) => {
+                PathAndQuery::from_maybe_shared(Bytes::from(with_query(p, req.uri().query()))).ok()
+            }
+            None => upstream_path(&service.path, req.uri(), rest),
+        };
+        let Some(path_and_query) = rewritten else {
             return error(
                 StatusCode::BAD_REQUEST,
                 "the request path cannot be forwarded",

@@ -145,6 +145,9 @@ pub struct Ctx {
     pub upstream_latency: Option<Duration>,
     /// The upstream path sent (for logs).
     pub upstream_uri: Option<String>,
+    /// A path a plugin set for the upstream request (request-transformer's
+    /// `replace.uri`), sent as it is with the request's query.
+    pub upstream_path: Option<Arc<str>>,
     /// A copy of the request for log plugins, taken in access.
     pub log_request: Option<Box<serde_json::Value>>,
     /// cors: the request's `Origin`.
@@ -271,6 +274,7 @@ impl Chain {
             response_headers: Vec::new(),
             upstream_latency: None,
             upstream_uri: None,
+            upstream_path: None,
             log_request: None,
             origin: None,
             exited: false,

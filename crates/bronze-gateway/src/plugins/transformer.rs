@@ -1,8 +1,10 @@
 //! request-transformer and response-transformer: headers (and, for
 //! requests, the query string) removed, renamed, replaced, added and
-//! appended, in Kong's order and with Kong's `name:value` syntax. Body
-//! transformations (`body`, `json`), `replace.uri`, `http_method` and
-//! `$(...)` templates are refused by name: Bronze does not buffer bodies.
+//! appended, in Kong's order and with Kong's `name:value` syntax; the
+//! request's `http_method` and its upstream path (`replace.uri`, the whole
+//! path sent upstream, as Kong's `set_path`). Body transformations
+//! (`body`, `json`) and `$(...)` templates are refused by name: Bronze
+//! does not buffer bodies.
 
 use http::StatusCode;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -163,11 +165,12 @@ fn query_ops(c: &Config, field: &str) -> Result<QueryOps, Invalid> {
 }
 
 /// Refuses what needs the body (or is not built) by name.
-fn refuse(c: &Config, field: &str, query_ok: bool) -> Result<(), Invalid> {
-    if c.http_method.is_some() {
+fn refuse(c: &Config, field: &str, request: bool) -> Result<(), Invalid> {
+    let query_ok = request;
+    if !request && c.http_method.is_some() {
         return Err(Invalid::new(
             format!("{field}.http_method"),
-            "not implemented in Bronze",
+            "unknown field: a response has no method",
         ));
     }
     for (s, name) in [
@@ -190,10 +193,10 @@ fn refuse(c: &Config, field: &str, query_ok: bool) -> Result<(), Invalid> {
                 ));
             }
         }
-        if s.uri.is_some() {
+        if s.uri.is_some() && !(request && name == "replace") {
             return Err(Invalid::new(
                 format!("{field}.{name}.uri"),
-                "not implemented in Bronze",
+                "unknown field: only replace.uri exists, on requests",
             ));
         }
         if !query_ok && s.querystring.as_ref().is_some_and(|v| !v.is_empty()) {
@@ -289,15 +292,51 @@ fn apply_query(ops: &QueryOps, query: Option<&str>) -> String {
 pub struct RequestTransformer {
     headers: HeaderOps,
     query: QueryOps,
+    method: Option<http::Method>,
+    /// `replace.uri`: the path sent upstream instead of the service's path
+    /// and the rest of the request's.
+    path: Option<std::sync::Arc<str>>,
 }
 
 impl RequestTransformer {
     pub fn new(config: Option<&serde_json::Value>, field: &str) -> Result<Self, Invalid> {
         let c: Config = parse_config(config, field)?;
         refuse(&c, field, true)?;
+        let method = match &c.http_method {
+            None => None,
+            Some(m) => Some(
+                http::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                    .ok()
+                    .filter(|_| !m.is_empty())
+                    .ok_or_else(|| {
+                        Invalid::new(
+                            format!("{field}.http_method"),
+                            format!("{m:?}: expected an HTTP method"),
+                        )
+                    })?,
+            ),
+        };
+        let path = match c.replace.as_ref().and_then(|r| r.uri.as_deref()) {
+            None => None,
+            Some(p) => {
+                let f = format!("{field}.replace.uri");
+                no_template(p, &f)?;
+                if !p.starts_with('/') || p.contains(['?', '#']) {
+                    return Err(Invalid::new(
+                        f,
+                        format!("{p:?}: expected a path starting with / (no query)"),
+                    ));
+                }
+                http::uri::PathAndQuery::try_from(p)
+                    .map_err(|_| Invalid::new(&f, format!("{p:?}: not a valid path")))?;
+                Some(std::sync::Arc::from(p))
+            }
+        };
         Ok(Self {
             headers: header_ops(&c, field)?,
             query: query_ops(&c, field)?,
+            method,
+            path,
         })
     }
 }
@@ -311,7 +350,13 @@ impl Plugin for RequestTransformer {
         801
     }
 
-    fn access(&self, req: &mut http::request::Parts, _ctx: &mut Ctx) -> Result<(), Answer> {
+    fn access(&self, req: &mut http::request::Parts, ctx: &mut Ctx) -> Result<(), Answer> {
+        if let Some(m) = &self.method {
+            req.method = m.clone();
+        }
+        if let Some(p) = &self.path {
+            ctx.upstream_path = Some(p.clone());
+        }
         apply_headers(&self.headers, &mut req.headers);
         if !self.query.is_empty() {
             let q = apply_query(&self.query, req.uri.query());

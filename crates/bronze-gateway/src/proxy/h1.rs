@@ -488,14 +488,30 @@ fn plan_request(proxy: &Proxy, conn: &Downstream, c: &mut Client) -> Parse {
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let path = parts.uri.path();
     c.line.clear();
-    request_line(
-        &mut c.line,
-        &parts.method,
-        &service.path,
-        target,
-        path,
-        parts.uri.query(),
-        &strip(path),
+    match &ctx.upstream_path {
+        // A plugin set the whole upstream path (request-transformer).
+        Some(p) => {
+            c.line.extend_from_slice(parts.method.as_str().as_bytes());
+            c.line.push(b' ');
+            c.line
+                .extend_from_slice(super::with_query(p, parts.uri.query()).as_bytes());
+            c.line.extend_from_slice(b" HTTP/1.1\r\n");
+        }
+        None => request_line(
+            &mut c.line,
+            &parts.method,
+            &service.path,
+            target,
+            path,
+            parts.uri.query(),
+            &strip(path),
+        ),
+    }
+    // A plugin may have changed the method: only idempotent ones go to
+    // another target.
+    plan.replayable &= matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::TRACE
     );
     if ctx.log_request.is_some() {
         ctx.upstream_uri = Some(

@@ -1883,3 +1883,57 @@ async fn request_termination_triggers_and_echoes() {
     )
     .await;
 }
+
+/// request-transformer's `http_method` and `replace.uri` (the whole
+/// upstream path, the query kept), on the HTTP/1.1 path and over h2c.
+#[tokio::test]
+async fn request_transformer_sets_the_method_and_the_upstream_path() {
+    let backend = echo("a").await;
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "services": [{"name": "svc", "url": format!("http://{backend}/base"), "routes": [
+            {"name": "rw", "paths": ["/rw"], "plugins": [
+                {"name": "request-transformer", "config": {
+                    "http_method": "post",
+                    "replace": {"uri": "/v2/rewritten"},
+                    "add": {"querystring": ["added:1"]}}}]}]}]
+    }))
+    .await;
+    for h2 in [false, true] {
+        let mut args = s(&[&format!("http://{}/rw/anything?x=1", gw.addr)]);
+        if h2 {
+            args.insert(0, "--http2-prior-knowledge".into());
+        }
+        let (code, _, body) = curl_h(args).await;
+        assert_eq!(code, 200, "{body}");
+        let v = json(&body);
+        assert_eq!(v["method"], "POST", "h2 {h2}: {v}");
+        assert_eq!(v["uri"], "/v2/rewritten?x=1&added=1", "h2 {h2}: {v}");
+    }
+    refused(
+        &gw,
+        "request-transformer",
+        &[
+            (
+                serde_json::json!({"replace": {"uri": "no-slash"}}),
+                "replace.uri",
+            ),
+            (
+                serde_json::json!({"replace": {"uri": "/$(uri_captures.id)"}}),
+                "replace.uri",
+            ),
+            (
+                serde_json::json!({"http_method": "BAD METHOD"}),
+                "http_method",
+            ),
+            (serde_json::json!({"add": {"uri": "/x"}}), "add.uri"),
+        ],
+    )
+    .await;
+    refused(
+        &gw,
+        "response-transformer",
+        &[(serde_json::json!({"http_method": "GET"}), "http_method")],
+    )
+    .await;
+}
