@@ -173,6 +173,15 @@ pub static KINDS: &[Kind] = &[
         generated: &["key", "secret"],
     },
     Kind {
+        name: "hmacauth_credentials",
+        path: Some("hmac-auths"),
+        scoped: "hmac-auth",
+        endpoint_key: Some("username"),
+        unique: &[&["username"]],
+        foreign: &[fk("consumer", "consumers", true)],
+        generated: &["secret"],
+    },
+    Kind {
         name: "acls",
         path: Some("acls"),
         scoped: "acls",

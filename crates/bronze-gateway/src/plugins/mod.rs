@@ -21,6 +21,7 @@ pub(crate) mod basic_auth;
 mod correlation_id;
 mod cors;
 mod file_log;
+mod hmac_auth;
 mod http_log;
 pub(crate) mod ip_restriction;
 mod jwt;
@@ -58,6 +59,7 @@ pub const PLUGINS: &[(&str, i32)] = &[
     ("jwt", 1450),
     ("key-auth", 1250),
     ("basic-auth", 1100),
+    ("hmac-auth", 1030),
     ("ip-restriction", 990),
     ("acl", 950),
     ("request-size-limiting", 951),
@@ -78,7 +80,15 @@ const LOGGERS: &[&str] = &["file-log", "http-log", "tcp-log", "udp-log"];
 
 /// Authentication plugins: cannot be scoped to a consumer (Kong's
 /// `no_consumer`).
-const NO_CONSUMER: &[&str] = &["cors", "jwt", "key-auth", "basic-auth", "prometheus", "acl"];
+const NO_CONSUMER: &[&str] = &[
+    "cors",
+    "jwt",
+    "key-auth",
+    "basic-auth",
+    "hmac-auth",
+    "prometheus",
+    "acl",
+];
 
 fn priority_of(name: &str) -> Option<i32> {
     PLUGINS.iter().find(|(n, _)| *n == name).map(|(_, p)| *p)
@@ -420,6 +430,8 @@ pub struct Credentials {
     pub basic: HashMap<String, basic_auth::Credential>,
     /// jwt: key to secret.
     pub jwt: HashMap<String, jwt::Secret>,
+    /// hmac-auth: username to (consumer, secret, credential id).
+    pub hmac: HashMap<String, hmac_auth::Credential>,
     /// acl: each consumer's groups (by consumer index; sorted, distinct).
     pub groups: HashMap<u32, Vec<String>>,
 }
@@ -498,6 +510,13 @@ impl Credentials {
             for (j, cred) in k.jwt_secrets.iter().enumerate() {
                 c.add_jwt(cred, i as u32, &format!("{prefix}.jwt_secrets[{j}]"))?;
             }
+            for (j, cred) in k.hmacauth_credentials.iter().enumerate() {
+                c.add_hmac(
+                    cred,
+                    i as u32,
+                    &format!("{prefix}.hmacauth_credentials[{j}]"),
+                )?;
+            }
             for (j, acl) in k.acls.iter().enumerate() {
                 c.add_group(acl, i as u32, &format!("{prefix}.acls[{j}]"))?;
             }
@@ -530,6 +549,11 @@ impl Credentials {
             let field = format!("jwt_secrets[{j}]");
             let i = owner(&cred.consumer, &field, &c)?;
             c.add_jwt(cred, i, &field)?;
+        }
+        for (j, cred) in d.hmacauth_credentials.iter().enumerate() {
+            let field = format!("hmacauth_credentials[{j}]");
+            let i = owner(&cred.consumer, &field, &c)?;
+            c.add_hmac(cred, i, &field)?;
         }
         for (j, acl) in d.acls.iter().enumerate() {
             let field = format!("acls[{j}]");
@@ -597,6 +621,22 @@ impl Credentials {
 }
 
 impl Credentials {
+    fn add_hmac(
+        &mut self,
+        cred: &declarative::HmacAuthCredential,
+        consumer: u32,
+        field: &str,
+    ) -> Result<(), Invalid> {
+        let compiled = hmac_auth::Credential::new(cred, consumer, field)?;
+        if self.hmac.insert(cred.username.clone(), compiled).is_some() {
+            return Err(Invalid::new(
+                format!("{field}.username"),
+                "UNIQUE violation: another credential has this username",
+            ));
+        }
+        Ok(())
+    }
+
     fn add_group(
         &mut self,
         acl: &declarative::Acl,
@@ -1022,6 +1062,7 @@ fn build_one(
     Ok(match name {
         "key-auth" => Arc::new(key_auth::KeyAuth::new(config, field, credentials)?),
         "basic-auth" => Arc::new(basic_auth::BasicAuth::new(config, field, credentials)?),
+        "hmac-auth" => Arc::new(hmac_auth::HmacAuth::new(config, field, credentials)?),
         "jwt" => Arc::new(jwt::Jwt::new(config, field, credentials)?),
         "rate-limiting" => Arc::new(rate_limiting::RateLimiting::new(config, field, identity)?),
         "prometheus" => Arc::new(prometheus::Prometheus::new(config, field)?),

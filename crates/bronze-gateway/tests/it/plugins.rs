@@ -1937,3 +1937,189 @@ async fn request_transformer_sets_the_method_and_the_upstream_path() {
     )
     .await;
 }
+
+/// base64 of HMAC-`digest` (sha1, sha256, ...) of `text` with `secret`,
+/// by the openssl CLI (a signer that is not Bronze's code).
+fn openssl_hmac(digest: &str, secret: &str, text: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(["dgst", &format!("-{digest}"), "-hmac", secret, "-binary"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("openssl");
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, out.stdout)
+}
+
+/// Kong's hmac-auth: requests signed with the consumer's secret (date and
+/// request line), replayed too late, signed wrongly or not at all; the
+/// credential made through the Admin API.
+#[tokio::test]
+async fn hmac_auth_as_kong() {
+    let backend = echo("a").await;
+    let gw = gateway(serde_json::json!({
+        "_format_version": "3.0",
+        "consumers": [{"username": "alice", "hmacauth_credentials": [
+            {"username": "alice-hmac", "secret": "s3cret"}]}],
+        "services": [{"name": "svc", "url": format!("http://{backend}"), "routes": [
+            {"name": "signed", "paths": ["/signed"], "plugins": [
+                {"name": "hmac-auth", "config": {"enforce_headers": ["date", "request-line"],
+                    "hide_credentials": true}}]},
+            {"name": "loose", "paths": ["/loose"], "plugins": [{"name": "hmac-auth"}]}]}]
+    }))
+    .await;
+    let now = || httpdate::fmt_http_date(std::time::SystemTime::now());
+    let call = |path: &str, date_header: &str, date: String, auth: Option<String>| {
+        let mut args = s(&["-H", &format!("{date_header}: {date}")]);
+        if let Some(a) = auth {
+            args.extend(s(&["-H", &format!("Authorization: {a}")]));
+        }
+        args.push(format!("http://{}{path}", gw.addr));
+        curl_h(args)
+    };
+    let auth = |user: &str, alg: &str, headers: &str, signature: &str| {
+        format!(
+            r#"hmac username="{user}", algorithm="{alg}", headers="{headers}", signature="{signature}""#
+        )
+    };
+
+    // Signed date and request line: through, as alice, credentials hidden.
+    let date = now();
+    let signing = format!("date: {date}\nGET /signed/x?y=1 HTTP/1.1");
+    let sig = openssl_hmac("sha256", "s3cret", &signing);
+    let (code, _, body) = call(
+        "/signed/x?y=1",
+        "Date",
+        date.clone(),
+        Some(auth("alice-hmac", "hmac-sha256", "date request-line", &sig)),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["headers"]["x-consumer-username"], "alice");
+    assert_eq!(v["headers"]["x-credential-identifier"], "alice-hmac");
+    assert!(v["headers"].get("authorization").is_none(), "{v}");
+
+    // The same signature for another path: does not match.
+    let (code, _, body) = call(
+        "/signed/other?y=1",
+        "Date",
+        date.clone(),
+        Some(auth("alice-hmac", "hmac-sha256", "date request-line", &sig)),
+    )
+    .await;
+    assert_eq!(code, 401);
+    assert_eq!(json(&body)["message"], "HMAC signature does not match");
+
+    // Too old a date: refused before any signature is checked.
+    let old =
+        httpdate::fmt_http_date(std::time::SystemTime::now() - std::time::Duration::from_secs(600));
+    let signing = format!("date: {old}\nGET /signed/x HTTP/1.1");
+    let (code, _, body) = call(
+        "/signed/x",
+        "Date",
+        old,
+        Some(auth(
+            "alice-hmac",
+            "hmac-sha256",
+            "date request-line",
+            &openssl_hmac("sha256", "s3cret", &signing),
+        )),
+    )
+    .await;
+    assert_eq!(code, 401);
+    assert!(
+        json(&body)["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("date or x-date")),
+        "{body}"
+    );
+
+    // No credentials: Kong's challenge.
+    let (code, h, body) = call("/signed/x", "Date", now(), None).await;
+    assert_eq!(code, 401);
+    assert_eq!(json(&body)["message"], "Unauthorized");
+    assert_eq!(h["www-authenticate"], "hmac");
+
+    // The request line left unsigned where it is enforced.
+    let date = now();
+    let sig = openssl_hmac("sha256", "s3cret", &format!("date: {date}"));
+    let (code, _, body) = call(
+        "/signed/x",
+        "Date",
+        date,
+        Some(auth("alice-hmac", "hmac-sha256", "date", &sig)),
+    )
+    .await;
+    assert_eq!(code, 401);
+    assert_eq!(json(&body)["message"], "HMAC signature cannot be verified");
+
+    // hmac-sha1 with X-Date, where only the date is required.
+    let date = now();
+    let sig = openssl_hmac("sha1", "s3cret", &format!("x-date: {date}"));
+    let (code, _, body) = call(
+        "/loose/x",
+        "X-Date",
+        date,
+        Some(auth("alice-hmac", "hmac-sha1", "x-date", &sig)),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(json(&body)["headers"]["authorization"].is_string(), "kept");
+
+    // A credential made through the Admin API, its secret generated.
+    let (code, created, _) = curl_h(s(&[
+        "-X",
+        "POST",
+        "-d",
+        "username=bob-hmac",
+        &format!("http://{}/consumers/alice/hmac-auth", gw.admin),
+    ]))
+    .await;
+    assert_eq!(code, 201);
+    let _ = created;
+    let (_, _, body) = curl_h(s(&[&format!(
+        "http://{}/consumers/alice/hmac-auth/bob-hmac",
+        gw.admin
+    )]))
+    .await;
+    let secret = json(&body)["secret"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(secret.len(), 32, "{body}");
+    let date = now();
+    let sig = openssl_hmac("sha512", &secret, &format!("date: {date}"));
+    let (code, _, body) = call(
+        "/loose/x",
+        "Date",
+        date,
+        Some(auth("bob-hmac", "hmac-sha512", "date", &sig)),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+
+    refused(
+        &gw,
+        "hmac-auth",
+        &[
+            (
+                serde_json::json!({"validate_request_body": true}),
+                "validate_request_body",
+            ),
+            (
+                serde_json::json!({"algorithms": ["hmac-md5"]}),
+                "algorithms[0]",
+            ),
+            (serde_json::json!({"clock_skew": 0}), "clock_skew"),
+        ],
+    )
+    .await;
+}
