@@ -323,6 +323,11 @@ impl Server {
             config.dns_resolver.parse().ok(),
             !config.discovery.is_empty(),
         ));
+        // Before the first table: services with a client certificate of
+        // their own trust these roots too.
+        let upstream_tls = upstream::tls::Clients::new(&config.upstream_ca_file)
+            .map_err(StartError::UpstreamCa)?;
+        registry.set_tls(upstream_tls.clone());
         // A declarative file replaces what the store held; without one, the
         // store's entities (from the Admin API) are the configuration.
         let (entities, declarative, table) = if config.declarative_config.is_empty() {
@@ -364,9 +369,6 @@ impl Server {
         };
         let mut metrics = Metrics::new("gateway");
         let gateway_metrics = Arc::new(metrics::GatewayMetrics::register(&mut metrics));
-        let upstream_tls = upstream::tls::Clients::new(&config.upstream_ca_file)
-            .map_err(StartError::UpstreamCa)?;
-        registry.set_tls(upstream_tls.clone());
         let trust = proxy::Trust {
             ips: proxy::TrustedIps::parse(&config.trusted_ips).map_err(StartError::TrustedIps)?,
             real_ip: proxy::RealIp {

@@ -344,7 +344,7 @@ impl Table {
                 let mut settings =
                     crate::upstream::UpstreamTls::new(&host, s.tls_verify.unwrap_or(true))
                         .map_err(|why| Invalid::new(field("host"), why))?;
-                settings.own = own_tls(d, s, settings.verify, &field)?;
+                settings.own = own_tls(d, s, settings.verify, registry.tls(), &field)?;
                 Some(settings)
             } else {
                 for (set, name) in [
@@ -686,6 +686,7 @@ fn own_tls(
     d: &Declarative,
     s: &crate::declarative::Service,
     verify: bool,
+    defaults: Option<&crate::upstream::tls::Clients>,
     field: &dyn Fn(&str) -> String,
 ) -> Result<Option<Arc<crate::upstream::tls::Own>>, Invalid> {
     if s.client_certificate.is_none() && s.ca_certificates.is_empty() {
@@ -723,7 +724,7 @@ fn own_tls(
             Some(certified)
         }
     };
-    crate::upstream::tls::Own::new(verify, &roots, client, identity)
+    crate::upstream::tls::Own::new(verify, &roots, client, identity, defaults)
         .map(|own| Some(Arc::new(own)))
         .map_err(|(f, m)| Invalid::new(f, m))
 }

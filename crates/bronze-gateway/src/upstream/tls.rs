@@ -39,15 +39,17 @@ pub struct Own {
 
 impl Own {
     /// `roots`: PEM CA certificates (each with the field that gave it,
-    /// for errors), or none for the system's; `client`: the certificate
-    /// and key shown to upstreams; `identity`: what names both (their
-    /// ids), so that pooled connections are shared only by services that
-    /// present the same.
+    /// for errors), or none for the gateway's (`defaults`: the system's
+    /// and `upstream_ca_file`'s; the system's alone without them);
+    /// `client`: the certificate and key shown to upstreams; `identity`:
+    /// what names both (their ids), so that pooled connections are shared
+    /// only by services that present the same.
     pub fn new(
         verify: bool,
         roots: &[(String, &str)],
         client: Option<CertifiedKey>,
         identity: String,
+        defaults: Option<&Clients>,
     ) -> Result<Self, (String, String)> {
         let provider = crate::tls::provider();
         let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -58,9 +60,14 @@ impl Own {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
         } else if roots.is_empty() {
-            let mut store = rustls::RootCertStore::empty();
-            store.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-            builder.with_root_certificates(store)
+            match defaults {
+                Some(c) => builder.with_root_certificates(c.roots.clone()),
+                None => {
+                    let mut store = rustls::RootCertStore::empty();
+                    store.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+                    builder.with_root_certificates(store)
+                }
+            }
         } else {
             let mut store = rustls::RootCertStore::empty();
             for (field, pem) in roots {
@@ -150,6 +157,9 @@ impl UpstreamTls {
 #[derive(Clone, Debug)]
 pub struct Clients {
     configs: [Arc<ClientConfig>; 4],
+    /// The system's roots and `upstream_ca_file`'s, for services that
+    /// bring a client certificate but no roots of their own.
+    roots: Arc<rustls::RootCertStore>,
 }
 
 impl Clients {
@@ -179,8 +189,9 @@ impl Clients {
                 .with_safe_default_protocol_versions()
                 .map_err(|e| format!("TLS versions: {e}"))
         };
+        let roots = Arc::new(roots);
         let verified = builder()?
-            .with_root_certificates(roots)
+            .with_root_certificates(roots.clone())
             .with_no_client_auth();
         let unverified = builder()?
             .dangerous()
@@ -198,6 +209,7 @@ impl Clients {
                 alpn(&unverified, b"http/1.1"),
                 alpn(&unverified, b"h2"),
             ],
+            roots,
         })
     }
 

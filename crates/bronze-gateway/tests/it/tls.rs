@@ -1662,6 +1662,22 @@ async fn services_present_client_certificates_and_trust_their_own_cas() {
             {"name": "wrong-ca", "url": "https://backend.test/",
              "client_certificate": {"id": "4e3ad2e4-0bc4-4638-8e34-c84a417ba39b"},
              "ca_certificates": ["other-ca"], "routes": route("wrong-ca")}]});
+    // A client certificate and no roots of its own: the gateway's roots,
+    // `--upstream-ca-file` among them.
+    let own_roots_not_given = gateway_with(
+        serde_json::json!({"_format_version": "3.0",
+            "certificates": doc["certificates"].clone(),
+            "upstreams": doc["upstreams"].clone(),
+            "services": [{"name": "mtls", "url": "https://backend.test/",
+                "client_certificate": "4e3ad2e4-0bc4-4638-8e34-c84a417ba39b",
+                "routes": route("mtls")}]}),
+        |c| c.upstream_ca_file = server_ca.cert_path.display().to_string(),
+    )
+    .await;
+    let (code, body) =
+        super::curl(s(&[&format!("http://{}/mtls", own_roots_not_given.addr)])).await;
+    assert_eq!((code, body.as_str()), (200, "client certificates: 1"));
+
     let gw = gateway_with(doc, |_| {}).await;
     let get = |path: &str| super::curl(s(&[&format!("http://{}{path}", gw.addr)]));
     let (code, body) = get("/mtls").await;
