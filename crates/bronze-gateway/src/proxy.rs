@@ -510,7 +510,12 @@ impl Proxy {
             req = Request::from_parts(parts, body);
         }
         let path = req.uri().path();
+        let captures = m
+            .regex
+            .filter(|_| service.upstream.wants_captures())
+            .and_then(|r| r.captures(path));
         let key = service.upstream.key(&RequestInfo {
+            captures: captures.as_ref(),
             headers: req.headers(),
             peer: client.ip(),
             path,

@@ -121,6 +121,8 @@ struct Entry {
 pub struct Matched<'a> {
     pub route: &'a Arc<Route>,
     pub matched_len: usize,
+    /// The regex of the path that matched, if it was one.
+    pub regex: Option<&'a Regex>,
 }
 
 /// Request headers as the router reads them: hyper's `HeaderMap`, or the
@@ -672,6 +674,10 @@ impl Table {
                 return Some(Matched {
                     route: &e.route,
                     matched_len,
+                    regex: match &e.path {
+                        PathMatch::Regex(r, _) => Some(r),
+                        _ => None,
+                    },
                 });
             }
         }

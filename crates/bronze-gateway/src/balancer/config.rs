@@ -179,6 +179,8 @@ pub enum HashOn {
     QueryArg(String),
     /// The consumer an auth plugin identified (its id).
     Consumer,
+    /// A named group of the matched route's regex path.
+    UriCapture(String),
 }
 
 #[derive(Debug, Clone)]
@@ -338,14 +340,20 @@ fn hash_on(
     fallback: bool,
     field: &dyn Fn(&str) -> String,
 ) -> Result<HashOn, Invalid> {
-    let (name, header_field, arg_field) = if fallback {
+    let (name, header_field, arg_field, capture_field) = if fallback {
         (
             "hash_fallback",
             "hash_fallback_header",
             "hash_fallback_query_arg",
+            "hash_fallback_uri_capture",
         )
     } else {
-        ("hash_on", "hash_on_header", "hash_on_query_arg")
+        (
+            "hash_on",
+            "hash_on_header",
+            "hash_on_query_arg",
+            "hash_on_uri_capture",
+        )
     };
     let need = |v: Option<&str>, f: &str| -> Result<String, Invalid> {
         match v {
@@ -392,19 +400,18 @@ fn hash_on(
         }
         "consumer" => HashOn::Consumer,
         "uri_capture" => {
-            return Err(Invalid::new(
-                field(name),
-                format!(
-                    "{:?} is not implemented yet; expected none, ip, header, cookie, path, query_arg or consumer",
-                    what.unwrap_or("")
-                ),
-            ));
+            let capture = if fallback {
+                u.hash_fallback_uri_capture.as_deref()
+            } else {
+                u.hash_on_uri_capture.as_deref()
+            };
+            HashOn::UriCapture(need(capture, capture_field)?)
         }
         other => {
             return Err(Invalid::new(
                 field(name),
                 format!(
-                    "{other:?}: expected one of none, ip, header, {}path, query_arg",
+                    "{other:?}: expected one of none, ip, header, {}path, query_arg, consumer, uri_capture",
                     if fallback { "" } else { "cookie, " }
                 ),
             ));

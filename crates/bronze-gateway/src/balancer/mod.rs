@@ -435,6 +435,9 @@ pub struct RequestInfo<'a> {
     pub query: Option<&'a str>,
     /// The id of the consumer an auth plugin identified, if any.
     pub consumer: Option<&'a str>,
+    /// The named groups of the matched route's regex path, when the
+    /// upstream hashes on one (`Upstream::wants_captures`).
+    pub captures: Option<&'a regex::Captures<'a>>,
 }
 
 /// A request's hash (if the upstream hashes and the request has the value)
@@ -475,6 +478,10 @@ fn hash_of(on: &HashOn, r: &RequestInfo<'_>) -> Option<u64> {
         }
         HashOn::Path => Some(hash64(&[r.path.as_bytes()])),
         HashOn::Consumer => r.consumer.map(|c| hash64(&[c.as_bytes()])),
+        HashOn::UriCapture(name) => r
+            .captures
+            .and_then(|c| c.name(name))
+            .map(|m| hash64(&[m.as_str().as_bytes()])),
         HashOn::QueryArg(name) => r.query.and_then(|q| {
             q.split('&').find_map(|kv| {
                 let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
@@ -624,6 +631,14 @@ impl Upstream {
     /// [`Upstream::key`] must see it.
     pub fn hashes(&self) -> bool {
         self.settings.algorithm == Algorithm::ConsistentHashing
+    }
+
+    /// Whether picking needs the route's regex captures (`uri_capture`).
+    pub fn wants_captures(&self) -> bool {
+        self.hashes()
+            && [&self.settings.hash_on, &self.settings.hash_fallback]
+                .iter()
+                .any(|h| matches!(h, HashOn::UriCapture(_)))
     }
 
     pub fn key(&self, r: &RequestInfo<'_>) -> Key {
@@ -1174,6 +1189,7 @@ mod tests {
             path: "/",
             query: None,
             consumer: None,
+            captures: None,
         });
         u.try_pick(&key, None).expect("pick").addr().to_string()
     }

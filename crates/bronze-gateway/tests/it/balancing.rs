@@ -334,6 +334,45 @@ async fn hashing_on_the_consumer() {
     assert!(owners.len() > 1, "consumers spread: {owners:?}");
 }
 
+/// `hash_on: uri_capture`: the named group of the route's regex path
+/// picks the target (`/tenants/7/...` always on one), with
+/// `hash_fallback: path` for requests whose path has no such group.
+#[tokio::test]
+async fn hashing_on_a_uri_capture() {
+    let (a, _) = named("a", Duration::ZERO).await;
+    let (b, _) = named("b", Duration::ZERO).await;
+    let (c3, _) = named("c", Duration::ZERO).await;
+    let mut config = pool(
+        &[a, b, c3],
+        json!({"hash_on": "uri_capture", "hash_on_uri_capture": "tenant",
+               "hash_fallback": "path"}),
+    );
+    config["services"][0]["routes"] = json!([
+        {"name": "tenants", "paths": [r"~/tenants/(?<tenant>\d+)/"]},
+        {"name": "rest", "paths": ["/"]}]);
+    let gw = gateway(config).await;
+    let c = client();
+    let mut owners = std::collections::HashSet::new();
+    for t in 0..12 {
+        let url = |rest: &str| format!("http://{}/tenants/{t}/{rest}", gw.addr);
+        let (code, first) = get(&c, &url("a"), &[]).await;
+        assert_eq!(code, 200, "{first}");
+        // Any path of the same tenant: the same target.
+        for rest in ["b", "c/d", "e?f=1"] {
+            assert_eq!(get(&c, &url(rest), &[]).await.1, first, "tenant {t} {rest}");
+        }
+        owners.insert(first);
+    }
+    assert!(owners.len() > 1, "tenants spread: {owners:?}");
+    // No capture: the fallback (the path) still hashes.
+    let url = format!("http://{}/other/x", gw.addr);
+    let (code, first) = get(&c, &url, &[]).await;
+    assert_eq!(code, 200);
+    for _ in 0..3 {
+        assert_eq!(get(&c, &url, &[]).await.1, first);
+    }
+}
+
 #[tokio::test]
 async fn sticky_cookie_is_set_when_absent_and_honoured() {
     let (a, _) = named("a", Duration::ZERO).await;
@@ -964,8 +1003,8 @@ async fn bad_upstream_configurations_are_refused_naming_the_field() {
         (json!({"slots": 5}), "upstreams[0].slots", "10-65536"),
         (
             json!({"hash_on": "uri_capture"}),
-            "upstreams[0].hash_on",
-            "not implemented",
+            "upstreams[0].hash_on_uri_capture",
+            "required",
         ),
         (
             json!({"circuit_breaker": {"open_timeout": 0}}),
