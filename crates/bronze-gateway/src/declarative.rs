@@ -263,6 +263,10 @@ pub struct Upstream {
     /// Kong's; only unset (or false) is supported so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_header: Option<String>,
+    /// A certificate (by id) shown to targets that ask for one: by the
+    /// active https/grpcs checks, and by services with none of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<Ref>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_srv_name: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -90,7 +90,7 @@ pub static KINDS: &[Kind] = &[
         scoped: "upstreams",
         endpoint_key: Some("name"),
         unique: &[&["name"]],
-        foreign: &[],
+        foreign: &[fk("client_certificate", "certificates", false)],
         generated: &[],
     },
     Kind {

@@ -276,7 +276,26 @@ impl Table {
             if u.name.is_empty() {
                 return Err(Invalid::new(field("name"), "expected a name"));
             }
-            let settings = balancer::config::compile(u, &format!("upstreams[{i}]"))?;
+            let mut settings = balancer::config::compile(u, &format!("upstreams[{i}]"))?;
+            if let Some(r) = &u.client_certificate {
+                let (id, certified) = client_certificate(d, r, &field("client_certificate"))?;
+                let checks = settings.active.as_mut().and_then(|a| match &mut a.kind {
+                    balancer::config::CheckKind::Http { tls }
+                    | balancer::config::CheckKind::Grpc { tls } => tls.as_mut(),
+                    balancer::config::CheckKind::Tcp => None,
+                });
+                if let Some(t) = checks {
+                    let own = crate::upstream::tls::Own::new(
+                        t.verify,
+                        &[],
+                        Some(certified),
+                        format!("client {id}"),
+                        registry.tls(),
+                    )
+                    .map_err(|(f, m)| Invalid::new(f, m))?;
+                    t.own = Some(Arc::new(own));
+                }
+            }
             let mut specs = Vec::new();
             for (j, t) in u.targets.iter().enumerate() {
                 let (host, port) =
@@ -346,7 +365,7 @@ impl Table {
                 let mut settings =
                     crate::upstream::UpstreamTls::new(&host, s.tls_verify.unwrap_or(true))
                         .map_err(|why| Invalid::new(field("host"), why))?;
-                settings.own = own_tls(d, s, settings.verify, registry.tls(), &field)?;
+                settings.own = own_tls(d, s, &host, settings.verify, registry.tls(), &field)?;
                 Some(settings)
             } else {
                 for (set, name) in [
@@ -685,17 +704,46 @@ impl Table {
     }
 }
 
+/// The certificate `r` names (by id) among the document's, parsed; errors
+/// name `field`, or the certificate's own fields.
+fn client_certificate<'d>(
+    d: &'d Declarative,
+    r: &'d crate::declarative::Ref,
+    field: &str,
+) -> Result<(&'d str, rustls::sign::CertifiedKey), Invalid> {
+    let id = r
+        .key()
+        .ok_or_else(|| Invalid::new(field, "expected a certificate's id"))?;
+    let (i, c) = d
+        .certificates
+        .iter()
+        .enumerate()
+        .find(|(_, c)| c.id.as_deref() == Some(id))
+        .ok_or_else(|| Invalid::new(field, format!("{id:?}: no certificate with this id")))?;
+    let certified = crate::tls::certified(&crate::tls::provider(), &c.cert, &c.key)
+        .map_err(|(which, m)| Invalid::new(format!("certificates[{i}].{which}"), m))?;
+    Ok((id, certified))
+}
+
 /// A TLS service's own client settings: its `ca_certificates` (by id, the
-/// only roots then) and `client_certificate` (a certificate by id), or
-/// `None` when it names neither. Errors name the service's field.
+/// only roots then) and `client_certificate` (a certificate by id; else
+/// that of the upstream named as its host), or `None` when there are none. Errors name the service's field.
 fn own_tls(
     d: &Declarative,
     s: &crate::declarative::Service,
+    host: &str,
     verify: bool,
     defaults: Option<&crate::upstream::tls::Clients>,
     field: &dyn Fn(&str) -> String,
 ) -> Result<Option<Arc<crate::upstream::tls::Own>>, Invalid> {
-    if s.client_certificate.is_none() && s.ca_certificates.is_empty() {
+    // The service's certificate, else its upstream's (Kong's order).
+    let upstream = d
+        .upstreams
+        .iter()
+        .enumerate()
+        .find(|(_, u)| u.name == host)
+        .and_then(|(i, u)| Some((i, u.client_certificate.as_ref()?)));
+    if s.client_certificate.is_none() && upstream.is_none() && s.ca_certificates.is_empty() {
         return Ok(None);
     }
     let mut identity = String::new();
@@ -711,22 +759,16 @@ fn own_tls(
         identity.push_str(&format!("ca {id} "));
         roots.push((format!("ca_certificates[{i}].cert"), ca.cert.as_str()));
     }
-    let client = match &s.client_certificate {
+    let named = match (&s.client_certificate, upstream) {
+        (Some(r), _) => Some((r, field("client_certificate"))),
+        (None, Some((i, r))) => Some((r, format!("upstreams[{i}].client_certificate"))),
+        (None, None) => None,
+    };
+    let client = match named {
         None => None,
-        Some(r) => {
-            let f = field("client_certificate");
-            let id = r
-                .key()
-                .ok_or_else(|| Invalid::new(&f, "expected a certificate's id"))?;
-            let (i, c) = d
-                .certificates
-                .iter()
-                .enumerate()
-                .find(|(_, c)| c.id.as_deref() == Some(id))
-                .ok_or_else(|| Invalid::new(&f, format!("{id:?}: no certificate with this id")))?;
+        Some((r, f)) => {
+            let (id, certified) = client_certificate(d, r, &f)?;
             identity.push_str(&format!("client {id}"));
-            let certified = crate::tls::certified(&crate::tls::provider(), &c.cert, &c.key)
-                .map_err(|(which, m)| Invalid::new(format!("certificates[{i}].{which}"), m))?;
             Some(certified)
         }
     };

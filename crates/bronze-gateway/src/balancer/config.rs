@@ -248,6 +248,8 @@ pub enum CheckKind {
 pub struct TlsCheck {
     pub sni: Option<rustls_pki_types::ServerName<'static>>,
     pub verify: bool,
+    /// The upstream's `client_certificate`, shown to targets that ask.
+    pub own: Option<std::sync::Arc<crate::upstream::tls::Own>>,
 }
 
 /// An upstream's compiled balancing settings.
@@ -541,6 +543,7 @@ pub fn compile(u: &Upstream, prefix: &str) -> Result<Settings, Invalid> {
             Some(TlsCheck {
                 sni,
                 verify: a.https_verify_certificate.unwrap_or(true),
+                own: None,
             })
         } else if a.https_sni.is_some() {
             return Err(Invalid::new(

@@ -74,7 +74,7 @@ async fn handshake(
     let settings = UpstreamTls {
         name,
         verify: check.verify,
-        own: None,
+        own: check.own.clone(),
     };
     clients?
         .connect(&settings, h2, tcp)

@@ -1086,7 +1086,7 @@ pub(super) fn health_of(v: &Value, addr: SocketAddr) -> Option<String> {
 
 /// Waits (at most 15 s) until the admin API shows `addr` in upstream
 /// `name` with `health`; the last answer.
-async fn health_becomes(gw: &Gw, name: &str, addr: SocketAddr, health: &str) -> Value {
+pub(super) async fn health_becomes(gw: &Gw, name: &str, addr: SocketAddr, health: &str) -> Value {
     let c = client();
     let path = format!("/upstreams/{name}/health");
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -1678,6 +1678,35 @@ async fn services_present_client_certificates_and_trust_their_own_cas() {
         super::curl(s(&[&format!("http://{}/mtls", own_roots_not_given.addr)])).await;
     assert_eq!((code, body.as_str()), (200, "client certificates: 1"));
 
+    // The upstream's client certificate: shown by its active https checks
+    // (the target stays HEALTHY only if the handshake succeeds) and by a
+    // service that has none of its own.
+    let checked = gateway_with(
+        serde_json::json!({"_format_version": "3.0",
+            "certificates": doc["certificates"].clone(),
+            "upstreams": [{"name": "backend.test",
+                "client_certificate": {"id": "4e3ad2e4-0bc4-4638-8e34-c84a417ba39b"},
+                "targets": [{"target": backend.to_string()}],
+                "healthchecks": {"active": {"type": "https", "https_sni": "backend.test",
+                    "healthy": {"interval": 0.1, "successes": 1},
+                    "unhealthy": {"interval": 0.1, "tcp_failures": 1, "timeouts": 1,
+                                  "http_failures": 1}}}}],
+            "services": [{"name": "mtls", "url": "https://backend.test/", "routes": route("mtls")}]}),
+        |c| c.upstream_ca_file = server_ca.cert_path.display().to_string(),
+    )
+    .await;
+    // Checked a few times, and still healthy.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let health =
+        super::balancing::health_becomes(&checked, "backend.test", backend, "HEALTHY").await;
+    assert_eq!(
+        super::balancing::health_of(&health, backend).as_deref(),
+        Some("HEALTHY"),
+        "{health}"
+    );
+    let (code, body) = super::curl(s(&[&format!("http://{}/mtls", checked.addr)])).await;
+    assert_eq!((code, body.as_str()), (200, "client certificates: 1"));
+
     let gw = gateway_with(doc, |_| {}).await;
     let get = |path: &str| super::curl(s(&[&format!("http://{}{path}", gw.addr)]));
     let (code, body) = get("/mtls").await;
