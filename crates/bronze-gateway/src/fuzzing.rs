@@ -28,7 +28,8 @@ pub fn chunked(data: &[u8]) {
 
 /// A gateway with routes of every kind the HTTP/1.1 path plans for: plain,
 /// stripped and rewritten paths, hosts, headers, methods, preserve_host,
-/// and plugins (key-auth, request-transformer, request-termination).
+/// and plugins (key-auth, hmac-auth, correlation-id, request-transformer
+/// with a replaced path, request-termination).
 struct Fixture {
     runtime: tokio::runtime::Runtime,
     proxy: Arc<Proxy>,
@@ -42,7 +43,8 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         .expect("runtime");
     let doc = crate::declarative::parse(
         br#"{"_format_version": "3.0",
-        "consumers": [{"username": "u", "keyauth_credentials": [{"key": "k"}]}],
+        "consumers": [{"username": "u", "keyauth_credentials": [{"key": "k"}],
+                       "hmacauth_credentials": [{"username": "h", "secret": "s"}]}],
         "services": [
           {"name": "a", "url": "http://127.0.0.1:9/base", "routes": [
             {"name": "root", "paths": ["/"]},
@@ -52,7 +54,10 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
             {"name": "hdr", "paths": ["/h"], "headers": {"x-v": ["1"]}},
             {"name": "auth", "paths": ["/auth"], "plugins": [{"name": "key-auth"},
               {"name": "request-transformer", "config": {"add": {"headers": ["x-added:1"]}}}]},
-            {"name": "stop", "paths": ["/stop"], "plugins": [{"name": "request-termination"}]}
+            {"name": "stop", "paths": ["/stop"], "plugins": [{"name": "request-termination"}]},
+            {"name": "hmac", "paths": ["/hmac"], "plugins": [{"name": "hmac-auth"},
+              {"name": "correlation-id", "config": {"echo_downstream": true}},
+              {"name": "request-transformer", "config": {"replace": {"uri": "/replaced"}}}]}
           ]}]}"#,
     )
     .expect("fixture config");
