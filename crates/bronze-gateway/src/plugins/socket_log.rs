@@ -171,6 +171,9 @@ async fn connect(t: &Target) -> std::io::Result<Box<dyn Writer>> {
 async fn send_tcp(t: Target, mut rx: mpsc::Receiver<Msg<String>>) {
     let mut conn: Option<Box<dyn Writer>> = None;
     let mut buf = Vec::new();
+    // Batches dropped so far: warned at the 1st, 2nd, 4th, 8th... (a
+    // collector that is down does not flood the gateway's own log).
+    let mut dropped = 0u64;
     let mut flushed = Vec::new();
     loop {
         let first = match &conn {
@@ -224,7 +227,10 @@ async fn send_tcp(t: Target, mut rx: mpsc::Receiver<Msg<String>>) {
                 conn = None;
             }
             if !sent {
-                tracing::warn!(host = %t.host, port = t.port, %failure, "tcp-log dropped entries");
+                dropped += 1;
+                if dropped.is_power_of_two() {
+                    tracing::warn!(host = %t.host, port = t.port, %failure, batches = dropped, "tcp-log dropped entries");
+                }
             }
             buf.clear();
         }
