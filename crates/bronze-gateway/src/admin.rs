@@ -1208,6 +1208,93 @@ async fn upstream_health(
     )
 }
 
+/// Kong's `PUT /upstreams/{u}/targets/{t}/healthy` (or `/unhealthy`;
+/// POST as older Kong): every address of the target (its id or its
+/// `target`) set healthy or unhealthy by hand, 204. Unhealthy by hand
+/// stays until set healthy or an active check passes (no passive
+/// cool-down). A target that is a name resolving to several addresses:
+/// `.../targets/{t}/{address}/healthy` names one.
+async fn target_health(
+    State(a): State<Arc<Admin>>,
+    axum::extract::Path((upstream, target, state)): axum::extract::Path<(String, String, String)>,
+) -> Response {
+    set_target_health(&a, &upstream, &target, None, &state).await
+}
+
+async fn address_health(
+    State(a): State<Arc<Admin>>,
+    axum::extract::Path((upstream, target, address, state)): axum::extract::Path<(
+        String,
+        String,
+        String,
+        String,
+    )>,
+) -> Response {
+    set_target_health(&a, &upstream, &target, Some(&address), &state).await
+}
+
+async fn set_target_health(
+    a: &Admin,
+    upstream: &str,
+    target: &str,
+    address: Option<&str>,
+    state: &str,
+) -> Response {
+    let healthy = match state {
+        "healthy" => true,
+        "unhealthy" => false,
+        _ => return not_found(),
+    };
+    let (name, declared) = {
+        let current = a.state.lock().await;
+        let (Some(uk), Some(tk)) = (entities::kind("upstreams"), entities::kind("targets")) else {
+            return not_found();
+        };
+        let Some(uid) = current.find(uk, upstream, None) else {
+            return not_found();
+        };
+        let name = current
+            .get(uk, &uid)
+            .and_then(|u| u.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let declared = current
+            .of(tk)
+            .filter(|(_, v)| v.get("upstream").and_then(entities::fk_id) == Some(uid.as_str()))
+            .find(|(id, v)| {
+                id.as_str() == target || v.get("target").and_then(Value::as_str) == Some(target)
+            })
+            .and_then(|(_, v)| v.get("target").and_then(Value::as_str).map(str::to_string));
+        let Some(declared) = declared else {
+            return not_found();
+        };
+        (name, declared)
+    };
+    // Kong's default port for a target written without one.
+    let addr = match address {
+        Some(a) => a.to_string(),
+        None if declared
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok()) =>
+        {
+            declared
+        }
+        None => format!("{declared}:8000"),
+    };
+    let table = a.gateway.proxy.table.load();
+    let Some(u) = table.upstream(&name) else {
+        return not_found();
+    };
+    if u.set_health_by_hand(&addr, healthy) == 0 {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            json!({"message": format!("{addr}: no such address among the target's (a name: use .../targets/{{target}}/{{address}}/{state})")}),
+        );
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
 /// The Admin API's routes, behind the token check (`/metrics` and
 /// `/healthz` are merged in by the caller, outside it).
 pub fn router(admin: Arc<Admin>) -> Router {
@@ -1218,6 +1305,14 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route(
             "/upstreams/{upstream}/health",
             axum::routing::get(upstream_health),
+        )
+        .route(
+            "/upstreams/{upstream}/targets/{target}/{state}",
+            axum::routing::put(target_health).post(target_health),
+        )
+        .route(
+            "/upstreams/{upstream}/targets/{target}/{address}/{state}",
+            axum::routing::put(address_health).post(address_health),
         )
         .fallback(dispatch)
         // Whole configurations are posted here (axum's default is 2 MiB).

@@ -636,6 +636,11 @@ impl Table {
         self.upstreams.get(name).map(|u| u.health())
     }
 
+    /// A declared upstream by name.
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.get(name)
+    }
+
     /// The route for a request, if any; `sni` is the server name of its
     /// TLS connection.
     pub fn find<H: HeaderLookup + ?Sized>(

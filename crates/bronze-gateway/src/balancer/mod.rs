@@ -95,6 +95,9 @@ pub struct TargetState {
     open_until: AtomicU64,
     /// A half-open probe is in flight.
     probing: AtomicBool,
+    /// Set unhealthy through the Admin API: stays so (no passive
+    /// cool-down) until set healthy, or an active check passes.
+    held: AtomicBool,
 }
 
 impl TargetState {
@@ -111,7 +114,24 @@ impl TargetState {
             consecutive_failures: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
             probing: AtomicBool::new(false),
+            held: AtomicBool::new(false),
         }
+    }
+
+    /// Kong's `PUT .../targets/{t}/healthy` and `/unhealthy`: the target's
+    /// health set by hand, its counters reset.
+    pub fn set_by_hand(&self, healthy: bool) {
+        *self.counters.lock() = Counters::default();
+        self.failing.store(false, Ordering::Relaxed);
+        self.held.store(!healthy, Ordering::Relaxed);
+        self.set_healthy(
+            healthy,
+            if healthy {
+                "set healthy through the Admin API"
+            } else {
+                "set unhealthy through the Admin API"
+            },
+        );
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -123,6 +143,9 @@ impl TargetState {
     }
 
     fn set_healthy(&self, healthy: bool, why: &str) {
+        if healthy {
+            self.held.store(false, Ordering::Relaxed);
+        }
         if self.healthy.swap(healthy, Ordering::Relaxed) != healthy {
             if !healthy {
                 self.unhealthy_at.store(now_ms(), Ordering::Relaxed);
@@ -675,6 +698,7 @@ impl Upstream {
         let now = at.now;
         if !t.is_healthy() {
             let back = self.settings.active.is_none()
+                && !t.held.load(Ordering::Relaxed)
                 && now
                     >= t.unhealthy_at.load(Ordering::Relaxed)
                         + self.settings.passive_cooldown.as_millis() as u64;
@@ -913,6 +937,20 @@ impl Upstream {
         }
     }
 
+    /// Sets the health of the targets at `addr` by hand; how many there
+    /// were.
+    pub fn set_health_by_hand(&self, addr: &str, healthy: bool) -> usize {
+        let targets = self.targets.load();
+        let mut n = 0;
+        for m in targets.groups.iter().flat_map(|g| g.members.iter()) {
+            if &*m.state.addr == addr {
+                m.state.set_by_hand(healthy);
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Kong's `/upstreams/{u}/health` shape for this upstream's targets.
     pub fn health(&self) -> serde_json::Value {
         let now = now_ms();
@@ -923,7 +961,9 @@ impl Upstream {
             .flat_map(|g| g.members.iter())
             .map(|m| {
                 let t = &m.state;
-                let health = if self.settings.active.is_none()
+                let health = if t.held.load(Ordering::Relaxed) {
+                    "UNHEALTHY"
+                } else if self.settings.active.is_none()
                     && self.settings.passive.http_failures == 0
                     && self.settings.passive.tcp_failures == 0
                     && self.settings.passive.timeouts == 0

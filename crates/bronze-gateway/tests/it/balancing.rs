@@ -1210,3 +1210,73 @@ async fn upstream_health_in_the_admin_api_follows_active_checks() {
     let (code, _) = admin_get(&c, &gw, "/upstreams/nope/health").await;
     assert_eq!(code, 404);
 }
+
+/// Kong's `PUT /upstreams/{u}/targets/{t}/unhealthy` and `/healthy`: a
+/// target taken out of the balancer by hand (a drain before a deploy)
+/// gets no requests until it is put back.
+#[tokio::test]
+async fn targets_are_set_unhealthy_and_healthy_by_hand() {
+    let (a, _) = named("a", Duration::ZERO).await;
+    let (b, _) = named("b", Duration::ZERO).await;
+    let gw = gateway(pool(&[a, b], json!({}))).await;
+    let c = client();
+    let url = format!("http://{}/x", gw.addr);
+    let seen = |n: usize| {
+        let (c, url) = (&c, &url);
+        async move {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..n {
+                let (code, body) = get(c, url, &[]).await;
+                assert_eq!(code, 200, "{body}");
+                seen.insert(body);
+            }
+            seen
+        }
+    };
+    assert_eq!(seen(10).await.len(), 2);
+    let admin = |method: reqwest::Method, path: String| {
+        let c = &c;
+        let gw = &gw;
+        async move {
+            c.request(method, format!("http://{}{path}", gw.admin))
+                .send()
+                .await
+                .expect("admin")
+                .status()
+                .as_u16()
+        }
+    };
+    let target = a.to_string();
+    let code = admin(
+        reqwest::Method::PUT,
+        format!("/upstreams/pool/targets/{target}/unhealthy"),
+    )
+    .await;
+    assert_eq!(code, 204);
+    assert_eq!(
+        seen(10).await,
+        std::collections::BTreeSet::from(["b".to_string()])
+    );
+    let v = health_becomes(&gw, "pool", a, "UNHEALTHY").await;
+    assert_eq!(health_of(&v, a).as_deref(), Some("UNHEALTHY"), "{v}");
+    // Back (POST, as older Kong): both again.
+    let code = admin(
+        reqwest::Method::POST,
+        format!("/upstreams/pool/targets/{target}/healthy"),
+    )
+    .await;
+    assert_eq!(code, 204);
+    assert_eq!(seen(10).await.len(), 2);
+    // Unknown upstream, target or state.
+    for path in [
+        format!("/upstreams/nope/targets/{target}/healthy"),
+        "/upstreams/pool/targets/10.9.9.9:1/healthy".to_string(),
+        format!("/upstreams/pool/targets/{target}/sideways"),
+    ] {
+        assert_eq!(
+            admin(reqwest::Method::PUT, path.clone()).await,
+            404,
+            "{path}"
+        );
+    }
+}
