@@ -98,7 +98,7 @@ pub fn diff(old: &Entities, new: &Entities) -> Vec<Op> {
 /// Parses and compiles the flat document of `e`.
 pub fn check(e: &Entities, registry: &Arc<Registry>) -> Result<(Declarative, Table), Invalid> {
     let (doc, _) = e.document();
-    let d = declarative::parse_value(&doc)?;
+    let d = declarative::parse_value(doc)?;
     let table = flat::compile(&d, registry)?;
     Ok((d, table))
 }
@@ -109,7 +109,7 @@ pub fn from_document(
     doc: &Value,
     registry: &Arc<Registry>,
 ) -> Result<(Entities, Declarative, Table), Invalid> {
-    let as_written = declarative::parse_value(doc)?;
+    let as_written = declarative::parse_value(doc.clone())?;
     flat::compile(&as_written, &Arc::default())?;
     let mut e = Entities::from_document(doc)?;
     crate::secrets::hash_all(&mut e)?;
@@ -302,7 +302,7 @@ impl Admin {
             let (doc, index) = next.document();
             let registry = self.gateway.registry();
             let checked = off_worker(move || {
-                declarative::parse_value(&doc)
+                declarative::parse_value(doc)
                     .and_then(|d| flat::compile(&d, &registry).map(|t| (d, t)))
             })
             .await?;

@@ -646,13 +646,14 @@ fn read_value(text: &[u8]) -> Result<serde_json::Value, Invalid> {
 /// Parses a declarative document (JSON or YAML), naming the field of the
 /// first error.
 pub fn parse(text: &[u8]) -> Result<Declarative, Invalid> {
-    parse_value(&to_value(text)?)
+    parse_value(to_value(text)?)
 }
 
 /// Parses a document already read into a value, naming the field of the
 /// first error (`services[0].routes[1].paths`).
-pub fn parse_value(v: &serde_json::Value) -> Result<Declarative, Invalid> {
-    let mut v = v.clone();
+pub fn parse_value(mut v: serde_json::Value) -> Result<Declarative, Invalid> {
+    // Entities the Admin API stored may hold nulls (a form's empty field,
+    // a PATCH clearing one).
     strip_nulls(&mut v);
     let d: Declarative = serde_path_to_error::deserialize(&v).map_err(|e| {
         let path = e.path().to_string();

@@ -668,7 +668,7 @@ mod tests {
         let t = kind("targets").unwrap();
         assert_eq!(e.of(t).count(), 1);
         let (flat, _) = e.document();
-        let d = crate::declarative::parse_value(&flat).unwrap();
+        let d = crate::declarative::parse_value(flat).unwrap();
         assert_eq!(d.routes.len(), 2);
         assert!(crate::flat::compile(&d, &Default::default()).is_ok());
 

@@ -15,13 +15,12 @@
 use std::sync::Arc;
 
 use base64::Engine;
-use http::StatusCode;
 use http::header::HeaderValue;
 use parking_lot::RwLock;
 use serde::Deserialize;
 use sha2::Digest;
 
-use super::{Answer, Credentials, Ctx, Plugin, exit, parse_config, set_consumer};
+use super::{Answer, Credentials, Ctx, Plugin, parse_config, set_consumer};
 use crate::declarative::{BasicAuthCredential, Invalid};
 
 /// bcrypt's cost for passwords given in plain text.
@@ -295,17 +294,8 @@ impl Plugin for BasicAuth {
             },
             Some((_, None)) => "Invalid authentication credentials",
         };
-        match &self.anonymous {
-            Some(a) => {
-                set_consumer(req, ctx, Some(a), None);
-                Ok(())
-            }
-            None => {
-                let mut r = exit(StatusCode::UNAUTHORIZED, failure);
-                r.headers_mut()
-                    .insert(http::header::WWW_AUTHENTICATE, self.challenge.clone());
-                Err(r)
-            }
-        }
+        super::anonymous_or(req, ctx, self.anonymous.as_ref(), || {
+            super::unauthorized(&self.challenge, failure)
+        })
     }
 }

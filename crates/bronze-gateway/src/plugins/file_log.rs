@@ -49,12 +49,7 @@ impl FileLog {
             .path
             .filter(|p| !p.is_empty())
             .ok_or_else(|| Invalid::new(f("path"), "required field missing"))?;
-        if c.custom_fields_by_lua.is_some_and(|m| !m.is_empty()) {
-            return Err(Invalid::new(
-                f("custom_fields_by_lua"),
-                "not implemented: Bronze runs no Lua",
-            ));
-        }
+        super::no_lua(c.custom_fields_by_lua.as_ref(), field)?;
         // Checked, not created: a refused configuration leaves no file.
         let p = std::path::Path::new(&path);
         if p.is_dir()
@@ -82,18 +77,10 @@ fn write_lines(path: &str, reopen: bool, mut rx: tokio::sync::mpsc::Receiver<Msg
     let mut buf = String::new();
     let mut flushed = Vec::new();
     while let Some(first) = rx.blocking_recv() {
-        let mut next = Some(first);
-        while let Some(msg) = next {
-            match msg {
-                Msg::Entry(line) => buf.push_str(&line),
-                Msg::Flush(done) => flushed.push(done),
-            }
-            next = if buf.len() < 64 << 10 {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
-        }
+        queue::gather(first, &mut rx, &mut flushed, |line| {
+            buf.push_str(&line);
+            buf.len()
+        });
         if !buf.is_empty() {
             if reopen || file.is_none() {
                 file = open(path).ok();

@@ -22,12 +22,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
-use http::StatusCode;
 use http::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use super::key_auth::resolve_anonymous;
-use super::{Answer, Credentials, Ctx, Plugin, exit, parse_config, set_consumer};
+use super::{Answer, Credentials, Ctx, Plugin, parse_config, set_consumer};
 use crate::declarative::{self, Invalid};
 
 const ALGORITHMS: [&str; 4] = ["hmac-sha1", "hmac-sha256", "hmac-sha384", "hmac-sha512"];
@@ -156,13 +155,6 @@ impl HmacAuth {
             challenge,
             credentials: credentials.clone(),
         })
-    }
-
-    fn unauthorized(&self, message: &str) -> Answer {
-        let mut r = exit(StatusCode::UNAUTHORIZED, message);
-        r.headers_mut()
-            .insert(http::header::WWW_AUTHENTICATE, self.challenge.clone());
-        r
     }
 
     /// Whether `Date` or `X-Date` is within the clock skew of now.
@@ -352,13 +344,9 @@ impl Plugin for HmacAuth {
         } else {
             "Unauthorized"
         };
-        match &self.anonymous {
-            Some(a) => {
-                set_consumer(req, ctx, Some(a), None);
-                Ok(())
-            }
-            None => Err(self.unauthorized(failure)),
-        }
+        super::anonymous_or(req, ctx, self.anonymous.as_ref(), || {
+            super::unauthorized(&self.challenge, failure)
+        })
     }
 }
 

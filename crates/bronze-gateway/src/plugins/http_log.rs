@@ -105,12 +105,7 @@ impl HttpLog {
     pub fn new(config: Option<&Value>, field: &str) -> Result<Self, Invalid> {
         let c: Config = parse_config(config, field)?;
         let f = |n: &str| format!("{field}.{n}");
-        if c.custom_fields_by_lua.is_some_and(|m| !m.is_empty()) {
-            return Err(Invalid::new(
-                f("custom_fields_by_lua"),
-                "not implemented: Bronze runs no Lua",
-            ));
-        }
+        super::no_lua(c.custom_fields_by_lua.as_ref(), field)?;
         let endpoint = c
             .http_endpoint
             .filter(|e| !e.is_empty())

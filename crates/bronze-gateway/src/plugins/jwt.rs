@@ -443,14 +443,14 @@ impl Jwt {
     }
 
     fn unauthorized(&self, body: serde_json::Value) -> Answer {
-        let mut r = exit_raw(
-            StatusCode::UNAUTHORIZED,
-            "application/json; charset=utf-8",
-            body.to_string().into(),
-        );
-        r.headers_mut()
-            .insert(http::header::WWW_AUTHENTICATE, self.challenge.clone());
-        r
+        super::with_challenge(
+            exit_raw(
+                StatusCode::UNAUTHORIZED,
+                "application/json; charset=utf-8",
+                body.to_string().into(),
+            ),
+            &self.challenge,
+        )
     }
 
     /// Verifies `token`: the consumer (if any) and credential identifier,
@@ -591,13 +591,9 @@ impl Plugin for Jwt {
             },
             _ => serde_json::json!({"message": "Multiple tokens provided"}),
         };
-        match &self.anonymous {
-            Some(a) => {
-                set_consumer(req, ctx, Some(a), None);
-                Ok(())
-            }
-            None => Err(self.unauthorized(failure)),
-        }
+        super::anonymous_or(req, ctx, self.anonymous.as_ref(), || {
+            self.unauthorized(failure)
+        })
     }
 }
 

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
+use http::Method;
 use http::header::{HeaderName, HeaderValue};
-use http::{Method, StatusCode};
 use serde::Deserialize;
 
-use super::{Answer, Credentials, Ctx, Plugin, exit, parse_config, set_consumer};
+use super::{Answer, Credentials, Ctx, Plugin, parse_config, set_consumer};
 use crate::declarative::Invalid;
 
 #[derive(Deserialize)]
@@ -216,13 +216,6 @@ impl KeyAuth {
         }
         Ok(None)
     }
-
-    fn unauthorized(&self, message: &str) -> Answer {
-        let mut r = exit(StatusCode::UNAUTHORIZED, message);
-        r.headers_mut()
-            .insert(http::header::WWW_AUTHENTICATE, self.challenge.clone());
-        r
-    }
 }
 
 impl Plugin for KeyAuth {
@@ -251,13 +244,9 @@ impl Plugin for KeyAuth {
             Ok(None) => "No API key found in request",
             Err(message) => message,
         };
-        match &self.anonymous {
-            Some(a) => {
-                set_consumer(req, ctx, Some(a), None);
-                Ok(())
-            }
-            None => Err(self.unauthorized(failure)),
-        }
+        super::anonymous_or(req, ctx, self.anonymous.as_ref(), || {
+            super::unauthorized(&self.challenge, failure)
+        })
     }
 }
 

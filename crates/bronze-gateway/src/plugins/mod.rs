@@ -664,6 +664,51 @@ impl Credentials {
     }
 }
 
+/// An auth plugin's end when the request carries no credential it
+/// accepts: the `anonymous` consumer when one is configured (Kong's
+/// logical OR of auth plugins), else the 401 `refused` makes.
+pub(crate) fn anonymous_or(
+    req: &mut http::request::Parts,
+    ctx: &mut Ctx,
+    anonymous: Option<&Arc<Consumer>>,
+    refused: impl FnOnce() -> Answer,
+) -> Result<(), Answer> {
+    match anonymous {
+        Some(a) => {
+            set_consumer(req, ctx, Some(a), None);
+            Ok(())
+        }
+        None => Err(refused()),
+    }
+}
+
+/// Kong's 401 with a `WWW-Authenticate` challenge.
+pub(crate) fn unauthorized(challenge: &HeaderValue, message: &str) -> Answer {
+    with_challenge(exit(StatusCode::UNAUTHORIZED, message), challenge)
+}
+
+/// `answer` with a `WWW-Authenticate` challenge.
+pub(crate) fn with_challenge(mut answer: Answer, challenge: &HeaderValue) -> Answer {
+    answer
+        .headers_mut()
+        .insert(http::header::WWW_AUTHENTICATE, challenge.clone());
+    answer
+}
+
+/// Log plugins take `custom_fields_by_lua` only empty: Bronze runs no Lua.
+pub(crate) fn no_lua(
+    fields: Option<&serde_json::Map<String, serde_json::Value>>,
+    field: &str,
+) -> Result<(), Invalid> {
+    if fields.is_some_and(|m| !m.is_empty()) {
+        return Err(Invalid::new(
+            format!("{field}.custom_fields_by_lua"),
+            "not implemented: Bronze runs no Lua",
+        ));
+    }
+    Ok(())
+}
+
 /// Sets Kong's consumer headers upstream (and clears any the client sent).
 pub(crate) fn set_consumer(
     req: &mut http::request::Parts,

@@ -117,6 +117,31 @@ impl<T: Send + 'static> Queue<Msg<T>> {
     }
 }
 
+/// What a log thread has gathered: from `first` on, every message
+/// already queued, until `take` (which stores an entry and returns the
+/// bytes held) reports 64 KiB; flush requests go to `flushed`, to be
+/// answered once what came before them is written.
+pub(super) fn gather<T>(
+    first: Msg<T>,
+    rx: &mut mpsc::Receiver<Msg<T>>,
+    flushed: &mut Vec<tokio::sync::oneshot::Sender<()>>,
+    mut take: impl FnMut(T) -> usize,
+) {
+    let mut next = Some(first);
+    let mut held = 0;
+    while let Some(msg) = next {
+        match msg {
+            Msg::Entry(e) => held = take(e),
+            Msg::Flush(done) => flushed.push(done),
+        }
+        next = if held < 64 << 10 {
+            rx.try_recv().ok()
+        } else {
+            None
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,12 +67,7 @@ impl SocketLog {
     pub fn new(transport: Transport, config: Option<&Value>, field: &str) -> Result<Self, Invalid> {
         let c: Config = parse_config(config, field)?;
         let f = |n: &str| format!("{field}.{n}");
-        if c.custom_fields_by_lua.is_some_and(|m| !m.is_empty()) {
-            return Err(Invalid::new(
-                f("custom_fields_by_lua"),
-                "not implemented: Bronze runs no Lua",
-            ));
-        }
+        super::no_lua(c.custom_fields_by_lua.as_ref(), field)?;
         let host = c
             .host
             .filter(|h| !h.is_empty())
@@ -190,18 +185,10 @@ async fn send_tcp(t: Target, mut rx: mpsc::Receiver<Msg<String>>) {
         let Some(first) = first else {
             return;
         };
-        let mut next = Some(first);
-        while let Some(msg) = next {
-            match msg {
-                Msg::Entry(line) => buf.extend_from_slice(line.as_bytes()),
-                Msg::Flush(done) => flushed.push(done),
-            }
-            next = if buf.len() < 64 << 10 {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
-        }
+        super::queue::gather(first, &mut rx, &mut flushed, |line| {
+            buf.extend_from_slice(line.as_bytes());
+            buf.len()
+        });
         if !buf.is_empty() {
             let mut sent = false;
             let mut failure = String::new();
