@@ -22,8 +22,8 @@ use crate::catalog::{Catalog, Instance};
 use crate::model::Health;
 
 use super::wire::{
-    self, HEADER_LEN, NameRef, OPT_LEN, ParseError, Query, Rcode, Section, TYPE_A, TYPE_AAAA,
-    TYPE_ANY, TYPE_AXFR, TYPE_IXFR, TYPE_NS, TYPE_SOA, TYPE_SRV, Writer,
+    self, HEADER_LEN, NameRef, OPT_LEN, ParseError, Pointer, Query, Rcode, Section, TYPE_A,
+    TYPE_AAAA, TYPE_ANY, TYPE_AXFR, TYPE_IXFR, TYPE_NS, TYPE_SOA, TYPE_SRV, Writer,
 };
 
 /// Everything the answering side needs to know, fixed at start-up.
@@ -76,7 +76,7 @@ fn hex_label(ip: IpAddr, out: &mut [u8; 32]) -> usize {
 }
 
 fn parse_hex_ip(label: &[u8]) -> Option<IpAddr> {
-    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let nibble = |c: u8| (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
     let mut bytes = [0u8; 16];
     if label.len() != 8 && label.len() != 32 {
         return None;
@@ -91,30 +91,34 @@ fn parse_hex_ip(label: &[u8]) -> Option<IpAddr> {
     })
 }
 
+/// Instances of the example resolver's large service.
+pub const EXAMPLE_BIG: usize = 600;
+
 impl Resolver {
     /// A resolver for the domain `bronze.` over a small catalog (web on an
     /// IPv4 and an IPv6 address, api on a host name, db on its node's
-    /// address): for fuzzing and tests.
+    /// address) and one large service (`big`: [`EXAMPLE_BIG`] instances,
+    /// an SRV answer over TCP past the 14-bit compression offsets): for
+    /// fuzzing and tests.
     pub fn example() -> Self {
         use crate::model::{InstanceSpec, Registration, Weights};
         let catalog = Arc::new(Catalog::new(1, "n1", "10.0.0.1", 64));
-        for (i, (svc, addr)) in [
-            ("web", "10.0.0.5"),
-            ("web", "fd00::5"),
-            ("api", "api.example.com"),
-            ("db", ""),
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        let small = [
+            ("web", "10.0.0.5".to_string()),
+            ("web", "fd00::5".to_string()),
+            ("api", "api.example.com".to_string()),
+            ("db", String::new()),
+        ];
+        let big = (0..EXAMPLE_BIG).map(|i| ("big", format!("10.1.{}.{}", i / 250, i % 250 + 1)));
+        for (i, (svc, addr)) in small.into_iter().chain(big).enumerate() {
             let reg = Registration {
                 instance: InstanceSpec {
                     id: format!("i{i}"),
                     service: svc.into(),
                     node: "n1".into(),
                     node_address: "10.0.0.1".into(),
-                    address: addr.into(),
-                    port: 8000 + i as u16,
+                    address: addr,
+                    port: u16::try_from(8000 + i).unwrap_or(u16::MAX),
                     tags: vec!["v1".into()],
                     meta: Default::default(),
                     weights: Weights::default(),
@@ -209,7 +213,10 @@ impl Resolver {
     fn answer_in_domain(&self, q: &Query, w: &mut Writer<'_>) -> Rcode {
         let n = q.name.label_count();
         let mut rel = n - self.domain.len();
-        let apex = (HEADER_LEN + q.name.label_offset(rel)) as u16;
+        // The question is at most 255 bytes, right after the header.
+        let Some(apex) = Pointer::to(HEADER_LEN + q.name.label_offset(rel)) else {
+            return Rcode::ServFail;
+        };
         // `<...>.service.<dc>.<domain>`: drop this datacenter's label.
         if rel >= 2 && q.name.label(rel - 1) == self.datacenter.as_slice() {
             let kind = q.name.label(rel - 2);
@@ -258,11 +265,12 @@ impl Resolver {
         rcode
     }
 
-    fn soa(&self, w: &mut Writer<'_>, section: Section, apex: u16) {
+    fn soa(&self, w: &mut Writer<'_>, section: Section, apex: Pointer) {
         w.section(section);
         let serial = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as u32)
+            .ok()
+            .and_then(|d| u32::try_from(d.as_secs() % (1 << 32)).ok())
             .unwrap_or(1);
         w.soa(
             NameRef::Ptr(apex),
@@ -274,7 +282,7 @@ impl Resolver {
         );
     }
 
-    fn apex(&self, q: &Query, w: &mut Writer<'_>, apex: u16) -> Rcode {
+    fn apex(&self, q: &Query, w: &mut Writer<'_>, apex: Pointer) -> Rcode {
         if matches!(q.qtype, TYPE_SOA | TYPE_ANY) {
             self.soa(w, Section::Answer, apex);
         }
@@ -286,9 +294,9 @@ impl Resolver {
                 self.node_ttl,
                 NameRef::Labels(&[b"ns"], Some(apex)),
             );
-            if let (Some(at), Some(ip)) = (at, self.ns_address) {
+            if let (Some(at), Some(ip)) = (at.and_then(Pointer::to), self.ns_address) {
                 w.section(Section::Additional);
-                self.address_record(w, NameRef::Ptr(at as u16), self.node_ttl, ip);
+                self.address_record(w, NameRef::Ptr(at), self.node_ttl, ip);
             }
         }
         Rcode::NoError
@@ -317,7 +325,7 @@ impl Resolver {
                 IpAddr::V6(_) => matches!(q.qtype, TYPE_AAAA | TYPE_ANY),
             };
             if wanted {
-                self.address_record(w, NameRef::Ptr(HEADER_LEN as u16), ttl, ip);
+                self.address_record(w, NameRef::Ptr(Pointer::QUESTION), ttl, ip);
             }
         }
         Rcode::NoError
@@ -370,7 +378,7 @@ impl Resolver {
                         if self
                             .address_record(
                                 w,
-                                NameRef::Ptr(HEADER_LEN as u16),
+                                NameRef::Ptr(Pointer::QUESTION),
                                 self.service_ttl,
                                 ip,
                             )
@@ -395,15 +403,7 @@ impl Resolver {
             let count;
             let host_labels: Vec<&[u8]>;
             match i.ip {
-                Some(ip) => {
-                    let len = hex_label(ip, &mut hex);
-                    labels[0] = &hex[..len];
-                    labels[1] = b"addr";
-                    for (k, d) in self.domain.iter().enumerate() {
-                        labels[2 + k] = d;
-                    }
-                    count = 2 + self.domain.len();
-                }
+                Some(ip) => count = self.addr_name(ip, &mut hex, &mut labels),
                 None => {
                     host_labels = i
                         .address
@@ -416,7 +416,7 @@ impl Resolver {
                 }
             }
             let at = w.srv(
-                NameRef::Ptr(HEADER_LEN as u16),
+                NameRef::Ptr(Pointer::QUESTION),
                 self.service_ttl,
                 1,
                 i.weight(),
@@ -431,13 +431,39 @@ impl Resolver {
         }
         w.section(Section::Additional);
         for (at, ip) in targets {
+            // A target written past 0x3FFF (a large TCP answer) cannot be
+            // pointed to: its glue carries the name in full.
+            let mut labels: [&[u8]; MAX_DOMAIN_LABELS + 2] = [&[]; MAX_DOMAIN_LABELS + 2];
+            let owner = match Pointer::to(at) {
+                Some(p) => NameRef::Ptr(p),
+                None => {
+                    let count = self.addr_name(ip, &mut hex, &mut labels);
+                    NameRef::Labels(&labels[..count], None)
+                }
+            };
             if self
-                .address_record(w, NameRef::Ptr(at as u16), self.service_ttl, ip)
+                .address_record(w, owner, self.service_ttl, ip)
                 .is_none()
             {
                 break;
             }
         }
+    }
+
+    /// `<hex ip>.addr.<domain>` into `labels`; returns how many labels.
+    fn addr_name<'a>(
+        &'a self,
+        ip: IpAddr,
+        hex: &'a mut [u8; 32],
+        labels: &mut [&'a [u8]; MAX_DOMAIN_LABELS + 2],
+    ) -> usize {
+        let len = hex_label(ip, hex);
+        labels[0] = &hex[..len];
+        labels[1] = b"addr";
+        for (k, d) in self.domain.iter().enumerate() {
+            labels[2 + k] = d;
+        }
+        2 + self.domain.len()
     }
 }
 
@@ -480,14 +506,16 @@ mod tests {
     use hickory_proto::op::Message;
     use proptest::prelude::*;
 
-    fn resolver() -> Resolver {
-        Resolver::example()
+    /// Built once: the example holds 600 instances.
+    fn resolver() -> &'static Resolver {
+        static R: std::sync::OnceLock<Resolver> = std::sync::OnceLock::new();
+        R.get_or_init(Resolver::example)
     }
 
     fn query(name: &str, qtype: u16, edns: bool) -> Vec<u8> {
         let mut p = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(edns)];
         for label in name.split('.').filter(|l| !l.is_empty()) {
-            p.push(label.len() as u8);
+            p.push(u8::try_from(label.len()).expect("test labels are short"));
             p.extend_from_slice(label.as_bytes());
         }
         p.push(0);
@@ -510,8 +538,72 @@ mod tests {
                 if !tcp {
                     assert!(out.len() <= 1232, "udp answer of {} bytes", out.len());
                 }
+                glue_matches(&msg);
             }
         }
+    }
+
+    /// Every address in the additional section belongs to an SRV target of
+    /// the answer, and its owner name is that address's own `.addr.` name:
+    /// a wrong compression pointer names some other place of the message.
+    pub(crate) fn glue_matches(msg: &Message) {
+        use hickory_proto::rr::RData;
+        let targets: Vec<String> = msg
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::SRV(srv) => Some(srv.target.to_ascii().to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        for r in &msg.additionals {
+            let ip = match &r.data {
+                RData::A(a) => IpAddr::V4(a.0),
+                RData::AAAA(a) => IpAddr::V6(a.0),
+                _ => continue,
+            };
+            let name = r.name.to_ascii().to_ascii_lowercase();
+            let first = name.split('.').next().unwrap_or_default();
+            assert_eq!(
+                parse_hex_ip(first.as_bytes()),
+                Some(ip),
+                "glue {name} for {ip}"
+            );
+            assert!(targets.contains(&name), "glue {name} is no SRV target");
+        }
+    }
+
+    /// `big` answers every instance over TCP, past offset 0x3FFF: every
+    /// SRV target and its glue are the instance's own (before, glue past
+    /// 16 KiB pointed into the middle of other records).
+    #[test]
+    fn large_tcp_srv_answer_keeps_names_right() {
+        let r = resolver();
+        let mut out = Vec::new();
+        let q = query("big.service.bronze", TYPE_SRV, true);
+        assert!(matches!(
+            r.respond(&q, true, &mut out),
+            Outcome::Answer(Rcode::NoError)
+        ));
+        assert!(out.len() > Pointer::MAX, "answer of {} bytes", out.len());
+        let msg = Message::from_vec(&out).expect("parses");
+        assert_eq!(msg.answers.len(), EXAMPLE_BIG);
+        assert_eq!(msg.additionals.len(), EXAMPLE_BIG, "glue for each");
+        glue_matches(&msg);
+        let mut ports: Vec<u16> = msg
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                hickory_proto::rr::RData::SRV(s) => Some(s.port),
+                _ => None,
+            })
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), EXAMPLE_BIG);
     }
 
     #[test]
@@ -524,6 +616,7 @@ mod tests {
             "_web._v1.service.bronze",
             "api.service.bronze",
             "db.service.bronze",
+            "big.service.bronze",
             "web.service.dc1.bronze",
             "n1.node.bronze",
             "0a000005.addr.bronze",
@@ -546,7 +639,7 @@ mod tests {
                 999,
             ] {
                 for edns in [false, true] {
-                    check(&r, &query(name, qtype, edns));
+                    check(r, &query(name, qtype, edns));
                 }
             }
         }
@@ -557,7 +650,7 @@ mod tests {
     #[test]
     fn fuzz_corpus_replays() {
         let r = resolver();
-        bronze_runtime::replay_fuzz_corpus("dns_respond", |bytes| check(&r, bytes));
+        bronze_runtime::replay_fuzz_corpus("dns_respond", |bytes| check(r, bytes));
     }
 
     proptest! {
@@ -565,7 +658,7 @@ mod tests {
 
         #[test]
         fn random_packets_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
-            check(&resolver(), &bytes);
+            check(resolver(), &bytes);
         }
 
         #[test]
@@ -582,7 +675,7 @@ mod tests {
             }
             let keep = p.len() - cut % 4;
             p.truncate(keep);
-            check(&resolver(), &p);
+            check(resolver(), &p);
         }
     }
 

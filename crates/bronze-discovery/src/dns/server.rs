@@ -355,8 +355,13 @@ impl TcpConn {
                     &out
                 }
             };
+            // Answers are written under a 64 KiB limit and forwarded ones
+            // were read with a 16-bit length: this never fails.
+            let Ok(len) = u16::try_from(answer.len()) else {
+                return Ok(());
+            };
             let mut frame = Vec::with_capacity(answer.len() + 2);
-            frame.extend_from_slice(&(answer.len() as u16).to_be_bytes());
+            frame.extend_from_slice(&len.to_be_bytes());
             frame.extend_from_slice(answer);
             stream.write_all(&frame).await?;
         }
@@ -436,8 +441,9 @@ async fn forward_udp(query: &[u8], recursor: SocketAddr) -> Option<Vec<u8>> {
 async fn forward_tcp(query: &[u8], recursor: SocketAddr) -> Option<Vec<u8>> {
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(recursor).await.ok()?;
+        let len = u16::try_from(query.len()).ok()?;
         let mut frame = Vec::with_capacity(query.len() + 2);
-        frame.extend_from_slice(&(query.len() as u16).to_be_bytes());
+        frame.extend_from_slice(&len.to_be_bytes());
         frame.extend_from_slice(query);
         s.write_all(&frame).await.ok()?;
         let len = s.read_u16().await.ok()? as usize;

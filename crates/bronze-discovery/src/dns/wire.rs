@@ -205,7 +205,7 @@ fn read_question_name(p: &[u8], mut at: usize) -> Option<(Name, usize)> {
         for (i, b) in label.iter().enumerate() {
             name.bytes[used + i] = b.to_ascii_lowercase();
         }
-        name.labels[name.count] = (used as u8, len as u8);
+        name.labels[name.count] = (u8::try_from(used).ok()?, u8::try_from(len).ok()?);
         name.count += 1;
         used += len;
         at += len;
@@ -293,12 +293,37 @@ pub enum Section {
     Additional,
 }
 
+/// An offset a compression pointer can hold: the pointer has 14 bits, so a
+/// name written past 0x3FFF (in a large TCP answer) cannot be pointed to
+/// and must be written in full instead (RFC 1035 §4.1.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pointer(u16);
+
+impl Pointer {
+    pub const MAX: usize = 0x3FFF;
+    /// The question's name, right after the header.
+    pub const QUESTION: Pointer = Pointer(12);
+
+    /// A pointer to `offset`, or `None` when it is past [`Pointer::MAX`].
+    pub fn to(offset: usize) -> Option<Pointer> {
+        if offset <= Self::MAX {
+            u16::try_from(offset).ok().map(Pointer)
+        } else {
+            None
+        }
+    }
+
+    fn wire(self) -> [u8; 2] {
+        (0xC000 | self.0).to_be_bytes()
+    }
+}
+
 /// A name to write: a compression pointer to an earlier occurrence, or
 /// labels followed by an optional pointer to the rest.
 #[derive(Debug, Clone, Copy)]
 pub enum NameRef<'a> {
-    Ptr(u16),
-    Labels(&'a [&'a [u8]], Option<u16>),
+    Ptr(Pointer),
+    Labels(&'a [&'a [u8]], Option<Pointer>),
 }
 
 /// Writes a response into `buf` without ever exceeding `limit` bytes.
@@ -363,14 +388,16 @@ impl<'b> Writer<'b> {
 
     pub fn write_name(&mut self, name: NameRef<'_>) {
         match name {
-            NameRef::Ptr(off) => self.buf.extend_from_slice(&(0xC000 | off).to_be_bytes()),
+            NameRef::Ptr(p) => self.buf.extend_from_slice(&p.wire()),
             NameRef::Labels(labels, rest) => {
                 for l in labels {
-                    self.buf.push(l.len() as u8);
-                    self.buf.extend_from_slice(l);
+                    // Labels come from parsed names and checked domains:
+                    // never over 63 bytes.
+                    self.buf.push(u8::try_from(l.len()).unwrap_or(63).min(63));
+                    self.buf.extend_from_slice(&l[..l.len().min(63)]);
                 }
                 match rest {
-                    Some(off) => self.buf.extend_from_slice(&(0xC000 | off).to_be_bytes()),
+                    Some(p) => self.buf.extend_from_slice(&p.wire()),
                     None => self.buf.push(0),
                 }
             }
@@ -400,15 +427,18 @@ impl<'b> Writer<'b> {
         let rdata_at = self.buf.len();
         rdata(self);
         let rdlen = self.buf.len() - rdata_at;
-        if self.buf.len() + self.reserve > self.limit || rdlen > u16::MAX as usize {
-            self.buf.truncate(start);
-            self.full = true;
-            if self.section != Section::Additional {
-                self.truncated = true;
+        let rdlen = match u16::try_from(rdlen) {
+            Ok(n) if self.buf.len() + self.reserve <= self.limit => n,
+            _ => {
+                self.buf.truncate(start);
+                self.full = true;
+                if self.section != Section::Additional {
+                    self.truncated = true;
+                }
+                return None;
             }
-            return None;
-        }
-        self.buf[len_at..len_at + 2].copy_from_slice(&(rdlen as u16).to_be_bytes());
+        };
+        self.buf[len_at..len_at + 2].copy_from_slice(&rdlen.to_be_bytes());
         self.counts[self.section as usize] += 1;
         Some(rdata_at)
     }
@@ -478,7 +508,7 @@ impl<'b> Writer<'b> {
     pub fn txt(&mut self, owner: NameRef<'_>, ttl: u32, text: &[u8]) -> Option<usize> {
         self.record(owner, TYPE_TXT, ttl, |w| {
             for chunk in text.chunks(255) {
-                w.buf.push(chunk.len() as u8);
+                w.buf.push(u8::try_from(chunk.len()).unwrap_or(u8::MAX));
                 w.buf.extend_from_slice(chunk);
             }
             if text.is_empty() {
@@ -491,7 +521,7 @@ impl<'b> Writer<'b> {
     /// final counts, the rcode and TC into the header.
     pub fn finish(self, rcode: Rcode, edns_payload: Option<u16>) {
         let mut additional = self.counts[Section::Additional as usize];
-        let ext = (rcode as u16 >> 4) as u8;
+        let ext = (rcode as u8) >> 4;
         if let Some(payload) = edns_payload {
             self.buf.push(0);
             self.buf.extend_from_slice(&TYPE_OPT.to_be_bytes());
@@ -536,7 +566,7 @@ mod tests {
             .split('.')
             .filter(|l| !l.is_empty())
         {
-            p.push(label.len() as u8);
+            p.push(u8::try_from(label.len()).expect("test labels are short"));
             p.extend_from_slice(label.as_bytes());
         }
         p.push(0);
@@ -655,8 +685,12 @@ mod tests {
         );
         let mut written = 0;
         for i in 0..100u8 {
-            if w.a(NameRef::Ptr(12), 0, Ipv4Addr::new(10, 0, 0, i))
-                .is_some()
+            if w.a(
+                NameRef::Ptr(Pointer::QUESTION),
+                0,
+                Ipv4Addr::new(10, 0, 0, i),
+            )
+            .is_some()
             {
                 written += 1;
             }

@@ -222,6 +222,96 @@ async fn udp_without_edns_stays_under_512_with_tc_and_tcp_is_whole() {
     s.stop().await;
 }
 
+/// A service with 600 instances: its SRV answer over TCP runs past 16 KiB,
+/// where a 14-bit compression pointer cannot reach. Every SRV target and
+/// its glue must still name that instance's own address, as dig and
+/// hickory-proto read them (before, glue past 0x3FFF pointed elsewhere).
+#[tokio::test]
+async fn srv_over_tcp_with_600_instances_keeps_every_target_and_glue() {
+    const N: usize = 600;
+    let s = Running::start().await;
+    let ip = |i: usize| format!("10.2.{}.{}", i / 200, i % 200 + 1);
+    for i in 0..N {
+        s.register(
+            json!({"ID": format!("m{i}"), "Name": "many", "Address": ip(i), "Port": 10000 + i}),
+        )
+        .await;
+    }
+    let out = s.dig(&["many.service.bronze", "SRV", "+tcp"]).await;
+    assert!(!flags(&out).contains(&"tc".to_string()), "{out}");
+    let answers = section(&out, "ANSWER");
+    let additional = section(&out, "ADDITIONAL");
+    assert_eq!(answers.len(), N);
+    assert_eq!(additional.len(), N);
+    let mut seen = HashSet::new();
+    for (_, rtype, data) in &answers {
+        assert_eq!(rtype, "SRV");
+        let f: Vec<&str> = data.split_whitespace().collect();
+        let port: usize = f[2].parse().expect("port");
+        let i = port - 10000;
+        let expected = ip(i);
+        let octets: Vec<u8> = expected
+            .split('.')
+            .map(|o| o.parse().expect("octet"))
+            .collect();
+        let hex: String = octets.iter().map(|o| format!("{o:02x}")).collect();
+        assert_eq!(f[3], format!("{hex}.addr.bronze."), "target of port {port}");
+        let glue: Vec<_> = additional.iter().filter(|r| r.0 == f[3]).collect();
+        assert_eq!(glue.len(), 1, "one glue record for {}", f[3]);
+        assert_eq!(
+            (glue[0].1.as_str(), glue[0].2.as_str()),
+            ("A", expected.as_str())
+        );
+        assert!(seen.insert(port), "port {port} twice");
+    }
+    // The same answer, read by hickory-proto from the raw TCP stream.
+    let msg = tcp_query(s.dns, "many.service.bronze.", 33).await;
+    let mut targets = HashSet::new();
+    for r in &msg.answers {
+        if let hickory_proto::rr::RData::SRV(srv) = &r.data {
+            targets.insert(srv.target.to_ascii());
+        }
+    }
+    assert_eq!(targets.len(), N);
+    let mut glued = 0;
+    for r in &msg.additionals {
+        if let hickory_proto::rr::RData::A(a) = &r.data {
+            let name = r.name.to_ascii();
+            let hex: String = a.0.octets().iter().map(|o| format!("{o:02x}")).collect();
+            assert_eq!(name, format!("{hex}.addr.bronze."));
+            assert!(targets.contains(&name), "{name} is a target");
+            glued += 1;
+        }
+    }
+    assert_eq!(glued, N);
+    s.stop().await;
+}
+
+/// One query over TCP (length-prefixed), parsed by hickory-proto.
+async fn tcp_query(
+    server: std::net::SocketAddr,
+    name: &str,
+    qtype: u16,
+) -> hickory_proto::op::Message {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.').filter(|l| !l.is_empty()) {
+        q.push(u8::try_from(label.len()).expect("label"));
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&1u16.to_be_bytes());
+    let mut conn = tokio::net::TcpStream::connect(server).await.expect("tcp");
+    let len = u16::try_from(q.len()).expect("len");
+    conn.write_all(&len.to_be_bytes()).await.expect("write");
+    conn.write_all(&q).await.expect("write");
+    let len = conn.read_u16().await.expect("length");
+    let mut buf = vec![0; usize::from(len)];
+    conn.read_exact(&mut buf).await.expect("answer");
+    hickory_proto::op::Message::from_vec(&buf).expect("hickory parses the answer")
+}
+
 #[tokio::test]
 async fn edns_is_echoed_and_unknown_versions_get_badvers() {
     let s = web_fixture().await;
