@@ -12,3 +12,11 @@ pub mod registry {
         tonic::include_proto!("bronze.registry.v1");
     }
 }
+
+pub mod scheduler {
+    // Generated: oneofs of messages of different sizes.
+    #[allow(clippy::large_enum_variant)]
+    pub mod v1 {
+        tonic::include_proto!("bronze.scheduler.v1");
+    }
+}

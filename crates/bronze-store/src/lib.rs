@@ -7,6 +7,8 @@
 //! (etcd) will implement the same trait; the trait is synchronous and small
 //! on purpose, callers run it on a blocking thread.
 
+pub mod conformance;
+
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
@@ -278,6 +280,15 @@ mod tests {
             vec!["a/2", "a/3"]
         );
         assert_eq!(s.get("u", "k").expect("get"), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn conformance_on_a_file_and_in_memory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.redb");
+        conformance::run(&RedbStore::open(&path).expect("open"));
+        conformance::durability(&|| Box::new(RedbStore::open(&path).expect("open")));
+        conformance::run(&RedbStore::in_memory().expect("mem"));
     }
 
     #[test]

@@ -1,0 +1,119 @@
+//! Configuration: defaults, a TOML file, environment variables and flags
+//! (see `cli.rs`), validated once at start-up.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bronze_runtime::config::ConfigError;
+use bronze_telemetry::LogFormat;
+use serde::{Deserialize, Serialize};
+
+use crate::manager::Tunables;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// gRPC (the control API and the agents' sessions) and HTTP (/metrics,
+    /// /healthz) on one port.
+    pub addr: SocketAddr,
+    /// Where the state lives (`scheduler.redb`); empty: in memory only.
+    pub data_dir: String,
+    /// Required from API callers (`authorization: Bearer <token>`) when set.
+    /// Agents authenticate with the join token instead.
+    pub admin_token: String,
+    /// The join token agents present; empty: one is generated at the first
+    /// start and kept in the store (`bronze node join-token` prints it).
+    pub join_token: String,
+    /// How often agents send a heartbeat.
+    #[serde(with = "bronze_runtime::duration::serde")]
+    pub heartbeat: Duration,
+    /// A node whose agent is silent this long is down; its tasks move.
+    #[serde(with = "bronze_runtime::duration::serde")]
+    pub node_grace: Duration,
+    /// Ended tasks kept per slot, for `service ps`.
+    pub task_history: usize,
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            data_dir: "bronze-scheduler-data".into(),
+            admin_token: String::new(),
+            join_token: String::new(),
+            heartbeat: Duration::from_secs(5),
+            node_grace: Duration::from_secs(15),
+            task_history: 5,
+            log_format: LogFormat::Plain,
+        }
+    }
+}
+
+impl Config {
+    /// Loopback, a kernel-chosen port, state in memory, fast heartbeats:
+    /// for tests and `bronze dev --ephemeral`.
+    pub fn ephemeral() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: String::new(),
+            heartbeat: Duration::from_millis(500),
+            node_grace: Duration::from_secs(5),
+            ..Self::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat < Duration::from_millis(50) {
+            return Err(ConfigError::invalid("heartbeat", "expected at least 50ms"));
+        }
+        if self.node_grace < self.heartbeat * 2 {
+            return Err(ConfigError::invalid(
+                "node_grace",
+                "expected at least twice the heartbeat",
+            ));
+        }
+        if self.task_history > 100 {
+            return Err(ConfigError::invalid("task_history", "expected at most 100"));
+        }
+        if !self.join_token.is_empty()
+            && (self.join_token.len() < 16 || !self.join_token.is_ascii())
+        {
+            return Err(ConfigError::invalid(
+                "join_token",
+                "expected at least 16 ASCII characters",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn tunables(&self) -> Tunables {
+        Tunables {
+            heartbeat_period: self.heartbeat,
+            node_grace: self.node_grace,
+            task_history: self.task_history,
+            ..Tunables::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_keys() {
+        Config::default().validate().expect("defaults are valid");
+        Config::ephemeral().validate().expect("ephemeral is valid");
+        let c = Config {
+            node_grace: Duration::from_secs(1),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("node_grace"));
+        let c = Config {
+            join_token: "short".into(),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("join_token"));
+    }
+}

@@ -1,0 +1,775 @@
+//! The manager: the one task that changes the cluster's state.
+//!
+//! Everything that changes state arrives here as an [`Event`] (an API call,
+//! an agent joining, task status from an agent) through one channel. The
+//! loop takes every event waiting, applies them to its working copy of the
+//! state, runs the passes (orchestrator, rollouts, placement, node health)
+//! over what they touched, commits every changed key in one store
+//! transaction, and only then publishes the copy as the snapshot readers
+//! see and answers the API calls of the round. A failed commit throws the
+//! round away (the working copy goes back to the last snapshot) and the API
+//! calls get `Unavailable`: the store and the snapshot never disagree.
+//!
+//! The passes are level-triggered and idempotent: they look at the state as
+//! it is, so events may come in any order, batched or not, and a scheduler
+//! restarted from the store continues where it was.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bronze_store::Store;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::changes::ChangeLog;
+use crate::error::Error;
+use crate::metrics::SchedulerMetrics;
+use crate::model::{
+    Availability, Desired, EngineInfo, Invalid, Mode, Node, NodeState, Resources, Service,
+    ServiceSpec, Task, TaskState, TaskStatus, Time, UpdateState, UpdateStatus, Version, new_id,
+};
+use crate::state::State;
+use crate::{orchestrator, persist, placement, update};
+
+/// Timing and sizes the manager works with.
+#[derive(Debug, Clone)]
+pub struct Tunables {
+    /// How often agents send a heartbeat.
+    pub heartbeat_period: Duration,
+    /// A node not heard from this long is down and its tasks move.
+    pub node_grace: Duration,
+    /// Ended tasks kept per slot (`service ps` history).
+    pub task_history: usize,
+    /// Spec versions kept per service (beyond those tasks still use).
+    pub versions_kept: usize,
+}
+
+impl Default for Tunables {
+    fn default() -> Self {
+        Self {
+            heartbeat_period: Duration::from_secs(5),
+            node_grace: Duration::from_secs(15),
+            task_history: 5,
+            versions_kept: 10,
+        }
+    }
+}
+
+/// What an agent says about itself when it joins.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    pub node_id: String,
+    pub hostname: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub resources: Resources,
+    pub engine: EngineInfo,
+    pub address: String,
+    /// Tasks whose containers exist there, with their state.
+    pub tasks: Vec<(String, TaskStatus)>,
+}
+
+/// A change to the cluster, with where to send its answer.
+pub enum Event {
+    CreateService(ServiceSpec, oneshot::Sender<Result<String, Error>>),
+    UpdateService {
+        service: String,
+        spec: Option<ServiceSpec>,
+        replicas: Option<u64>,
+        version: u64,
+        force: bool,
+        reply: oneshot::Sender<Result<String, Error>>,
+    },
+    Rollback(String, oneshot::Sender<Result<String, Error>>),
+    RemoveService(String, oneshot::Sender<Result<String, Error>>),
+    UpdateNode {
+        node: String,
+        availability: Option<Availability>,
+        label_add: Vec<(String, String)>,
+        label_rm: Vec<String>,
+        reply: oneshot::Sender<Result<String, Error>>,
+    },
+    RemoveNode {
+        node: String,
+        force: bool,
+        reply: oneshot::Sender<Result<String, Error>>,
+    },
+    RotateToken(oneshot::Sender<Result<String, Error>>),
+    /// An agent joined (or came back): answers its node id.
+    Hello {
+        hello: Hello,
+        session: u64,
+        reply: oneshot::Sender<Result<String, Error>>,
+    },
+    /// Task status from a node's agent.
+    Status {
+        node: String,
+        session: u64,
+        reports: Vec<(String, TaskStatus)>,
+    },
+    /// A node's session ended.
+    Gone {
+        node: String,
+        session: u64,
+    },
+}
+
+/// The last time each node's agent was heard from; sessions write it
+/// without going through the manager.
+#[derive(Default)]
+pub struct Heartbeats(Mutex<HashMap<String, Instant>>);
+
+impl Heartbeats {
+    pub fn beat(&self, node: &str) {
+        self.0.lock().insert(node.to_string(), Instant::now());
+    }
+
+    fn last(&self, node: &str) -> Option<Instant> {
+        self.0.lock().get(node).copied()
+    }
+}
+
+type Reply = (
+    oneshot::Sender<Result<String, Error>>,
+    Result<String, Error>,
+);
+
+pub struct Manager {
+    state: State,
+    store: Arc<dyn Store>,
+    published: watch::Sender<Arc<State>>,
+    changes: Arc<ChangeLog>,
+    heartbeats: Arc<Heartbeats>,
+    tunables: Tunables,
+    metrics: Arc<SchedulerMetrics>,
+    started: Instant,
+    /// The live session of each node (a newer one supersedes).
+    sessions: HashMap<String, u64>,
+    /// Services to reconcile this round.
+    touched: HashSet<String>,
+    all_touched: bool,
+    /// Answers to send once this round is committed.
+    replies: Vec<Reply>,
+}
+
+/// Events taken in one round at most (the rest wait for the next).
+const ROUND: usize = 1024;
+
+impl Manager {
+    pub fn new(
+        state: State,
+        store: Arc<dyn Store>,
+        published: watch::Sender<Arc<State>>,
+        changes: Arc<ChangeLog>,
+        heartbeats: Arc<Heartbeats>,
+        tunables: Tunables,
+        metrics: Arc<SchedulerMetrics>,
+    ) -> Self {
+        Self {
+            state,
+            store,
+            published,
+            changes,
+            heartbeats,
+            tunables,
+            metrics,
+            started: Instant::now(),
+            sessions: HashMap::new(),
+            touched: HashSet::new(),
+            all_touched: true,
+            replies: Vec::new(),
+        }
+    }
+
+    /// Runs until the channel closes or `shutdown` fires.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Event>, shutdown: bronze_runtime::Shutdown) {
+        if self.state.join_token.is_empty() {
+            self.state.set_join_token(new_token());
+        }
+        let mut wake: Option<Instant> = None;
+        loop {
+            let sleep = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => {
+                        self.apply(ev);
+                        let mut n = 1;
+                        while n < ROUND {
+                            match rx.try_recv() {
+                                Ok(ev) => { self.apply(ev); n += 1; }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => break,
+                },
+                () = sleep => {}
+                () = shutdown.wait() => break,
+            }
+            wake = self.round().await;
+        }
+    }
+
+    /// Runs the passes, commits, publishes, answers. Returns when to run
+    /// again without an event (a restart delay, a batch delay, a node's
+    /// heartbeat deadline).
+    async fn round(&mut self) -> Option<Instant> {
+        let started = Instant::now();
+        let now = Time::now();
+        let mut wake: Option<Time> = self.check_nodes(now);
+        let services: Vec<String> = if std::mem::take(&mut self.all_touched) {
+            self.touched.clear();
+            self.state.services.keys().cloned().collect()
+        } else {
+            self.touched.drain().collect()
+        };
+        for id in &services {
+            orchestrator::reconcile(&mut self.state, id, now, self.tunables.task_history);
+            if let Some(at) = update::advance(&mut self.state, id, now) {
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
+            orchestrator::reconcile(&mut self.state, id, now, self.tunables.task_history);
+            self.prune_versions(id);
+        }
+        let placed = placement::place(&mut self.state, now);
+        if let Some(at) = placed.wake_at {
+            wake = Some(wake.map_or(at, |w| w.min(at)));
+        }
+        self.metrics.placed.inc_by(placed.placed as u64);
+        self.commit().await;
+        self.metrics
+            .round_seconds
+            .observe(started.elapsed().as_secs_f64());
+        wake.map(|at| {
+            let wait = at.since(Time::now());
+            Instant::now() + wait
+        })
+    }
+
+    async fn commit(&mut self) {
+        let replies = std::mem::take(&mut self.replies);
+        if !self.state.has_dirty() {
+            for (tx, r) in replies {
+                let _ = tx.send(r);
+            }
+            return;
+        }
+        let keys = self.state.take_dirty();
+        let result = match persist::ops(&self.state, &keys) {
+            Ok(ops) => {
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || store.apply(&ops))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => {
+                self.state.index += 1;
+                let index = self.state.index;
+                self.changes.push(index, keys.into_iter().collect());
+                self.published.send_replace(Arc::new(self.state.clone()));
+                self.metrics.commits.inc();
+                for (tx, r) in replies {
+                    let _ = tx.send(r);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot commit the cluster state; the round is undone");
+                self.metrics.commit_errors.inc();
+                self.state = State::clone(&self.published.borrow());
+                self.all_touched = true;
+                for (tx, _) in replies {
+                    let _ = tx.send(Err(Error::Unavailable(format!(
+                        "the scheduler cannot write its store ({e}); nothing was changed"
+                    ))));
+                }
+            }
+        }
+    }
+
+    fn reply(&mut self, tx: oneshot::Sender<Result<String, Error>>, r: Result<String, Error>) {
+        self.replies.push((tx, r));
+    }
+
+    fn touch(&mut self, service_id: &str) {
+        self.touched.insert(service_id.to_string());
+    }
+
+    fn apply(&mut self, ev: Event) {
+        match ev {
+            Event::CreateService(spec, reply) => {
+                let r = self.create_service(spec);
+                self.reply(reply, r);
+            }
+            Event::UpdateService {
+                service,
+                spec,
+                replicas,
+                version,
+                force,
+                reply,
+            } => {
+                let r = self.update_service(&service, spec, replicas, version, force);
+                self.reply(reply, r);
+            }
+            Event::Rollback(service, reply) => {
+                let r = self.rollback(&service);
+                self.reply(reply, r);
+            }
+            Event::RemoveService(service, reply) => {
+                let r = match self.state.find_service(&service).cloned() {
+                    Some(s) => {
+                        let mut s = Service::clone(&s);
+                        s.removing = true;
+                        s.updated_at = Time::now();
+                        let id = s.id.clone();
+                        self.state.put_service(s);
+                        self.touch(&id);
+                        Ok(id)
+                    }
+                    None => Err(no_service(&service)),
+                };
+                self.reply(reply, r);
+            }
+            Event::UpdateNode {
+                node,
+                availability,
+                label_add,
+                label_rm,
+                reply,
+            } => {
+                let r = match self.state.find_node(&node).cloned() {
+                    Some(n) => {
+                        let mut n = Node::clone(&n);
+                        if let Some(a) = availability {
+                            n.availability = a;
+                        }
+                        for (k, v) in label_add {
+                            n.labels.insert(k, v);
+                        }
+                        for k in label_rm {
+                            n.labels.remove(&k);
+                        }
+                        n.updated_at = Time::now();
+                        let id = n.id.clone();
+                        self.state.put_node(n);
+                        self.all_touched = true;
+                        Ok(id)
+                    }
+                    None => Err(no_node(&node)),
+                };
+                self.reply(reply, r);
+            }
+            Event::RemoveNode { node, force, reply } => {
+                let r = self.remove_node(&node, force);
+                self.reply(reply, r);
+            }
+            Event::RotateToken(reply) => {
+                let token = new_token();
+                self.state.set_join_token(token.clone());
+                self.reply(reply, Ok(token));
+            }
+            Event::Hello {
+                hello,
+                session,
+                reply,
+            } => {
+                let r = self.hello(hello, session);
+                self.reply(reply, r);
+            }
+            Event::Status {
+                node,
+                session,
+                reports,
+            } => {
+                if self.sessions.get(&node) == Some(&session) {
+                    self.status(&node, reports);
+                }
+            }
+            Event::Gone { node, session } => {
+                if self.sessions.get(&node) == Some(&session) {
+                    self.sessions.remove(&node);
+                }
+            }
+        }
+    }
+
+    fn create_service(&mut self, spec: ServiceSpec) -> Result<String, Error> {
+        if self.state.find_service(&spec.name).is_some() {
+            return Err(Error::AlreadyExists(format!(
+                "service {:?} already exists",
+                spec.name
+            )));
+        }
+        let now = Time::now();
+        let id = new_id();
+        let service = Service {
+            id: id.clone(),
+            name: spec.name.clone(),
+            version: 1,
+            previous_version: 0,
+            created_at: now,
+            updated_at: now,
+            update: UpdateStatus::default(),
+            removing: false,
+        };
+        self.state.put_version(Version::new(&id, 1, spec));
+        self.state.put_service(service);
+        self.touch(&id);
+        Ok(id)
+    }
+
+    fn update_service(
+        &mut self,
+        name: &str,
+        spec: Option<ServiceSpec>,
+        replicas: Option<u64>,
+        expected: u64,
+        force: bool,
+    ) -> Result<String, Error> {
+        let service = self
+            .state
+            .find_service(name)
+            .cloned()
+            .ok_or_else(|| no_service(name))?;
+        if service.removing {
+            return Err(Error::FailedPrecondition(format!(
+                "service {name:?} is being removed"
+            )));
+        }
+        if expected != 0 && expected != service.version {
+            return Err(Error::FailedPrecondition(format!(
+                "service {name:?} is at version {}, not {expected}: it changed meanwhile",
+                service.version
+            )));
+        }
+        let current =
+            self.state.current(&service).cloned().ok_or_else(|| {
+                Error::Unavailable("the service's current spec is missing".into())
+            })?;
+        let mut spec = spec.unwrap_or_else(|| ServiceSpec::clone(&current.spec));
+        if spec.name != service.name {
+            return Err(Invalid::new(
+                "spec.name",
+                format!(
+                    "a service cannot be renamed ({:?} to {:?})",
+                    service.name, spec.name
+                ),
+            )
+            .into());
+        }
+        if let Some(n) = replicas {
+            match spec.mode {
+                Mode::Replicated { .. } => spec.mode = Mode::Replicated { replicas: n },
+                Mode::Global => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "service {name:?} is global: it runs one task per node and cannot be scaled"
+                    )));
+                }
+            }
+        }
+        if matches!(
+            (&spec.mode, &current.spec.mode),
+            (Mode::Global, Mode::Replicated { .. }) | (Mode::Replicated { .. }, Mode::Global)
+        ) {
+            return Err(Invalid::new(
+                "spec.mode",
+                "a service cannot change between replicated and global",
+            )
+            .into());
+        }
+        if spec == *current.spec && !force {
+            return Ok(service.id.clone());
+        }
+        let now = Time::now();
+        let next = self
+            .state
+            .service_versions(&service.id)
+            .last()
+            .copied()
+            .unwrap_or(service.version)
+            + 1;
+        let version = Version::new(&service.id, next, spec);
+        let mut s = Service::clone(&service);
+        s.previous_version = service.version;
+        s.version = next;
+        s.updated_at = now;
+        if version.template != current.template || force {
+            s.update = UpdateStatus {
+                state: UpdateState::Updating,
+                started_at: now,
+                completed_at: Time(0),
+                message: "update in progress".into(),
+                next_batch_at: Time(0),
+                config: version.spec.update,
+                force_before: if force {
+                    now
+                } else {
+                    service.update.force_before
+                },
+            };
+        }
+        self.state.put_version(version);
+        let id = s.id.clone();
+        self.state.put_service(s);
+        self.touch(&id);
+        Ok(id)
+    }
+
+    fn rollback(&mut self, name: &str) -> Result<String, Error> {
+        let service = self
+            .state
+            .find_service(name)
+            .cloned()
+            .ok_or_else(|| no_service(name))?;
+        let from =
+            self.state.current(&service).cloned().ok_or_else(|| {
+                Error::Unavailable("the service's current spec is missing".into())
+            })?;
+        let Some(to) = (service.previous_version != 0)
+            .then(|| {
+                self.state
+                    .version(&service.id, service.previous_version)
+                    .cloned()
+            })
+            .flatten()
+        else {
+            return Err(Error::FailedPrecondition(format!(
+                "service {name:?} has no previous version to roll back to"
+            )));
+        };
+        let now = Time::now();
+        let mut s = Service::clone(&service);
+        s.version = to.version;
+        s.previous_version = from.version;
+        s.updated_at = now;
+        s.update = UpdateStatus {
+            state: UpdateState::RollbackStarted,
+            started_at: now,
+            completed_at: Time(0),
+            message: format!("rollback to version {} in progress", to.version),
+            next_batch_at: Time(0),
+            config: from.spec.rollback,
+            force_before: service.update.force_before,
+        };
+        let id = s.id.clone();
+        self.state.put_service(s);
+        self.touch(&id);
+        Ok(id)
+    }
+
+    fn remove_node(&mut self, name: &str, force: bool) -> Result<String, Error> {
+        let node = self
+            .state
+            .find_node(name)
+            .cloned()
+            .ok_or_else(|| no_node(name))?;
+        if node.state == NodeState::Ready && !force {
+            return Err(Error::FailedPrecondition(format!(
+                "node {} is ready: stop its agent (or drain it) first, or use --force",
+                node.hostname
+            )));
+        }
+        let tasks: Vec<Arc<Task>> = self.state.node_tasks(&node.id).cloned().collect();
+        for t in tasks {
+            if !t.status.state.is_terminal() {
+                let mut t = Task::clone(&t);
+                t.status = TaskStatus::new(TaskState::Orphaned, "node removed");
+                self.state.put_task(t);
+            }
+        }
+        self.state.remove_node(&node.id);
+        self.sessions.remove(&node.id);
+        self.all_touched = true;
+        Ok(node.id.clone())
+    }
+
+    fn hello(&mut self, hello: Hello, session: u64) -> Result<String, Error> {
+        let now = Time::now();
+        let known = (!hello.node_id.is_empty())
+            .then(|| self.state.node(&hello.node_id).cloned())
+            .flatten();
+        let mut node = match known {
+            Some(n) => Node::clone(&n),
+            None => {
+                let id = if hello.node_id.is_empty() {
+                    new_id()
+                } else {
+                    hello.node_id.clone()
+                };
+                Node::new(id, hello.hostname.clone())
+            }
+        };
+        node.hostname = hello.hostname;
+        node.labels = hello.labels;
+        node.resources = hello.resources;
+        node.engine = hello.engine;
+        node.address = hello.address;
+        node.state = NodeState::Ready;
+        node.state_message = String::new();
+        node.updated_at = now;
+        let id = node.id.clone();
+        self.state.put_node(node);
+        self.sessions.insert(id.clone(), session);
+        self.heartbeats.beat(&id);
+        // Reconcile: what the node runs is the truth about its tasks.
+        let reported: HashSet<&str> = hello.tasks.iter().map(|(t, _)| t.as_str()).collect();
+        let ours: Vec<Arc<Task>> = self.state.node_tasks(&id).cloned().collect();
+        for t in ours {
+            let lost = matches!(
+                t.status.state,
+                TaskState::Preparing | TaskState::Starting | TaskState::Running
+            ) || (t.status.state == TaskState::Orphaned
+                && t.desired == Desired::Running);
+            if lost && !reported.contains(t.id.as_str()) {
+                let mut t = Task::clone(&t);
+                t.status =
+                    TaskStatus::new(TaskState::Failed, "its container is gone from the node");
+                t.status.err = "container not found when the node's agent reconnected".into();
+                self.touch(&t.service_id);
+                self.state.put_task(t);
+            }
+        }
+        self.status(&id, hello.tasks);
+        self.all_touched = true;
+        Ok(id)
+    }
+
+    /// Applies an agent's reports about its node's tasks. A report about a
+    /// task of another node, an unknown task or a state the agent cannot
+    /// set is ignored (and counted), never stored.
+    fn status(&mut self, node: &str, reports: Vec<(String, TaskStatus)>) {
+        for (id, mut status) in reports {
+            let Some(task) = self.state.task(&id).cloned() else {
+                self.metrics.reports_ignored.inc();
+                continue;
+            };
+            if task.node_id != node || status.state < TaskState::Preparing {
+                self.metrics.reports_ignored.inc();
+                continue;
+            }
+            let cur = task.status.state;
+            // Forward only, except that a node that comes back knows
+            // better than "orphaned".
+            let forward = status.state > cur
+                || (status.state == cur && status != task.status)
+                || cur == TaskState::Orphaned;
+            if !forward || (cur.is_terminal() && cur != TaskState::Orphaned && status.state != cur)
+            {
+                continue;
+            }
+            if status.timestamp.is_zero() {
+                status.timestamp = Time::now();
+            }
+            let mut t = Task::clone(&task);
+            if status.state == TaskState::Running && t.started_at.is_zero() {
+                t.started_at = status.timestamp;
+            }
+            t.status = status;
+            self.touch(&t.service_id);
+            self.state.put_task(t);
+        }
+    }
+
+    /// Marks nodes down whose agent missed its heartbeats past the grace,
+    /// and orphans their tasks. Returns the next deadline.
+    fn check_nodes(&mut self, now: Time) -> Option<Time> {
+        let grace = self.tunables.node_grace;
+        let mut next: Option<Instant> = None;
+        let since_start = self.started.elapsed();
+        let nodes: Vec<Arc<Node>> = self.state.nodes.values().cloned().collect();
+        for n in nodes {
+            let deadline = match n.state {
+                NodeState::Down => continue,
+                NodeState::Ready => self
+                    .heartbeats
+                    .last(&n.id)
+                    .map_or(self.started + grace, |t| t + grace),
+                NodeState::Unknown => self.started + grace,
+            };
+            if Instant::now() < deadline {
+                next = Some(next.map_or(deadline, |d: Instant| d.min(deadline)));
+                continue;
+            }
+            let mut down = Node::clone(&n);
+            down.state = NodeState::Down;
+            down.state_message = if n.state == NodeState::Unknown {
+                format!(
+                    "its agent did not reconnect within {} of the scheduler starting",
+                    bronze_runtime::duration::format(since_start.min(grace))
+                )
+            } else {
+                format!(
+                    "heartbeat missed for {}",
+                    bronze_runtime::duration::format(grace)
+                )
+            };
+            down.updated_at = now;
+            tracing::warn!(node = %n.hostname, id = %n.id, reason = %down.state_message, "node down");
+            self.state.put_node(down);
+            self.sessions.remove(&n.id);
+            let tasks: Vec<Arc<Task>> = self.state.node_tasks(&n.id).cloned().collect();
+            for t in tasks {
+                if !t.status.state.is_terminal() {
+                    let mut t = Task::clone(&t);
+                    t.status = TaskStatus::new(
+                        TaskState::Orphaned,
+                        format!("node {} is down", n.hostname),
+                    );
+                    self.state.put_task(t);
+                }
+            }
+            self.all_touched = true;
+        }
+        next.map(|d| now.plus(d.saturating_duration_since(Instant::now())))
+    }
+
+    /// Drops versions no task uses, beyond the last few and the current
+    /// and previous ones.
+    fn prune_versions(&mut self, service_id: &str) {
+        let Some(service) = self.state.service(service_id).cloned() else {
+            return;
+        };
+        let versions = self.state.service_versions(service_id);
+        if versions.len() <= self.tunables.versions_kept {
+            return;
+        }
+        let used: BTreeSet<u64> = self
+            .state
+            .service_tasks(service_id)
+            .map(|t| t.spec_version)
+            .collect();
+        let keep_from = versions.len() - self.tunables.versions_kept;
+        for v in &versions[..keep_from] {
+            if *v != service.version && *v != service.previous_version && !used.contains(v) {
+                self.state.remove_version(service_id, *v);
+            }
+        }
+    }
+}
+
+/// A new join token: `BRONZE-` and 32 random characters.
+pub fn new_token() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut s = String::from("BRONZE-");
+    for _ in 0..32 {
+        s.push(char::from(ALPHABET[fastrand::usize(..ALPHABET.len())]));
+    }
+    s
+}
+
+fn no_service(name: &str) -> Error {
+    Error::NotFound(format!("no service {name:?}"))
+}
+
+fn no_node(name: &str) -> Error {
+    Error::NotFound(format!("no node {name:?}"))
+}

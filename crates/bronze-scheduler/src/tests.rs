@@ -1,0 +1,601 @@
+//! Orchestration with simulated agents (`sim`): placement, pending reasons,
+//! restarts, node loss, drain, rollouts, restarts of the scheduler. The
+//! same behaviours against the real engine are in `tests/it`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bronze_store::{RedbStore, Store};
+
+use crate::manager::{Event, Tunables};
+use crate::model::{
+    Availability, Constraint, Desired, Mode, NodeState, Order, Preference, Resources,
+    RestartCondition, ServiceSpec, Task, TaskState, TaskStatus,
+};
+use crate::sim::Sim;
+use crate::state::State;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn tunables() -> Tunables {
+    Tunables {
+        heartbeat_period: Duration::from_millis(100),
+        node_grace: Duration::from_millis(600),
+        ..Tunables::default()
+    }
+}
+
+fn mem() -> Arc<dyn Store> {
+    Arc::new(RedbStore::in_memory().expect("store"))
+}
+
+const GIB: i64 = 1 << 30;
+
+fn res(cpus: i64, memory: i64) -> Resources {
+    Resources {
+        nano_cpus: cpus * 1_000_000_000,
+        memory_bytes: memory,
+        pids: 0,
+    }
+}
+
+fn spec(name: &str, replicas: u64) -> ServiceSpec {
+    let mut s = ServiceSpec::new(name, "busybox");
+    s.mode = Mode::Replicated { replicas };
+    s.restart.delay = Duration::from_millis(50);
+    s
+}
+
+fn wanted<'a>(s: &'a State, service: &str) -> Vec<&'a Arc<Task>> {
+    let id = &s.find_service(service).expect("service").id;
+    s.service_tasks(id)
+        .filter(|t| t.desired == Desired::Running)
+        .collect()
+}
+
+fn running(s: &State, service: &str) -> usize {
+    wanted(s, service)
+        .iter()
+        .filter(|t| t.status.state == TaskState::Running)
+        .count()
+}
+
+fn live(s: &State, service: &str) -> usize {
+    let id = &s.find_service(service).expect("service").id;
+    s.service_tasks(id)
+        .filter(|t| !t.status.state.is_terminal())
+        .count()
+}
+
+async fn three_nodes(sim: &Sim) -> Vec<String> {
+    let mut ids = Vec::new();
+    for (i, zone) in ["eu", "us", "us"].iter().enumerate() {
+        ids.push(
+            sim.join(
+                &format!("node{i}"),
+                &format!("host-{i}"),
+                &[("zone", zone)],
+                res(4, 8 * GIB),
+            )
+            .await,
+        );
+    }
+    ids
+}
+
+#[tokio::test]
+async fn replicas_spread_over_nodes_and_scale() {
+    let sim = Sim::start(mem(), tunables()).await;
+    let nodes = three_nodes(&sim).await;
+    sim.create(spec("web", 3)).await.expect("create");
+    let s = sim
+        .until(WAIT, "3 running", |s| running(s, "web") == 3)
+        .await;
+    let mut on: Vec<&str> = wanted(&s, "web")
+        .iter()
+        .map(|t| t.node_id.as_str())
+        .collect();
+    on.sort_unstable();
+    assert_eq!(
+        on,
+        nodes.iter().map(String::as_str).collect::<Vec<_>>(),
+        "one per node"
+    );
+    sim.ask(|reply| Event::UpdateService {
+        service: "web".into(),
+        spec: None,
+        replicas: Some(6),
+        version: 0,
+        force: false,
+        reply,
+    })
+    .await
+    .expect("scale");
+    let s = sim
+        .until(WAIT, "6 running", |s| running(s, "web") == 6)
+        .await;
+    for n in &nodes {
+        assert_eq!(s.usage(n).tasks, 2, "two per node");
+    }
+    sim.ask(|reply| Event::UpdateService {
+        service: "web".into(),
+        spec: None,
+        replicas: Some(2),
+        version: 0,
+        force: false,
+        reply,
+    })
+    .await
+    .expect("scale down");
+    let s = sim
+        .until(WAIT, "2 left", |s| {
+            live(s, "web") == 2 && running(s, "web") == 2
+        })
+        .await;
+    let slots: Vec<u64> = wanted(&s, "web").iter().map(|t| t.slot).collect();
+    assert!(
+        slots.iter().all(|s| *s <= 2),
+        "surplus slots stopped: {slots:?}"
+    );
+}
+
+#[tokio::test]
+async fn pending_tasks_say_why_and_start_when_the_cluster_changes() {
+    let sim = Sim::start(mem(), tunables()).await;
+    sim.join("n-eu", "host-eu", &[("zone", "eu")], res(4, 512 << 20))
+        .await;
+    sim.join("n-us1", "host-us1", &[("zone", "us")], res(4, 8 * GIB))
+        .await;
+    sim.join("n-us2", "host-us2", &[("zone", "us")], res(4, 8 * GIB))
+        .await;
+    let mut s = spec("db", 1);
+    s.placement.constraints = vec![Constraint::parse("node.labels.zone==eu").expect("c")];
+    s.reservations.memory_bytes = GIB;
+    sim.create(s).await.expect("create");
+    let state = sim
+        .until(WAIT, "pending with a reason", |s| {
+            wanted(s, "db")
+                .first()
+                .is_some_and(|t| t.status.state == TaskState::Pending)
+        })
+        .await;
+    assert_eq!(
+        wanted(&state, "db")[0].status.message,
+        "0/3 nodes available: 2 fail constraint node.labels.zone==eu, 1 has 512 MiB of 1 GiB reserved memory free"
+    );
+    // A label added to a node with room lets it in, at once.
+    sim.ask(|reply| Event::UpdateNode {
+        node: "host-us1".into(),
+        availability: None,
+        label_add: vec![("zone".into(), "eu".into())],
+        label_rm: vec![],
+        reply,
+    })
+    .await
+    .expect("label");
+    let state = sim
+        .until(WAIT, "db running", |s| running(s, "db") == 1)
+        .await;
+    assert_eq!(wanted(&state, "db")[0].node_id, "n-us1");
+
+    // A node that joins lets a pending task in.
+    let mut big = spec("big", 1);
+    big.reservations.memory_bytes = 16 * GIB;
+    sim.create(big).await.expect("create");
+    sim.until(WAIT, "big pending", |s| {
+        wanted(s, "big")
+            .first()
+            .is_some_and(|t| t.status.message.contains("have at most"))
+    })
+    .await;
+    sim.join("n-big", "host-big", &[], res(8, 32 * GIB)).await;
+    let state = sim
+        .until(WAIT, "big running", |s| running(s, "big") == 1)
+        .await;
+    assert_eq!(wanted(&state, "big")[0].node_id, "n-big");
+
+    // Resources freed by a removed service let a pending task in.
+    let mut fill = spec("fill", 1);
+    fill.reservations.memory_bytes = 30 * GIB;
+    fill.placement.constraints = vec![Constraint::parse("node.hostname==host-big").expect("c")];
+    sim.create(fill).await.expect("create");
+    sim.until(WAIT, "fill pending", |s| {
+        wanted(s, "fill")
+            .first()
+            .is_some_and(|t| t.status.state == TaskState::Pending)
+    })
+    .await;
+    sim.ask(|reply| Event::RemoveService("big".into(), reply))
+        .await
+        .expect("remove");
+    sim.until(WAIT, "fill running", |s| running(s, "fill") == 1)
+        .await;
+}
+
+#[tokio::test]
+async fn reservations_are_never_over_committed_and_max_per_node_holds() {
+    let sim = Sim::start(mem(), tunables()).await;
+    sim.join("a", "host-a", &[], res(2, 4 * GIB)).await;
+    sim.join("b", "host-b", &[], res(2, 4 * GIB)).await;
+    let mut s = spec("cpu", 6);
+    s.reservations.nano_cpus = 1_000_000_000;
+    sim.create(s).await.expect("create");
+    let state = sim
+        .until(WAIT, "4 running, 2 pending", |s| {
+            running(s, "cpu") == 4
+                && wanted(s, "cpu")
+                    .iter()
+                    .filter(|t| t.status.state == TaskState::Pending)
+                    .count()
+                    == 2
+        })
+        .await;
+    for n in ["a", "b"] {
+        assert_eq!(state.usage(n).reserved.nano_cpus, 2_000_000_000);
+    }
+    let pending = wanted(&state, "cpu")
+        .into_iter()
+        .find(|t| t.status.state == TaskState::Pending)
+        .expect("pending");
+    assert_eq!(
+        pending.status.message,
+        "0/2 nodes available: 2 have at most 0 of 1 reserved CPUs free"
+    );
+
+    let mut m = spec("spread", 5);
+    m.placement.max_replicas_per_node = 2;
+    sim.create(m).await.expect("create");
+    let state = sim
+        .until(WAIT, "4 placed", |s| running(s, "spread") == 4)
+        .await;
+    let pending = wanted(&state, "spread")
+        .into_iter()
+        .find(|t| t.status.state == TaskState::Pending)
+        .expect("one pending");
+    assert_eq!(
+        pending.status.message,
+        "0/2 nodes available: 2 already run 2 tasks of this service (max_replicas_per_node)"
+    );
+}
+
+#[tokio::test]
+async fn spread_preferences_balance_zones_first() {
+    let sim = Sim::start(mem(), tunables()).await;
+    sim.join("eu1", "eu1", &[("zone", "eu")], res(4, 8 * GIB))
+        .await;
+    sim.join("us1", "us1", &[("zone", "us")], res(4, 8 * GIB))
+        .await;
+    sim.join("us2", "us2", &[("zone", "us")], res(4, 8 * GIB))
+        .await;
+    let mut s = spec("web", 4);
+    s.placement.preferences = vec![Preference::parse("spread=node.labels.zone").expect("p")];
+    sim.create(s).await.expect("create");
+    let state = sim
+        .until(WAIT, "4 running", |s| running(s, "web") == 4)
+        .await;
+    let on_eu = wanted(&state, "web")
+        .iter()
+        .filter(|t| t.node_id == "eu1")
+        .count();
+    assert_eq!(on_eu, 2, "half the tasks in each zone");
+}
+
+#[tokio::test]
+async fn restart_policy_with_backoff_and_limits() {
+    let sim = Sim::start(mem(), tunables()).await;
+    let nodes = three_nodes(&sim).await;
+    let mut s = spec("job", 1);
+    s.restart.max_attempts = 2;
+    s.restart.delay = Duration::from_millis(100);
+    s.restart.condition = RestartCondition::OnFailure;
+    sim.create(s).await.expect("create");
+    let mut failed_at = Vec::new();
+    let mut previous = String::new();
+    for round in 0..3 {
+        let state = sim
+            .until(WAIT, "a new running task", |s| {
+                running(s, "job") == 1 && wanted(s, "job")[0].id != previous
+            })
+            .await;
+        let t = wanted(&state, "job")[0].clone();
+        previous = t.id.clone();
+        assert!(nodes.contains(&t.node_id));
+        if round > 0 {
+            let since = t.start_after.since(failed_at[round - 1]);
+            let expected = Duration::from_millis(100 << (round - 1));
+            assert!(
+                since >= expected,
+                "round {round}: waited {since:?}, backoff {expected:?}"
+            );
+        }
+        let mut st = TaskStatus::new(TaskState::Failed, "exited");
+        st.exit_code = Some(1);
+        failed_at.push(crate::model::Time::now());
+        sim.report(&t.node_id, &t.id, st).await;
+        if round == 2 {
+            break;
+        }
+    }
+    // Two restarts used: the third failure stays.
+    let state = sim
+        .until(WAIT, "stalled", |s| {
+            wanted(s, "job")
+                .first()
+                .is_some_and(|t| t.status.state == TaskState::Failed)
+        })
+        .await;
+    let svc = state.find_service("job").expect("svc");
+    let status = crate::api::service_status(&state, svc);
+    assert!(status.stalled, "{status:?}");
+    assert!(
+        status.message.contains("restart policy gave up"),
+        "{}",
+        status.message
+    );
+
+    // condition none: a completed task is not restarted.
+    let mut s = spec("once", 1);
+    s.restart.condition = RestartCondition::None;
+    sim.create(s).await.expect("create");
+    let state = sim
+        .until(WAIT, "once runs", |s| running(s, "once") == 1)
+        .await;
+    let t = wanted(&state, "once")[0].clone();
+    let mut st = TaskStatus::new(TaskState::Failed, "exited");
+    st.exit_code = Some(3);
+    sim.report(&t.node_id, &t.id, st).await;
+    let state = sim
+        .until(WAIT, "ended", |s| {
+            wanted(s, "once")[0].status.state == TaskState::Failed
+        })
+        .await;
+    let id = &state.find_service("once").expect("svc").id;
+    assert_eq!(state.service_tasks(id).count(), 1, "no new task");
+}
+
+#[tokio::test]
+async fn a_silent_node_goes_down_and_its_tasks_move() {
+    let sim = Sim::start(mem(), tunables()).await;
+    three_nodes(&sim).await;
+    sim.create(spec("web", 3)).await.expect("create");
+    let state = sim
+        .until(WAIT, "3 running", |s| running(s, "web") == 3)
+        .await;
+    let victim = wanted(&state, "web")[0].node_id.clone();
+    sim.silence(&victim);
+    let state = sim
+        .until(WAIT, "moved", |s| {
+            s.node(&victim).is_some_and(|n| n.state == NodeState::Down)
+                && running(s, "web") == 3
+                && wanted(s, "web").iter().all(|t| t.node_id != victim)
+        })
+        .await;
+    let orphaned = state
+        .node_tasks(&victim)
+        .filter(|t| t.status.state == TaskState::Orphaned)
+        .count();
+    assert_eq!(orphaned, 1);
+    // It comes back: its old task is asked to stop, nothing doubles.
+    sim.join(&victim, "back", &[], res(4, 8 * GIB)).await;
+    let state = sim
+        .until(WAIT, "old task stopped", |s| {
+            s.node_tasks(&victim)
+                .all(|t| t.desired == Desired::Shutdown)
+        })
+        .await;
+    assert_eq!(running(&state, "web"), 3);
+}
+
+#[tokio::test]
+async fn drain_starts_elsewhere_first_and_pause_takes_nothing_new() {
+    let sim = Sim::start(mem(), tunables()).await;
+    three_nodes(&sim).await;
+    sim.create(spec("web", 3)).await.expect("create");
+    sim.until(WAIT, "3 running", |s| running(s, "web") == 3)
+        .await;
+    sim.ask(|reply| Event::UpdateNode {
+        node: "host-0".into(),
+        availability: Some(Availability::Drain),
+        label_add: vec![],
+        label_rm: vec![],
+        reply,
+    })
+    .await
+    .expect("drain");
+    let state = sim
+        .until(WAIT, "moved off", |s| {
+            s.node_tasks("node0")
+                .all(|t| t.desired == Desired::Shutdown && t.status.state.is_terminal())
+                && running(s, "web") == 3
+        })
+        .await;
+    // The replacement ran before the drained task was told to stop.
+    let old = state.node_tasks("node0").next().expect("old task").clone();
+    let new = wanted(&state, "web")
+        .into_iter()
+        .find(|t| t.slot == old.slot)
+        .expect("replacement");
+    assert!(
+        new.started_at <= old.status.timestamp,
+        "start-first: new started {:?}, old {:?}",
+        new.started_at,
+        old.status
+    );
+    sim.ask(|reply| Event::UpdateNode {
+        node: "host-1".into(),
+        availability: Some(Availability::Pause),
+        label_add: vec![],
+        label_rm: vec![],
+        reply,
+    })
+    .await
+    .expect("pause");
+    sim.create(spec("more", 2)).await.expect("create");
+    let state = sim
+        .until(WAIT, "more runs", |s| running(s, "more") == 2)
+        .await;
+    assert!(wanted(&state, "more").iter().all(|t| t.node_id == "node2"));
+}
+
+#[tokio::test]
+async fn global_services_follow_nodes() {
+    let sim = Sim::start(mem(), tunables()).await;
+    three_nodes(&sim).await;
+    let mut s = spec("agent", 0);
+    s.mode = Mode::Global;
+    s.placement.constraints = vec![Constraint::parse("node.labels.zone!=eu").expect("c")];
+    sim.create(s).await.expect("create");
+    sim.until(WAIT, "2 running", |s| running(s, "agent") == 2)
+        .await;
+    sim.join("late", "late", &[("zone", "ap")], res(1, GIB))
+        .await;
+    let state = sim
+        .until(WAIT, "3 running", |s| running(s, "agent") == 3)
+        .await;
+    assert!(wanted(&state, "agent").iter().any(|t| t.node_id == "late"));
+}
+
+async fn update_to(sim: &Sim, image: &str, order: Order, parallelism: u64) {
+    let state = sim.state();
+    let svc = state.find_service("web").expect("svc");
+    let mut s = ServiceSpec::clone(&state.current(svc).expect("spec").spec);
+    s.image = image.into();
+    s.update.order = order;
+    s.update.parallelism = parallelism;
+    sim.ask(|reply| Event::UpdateService {
+        service: "web".into(),
+        spec: Some(s),
+        replicas: None,
+        version: 0,
+        force: false,
+        reply,
+    })
+    .await
+    .expect("update");
+}
+
+fn images(s: &State) -> Vec<String> {
+    let svc = s.find_service("web").expect("svc");
+    wanted(s, "web")
+        .iter()
+        .map(|t| {
+            s.version(&svc.id, t.spec_version)
+                .map(|v| v.spec.image.clone())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn rolling_updates_and_rollback() {
+    let sim = Sim::start(mem(), tunables()).await;
+    three_nodes(&sim).await;
+    sim.create(spec("web", 4)).await.expect("create");
+    sim.until(WAIT, "4 running", |s| running(s, "web") == 4)
+        .await;
+    // Watch the rollout: with stop-first and parallelism 2, never fewer
+    // than 2 running; with start-first, never fewer than 4.
+    let mut rx = sim.snapshot.clone();
+    update_to(&sim, "busybox:v2", Order::StopFirst, 2).await;
+    let mut min = usize::MAX;
+    loop {
+        let s = rx.borrow_and_update().clone();
+        min = min.min(running(&s, "web"));
+        let done = s
+            .find_service("web")
+            .is_some_and(|x| x.update.state == crate::model::UpdateState::Completed);
+        if done && running(&s, "web") == 4 {
+            assert!(images(&s).iter().all(|i| i == "busybox:v2"));
+            break;
+        }
+        tokio::time::timeout(WAIT, rx.changed())
+            .await
+            .expect("progress")
+            .expect("open");
+    }
+    assert_eq!(min, 2, "stop-first, two at a time");
+    update_to(&sim, "busybox:v3", Order::StartFirst, 1).await;
+    let mut min = usize::MAX;
+    let mut max_live = 0;
+    loop {
+        let s = rx.borrow_and_update().clone();
+        min = min.min(running(&s, "web"));
+        max_live = max_live.max(live(&s, "web"));
+        let done = s
+            .find_service("web")
+            .is_some_and(|x| x.update.state == crate::model::UpdateState::Completed);
+        if done && running(&s, "web") == 4 && live(&s, "web") == 4 {
+            assert!(images(&s).iter().all(|i| i == "busybox:v3"));
+            break;
+        }
+        tokio::time::timeout(WAIT, rx.changed())
+            .await
+            .expect("progress")
+            .expect("open");
+    }
+    assert_eq!(min, 4, "start-first keeps every replica up");
+    assert_eq!(max_live, 5, "one extra at a time");
+    sim.ask(|reply| Event::Rollback("web".into(), reply))
+        .await
+        .expect("rollback");
+    let s = sim
+        .until(WAIT, "rolled back", |s| {
+            s.find_service("web")
+                .is_some_and(|x| x.update.state == crate::model::UpdateState::RollbackCompleted)
+                && running(s, "web") == 4
+        })
+        .await;
+    assert!(
+        images(&s).iter().all(|i| i == "busybox:v2"),
+        "{:?}",
+        images(&s)
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_manager_resumes_without_duplicates() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("s.redb");
+    let open = || -> Arc<dyn Store> { Arc::new(RedbStore::open(&path).expect("store")) };
+    {
+        let sim = Sim::start(open(), tunables()).await;
+        three_nodes(&sim).await;
+        sim.create(spec("web", 3)).await.expect("create");
+        sim.until(WAIT, "3 running", |s| running(s, "web") == 3)
+            .await;
+        update_to(&sim, "busybox:v2", Order::StopFirst, 1).await;
+        // Stop in the middle of the rollout.
+        sim.until(WAIT, "rollout under way", |s| {
+            images(s).iter().any(|i| i == "busybox:v2")
+        })
+        .await;
+    }
+    // Let the first manager's task notice its shutdown and drop the file.
+    let store = loop {
+        match RedbStore::open(&path) {
+            Ok(s) => break Arc::new(s) as Arc<dyn Store>,
+            Err(_) => tokio::task::yield_now().await,
+        }
+    };
+    let sim = Sim::start(store, tunables()).await;
+    for i in 0..3 {
+        sim.join(
+            &format!("node{i}"),
+            &format!("host-{i}"),
+            &[],
+            res(4, 8 * GIB),
+        )
+        .await;
+    }
+    let s = sim
+        .until(WAIT, "rollout finished", |s| {
+            s.find_service("web")
+                .is_some_and(|x| x.update.state == crate::model::UpdateState::Completed)
+                && running(s, "web") == 3
+                && live(s, "web") == 3
+        })
+        .await;
+    assert!(images(&s).iter().all(|i| i == "busybox:v2"));
+    let slots: std::collections::BTreeSet<u64> = wanted(&s, "web").iter().map(|t| t.slot).collect();
+    assert_eq!(slots.len(), 3, "one task per slot");
+}
