@@ -1,1 +1,5 @@
+//! The scheduler and its agents against the real Docker engine: one test
+//! binary (see `harness` for how a cluster is started in this process).
 
+mod harness;
+mod lifecycle;
