@@ -1,8 +1,18 @@
 //! `bronze`: the command line for people. `bronze dev` starts every
 //! component that exists in this one process, with embedded state, and
-//! prints where each listens.
+//! prints where each listens; `bronze service ...` and `bronze node ...`
+//! are Docker's `docker service` and `docker node` over the scheduler's
+//! control API.
 
+mod client;
 mod dev;
+mod json;
+mod node;
+mod progress;
+mod service;
+mod table;
+mod units;
+mod words;
 
 use bronze_runtime::EX_USAGE;
 use clap::{Parser, Subcommand};
@@ -14,6 +24,9 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+
+    #[command(flatten)]
+    api: client::ApiArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -21,6 +34,54 @@ enum Command {
     /// Run the whole platform on this host in one process (state in
     /// --data-dir). Ctrl-C or SIGTERM drains and stops it.
     Dev(dev::DevArgs),
+
+    /// Manage services: images run as tasks on the cluster's nodes (docker
+    /// service).
+    #[command(subcommand)]
+    Service(service::Command),
+
+    /// Manage the cluster's nodes, the hosts whose bronze-agent joined
+    /// (docker node).
+    #[command(subcommand)]
+    Node(node::Command),
+}
+
+/// Exit code of a command interrupted while it waited (128 + SIGINT).
+const EX_INTERRUPTED: i32 = 130;
+
+/// Runs a `service` or `node` command; prints its error, if any, as
+/// `bronze: <message>`.
+fn run_api(api: &client::ApiArgs, command: Command) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bronze: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    let result = runtime.block_on(async {
+        let mut client = client::Api::connect(api).await?;
+        match command {
+            Command::Service(c) => service::run(c, &mut client).await,
+            Command::Node(c) => node::run(c, &mut client).await,
+            Command::Dev(_) => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => 0,
+        Err(client::Error::Reported) => 1,
+        Err(e @ client::Error::Interrupted(_)) => {
+            eprintln!("bronze: {e}");
+            EX_INTERRUPTED
+        }
+        Err(e) => {
+            eprintln!("bronze: {e}");
+            1
+        }
+    }
 }
 
 fn main() {
@@ -33,6 +94,7 @@ fn main() {
                 EX_USAGE
             }
         },
+        command => run_api(&cli.api, command),
     };
     std::process::exit(code);
 }

@@ -1,0 +1,711 @@
+//! Waiting for a service to converge, with a live display of its tasks.
+//!
+//! One loop, level-triggered: whatever woke it (a Watch event, a tick, the
+//! deadline), it re-reads the service (`GetService`: the scheduler's own
+//! `ServiceStatus` is the only judge of convergence), redraws every slot
+//! from the tasks the Watch stream keeps current, and applies the rule
+//! below. Events only make it look sooner; a lost stream is reopened from
+//! the last index and the loop goes on, so nothing depends on their order.
+//!
+//! The rule (also in `--help`, [`RULE`]): converged -> exit 0; stalled (the
+//! restart policy gave up on a slot) while no rollout is under way -> exit
+//! 1 at once with the scheduler's message; otherwise `--timeout` -> exit 1
+//! with the last message it gave (why a task is pending, or how one last
+//! failed).
+
+use std::collections::HashMap;
+use std::io::{IsTerminal as _, Write};
+use std::time::{Duration, SystemTime};
+
+use bronze_proto::scheduler::v1 as pb;
+use clap::Args;
+use tokio::time::Instant;
+use tonic::Streaming;
+
+use crate::client::{Api, Error};
+use crate::units::{human_duration, parse_duration, system_time};
+use crate::words;
+
+/// The convergence rule, for the help of every command that waits.
+pub const RULE: &str = "\
+Waiting (unless --detach): the command follows the service's tasks, one line per slot \
+(redrawn in place on a terminal, appended as they change otherwise), until the scheduler \
+reports the service converged: every task it asks for runs the current version. Then it \
+exits 0. It exits 1 at once if the restart policy gave up on a slot (the service is \
+stalled) and no rollout is under way, and after --timeout otherwise; either way it prints \
+the scheduler's last reason (why a task is pending, or how one last failed). Ctrl-C stops \
+the waiting, not the change (exit 130).";
+
+/// How the commands that change a service wait for it.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Waiting")]
+pub struct WaitFlags {
+    /// Return as soon as the scheduler accepted the change, without
+    /// waiting for the tasks.
+    #[arg(short, long)]
+    pub detach: bool,
+
+    /// Show no progress while waiting.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Stop waiting after this long and fail with the last reason.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Slots shown one line each; more are summed up in the headline.
+const MAX_SLOT_LINES: usize = 20;
+/// How often the display and the status are refreshed without events.
+const TICK: Duration = Duration::from_millis(500);
+const BAR: usize = 25;
+
+/// What the Watch stream told so far: the service's tasks and the nodes.
+#[derive(Default)]
+pub struct Board {
+    pub tasks: HashMap<String, pb::Task>,
+    pub hosts: HashMap<String, String>,
+    index: u64,
+    synced: bool,
+    incoming: Vec<pb::SnapshotChunk>,
+}
+
+impl Board {
+    pub fn apply(&mut self, ev: pb::WatchEvent) {
+        use pb::watch_event::Event;
+        self.index = self.index.max(ev.index);
+        match ev.event {
+            Some(Event::Snapshot(chunk)) => {
+                let last = chunk.last;
+                self.incoming.push(chunk);
+                if last {
+                    self.tasks.clear();
+                    self.hosts.clear();
+                    for c in std::mem::take(&mut self.incoming) {
+                        for n in c.nodes {
+                            self.hosts.insert(n.id, n.hostname);
+                        }
+                        for t in c.tasks {
+                            self.tasks.insert(t.id.clone(), t);
+                        }
+                    }
+                    self.synced = true;
+                }
+            }
+            Some(Event::Resumed(_)) => self.synced = true,
+            Some(Event::Task(t)) => {
+                self.tasks.insert(t.id.clone(), t);
+            }
+            Some(Event::Node(n)) => {
+                self.hosts.insert(n.id, n.hostname);
+            }
+            Some(Event::Removed(r)) => match r.kind.as_str() {
+                "task" => {
+                    self.tasks.remove(&r.id);
+                }
+                "node" => {
+                    self.hosts.remove(&r.id);
+                }
+                _ => {}
+            },
+            Some(Event::Service(_)) | None => {}
+        }
+    }
+}
+
+/// One slot as the display shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotView {
+    /// "1/3" (replicated) or the node's hostname (global).
+    pub label: String,
+    /// "web.1" or "web@host1", for appended lines.
+    pub name: String,
+    /// The task's state, lower case; "new" when the slot has no task yet.
+    pub state: String,
+    /// 0..=6 along new, pending, assigned, preparing, starting, running;
+    /// `None` once the task ended.
+    pub step: Option<usize>,
+    pub note: String,
+}
+
+fn created(t: &pb::Task) -> (i64, i32) {
+    t.created_at
+        .as_ref()
+        .map_or((0, 0), |c| (c.seconds, c.nanos))
+}
+
+/// The task that says how a slot is doing: the newest that should run,
+/// else the newest.
+fn pick<'a>(tasks: &[&'a pb::Task]) -> Option<&'a pb::Task> {
+    let running = i32::from(pb::TaskState::Running);
+    tasks
+        .iter()
+        .filter(|t| t.desired_state == running)
+        .max_by_key(|t| created(t))
+        .or_else(|| tasks.iter().max_by_key(|t| created(t)))
+        .copied()
+}
+
+fn rollout_started(resp: &pb::ServiceResponse) -> Option<(i64, i32)> {
+    let u = resp.service.as_ref()?.update_status.as_ref()?;
+    if !matches!(u.state.as_str(), "updating" | "rollback_started") {
+        return None;
+    }
+    Some(
+        u.started_at
+            .as_ref()
+            .map_or((0, 0), |s| (s.seconds, s.nanos)),
+    )
+}
+
+pub fn rollout_in_progress(resp: &pb::ServiceResponse) -> bool {
+    rollout_started(resp).is_some()
+}
+
+fn step(state: i32) -> Option<usize> {
+    Some(match pb::TaskState::try_from(state).ok()? {
+        pb::TaskState::Unspecified | pb::TaskState::New => 1,
+        pb::TaskState::Pending => 2,
+        pb::TaskState::Assigned => 3,
+        pb::TaskState::Preparing => 4,
+        pb::TaskState::Starting => 5,
+        pb::TaskState::Running => 6,
+        _ => return None,
+    })
+}
+
+fn view(
+    label: String,
+    name: String,
+    task: Option<&pb::Task>,
+    rollout: Option<(i64, i32)>,
+    now: SystemTime,
+) -> SlotView {
+    let Some(t) = task else {
+        return SlotView {
+            label,
+            name,
+            state: "new".into(),
+            step: Some(0),
+            note: String::new(),
+        };
+    };
+    let st = t.status.clone().unwrap_or_default();
+    let state = words::task_state(st.state);
+    let ended = words::task_state_ended(st.state);
+    let mut note = String::new();
+    let waits = t
+        .start_after
+        .as_ref()
+        .and_then(|s| system_time(s).duration_since(now).ok());
+    if let Some(wait) = waits.filter(|_| !ended && st.state <= i32::from(pb::TaskState::Pending)) {
+        note = format!(
+            "restart {} in {}",
+            t.attempt,
+            human_duration(wait + Duration::from_millis(999))
+        );
+    } else if st.state == i32::from(pb::TaskState::Pending) {
+        note = st.message.clone();
+    } else if ended {
+        let why = if st.err.is_empty() {
+            &st.message
+        } else {
+            &st.err
+        };
+        note = match st.exit_code {
+            Some(code) if code != 0 => format!("exit code {code}: {why}"),
+            _ => why.clone(),
+        };
+    } else if st.state == i32::from(pb::TaskState::Starting) && !st.health.is_empty() {
+        note = format!("health: {}", st.health);
+    } else if rollout.is_some_and(|started| created(t) < started) {
+        note = "outdated, waiting for its turn".into();
+    }
+    SlotView {
+        label,
+        name,
+        state: state.into(),
+        step: if ended { None } else { step(st.state) },
+        note: note.trim_end_matches(['.', ' ']).to_string(),
+    }
+}
+
+/// Every slot of the service, in order.
+pub fn slots(board: &Board, resp: &pb::ServiceResponse, now: SystemTime) -> Vec<SlotView> {
+    let Some(service) = resp.service.as_ref() else {
+        return Vec::new();
+    };
+    let spec = service.spec.clone().unwrap_or_default();
+    let rollout = rollout_started(resp);
+    let tasks: Vec<&pb::Task> = board
+        .tasks
+        .values()
+        .filter(|t| t.service_id == service.id)
+        .collect();
+    match words::replicas(&spec) {
+        Some(n) => (1..=n)
+            .map(|slot| {
+                let in_slot: Vec<&pb::Task> =
+                    tasks.iter().copied().filter(|t| t.slot == slot).collect();
+                view(
+                    format!("{slot}/{n}"),
+                    format!("{}.{slot}", spec.name),
+                    pick(&in_slot),
+                    rollout,
+                    now,
+                )
+            })
+            .collect(),
+        None => {
+            let mut by_node: HashMap<&str, Vec<&pb::Task>> = HashMap::new();
+            for t in &tasks {
+                if t.slot == 0 {
+                    by_node.entry(t.node_id.as_str()).or_default().push(t);
+                }
+            }
+            let running = i32::from(pb::TaskState::Running);
+            let mut out: Vec<SlotView> = by_node
+                .into_iter()
+                .filter(|(_, ts)| ts.iter().any(|t| t.desired_state == running))
+                .map(|(node, ts)| {
+                    let host = board
+                        .hosts
+                        .get(node)
+                        .cloned()
+                        .unwrap_or_else(|| words::short(node).to_string());
+                    view(
+                        host.clone(),
+                        format!("{}@{host}", spec.name),
+                        pick(&ts),
+                        rollout,
+                        now,
+                    )
+                })
+                .collect();
+            out.sort_by(|a, b| a.label.cmp(&b.label));
+            out
+        }
+    }
+}
+
+fn bar(step: usize) -> String {
+    let filled = (step * BAR / 6).min(BAR);
+    let mut s = String::with_capacity(BAR + 2);
+    s.push('[');
+    if filled > 0 {
+        s.extend(std::iter::repeat_n('=', filled - 1));
+        s.push('>');
+    }
+    s.extend(std::iter::repeat_n(' ', BAR - filled));
+    s.push(']');
+    s
+}
+
+fn headline(status: &pb::ServiceStatus) -> String {
+    let mut s = format!(
+        "overall progress: {} out of {} tasks",
+        status.running, status.desired
+    );
+    if status.outdated > 0 {
+        s.push_str(&format!(", {} outdated", status.outdated));
+    }
+    s
+}
+
+/// The lines a terminal shows: the headline, then a line per slot (or, for
+/// many slots, a count per state).
+pub fn screen(views: &[SlotView], status: &pb::ServiceStatus) -> Vec<String> {
+    let mut lines = vec![headline(status)];
+    if views.len() > MAX_SLOT_LINES {
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for v in views {
+            match counts.iter_mut().find(|(s, _)| *s == v.state) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((v.state.clone(), 1)),
+            }
+        }
+        let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        lines.push(parts.join(", "));
+        return lines;
+    }
+    let label_w = views.iter().map(|v| v.label.len()).max().unwrap_or(0);
+    for v in views {
+        let mut line = format!("{:>label_w$}: {:<10}", v.label, v.state);
+        if let Some(step) = v.step {
+            line.push(' ');
+            line.push_str(&bar(step));
+        }
+        if !v.note.is_empty() {
+            line.push_str("  ");
+            line.push_str(&v.note);
+        }
+        lines.push(line);
+    }
+    lines
+}
+
+/// Where progress goes: stdout (tables) or stderr (`--output json`), a
+/// terminal redrawn in place or a log appended to.
+pub struct Display {
+    out: Box<dyn Write + Send>,
+    tty: bool,
+    quiet: bool,
+    width: usize,
+    /// Lines drawn last time (terminal).
+    drawn: usize,
+    /// What each slot last printed (appended lines).
+    printed: HashMap<String, String>,
+}
+
+impl Display {
+    pub fn new(to_stderr: bool, quiet: bool) -> Self {
+        let (out, tty, size): (Box<dyn Write + Send>, bool, _) = if to_stderr {
+            let e = std::io::stderr();
+            (
+                Box::new(std::io::stderr()),
+                e.is_terminal(),
+                terminal_size::terminal_size_of(&e),
+            )
+        } else {
+            let o = std::io::stdout();
+            (
+                Box::new(std::io::stdout()),
+                o.is_terminal(),
+                terminal_size::terminal_size_of(&o),
+            )
+        };
+        let width = size.map_or(80, |(w, _)| usize::from(w.0));
+        Self::to(out, tty, quiet, width)
+    }
+
+    pub fn to(out: Box<dyn Write + Send>, tty: bool, quiet: bool, width: usize) -> Self {
+        Self {
+            out,
+            tty,
+            quiet,
+            width: width.max(20),
+            drawn: 0,
+            printed: HashMap::new(),
+        }
+    }
+
+    pub fn draw(&mut self, views: &[SlotView], status: &pb::ServiceStatus) {
+        if self.quiet {
+            return;
+        }
+        if self.tty {
+            let lines = screen(views, status);
+            let mut buf = String::new();
+            if self.drawn > 0 {
+                // Back to the first line drawn, and clear what was below.
+                buf.push_str(&format!("\x1b[{}A\r\x1b[J", self.drawn));
+            }
+            for line in &lines {
+                // Never wrap: a wrapped line would break the redraw.
+                let cut: String = line.chars().take(self.width - 1).collect();
+                buf.push_str(&cut);
+                buf.push('\n');
+            }
+            self.drawn = lines.len();
+            let _ = self.out.write_all(buf.as_bytes());
+        } else {
+            for v in views {
+                let text = if v.note.is_empty() {
+                    v.state.clone()
+                } else {
+                    format!("{} ({})", v.state, v.note)
+                };
+                if self.printed.get(&v.name) != Some(&text) {
+                    let _ = writeln!(self.out, "{}: {text}", v.name);
+                    self.printed.insert(v.name.clone(), text);
+                }
+            }
+        }
+        let _ = self.out.flush();
+    }
+
+    pub fn line(&mut self, text: &str) {
+        if self.quiet {
+            return;
+        }
+        let _ = writeln!(self.out, "{text}");
+        let _ = self.out.flush();
+        // The next draw starts below this line.
+        self.drawn = 0;
+    }
+}
+
+async fn next_event(watch: &mut Option<Streaming<pb::WatchEvent>>) -> Option<pb::WatchEvent> {
+    match watch {
+        Some(s) => s.message().await.ok().flatten(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for `name` to converge, as [`RULE`] says; returns the last read of
+/// the service.
+pub async fn wait(
+    api: &mut Api,
+    name: &str,
+    flags: &WaitFlags,
+) -> Result<pb::ServiceResponse, Error> {
+    let mut display = Display::new(api.json(), flags.quiet);
+    wait_with(api, name, flags.timeout, &mut display).await
+}
+
+pub async fn wait_with(
+    api: &mut Api,
+    name: &str,
+    timeout: Duration,
+    display: &mut Display,
+) -> Result<pb::ServiceResponse, Error> {
+    let deadline = Instant::now() + timeout;
+    let mut board = Board::default();
+    let mut watch: Option<Streaming<pb::WatchEvent>> = None;
+    let mut last_message = String::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        if watch.is_none() {
+            match api
+                .client
+                .watch(pb::WatchRequest {
+                    from_index: board.index,
+                    service: name.to_string(),
+                })
+                .await
+            {
+                Ok(r) => watch = Some(r.into_inner()),
+                Err(s) if s.code() == tonic::Code::NotFound => return Err(api.err(s)),
+                Err(s) => last_message = format!("lost the scheduler: {}", s.message()),
+            }
+        }
+        if board.synced {
+            match api.get_service(name).await {
+                Ok(resp) => {
+                    let status = resp.status.clone().unwrap_or_default();
+                    display.draw(&slots(&board, &resp, SystemTime::now()), &status);
+                    if status.converged {
+                        display.line(&format!(
+                            "converged: {} of {} tasks running",
+                            status.running, status.desired
+                        ));
+                        return Ok(resp);
+                    }
+                    if status.stalled && !rollout_in_progress(&resp) {
+                        return Err(Error::msg(format!(
+                            "service {name} did not converge: {}",
+                            status.message
+                        )));
+                    }
+                    last_message = if status.message.is_empty() {
+                        format!("{} of {} tasks running", status.running, status.desired)
+                    } else {
+                        status.message
+                    };
+                }
+                Err(Error::Api { status, .. }) if status.code() == tonic::Code::Unavailable => {
+                    last_message = format!("lost the scheduler: {}", status.message());
+                    watch = None;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::msg(format!(
+                "service {name} did not converge within {}: {last_message}",
+                crate::units::format_duration(timeout)
+            )));
+        }
+        tokio::select! {
+            ev = next_event(&mut watch) => match ev {
+                Some(ev) => {
+                    board.apply(ev);
+                    // Take whatever else already arrived before looking.
+                    loop {
+                        match tokio::time::timeout(Duration::ZERO, next_event(&mut watch)).await {
+                            Ok(Some(ev)) => board.apply(ev),
+                            Ok(None) => {
+                                watch = None;
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => watch = None,
+            },
+            _ = tick.tick() => {}
+            () = tokio::time::sleep_until(deadline) => {}
+            _ = &mut ctrl_c => {
+                display.line("");
+                return Err(Error::Interrupted(format!(
+                    "stopped waiting; the scheduler goes on with the change \
+                     (bronze service ps {name})"
+                )));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: i64) -> Option<prost_types::Timestamp> {
+        Some(prost_types::Timestamp {
+            seconds: s,
+            nanos: 0,
+        })
+    }
+
+    fn task(
+        id: &str,
+        slot: u64,
+        state: pb::TaskState,
+        desired: pb::TaskState,
+        at: i64,
+    ) -> pb::Task {
+        pb::Task {
+            id: id.into(),
+            service_id: "svc".into(),
+            service_name: "web".into(),
+            slot,
+            node_id: "node1".into(),
+            desired_state: desired.into(),
+            status: Some(pb::TaskStatus {
+                state: state.into(),
+                message: if state == pb::TaskState::Pending {
+                    "0/1 nodes available: 1 fails constraint node.labels.zone==eu".into()
+                } else {
+                    String::new()
+                },
+                err: if state == pb::TaskState::Failed {
+                    "boom".into()
+                } else {
+                    String::new()
+                },
+                exit_code: (state == pb::TaskState::Failed).then_some(3),
+                ..Default::default()
+            }),
+            created_at: ts(at),
+            ..Default::default()
+        }
+    }
+
+    fn response(replicas: u64) -> pb::ServiceResponse {
+        pb::ServiceResponse {
+            service: Some(pb::Service {
+                id: "svc".into(),
+                spec: Some(pb::ServiceSpec {
+                    name: "web".into(),
+                    mode: Some(pb::service_spec::Mode::Replicated(pb::Replicated {
+                        replicas,
+                    })),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            status: Some(pb::ServiceStatus {
+                desired: replicas,
+                running: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn slots_show_the_task_that_should_run() {
+        use pb::TaskState::*;
+        let mut board = Board::default();
+        for t in [
+            task("a", 1, Running, Running, 10),
+            task("b", 2, Failed, Shutdown, 10),
+            task("c", 2, Pending, Running, 20),
+            task("d", 3, Failed, Running, 20),
+        ] {
+            board.tasks.insert(t.id.clone(), t);
+        }
+        let views = slots(&board, &response(4), SystemTime::UNIX_EPOCH);
+        let got: Vec<(&str, &str, &str)> = views
+            .iter()
+            .map(|v| (v.label.as_str(), v.state.as_str(), v.note.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("1/4", "running", ""),
+                (
+                    "2/4",
+                    "pending",
+                    "0/1 nodes available: 1 fails constraint node.labels.zone==eu"
+                ),
+                ("3/4", "failed", "exit code 3: boom"),
+                ("4/4", "new", ""),
+            ]
+        );
+        assert_eq!(views[0].name, "web.1");
+    }
+
+    #[test]
+    fn a_terminal_is_redrawn_in_place_and_a_log_appended() {
+        use pb::TaskState::*;
+        #[derive(Clone, Default)]
+        struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut board = Board::default();
+        board
+            .tasks
+            .insert("a".into(), task("a", 1, Pending, Running, 1));
+        let resp = response(1);
+        let status = resp.status.clone().unwrap();
+
+        let buf = Shared::default();
+        let mut tty = Display::to(Box::new(buf.clone()), true, false, 40);
+        tty.draw(&slots(&board, &resp, SystemTime::UNIX_EPOCH), &status);
+        board
+            .tasks
+            .insert("a".into(), task("a", 1, Running, Running, 1));
+        tty.draw(&slots(&board, &resp, SystemTime::UNIX_EPOCH), &status);
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(out.contains("\x1b[2A\r\x1b[J"), "{out:?}");
+        let last = out.lines().last().unwrap();
+        assert!(last.starts_with("1/1: running    [====="), "{out:?}");
+        assert_eq!(last.chars().count(), 39, "cut to the width: {out:?}");
+
+        let buf = Shared::default();
+        let mut log = Display::to(Box::new(buf.clone()), false, false, 80);
+        board
+            .tasks
+            .insert("a".into(), task("a", 1, Pending, Running, 1));
+        log.draw(&slots(&board, &resp, SystemTime::UNIX_EPOCH), &status);
+        log.draw(&slots(&board, &resp, SystemTime::UNIX_EPOCH), &status);
+        board
+            .tasks
+            .insert("a".into(), task("a", 1, Running, Running, 1));
+        log.draw(&slots(&board, &resp, SystemTime::UNIX_EPOCH), &status);
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            out,
+            "web.1: pending (0/1 nodes available: 1 fails constraint node.labels.zone==eu)\n\
+             web.1: running\n"
+        );
+    }
+
+    #[test]
+    fn bars() {
+        assert_eq!(bar(0), format!("[{}]", " ".repeat(BAR)));
+        assert_eq!(bar(6), format!("[{}>]", "=".repeat(BAR - 1)));
+    }
+}
