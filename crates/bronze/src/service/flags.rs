@@ -284,7 +284,7 @@ pub fn read_env_file(path: &Path) -> Result<Vec<String>, Error> {
 #[derive(Debug, Clone, Default, Args)]
 pub struct SpecFlags {
     /// Number of tasks (replicated services).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub replicas: Option<u64>,
 
     #[command(flatten)]
@@ -343,7 +343,7 @@ pub struct HealthFlags {
     pub health_timeout: Option<Duration>,
 
     /// Failures in a row that make the container unhealthy.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub health_retries: Option<u32>,
 
     /// Start-up time during which failures do not count.
@@ -359,7 +359,7 @@ pub struct HealthFlags {
 #[command(next_help_heading = "Placement")]
 pub struct PlacementFlags {
     /// At most this many tasks of the service on one node (0: no limit).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub replicas_max_per_node: Option<u32>,
 }
 
@@ -384,7 +384,7 @@ pub struct ResourceFlags {
     pub limit_memory: Option<i64>,
 
     /// Processes the container may run (0: no limit).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub limit_pids: Option<i64>,
 }
 
@@ -401,7 +401,7 @@ pub struct RestartFlags {
     pub restart_delay: Option<Duration>,
 
     /// Restarts before giving up (0: never give up).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub restart_max_attempts: Option<u32>,
 
     /// Window in which restarts count toward --restart-max-attempts (0: all count).
@@ -413,7 +413,7 @@ pub struct RestartFlags {
 #[command(next_help_heading = "Rolling updates and rollbacks")]
 pub struct RolloutFlags {
     /// Tasks replaced at once by an update (0: all at once) [default: 1].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub update_parallelism: Option<u32>,
 
     /// Wait between batches of an update.
@@ -426,7 +426,7 @@ pub struct RolloutFlags {
     pub update_order: Option<Order>,
 
     /// Tasks replaced at once by a rollback (0: all at once) [default: 1].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub rollback_parallelism: Option<u32>,
 
     /// Wait between batches of a rollback.
