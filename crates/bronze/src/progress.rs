@@ -7,13 +7,15 @@
 //! below. Events only make it look sooner; a lost stream is reopened from
 //! the last index and the loop goes on, so nothing depends on their order.
 //!
-//! The rule (also in `--help`, [`RULE`]): converged -> exit 0; stalled (the
-//! restart policy gave up on a slot) while no rollout is under way -> exit
-//! 1 at once with the scheduler's message; otherwise `--timeout` -> exit 1
-//! with the last message it gave (why a task is pending, or how one last
-//! failed).
+//! The rule (also in `--help`, [`RULE`]): converged and still converged,
+//! with the same tasks running, `--stable` later (Docker's "verify" step:
+//! a container that exits a moment after it started is caught) -> exit 0;
+//! stalled (the restart policy gave up on a slot) while no rollout is
+//! under way -> exit 1 at once with the scheduler's message; otherwise
+//! `--timeout` -> exit 1 with the last message it gave (why a task is
+//! pending, or how one last failed).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{IsTerminal as _, Write};
 use std::time::{Duration, SystemTime};
 
@@ -30,7 +32,8 @@ use crate::words;
 pub const RULE: &str = "\
 Waiting (unless --detach): the command follows the service's tasks, one line per slot \
 (redrawn in place on a terminal, appended as they change otherwise), until the scheduler \
-reports the service converged: every task it asks for runs the current version. Then it \
+reports the service converged (every task it asks for runs the current version) and it \
+stays converged, with the same tasks running, for --stable (Docker's verify step). Then it \
 exits 0. It exits 1 at once if the restart policy gave up on a slot (the service is \
 stalled) and no rollout is under way, and after --timeout otherwise; either way it prints \
 the scheduler's last reason (why a task is pending, or how one last failed). Ctrl-C stops \
@@ -52,6 +55,11 @@ pub struct WaitFlags {
     /// Stop waiting after this long and fail with the last reason.
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
     pub timeout: Duration,
+
+    /// How long the service must stay converged, with the same tasks
+    /// running, before the wait succeeds.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub stable: Duration,
 }
 
 /// Slots shown one line each; more are summed up in the headline.
@@ -351,8 +359,8 @@ pub struct Display {
     tty: bool,
     quiet: bool,
     width: usize,
-    /// Lines drawn last time (terminal).
-    drawn: usize,
+    /// Lines drawn last time (terminal); the same lines are not redrawn.
+    drawn: Vec<String>,
     /// What each slot last printed (appended lines).
     printed: HashMap<String, String>,
 }
@@ -384,29 +392,39 @@ impl Display {
             tty,
             quiet,
             width: width.max(20),
-            drawn: 0,
+            drawn: Vec::new(),
             printed: HashMap::new(),
         }
     }
 
-    pub fn draw(&mut self, views: &[SlotView], status: &pb::ServiceStatus) {
+    /// Draws the slots, and `footer` (when not empty) below them.
+    pub fn draw(&mut self, views: &[SlotView], status: &pb::ServiceStatus, footer: &str) {
         if self.quiet {
             return;
         }
         if self.tty {
-            let lines = screen(views, status);
+            let mut lines = screen(views, status);
+            if !footer.is_empty() {
+                lines.push(footer.to_string());
+            }
+            // Never wrap: a wrapped line would break the redraw.
+            let lines: Vec<String> = lines
+                .into_iter()
+                .map(|l| l.chars().take(self.width - 1).collect())
+                .collect();
+            if lines == self.drawn {
+                return;
+            }
             let mut buf = String::new();
-            if self.drawn > 0 {
+            if !self.drawn.is_empty() {
                 // Back to the first line drawn, and clear what was below.
-                buf.push_str(&format!("\x1b[{}A\r\x1b[J", self.drawn));
+                buf.push_str(&format!("\x1b[{}A\r\x1b[J", self.drawn.len()));
             }
             for line in &lines {
-                // Never wrap: a wrapped line would break the redraw.
-                let cut: String = line.chars().take(self.width - 1).collect();
-                buf.push_str(&cut);
+                buf.push_str(line);
                 buf.push('\n');
             }
-            self.drawn = lines.len();
+            self.drawn = lines;
             let _ = self.out.write_all(buf.as_bytes());
         } else {
             for v in views {
@@ -420,6 +438,10 @@ impl Display {
                     self.printed.insert(v.name.clone(), text);
                 }
             }
+            if !footer.is_empty() && self.printed.get("") != Some(&footer.to_string()) {
+                let _ = writeln!(self.out, "{footer}");
+                self.printed.insert(String::new(), footer.to_string());
+            }
         }
         let _ = self.out.flush();
     }
@@ -431,7 +453,7 @@ impl Display {
         let _ = writeln!(self.out, "{text}");
         let _ = self.out.flush();
         // The next draw starts below this line.
-        self.drawn = 0;
+        self.drawn.clear();
     }
 }
 
@@ -450,16 +472,35 @@ pub async fn wait(
     flags: &WaitFlags,
 ) -> Result<pb::ServiceResponse, Error> {
     let mut display = Display::new(api.json(), flags.quiet);
-    wait_with(api, name, flags.timeout, &mut display).await
+    wait_with(api, name, flags.timeout, flags.stable, &mut display).await
+}
+
+/// The tasks of the service that run now.
+fn running_tasks(board: &Board, resp: &pb::ServiceResponse) -> BTreeSet<String> {
+    let id = resp.service.as_ref().map_or("", |s| s.id.as_str());
+    let running = i32::from(pb::TaskState::Running);
+    board
+        .tasks
+        .values()
+        .filter(|t| {
+            t.service_id == id
+                && t.desired_state == running
+                && t.status.as_ref().is_some_and(|s| s.state == running)
+        })
+        .map(|t| t.id.clone())
+        .collect()
 }
 
 pub async fn wait_with(
     api: &mut Api,
     name: &str,
     timeout: Duration,
+    stable: Duration,
     display: &mut Display,
 ) -> Result<pb::ServiceResponse, Error> {
     let deadline = Instant::now() + timeout;
+    // Since when the service has been converged, with which tasks running.
+    let mut converged_since: Option<(Instant, BTreeSet<String>)> = None;
     let mut board = Board::default();
     let mut watch: Option<Streaming<pb::WatchEvent>> = None;
     let mut last_message = String::new();
@@ -486,25 +527,46 @@ pub async fn wait_with(
             match api.get_service(name).await {
                 Ok(resp) => {
                     let status = resp.status.clone().unwrap_or_default();
-                    display.draw(&slots(&board, &resp, SystemTime::now()), &status);
+                    let views = slots(&board, &resp, SystemTime::now());
                     if status.converged {
-                        display.line(&format!(
-                            "converged: {} of {} tasks running",
-                            status.running, status.desired
-                        ));
-                        return Ok(resp);
-                    }
-                    if status.stalled && !rollout_in_progress(&resp) {
-                        return Err(Error::msg(format!(
-                            "service {name} did not converge: {}",
-                            status.message
-                        )));
-                    }
-                    last_message = if status.message.is_empty() {
-                        format!("{} of {} tasks running", status.running, status.desired)
+                        let tasks = running_tasks(&board, &resp);
+                        let since = match converged_since.take() {
+                            Some((since, same)) if same == tasks => since,
+                            _ => Instant::now(),
+                        };
+                        converged_since = Some((since, tasks));
+                        if since.elapsed() >= stable {
+                            display.draw(&views, &status, "");
+                            display.line(&format!(
+                                "converged: {} of {} tasks running",
+                                status.running, status.desired
+                            ));
+                            return Ok(resp);
+                        }
+                        display.draw(
+                            &views,
+                            &status,
+                            &format!(
+                                "verify: converged; checking that the tasks stay up for {}",
+                                crate::units::format_duration(stable)
+                            ),
+                        );
+                        // The deadline is for converging, not for the check.
                     } else {
-                        status.message
-                    };
+                        converged_since = None;
+                        display.draw(&views, &status, "");
+                        if status.stalled && !rollout_in_progress(&resp) {
+                            return Err(Error::msg(format!(
+                                "service {name} did not converge: {}",
+                                status.message
+                            )));
+                        }
+                        last_message = if status.message.is_empty() {
+                            format!("{} of {} tasks running", status.running, status.desired)
+                        } else {
+                            status.message
+                        };
+                    }
                 }
                 Err(Error::Api { status, .. }) if status.code() == tonic::Code::Unavailable => {
                     last_message = format!("lost the scheduler: {}", status.message());
@@ -513,7 +575,7 @@ pub async fn wait_with(
                 Err(e) => return Err(e),
             }
         }
-        if Instant::now() >= deadline {
+        if converged_since.is_none() && Instant::now() >= deadline {
             return Err(Error::msg(format!(
                 "service {name} did not converge within {}: {last_message}",
                 crate::units::format_duration(timeout)
@@ -538,7 +600,7 @@ pub async fn wait_with(
                 None => watch = None,
             },
             _ = tick.tick() => {}
-            () = tokio::time::sleep_until(deadline) => {}
+            () = tokio::time::sleep_until(deadline), if converged_since.is_none() => {}
             _ = &mut ctrl_c => {
                 display.line("");
                 return Err(Error::Interrupted(format!(
@@ -673,12 +735,18 @@ mod tests {
 
         let buf = Shared::default();
         let mut tty = Display::to(Box::new(buf.clone()), true, false, 40);
-        tty.draw(&slots(&board, &resp, SystemTime::UNIX_EPOCH), &status);
+        tty.draw(&slots(&board, &resp, SystemTime::UNIX_EPOCH), &status, "");
         board
             .tasks
             .insert("a".into(), task("a", 1, Running, Running, 1));
-        tty.draw(&slots(&board, &resp, SystemTime::UNIX_EPOCH), &status);
+        tty.draw(&slots(&board, &resp, SystemTime::UNIX_EPOCH), &status, "");
         let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        tty.draw(&slots(&board, &resp, SystemTime::UNIX_EPOCH), &status, "");
+        assert_eq!(
+            buf.0.lock().unwrap().len(),
+            out.len(),
+            "nothing new, nothing drawn"
+        );
         assert!(out.contains("\x1b[2A\r\x1b[J"), "{out:?}");
         let last = out.lines().last().unwrap();
         assert!(last.starts_with("1/1: running    [====="), "{out:?}");
@@ -689,12 +757,12 @@ mod tests {
         board
             .tasks
             .insert("a".into(), task("a", 1, Pending, Running, 1));
-        log.draw(&slots(&board, &resp, SystemTime::UNIX_EPOCH), &status);
-        log.draw(&slots(&board, &resp, SystemTime::UNIX_EPOCH), &status);
+        log.draw(&slots(&board, &resp, SystemTime::UNIX_EPOCH), &status, "");
+        log.draw(&slots(&board, &resp, SystemTime::UNIX_EPOCH), &status, "");
         board
             .tasks
             .insert("a".into(), task("a", 1, Running, Running, 1));
-        log.draw(&slots(&board, &resp, SystemTime::UNIX_EPOCH), &status);
+        log.draw(&slots(&board, &resp, SystemTime::UNIX_EPOCH), &status, "");
         let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         assert_eq!(
             out,

@@ -11,6 +11,8 @@ use crate::harness::{Agent, Cleanup, IMAGE, Scheduler, command, fast, image, nod
 /// Flags that keep tests quick: a short stop grace (busybox as PID 1
 /// ignores SIGTERM) and a short restart delay.
 const QUICK: [&str; 4] = ["--stop-grace-period", "1s", "--restart-delay", "200ms"];
+/// A shorter check that the tasks stay up than the default 5s.
+const STABLE: [&str; 2] = ["--stable", "1s"];
 
 fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
     table
@@ -44,6 +46,7 @@ async fn create_scale_update_and_rollback_wait_for_convergence() {
         "8080",
     ];
     args.extend(QUICK);
+    args.extend(STABLE);
     args.push(IMAGE);
     let out = s.bronze(&args).await;
     let stdout = out.ok();
@@ -55,6 +58,10 @@ async fn create_scale_update_and_rollback_wait_for_convergence() {
             "slot {slot} shown running: {out:#?}"
         );
     }
+    assert!(
+        lines.contains(&"verify: converged; checking that the tasks stay up for 1s"),
+        "{out:#?}"
+    );
     assert_eq!(
         lines.last(),
         Some(&"converged: 2 of 2 tasks running"),
@@ -80,7 +87,9 @@ async fn create_scale_update_and_rollback_wait_for_convergence() {
         );
     }
 
-    let out = s.bronze(&["service", "scale", &format!("{web}=3")]).await;
+    let out = s
+        .bronze(&["service", "scale", "--stable", "1s", &format!("{web}=3")])
+        .await;
     let text = out.ok();
     assert!(
         text.starts_with(&format!("{web} scaled to 3\n")),
@@ -99,6 +108,8 @@ async fn create_scale_update_and_rollback_wait_for_convergence() {
             "COLOR=blue",
             "--update-parallelism",
             "2",
+            "--stable",
+            "1s",
             &web,
         ])
         .await;
@@ -119,7 +130,9 @@ async fn create_scale_update_and_rollback_wait_for_convergence() {
         .await;
     assert_eq!(running.ok().lines().count(), 4, "{running:#?}");
 
-    let out = s.bronze(&["service", "rollback", &web]).await;
+    let out = s
+        .bronze(&["service", "rollback", "--stable", "1s", &web])
+        .await;
     assert!(
         out.ok().ends_with("converged: 3 of 3 tasks running\n"),
         "{out:#?}"
@@ -195,6 +208,7 @@ async fn logs_print_each_line_with_its_task_and_follow() {
     let _cleanup = Cleanup(vec![talk.clone()]);
     let mut args = vec!["service", "create", "--name", &talk];
     args.extend(QUICK);
+    args.extend(STABLE);
     args.extend([
         IMAGE,
         "sh",
