@@ -382,7 +382,11 @@ impl Display {
                 terminal_size::terminal_size_of(&o),
             )
         };
-        let width = size.map_or(80, |(w, _)| usize::from(w.0));
+        // A terminal that does not say its width (0) counts as 80 wide.
+        let width = size
+            .map(|(w, _)| usize::from(w.0))
+            .filter(|w| *w > 0)
+            .unwrap_or(80);
         Self::to(out, tty, quiet, width)
     }
 

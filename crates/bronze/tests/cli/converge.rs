@@ -295,3 +295,34 @@ async fn logs_print_each_line_with_its_task_and_follow() {
     let _ = child.wait();
     assert_eq!(ticks, 3, "--tail 1 gave one line, the others came live");
 }
+
+#[tokio::test]
+async fn on_a_terminal_the_progress_is_redrawn_in_place() {
+    image().await;
+    let s = Scheduler::start(fast()).await;
+    let host = unique("cli-tty");
+    let _agent = Agent::start(&s, &host, &[]).await;
+    node_status(&s, &host, "Ready").await;
+    let web = unique("tty");
+    let _cleanup = Cleanup(vec![web.clone()]);
+    // `script` gives the command a pseudo-terminal.
+    let line = format!(
+        "{} service create --name {web} --replicas 2 --stable 1s {} {IMAGE}",
+        crate::harness::BIN,
+        QUICK.join(" ")
+    );
+    let out = crate::harness::on_terminal(&[("BRONZE_SCHEDULER", &s.url())], &line).await;
+    let text = out.ok();
+    assert!(
+        text.contains("overall progress: 0 out of 2 tasks"),
+        "{out:#?}"
+    );
+    assert!(
+        text.contains("overall progress: 2 out of 2 tasks"),
+        "{out:#?}"
+    );
+    // Moved back up over the headline and the two slots, cleared, redrawn.
+    assert!(text.contains("\x1b[3A\r\x1b[J"), "{out:#?}");
+    assert!(text.contains("1/2: running    [====="), "{out:#?}");
+    assert!(text.contains("converged: 2 of 2 tasks running"), "{out:#?}");
+}

@@ -131,7 +131,24 @@ pub fn command(env: &[(&str, &str)], args: &[&str]) -> Command {
 /// Runs the binary to its end (on a blocking thread: the scheduler serves
 /// on this runtime meanwhile).
 pub async fn bronze(env: &[(&str, &str)], args: &[&str]) -> Out {
-    let mut cmd = command(env, args);
+    run(command(env, args)).await
+}
+
+/// Runs a shell command line under `script`, which gives it a
+/// pseudo-terminal (as a person at a terminal runs it).
+pub async fn on_terminal(env: &[(&str, &str)], line: &str) -> Out {
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", line, "/dev/null"])
+        .env_remove("BRONZE_SCHEDULER")
+        .env_remove("BRONZE_SCHEDULER_TOKEN")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(cmd).await
+}
+
+async fn run(mut cmd: Command) -> Out {
     let start = Instant::now();
     let out: Output = tokio::task::spawn_blocking(move || cmd.output())
         .await
