@@ -51,6 +51,7 @@ pub fn service_status(state: &State, service: &Service) -> pb::ServiceStatus {
                 .is_some_and(|v| v.template == template)
     };
     let mut running = 0u64;
+    let mut running_current = 0u64;
     let mut outdated = 0u64;
     let mut pending_msg: Option<String> = None;
     let mut failure: Option<String> = None;
@@ -74,7 +75,12 @@ pub fn service_status(state: &State, service: &Service) -> pb::ServiceStatus {
             continue;
         };
         match newest.status.state {
-            TaskState::Running if is_current(newest) => running += 1,
+            TaskState::Running => {
+                running += 1;
+                if is_current(newest) {
+                    running_current += 1;
+                }
+            }
             TaskState::New | TaskState::Pending
                 if pending_msg.is_none() && !newest.status.message.is_empty() =>
             {
@@ -102,7 +108,7 @@ pub fn service_status(state: &State, service: &Service) -> pb::ServiceStatus {
         Mode::Global => wanted,
     };
     let updating = service.update.state.in_progress();
-    let converged = running == desired && outdated == 0 && !updating && !service.removing;
+    let converged = running_current == desired && outdated == 0 && !updating && !service.removing;
     let message = if converged {
         String::new()
     } else if let Some(p) = pending_msg {
@@ -163,11 +169,15 @@ pub fn service_response(state: &State, service: &Service) -> pb::ServiceResponse
 }
 
 fn task_proto(state: &State, t: &crate::model::Task) -> pb::Task {
-    let image = state
-        .version(&t.service_id, t.spec_version)
-        .map(|v| v.spec.image.clone())
-        .unwrap_or_default();
-    convert::task_to(t, &image)
+    let version = state.version(&t.service_id, t.spec_version);
+    let image = version.map(|v| v.spec.image.clone()).unwrap_or_default();
+    let mut p = convert::task_to(t, &image);
+    if let Some(s) = state.service(&t.service_id) {
+        let current = state.current(s).map(|v| v.template);
+        p.outdated = t.created_at < s.update.force_before
+            || current.is_some_and(|c| version.is_none_or(|v| v.template != c));
+    }
+    p
 }
 
 fn node_proto(state: &State, n: &crate::model::Node) -> pb::Node {

@@ -401,6 +401,7 @@ pub fn task_to(t: &Task, image: &str) -> pb::Task {
         attempt: u32::try_from(t.restarts.len()).unwrap_or(u32::MAX),
         start_after: time_to(t.start_after),
         image: image.to_string(),
+        outdated: false,
     }
 }
 

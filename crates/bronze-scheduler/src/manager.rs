@@ -147,6 +147,9 @@ pub struct Manager {
     sessions: HashMap<String, u64>,
     /// Services to reconcile this round.
     touched: HashSet<String>,
+    /// Services waiting for a time (a rollout's batch delay): reconciled
+    /// again when it comes, even if nothing else touches them.
+    timers: BTreeSet<(Time, String)>,
     all_touched: bool,
     /// Answers to send once this round is committed.
     replies: Vec<Reply>,
@@ -176,6 +179,7 @@ impl Manager {
             started: Instant::now(),
             sessions: HashMap::new(),
             touched: HashSet::new(),
+            timers: BTreeSet::new(),
             all_touched: true,
             replies: Vec::new(),
         }
@@ -222,6 +226,13 @@ impl Manager {
         let started = Instant::now();
         let now = Time::now();
         let mut wake: Option<Time> = self.check_nodes(now);
+        while let Some((at, _)) = self.timers.first()
+            && *at <= now
+        {
+            if let Some((_, id)) = self.timers.pop_first() {
+                self.touched.insert(id);
+            }
+        }
         let services: Vec<String> = if std::mem::take(&mut self.all_touched) {
             self.touched.clear();
             self.state.services.keys().cloned().collect()
@@ -231,10 +242,13 @@ impl Manager {
         for id in &services {
             orchestrator::reconcile(&mut self.state, id, now, self.tunables.task_history);
             if let Some(at) = update::advance(&mut self.state, id, now) {
-                wake = Some(wake.map_or(at, |w| w.min(at)));
+                self.timers.insert((at, id.clone()));
             }
             orchestrator::reconcile(&mut self.state, id, now, self.tunables.task_history);
             self.prune_versions(id);
+        }
+        if let Some((at, _)) = self.timers.first() {
+            wake = Some(wake.map_or(*at, |w| w.min(*at)));
         }
         let placed = placement::place(&mut self.state, now);
         if let Some(at) = placed.wake_at {

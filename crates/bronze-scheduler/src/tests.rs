@@ -552,6 +552,39 @@ async fn rolling_updates_and_rollback() {
     );
 }
 
+/// A rollout whose batches wait a delay goes on when the delay is over,
+/// with nothing else happening meanwhile.
+#[tokio::test]
+async fn a_batch_delay_does_not_stall_the_rollout() {
+    let sim = Sim::start(mem(), tunables()).await;
+    three_nodes(&sim).await;
+    sim.create(spec("web", 3)).await.expect("create");
+    sim.until(WAIT, "3 running", |s| running(s, "web") == 3)
+        .await;
+    let state = sim.state();
+    let svc = state.find_service("web").expect("svc");
+    let mut s = ServiceSpec::clone(&state.current(svc).expect("spec").spec);
+    s.image = "busybox:v2".into();
+    s.update.delay = Duration::from_millis(100);
+    sim.ask(|reply| Event::UpdateService {
+        service: "web".into(),
+        spec: Some(s),
+        replicas: None,
+        version: 0,
+        force: false,
+        reply,
+    })
+    .await
+    .expect("update");
+    let s = sim
+        .until(WAIT, "rolled", |s| {
+            s.find_service("web")
+                .is_some_and(|x| x.update.state == crate::model::UpdateState::Completed)
+        })
+        .await;
+    assert!(images(&s).iter().all(|i| i == "busybox:v2"));
+}
+
 #[tokio::test]
 async fn a_restarted_manager_resumes_without_duplicates() {
     let dir = tempfile::tempdir().expect("dir");

@@ -19,7 +19,7 @@ async fn replicas_spread_scale_and_restart_after_a_kill() {
     let s = Scheduler::start(fast()).await;
     let mut agents = Vec::new();
     for h in ["spread-a", "spread-b", "spread-c"] {
-        agents.push(Agent::start(agent_config(&s.url(), &s.token, &h, &[])).await);
+        agents.push(Agent::start(agent_config(&s.url(), &s.token, h, &[])).await);
     }
     let mut c = client(s.addr).await;
     ready_nodes(&mut c, 3).await;

@@ -3,3 +3,5 @@
 
 mod harness;
 mod lifecycle;
+mod nodes;
+mod updates;
