@@ -22,13 +22,20 @@ pub const SERVICE_NAME_LABEL: &str = "bronze.service.name";
 pub const SLOT_LABEL: &str = "bronze.task.slot";
 
 /// Connects to the engine at `host` (or DOCKER_HOST, or the local socket)
-/// and agrees on an API version both sides speak.
+/// and agrees on an API version both sides speak. An engine that does not
+/// answer yet is not an error: the agent retries as it works.
 pub async fn connect(host: Option<&str>) -> Result<Docker, bollard::errors::Error> {
     let docker = match host {
         Some(h) => Docker::connect_with_host(h)?,
         None => Docker::connect_with_defaults()?,
     };
-    docker.negotiate_version().await
+    match docker.clone().negotiate_version().await {
+        Ok(d) => Ok(d),
+        Err(e) => {
+            tracing::warn!(error = %e, "the docker engine does not answer yet");
+            Ok(docker)
+        }
+    }
 }
 
 /// The container's name: `<service>.<slot>.<task id>`, as Swarm's (global

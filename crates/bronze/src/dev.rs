@@ -48,6 +48,11 @@ pub struct DevConfig {
     /// `dns_resolver` to the in-process discovery's DNS server (so
     /// `<svc>.service.<domain>` hosts and SRV names resolve).
     gateway: bronze_gateway::Config,
+    /// Its `data_dir` defaults to `<data_dir>/scheduler`.
+    scheduler: bronze_scheduler::Config,
+    /// Its `scheduler` and `join_token` are the in-process scheduler's; its
+    /// `data_dir` defaults to `<data_dir>/agent`.
+    agent: bronze_agent::Config,
     #[serde(skip)]
     ephemeral: bool,
 }
@@ -64,8 +69,18 @@ impl Default for DevConfig {
                 ..Default::default()
             },
             gateway: bronze_gateway::Config::default(),
+            scheduler: bronze_scheduler::Config::default(),
+            agent: dev_agent(),
             ephemeral: false,
         }
+    }
+}
+
+/// On one host, the node's address is loopback.
+fn dev_agent() -> bronze_agent::Config {
+    bronze_agent::Config {
+        address: "127.0.0.1".into(),
+        ..Default::default()
     }
 }
 
@@ -100,12 +115,26 @@ impl DevArgs {
             if !c.gateway.tls_addr.is_empty() {
                 c.gateway.tls_addr = "127.0.0.1:0".into();
             }
+            let s = bronze_scheduler::Config::ephemeral();
+            c.scheduler.addr = s.addr;
+            c.scheduler.data_dir = String::new();
+            c.agent.metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            c.agent.data_dir = String::new();
         } else {
             c.discovery.data_dir = Path::new(&c.data_dir)
                 .join("discovery")
                 .display()
                 .to_string();
             c.gateway.data_dir = Path::new(&c.data_dir).join("gateway").display().to_string();
+            if c.scheduler.data_dir == bronze_scheduler::Config::default().data_dir {
+                c.scheduler.data_dir = Path::new(&c.data_dir)
+                    .join("scheduler")
+                    .display()
+                    .to_string();
+            }
+            if c.agent.data_dir == bronze_agent::Config::default().data_dir {
+                c.agent.data_dir = Path::new(&c.data_dir).join("agent").display().to_string();
+            }
             if c.registry.root.is_empty() {
                 c.registry.root = Path::new(&c.data_dir)
                     .join("registry")
@@ -117,12 +146,16 @@ impl DevArgs {
         c.registrator.log_format = c.log_format;
         c.registry.log_format = c.log_format;
         c.gateway.log_format = c.log_format;
+        c.scheduler.log_format = c.log_format;
+        c.agent.log_format = c.log_format;
         c.discovery.validate().map_err(|e| within("discovery", e))?;
         c.registrator
             .validate()
             .map_err(|e| within("registrator", e))?;
         c.registry.validate().map_err(|e| within("registry", e))?;
         c.gateway.validate().map_err(|e| within("gateway", e))?;
+        c.scheduler.validate().map_err(|e| within("scheduler", e))?;
+        // The agent is validated once it has the scheduler's join token.
         Ok(c)
     }
 }
@@ -203,6 +236,23 @@ pub fn run(config: DevConfig) -> i32 {
                 return 1;
             }
         };
+        let scheduler = match bronze_scheduler::Server::bind(config.scheduler.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("bronze dev: scheduler: {e}");
+                return 1;
+            }
+        };
+        let mut agent_config = config.agent.clone();
+        agent_config.scheduler = format!("http://{}", reachable(scheduler.addr()));
+        agent_config.join_token = scheduler.join_token();
+        let agent = match bronze_agent::Server::bind(agent_config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("bronze dev: agent: {e}");
+                return 1;
+            }
+        };
         // One line per listener, stable and parseable: tests read them.
         println!("bronze dev: every component in this process, {state}");
         println!(
@@ -237,17 +287,33 @@ pub fn run(config: DevConfig) -> i32 {
         if let Some(tls) = gateway.tls_addr() {
             println!("gateway tls     https://{tls}  (proxy over TLS; certificates by SNI)");
         }
+        println!(
+            "scheduler       http://{}  (bronze service/node API, agents' sessions, /metrics, /healthz)",
+            scheduler.addr()
+        );
+        println!(
+            "agent           http://{}  (/metrics; this host is node {}, running tasks on its engine)",
+            agent.metrics_addr(),
+            config.agent.hostname
+        );
         println!("ready; Ctrl-C stops");
         // The registrator stops first: its last heartbeat needs discovery.
         let reg = tokio::spawn(registrator.serve(shutdown.clone()));
         let images = tokio::spawn(registry.serve(shutdown.clone()));
         let proxy = tokio::spawn(gateway.serve(shutdown.clone()));
+        // The agent stops before the scheduler (its tasks keep running).
+        let worker = tokio::spawn(agent.serve(shutdown.clone()));
+        let scheduler_stop = Shutdown::new();
+        let manager = tokio::spawn(scheduler.serve(scheduler_stop.clone()));
         let discovery_stop = Shutdown::new();
         let disc = tokio::spawn(discovery.serve(discovery_stop.clone()));
         shutdown.wait().await;
+        let mut code = exit_code("agent", worker.await);
+        scheduler_stop.trigger();
+        code |= exit_code("scheduler", manager.await);
         let _ = reg.await;
         discovery_stop.trigger();
-        let mut code = exit_code("registry", images.await);
+        code |= exit_code("registry", images.await);
         code |= exit_code("gateway", proxy.await);
         if config.ephemeral {
             let _ = std::fs::remove_dir_all(&config.registry.root);

@@ -144,6 +144,68 @@ async fn dev_prints_its_listeners_serves_and_stops_on_sigterm() {
         .await
         .expect("body");
     assert_eq!(tags, r#"{"name":"dev/busybox","tags":["1"]}"#);
+
+    // The scheduler and agent in the same process run that image (pulled
+    // back from the registry: the local tag is gone) as a service of two
+    // replicas, which the registrator registers: two SRV answers.
+    let scheduler = addr_of("scheduler");
+    assert!(lines.iter().any(|l| l.starts_with("agent")), "{lines:?}");
+    let svc = format!("devsvc{}", std::process::id());
+    let create = Command::new(BIN)
+        .args([
+            "--scheduler",
+            &format!("http://{scheduler}"),
+            "service",
+            "create",
+            "--name",
+            &svc,
+            "--replicas",
+            "2",
+            "--publish",
+            "8080",
+            "--stable",
+            "1s",
+            &image,
+        ])
+        .output()
+        .expect("bronze service create");
+    assert!(
+        create.status.success(),
+        "service converges: {} {}",
+        String::from_utf8_lossy(&create.stdout),
+        String::from_utf8_lossy(&create.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answers = loop {
+        let out = Command::new("dig")
+            .args([
+                &format!("@{ip}"),
+                "-p",
+                port,
+                "+short",
+                &format!("{svc}.service.bronze"),
+                "SRV",
+            ])
+            .output()
+            .expect("dig");
+        let n = String::from_utf8_lossy(&out.stdout).lines().count();
+        if n == 2 || Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let rm = Command::new(BIN)
+        .args([
+            "--scheduler",
+            &format!("http://{scheduler}"),
+            "service",
+            "rm",
+            &svc,
+        ])
+        .output()
+        .expect("bronze service rm");
+    assert!(rm.status.success());
+    assert_eq!(answers, 2, "two replicas registered by the registrator");
     // The gateway answers (no routes configured yet: Kong's 404).
     let gateway = addr_of("gateway");
     let r = reqwest::get(format!("http://{gateway}/anything"))
