@@ -205,7 +205,8 @@ async fn compose_file_brings_the_platform_up_and_registers_containers() {
         .expect("workload image");
     let compose = xtask::root().join("deploy/docker-compose.yml");
     let project = format!("bronze-e2e-{}", std::process::id());
-    let (http, dns, grpc, registry, gateway) = (
+    let (http, dns, grpc, registry, gateway, scheduler) = (
+        free_port(),
         free_port(),
         free_port(),
         free_port(),
@@ -223,6 +224,7 @@ async fn compose_file_brings_the_platform_up_and_registers_containers() {
             .env("BRONZE_GRPC_PORT", grpc.to_string())
             .env("BRONZE_REGISTRY_PORT", registry.to_string())
             .env("BRONZE_GATEWAY_PORT", gateway.to_string())
+            .env("BRONZE_SCHEDULER_PORT", scheduler.to_string())
             .env("BRONZE_NODE", &project)
             .output()
             .expect("docker-compose runs")
@@ -296,7 +298,35 @@ async fn compose_file_brings_the_platform_up_and_registers_containers() {
         (0, String::new())
     }
     .await;
+    // The agent container joins the scheduler container as this host's
+    // node; the CLI on the host reaches the scheduler at its port.
+    let nodes = async {
+        use bronze_proto::scheduler::v1 as pb;
+        for _ in 0..300 {
+            if let Ok(mut c) = pb::scheduler_client::SchedulerClient::connect(format!(
+                "http://127.0.0.1:{scheduler}"
+            ))
+            .await
+                && let Ok(r) = c.list_nodes(pb::ListNodesRequest::default()).await
+            {
+                let ready: Vec<String> = r
+                    .into_inner()
+                    .nodes
+                    .into_iter()
+                    .filter(|n| n.state() == pb::NodeState::Ready)
+                    .map(|n| n.hostname)
+                    .collect();
+                if !ready.is_empty() {
+                    return ready;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Vec::new()
+    }
+    .await;
     let down = run(&["down", "-v", "--timeout", "20"]);
+    assert_eq!(nodes, vec![project.clone()], "the agent container joined");
     assert_eq!(
         gateway_answer,
         (

@@ -67,6 +67,30 @@ pub const IMAGES: &[Image] = &[
         volume: Some("/data"),
     },
     Image {
+        name: "scheduler",
+        package: "bronze-scheduler",
+        binary: "bronze-scheduler",
+        env: &[
+            ("BRONZE_SCHEDULER_ADDR", "0.0.0.0:7700"),
+            ("BRONZE_SCHEDULER_DATA_DIR", "/data"),
+            ("BRONZE_LOG_FORMAT", "json"),
+        ],
+        ports: &["7700/tcp"],
+        volume: Some("/data"),
+    },
+    Image {
+        name: "agent",
+        package: "bronze-agent",
+        binary: "bronze-agent",
+        env: &[
+            ("BRONZE_AGENT_METRICS_ADDR", "0.0.0.0:9700"),
+            ("BRONZE_AGENT_DATA_DIR", "/data"),
+            ("BRONZE_LOG_FORMAT", "json"),
+        ],
+        ports: &["9700/tcp"],
+        volume: Some("/data"),
+    },
+    Image {
         name: "registrator",
         package: "bronze-registrator",
         binary: "bronze-registrator",
