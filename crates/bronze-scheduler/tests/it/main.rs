@@ -4,4 +4,5 @@
 mod harness;
 mod lifecycle;
 mod nodes;
+mod platform;
 mod updates;
