@@ -27,7 +27,7 @@ enum Task {
     },
     /// Run a benchmark on this machine and print a table of figures (and
     /// ratios to real peers where one exists; see BENCHMARKS.md). Names:
-    /// dns, registrator, registry, gateway.
+    /// dns, registrator, registry, gateway, scheduler, placement.
     Bench {
         name: String,
         /// Seconds per dnsperf or wrk run (and per fixed-rate run: gateway).
@@ -39,9 +39,12 @@ enum Task {
         /// Only this part: throughput, latency or memory (dns).
         #[arg(long)]
         only: Option<String>,
-        /// Containers started at once (registrator).
-        #[arg(long, default_value_t = 100)]
-        containers: usize,
+        /// Containers started at once (registrator), replicas (scheduler).
+        #[arg(long)]
+        containers: Option<usize>,
+        /// Tasks placed (placement).
+        #[arg(long, default_value_t = 30_000)]
+        tasks: usize,
         /// gateway: instead of the table, a soak of this many minutes
         /// (10 when given alone): steady load, config swaps, memory sampled.
         #[arg(long, value_name = "MINUTES", num_args = 0..=1, default_missing_value = "10")]
@@ -103,11 +106,13 @@ fn main() -> anyhow::Result<()> {
             runs,
             only,
             containers,
+            tasks,
             soak,
             rate,
         } => match name.as_str() {
             "dns" => rt.block_on(xtask::bench_dns::run(seconds, runs, only.as_deref())),
-            "registrator" => rt.block_on(xtask::bench_registrator::run(containers)),
+            "registrator" => rt.block_on(xtask::bench_registrator::run(containers.unwrap_or(100))),
+            "placement" => rt.block_on(xtask::bench_placement::run(tasks, runs as usize)),
             "registry" => rt.block_on(xtask::bench_registry::run(runs as usize)),
             "gateway" => match soak {
                 Some(minutes) => xtask::bench_gateway_soak::run(minutes),
@@ -115,7 +120,8 @@ fn main() -> anyhow::Result<()> {
             },
             other => {
                 anyhow::bail!(
-                    "no benchmark named {other:?}; available: dns, registrator, registry, gateway"
+                    "no benchmark named {other:?}; available: dns, registrator, registry, gateway, \
+                     scheduler, placement"
                 )
             }
         },

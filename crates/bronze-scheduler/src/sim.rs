@@ -35,6 +35,12 @@ impl Sim {
     /// A manager over `store` (its state loaded), with simulated agents
     /// answering for the nodes that join through [`Sim::join`].
     pub async fn start(store: Arc<dyn Store>, tunables: Tunables) -> Self {
+        Self::start_with(store, tunables, true).await
+    }
+
+    /// As [`Sim::start`]; without `agents`, nodes heartbeat but never run
+    /// their tasks (placement alone, for the benchmark).
+    pub async fn start_with(store: Arc<dyn Store>, tunables: Tunables, agents: bool) -> Self {
         let state = crate::persist::load(store.as_ref()).expect("state loads");
         let mut metrics = bronze_telemetry::Metrics::new("scheduler_sim");
         let sm = Arc::new(SchedulerMetrics::register(&mut metrics));
@@ -61,7 +67,7 @@ impl Sim {
             sessions: Arc::new(Mutex::new(HashMap::new())),
             session: std::sync::atomic::AtomicU64::new(1),
         };
-        sim.spawn_agents(tunables.heartbeat_period);
+        sim.spawn_agents(tunables.heartbeat_period, agents);
         sim
     }
 
@@ -170,7 +176,7 @@ impl Sim {
 
     /// Simulated agents: assigned tasks of live nodes run, tasks asked to
     /// stop stop; live nodes heartbeat.
-    fn spawn_agents(&self, period: Duration) {
+    fn spawn_agents(&self, period: Duration, run_tasks: bool) {
         let mut rx = self.snapshot.clone();
         let events = self.events.clone();
         let live = self.live.clone();
@@ -193,6 +199,9 @@ impl Sim {
                     () = shutdown.wait() => return,
                 }
                 let state = rx.borrow_and_update().clone();
+                if !run_tasks {
+                    continue;
+                }
                 let live_nodes: Vec<String> = live.lock().iter().cloned().collect();
                 for node in live_nodes {
                     let mut reports = Vec::new();
