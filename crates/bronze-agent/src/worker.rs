@@ -546,9 +546,18 @@ impl Worker {
         let mut backoff = Duration::from_millis(100);
         loop {
             let node = self.node_id();
+            // Only what the agent did not cause itself: create and start
+            // it knows from the engine's answers, and every event costs an
+            // inspect the engine has to answer.
             let filters: HashMap<String, Vec<String>> = [
                 ("type".to_string(), vec!["container".to_string()]),
                 ("label".to_string(), vec![format!("{NODE_LABEL}={node}")]),
+                (
+                    "event".to_string(),
+                    ["die", "oom", "destroy", "health_status", "pause", "unpause"]
+                        .map(str::to_string)
+                        .to_vec(),
+                ),
             ]
             .into();
             let mut stream = self.docker.events(Some(EventsOptions {
