@@ -132,6 +132,50 @@ async fn webhooks_receive_distributions_envelope() {
     let _ = task.await;
 }
 
+/// A collection also purges the uploads untouched for the configured
+/// `upload_ttl` (one hour here), not for a fixed day: an upload last
+/// written two hours ago goes, one written now stays.
+#[tokio::test]
+async fn gc_purges_uploads_older_than_the_configured_ttl() {
+    let r = Reg::start_with(tempfile::tempdir().expect("tempdir"), |c| {
+        c.upload_ttl = Duration::from_secs(3600);
+    })
+    .await;
+    let mut locations = Vec::new();
+    for _ in 0..2 {
+        let resp = r
+            .req(Method::POST, "/v2/purge/app/blobs/uploads/")
+            .await
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(resp.status(), 202);
+        let location = resp.headers()["location"].to_str().expect("loc");
+        locations.push(location.to_string());
+    }
+    let id = locations[0].rsplit('/').next().expect("id");
+    let file = r.root.path().join("uploads").join(id);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .expect("the upload's file")
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 3600))
+        .expect("set mtime");
+    let report = client(&r)
+        .await
+        .collect_garbage(pb::CollectGarbageRequest {
+            dry_run: false,
+            grace: None,
+        })
+        .await
+        .expect("gc")
+        .into_inner();
+    assert_eq!(report.uploads_purged, 1, "{report:?}");
+    assert_eq!(r.get(&locations[0]).await.status(), 404, "the stale upload");
+    assert!(!file.exists(), "its file is removed");
+    assert_eq!(r.get(&locations[1]).await.status(), 204, "the fresh upload");
+}
+
 #[tokio::test]
 async fn gc_frees_unreferenced_blobs_keeps_referenced_and_recent_ones() {
     let r = Reg::start().await;
