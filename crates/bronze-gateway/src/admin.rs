@@ -110,9 +110,9 @@ pub fn from_document(
     registry: &Arc<Registry>,
 ) -> Result<(Entities, Declarative, Table), Invalid> {
     let as_written = declarative::parse_value(doc.clone())?;
-    flat::compile(&as_written, &Arc::default())?;
+    flat::compile(&as_written, &registry.scratch())?;
     let mut e = Entities::from_document(doc)?;
-    crate::secrets::hash_all(&mut e)?;
+    crate::secrets::hash_all(&mut e, &registry.plugins.hashes)?;
     for k in KINDS {
         for group in k.unique {
             let mut seen = std::collections::HashSet::new();
@@ -428,7 +428,8 @@ impl Admin {
         o.insert("created_at".into(), created);
         o.insert("updated_at".into(), now.into());
         let mut v = Value::Object(o);
-        v = off_worker(move || crate::secrets::hash_entity(k, &mut v).map(|()| v))
+        let plugins = self.gateway.registry().plugins.clone();
+        v = off_worker(move || crate::secrets::hash_entity(k, &mut v, &plugins.hashes).map(|()| v))
             .await?
             .map_err(|e| Box::new(schema_violation(&e.field, &e.message)))?;
         for group in k.unique {

@@ -23,6 +23,7 @@ pub mod entities;
 pub mod flat;
 pub mod fuzzing;
 pub mod labels;
+mod lru;
 pub mod metrics;
 pub mod multipart;
 pub mod plugins;
@@ -337,7 +338,7 @@ impl Server {
             };
             // Passwords an older build stored in clear are hashed now.
             let mut hashed = stored.clone();
-            secrets::hash_all(&mut hashed).map_err(invalid)?;
+            secrets::hash_all(&mut hashed, &registry.plugins.hashes).map_err(invalid)?;
             store.apply(&admin::diff(&stored, &hashed))?;
             let (d, table) = admin::check(&hashed, &registry).map_err(invalid)?;
             (hashed, d, table)
@@ -440,6 +441,9 @@ impl Server {
     }
 
     pub async fn serve(self, shutdown: Shutdown) -> Result<(), StartError> {
+        // The bound addresses (port 0 in a configuration is a real port
+        // here): what tests and scripts read to reach the gateway.
+        tracing::info!(proxy = %self.addr(), admin = %self.admin_addr(), tls = ?self.tls_addr(), "gateway serving");
         let draining = Arc::new(AtomicBool::new(false));
         let d = draining.clone();
         let admin = admin::router(self.admin.clone()).merge(bronze_telemetry::ops_routes(
@@ -459,7 +463,6 @@ impl Server {
                 shutdown.clone(),
             ))
         });
-        tracing::info!(proxy = %self.config.addr, admin = %self.config.admin_addr, tls = %self.config.tls_addr, "gateway serving");
         let limits = proxy::Limits {
             header_read_timeout: self.config.header_read_timeout,
             keepalive_timeout: self.config.keepalive_timeout,

@@ -9,8 +9,11 @@
 //!   TLS, shared by every listener.
 //! * [`grpc`] (feature `grpc`): the gRPC health service of every gRPC
 //!   port.
+//! * [`cpu::CpuSlots`]: CPU-heavy work (bcrypt) on the blocking pool, a
+//!   few at a time.
 
 pub mod config;
+pub mod cpu;
 pub mod duration;
 #[cfg(feature = "grpc")]
 pub mod grpc;
