@@ -283,6 +283,9 @@ pub struct Auth {
     /// every request. Keyed by user; holds a keyed hash of the password and
     /// the bcrypt hash it matched.
     verified: Mutex<HashMap<String, ([u8; 32], String)>>,
+    /// bcrypt checks at once: a flood of wrong passwords queues here
+    /// instead of taking a blocking thread (and a core) each.
+    cpu: bronze_runtime::cpu::CpuSlots,
 }
 
 pub type SharedAuth = Arc<Auth>;
@@ -325,6 +328,7 @@ impl Auth {
             htpasswd: Mutex::new(Htpasswd::default()),
             key,
             verified: Mutex::new(HashMap::new()),
+            cpu: bronze_runtime::cpu::CpuSlots::default(),
         };
         if auth.config.mode != Mode::None {
             auth.reload(true)?;
@@ -378,7 +382,7 @@ impl Auth {
     }
 
     /// Checks `user`/`password` against the htpasswd file (bcrypt, off the
-    /// async threads; remembered once it matched).
+    /// async threads, a few at a time; remembered once it matched).
     pub async fn verify_password(&self, user: &str, password: &str) -> bool {
         if let Err(e) = self.reload(false) {
             tracing::warn!(error = %e, "cannot read the htpasswd file");
@@ -394,7 +398,9 @@ impl Auth {
             return true;
         }
         let (pw, h) = (password.to_string(), hash.clone());
-        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(pw, &h).unwrap_or(false))
+        let ok = self
+            .cpu
+            .run(move || bcrypt::verify(pw, &h).unwrap_or(false))
             .await
             .unwrap_or(false);
         if ok {

@@ -200,6 +200,8 @@ impl Server {
     }
 
     pub async fn serve(self, shutdown: Shutdown) -> Result<(), StartError> {
+        // The bound addresses (port 0 resolved): what scripts and tests read.
+        tracing::info!(addr = %self.addr(), grpc = %self.grpc_addr(), root = %self.config.root, "registry serving");
         let draining = Arc::new(AtomicBool::new(false));
         let d = draining.clone();
         self.app
@@ -271,7 +273,6 @@ impl Server {
                 }
             }
         });
-        tracing::info!(addr = %self.config.addr, grpc = %self.config.grpc_addr, root = %self.config.root, "registry serving");
         shutdown.wait().await;
         draining.store(true, Ordering::Relaxed);
         let _ = tokio::join!(http, grpc, purger);
