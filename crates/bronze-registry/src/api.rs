@@ -809,7 +809,7 @@ impl App {
     }
 
     async fn upload_status(&self, name: &Name, id: &str) -> Result<Response> {
-        let handle = self.storage.upload(name, id)?;
+        let handle = self.storage.upload(name, id).await?;
         let up = handle.lock().await;
         Ok(respond(
             StatusCode::NO_CONTENT,
@@ -849,7 +849,7 @@ impl App {
     }
 
     async fn patch_upload(&self, name: &Name, id: &str, req: Request) -> Result<Response> {
-        let handle = self.storage.upload(name, id)?;
+        let handle = self.storage.upload(name, id).await?;
         let mut up = handle.lock().await;
         Self::check_chunk(req.headers(), up.offset)?;
         let body = req.into_body().into_data_stream();
@@ -872,7 +872,7 @@ impl App {
             RegistryError::DigestInvalid("the digest query parameter is required".into())
         })?;
         let digest = Digest::parse(digest)?;
-        let handle = self.storage.upload(name, id)?;
+        let handle = self.storage.upload(name, id).await?;
         let mut up = handle.lock().await;
         Self::check_chunk(req.headers(), up.offset)?;
         let body = req.into_body().into_data_stream();
@@ -882,9 +882,9 @@ impl App {
     }
 
     async fn cancel_upload(&self, name: &Name, id: &str) -> Result<Response> {
-        let handle = self.storage.upload(name, id)?;
+        let handle = self.storage.upload(name, id).await?;
         let up = handle.lock().await;
-        self.storage.cancel_upload(&up)?;
+        self.storage.cancel_upload(&up).await?;
         Ok(respond(StatusCode::NO_CONTENT, Vec::new(), Body::empty()))
     }
 
