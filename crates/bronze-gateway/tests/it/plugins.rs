@@ -797,7 +797,6 @@ pub(super) async fn flood_then_open(
                 .output()
                 .expect("curl runs");
             let code = String::from_utf8_lossy(&out.stdout).to_string();
-            eprintln!("DBG {name} {code} {:?}", std::time::SystemTime::now());
             done.lock().expect("lock").push((name, code));
         };
         std::thread::scope(|scope| {

@@ -48,8 +48,8 @@ async fn pushes_and_deletes_stream_as_events() {
         .await
         .expect("events")
         .into_inner();
-    // Streams are open before the pushes (the server registered them).
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The server subscribed each stream before it answered the call (see
+    // `events::stream`): they see every push from here on.
     let (digest_a, _) = r.push_image("ev/a", "v1", b"a").await;
     let (digest_b, _) = r.push_image("ev/b", "v2", b"b").await;
     let e = next(&mut all).await;
