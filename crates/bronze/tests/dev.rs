@@ -265,3 +265,17 @@ fn help_lists_dev() {
     let out = Command::new(BIN).arg("--help").output().expect("runs");
     assert!(String::from_utf8_lossy(&out.stdout).contains("dev"));
 }
+
+/// `bronze` allocates with mimalloc, as the gateway binary does: asked to
+/// show its statistics at exit (its own environment variable), it does.
+#[test]
+fn bronze_uses_the_gateways_allocator() {
+    let out = std::process::Command::new(BIN)
+        .arg("--help")
+        .env("MIMALLOC_SHOW_STATS", "1")
+        .output()
+        .expect("bronze runs");
+    assert!(out.status.success());
+    let stats = String::from_utf8_lossy(&out.stderr);
+    assert!(stats.contains("pages") && stats.contains("peak"), "{stats}");
+}
