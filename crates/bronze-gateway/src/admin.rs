@@ -22,7 +22,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bronze_store::{Op, Store, StoreError};
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::Gateway;
@@ -282,7 +281,7 @@ impl Admin {
             gateway,
             store,
             state: tokio::sync::Mutex::new(entities),
-            token: (!token.is_empty()).then(|| Sha256::digest(token.as_bytes()).into()),
+            token: (!token.is_empty()).then(|| crate::sha256(&[token.as_bytes()])),
             node_id: entities::new_id(),
             info,
         }
@@ -1055,7 +1054,7 @@ async fn status(State(a): State<Arc<Admin>>) -> Response {
         .await
         .unwrap_or(false);
     let doc = serde_json::to_vec(&*a.gateway.current.lock()).unwrap_or_default();
-    let hash = Sha256::digest(&doc);
+    let hash = crate::sha256(&[&doc]);
     let hex: String = hash[..16].iter().map(|b| format!("{b:02x}")).collect();
     let counts: BTreeMap<&str, usize> = {
         let current = a.state.lock().await;
@@ -1085,7 +1084,7 @@ async fn auth(State(a): State<Arc<Admin>>, req: Request, next: Next) -> Response
                 .map(|v| v.as_bytes())
                 .and_then(|v| v.strip_prefix(b"Bearer "))
         });
-        let ok = given.is_some_and(|g| bool::from(Sha256::digest(g).as_slice().ct_eq(want)));
+        let ok = given.is_some_and(|g| bool::from(crate::sha256(&[g]).as_slice().ct_eq(want)));
         if !ok {
             return json_response(
                 StatusCode::UNAUTHORIZED,

@@ -1,17 +1,26 @@
-//! bronze-gateway: the API gateway. First slice (issue 5): Kong-style
-//! services, routes and upstreams from a declarative file or the admin
-//! API's `POST /config`, compiled into a routing table that is swapped
-//! atomically; an HTTP/1.1 and h2c proxy on hyper with upstream keep-alive.
+//! bronze-gateway: the API gateway, on Kong's model. Services, routes,
+//! upstreams, targets, consumers, credentials, certificates and plugins
+//! come from a declarative file, Kong's Admin API (kept in the embedded
+//! store) and discovery's container labels; every change compiles a whole
+//! routing table that is swapped atomically. The proxy speaks HTTP/1.1 on
+//! its own path (`proxy::h1`), and HTTP/2, h2c, WebSockets and gRPC
+//! through hyper, over plain TCP or TLS with certificates by SNI.
 //!
 //! - `declarative`: Kong's DB-less format (JSON or YAML), parsed with
 //!   errors naming the field; `flat`: its flat form (top-level routes and
 //!   targets) nested before compiling;
-//! - `admin`, `entities`: Kong's Admin API (CRUD on entities kept in the
-//!   embedded store, each change compiled and swapped like a document);
+//! - `admin`, `entities`, `multipart`, `certs`, `secrets`: Kong's Admin
+//!   API (CRUD on entities kept in the embedded store, each change compiled
+//!   and swapped like a document);
 //! - `router`: the compiled table and its priority order;
-//! - `proxy`: request rewriting and forwarding;
+//! - `proxy`, `upstream`: request rewriting and forwarding, upstream
+//!   connections (pooled HTTP/1.1, HTTP/2 for gRPC, TLS);
+//! - `balancer`: targets, algorithms, health checks, DNS SRV, circuit
+//!   breaking, retry budgets;
+//! - `plugins`: Kong's plugins (auth, rate limiting, transformers, logs);
+//! - `labels`: routes from discovery's labelled instances;
 //! - `tls`: certificates by SNI for the TLS listener;
-//! - this file: listeners, the accept loop, the admin API.
+//! - this file: listeners, start-up, the discovery follower.
 
 pub mod admin;
 pub mod balancer;
@@ -550,3 +559,5 @@ async fn serve_proxy(
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), StartError> {
     Server::bind(config).await?.serve(shutdown).await
 }
+
+pub(crate) use bronze_jwt::sha256;

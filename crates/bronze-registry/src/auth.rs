@@ -26,11 +26,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use hmac::{KeyInit, Mac};
+use bronze_jwt::sha256;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
 
 use crate::error::RegistryError;
 
@@ -296,8 +295,6 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-type HmacSha256 = hmac::Hmac<sha2::Sha256>;
-
 impl Auth {
     /// Loads the htpasswd file and the token key (created on first use in
     /// `root`, mode 0600).
@@ -375,10 +372,7 @@ impl Auth {
     }
 
     fn password_key(&self, password: &str) -> [u8; 32] {
-        let mut h = sha2::Sha256::new();
-        h.update(&self.key);
-        h.update(password.as_bytes());
-        h.finalize().into()
+        sha256(&[&self.key, password.as_bytes()])
     }
 
     /// Checks `user`/`password` against the htpasswd file (bcrypt, off the
@@ -591,41 +585,20 @@ impl Auth {
         )
     }
 
-    fn sign(&self, data: &[u8]) -> Vec<u8> {
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        mac.update(data);
-        mac.finalize().into_bytes().to_vec()
-    }
-
     /// The payload of a token this registry signed (HS256 over
     /// `header.payload`), or `None`.
     fn signed_payload(&self, token: &str) -> Option<Vec<u8>> {
-        let (signed, sig) = token.rsplit_once('.')?;
-        let (head, body) = signed.split_once('.')?;
-        let header: serde_json::Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(head).ok()?).ok()?;
-        if header.get("alg")?.as_str()? != "HS256" {
-            return None;
-        }
-        let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.key).ok()?;
-        mac.update(signed.as_bytes());
-        mac.verify_slice(&sig).ok()?;
-        URL_SAFE_NO_PAD.decode(body).ok()
+        bronze_jwt::verify_hs256(&self.key, token)
     }
 
     /// `header.payload.signature` for `payload`.
     fn signed(&self, payload: &[u8]) -> String {
-        let head = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let signed = format!("{head}.{}", URL_SAFE_NO_PAD.encode(payload));
-        let sig = URL_SAFE_NO_PAD.encode(self.sign(signed.as_bytes()));
-        format!("{signed}.{sig}")
+        bronze_jwt::sign_hs256(&self.key, payload)
     }
 
     /// What a refresh token for a user with this password hash carries.
     fn fingerprint(&self, hash: &str) -> String {
-        let digest = sha2::Sha256::digest([self.key.as_slice(), hash.as_bytes()].concat());
+        let digest = sha256(&[&self.key, hash.as_bytes()]);
         URL_SAFE_NO_PAD.encode(&digest[..12])
     }
 

@@ -20,7 +20,6 @@ use bronze_runtime::cpu::CpuSlots;
 use http::header::HeaderValue;
 use parking_lot::RwLock;
 use serde::Deserialize;
-use sha2::Digest;
 
 use super::{Answer, Credentials, Ctx, Plugin, parse_config, set_consumer};
 use crate::declarative::{BasicAuthCredential, Invalid};
@@ -97,7 +96,7 @@ impl HashCache {
         if is_hashed(password) {
             return Ok(password.to_string());
         }
-        let digest: [u8; 32] = sha2::Sha256::digest(password.as_bytes()).into();
+        let digest = crate::sha256(&[password.as_bytes()]);
         let key = (username.to_string(), digest);
         if let Some(h) = self.0.lock().get(&key) {
             return Ok(h.clone());
@@ -161,11 +160,7 @@ impl Credential {
     /// (a verdict for another credential, or for this one before its
     /// password changed, does not match).
     fn key(&self, password: &str) -> [u8; 32] {
-        let mut h = sha2::Sha256::new();
-        h.update(self.hash.as_bytes());
-        h.update([0]);
-        h.update(password.as_bytes());
-        h.finalize().into()
+        crate::sha256(&[self.hash.as_bytes(), &[0], password.as_bytes()])
     }
 
     /// The check `password` still needs, `None` when it verified before.
