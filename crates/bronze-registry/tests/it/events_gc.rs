@@ -83,6 +83,57 @@ async fn pushes_and_deletes_stream_as_events() {
     );
 }
 
+/// A webhook that fails is retried with growing delays (200 ms, then
+/// 400 ms, ...): here the receiver refuses twice (503), then takes it; the
+/// same event arrives three times, the gaps at least the backoff.
+#[tokio::test]
+async fn webhooks_are_retried_with_backoff() {
+    use std::sync::Arc;
+    use tokio::sync::Mutex;
+    let arrivals: Arc<Mutex<Vec<(std::time::Instant, serde_json::Value)>>> = Arc::default();
+    let sink = arrivals.clone();
+    let (done_tx, done) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let (sink, done_tx) = (sink.clone(), done_tx.clone());
+            async move {
+                let mut seen = sink.lock().await;
+                seen.push((std::time::Instant::now(), v));
+                if seen.len() < 3 {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                let _ = done_tx.send(());
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hook = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let r = Reg::start_with(tempfile::tempdir().expect("tempdir"), |c| {
+        c.webhooks = vec![hook];
+    })
+    .await;
+    r.push_image("retry/app", "v1", b"layer").await;
+    let mut done = done;
+    tokio::time::timeout(Duration::from_secs(30), done.recv())
+        .await
+        .expect("taken on the third attempt")
+        .expect("receiver");
+    let got = arrivals.lock().await.clone();
+    assert_eq!(got.len(), 3);
+    assert!(
+        got.iter().all(|(_, v)| *v == got[0].1),
+        "the same event each time"
+    );
+    let gaps: Vec<Duration> = got.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    assert!(gaps[0] >= Duration::from_millis(200), "{gaps:?}");
+    assert!(gaps[1] >= Duration::from_millis(400), "{gaps:?}");
+}
+
 #[tokio::test]
 async fn webhooks_receive_distributions_envelope() {
     use std::sync::Arc;
