@@ -720,25 +720,9 @@ fn multipart_parts<'a>(
     )
 }
 
+/// Decodes `%XX` of a path segment (`+` is itself in a path).
 fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Some(x) = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(x);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    crate::percent::decode(s, false).into_owned()
 }
 
 /// `GET` of a collection: Kong's `{"data": [...], "next": ..., "offset": ...}`

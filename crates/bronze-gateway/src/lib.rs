@@ -35,6 +35,7 @@ pub mod labels;
 mod lru;
 pub mod metrics;
 pub mod multipart;
+mod percent;
 pub mod plugins;
 pub mod proxy;
 pub mod router;

@@ -17,7 +17,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bronze_store::{Op, Store};
 use bytes::Bytes;
@@ -179,9 +179,7 @@ pub struct Storage {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    bronze_runtime::unix_time().as_secs()
 }
 
 /// Hashes the first `len` bytes of a file, off the async threads.

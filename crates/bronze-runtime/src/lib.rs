@@ -23,6 +23,15 @@ pub mod serve;
 
 use tokio_util::sync::CancellationToken;
 
+/// Time since the Unix epoch (zero for a clock set before it): the one
+/// wall-clock reading every component's timestamps, token expiries and
+/// rate windows come from.
+pub fn unix_time() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
 /// Exit code for a usage or configuration error (sysexits' EX_USAGE).
 pub const EX_USAGE: i32 = 64;
 

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bronze_jwt::{Algorithm, Key, Malformed, Token};
@@ -201,9 +201,7 @@ async fn refresh(source: Source, store: Weak<ArcSwap<Jwks>>, every: Duration) {
 }
 
 fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    bronze_runtime::unix_time().as_secs_f64()
 }
 
 /// Kong's claim checks: a map of claim to error, empty when fine.
