@@ -40,13 +40,22 @@ pub async fn run(tasks: usize, runs: usize) -> anyhow::Result<()> {
          (half constrained to one of {} zones; reservations 0.1 CPU, 64 MiB), state in a redb file",
         ZONES.len()
     );
-    println!("run | placed | seconds | placements/s | p50 ms | p99 ms | rounds | peak RSS MB | RSS after MB");
+    println!(
+        "run | placed | seconds | placements/s | p50 ms | p99 ms | rounds | peak RSS MB | RSS after MB"
+    );
     let mut seconds = Vec::new();
     for run in 1..=runs {
         let r = once(tasks).await?;
         println!(
             "{run} | {} | {:.2} | {:.0} | {} | {} | {} | {:.0} | {:.0}",
-            r.placed, r.seconds, r.placed as f64 / r.seconds, r.p50, r.p99, r.rounds, r.peak, r.after
+            r.placed,
+            r.seconds,
+            r.placed as f64 / r.seconds,
+            r.p50,
+            r.p99,
+            r.rounds,
+            r.peak,
+            r.after
         );
         seconds.push(r.seconds);
     }
@@ -112,8 +121,10 @@ async fn once(total: usize) -> anyhow::Result<Run> {
         };
         if s % 2 == 0 {
             let zone = ZONES[(s / 2) % ZONES.len()];
-            spec.placement.constraints =
-                vec![Constraint::parse(&format!("node.labels.zone=={zone}")).map_err(anyhow::Error::msg)?];
+            spec.placement.constraints = vec![
+                Constraint::parse(&format!("node.labels.zone=={zone}"))
+                    .map_err(anyhow::Error::msg)?,
+            ];
         }
         sim.create(spec).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     }
@@ -130,7 +141,12 @@ async fn once(total: usize) -> anyhow::Result<Run> {
         .map(|t| t.status.timestamp.0.saturating_sub(t.created_at.0))
         .collect();
     latencies.sort_unstable();
-    let pick = |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0);
+    let pick = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
     let placed = latencies.len();
     let run = Run {
         placed,
@@ -148,7 +164,11 @@ async fn once(total: usize) -> anyhow::Result<Run> {
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("bronze-bench-placement-{}-{}", std::process::id(), fastrand_u64()));
+    let dir = std::env::temp_dir().join(format!(
+        "bronze-bench-placement-{}-{}",
+        std::process::id(),
+        fastrand_u64()
+    ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }

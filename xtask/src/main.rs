@@ -113,6 +113,10 @@ fn main() -> anyhow::Result<()> {
             "dns" => rt.block_on(xtask::bench_dns::run(seconds, runs, only.as_deref())),
             "registrator" => rt.block_on(xtask::bench_registrator::run(containers.unwrap_or(100))),
             "placement" => rt.block_on(xtask::bench_placement::run(tasks, runs as usize)),
+            "scheduler" => rt.block_on(xtask::bench_scheduler::run(
+                containers.unwrap_or(50),
+                runs as usize,
+            )),
             "registry" => rt.block_on(xtask::bench_registry::run(runs as usize)),
             "gateway" => match soak {
                 Some(minutes) => xtask::bench_gateway_soak::run(minutes),

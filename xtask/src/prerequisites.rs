@@ -13,6 +13,10 @@ const DEBIAN: &[(&str, &str)] = &[
     ("docker-registry", "docker-registry"),
     ("openssl", "openssl"),
     ("curl", "curl"),
+    // The registry's durability test traces the binary's fsyncs.
+    ("strace", "strace"),
+    // The end-to-end test brings deploy/docker-compose.yml up with it.
+    ("docker-compose", "docker-compose"),
 ];
 /// (Python module, PyPI package)
 const PYTHON: &[(&str, &str)] = &[("consul", "py-consul")];

@@ -22,7 +22,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bronze_store::{Op, Store, StoreError};
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::Gateway;
@@ -110,9 +109,9 @@ pub fn from_document(
     registry: &Arc<Registry>,
 ) -> Result<(Entities, Declarative, Table), Invalid> {
     let as_written = declarative::parse_value(doc.clone())?;
-    flat::compile(&as_written, &Arc::default())?;
+    flat::compile(&as_written, &registry.scratch())?;
     let mut e = Entities::from_document(doc)?;
-    crate::secrets::hash_all(&mut e)?;
+    crate::secrets::hash_all(&mut e, &registry.plugins.hashes)?;
     for k in KINDS {
         for group in k.unique {
             let mut seen = std::collections::HashSet::new();
@@ -282,7 +281,7 @@ impl Admin {
             gateway,
             store,
             state: tokio::sync::Mutex::new(entities),
-            token: (!token.is_empty()).then(|| Sha256::digest(token.as_bytes()).into()),
+            token: (!token.is_empty()).then(|| crate::sha256(&[token.as_bytes()])),
             node_id: entities::new_id(),
             info,
         }
@@ -428,7 +427,8 @@ impl Admin {
         o.insert("created_at".into(), created);
         o.insert("updated_at".into(), now.into());
         let mut v = Value::Object(o);
-        v = off_worker(move || crate::secrets::hash_entity(k, &mut v).map(|()| v))
+        let plugins = self.gateway.registry().plugins.clone();
+        v = off_worker(move || crate::secrets::hash_entity(k, &mut v, &plugins.hashes).map(|()| v))
             .await?
             .map_err(|e| Box::new(schema_violation(&e.field, &e.message)))?;
         for group in k.unique {
@@ -720,25 +720,9 @@ fn multipart_parts<'a>(
     )
 }
 
+/// Decodes `%XX` of a path segment (`+` is itself in a path).
 fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Some(x) = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(x);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    crate::percent::decode(s, false).into_owned()
 }
 
 /// `GET` of a collection: Kong's `{"data": [...], "next": ..., "offset": ...}`
@@ -1054,7 +1038,7 @@ async fn status(State(a): State<Arc<Admin>>) -> Response {
         .await
         .unwrap_or(false);
     let doc = serde_json::to_vec(&*a.gateway.current.lock()).unwrap_or_default();
-    let hash = Sha256::digest(&doc);
+    let hash = crate::sha256(&[&doc]);
     let hex: String = hash[..16].iter().map(|b| format!("{b:02x}")).collect();
     let counts: BTreeMap<&str, usize> = {
         let current = a.state.lock().await;
@@ -1084,7 +1068,7 @@ async fn auth(State(a): State<Arc<Admin>>, req: Request, next: Next) -> Response
                 .map(|v| v.as_bytes())
                 .and_then(|v| v.strip_prefix(b"Bearer "))
         });
-        let ok = given.is_some_and(|g| bool::from(Sha256::digest(g).as_slice().ct_eq(want)));
+        let ok = given.is_some_and(|g| bool::from(crate::sha256(&[g]).as_slice().ct_eq(want)));
         if !ok {
             return json_response(
                 StatusCode::UNAUTHORIZED,

@@ -600,6 +600,50 @@ impl Invalid {
     }
 }
 
+/// A duration given in (fractional) seconds, `default` when unset: finite,
+/// 0 or more and at most `max`, or an error naming `field`. The one reader
+/// of Kong's seconds fields (health check intervals, log queue delays).
+pub fn seconds(
+    v: Option<f64>,
+    default: f64,
+    max: f64,
+    field: &str,
+) -> Result<std::time::Duration, Invalid> {
+    let s = v.unwrap_or(default);
+    let expected = || {
+        let what = if max.is_finite() {
+            format!("seconds between 0 and {max}")
+        } else {
+            "seconds, 0 or more".to_string()
+        };
+        Invalid::new(field, format!("{s}: expected {what}"))
+    };
+    if !(0.0..=max).contains(&s) {
+        return Err(expected());
+    }
+    // Finite and in range of a Duration, or refused (never a panic).
+    std::time::Duration::try_from_secs_f64(s).map_err(|_| expected())
+}
+
+#[cfg(test)]
+#[test]
+fn seconds_are_read_or_refused_by_field() {
+    use std::time::Duration;
+    assert_eq!(
+        seconds(None, 1.5, 10.0, "f"),
+        Ok(Duration::from_millis(1500))
+    );
+    assert_eq!(seconds(Some(0.0), 1.0, 10.0, "f"), Ok(Duration::ZERO));
+    for bad in [-1.0, 11.0, f64::NAN, f64::INFINITY] {
+        let e = seconds(Some(bad), 1.0, 10.0, "x.timeout").unwrap_err();
+        assert_eq!(e.field, "x.timeout");
+        assert!(e.message.contains("between 0 and 10"), "{e}");
+    }
+    // Unbounded, yet never past what a duration holds.
+    let e = seconds(Some(1e30), 1.0, f64::INFINITY, "q").unwrap_err();
+    assert!(e.message.contains("0 or more"), "{e}");
+}
+
 /// Removes every object member whose value is null, at any depth: to Kong
 /// a null field is an unset one (`deck dump` writes `tags: null`,
 /// `anonymous: null`, ...), which is what an absent field is here.

@@ -222,9 +222,7 @@ pub fn new_key() -> String {
 }
 
 pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    i64::try_from(bronze_runtime::unix_time().as_secs()).unwrap_or(i64::MAX)
 }
 
 /// The id a foreign-key field holds (`{"id": ...}`), if any.

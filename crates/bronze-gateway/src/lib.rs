@@ -1,17 +1,26 @@
-//! bronze-gateway: the API gateway. First slice (issue 5): Kong-style
-//! services, routes and upstreams from a declarative file or the admin
-//! API's `POST /config`, compiled into a routing table that is swapped
-//! atomically; an HTTP/1.1 and h2c proxy on hyper with upstream keep-alive.
+//! bronze-gateway: the API gateway, on Kong's model. Services, routes,
+//! upstreams, targets, consumers, credentials, certificates and plugins
+//! come from a declarative file, Kong's Admin API (kept in the embedded
+//! store) and discovery's container labels; every change compiles a whole
+//! routing table that is swapped atomically. The proxy speaks HTTP/1.1 on
+//! its own path (`proxy::h1`), and HTTP/2, h2c, WebSockets and gRPC
+//! through hyper, over plain TCP or TLS with certificates by SNI.
 //!
 //! - `declarative`: Kong's DB-less format (JSON or YAML), parsed with
 //!   errors naming the field; `flat`: its flat form (top-level routes and
 //!   targets) nested before compiling;
-//! - `admin`, `entities`: Kong's Admin API (CRUD on entities kept in the
-//!   embedded store, each change compiled and swapped like a document);
+//! - `admin`, `entities`, `multipart`, `certs`, `secrets`: Kong's Admin
+//!   API (CRUD on entities kept in the embedded store, each change compiled
+//!   and swapped like a document);
 //! - `router`: the compiled table and its priority order;
-//! - `proxy`: request rewriting and forwarding;
+//! - `proxy`, `upstream`: request rewriting and forwarding, upstream
+//!   connections (pooled HTTP/1.1, HTTP/2 for gRPC, TLS);
+//! - `balancer`: targets, algorithms, health checks, DNS SRV, circuit
+//!   breaking, retry budgets;
+//! - `plugins`: Kong's plugins (auth, rate limiting, transformers, logs);
+//! - `labels`: routes from discovery's labelled instances;
 //! - `tls`: certificates by SNI for the TLS listener;
-//! - this file: listeners, the accept loop, the admin API.
+//! - this file: listeners, start-up, the discovery follower.
 
 pub mod admin;
 pub mod balancer;
@@ -23,8 +32,10 @@ pub mod entities;
 pub mod flat;
 pub mod fuzzing;
 pub mod labels;
+mod lru;
 pub mod metrics;
 pub mod multipart;
+mod percent;
 pub mod plugins;
 pub mod proxy;
 pub mod router;
@@ -337,7 +348,7 @@ impl Server {
             };
             // Passwords an older build stored in clear are hashed now.
             let mut hashed = stored.clone();
-            secrets::hash_all(&mut hashed).map_err(invalid)?;
+            secrets::hash_all(&mut hashed, &registry.plugins.hashes).map_err(invalid)?;
             store.apply(&admin::diff(&stored, &hashed))?;
             let (d, table) = admin::check(&hashed, &registry).map_err(invalid)?;
             (hashed, d, table)
@@ -440,6 +451,9 @@ impl Server {
     }
 
     pub async fn serve(self, shutdown: Shutdown) -> Result<(), StartError> {
+        // The bound addresses (port 0 in a configuration is a real port
+        // here): what tests and scripts read to reach the gateway.
+        tracing::info!(proxy = %self.addr(), admin = %self.admin_addr(), tls = ?self.tls_addr(), "gateway serving");
         let draining = Arc::new(AtomicBool::new(false));
         let d = draining.clone();
         let admin = admin::router(self.admin.clone()).merge(bronze_telemetry::ops_routes(
@@ -459,7 +473,6 @@ impl Server {
                 shutdown.clone(),
             ))
         });
-        tracing::info!(proxy = %self.config.addr, admin = %self.config.admin_addr, tls = %self.config.tls_addr, "gateway serving");
         let limits = proxy::Limits {
             header_read_timeout: self.config.header_read_timeout,
             keepalive_timeout: self.config.keepalive_timeout,
@@ -547,3 +560,5 @@ async fn serve_proxy(
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), StartError> {
     Server::bind(config).await?.serve(shutdown).await
 }
+
+pub(crate) use bronze_jwt::sha256;

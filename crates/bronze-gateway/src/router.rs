@@ -269,7 +269,7 @@ impl Table {
 
     /// As `build`, keeping the state of targets `registry` already knows.
     pub fn build_with(d: &Declarative, registry: &Arc<Registry>) -> Result<Self, Invalid> {
-        let plugins = crate::plugins::Compiled::build(d)?;
+        let plugins = crate::plugins::Compiled::build(d, &registry.plugins)?;
         let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
         for (i, u) in d.upstreams.iter().enumerate() {
             let field = |f: &str| format!("upstreams[{i}].{f}");

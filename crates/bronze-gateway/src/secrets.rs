@@ -11,14 +11,14 @@ use serde_json::Value;
 
 use crate::declarative::Invalid;
 use crate::entities::{Entities, Kind};
-use crate::plugins::basic_auth;
+use crate::plugins::basic_auth::{self, HashCache};
 
 /// The kind whose secret is hashed.
 const BASIC_AUTH: &str = "basicauth_credentials";
 
 /// Hashes the secret of one entity of kind `k` in place. Errors name the
 /// field relative to the entity.
-pub fn hash_entity(k: &Kind, v: &mut Value) -> Result<(), Invalid> {
+pub fn hash_entity(k: &Kind, v: &mut Value, hashes: &HashCache) -> Result<(), Invalid> {
     if k.name != BASIC_AUTH {
         return Ok(());
     }
@@ -36,19 +36,21 @@ pub fn hash_entity(k: &Kind, v: &mut Value) -> Result<(), Invalid> {
     if basic_auth::is_hashed(password) {
         return Ok(());
     }
-    let hash = basic_auth::hashed(&username, password).map_err(|e| Invalid::new("password", e))?;
+    let hash = hashes
+        .hashed(&username, password)
+        .map_err(|e| Invalid::new("password", e))?;
     *slot = Value::String(hash);
     Ok(())
 }
 
 /// Hashes every basic-auth password of `e` that is not hashed yet.
-pub fn hash_all(e: &mut Entities) -> Result<(), Invalid> {
+pub fn hash_all(e: &mut Entities, hashes: &HashCache) -> Result<(), Invalid> {
     let Some(k) = crate::entities::kind(BASIC_AUTH) else {
         return Ok(());
     };
     if let Some(items) = e.by_kind.get_mut(BASIC_AUTH) {
         for (id, v) in items.iter_mut() {
-            hash_entity(k, v)
+            hash_entity(k, v, hashes)
                 .map_err(|err| Invalid::new(format!("{BASIC_AUTH}[{id}].password"), err.message))?;
         }
     }

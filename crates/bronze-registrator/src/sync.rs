@@ -855,9 +855,7 @@ fn count_registered(st: &State) -> i64 {
 }
 
 fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    i64::try_from(bronze_runtime::unix_time().as_secs()).unwrap_or(i64::MAX)
 }
 
 /// Runs one HTTP or TCP probe every `interval` (the first at once), as a

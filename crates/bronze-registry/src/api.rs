@@ -29,6 +29,9 @@ const API_VERSION: &str = "registry/2.0";
 /// Page size when a listing asks for none.
 const DEFAULT_PAGE: usize = 1000;
 const MAX_PAGE: usize = 10_000;
+/// About what one page of referrers may hold (clients take an index of up
+/// to 4 MiB).
+const REFERRERS_PAGE_BYTES: usize = 4 << 20;
 
 #[derive(Clone)]
 pub struct App {
@@ -641,14 +644,20 @@ impl App {
                 let (digest, meta) = self.resolve(name, &r).await?;
                 let pre = prefix(name);
                 let target = d.to_string();
-                let tags = self
-                    .blocking(move |s| Ok(s.meta.scan(NS_TAGS, &pre, None, usize::MAX)?))
+                // The tags naming it, read a page at a time (a repository
+                // may hold any number of tags; only the matches are kept).
+                let wanted = target.clone();
+                let mut ops: Vec<Op> = self
+                    .blocking(move |s| {
+                        let mut ops = Vec::new();
+                        s.meta.scan_each(NS_TAGS, &pre, DEFAULT_PAGE, &mut |k, v| {
+                            if v == wanted.as_bytes() {
+                                ops.push(Op::delete(NS_TAGS, k));
+                            }
+                        })?;
+                        Ok(ops)
+                    })
                     .await?;
-                let mut ops: Vec<Op> = tags
-                    .into_iter()
-                    .filter(|(_, v)| v.as_slice() == target.as_bytes())
-                    .map(|(k, _)| Op::delete(NS_TAGS, k))
-                    .collect();
                 ops.push(Op::delete(NS_MANIFESTS, key(name, &target)));
                 ops.push(Op::delete(NS_LINKS, key(name, &target)));
                 if let Some(subject) = &meta.subject {
@@ -800,7 +809,7 @@ impl App {
     }
 
     async fn upload_status(&self, name: &Name, id: &str) -> Result<Response> {
-        let handle = self.storage.upload(name, id)?;
+        let handle = self.storage.upload(name, id).await?;
         let up = handle.lock().await;
         Ok(respond(
             StatusCode::NO_CONTENT,
@@ -840,7 +849,7 @@ impl App {
     }
 
     async fn patch_upload(&self, name: &Name, id: &str, req: Request) -> Result<Response> {
-        let handle = self.storage.upload(name, id)?;
+        let handle = self.storage.upload(name, id).await?;
         let mut up = handle.lock().await;
         Self::check_chunk(req.headers(), up.offset)?;
         let body = req.into_body().into_data_stream();
@@ -863,7 +872,7 @@ impl App {
             RegistryError::DigestInvalid("the digest query parameter is required".into())
         })?;
         let digest = Digest::parse(digest)?;
-        let handle = self.storage.upload(name, id)?;
+        let handle = self.storage.upload(name, id).await?;
         let mut up = handle.lock().await;
         Self::check_chunk(req.headers(), up.offset)?;
         let body = req.into_body().into_data_stream();
@@ -873,33 +882,63 @@ impl App {
     }
 
     async fn cancel_upload(&self, name: &Name, id: &str) -> Result<Response> {
-        let handle = self.storage.upload(name, id)?;
+        let handle = self.storage.upload(name, id).await?;
         let up = handle.lock().await;
-        self.storage.cancel_upload(&up)?;
+        self.storage.cancel_upload(&up).await?;
         Ok(respond(StatusCode::NO_CONTENT, Vec::new(), Body::empty()))
     }
 
+    /// The referrers of a subject as an OCI index, a page at a time: at
+    /// most `n` (default 1000) descriptors and about 4 MiB of them (what
+    /// clients accept of an index); a longer list carries a `Link` to the
+    /// rest (`last`: the digest the page ended with), as the spec allows.
     async fn referrers(&self, name: &Name, d: &str, p: &[(String, String)]) -> Result<Response> {
         let subject = Digest::parse(d)?;
         let filter = param(p, "artifactType").map(str::to_string);
+        let n = page_size(p)?;
         let pre = key(name, &format!("{subject}\n"));
+        let after = param(p, "last").map(|l| format!("{pre}{l}"));
+        let scan_pre = pre.clone();
         let entries = self
-            .blocking(move |s| Ok(s.meta.scan(NS_REFERRERS, &pre, None, usize::MAX)?))
-            .await?;
-        let mut manifests: Vec<serde_json::Value> = entries
-            .into_iter()
-            .filter_map(|(_, v)| serde_json::from_slice::<serde_json::Value>(&v).ok())
-            .map(|mut v| {
-                if let Some(o) = v.as_object_mut() {
-                    o.retain(|_, val| !val.is_null());
-                }
-                v
+            .blocking(move |s| {
+                Ok(s.meta
+                    .scan(NS_REFERRERS, &scan_pre, after.as_deref(), n + 1)?)
             })
-            .collect();
+            .await?;
+        let mut more = entries.len() > n;
+        let (mut manifests, mut bytes, mut last) = (Vec::new(), 0, None);
+        for (k, v) in entries.into_iter().take(n) {
+            if bytes + v.len() > REFERRERS_PAGE_BYTES && last.is_some() {
+                more = true;
+                break;
+            }
+            bytes += v.len();
+            last = Some(k[pre.len()..].to_string());
+            let Ok(mut m) = serde_json::from_slice::<serde_json::Value>(&v) else {
+                continue;
+            };
+            if let Some(o) = m.as_object_mut() {
+                o.retain(|_, val| !val.is_null());
+            }
+            if filter
+                .as_deref()
+                .is_none_or(|f| m["artifactType"].as_str() == Some(f))
+            {
+                manifests.push(m);
+            }
+        }
         let mut headers = Vec::new();
-        if let Some(f) = &filter {
-            manifests.retain(|m| m["artifactType"].as_str() == Some(f.as_str()));
+        if filter.is_some() {
             headers.push(("oci-filters-applied", "artifactType".to_string()));
+        }
+        if let (true, Some(l)) = (more, &last) {
+            let mut query = vec![("n", n.to_string()), ("last", l.clone())];
+            query.extend(filter.map(|f| ("artifactType", f)));
+            let query = serde_urlencoded::to_string(&query).unwrap_or_default();
+            headers.push((
+                "link",
+                format!("</v2/{name}/referrers/{subject}?{query}>; rel=\"next\""),
+            ));
         }
         let body =
             json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}).to_string();

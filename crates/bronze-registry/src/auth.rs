@@ -22,15 +22,14 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use hmac::{KeyInit, Mac};
+use bronze_jwt::sha256;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
 
 use crate::error::RegistryError;
 
@@ -283,17 +282,16 @@ pub struct Auth {
     /// every request. Keyed by user; holds a keyed hash of the password and
     /// the bcrypt hash it matched.
     verified: Mutex<HashMap<String, ([u8; 32], String)>>,
+    /// bcrypt checks at once: a flood of wrong passwords queues here
+    /// instead of taking a blocking thread (and a core) each.
+    cpu: bronze_runtime::cpu::CpuSlots,
 }
 
 pub type SharedAuth = Arc<Auth>;
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    bronze_runtime::unix_time().as_secs()
 }
-
-type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 impl Auth {
     /// Loads the htpasswd file and the token key (created on first use in
@@ -325,6 +323,7 @@ impl Auth {
             htpasswd: Mutex::new(Htpasswd::default()),
             key,
             verified: Mutex::new(HashMap::new()),
+            cpu: bronze_runtime::cpu::CpuSlots::default(),
         };
         if auth.config.mode != Mode::None {
             auth.reload(true)?;
@@ -371,14 +370,11 @@ impl Auth {
     }
 
     fn password_key(&self, password: &str) -> [u8; 32] {
-        let mut h = sha2::Sha256::new();
-        h.update(&self.key);
-        h.update(password.as_bytes());
-        h.finalize().into()
+        sha256(&[&self.key, password.as_bytes()])
     }
 
     /// Checks `user`/`password` against the htpasswd file (bcrypt, off the
-    /// async threads; remembered once it matched).
+    /// async threads, a few at a time; remembered once it matched).
     pub async fn verify_password(&self, user: &str, password: &str) -> bool {
         if let Err(e) = self.reload(false) {
             tracing::warn!(error = %e, "cannot read the htpasswd file");
@@ -394,7 +390,9 @@ impl Auth {
             return true;
         }
         let (pw, h) = (password.to_string(), hash.clone());
-        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(pw, &h).unwrap_or(false))
+        let ok = self
+            .cpu
+            .run(move || bcrypt::verify(pw, &h).unwrap_or(false))
             .await
             .unwrap_or(false);
         if ok {
@@ -585,41 +583,20 @@ impl Auth {
         )
     }
 
-    fn sign(&self, data: &[u8]) -> Vec<u8> {
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        mac.update(data);
-        mac.finalize().into_bytes().to_vec()
-    }
-
     /// The payload of a token this registry signed (HS256 over
     /// `header.payload`), or `None`.
     fn signed_payload(&self, token: &str) -> Option<Vec<u8>> {
-        let (signed, sig) = token.rsplit_once('.')?;
-        let (head, body) = signed.split_once('.')?;
-        let header: serde_json::Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(head).ok()?).ok()?;
-        if header.get("alg")?.as_str()? != "HS256" {
-            return None;
-        }
-        let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.key).ok()?;
-        mac.update(signed.as_bytes());
-        mac.verify_slice(&sig).ok()?;
-        URL_SAFE_NO_PAD.decode(body).ok()
+        bronze_jwt::verify_hs256(&self.key, token)
     }
 
     /// `header.payload.signature` for `payload`.
     fn signed(&self, payload: &[u8]) -> String {
-        let head = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let signed = format!("{head}.{}", URL_SAFE_NO_PAD.encode(payload));
-        let sig = URL_SAFE_NO_PAD.encode(self.sign(signed.as_bytes()));
-        format!("{signed}.{sig}")
+        bronze_jwt::sign_hs256(&self.key, payload)
     }
 
     /// What a refresh token for a user with this password hash carries.
     fn fingerprint(&self, hash: &str) -> String {
-        let digest = sha2::Sha256::digest([self.key.as_slice(), hash.as_bytes()].concat());
+        let digest = sha256(&[&self.key, hash.as_bytes()]);
         URL_SAFE_NO_PAD.encode(&digest[..12])
     }
 

@@ -71,6 +71,8 @@ pub struct Server {
 struct RegistryService {
     app: api::App,
     shutdown: Shutdown,
+    /// Uploads untouched this long are purged by a collection too.
+    upload_ttl: Duration,
 }
 
 #[tonic::async_trait]
@@ -107,9 +109,10 @@ impl pb::registry_server::Registry for RegistryService {
         let purged = if dry_run {
             0
         } else {
-            self.app
-                .storage
-                .purge_uploads(Duration::from_secs(24 * 3600))
+            let (storage, ttl) = (self.app.storage.clone(), self.upload_ttl);
+            tokio::task::spawn_blocking(move || storage.purge_uploads(ttl))
+                .await
+                .map_err(|e| tonic::Status::internal(e.to_string()))?
                 .map_err(|e| tonic::Status::internal(e.to_string()))?
         };
         let report = gc::collect(&self.app.storage, &self.app.gc_lock, dry_run, grace)
@@ -197,6 +200,8 @@ impl Server {
     }
 
     pub async fn serve(self, shutdown: Shutdown) -> Result<(), StartError> {
+        // The bound addresses (port 0 resolved): what scripts and tests read.
+        tracing::info!(addr = %self.addr(), grpc = %self.grpc_addr(), root = %self.config.root, "registry serving");
         let draining = Arc::new(AtomicBool::new(false));
         let d = draining.clone();
         self.app
@@ -234,6 +239,7 @@ impl Server {
         let svc = pb::registry_server::RegistryServer::new(RegistryService {
             app: self.app.clone(),
             shutdown: shutdown.clone(),
+            upload_ttl: self.config.upload_ttl,
         });
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
         // grpc.health.v1 (grpc_health_probe, the gateway's grpc checks):
@@ -267,7 +273,6 @@ impl Server {
                 }
             }
         });
-        tracing::info!(addr = %self.config.addr, grpc = %self.config.grpc_addr, root = %self.config.root, "registry serving");
         shutdown.wait().await;
         draining.store(true, Ordering::Relaxed);
         let _ = tokio::join!(http, grpc, purger);

@@ -17,7 +17,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bronze_store::{Op, Store};
 use bytes::Bytes;
@@ -179,9 +179,7 @@ pub struct Storage {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    bronze_runtime::unix_time().as_secs()
 }
 
 /// Hashes the first `len` bytes of a file, off the async threads.
@@ -205,6 +203,40 @@ async fn hash_file(path: PathBuf, alg: Algorithm, len: u64) -> Result<Hasher, Re
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and whichever of its parents are missing, fsyncing the
+/// parent of each directory it creates: the caller then renames a file
+/// into `dir` and fsyncs `dir`, and a crash right after cannot lose the
+/// entries that lead to it (a new blob fan-out directory is an entry in
+/// its parent, durable only once the parent is fsync'd).
+fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let Some(parent) = dir.parent() else {
+        return fs::create_dir(dir);
+    };
+    create_dir_durable(parent)?;
+    match fs::create_dir(dir) {
+        // Created by a concurrent writer, who may not have fsync'd the
+        // parent yet: fsync it here too.
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    fsync_dir(parent)
+}
+
+/// Filesystem and store work (creates, fsyncs, fsync'd commits) on the
+/// blocking pool, never on an async worker: the store says callers run it
+/// on a blocking thread, and a slow disk must not stall other requests.
+async fn off_worker<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, RegistryError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RegistryError::Internal(e.to_string()))?
 }
 
 impl Storage {
@@ -255,24 +287,21 @@ impl Storage {
             .join("uploads")
             .join(format!("put-{}", uuid::Uuid::new_v4()));
         let root = self.root.clone();
-        let this_dest = dest.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        off_worker(move || {
             let mut f = File::create(&temp)?;
             f.write_all(&data)?;
             f.sync_all()?;
             drop(f);
-            let dir = this_dest.parent().unwrap_or(&root).to_path_buf();
-            fs::create_dir_all(&dir)?;
-            if this_dest.exists() {
+            let dir = dest.parent().unwrap_or(&root).to_path_buf();
+            create_dir_durable(&dir)?;
+            if dest.exists() {
                 let _ = fs::remove_file(&temp);
                 return Ok(());
             }
-            fs::rename(&temp, &this_dest)?;
-            fsync_dir(&dir)
+            fs::rename(&temp, &dest)?;
+            Ok(fsync_dir(&dir)?)
         })
         .await
-        .map_err(|e| RegistryError::Internal(e.to_string()))??;
-        Ok(())
     }
 
     pub async fn read_all(&self, d: &Digest) -> Result<Bytes, RegistryError> {
@@ -326,14 +355,18 @@ impl Storage {
 
     pub async fn start_upload(&self, repo: &Name) -> Result<UploadHandle, RegistryError> {
         let id = uuid::Uuid::new_v4().to_string();
-        File::create(self.upload_path(&id))?;
         let record = UploadRecord {
             repo: repo.to_string(),
             created: now_secs(),
         };
         let bytes =
             serde_json::to_vec(&record).map_err(|e| RegistryError::Internal(e.to_string()))?;
-        self.meta.put(NS_UPLOADS, &id, &bytes)?;
+        let (path, meta, key) = (self.upload_path(&id), self.meta.clone(), id.clone());
+        off_worker(move || {
+            File::create(path)?;
+            Ok(meta.put(NS_UPLOADS, &key, &bytes)?)
+        })
+        .await?;
         let handle = Arc::new(tokio::sync::Mutex::new(Upload {
             id: id.clone(),
             repo: repo.clone(),
@@ -345,7 +378,7 @@ impl Storage {
     }
 
     /// An upload of `repo` by ID (also one begun before a restart).
-    pub fn upload(&self, repo: &Name, id: &str) -> Result<UploadHandle, RegistryError> {
+    pub async fn upload(&self, repo: &Name, id: &str) -> Result<UploadHandle, RegistryError> {
         let unknown = || RegistryError::BlobUploadUnknown(format!("{id:?} in {repo}"));
         if uuid::Uuid::parse_str(id).is_err() {
             return Err(unknown());
@@ -353,7 +386,13 @@ impl Storage {
         if let Some(h) = self.uploads.lock().get(id) {
             return Ok(h.clone());
         }
-        let record: UploadRecord = match self.meta.get(NS_UPLOADS, id)? {
+        let (meta, path, key) = (self.meta.clone(), self.upload_path(id), id.to_string());
+        let (record, size) = off_worker(move || {
+            let record = meta.get(NS_UPLOADS, &key)?;
+            Ok((record, fs::metadata(path).map(|m| m.len())))
+        })
+        .await?;
+        let record: UploadRecord = match record {
             Some(b) => {
                 serde_json::from_slice(&b).map_err(|e| RegistryError::Internal(e.to_string()))?
             }
@@ -362,9 +401,7 @@ impl Storage {
         if record.repo != repo.as_str() {
             return Err(unknown());
         }
-        let offset = fs::metadata(self.upload_path(id))
-            .map_err(|_| unknown())?
-            .len();
+        let offset = size.map_err(|_| unknown())?;
         let handle = Arc::new(tokio::sync::Mutex::new(Upload {
             id: id.to_string(),
             repo: repo.clone(),
@@ -433,29 +470,12 @@ impl Storage {
         }
         let path = self.upload_path(&upload.id);
         let size = upload.offset;
-        let temp = path.clone();
-        tokio::task::spawn_blocking(move || {
-            OpenOptions::new()
-                .write(true)
-                .open(&temp)
-                .and_then(|f| f.sync_all())
-        })
-        .await
-        .map_err(|e| RegistryError::Internal(e.to_string()))??;
-        let this_root = self.root.clone();
-        let blob = self.blob_path(expected);
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let dir = blob.parent().unwrap_or(&this_root).to_path_buf();
-            fs::create_dir_all(&dir)?;
-            if blob.exists() {
-                return fs::remove_file(&path);
-            }
-            fs::rename(&path, &blob)?;
-            fsync_dir(&dir)
-        })
-        .await
-        .map_err(|e| RegistryError::Internal(e.to_string()))??;
-        self.meta.apply(&[
+        let (root, blob, meta) = (
+            self.root.clone(),
+            self.blob_path(expected),
+            self.meta.clone(),
+        );
+        let ops = [
             Op::put(
                 NS_LINKS,
                 key(&upload.repo, &expected.to_string()),
@@ -463,14 +483,38 @@ impl Storage {
             ),
             Op::put(NS_REPOS, upload.repo.to_string(), Vec::new()),
             Op::delete(NS_UPLOADS, upload.id.clone()),
-        ])?;
+        ];
+        off_worker(move || {
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.sync_all())?;
+            let dir = blob.parent().unwrap_or(&root).to_path_buf();
+            create_dir_durable(&dir)?;
+            if blob.exists() {
+                fs::remove_file(&path)?;
+            } else {
+                fs::rename(&path, &blob)?;
+                fsync_dir(&dir)?;
+            }
+            Ok(meta.apply(&ops)?)
+        })
+        .await?;
         self.uploads.lock().remove(&upload.id);
         Ok(size)
     }
 
-    pub fn cancel_upload(&self, upload: &Upload) -> Result<(), RegistryError> {
-        let _ = fs::remove_file(self.upload_path(&upload.id));
-        self.meta.delete(NS_UPLOADS, &upload.id)?;
+    pub async fn cancel_upload(&self, upload: &Upload) -> Result<(), RegistryError> {
+        let (path, meta, id) = (
+            self.upload_path(&upload.id),
+            self.meta.clone(),
+            upload.id.clone(),
+        );
+        off_worker(move || {
+            let _ = fs::remove_file(path);
+            Ok(meta.delete(NS_UPLOADS, &id)?)
+        })
+        .await?;
         self.uploads.lock().remove(&upload.id);
         Ok(())
     }

@@ -9,8 +9,11 @@
 //!   TLS, shared by every listener.
 //! * [`grpc`] (feature `grpc`): the gRPC health service of every gRPC
 //!   port.
+//! * [`cpu::CpuSlots`]: CPU-heavy work (bcrypt) on the blocking pool, a
+//!   few at a time.
 
 pub mod config;
+pub mod cpu;
 pub mod duration;
 #[cfg(feature = "grpc")]
 pub mod grpc;
@@ -19,6 +22,15 @@ pub mod proxy_protocol;
 pub mod serve;
 
 use tokio_util::sync::CancellationToken;
+
+/// Time since the Unix epoch (zero for a clock set before it): the one
+/// wall-clock reading every component's timestamps, token expiries and
+/// rate windows come from.
+pub fn unix_time() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
 
 /// Exit code for a usage or configuration error (sysexits' EX_USAGE).
 pub const EX_USAGE: i32 = 64;

@@ -45,6 +45,32 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Applies every operation in one transaction: all or nothing.
     fn apply(&self, ops: &[Op]) -> Result<(), StoreError>;
+
+    /// Calls `each` with every entry whose key starts with `prefix`, in key
+    /// order, reading `page` entries at a time (at least one): memory stays
+    /// bounded however many there are. Each page is its own read, so
+    /// writes between pages may or may not be seen.
+    fn scan_each(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        page: usize,
+        each: &mut dyn FnMut(String, Vec<u8>),
+    ) -> Result<(), StoreError> {
+        let page = page.max(1);
+        let mut after: Option<String> = None;
+        loop {
+            let entries = self.scan(namespace, prefix, after.as_deref(), page)?;
+            let full = entries.len() == page;
+            after = entries.last().map(|(k, _)| k.clone());
+            for (k, v) in entries {
+                each(k, v);
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// One write of a transaction ([`Store::apply`]).
@@ -289,6 +315,23 @@ mod tests {
         conformance::run(&RedbStore::open(&path).expect("open"));
         conformance::durability(&|| Box::new(RedbStore::open(&path).expect("open")));
         conformance::run(&RedbStore::in_memory().expect("mem"));
+    }
+
+    #[test]
+    fn scan_each_reads_everything_a_page_at_a_time() {
+        let s = RedbStore::in_memory().expect("mem");
+        let ops: Vec<Op> = (0..7)
+            .map(|i| Op::put("t", format!("a/{i}"), vec![i]))
+            .chain([Op::put("t", "b/0", vec![9])])
+            .collect();
+        s.apply(&ops).expect("apply");
+        for page in [0, 1, 2, 3, 7, 100] {
+            let mut seen = Vec::new();
+            s.scan_each("t", "a/", page, &mut |k, v| seen.push((k, v[0])))
+                .expect("scan");
+            let want: Vec<(String, u8)> = (0..7).map(|i| (format!("a/{i}"), i)).collect();
+            assert_eq!(seen, want, "page {page}");
+        }
     }
 
     #[test]

@@ -14,6 +14,11 @@ mod table;
 mod units;
 mod words;
 
+/// The gateway binary's allocator (see `bronze-gateway`'s main.rs), so
+/// `bronze dev` proxies with what the benchmarks measured.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use bronze_runtime::EX_USAGE;
 use clap::{Parser, Subcommand};
 

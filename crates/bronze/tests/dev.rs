@@ -206,6 +206,28 @@ async fn dev_prints_its_listeners_serves_and_stops_on_sigterm() {
         .expect("bronze service rm");
     assert!(rm.status.success());
     assert_eq!(answers, 2, "two replicas registered by the registrator");
+    // The agent removes the service's containers (before bronze dev stops).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=bronze.service.name={svc}"),
+            ])
+            .output()
+            .expect("docker ps");
+        if out.stdout.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "containers of a removed service are removed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("docker").args(["rmi", &image]).output();
     // The gateway answers (no routes configured yet: Kong's 404).
     let gateway = addr_of("gateway");
     let r = reqwest::get(format!("http://{gateway}/anything"))
@@ -326,4 +348,18 @@ fn bad_dev_config_exits_64_naming_the_key() {
 fn help_lists_dev() {
     let out = Command::new(BIN).arg("--help").output().expect("runs");
     assert!(String::from_utf8_lossy(&out.stdout).contains("dev"));
+}
+
+/// `bronze` allocates with mimalloc, as the gateway binary does: asked to
+/// show its statistics at exit (its own environment variable), it does.
+#[test]
+fn bronze_uses_the_gateways_allocator() {
+    let out = std::process::Command::new(BIN)
+        .arg("--help")
+        .env("MIMALLOC_SHOW_STATS", "1")
+        .output()
+        .expect("bronze runs");
+    assert!(out.status.success());
+    let stats = String::from_utf8_lossy(&out.stderr);
+    assert!(stats.contains("pages") && stats.contains("peak"), "{stats}");
 }

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::harness::{Running, consul_index, eventually};
+use crate::harness::{Running, consul_index, eventually, kept_alive_by_refreshes};
 
 #[tokio::test]
 async fn register_list_and_deregister() {
@@ -191,8 +191,9 @@ async fn blocking_queries_wait_for_a_change_or_the_timeout() {
         let i = consul_index(&r);
         (i, r.json::<serde_json::Value>().await.expect("json"))
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!waiter.is_finished(), "returned before any change");
+    // Parked before the change or asking after it, it answers with an
+    // index past the change's and the instance it added (that a query at
+    // the current index waits is shown above, by the 300 ms wait).
     s.register(json!({"ID": "b", "Name": "web", "Port": 81}))
         .await;
     let (new_index, body) = tokio::time::timeout(Duration::from_secs(10), waiter)
@@ -248,13 +249,12 @@ async fn ttl_checks_expire_and_critical_instances_are_deregistered() {
         "Check": {"CheckID": "gone", "TTL": "200ms", "Status": "passing", "DeregisterCriticalServiceAfter": "300ms"}}))
         .await;
     // Refreshing keeps it passing.
-    for _ in 0..4 {
+    kept_alive_by_refreshes(Duration::from_millis(300), || async {
         assert_eq!(s.put("/v1/agent/check/pass/t?note=alive", "").await.0, 200);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (_, checks) = s.get_json("/v1/agent/checks").await;
-    assert_eq!(checks["t"]["Status"], "passing");
-    assert_eq!(checks["t"]["Output"], "alive");
+        let (_, checks) = s.get_json("/v1/agent/checks").await;
+        checks["t"]["Status"] == "passing" && checks["t"]["Output"] == "alive"
+    })
+    .await;
     eventually(
         Duration::from_secs(10),
         "TTL expiry turns the check critical",

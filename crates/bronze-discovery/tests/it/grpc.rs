@@ -6,7 +6,7 @@ use bronze_proto::discovery::v1 as pb;
 use pb::watch_event::Event;
 use tonic::Code;
 
-use crate::harness::{Running, eventually};
+use crate::harness::{Running, eventually, kept_alive_by_refreshes};
 
 fn instance(id: &str, service: &str, port: u32) -> pb::InstanceSpec {
     pb::InstanceSpec {
@@ -185,20 +185,23 @@ async fn heartbeat_refreshes_ttls_and_reports_status() {
                 .health
         }
     };
-    for _ in 0..6 {
-        let hb = c
-            .heartbeat(pb::HeartbeatRequest {
-                owner: "reg-1".into(),
-                reports: vec![],
-            })
-            .await
-            .expect("heartbeat")
-            .into_inner();
-        assert_eq!(hb.refreshed, 1);
-        assert_eq!(hb.instance_ids, vec!["h1"]);
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
-    assert_eq!(health(&mut c).await, pb::HealthStatus::Passing as i32);
+    kept_alive_by_refreshes(Duration::from_millis(400), || {
+        let mut c = c.clone();
+        async move {
+            let hb = c
+                .heartbeat(pb::HeartbeatRequest {
+                    owner: "reg-1".into(),
+                    reports: vec![],
+                })
+                .await
+                .expect("heartbeat")
+                .into_inner();
+            assert_eq!(hb.refreshed, 1);
+            assert_eq!(hb.instance_ids, vec!["h1"]);
+            health(&mut c).await == pb::HealthStatus::Passing as i32
+        }
+    })
+    .await;
     // A report sets the status it carries.
     c.heartbeat(pb::HeartbeatRequest {
         owner: "reg-1".into(),

@@ -191,3 +191,32 @@ pub fn flags(out: &str) -> Vec<String> {
         .map(|s| s.split_whitespace().map(String::from).collect())
         .unwrap_or_default()
 }
+
+/// Shows that refreshes keep a TTL check alive without racing the clock:
+/// `round` refreshes, then says whether the check is as a refreshed one
+/// should be. A round that took less than `ttl` must say yes (one that
+/// took longer, on a loaded machine, proves nothing either way); this ends
+/// once a conclusive round ended past `ttl` from the start, so the
+/// refreshes, not the first registration, are what kept it.
+pub async fn kept_alive_by_refreshes<F, Fut>(ttl: Duration, mut round: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_secs(30);
+    loop {
+        let began = tokio::time::Instant::now();
+        let held = round().await;
+        if began.elapsed() < ttl {
+            assert!(held, "the check was not kept alive by a refresh");
+            if started.elapsed() > ttl {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no round finished within the TTL of its refresh in 30 s"
+        );
+    }
+}

@@ -323,15 +323,9 @@ fn statuses(v: &Option<Vec<u16>>, field: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Kong's health check seconds (0 to 65535).
 fn seconds(v: Option<f64>, field: &str, default: f64) -> Result<Duration, Invalid> {
-    let s = v.unwrap_or(default);
-    if !(0.0..=65535.0).contains(&s) || !s.is_finite() {
-        return Err(Invalid::new(
-            field,
-            format!("{s}: expected seconds between 0 and 65535"),
-        ));
-    }
-    Ok(Duration::from_secs_f64(s))
+    crate::declarative::seconds(v, default, 65535.0, field)
 }
 
 fn hash_on(

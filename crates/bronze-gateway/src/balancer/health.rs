@@ -1,6 +1,7 @@
 //! Kong's active health checks: one background task per upstream checks
-//! each target (`GET <http_path>` over HTTP/1.1, in TLS for `https`, or a
-//! TCP connect for `tcp`), every `healthy.interval` seconds while it is
+//! each target (`GET <http_path>` over HTTP/1.1, in TLS for `https`, a
+//! TCP connect for `tcp`, `grpc.health.v1.Health/Check` over HTTP/2 for
+//! `grpc`/`grpcs`, its short answer decoded), every `healthy.interval` seconds while it is
 //! healthy and every `unhealthy.interval` while it is not, at most
 //! `concurrency` at once, and counts the outcome against the
 //! `healthchecks.active` thresholds. The task ends when its upstream is
@@ -108,6 +109,11 @@ async fn http_get(io: UpIo, active: &ActiveSettings, target: &TargetState) -> Ou
     }
 }
 
+/// The most of a gRPC health answer's body a check reads. The answer is a
+/// few bytes (one message holding one enum); a longer body is a failed
+/// check, not a reason to keep reading.
+const GRPC_HEALTH_BODY_LIMIT: usize = 1024;
+
 /// `grpc.health.v1.Health/Check` for the whole server (an empty
 /// request): passed when it answers SERVING.
 async fn grpc_health(io: UpIo, tls: bool, target: &TargetState) -> Outcome {
@@ -141,22 +147,47 @@ async fn grpc_health(io: UpIo, tls: bool, target: &TargetState) -> Outcome {
         return Outcome::Status(resp.status().as_u16());
     }
     let (parts, body) = resp.into_parts();
-    let Ok(collected) = body.collect().await else {
-        return Outcome::TcpFailure;
+    let collected = match http_body_util::Limited::new(body, GRPC_HEALTH_BODY_LIMIT)
+        .collect()
+        .await
+    {
+        Ok(c) => c,
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            tracing::debug!(target = %target.addr, limit = GRPC_HEALTH_BODY_LIMIT,
+                "gRPC health answer longer than a health answer can be");
+            return Outcome::Failed;
+        }
+        Err(_) => return Outcome::TcpFailure,
     };
-    let status = |h: Option<&http::HeaderMap>| {
-        h.and_then(|h| h.get("grpc-status"))
-            .map(|v| v.as_bytes().to_vec())
-    };
+    let status = |h: Option<&http::HeaderMap>| h.and_then(|h| h.get("grpc-status")).cloned();
     let trailers = collected.trailers().cloned();
+    // A trailers-only answer (an error) carries grpc-status in its headers.
     let grpc_status = status(trailers.as_ref()).or_else(|| status(Some(&parts.headers)));
-    // HealthCheckResponse{status: SERVING}: field 1, varint 1.
-    let serving = collected.to_bytes()[..] == [0, 0, 0, 0, 2, 0x08, 0x01];
-    if grpc_status.as_deref() == Some(b"0") && serving {
+    if grpc_status.as_ref().map(http::HeaderValue::as_bytes) == Some(b"0")
+        && grpc_serving(&collected.to_bytes())
+    {
         Outcome::Passed
     } else {
         Outcome::Failed
     }
+}
+
+/// Whether a `Health/Check` answer's body says SERVING: exactly one
+/// uncompressed gRPC message (the check asks for no compression), decoded
+/// as a `grpc.health.v1.HealthCheckResponse`, so any valid encoding of
+/// SERVING passes (unknown fields, a repeated field whose last value
+/// wins, a non-minimal varint) and nothing else does.
+pub(crate) fn grpc_serving(body: &[u8]) -> bool {
+    use prost::Message as _;
+    use tonic_health::pb::HealthCheckResponse;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let [0, l0, l1, l2, l3, message @ ..] = body else {
+        return false;
+    };
+    if u32::from_be_bytes([*l0, *l1, *l2, *l3]) as usize != message.len() {
+        return false;
+    }
+    HealthCheckResponse::decode(message).is_ok_and(|r| r.status() == ServingStatus::Serving)
 }
 
 /// Runs the active checks of `upstream` until it is dropped.
@@ -221,5 +252,52 @@ pub async fn run_active(upstream: Weak<Upstream>) {
             .min(Instant::now() + Duration::from_secs(1))
             .max(Instant::now() + Duration::from_millis(10));
         tokio::time::sleep_until(next).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grpc_serving;
+
+    /// A gRPC frame around `message`: flag, big-endian length, bytes.
+    fn frame(compressed: u8, message: &[u8]) -> Vec<u8> {
+        let mut f = vec![compressed];
+        f.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+        f.extend_from_slice(message);
+        f
+    }
+
+    #[test]
+    fn any_valid_encoding_of_serving_passes() {
+        // What tonic writes: field 1, varint 1.
+        assert!(grpc_serving(&frame(0, &[0x08, 0x01])));
+        // An unknown field (a newer schema) before and after it.
+        assert!(grpc_serving(&frame(
+            0,
+            &[0x18, 0x07, 0x08, 0x01, 0x22, 0x01, b'x']
+        )));
+        // The field twice: the last value wins.
+        assert!(grpc_serving(&frame(0, &[0x08, 0x02, 0x08, 0x01])));
+        // A non-minimal varint.
+        assert!(grpc_serving(&frame(0, &[0x08, 0x81, 0x00])));
+    }
+
+    #[test]
+    fn anything_else_fails() {
+        // NOT_SERVING, UNKNOWN (the empty message), SERVICE_UNKNOWN.
+        for message in [&[0x08, 0x02][..], &[], &[0x08, 0x03]] {
+            assert!(!grpc_serving(&frame(0, message)), "{message:?}");
+        }
+        // SERVING, but compressed (never asked for), or a second message.
+        assert!(!grpc_serving(&frame(1, &[0x08, 0x01])));
+        let mut two = frame(0, &[0x08, 0x01]);
+        two.extend(frame(0, &[0x08, 0x01]));
+        assert!(!grpc_serving(&two));
+        // A frame shorter or longer than its length, no frame, garbage.
+        assert!(!grpc_serving(&[0, 0, 0, 0, 3, 0x08, 0x01]));
+        assert!(!grpc_serving(&[0, 0, 0, 0, 1, 0x08, 0x01]));
+        assert!(!grpc_serving(&[]));
+        assert!(!grpc_serving(&frame(0, &[0x08])));
+        assert!(!grpc_serving(&frame(0, &[0xff, 0xff, 0xff])));
     }
 }

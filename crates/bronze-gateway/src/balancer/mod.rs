@@ -368,9 +368,11 @@ impl Group {
 }
 
 /// The gateway-wide state behind every configuration: per-target state,
-/// the last DNS answers, the resolver.
+/// the last DNS answers, the resolver, and what plugins keep (rate-limiting
+/// counters, password hashes, bcrypt slots). One per gateway.
 #[derive(Debug, Default)]
 pub struct Registry {
+    pub plugins: Arc<crate::plugins::Shared>,
     states: Mutex<HashMap<(String, String), Weak<TargetState>>>,
     /// Last answer for each DNS name (`dns:host:port`; empty: no SRV
     /// records) and until when it holds, and each discovery service's
@@ -399,6 +401,16 @@ impl Registry {
             discovery,
             ..Self::default()
         }
+    }
+
+    /// A registry for a compile that only validates: no target state of
+    /// its own, this one's plugin state (so passwords hashed while
+    /// validating are not hashed again).
+    pub fn scratch(&self) -> Arc<Self> {
+        Arc::new(Self {
+            plugins: self.plugins.clone(),
+            ..Self::default()
+        })
     }
 
     /// Gives https active checks the server's TLS client configurations

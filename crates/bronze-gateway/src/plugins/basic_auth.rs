@@ -7,7 +7,8 @@
 //! bcrypt costs tens of milliseconds of CPU by design, so it never runs on
 //! the worker thread that serves other connections: `prepare` hands the
 //! check to the proxy as a [`Verification`], which runs on the blocking
-//! pool, a few at a time (`SLOTS`), while the worker goes on serving;
+//! pool, a few at a time (the gateway's `CpuSlots`), while the worker
+//! goes on serving;
 //! `access` then reads its [`Verdict`]. Without that, a client sending
 //! wrong passwords would stall every request behind it (with `--workers
 //! 1`, all of them).
@@ -15,10 +16,10 @@
 use std::sync::Arc;
 
 use base64::Engine;
+use bronze_runtime::cpu::CpuSlots;
 use http::header::HeaderValue;
 use parking_lot::RwLock;
 use serde::Deserialize;
-use sha2::Digest;
 
 use super::{Answer, Credentials, Ctx, Plugin, parse_config, set_consumer};
 use crate::declarative::{BasicAuthCredential, Invalid};
@@ -40,6 +41,7 @@ pub struct Verification {
     key: [u8; 32],
     hash: String,
     password: String,
+    slots: Arc<CpuSlots>,
 }
 
 /// Whether the password of a `Verification` matched its hash.
@@ -48,37 +50,66 @@ pub struct Verdict {
     ok: bool,
 }
 
-/// bcrypt checks running at once: one core's worth of them fewer than the
-/// machine has (at least one), so that a flood of wrong passwords leaves
-/// the workers a core; the rest wait their turn without holding a thread.
-static SLOTS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    tokio::sync::Semaphore::new(cores.saturating_sub(1).max(1))
-});
-
 impl Verification {
-    /// Runs the check on the blocking pool once a slot is free.
+    /// Runs the check on the blocking pool once one of the gateway's
+    /// slots for CPU-heavy work is free.
     pub async fn run(self) -> Verdict {
-        // The semaphore is never closed; without a permit the check runs
-        // anyway rather than fail the request.
-        let _slot = SLOTS.acquire().await.ok();
         let Self {
             key,
             hash,
             password,
+            slots,
         } = self;
-        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
+        let ok = slots
+            .run(move || bcrypt::verify(password, &hash))
             .await
-            .is_ok_and(|r| r.unwrap_or(false));
+            .is_some_and(|r| r.unwrap_or(false));
         Verdict { key, ok }
     }
 }
 
 /// Hashes of plain-text passwords, kept across recompiles (a configuration
 /// rebuilt when discovery changes must not pay bcrypt again). Keyed by
-/// username and the password's SHA-256.
-type HashCache = parking_lot::Mutex<std::collections::HashMap<(String, [u8; 32]), String>>;
-static HASHED: std::sync::LazyLock<HashCache> = std::sync::LazyLock::new(Default::default);
+/// username and the password's SHA-256; the most recently used
+/// [`HashCache::ENTRIES`] are kept. One per gateway (`plugins::Shared`).
+pub struct HashCache(
+    parking_lot::Mutex<crate::lru::Lru<(String, [u8; 32]), String, std::hash::RandomState>>,
+);
+
+impl Default for HashCache {
+    fn default() -> Self {
+        Self(parking_lot::Mutex::new(crate::lru::Lru::with_hasher(
+            Self::ENTRIES,
+            Default::default(),
+        )))
+    }
+}
+
+impl HashCache {
+    pub const ENTRIES: usize = 4096;
+
+    /// The bcrypt hash of a plain-text password (from the cache when this
+    /// username and password were hashed before); a password that already
+    /// is a bcrypt hash is returned as it is. The Admin API stores
+    /// credentials this way, so they are never kept or shown in clear.
+    pub fn hashed(&self, username: &str, password: &str) -> Result<String, String> {
+        if is_hashed(password) {
+            return Ok(password.to_string());
+        }
+        let digest = crate::sha256(&[password.as_bytes()]);
+        let key = (username.to_string(), digest);
+        if let Some(h) = self.0.lock().get(&key) {
+            return Ok(h.clone());
+        }
+        let h = bcrypt::hash(password, COST).map_err(|e| format!("cannot hash: {e}"))?;
+        self.0.lock().get_or_insert_with(key, || h.clone());
+        Ok(h)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().len()
+    }
+}
 
 /// Whether `password` is already a bcrypt hash (`$2a$`, `$2b$`, `$2y$`).
 pub fn is_hashed(password: &str) -> bool {
@@ -87,26 +118,13 @@ pub fn is_hashed(password: &str) -> bool {
         .any(|p| password.starts_with(p))
 }
 
-/// The bcrypt hash of a plain-text password (from the cache when this
-/// username and password were hashed before); a password that already is
-/// a bcrypt hash is returned as it is. The Admin API stores credentials
-/// this way, so they are never kept or shown in clear.
-pub fn hashed(username: &str, password: &str) -> Result<String, String> {
-    if is_hashed(password) {
-        return Ok(password.to_string());
-    }
-    let digest: [u8; 32] = sha2::Sha256::digest(password.as_bytes()).into();
-    let key = (username.to_string(), digest);
-    if let Some(h) = HASHED.lock().get(&key) {
-        return Ok(h.clone());
-    }
-    let h = bcrypt::hash(password, COST).map_err(|e| format!("cannot hash: {e}"))?;
-    HASHED.lock().insert(key, h.clone());
-    Ok(h)
-}
-
 impl Credential {
-    pub fn new(c: &BasicAuthCredential, consumer: u32, field: &str) -> Result<Self, Invalid> {
+    pub fn new(
+        c: &BasicAuthCredential,
+        consumer: u32,
+        field: &str,
+        hashes: &HashCache,
+    ) -> Result<Self, Invalid> {
         if c.username.is_empty() || c.username.contains(':') {
             return Err(Invalid::new(
                 format!("{field}.username"),
@@ -127,7 +145,8 @@ impl Credential {
                 )
             })?;
         }
-        let hash = hashed(&c.username, &c.password)
+        let hash = hashes
+            .hashed(&c.username, &c.password)
             .map_err(|e| Invalid::new(format!("{field}.password"), e))?;
         Ok(Self {
             consumer,
@@ -141,15 +160,16 @@ impl Credential {
     /// (a verdict for another credential, or for this one before its
     /// password changed, does not match).
     fn key(&self, password: &str) -> [u8; 32] {
-        let mut h = sha2::Sha256::new();
-        h.update(self.hash.as_bytes());
-        h.update([0]);
-        h.update(password.as_bytes());
-        h.finalize().into()
+        crate::sha256(&[self.hash.as_bytes(), &[0], password.as_bytes()])
     }
 
     /// The check `password` still needs, `None` when it verified before.
-    fn verification(&self, password: &str, verdict: Option<&Verdict>) -> Option<Verification> {
+    fn verification(
+        &self,
+        password: &str,
+        verdict: Option<&Verdict>,
+        slots: &Arc<CpuSlots>,
+    ) -> Option<Verification> {
         let key = self.key(password);
         if self.verified.read().contains(&key) || verdict.is_some_and(|v| v.key == key) {
             return None;
@@ -158,6 +178,7 @@ impl Credential {
             key,
             hash: self.hash.clone(),
             password: password.to_string(),
+            slots: slots.clone(),
         })
     }
 
@@ -199,6 +220,7 @@ pub struct BasicAuth {
     hide_credentials: bool,
     challenge: HeaderValue,
     credentials: Arc<Credentials>,
+    slots: Arc<CpuSlots>,
 }
 
 impl BasicAuth {
@@ -206,6 +228,7 @@ impl BasicAuth {
         config: Option<&serde_json::Value>,
         field: &str,
         credentials: &Arc<Credentials>,
+        slots: &Arc<CpuSlots>,
     ) -> Result<Self, Invalid> {
         let c: Config = parse_config(config, field)?;
         let realm = c.realm.unwrap_or_else(|| "service".into());
@@ -220,6 +243,7 @@ impl BasicAuth {
                 |_| Invalid::new(format!("{field}.realm"), "expected a header-safe realm"),
             )?,
             credentials: credentials.clone(),
+            slots: slots.clone(),
         })
     }
 
@@ -269,10 +293,11 @@ impl Plugin for BasicAuth {
         let (_, Some((user, password))) = Self::presented(&req.headers)? else {
             return None;
         };
-        self.credentials
-            .basic
-            .get(&user)?
-            .verification(&password, ctx.verdict.as_ref())
+        self.credentials.basic.get(&user)?.verification(
+            &password,
+            ctx.verdict.as_ref(),
+            &self.slots,
+        )
     }
 
     fn access(&self, req: &mut http::request::Parts, ctx: &mut Ctx) -> Result<(), Answer> {

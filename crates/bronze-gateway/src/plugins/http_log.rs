@@ -96,9 +96,7 @@ pub struct HttpLog {
 /// Seconds as a duration: finite and not negative, or an error naming
 /// the field.
 fn seconds(v: Option<f64>, default: f64, field: &str) -> Result<Duration, Invalid> {
-    let s = v.unwrap_or(default);
-    Duration::try_from_secs_f64(s)
-        .map_err(|_| Invalid::new(field, format!("{s}: expected seconds, 0 or more")))
+    crate::declarative::seconds(v, default, f64::INFINITY, field)
 }
 
 impl HttpLog {

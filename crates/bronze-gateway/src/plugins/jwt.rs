@@ -11,13 +11,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use base64::Engine;
+use bronze_jwt::{Algorithm, Key, Malformed, Token};
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, StatusCode};
-use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
 use super::{Answer, Credentials, Ctx, Plugin, exit_raw, parse_config, set_consumer};
@@ -31,18 +30,12 @@ pub struct Secret {
     /// The secret as given (HS*; decoded per plugin when
     /// `secret_is_base64`), or the RSA key.
     secret: Option<String>,
-    rsa: Option<DecodingKey>,
+    rsa: Option<Key>,
     identifier: HeaderValue,
 }
 
 fn algorithm(name: &str) -> Option<Algorithm> {
-    Some(match name {
-        "HS256" => Algorithm::HS256,
-        "HS384" => Algorithm::HS384,
-        "HS512" => Algorithm::HS512,
-        "RS256" => Algorithm::RS256,
-        _ => return None,
-    })
+    Algorithm::from_name(name)
 }
 
 impl Secret {
@@ -73,7 +66,7 @@ impl Secret {
                 )
             })?;
             Some(
-                DecodingKey::from_rsa_pem(pem.as_bytes())
+                Key::rsa_pem(pem)
                     .map_err(|e| Invalid::new(f("rsa_public_key"), format!("invalid key: {e}")))?,
             )
         } else {
@@ -129,7 +122,7 @@ struct Config {
 }
 
 /// JWKS keys by `kid`.
-type Jwks = HashMap<String, (DecodingKey, Option<Algorithm>)>;
+type Jwks = HashMap<String, (Key, Option<Algorithm>)>;
 
 pub struct Jwt {
     uri_params: Vec<String>,
@@ -149,21 +142,7 @@ pub struct Jwt {
 
 /// Parses a JWKS document.
 pub fn parse_jwks(text: &[u8]) -> Result<Jwks, String> {
-    let set: jsonwebtoken::jwk::JwkSet =
-        serde_json::from_slice(text).map_err(|e| format!("not a JWKS document: {e}"))?;
-    let mut out = HashMap::new();
-    for k in &set.keys {
-        let Some(kid) = k.common.key_id.clone() else {
-            continue;
-        };
-        let alg = k
-            .common
-            .key_algorithm
-            .and_then(|a| algorithm(&a.to_string()));
-        let key = DecodingKey::from_jwk(k).map_err(|e| format!("key {kid:?}: {e}"))?;
-        out.insert(kid, (key, alg));
-    }
-    Ok(out)
+    bronze_jwt::parse_jwks(text)
 }
 
 async fn fetch_jwks(source: &Source) -> Result<Jwks, String> {
@@ -221,16 +200,8 @@ async fn refresh(source: Source, store: Weak<ArcSwap<Jwks>>, every: Duration) {
     }
 }
 
-fn b64url(s: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s.trim_end_matches('='))
-        .ok()
-}
-
 fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    bronze_runtime::unix_time().as_secs_f64()
 }
 
 /// Kong's claim checks: a map of claim to error, empty when fine.
@@ -460,24 +431,12 @@ impl Jwt {
         token: &str,
     ) -> Result<(Option<Arc<super::Consumer>>, HeaderValue), serde_json::Value> {
         let message = |m: &str| serde_json::json!({ "message": m });
-        let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(sig), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(message("Bad token; invalid JWT"));
-        };
-        let header: serde_json::Value = b64url(h)
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| message("Bad token; invalid JSON"))?;
-        let claims: serde_json::Map<String, serde_json::Value> = b64url(p)
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| message("Bad token; invalid JSON"))?;
-        let alg = header
-            .get("alg")
-            .and_then(|a| a.as_str())
-            .and_then(algorithm)
-            .ok_or_else(|| message("Invalid algorithm"))?;
-        let signed = &token[..h.len() + 1 + p.len()];
+        let t = Token::parse(token).map_err(|e| match e {
+            Malformed::Shape => message("Bad token; invalid JWT"),
+            Malformed::Json => message("Bad token; invalid JSON"),
+        })?;
+        let (header, claims) = (&t.header, &t.claims);
+        let alg = t.algorithm().ok_or_else(|| message("Invalid algorithm"))?;
         let key_claim = claims.get(&self.key_claim);
         let secret = key_claim
             .and_then(|v| v.as_str())
@@ -493,9 +452,8 @@ impl Jwt {
             if key_alg.is_some_and(|a| a != alg) {
                 return Err(message("Invalid algorithm"));
             }
-            match jsonwebtoken::crypto::verify(sig, signed.as_bytes(), &key, alg) {
-                Ok(true) => {}
-                _ => return Err(message("Invalid signature")),
+            if !t.verified_by(&key, alg) {
+                return Err(message("Invalid signature"));
             }
             match secret {
                 Some(s) => (
@@ -532,17 +490,15 @@ impl Jwt {
                 None => {
                     let raw = secret.secret.as_deref().unwrap_or("");
                     hmac = if self.secret_is_base64 {
-                        DecodingKey::from_base64_secret(raw)
-                            .map_err(|_| message("Invalid key/secret"))?
+                        Key::base64_secret(raw).map_err(|_| message("Invalid key/secret"))?
                     } else {
-                        DecodingKey::from_secret(raw.as_bytes())
+                        Key::Secret(raw.as_bytes().to_vec())
                     };
                     &hmac
                 }
             };
-            match jsonwebtoken::crypto::verify(sig, signed.as_bytes(), key, alg) {
-                Ok(true) => {}
-                _ => return Err(message("Invalid signature")),
+            if !t.verified_by(key, alg) {
+                return Err(message("Invalid signature"));
             }
             (
                 Some(self.credentials.consumers[secret.consumer as usize].clone()),
@@ -550,7 +506,7 @@ impl Jwt {
             )
         };
         let errors = check_claims(
-            &claims,
+            claims,
             self.verify_exp,
             self.verify_nbf,
             self.maximum_expiration,

@@ -44,32 +44,7 @@ pub struct KeyAuth {
 
 /// Decodes `%XX` and `+` of a query string component.
 pub(crate) fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.bytes().any(|b| b == b'%' || b == b'+') {
-        return s.into();
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned().into()
+    crate::percent::decode(s, true)
 }
 
 /// The values of query parameter `name` in `query` (decoded).

@@ -50,6 +50,28 @@ use crate::metrics::GatewayMetrics;
 use crate::proxy::Body;
 
 pub use basic_auth::{Verdict, Verification};
+
+/// What plugins keep across configurations, owned by one gateway (its
+/// `balancer::Registry`), never by the process, so two gateways in one
+/// process (`bronze dev`, tests) share nothing; each part is bounded.
+#[derive(Default)]
+pub struct Shared {
+    /// rate-limiting counters of the live instances (each bounded).
+    pub rate_limits: rate_limiting::Live,
+    /// bcrypt hashes of plain-text passwords (the most recent few
+    /// thousand).
+    pub hashes: basic_auth::HashCache,
+    /// bcrypt checks at once.
+    pub cpu: Arc<bronze_runtime::cpu::CpuSlots>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("hashes", &self.hashes.len())
+            .finish_non_exhaustive()
+    }
+}
 pub use request_size_limiting::{LimitedBody, TOO_LARGE};
 
 /// The plugins Bronze has, with Kong's priorities (higher runs first).
@@ -442,7 +464,7 @@ impl Credentials {
         self.by_ref.get(key).map(|&i| &self.consumers[i as usize])
     }
 
-    fn build(d: &Declarative) -> Result<Self, Invalid> {
+    fn build(d: &Declarative, hashes: &basic_auth::HashCache) -> Result<Self, Invalid> {
         let mut c = Credentials::default();
         for (i, k) in d.consumers.iter().enumerate() {
             let field = |f: &str| format!("consumers[{i}].{f}");
@@ -505,6 +527,7 @@ impl Credentials {
                     cred,
                     i as u32,
                     &format!("{prefix}.basicauth_credentials[{j}]"),
+                    hashes,
                 )?;
             }
             for (j, cred) in k.jwt_secrets.iter().enumerate() {
@@ -543,7 +566,7 @@ impl Credentials {
         for (j, cred) in d.basicauth_credentials.iter().enumerate() {
             let field = format!("basicauth_credentials[{j}]");
             let i = owner(&cred.consumer, &field, &c)?;
-            c.add_basic(cred, i, &field)?;
+            c.add_basic(cred, i, &field, hashes)?;
         }
         for (j, cred) in d.jwt_secrets.iter().enumerate() {
             let field = format!("jwt_secrets[{j}]");
@@ -592,8 +615,9 @@ impl Credentials {
         cred: &declarative::BasicAuthCredential,
         consumer: u32,
         field: &str,
+        hashes: &basic_auth::HashCache,
     ) -> Result<(), Invalid> {
-        let compiled = basic_auth::Credential::new(cred, consumer, field)?;
+        let compiled = basic_auth::Credential::new(cred, consumer, field, hashes)?;
         if self.basic.insert(cred.username.clone(), compiled).is_some() {
             return Err(Invalid::new(
                 format!("{field}.username"),
@@ -813,8 +837,8 @@ pub struct Compiled {
 
 impl Compiled {
     /// Validates and compiles `d`'s consumers, credentials and plugins.
-    pub fn build(d: &Declarative) -> Result<Self, Invalid> {
-        let credentials = Arc::new(Credentials::build(d)?);
+    pub fn build(d: &Declarative, shared: &Shared) -> Result<Self, Invalid> {
+        let credentials = Arc::new(Credentials::build(d, &shared.hashes)?);
         let service_index = |r: &EntityRef| {
             d.services
                 .iter()
@@ -985,7 +1009,14 @@ impl Compiled {
                     .map(|c| &credentials.consumers[c as usize].username),
                 p.config.as_ref().map(|c| c.to_string()).unwrap_or_default(),
             );
-            let plugin = build_one(&p.name, p.config.as_ref(), &cfg, &credentials, &identity)?;
+            let plugin = build_one(
+                &p.name,
+                p.config.as_ref(),
+                &cfg,
+                &credentials,
+                &identity,
+                shared,
+            )?;
             // Kong loads enabled instances only: a disabled one is checked,
             // then left out (a less specific instance applies instead).
             if p.enabled != Some(false) {
@@ -1103,13 +1134,24 @@ fn build_one(
     field: &str,
     credentials: &Arc<Credentials>,
     identity: &str,
+    shared: &Shared,
 ) -> Result<Arc<dyn Plugin>, Invalid> {
     Ok(match name {
         "key-auth" => Arc::new(key_auth::KeyAuth::new(config, field, credentials)?),
-        "basic-auth" => Arc::new(basic_auth::BasicAuth::new(config, field, credentials)?),
+        "basic-auth" => Arc::new(basic_auth::BasicAuth::new(
+            config,
+            field,
+            credentials,
+            &shared.cpu,
+        )?),
         "hmac-auth" => Arc::new(hmac_auth::HmacAuth::new(config, field, credentials)?),
         "jwt" => Arc::new(jwt::Jwt::new(config, field, credentials)?),
-        "rate-limiting" => Arc::new(rate_limiting::RateLimiting::new(config, field, identity)?),
+        "rate-limiting" => Arc::new(rate_limiting::RateLimiting::new(
+            config,
+            field,
+            identity,
+            &shared.rate_limits,
+        )?),
         "prometheus" => Arc::new(prometheus::Prometheus::new(config, field)?),
         "ip-restriction" => Arc::new(ip_restriction::IpRestriction::new(config, field)?),
         "acl" => Arc::new(acl::Acl::new(config, field, credentials)?),
@@ -1146,7 +1188,10 @@ mod tests {
     use super::*;
 
     fn compiled(doc: serde_json::Value) -> Result<Compiled, Invalid> {
-        Compiled::build(&crate::declarative::parse(doc.to_string().as_bytes())?)
+        Compiled::build(
+            &crate::declarative::parse(doc.to_string().as_bytes())?,
+            &Shared::default(),
+        )
     }
 
     #[test]

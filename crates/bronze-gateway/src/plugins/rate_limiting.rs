@@ -3,13 +3,19 @@
 //! sharded maps (one short lock of one shard of 64 per request, no global
 //! lock). Counters belong to the plugin instance: a service-wide instance
 //! counts across the service's routes, as Kong's.
-
+//!
+//! The table is bounded, as Kong's fixed-size shared dictionary is: an
+//! instance counts at most [`ENTRIES`] identifiers (512 in each shard),
+//! each in a fixed-size entry (a client-chosen value, such as a header,
+//! is kept as its bytes up to 32 and as its SHA-256 beyond), so a flood
+//! of distinct identifiers costs at most about 8 MB an instance. A full
+//! shard forgets its least recently counted identifier to make room:
+//! that identifier starts from zero if it comes back, so a flood can make
+//! the limits more lenient for quiet clients, never stricter for anyone.
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Weak};
 
 use http::StatusCode;
 use http::header::{HeaderName, HeaderValue};
@@ -18,6 +24,7 @@ use serde::Deserialize;
 
 use super::{Answer, Ctx, Plugin, Value, exit, parse_config};
 use crate::declarative::Invalid;
+use crate::lru::Lru;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +135,12 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+impl Ident {
+    fn value(v: &HeaderValue) -> Self {
+        Ident::Value(Key::of(v.as_bytes()))
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum LimitBy {
     Consumer,
@@ -139,15 +152,45 @@ enum LimitBy {
 }
 
 /// Whom a request is counted for.
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Ident {
     Ip(IpAddr),
     Consumer(u32),
-    Value(HeaderValue),
+    Value(Key),
     Fixed,
 }
 
+/// A client-chosen value as a fixed-size key: its bytes up to 32 of them,
+/// its SHA-256 beyond (`len` 255 marks a digest, so a 32-byte value never
+/// equals one).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct Key {
+    len: u8,
+    bytes: [u8; 32],
+}
+
+impl Key {
+    fn of(value: &[u8]) -> Self {
+        let mut bytes = [0; 32];
+        match u8::try_from(value.len()) {
+            Ok(len) if value.len() <= bytes.len() => {
+                bytes[..value.len()].copy_from_slice(value);
+                Key { len, bytes }
+            }
+            _ => {
+                bytes.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, value).as_ref());
+                Key {
+                    len: u8::MAX,
+                    bytes,
+                }
+            }
+        }
+    }
+}
+
 const SHARDS: usize = 64;
+/// Identifiers one instance counts at most (`ENTRIES / SHARDS` a shard).
+pub const ENTRIES: usize = 32_768;
 
 /// Counts of one identifier: per configured period, (window start, count).
 type Windows = [(u64, u64); 6];
@@ -171,29 +214,46 @@ pub struct RateLimiting {
 pub struct Counters {
     /// Keyed by client-controlled values: a seeded hash (foldhash's
     /// quality variant), much cheaper than SipHash per request.
-    shards: Box<[Mutex<HashMap<Ident, Windows, foldhash::quality::RandomState>>]>,
+    shards: Box<[Mutex<Lru<Ident, Windows, foldhash::quality::RandomState>>]>,
     hasher: foldhash::quality::RandomState,
-    inserts: AtomicU64,
 }
 
-/// Live counters by instance identity.
-static LIVE: LazyLock<Mutex<HashMap<String, Weak<Counters>>>> = LazyLock::new(Default::default);
-
-fn counters_for(identity: &str) -> Arc<Counters> {
-    let mut live = LIVE.lock();
-    if let Some(c) = live.get(identity).and_then(Weak::upgrade) {
-        return c;
+impl Counters {
+    fn new() -> Self {
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(Lru::with_hasher(ENTRIES / SHARDS, Default::default())))
+                .collect(),
+            hasher: foldhash::quality::RandomState::default(),
+        }
     }
-    live.retain(|_, w| w.strong_count() > 0);
-    let c = Arc::new(Counters {
-        shards: (0..SHARDS)
-            .map(|_| Mutex::new(HashMap::default()))
-            .collect(),
-        hasher: foldhash::quality::RandomState::default(),
-        inserts: AtomicU64::new(0),
-    });
-    live.insert(identity.to_string(), Arc::downgrade(&c));
-    c
+
+    /// Identifiers counted now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+}
+
+/// The counters of a gateway's live instances by identity (scope and
+/// config): an instance rebuilt with the same identity takes over its
+/// counters. Owned by one gateway (`plugins::Shared`), never the process;
+/// it holds live instances only (dead ones are dropped as instances are
+/// made).
+#[derive(Default)]
+pub struct Live(Mutex<HashMap<String, Weak<Counters>>>);
+
+impl Live {
+    fn counters(&self, identity: &str) -> Arc<Counters> {
+        let mut live = self.0.lock();
+        if let Some(c) = live.get(identity).and_then(Weak::upgrade) {
+            return c;
+        }
+        live.retain(|_, w| w.strong_count() > 0);
+        let c = Arc::new(Counters::new());
+        live.insert(identity.to_string(), Arc::downgrade(&c));
+        c
+    }
 }
 
 /// The decision for one request.
@@ -215,6 +275,7 @@ impl RateLimiting {
         config: Option<&serde_json::Value>,
         field: &str,
         identity: &str,
+        live: &Live,
     ) -> Result<Self, Invalid> {
         let c: Config = parse_config(config, field)?;
         let f = |n: &str| format!("{field}.{n}");
@@ -319,7 +380,7 @@ impl RateLimiting {
             error_message: c
                 .error_message
                 .unwrap_or_else(|| "API rate limit exceeded".into()),
-            counters: counters_for(identity),
+            counters: live.counters(identity),
         })
     }
 
@@ -330,14 +391,13 @@ impl RateLimiting {
                 .consumer
                 .as_ref()
                 .map(|c| Ident::Consumer(c.index))
-                .or_else(|| ctx.credential.clone().map(Ident::Value)),
-            LimitBy::Credential => ctx.credential.clone().map(Ident::Value),
+                .or_else(|| ctx.credential.as_ref().map(Ident::value)),
+            LimitBy::Credential => ctx.credential.as_ref().map(Ident::value),
             LimitBy::Header => self
                 .header_name
                 .as_ref()
                 .and_then(|h| req.headers.get(h))
-                .cloned()
-                .map(Ident::Value),
+                .map(Ident::value),
             LimitBy::Path => (Some(req.uri.path()) == self.path.as_deref()).then_some(Ident::Fixed),
             LimitBy::Ip => None,
         };
@@ -347,16 +407,9 @@ impl RateLimiting {
     /// Counts one request of `ident` at unix time `now`.
     fn decide(&self, ident: Ident, now: u64) -> Decision {
         let c = &self.counters;
-        let shard = &c.shards[(c.hasher.hash_one(&ident) as usize) % SHARDS];
+        let shard = &c.shards[(c.hasher.hash_one(ident) as usize) % SHARDS];
         let mut map = shard.lock();
-        if !map.contains_key(&ident) && c.inserts.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
-            // Forget identifiers whose longest window is over.
-            let (longest, _) = *self.limits.last().unwrap_or(&(Period::Second, 0));
-            let current = longest.window(now).0;
-            let slot = self.limits.len() - 1;
-            map.retain(|_, w| w[slot].0 >= current);
-        }
-        let windows = map.entry(ident).or_insert([(0, 0); 6]);
+        let windows = map.get_or_insert_with(ident, || [(0, 0); 6]);
         let mut allowed = true;
         for (k, (period, limit)) in self.limits.iter().enumerate() {
             let (start, _) = period.window(now);
@@ -398,9 +451,7 @@ const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remai
 const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    bronze_runtime::unix_time().as_secs()
 }
 
 impl Plugin for RateLimiting {
@@ -471,24 +522,25 @@ mod tests {
             Some(&serde_json::json!({"second": 2, "minute": 3, "limit_by": "ip"})),
             "config",
             "test-windows",
+            &Live::default(),
         )
         .unwrap();
         let ip = Ident::Ip("10.0.0.1".parse().unwrap());
         let t = 1_795_444_200;
-        let a = rl.decide(ip.clone(), t);
+        let a = rl.decide(ip, t);
         assert!(a.allowed);
         assert_eq!(a.remaining_per_period[..2], [1, 2]);
         assert_eq!((a.limit, a.remaining, a.reset), (2, 1, 1));
-        assert!(rl.decide(ip.clone(), t).allowed);
+        assert!(rl.decide(ip, t).allowed);
         // The second window is full.
-        let c = rl.decide(ip.clone(), t);
+        let c = rl.decide(ip, t);
         assert!(!c.allowed);
         assert_eq!(c.remaining, 0);
         // The next second: the minute still has one left, then none.
-        let d = rl.decide(ip.clone(), t + 1);
+        let d = rl.decide(ip, t + 1);
         assert!(d.allowed);
         assert_eq!((d.limit, d.remaining, d.reset), (3, 0, 59));
-        assert!(!rl.decide(ip.clone(), t + 2).allowed);
+        assert!(!rl.decide(ip, t + 2).allowed);
         // Another client is counted apart; a new minute starts afresh.
         assert!(
             rl.decide(Ident::Ip("10.0.0.2".parse().unwrap()), t + 2)
@@ -497,10 +549,54 @@ mod tests {
         assert!(rl.decide(ip, t + 60).allowed);
     }
 
+    /// A flood of distinct identifiers, long ones too, keeps the table at
+    /// its bound; it forgets the least recently counted, so a client
+    /// counted all along keeps its count.
+    #[test]
+    fn the_table_is_bounded_and_forgets_the_least_recent() {
+        let rl = RateLimiting::new(
+            Some(&serde_json::json!({"hour": 3, "limit_by": "header", "header_name": "x-k"})),
+            "config",
+            "test-bounded",
+            &Live::default(),
+        )
+        .unwrap();
+        let t = 1_795_444_200;
+        let steady = Ident::value(&HeaderValue::from_static("steady"));
+        assert_eq!(rl.decide(steady, t).remaining, 2);
+        let long = "k".repeat(100);
+        for i in 0..4 * ENTRIES {
+            let v = HeaderValue::from_str(&format!("{i}{long}")).unwrap();
+            assert!(rl.decide(Ident::value(&v), t).allowed);
+            if i % 1000 == 0 {
+                // Counted often enough never to be the least recent.
+                rl.decide(steady, t);
+            }
+        }
+        assert!(rl.counters.len() <= ENTRIES, "{}", rl.counters.len());
+        assert!(rl.counters.len() > ENTRIES / 2, "{}", rl.counters.len());
+        assert!(!rl.decide(steady, t).allowed, "its count was kept");
+        // The first flooded key was forgotten: it starts again.
+        let first = HeaderValue::from_str(&format!("0{long}")).unwrap();
+        assert_eq!(rl.decide(Ident::value(&first), t).remaining, 2);
+    }
+
+    #[test]
+    fn long_values_are_kept_as_digests_short_ones_as_they_are() {
+        let short = Key::of(b"abc");
+        assert_eq!((short.len, &short.bytes[..3]), (3, &b"abc"[..]));
+        let exact = Key::of(&[7; 32]);
+        assert_eq!(exact.len, 32);
+        let long = Key::of(&[7; 33]);
+        assert_eq!(long.len, u8::MAX);
+        assert_ne!(long, Key::of(&[7; 34]));
+        assert_eq!(long, Key::of(&[7; 33]));
+    }
+
     #[test]
     fn bad_configs_are_named() {
         let e = |v: serde_json::Value| {
-            RateLimiting::new(Some(&v), "plugins[0].config", "test-bad")
+            RateLimiting::new(Some(&v), "plugins[0].config", "test-bad", &Live::default())
                 .err()
                 .unwrap()
         };

@@ -648,18 +648,28 @@ async fn an_exposed_admin_api_needs_a_token_and_every_request_carries_it() {
     gw.stop().await;
 }
 
-/// A configuration as `deck gateway dump` exports it from Kong 3 (every
-/// field, defaults and nulls included) loads as it is and proxies.
-#[tokio::test]
-async fn a_deck_dump_with_every_default_loads_unchanged() {
-    let backend = super::echo("deck").await;
-    let yaml = include_str!("fixtures/deck-dump.yaml").replace("BACKEND", &backend.to_string());
+/// A gateway started from the YAML `fixture`, its `BACKEND` an echo
+/// backend named `name`.
+async fn serve_fixture(fixture: &str, name: &'static str) -> super::Gw {
+    let backend = super::echo(name).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("kong.yaml");
-    std::fs::write(&path, yaml).expect("write");
+    std::fs::write(&path, fixture.replace("BACKEND", &backend.to_string())).expect("write");
     let mut config = bronze_gateway::Config::ephemeral();
     config.declarative_config = path.display().to_string();
-    let gw = super::serve(config).await;
+    // The file is read at start: the directory may go.
+    super::serve(config).await
+}
+
+/// A configuration shaped exactly as `deck gateway dump` writes one from
+/// Kong 3 (keys sorted, entities with every default and without their
+/// unset fields, plugin configurations with every field, nulls included;
+/// the shape of deck's own dump expectations,
+/// `tests/integration/testdata/dump/*/expected*.yaml` in Kong/deck) loads
+/// as it is and proxies.
+#[tokio::test]
+async fn a_deck_dump_with_every_default_loads_unchanged() {
+    let gw = serve_fixture(include_str!("fixtures/deck-dump.yaml"), "deck").await;
     let (code, body) = super::curl(super::s(&[
         "-H",
         "apikey: alice-key",
@@ -672,4 +682,62 @@ async fn a_deck_dump_with_every_default_loads_unchanged() {
     assert!(v["headers"]["kong-request-id"].is_string(), "{v}");
     let (code, _) = super::curl(super::s(&[&format!("http://{}/users/x", gw.addr)])).await;
     assert_eq!(code, 401);
+}
+
+/// Anchors, aliases and merge keys (which deck never writes, people do):
+/// merged settings apply, an explicit key wins over a merged one, an
+/// aliased list is the list, and `_ignore` holding the anchors is not an
+/// entity.
+#[tokio::test]
+async fn yaml_anchors_and_merge_keys_are_applied() {
+    let gw = serve_fixture(
+        include_str!("fixtures/yaml-anchors-and-merge-keys.yaml"),
+        "anchors",
+    )
+    .await;
+    let service = |name: &'static str| {
+        let admin = gw.admin;
+        async move {
+            let (code, body) =
+                super::curl(super::s(&[&format!("http://{admin}/services/{name}")])).await;
+            assert_eq!(code, 200, "{body}");
+            serde_json::from_str::<Value>(&body).expect("json")
+        }
+    };
+    let a = service("a").await;
+    assert_eq!(
+        (&a["connect_timeout"], &a["read_timeout"], &a["tags"]),
+        (&json!(1234), &json!(5678), &json!(["shared"])),
+        "{a}"
+    );
+    let b = service("b").await;
+    assert_eq!(
+        (&b["connect_timeout"], &b["read_timeout"]),
+        (&json!(1234), &json!(42)),
+        "{b}"
+    );
+    for (path, host, want) in [
+        ("/a/x", None, "/a/x"),
+        ("/bee/x", None, "/b/x"),
+        ("/b/y", Some("again.example"), "/b/y"),
+    ] {
+        let mut args = vec![format!("http://{}{path}", gw.addr)];
+        if let Some(h) = host {
+            args.extend(["-H".to_string(), format!("Host: {h}")]);
+        }
+        let (code, body) = super::curl(args).await;
+        assert_eq!(code, 200, "{path}: {body}");
+        let v: Value = serde_json::from_str(&body).expect("echo JSON");
+        assert_eq!(v["uri"], want, "{path}");
+    }
+    let (code, body) = super::curl(super::s(&[&format!("http://{}/services", gw.admin)])).await;
+    assert_eq!(code, 200);
+    let services: Value = serde_json::from_str(&body).expect("json");
+    let names: Vec<&str> = services["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names.len(), 2, "{body}");
 }

@@ -1141,6 +1141,114 @@ async fn grpc_active_checks_follow_the_health_protocol() {
     assert_eq!(health_of(&v, addr).as_deref(), Some("HEALTHY"), "{v}");
 }
 
+/// A gRPC health server written by hand on hyper's HTTP/2 server, so the
+/// answer's bytes are the test's: every call is answered 200 with
+/// `grpc-status: 0` in the trailers and, as its body, one gRPC message
+/// holding `message` (`None`: a message that claims 2 GiB and never ends).
+async fn grpc_health_answering(message: Option<&'static [u8]>) -> SocketAddr {
+    use futures::StreamExt as _;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    type Frames = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<Frame<bytes::Bytes>, std::io::Error>> + Send>,
+    >;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |_req| async move {
+                let frames: Frames = match message {
+                    Some(m) => {
+                        let mut body = vec![0];
+                        body.extend_from_slice(&(m.len() as u32).to_be_bytes());
+                        body.extend_from_slice(m);
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        Box::pin(futures::stream::iter([
+                            Ok(Frame::data(bytes::Bytes::from(body))),
+                            Ok(Frame::trailers(trailers)),
+                        ]))
+                    }
+                    None => Box::pin(
+                        futures::stream::once(async {
+                            Ok(Frame::data(bytes::Bytes::from_static(&[
+                                0, 0x7f, 0xff, 0xff, 0xff,
+                            ])))
+                        })
+                        .chain(futures::stream::repeat_with(|| {
+                            Ok(Frame::data(bytes::Bytes::from(vec![0x08; 16 << 10])))
+                        })),
+                    ),
+                };
+                http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(StreamBody::new(frames))
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+            );
+        }
+    });
+    addr
+}
+
+/// A gateway whose upstream `grpc-pool` checks `targets` by gRPC every
+/// 100 ms; one HTTP failure takes a target out, timeouts are not counted.
+async fn grpc_checked(targets: &[SocketAddr]) -> Gw {
+    let targets: Vec<Value> = targets
+        .iter()
+        .map(|t| json!({"target": t.to_string()}))
+        .collect();
+    gateway(
+        json!({"_format_version": "3.0", "upstreams": [{"name": "grpc-pool",
+        "healthchecks": {"active": {"type": "grpc", "timeout": 5,
+            "healthy": {"interval": 0.1, "successes": 1},
+            "unhealthy": {"interval": 0.1, "http_failures": 1, "timeouts": 0}}},
+        "targets": targets}]}),
+    )
+    .await
+}
+
+/// The check decodes the `grpc.health.v1` answer instead of comparing its
+/// bytes with tonic's: SERVING written with an unknown field and the
+/// status field twice (valid protobuf, the last value wins) is healthy.
+#[tokio::test]
+async fn grpc_active_checks_decode_the_answer() {
+    let wordy = grpc_health_answering(Some(&[0x18, 0x07, 0x08, 0x02, 0x08, 0x01])).await;
+    let gw = grpc_checked(&[wordy]).await;
+    // It starts out of the balancer: only a passed check brings it back.
+    let code = client()
+        .put(format!(
+            "http://{}/upstreams/grpc-pool/targets/{wordy}/unhealthy",
+            gw.admin
+        ))
+        .send()
+        .await
+        .expect("admin")
+        .status();
+    assert_eq!(code, 204);
+    let v = health_becomes(&gw, "grpc-pool", wordy, "HEALTHY").await;
+    assert_eq!(health_of(&v, wordy).as_deref(), Some("HEALTHY"), "{v}");
+}
+
+/// The check reads a bounded answer: a server streaming a body without
+/// end fails the check at once (an HTTP failure), where reading it all
+/// would only end at the check's timeout, which this upstream does not
+/// count.
+#[tokio::test]
+async fn grpc_active_checks_bound_what_they_read() {
+    let endless = grpc_health_answering(None).await;
+    let gw = grpc_checked(&[endless]).await;
+    let v = health_becomes(&gw, "grpc-pool", endless, "UNHEALTHY").await;
+    assert_eq!(health_of(&v, endless).as_deref(), Some("UNHEALTHY"), "{v}");
+}
+
 #[tokio::test]
 async fn upstream_health_in_the_admin_api_follows_active_checks() {
     let (a, a_health) = named("a", Duration::ZERO).await;

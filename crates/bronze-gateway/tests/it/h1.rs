@@ -328,7 +328,32 @@ async fn idle_client_and_upstream_connections_close_after_their_timeouts() {
 
 #[tokio::test]
 async fn a_request_in_flight_when_draining_starts_is_answered_and_told_the_connection_ends() {
-    let backend = slow(Duration::from_millis(500)).await;
+    // A backend that says when the request reached it, and answers only
+    // when the test lets it: the request is in flight when the drain
+    // starts, however slow the machine.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    let (arrived_tx, arrived) = tokio::sync::oneshot::channel();
+    let (answer_tx, answer) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.expect("accept");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "the gateway closed before sending the head");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let _ = arrived_tx.send(());
+        let _ = answer.await;
+        let _ = conn
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow")
+            .await;
+        // Kept open: the gateway reads the answer by its length.
+        let _ = conn.read(&mut chunk).await;
+    });
     let gw = gateway(one_route(backend)).await;
     let mut conn = tokio::net::TcpStream::connect(gw.addr)
         .await
@@ -336,8 +361,10 @@ async fn a_request_in_flight_when_draining_starts_is_answered_and_told_the_conne
     conn.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .expect("write");
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    arrived.await.expect("the request reached the backend");
     gw._shutdown.trigger();
+    // The drain has started; now the backend answers.
+    answer_tx.send(()).expect("backend waits");
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out))
         .await

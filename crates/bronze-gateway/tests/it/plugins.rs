@@ -419,6 +419,155 @@ async fn rate_limiting_counts_per_identifier_with_kong_headers() {
     assert_eq!(code, 200);
 }
 
+/// Rate-limiting counters belong to a gateway, not to the process: two
+/// gateways with the same configuration in one process (as `bronze dev`
+/// or these tests run them) count apart.
+#[tokio::test]
+async fn two_gateways_in_one_process_count_apart() {
+    let doc = serde_json::json!({"_format_version": "3.0",
+        "services": [{"name": "svc", "url": "http://127.0.0.1:9", "routes": [
+            {"name": "limited", "paths": ["/limited"], "plugins": [
+                {"name": "rate-limiting", "config": {"day": 1, "limit_by": "ip"}},
+                {"name": "request-termination", "config": {"status_code": 200}}]}]}]});
+    let (one, two) = (gateway(doc.clone()).await, gateway(doc).await);
+    for gw in [&one, &two] {
+        let (code, _, _) = curl_h(s(&[&format!("http://{}/limited", gw.addr)])).await;
+        assert_eq!(code, 200, "the first request to each gateway");
+    }
+    let (code, _, _) = curl_h(s(&[&format!("http://{}/limited", one.addr)])).await;
+    assert_eq!(code, 429);
+}
+
+/// The `bronze-gateway` binary, killed when dropped.
+struct Binary(std::process::Child);
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Binary {
+    /// Starts the binary on port 0 with `declarative`; its proxy address
+    /// (read from its "gateway serving" log line).
+    fn start(declarative: &std::path::Path) -> (Self, SocketAddr) {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bronze-gateway"))
+            .args(["--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+            .arg("--declarative-config")
+            .arg(declarative)
+            // Its data directory (relative) beside the file, not here.
+            .current_dir(declarative.parent().expect("a file in a directory"))
+            .env("BRONZE_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("bronze-gateway starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let child = Binary(child);
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("a log line before the gateway serves")
+                .expect("stderr");
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["message"] == "gateway serving"
+            {
+                break v["proxy"].as_str().expect("proxy").parse().expect("addr");
+            }
+        };
+        // The rest of the log goes nowhere, without blocking the binary.
+        std::thread::spawn(move || lines.for_each(drop));
+        (child, addr)
+    }
+
+    /// Resident memory in bytes (`VmRSS` of /proc).
+    fn rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).expect("status");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        kb * 1024
+    }
+}
+
+/// A client choosing a new 8 KiB rate-limiting key for every request (a
+/// header `limit_by` reads) cannot grow the gateway's memory: 20,000 of
+/// them (160 MB of keys) leave it within 48 MB of where it started, since
+/// the table keeps fixed-size entries (long values as digests) and at most
+/// `rate_limiting::ENTRIES` of them per instance.
+#[tokio::test]
+async fn a_flood_of_distinct_rate_limiting_keys_keeps_memory_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kong.json");
+    let doc = serde_json::json!({"_format_version": "3.0",
+        "services": [{"name": "svc", "url": "http://127.0.0.1:9", "routes": [
+            {"name": "limited", "paths": ["/limited"], "plugins": [
+                {"name": "rate-limiting",
+                 "config": {"year": 5, "limit_by": "header", "header_name": "x-tenant"}},
+                {"name": "request-termination", "config": {"status_code": 200}}]}]}]});
+    std::fs::write(&path, doc.to_string()).expect("write");
+    let (gw, addr) = Binary::start(&path);
+    let url = format!("http://{addr}/limited");
+    let (client, to) = (reqwest::Client::new(), url.clone());
+    let send = move |i: usize| {
+        let (client, url) = (client.clone(), to.clone());
+        async move {
+            let key = format!("{i:08}{}", "k".repeat(8 << 10));
+            client
+                .get(url)
+                .header("x-tenant", key)
+                .send()
+                .await
+                .expect("request")
+                .status()
+                .as_u16()
+        }
+    };
+    // Warm up (connections, the first allocations), then measure.
+    for i in 0..200 {
+        assert_eq!(send(i).await, 200);
+    }
+    let before = gw.rss();
+    let (workers, each) = (8, 2_500);
+    let mut all = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let send = send.clone();
+        all.spawn(async move {
+            for i in 0..each {
+                assert_eq!(send(1_000 + w * each + i).await, 200);
+            }
+        });
+    }
+    while let Some(r) = all.join_next().await {
+        r.expect("worker");
+    }
+    let grown = gw.rss().saturating_sub(before);
+    assert!(
+        grown < 48 << 20,
+        "resident memory grew by {} MB for 20,000 keys",
+        grown >> 20
+    );
+    // Every key is still limited: the last one sent counts 2 of 5.
+    let (code, h, _) = curl_h(s(&[
+        "-H",
+        &format!(
+            "x-tenant: {:08}{}",
+            1_000 + workers * each - 1,
+            "k".repeat(8 << 10)
+        ),
+        &url,
+    ]))
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(h["x-ratelimit-remaining-year"], "3");
+}
+
 #[tokio::test]
 async fn prometheus_adds_status_codes_and_latencies_per_route() {
     let backend = echo("a").await;
@@ -648,7 +797,6 @@ pub(super) async fn flood_then_open(
                 .output()
                 .expect("curl runs");
             let code = String::from_utf8_lossy(&out.stdout).to_string();
-            eprintln!("DBG {name} {code} {:?}", std::time::SystemTime::now());
             done.lock().expect("lock").push((name, code));
         };
         std::thread::scope(|scope| {
@@ -707,15 +855,57 @@ fn rsa_key(dir: &std::path::Path) -> (String, String, String) {
     )
 }
 
-fn token(
-    alg: jsonwebtoken::Algorithm,
-    kid: Option<&str>,
-    claims: serde_json::Value,
-    key: &jsonwebtoken::EncodingKey,
-) -> String {
-    let mut header = jsonwebtoken::Header::new(alg);
-    header.kid = kid.map(str::to_string);
-    jsonwebtoken::encode(&header, &claims, key).expect("encode")
+/// How a test signs a token: by the openssl CLI (an implementation other
+/// than the gateway's), with an HMAC secret or an RSA private key (PEM).
+enum Signer {
+    Hmac(Vec<u8>),
+    Rsa(String),
+}
+
+/// A compact JWS of `claims` (`alg`: HS256, HS384, HS512 or RS256), with
+/// `kid` in its header if given.
+fn token(alg: &str, kid: Option<&str>, claims: serde_json::Value, key: &Signer) -> String {
+    use base64::Engine;
+    use std::io::Write;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let mut header = serde_json::json!({"alg": alg, "typ": "JWT"});
+    if let Some(k) = kid {
+        header["kid"] = k.into();
+    }
+    let signed = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let digest = format!("-sha{}", &alg[2..]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut openssl = Command::new("openssl");
+    openssl.args(["dgst", &digest, "-binary"]);
+    match key {
+        Signer::Hmac(secret) => {
+            let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+            openssl.args(["-mac", "HMAC", "-macopt", &format!("hexkey:{hex}")]);
+        }
+        Signer::Rsa(pem) => {
+            let path = dir.path().join("key.pem");
+            std::fs::write(&path, pem).expect("key");
+            openssl.arg("-sign").arg(path);
+        }
+    }
+    let mut child = openssl
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(signed.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("openssl signs");
+    assert!(out.status.success(), "openssl dgst {digest}");
+    format!("{signed}.{}", b64(&out.stdout))
 }
 
 fn now() -> u64 {
@@ -770,13 +960,13 @@ async fn jwt_as_kong_and_jwks_keys() {
     }))
     .await;
     let base = format!("http://{}", gw.addr);
-    let hs = |secret: &str| jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
-    let rs = jsonwebtoken::EncodingKey::from_rsa_pem(private.as_bytes()).expect("rsa key");
+    let hs = |secret: &str| Signer::Hmac(secret.as_bytes().to_vec());
+    let rs = Signer::Rsa(private.clone());
     let t = now();
     let bearer = |t: &str| format!("Authorization: Bearer {t}");
 
     let good = token(
-        jsonwebtoken::Algorithm::HS256,
+        "HS256",
         None,
         serde_json::json!({"iss": "erin-iss", "exp": t + 600, "nbf": t - 10}),
         &hs("erin-secret"),
@@ -798,7 +988,7 @@ async fn jwt_as_kong_and_jwks_keys() {
     assert_eq!(code, 200);
     // HS512 for a secret listed at top level; RS256 with a PEM key.
     let frank = token(
-        jsonwebtoken::Algorithm::HS512,
+        "HS512",
         None,
         serde_json::json!({"iss": "frank-iss", "exp": t + 600, "nbf": t}),
         &hs("frank-secret"),
@@ -807,7 +997,7 @@ async fn jwt_as_kong_and_jwks_keys() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(json(&body)["headers"]["x-consumer-username"], "frank");
     let rsa = token(
-        jsonwebtoken::Algorithm::RS256,
+        "RS256",
         None,
         serde_json::json!({"iss": "erin-rsa", "exp": t + 600, "nbf": t}),
         &rs,
@@ -820,7 +1010,7 @@ async fn jwt_as_kong_and_jwks_keys() {
         (None, r#"{"message":"Unauthorized"}"#),
         (
             Some(token(
-                jsonwebtoken::Algorithm::HS256,
+                "HS256",
                 None,
                 serde_json::json!({"iss": "erin-iss", "exp": t + 600, "nbf": t}),
                 &hs("not-the-secret"),
@@ -829,7 +1019,7 @@ async fn jwt_as_kong_and_jwks_keys() {
         ),
         (
             Some(token(
-                jsonwebtoken::Algorithm::HS256,
+                "HS256",
                 None,
                 serde_json::json!({"iss": "erin-iss", "exp": t - 5, "nbf": t - 100}),
                 &hs("erin-secret"),
@@ -838,7 +1028,7 @@ async fn jwt_as_kong_and_jwks_keys() {
         ),
         (
             Some(token(
-                jsonwebtoken::Algorithm::HS256,
+                "HS256",
                 None,
                 serde_json::json!({"iss": "erin-iss", "exp": t + 600, "nbf": t + 300}),
                 &hs("erin-secret"),
@@ -847,7 +1037,7 @@ async fn jwt_as_kong_and_jwks_keys() {
         ),
         (
             Some(token(
-                jsonwebtoken::Algorithm::HS256,
+                "HS256",
                 None,
                 serde_json::json!({"iss": "erin-iss", "exp": t + 86_400, "nbf": t}),
                 &hs("erin-secret"),
@@ -856,7 +1046,7 @@ async fn jwt_as_kong_and_jwks_keys() {
         ),
         (
             Some(token(
-                jsonwebtoken::Algorithm::HS256,
+                "HS256",
                 None,
                 serde_json::json!({"iss": "stranger", "exp": t + 600}),
                 &hs("x"),
@@ -865,7 +1055,7 @@ async fn jwt_as_kong_and_jwks_keys() {
         ),
         (
             Some(token(
-                jsonwebtoken::Algorithm::HS256,
+                "HS256",
                 None,
                 serde_json::json!({"sub": "x", "exp": t + 600}),
                 &hs("x"),
@@ -875,7 +1065,7 @@ async fn jwt_as_kong_and_jwks_keys() {
         // Erin's RSA key, signed as HS256: the algorithm must match.
         (
             Some(token(
-                jsonwebtoken::Algorithm::HS256,
+                "HS256",
                 None,
                 serde_json::json!({"iss": "erin-rsa", "exp": t + 600, "nbf": t}),
                 &hs("x"),
@@ -911,7 +1101,7 @@ async fn jwt_as_kong_and_jwks_keys() {
     // Bronze extension: JWKS from a file and from a URL; the token's kid
     // picks the key; a known iss still names the consumer.
     let by_kid = token(
-        jsonwebtoken::Algorithm::RS256,
+        "RS256",
         Some("k1"),
         serde_json::json!({"iss": "erin-rsa", "sub": "someone"}),
         &rs,
@@ -920,7 +1110,7 @@ async fn jwt_as_kong_and_jwks_keys() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(json(&body)["headers"]["x-consumer-username"], "erin");
     let anonymous_iss = token(
-        jsonwebtoken::Algorithm::RS256,
+        "RS256",
         Some("k1"),
         serde_json::json!({"iss": "https://idp.example.com"}),
         &rs,
@@ -945,7 +1135,7 @@ async fn jwt_as_kong_and_jwks_keys() {
     }
     assert!(ok, "the JWKS URL was never used");
     let other_kid = token(
-        jsonwebtoken::Algorithm::RS256,
+        "RS256",
         Some("k2"),
         serde_json::json!({"iss": "https://idp.example.com"}),
         &rs,
@@ -961,7 +1151,7 @@ async fn jwt_as_kong_and_jwks_keys() {
         (401, r#"{"message":"No credentials found for given 'iss'"}"#)
     );
     let forged = token(
-        jsonwebtoken::Algorithm::HS256,
+        "HS256",
         Some("k1"),
         serde_json::json!({"iss": "x"}),
         &hs("guess"),

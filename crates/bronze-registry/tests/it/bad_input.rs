@@ -472,3 +472,126 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let resp = r.client.get(r.url("/v2/")).send().await.expect("GET");
     assert_eq!(resp.status(), 200);
 }
+
+/// The real store, except that each commit to the upload sessions'
+/// namespace waits (as behind a slow fsync) until the test releases it or
+/// 10 s pass; it says when a commit starts waiting.
+struct SlowUploadCommits {
+    inner: bronze_store::RedbStore,
+    waiting: tokio::sync::mpsc::UnboundedSender<()>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    timed_out: std::sync::atomic::AtomicBool,
+}
+
+impl SlowUploadCommits {
+    fn slow(&self, namespace: &str) {
+        if namespace != bronze_registry::storage::NS_UPLOADS {
+            return;
+        }
+        let _ = self.waiting.send(());
+        let release = self.release.lock().expect("lock");
+        if release
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .is_err()
+        {
+            self.timed_out
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl bronze_store::Store for SlowUploadCommits {
+    fn put(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), bronze_store::StoreError> {
+        self.slow(ns);
+        self.inner.put(ns, key, value)
+    }
+    fn delete(&self, ns: &str, key: &str) -> Result<bool, bronze_store::StoreError> {
+        self.inner.delete(ns, key)
+    }
+    fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, bronze_store::StoreError> {
+        self.inner.get(ns, key)
+    }
+    fn list(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, bronze_store::StoreError> {
+        self.inner.list(ns)
+    }
+    fn scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, bronze_store::StoreError> {
+        self.inner.scan(ns, prefix, after, limit)
+    }
+    fn apply(&self, ops: &[bronze_store::Op]) -> Result<(), bronze_store::StoreError> {
+        self.inner.apply(ops)
+    }
+}
+
+/// A slow commit (the upload session's record, fsync'd) runs off the
+/// async worker: on one worker thread (this test's runtime, as a registry
+/// started with one), a `GET /v2/` is answered while a `POST` starting an
+/// upload waits for its commit. Were the commit on the worker, nothing
+/// else would run until it ended (here: its 10 s timeout).
+#[tokio::test]
+async fn a_slow_store_commit_does_not_stall_other_requests() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (waiting_tx, mut waiting) = tokio::sync::mpsc::unbounded_channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let store = Arc::new(SlowUploadCommits {
+        inner: bronze_store::RedbStore::open(&dir.path().join("registry.redb")).expect("store"),
+        waiting: waiting_tx,
+        release: std::sync::Mutex::new(release_rx),
+        timed_out: std::sync::atomic::AtomicBool::new(false),
+    });
+    let app = bronze_registry::api::App {
+        storage: Arc::new(
+            bronze_registry::storage::Storage::open(dir.path(), store.clone()).expect("storage"),
+        ),
+        events: bronze_registry::events::Events::new(),
+        gc_lock: Arc::default(),
+        auth: Arc::new(
+            bronze_registry::auth::Auth::new(Default::default(), dir.path()).expect("auth"),
+        ),
+        tls: false,
+    };
+    let router = axum::Router::new()
+        .route("/v2/", axum::routing::any(bronze_registry::api::dispatch))
+        .route(
+            "/v2/{*rest}",
+            axum::routing::any(bronze_registry::api::dispatch),
+        )
+        .with_state(app);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let client = reqwest::Client::new();
+    let post = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .post(format!("http://{addr}/v2/slow/app/blobs/uploads/"))
+                .send()
+                .await
+                .expect("POST")
+                .status()
+        }
+    });
+    waiting.recv().await.expect("the upload's commit waits");
+    let status = client
+        .get(format!("http://{addr}/v2/"))
+        .send()
+        .await
+        .expect("GET")
+        .status();
+    assert_eq!(status, 200);
+    release.send(()).expect("release");
+    assert_eq!(post.await.expect("join"), 202);
+    assert!(
+        !store.timed_out.load(std::sync::atomic::Ordering::SeqCst),
+        "the GET waited for the commit"
+    );
+}

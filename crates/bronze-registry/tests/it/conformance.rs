@@ -464,6 +464,97 @@ async fn referrers_list_manifests_with_a_subject_and_filter_by_artifact_type() {
     assert_eq!(v["manifests"], serde_json::json!([]));
 }
 
+/// The referrers list comes in pages: `n` at most (1000 by default), with
+/// a `Link` to the rest that keeps the filter; following the links yields
+/// every referrer once.
+#[tokio::test]
+async fn referrers_come_in_pages_linked_to_the_rest() {
+    let r = Reg::start().await;
+    let (subject, subject_body) = r.push_image("pages/app", "v1", b"image").await;
+    let empty = r.push_blob("pages/app", b"{}").await;
+    let mut pushed = std::collections::BTreeSet::new();
+    for i in 0..5 {
+        let artifact = if i % 2 == 0 {
+            "application/vnd.example.sig+json"
+        } else {
+            "application/vnd.example.sbom"
+        };
+        let m = serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+            "layers": [],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": subject_body.len()},
+            "annotations": {"i": i.to_string()}
+        });
+        let body = serde_json::to_vec(&m).expect("json");
+        let digest = sha256(&body);
+        let resp = r
+            .put_manifest("pages/app", &digest, OCI_MANIFEST, &body)
+            .await;
+        assert_eq!(resp.status(), 201);
+        pushed.insert((artifact, digest));
+    }
+    // Follows the links from `first`: each page's artifact types and
+    // digests, in order.
+    let walk = |first: String| {
+        let r = &r;
+        async move {
+            let (mut url, mut pages) = (Some(first), Vec::new());
+            while let Some(u) = url.take() {
+                let resp = r.get(&u).await;
+                assert_eq!(resp.status(), 200);
+                url = resp.headers().get("link").map(|l| {
+                    let l = l.to_str().expect("link");
+                    assert!(l.ends_with(">; rel=\"next\""), "{l}");
+                    l.trim_start_matches('<')
+                        .split_once('>')
+                        .expect("<url>")
+                        .0
+                        .to_string()
+                });
+                let v: serde_json::Value = resp.json().await.expect("json");
+                let page: Vec<(String, String)> = v["manifests"]
+                    .as_array()
+                    .expect("manifests")
+                    .iter()
+                    .map(|m| {
+                        let s = |f: &str| m[f].as_str().expect("string").to_string();
+                        (s("artifactType"), s("digest"))
+                    })
+                    .collect();
+                pages.push(page);
+            }
+            pages
+        }
+    };
+    let pages = walk(format!("/v2/pages/app/referrers/{subject}?n=2")).await;
+    let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [2, 2, 1]);
+    let all: std::collections::BTreeSet<(&str, String)> = pages
+        .iter()
+        .flatten()
+        .map(|(a, d)| {
+            let a = pushed.iter().find(|(p, _)| p == a).expect("known").0;
+            (a, d.clone())
+        })
+        .collect();
+    assert_eq!(all, pushed);
+    // Filtered: the links keep the filter (a media type with '+' and '/').
+    let pages = walk(format!(
+        "/v2/pages/app/referrers/{subject}?n=2&artifactType=application%2Fvnd.example.sig%2Bjson"
+    ))
+    .await;
+    let sigs: Vec<&(String, String)> = pages.iter().flatten().collect();
+    assert_eq!(sigs.len(), 3, "{pages:?}");
+    assert!(
+        sigs.iter()
+            .all(|(a, _)| a == "application/vnd.example.sig+json")
+    );
+    // Without n: one page of everything, no link.
+    let pages = walk(format!("/v2/pages/app/referrers/{subject}")).await;
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [5]);
+}
+
 // ----- content management -----
 
 #[tokio::test]

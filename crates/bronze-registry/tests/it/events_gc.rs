@@ -48,8 +48,8 @@ async fn pushes_and_deletes_stream_as_events() {
         .await
         .expect("events")
         .into_inner();
-    // Streams are open before the pushes (the server registered them).
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The server subscribed each stream before it answered the call (see
+    // `events::stream`): they see every push from here on.
     let (digest_a, _) = r.push_image("ev/a", "v1", b"a").await;
     let (digest_b, _) = r.push_image("ev/b", "v2", b"b").await;
     let e = next(&mut all).await;
@@ -81,6 +81,57 @@ async fn pushes_and_deletes_stream_as_events() {
         (e.action, e.digest.as_str()),
         (pb::Action::Delete as i32, digest_b.as_str())
     );
+}
+
+/// A webhook that fails is retried with growing delays (200 ms, then
+/// 400 ms, ...): here the receiver refuses twice (503), then takes it; the
+/// same event arrives three times, the gaps at least the backoff.
+#[tokio::test]
+async fn webhooks_are_retried_with_backoff() {
+    use std::sync::Arc;
+    use tokio::sync::Mutex;
+    let arrivals: Arc<Mutex<Vec<(std::time::Instant, serde_json::Value)>>> = Arc::default();
+    let sink = arrivals.clone();
+    let (done_tx, done) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let (sink, done_tx) = (sink.clone(), done_tx.clone());
+            async move {
+                let mut seen = sink.lock().await;
+                seen.push((std::time::Instant::now(), v));
+                if seen.len() < 3 {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                let _ = done_tx.send(());
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hook = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let r = Reg::start_with(tempfile::tempdir().expect("tempdir"), |c| {
+        c.webhooks = vec![hook];
+    })
+    .await;
+    r.push_image("retry/app", "v1", b"layer").await;
+    let mut done = done;
+    tokio::time::timeout(Duration::from_secs(30), done.recv())
+        .await
+        .expect("taken on the third attempt")
+        .expect("receiver");
+    let got = arrivals.lock().await.clone();
+    assert_eq!(got.len(), 3);
+    assert!(
+        got.iter().all(|(_, v)| *v == got[0].1),
+        "the same event each time"
+    );
+    let gaps: Vec<Duration> = got.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    assert!(gaps[0] >= Duration::from_millis(200), "{gaps:?}");
+    assert!(gaps[1] >= Duration::from_millis(400), "{gaps:?}");
 }
 
 #[tokio::test]
@@ -130,6 +181,50 @@ async fn webhooks_receive_distributions_envelope() {
     assert_eq!(e["target"]["tag"], "v1");
     shutdown.trigger();
     let _ = task.await;
+}
+
+/// A collection also purges the uploads untouched for the configured
+/// `upload_ttl` (one hour here), not for a fixed day: an upload last
+/// written two hours ago goes, one written now stays.
+#[tokio::test]
+async fn gc_purges_uploads_older_than_the_configured_ttl() {
+    let r = Reg::start_with(tempfile::tempdir().expect("tempdir"), |c| {
+        c.upload_ttl = Duration::from_secs(3600);
+    })
+    .await;
+    let mut locations = Vec::new();
+    for _ in 0..2 {
+        let resp = r
+            .req(Method::POST, "/v2/purge/app/blobs/uploads/")
+            .await
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(resp.status(), 202);
+        let location = resp.headers()["location"].to_str().expect("loc");
+        locations.push(location.to_string());
+    }
+    let id = locations[0].rsplit('/').next().expect("id");
+    let file = r.root.path().join("uploads").join(id);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .expect("the upload's file")
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 3600))
+        .expect("set mtime");
+    let report = client(&r)
+        .await
+        .collect_garbage(pb::CollectGarbageRequest {
+            dry_run: false,
+            grace: None,
+        })
+        .await
+        .expect("gc")
+        .into_inner();
+    assert_eq!(report.uploads_purged, 1, "{report:?}");
+    assert_eq!(r.get(&locations[0]).await.status(), 404, "the stale upload");
+    assert!(!file.exists(), "its file is removed");
+    assert_eq!(r.get(&locations[1]).await.status(), 204, "the fresh upload");
 }
 
 #[tokio::test]

@@ -128,4 +128,9 @@ async fn an_image_pushed_to_the_registry_runs_spread_and_registers_in_dns() {
     assert!(running(&ts).iter().all(|t| t.image == pushed));
     s.stop().await;
     stop.trigger();
+    // The image the agents pulled is this test's: leave none behind.
+    let _ = tokio::task::spawn_blocking(move || {
+        Command::new("docker").args(["rmi", "-f", &pushed]).output()
+    })
+    .await;
 }
