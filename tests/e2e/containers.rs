@@ -17,7 +17,7 @@ use tokio::sync::OnceCell;
 static IMAGES: OnceCell<()> = OnceCell::const_new();
 
 /// Builds every image once per test run, from the debug build.
-async fn images() {
+pub(crate) async fn images() {
     IMAGES
         .get_or_init(|| async {
             let dir = tokio::task::spawn_blocking(|| xtask::build_binaries(xtask::Profile::Debug))
@@ -187,7 +187,7 @@ impl Drop for Cleanup {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     loop {
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let port = udp.local_addr().expect("addr").port();

@@ -1,4 +1,6 @@
 //! End-to-end tests against the real Docker engine: the images `cargo xtask
-//! images` builds, and `deploy/docker-compose.yml`.
+//! images` builds, `deploy/docker-compose.yml`, and a scheduler with agents
+//! in containers on a network of the test's own, cut and reconnected.
 
+mod cluster;
 mod containers;

@@ -353,6 +353,12 @@ impl Worker {
             }
             (true, Some(c)) => {
                 let status = engine::status_of(&c);
+                if is_terminal(known) && is_terminal(status.state()) {
+                    // Its end is reported (with the reason the agent knew,
+                    // e.g. "container unhealthy"): the exit that follows a
+                    // stop says nothing new.
+                    return;
+                }
                 if status.state() == pb::TaskState::Preparing && !is_terminal(known) {
                     // Created, never started (the agent stopped in between).
                     self.start(id, task, spec, &name).await;

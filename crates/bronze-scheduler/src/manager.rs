@@ -634,10 +634,16 @@ impl Manager {
         self.state.put_node(node);
         self.sessions.insert(id.clone(), session);
         self.heartbeats.beat(&id);
-        // Reconcile: what the node runs is the truth about its tasks.
+        // Reconcile: what the node runs is the truth about its tasks. Tasks
+        // that moved while it was down are dropped: not in its assignment
+        // set, their containers are removed.
         let reported: HashSet<&str> = hello.tasks.iter().map(|(t, _)| t.as_str()).collect();
         let ours: Vec<Arc<Task>> = self.state.node_tasks(&id).cloned().collect();
         for t in ours {
+            if t.moved {
+                self.state.remove_task(&t.id);
+                continue;
+            }
             let lost = matches!(
                 t.status.state,
                 TaskState::Preparing | TaskState::Starting | TaskState::Running

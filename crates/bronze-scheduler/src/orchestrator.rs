@@ -52,6 +52,7 @@ pub fn new_task(service: &Service, slot: u64, node_id: &str) -> Task {
         start_after: Time(0),
         started_at: Time(0),
         replaces: None,
+        moved: false,
         version: 0,
     }
 }
@@ -179,7 +180,10 @@ pub fn reconcile(state: &mut State, service_id: &str, now: Time, history: usize)
                     // to be drained or removed, below).
                     continue;
                 }
-                shut_down(state, &t, "node down");
+                let mut gone = Task::clone(&t);
+                gone.desired = Desired::Shutdown;
+                gone.moved = true;
+                state.put_task(gone);
                 let mut n = new_task(&service, t.slot, "");
                 n.status =
                     TaskStatus::new(TaskState::New, "replaces a task of a node that is down");

@@ -333,6 +333,7 @@ mod tests {
             start_after: Time(0),
             started_at: Time(0),
             replaces: None,
+            moved: false,
             version: 0,
         }
     }

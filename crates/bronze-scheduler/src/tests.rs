@@ -258,6 +258,45 @@ async fn reservations_are_never_over_committed_and_max_per_node_holds() {
     );
 }
 
+/// A fixed host port taken on a node by another task makes that node
+/// unsuitable, with the reason; freed, it takes the task.
+#[tokio::test]
+async fn a_taken_fixed_port_makes_a_node_unsuitable() {
+    let sim = Sim::start(mem(), tunables()).await;
+    sim.join("only", "host-only", &[], res(4, 8 * GIB)).await;
+    let port = |s: &mut ServiceSpec| {
+        s.ports.push(crate::model::PortConfig {
+            target: 80,
+            published: 8080,
+            protocol: crate::model::Protocol::Tcp,
+        })
+    };
+    let mut a = spec("first", 1);
+    port(&mut a);
+    sim.create(a).await.expect("create");
+    sim.until(WAIT, "first runs", |s| running(s, "first") == 1)
+        .await;
+    let mut b = spec("second", 1);
+    port(&mut b);
+    sim.create(b).await.expect("create");
+    let state = sim
+        .until(WAIT, "second pending", |s| {
+            wanted(s, "second")
+                .first()
+                .is_some_and(|t| t.status.state == TaskState::Pending)
+        })
+        .await;
+    assert_eq!(
+        wanted(&state, "second")[0].status.message,
+        "0/1 nodes available: 1 already use host port 8080/tcp"
+    );
+    sim.ask(|reply| Event::RemoveService("first".into(), reply))
+        .await
+        .expect("remove");
+    sim.until(WAIT, "second runs", |s| running(s, "second") == 1)
+        .await;
+}
+
 #[tokio::test]
 async fn spread_preferences_balance_zones_first() {
     let sim = Sim::start(mem(), tunables()).await;

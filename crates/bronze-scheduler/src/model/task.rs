@@ -145,6 +145,10 @@ pub struct Task {
     /// (start-first): the older one stops once this one runs.
     #[serde(default)]
     pub replaces: Option<String>,
+    /// Replaced elsewhere because its node went down: when the node comes
+    /// back, the task is dropped, so its agent removes the container.
+    #[serde(default)]
+    pub moved: bool,
     /// The store index of this task's last change: sessions send a task to
     /// its agent again only when this moved.
     #[serde(default)]

@@ -341,3 +341,110 @@ async fn engine_refusals_are_reported_and_retried() {
     drop(holder);
     s.stop().await;
 }
+
+/// A health check decides when a task runs: starting until the check
+/// passes, then running; once it fails, the agent stops the container,
+/// reports it failed as unhealthy, and the restart policy starts another.
+#[tokio::test]
+async fn health_checks_gate_running_and_unhealthy_containers_are_replaced() {
+    image().await;
+    let name = unique("health");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let s = Scheduler::start(fast()).await;
+    let _agent = Agent::start(agent_config(&s.url(), &s.token, "health", &[])).await;
+    let mut c = client(s.addr).await;
+    ready_nodes(&mut c, 1).await;
+    let mut sp = spec(&name, 1);
+    let ms = |n: i32| prost_types::Duration {
+        seconds: 0,
+        nanos: n * 1_000_000,
+    };
+    sp.healthcheck = Some(pb::HealthCheck {
+        test: vec![
+            "CMD".into(),
+            "/bin/busybox".into(),
+            "test".into(),
+            "-f".into(),
+            "/www/health".into(),
+        ],
+        interval: Some(ms(300)),
+        timeout: Some(ms(900)),
+        retries: 1,
+        start_period: None,
+    });
+    let mut watch = c
+        .watch(pb::WatchRequest {
+            from_index: 0,
+            service: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    c.create_service(pb::CreateServiceRequest { spec: Some(sp) })
+        .await
+        .expect("create");
+    // Seen through the watch: starting (not yet healthy), then running.
+    let mut seen = Vec::new();
+    let first = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let ev = watch.message().await.expect("watch").expect("open");
+            if let Some(pb::watch_event::Event::Task(t)) = ev.event
+                && t.service_name == name
+            {
+                let st = t.status.clone().expect("status");
+                if seen.last() != Some(&st.state()) {
+                    seen.push(st.state());
+                }
+                if st.state() == pb::TaskState::Running {
+                    assert_eq!(st.health, "healthy");
+                    return t;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the task runs once healthy");
+    assert!(
+        seen.contains(&pb::TaskState::Starting),
+        "starting first: {seen:?}"
+    );
+    // Break the check inside the container.
+    let cid = first.status.as_ref().expect("status").container_id.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("docker")
+            .args(["exec", &cid, "/bin/busybox", "rm", "/www/health"])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("docker exec");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ts = eventually(
+        Duration::from_secs(60),
+        "replaced after failing its check",
+        || {
+            let mut c = c.clone();
+            let name = name.clone();
+            let first = first.id.clone();
+            async move {
+                let ts = tasks(&mut c, &name).await;
+                let old_failed = ts.iter().any(|t| {
+                    t.id == first
+                        && t.status
+                            .as_ref()
+                            .is_some_and(|s| s.state() == pb::TaskState::Failed)
+                });
+                (old_failed && running(&ts).iter().any(|t| t.id != first)).then_some(ts)
+            }
+        },
+    )
+    .await;
+    let old = ts.iter().find(|t| t.id == first.id).expect("old");
+    let st = old.status.as_ref().expect("status");
+    assert_eq!(st.err, "container unhealthy", "{st:?}");
+    s.stop().await;
+}

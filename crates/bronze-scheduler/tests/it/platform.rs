@@ -134,3 +134,118 @@ async fn an_image_pushed_to_the_registry_runs_spread_and_registers_in_dns() {
     })
     .await;
 }
+
+/// A registry that wants credentials: the agent that has them (as
+/// `--registry-auth host=user:password`) pulls; one without is refused,
+/// and the task says why.
+#[tokio::test]
+async fn pulls_use_the_agents_registry_credentials() {
+    image().await;
+    let (with, without) = (unique("authed"), unique("anon"));
+    let _cleanup = Cleanup(vec![with.clone(), without.clone()]);
+    let stop = Shutdown::new();
+    let secrets = tempfile::tempdir().expect("dir");
+    let hash = bcrypt::hash("s3cret-pull", 5).expect("bcrypt");
+    let htpasswd = secrets.path().join("htpasswd");
+    std::fs::write(&htpasswd, format!("deployer:{hash}\n")).expect("htpasswd");
+    let root = tempfile::tempdir().expect("dir");
+    let mut config = bronze_registry::Config::ephemeral(&root.path().display().to_string());
+    config.auth = bronze_registry::auth::AuthConfig {
+        mode: bronze_registry::auth::Mode::Basic,
+        htpasswd: htpasswd.display().to_string(),
+        access: vec![bronze_registry::auth::Rule {
+            users: vec!["deployer".into()],
+            repositories: vec!["*".into()],
+            actions: vec!["*".into()],
+        }],
+        ..Default::default()
+    };
+    let registry = bronze_registry::Server::bind(config)
+        .await
+        .expect("registry");
+    let addr = registry.addr();
+    tokio::spawn(registry.serve(stop.clone()));
+    let pushed = format!("{addr}/private/{with}:1");
+    // A docker config of this test's own, so the host's is left alone.
+    let docker_config = tempfile::tempdir().expect("dir");
+    let dc = docker_config.path().display().to_string();
+    for args in [
+        vec![
+            "--config",
+            dc.as_str(),
+            "login",
+            "-u",
+            "deployer",
+            "-p",
+            "s3cret-pull",
+            &addr.to_string(),
+        ],
+        vec!["--config", dc.as_str(), "tag", IMAGE, pushed.as_str()],
+        vec!["--config", dc.as_str(), "push", pushed.as_str()],
+        vec!["--config", dc.as_str(), "rmi", pushed.as_str()],
+    ] {
+        let args: Vec<String> = args.into_iter().map(|a| a.to_string()).collect();
+        let out = tokio::task::spawn_blocking(move || Command::new("docker").args(&args).output())
+            .await
+            .expect("join")
+            .expect("docker");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let s = Scheduler::start(fast()).await;
+    let mut authed = agent_config(&s.url(), &s.token, "authed", &[("creds", "yes")]);
+    authed
+        .registry_auth
+        .insert(addr.to_string(), "deployer:s3cret-pull".into());
+    let _a = Agent::start(authed).await;
+    let _b = Agent::start(agent_config(
+        &s.url(),
+        &s.token,
+        "anonymous",
+        &[("creds", "no")],
+    ))
+    .await;
+    let mut c = client(s.addr).await;
+    ready_nodes(&mut c, 2).await;
+    for (name, creds) in [(&with, "yes"), (&without, "no")] {
+        let mut sp = spec(name, 1);
+        sp.image = pushed.clone();
+        sp.placement = Some(pb::Placement {
+            constraints: vec![format!("node.labels.creds=={creds}")],
+            ..Default::default()
+        });
+        c.create_service(pb::CreateServiceRequest { spec: Some(sp) })
+            .await
+            .expect("create");
+    }
+    converged(&mut c, &with, 1).await;
+    let refused = eventually(
+        Duration::from_secs(60),
+        "the anonymous pull refused",
+        || {
+            let mut c = c.clone();
+            let without = without.clone();
+            async move {
+                crate::harness::tasks(&mut c, &without)
+                    .await
+                    .into_iter()
+                    .find_map(|t| t.status.filter(|s| s.state() == pb::TaskState::Rejected))
+            }
+        },
+    )
+    .await;
+    assert!(refused.message.contains("pulling"), "{refused:?}");
+    assert!(
+        refused.err.to_lowercase().contains("auth") || refused.err.contains("401"),
+        "the engine's reason: {refused:?}"
+    );
+    s.stop().await;
+    stop.trigger();
+    let _ = tokio::task::spawn_blocking(move || {
+        Command::new("docker").args(["rmi", "-f", &pushed]).output()
+    })
+    .await;
+}
