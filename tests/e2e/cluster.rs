@@ -42,6 +42,21 @@ struct Teardown {
 
 impl Drop for Teardown {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What each host said, for the failure's reader.
+            for c in &self.containers {
+                if let Ok(out) = Command::new("docker")
+                    .args(["logs", "--tail", "40", c])
+                    .output()
+                {
+                    eprintln!(
+                        "--- {c}:\n{}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            }
+        }
         let _ = Command::new("docker")
             .args(["rm", "-f"])
             .args(&self.containers)

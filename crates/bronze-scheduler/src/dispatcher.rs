@@ -13,7 +13,9 @@
 //!   status batches (checked, then an `Event::Status`), log chunks (routed
 //!   to the reader that asked for them).
 //!
-//! A second session of the same node supersedes the first.
+//! A second session of the same node supersedes the first; a session whose
+//! node was marked down meanwhile (a cut that healed on the same TCP
+//! connection) is ended, so the agent joins again.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -254,6 +256,21 @@ async fn inbound_loop(
                 return;
             }
         };
+        // A node marked down (its heartbeats were lost: a network cut that
+        // healed on the same connection) or removed must join again: its
+        // session ends, its agent dials and says hello, and the hello
+        // reconciles what happened meanwhile.
+        let down = cluster
+            .state()
+            .node(node_id)
+            .is_none_or(|n| n.state == crate::model::NodeState::Down);
+        if down {
+            tracing::info!(
+                node = node_id,
+                "ending the session of a node marked down or removed: it joins again"
+            );
+            return;
+        }
         cluster.heartbeats.beat(node_id);
         match msg.message {
             Some(pb::agent_message::Message::Heartbeat(_)) => {}
