@@ -117,6 +117,9 @@ pub struct Worker {
     tasks: Mutex<HashMap<String, TaskHandle>>,
     pub outbox: Outbox,
     ops: Semaphore,
+    /// Image presence, per reference: when it was made present, and the
+    /// one pull (or check) tasks starting together share.
+    images: Mutex<HashMap<String, (std::time::Instant, ImageCell)>>,
     config: Arc<Config>,
     metrics: Arc<AgentMetrics>,
     shutdown: Shutdown,
@@ -124,6 +127,11 @@ pub struct Worker {
 
 /// Every task is looked at again this often, whatever the events say.
 const RESYNC: Duration = Duration::from_secs(30);
+
+/// An image made present is not checked (or pulled) again for this long.
+const IMAGE_FRESH: Duration = Duration::from_secs(10);
+
+type ImageCell = Arc<tokio::sync::OnceCell<Result<(), String>>>;
 
 impl Worker {
     pub fn new(
@@ -139,6 +147,7 @@ impl Worker {
             tasks: Mutex::new(HashMap::new()),
             outbox: Outbox::default(),
             ops: Semaphore::new(config.parallel_ops),
+            images: Mutex::new(HashMap::new()),
             config,
             metrics,
             shutdown,
@@ -430,17 +439,21 @@ impl Worker {
         } else {
             None
         };
-        let auth = auth_text.as_deref().and_then(|a| a.split_once(':'));
-        if let Err(e) = engine::ensure_image(&self.docker, &spec.image, auth).await {
+        if let Err(e) = self.image(&spec.image, auth_text.as_deref()).await {
             self.metrics.start_errors.inc();
             self.outbox
                 .report(id, rejected("pulling the image failed", &e));
             return;
         }
-        if self.inspect(name).await.is_none() {
-            let body = engine::create_body(task, spec);
-            let options = CreateContainerOptionsBuilder::default().name(name).build();
-            if let Err(e) = self.docker.create_container(Some(options), body).await {
+        let body = engine::create_body(task, spec);
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        match self.docker.create_container(Some(options), body).await {
+            Ok(_) => {}
+            // Created before (the agent stopped between create and start).
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {}
+            Err(e) => {
                 self.metrics.start_errors.inc();
                 self.outbox.report(
                     id,
@@ -480,6 +493,33 @@ impl Worker {
                 ),
             ),
         }
+    }
+
+    /// Makes an image present, once for all the tasks that start it at the
+    /// same time (a rollout of ten replicas pulls once), and trusts a
+    /// success for [`IMAGE_FRESH`].
+    async fn image(&self, image: &str, auth: Option<&str>) -> Result<(), String> {
+        let cell = {
+            let mut images = self.images.lock();
+            let fresh = images
+                .get(image)
+                .filter(|(at, cell)| {
+                    at.elapsed() < IMAGE_FRESH && !matches!(cell.get(), Some(Err(_)))
+                })
+                .map(|(_, cell)| cell.clone());
+            match fresh {
+                Some(cell) => cell,
+                None => {
+                    let cell = Arc::new(tokio::sync::OnceCell::new());
+                    images.insert(image.to_string(), (std::time::Instant::now(), cell.clone()));
+                    cell
+                }
+            }
+        };
+        let auth = auth.and_then(|a| a.split_once(':'));
+        cell.get_or_init(|| engine::ensure_image(&self.docker, image, auth))
+            .await
+            .clone()
     }
 
     async fn stop(&self, name: &str, spec: &pb::ServiceSpec) {
