@@ -255,8 +255,8 @@ async fn bronze(replicas: usize, bin: &std::path::Path) -> anyhow::Result<Timing
         })),
         update_config: Some(pb::UpdateConfig {
             parallelism: PARALLELISM,
-            delay: None,
             order: "stop-first".into(),
+            ..Default::default()
         }),
         stop_grace_period: Some(prost_types::Duration {
             seconds: 1,

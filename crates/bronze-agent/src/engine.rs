@@ -113,12 +113,18 @@ pub fn create_body(task: &pb::Task, spec: &pb::ServiceSpec) -> ContainerCreateBo
         .map(|m| Mount {
             target: Some(m.target.clone()),
             source: (!m.source.is_empty()).then(|| m.source.clone()),
-            typ: Some(if m.r#type == "bind" {
-                MountType::BIND
-            } else {
-                MountType::VOLUME
+            typ: Some(match m.r#type.as_str() {
+                "bind" => MountType::BIND,
+                "tmpfs" => MountType::TMPFS,
+                _ => MountType::VOLUME,
             }),
             read_only: Some(m.read_only),
+            tmpfs_options: (m.r#type == "tmpfs" && m.tmpfs_size_bytes > 0).then(|| {
+                bollard::models::MountTmpfsOptions {
+                    size_bytes: Some(m.tmpfs_size_bytes),
+                    ..Default::default()
+                }
+            }),
             ..Default::default()
         })
         .collect();
@@ -139,6 +145,7 @@ pub fn create_body(task: &pb::Task, spec: &pb::ServiceSpec) -> ContainerCreateBo
         labels: Some(labels),
         exposed_ports: (!exposed.is_empty()).then_some(exposed),
         user: (!spec.user.is_empty()).then(|| spec.user.clone()),
+        hostname: (!spec.hostname.is_empty()).then(|| spec.hostname.clone()),
         working_dir: (!spec.workdir.is_empty()).then(|| spec.workdir.clone()),
         stop_signal: (!spec.stop_signal.is_empty()).then(|| spec.stop_signal.clone()),
         stop_timeout: Some(grace),
@@ -160,6 +167,7 @@ pub fn create_body(task: &pb::Task, spec: &pb::ServiceSpec) -> ContainerCreateBo
             nano_cpus: (limits.nano_cpus > 0).then_some(limits.nano_cpus),
             memory: (limits.memory_bytes > 0).then_some(limits.memory_bytes),
             pids_limit: (limits.pids > 0).then_some(limits.pids),
+            extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
             // The scheduler restarts tasks, never the engine.
             restart_policy: Some(RestartPolicy {
                 name: Some(RestartPolicyNameEnum::NO),

@@ -98,6 +98,15 @@ fn update_config(u: Option<&pb::UpdateConfig>, field: &str) -> Result<UpdateConf
         parallelism: u64::from(u.parallelism),
         delay: duration_from(&format!("{field}.delay"), u.delay.as_ref())?.unwrap_or_default(),
         order: Order::parse(&u.order).map_err(|m| Invalid::new(format!("{field}.order"), m))?,
+        monitor: duration_from(&format!("{field}.monitor"), u.monitor.as_ref())?
+            .unwrap_or(crate::model::spec::DEFAULT_MONITOR),
+        max_failure_ratio: if u.max_failure_ratio.is_finite() {
+            u.max_failure_ratio
+        } else {
+            -1.0
+        },
+        failure_action: crate::model::spec::FailureAction::parse(&u.failure_action)
+            .map_err(|m| Invalid::new(format!("{field}.failure_action"), m))?,
     })
 }
 
@@ -132,18 +141,26 @@ pub fn spec_from_proto(p: &pb::ServiceSpec) -> Result<ServiceSpec, Invalid> {
             let kind = match m.r#type.as_str() {
                 "" | "volume" => MountKind::Volume,
                 "bind" => MountKind::Bind,
+                "tmpfs" => MountKind::Tmpfs,
                 other => {
                     return Err(Invalid::new(
                         format!("mounts[{i}].type"),
-                        format!("{other:?}: expected \"volume\" or \"bind\""),
+                        format!("{other:?}: expected \"volume\", \"bind\" or \"tmpfs\""),
                     ));
                 }
             };
+            if m.tmpfs_size_bytes < 0 || (m.tmpfs_size_bytes > 0 && kind != MountKind::Tmpfs) {
+                return Err(Invalid::new(
+                    format!("mounts[{i}].tmpfs_size_bytes"),
+                    "expected a size of 0 or more, on a tmpfs mount only",
+                ));
+            }
             Ok(Mount {
                 kind,
                 source: m.source.clone(),
                 target: m.target.clone(),
                 read_only: m.read_only,
+                tmpfs_size_bytes: m.tmpfs_size_bytes,
             })
         })
         .collect::<Result<_, _>>()?;
@@ -196,6 +213,9 @@ pub fn spec_from_proto(p: &pb::ServiceSpec) -> Result<ServiceSpec, Invalid> {
     }
     s.update = update_config(p.update_config.as_ref(), "update_config")?;
     s.rollback = update_config(p.rollback_config.as_ref(), "rollback_config")?;
+    s.hostname = p.hostname.clone();
+    s.extra_hosts = p.extra_hosts.clone();
+    s.drain_delay = duration_from("drain_delay", p.drain_delay.as_ref())?.unwrap_or_default();
     spec::validate(&s)?;
     Ok(s)
 }
@@ -213,6 +233,9 @@ fn update_to(u: &UpdateConfig) -> pb::UpdateConfig {
         parallelism: u32::try_from(u.parallelism).unwrap_or(u32::MAX),
         delay: Some(duration_to(u.delay)),
         order: u.order.as_str().into(),
+        monitor: Some(duration_to(u.monitor)),
+        max_failure_ratio: u.max_failure_ratio,
+        failure_action: u.failure_action.as_str().into(),
     }
 }
 
@@ -249,10 +272,12 @@ pub fn spec_to_proto(s: &ServiceSpec) -> pb::ServiceSpec {
                 r#type: match m.kind {
                     MountKind::Volume => "volume".into(),
                     MountKind::Bind => "bind".into(),
+                    MountKind::Tmpfs => "tmpfs".into(),
                 },
                 source: m.source.clone(),
                 target: m.target.clone(),
                 read_only: m.read_only,
+                tmpfs_size_bytes: m.tmpfs_size_bytes,
             })
             .collect(),
         healthcheck: s.healthcheck.as_ref().map(|h| pb::HealthCheck {
@@ -300,6 +325,9 @@ pub fn spec_to_proto(s: &ServiceSpec) -> pb::ServiceSpec {
         }),
         update_config: Some(update_to(&s.update)),
         rollback_config: Some(update_to(&s.rollback)),
+        hostname: s.hostname.clone(),
+        extra_hosts: s.extra_hosts.clone(),
+        drain_delay: Some(duration_to(s.drain_delay)),
     }
 }
 

@@ -68,6 +68,7 @@ pub struct PortConfig {
 pub enum MountKind {
     Volume,
     Bind,
+    Tmpfs,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -76,6 +77,9 @@ pub struct Mount {
     pub source: String,
     pub target: String,
     pub read_only: bool,
+    /// tmpfs only; 0: the engine's default.
+    #[serde(default)]
+    pub tmpfs_size_bytes: i64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -201,13 +205,74 @@ impl Order {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// What a rollout does when too many of its new tasks fail.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    #[default]
+    Pause,
+    Continue,
+    Rollback,
+}
+
+impl FailureAction {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "" | "pause" => Ok(Self::Pause),
+            "continue" => Ok(Self::Continue),
+            "rollback" => Ok(Self::Rollback),
+            other => Err(format!(
+                "{other:?}: expected \"pause\", \"continue\" or \"rollback\""
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureAction::Pause => "pause",
+            FailureAction::Continue => "continue",
+            FailureAction::Rollback => "rollback",
+        }
+    }
+}
+
+/// Swarm's default monitor window.
+pub const DEFAULT_MONITOR: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct UpdateConfig {
     /// 0: all at once.
     pub parallelism: u64,
     #[serde(with = "millis")]
     pub delay: Duration,
     pub order: Order,
+    #[serde(with = "millis", default = "default_monitor")]
+    pub monitor: Duration,
+    /// 0.0..=1.0
+    #[serde(default)]
+    pub max_failure_ratio: f64,
+    #[serde(default)]
+    pub failure_action: FailureAction,
+}
+
+fn default_monitor() -> Duration {
+    DEFAULT_MONITOR
+}
+
+impl Eq for UpdateConfig {}
+
+impl Hash for UpdateConfig {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (
+            self.parallelism,
+            self.delay,
+            self.order,
+            self.monitor,
+            self.max_failure_ratio.to_bits(),
+            self.failure_action,
+        )
+            .hash(state);
+    }
 }
 
 impl Default for UpdateConfig {
@@ -216,6 +281,9 @@ impl Default for UpdateConfig {
             parallelism: 1,
             delay: Duration::ZERO,
             order: Order::StopFirst,
+            monitor: DEFAULT_MONITOR,
+            max_failure_ratio: 0.0,
+            failure_action: FailureAction::Pause,
         }
     }
 }
@@ -261,6 +329,13 @@ pub struct ServiceSpec {
     pub update: UpdateConfig,
     #[serde(default)]
     pub rollback: UpdateConfig,
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub extra_hosts: Vec<String>,
+    /// Out of discovery this long before the stop signal.
+    #[serde(with = "millis", default)]
+    pub drain_delay: Duration,
 }
 
 /// Default time between the stop signal and SIGKILL (Docker's).
@@ -293,6 +368,9 @@ impl ServiceSpec {
             restart: RestartPolicy::default(),
             update: UpdateConfig::default(),
             rollback: UpdateConfig::default(),
+            hostname: String::new(),
+            extra_hosts: Vec::new(),
+            drain_delay: Duration::ZERO,
         }
     }
 
@@ -318,6 +396,8 @@ impl ServiceSpec {
         self.reservations.hash(&mut h);
         self.limits.hash(&mut h);
         self.restart.hash(&mut h);
+        self.hostname.hash(&mut h);
+        self.extra_hosts.hash(&mut h);
         h.finish()
     }
 
@@ -512,6 +592,12 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), Invalid> {
                     ),
                 ));
             }
+            MountKind::Tmpfs if !m.source.is_empty() => {
+                return Err(Invalid::new(
+                    format!("mounts[{i}].source"),
+                    "a tmpfs mount has no source",
+                ));
+            }
             MountKind::Volume
                 if !m.source.is_empty()
                     && !m
@@ -540,6 +626,41 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), Invalid> {
         ));
     }
     check("stop_signal", normalize_signal(&spec.stop_signal))?;
+    if !spec.hostname.is_empty()
+        && (spec.hostname.len() > 63
+            || !spec
+                .hostname
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+    {
+        return Err(Invalid::new(
+            "hostname",
+            format!("{:?}: expected a host name", spec.hostname),
+        ));
+    }
+    for (i, h) in spec.extra_hosts.iter().enumerate() {
+        let ok = h
+            .split_once(':')
+            .or_else(|| h.split_once('='))
+            .is_some_and(|(name, ip)| !name.is_empty() && ip.parse::<std::net::IpAddr>().is_ok());
+        if !ok {
+            return Err(Invalid::new(
+                format!("extra_hosts[{i}]"),
+                format!("{h:?}: expected host:ip, e.g. \"db:10.0.0.5\""),
+            ));
+        }
+    }
+    for (what, u) in [
+        ("update_config", &spec.update),
+        ("rollback_config", &spec.rollback),
+    ] {
+        if !(0.0..=1.0).contains(&u.max_failure_ratio) {
+            return Err(Invalid::new(
+                format!("{what}.max_failure_ratio"),
+                format!("{}: expected 0 to 1", u.max_failure_ratio),
+            ));
+        }
+    }
     if let Mode::Replicated { replicas } = spec.mode
         && replicas > MAX_REPLICAS
     {

@@ -196,6 +196,7 @@ async fn stop_first_and_start_first_with_parallelism_then_rollback() {
         parallelism: 2,
         delay: None,
         order: "stop-first".into(),
+        ..Default::default()
     });
     c.update_service(pb::UpdateServiceRequest {
         service: name.clone(),
@@ -224,6 +225,7 @@ async fn stop_first_and_start_first_with_parallelism_then_rollback() {
             nanos: 100_000_000,
         }),
         order: "start-first".into(),
+        ..Default::default()
     });
     c.update_service(pb::UpdateServiceRequest {
         service: name.clone(),
@@ -336,6 +338,7 @@ async fn a_scheduler_killed_mid_update_resumes_without_duplicates() {
             nanos: 300_000_000,
         }),
         order: "stop-first".into(),
+        ..Default::default()
     });
     c.create_service(pb::CreateServiceRequest {
         spec: Some(sp.clone()),

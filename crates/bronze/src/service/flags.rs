@@ -425,6 +425,20 @@ pub struct RolloutFlags {
     #[arg(long, value_enum, value_name = "ORDER")]
     pub update_order: Option<Order>,
 
+    /// How long each new task is watched once up; a failure within it
+    /// counts as a failed update [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub update_monitor: Option<Duration>,
+
+    /// Failed tasks / tasks updated tolerated before the failure action
+    /// (0 to 1) [default: 0].
+    #[arg(long, value_name = "RATIO")]
+    pub update_max_failure_ratio: Option<f64>,
+
+    /// What a failing update does [default: pause].
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub update_failure_action: Option<FailureAction>,
+
     /// Tasks replaced at once by a rollback (0: all at once) [default: 1].
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub rollback_parallelism: Option<u32>,
@@ -436,32 +450,81 @@ pub struct RolloutFlags {
     /// Order of a rollback's replacements [default: stop-first].
     #[arg(long, value_enum, value_name = "ORDER")]
     pub rollback_order: Option<Order>,
+
+    /// How long each task of a rollback is watched once up [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub rollback_monitor: Option<Duration>,
+
+    /// Failed tasks / tasks rolled back tolerated (0 to 1) [default: 0].
+    #[arg(long, value_name = "RATIO")]
+    pub rollback_max_failure_ratio: Option<f64>,
+
+    /// What a failing rollback does: pause or continue [default: pause].
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub rollback_failure_action: Option<FailureAction>,
 }
 
-fn rollout_config(
-    c: &mut Option<pb::UpdateConfig>,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailureAction {
+    Pause,
+    Continue,
+    Rollback,
+}
+
+impl FailureAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            FailureAction::Pause => "pause",
+            FailureAction::Continue => "continue",
+            FailureAction::Rollback => "rollback",
+        }
+    }
+}
+
+/// One rollout's flags (update or rollback).
+struct Rollout {
     parallelism: Option<u32>,
     delay: Option<Duration>,
     order: Option<Order>,
-) {
-    if parallelism.is_none() && delay.is_none() && order.is_none() {
+    monitor: Option<Duration>,
+    max_failure_ratio: Option<f64>,
+    failure_action: Option<FailureAction>,
+}
+
+fn rollout_config(c: &mut Option<pb::UpdateConfig>, r: Rollout) {
+    if r.parallelism.is_none()
+        && r.delay.is_none()
+        && r.order.is_none()
+        && r.monitor.is_none()
+        && r.max_failure_ratio.is_none()
+        && r.failure_action.is_none()
+    {
         return;
     }
     // A config the scheduler never sent has the defaults: 0 would mean
     // "all at once".
     let c = c.get_or_insert_with(|| pb::UpdateConfig {
         parallelism: 1,
-        delay: None,
         order: "stop-first".into(),
+        ..Default::default()
     });
-    if let Some(p) = parallelism {
+    if let Some(p) = r.parallelism {
         c.parallelism = p;
     }
-    if let Some(d) = delay {
+    if let Some(d) = r.delay {
         c.delay = Some(to_proto_duration(d));
     }
-    if let Some(o) = order {
+    if let Some(o) = r.order {
         c.order = o.as_str().into();
+    }
+    if let Some(m) = r.monitor {
+        c.monitor = Some(to_proto_duration(m));
+    }
+    if let Some(x) = r.max_failure_ratio {
+        c.max_failure_ratio = x;
+    }
+    if let Some(a) = r.failure_action {
+        c.failure_action = a.as_str().into();
     }
 }
 
@@ -589,15 +652,25 @@ impl SpecFlags {
         let ro = &self.rollout;
         rollout_config(
             &mut spec.update_config,
-            ro.update_parallelism,
-            ro.update_delay,
-            ro.update_order,
+            Rollout {
+                parallelism: ro.update_parallelism,
+                delay: ro.update_delay,
+                order: ro.update_order,
+                monitor: ro.update_monitor,
+                max_failure_ratio: ro.update_max_failure_ratio,
+                failure_action: ro.update_failure_action,
+            },
         );
         rollout_config(
             &mut spec.rollback_config,
-            ro.rollback_parallelism,
-            ro.rollback_delay,
-            ro.rollback_order,
+            Rollout {
+                parallelism: ro.rollback_parallelism,
+                delay: ro.rollback_delay,
+                order: ro.rollback_order,
+                monitor: ro.rollback_monitor,
+                max_failure_ratio: ro.rollback_max_failure_ratio,
+                failure_action: ro.rollback_failure_action,
+            },
         );
         Ok(())
     }
