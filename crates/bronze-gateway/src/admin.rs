@@ -359,6 +359,10 @@ impl Admin {
         let Value::Object(mut o) = body else {
             return Err(Box::new(schema_violation("@entity", "expected an object")));
         };
+        if k.name == "services" {
+            crate::shown::expand_url(&mut o)
+                .map_err(|e| Box::new(schema_violation(&e.field, &e.message)))?;
+        }
         let id = match existing {
             Some((id, _)) => id.to_string(),
             None => match o.get("id") {
@@ -529,6 +533,11 @@ impl Admin {
                 return schema_violation("@entity", "expected an object");
             };
             let mut merged = old.clone();
+            // A service a document declared with `url`: the PATCH changes
+            // the fields the url stands for.
+            if let (true, Some(o)) = (k.name == "services", merged.as_object_mut()) {
+                let _ = crate::shown::expand_url(o);
+            }
             merge(&mut merged, changes);
             merged
         } else {
@@ -612,11 +621,12 @@ impl Admin {
     }
 }
 
-/// Entity `id` of kind `k` as the API shows it.
+/// Entity `id` of kind `k` as the API shows it (as Kong does: every
+/// field, defaults filled in).
 fn shown(e: &Entities, k: &Kind, id: &str) -> Value {
     e.get(k, id)
         .cloned()
-        .map(|v| crate::certs::shown(e, k, v))
+        .map(|v| crate::shown::entity(e, k, v))
         .unwrap_or_default()
 }
 
@@ -794,7 +804,7 @@ fn list(
     let data: Vec<Value> = page
         .by_ref()
         .take(size)
-        .map(|(_, v)| crate::certs::shown(current, k, v.clone()))
+        .map(|(_, v)| crate::shown::entity(current, k, v.clone()))
         .collect();
     let more = page.next().is_some();
     let last = data

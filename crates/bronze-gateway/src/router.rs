@@ -248,17 +248,57 @@ fn upstream_protocol(p: &str, field: &str) -> Result<(bool, bool), Invalid> {
     }
 }
 
+/// Kong's name of an upstream protocol: (HTTP/2, TLS).
+pub(crate) fn protocol_name(protocol: (bool, bool)) -> &'static str {
+    match protocol {
+        (false, false) => "http",
+        (false, true) => "https",
+        (true, false) => "grpc",
+        (true, true) => "grpcs",
+    }
+}
+
+/// The port of a service that names none: 443 over TLS (`https`,
+/// `grpcs`), else 80. (Kong's schema defaults `port` to 80 whatever the
+/// protocol; Bronze connects where the protocol's port is.)
+pub(crate) fn default_port(tls: bool) -> u16 {
+    if tls { 443 } else { 80 }
+}
+
+/// A service's `url` (Kong's shorthand), as the fields it stands for.
+#[derive(Debug, PartialEq)]
+pub(crate) struct ServiceUrl {
+    pub host: String,
+    pub port: u16,
+    /// None for `http://host` (Kong: null), `/` for `http://host/`.
+    pub path: Option<String>,
+    /// (HTTP/2, TLS).
+    pub protocol: (bool, bool),
+}
+
 /// `http://host[:port][/path]` (or `https://`, `grpc://`, `grpcs://`) of a
-/// service's `url`: host, port (80, or 443 with TLS), path, (HTTP/2, TLS).
-fn split_url(url: &str, field: &str) -> Result<(String, u16, String, (bool, bool)), Invalid> {
+/// service's `url`: host, port ([`default_port`] when none), path,
+/// protocol.
+pub(crate) fn service_url(url: &str, field: &str) -> Result<ServiceUrl, Invalid> {
     let bad = |why: &str| Invalid::new(field, format!("{url:?}: {why}"));
     let uri: http::Uri = url
         .parse()
         .map_err(|_| bad("expected http://host[:port][/path]"))?;
     let protocol = upstream_protocol(uri.scheme_str().unwrap_or(""), field)?;
     let host = uri.host().ok_or_else(|| bad("no host"))?.to_string();
-    let port = uri.port_u16().unwrap_or(if protocol.1 { 443 } else { 80 });
-    Ok((host, port, uri.path().to_string(), protocol))
+    let port = uri.port_u16().unwrap_or(default_port(protocol.1));
+    // `http::Uri` reads `http://x` and `http://x/` alike; Kong does not.
+    let written = url.split_once("://").is_some_and(|(_, rest)| {
+        rest.split(['?', '#'])
+            .next()
+            .is_some_and(|r| r.contains('/'))
+    });
+    Ok(ServiceUrl {
+        host,
+        port,
+        path: written.then(|| uri.path().to_string()),
+        protocol,
+    })
 }
 
 impl Table {
@@ -344,7 +384,10 @@ impl Table {
                 ));
             }
             let (host, port, path, (http2, tls)) = match &s.url {
-                Some(url) => split_url(url, &field("url"))?,
+                Some(url) => {
+                    let u = service_url(url, &field("url"))?;
+                    (u.host, u.port, u.path.unwrap_or_default(), u.protocol)
+                }
                 None => {
                     let protocol = match &s.protocol {
                         Some(p) => upstream_protocol(p, &field("protocol"))?,
@@ -355,7 +398,7 @@ impl Table {
                     })?;
                     (
                         host,
-                        s.port.unwrap_or(if protocol.1 { 443 } else { 80 }),
+                        s.port.unwrap_or(default_port(protocol.1)),
                         s.path.clone().unwrap_or_default(),
                         protocol,
                     )
