@@ -839,6 +839,21 @@ async fn forwarded_headers_and_the_client_address_are_taken_only_from_trusted_pe
         let (code, body) = get(&other, "/guarded").await;
         assert_eq!(code, 200, "h2 {h2}: {body}");
     }
+    // No Host (HTTP/1.0, on the general path): no X-Forwarded-Host, and an
+    // untrusted peer's own does not pass either.
+    let (code, body) = curl(s(&[
+        "--http1.0",
+        "-H",
+        "Host:",
+        "-H",
+        "X-Forwarded-Host: shop.example.com",
+        &format!("http://{}/users", other.addr),
+    ]))
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert!(v["headers"].get("x-forwarded-host").is_none(), "{v}");
+    assert_eq!(v["headers"]["x-forwarded-proto"], "http", "{v}");
     // Without the headers, even a trusted peer's plain request is plain,
     // and the client is the peer.
     let (code, _) = curl(s(&[&format!("http://{}/secure", trusting.addr)])).await;
