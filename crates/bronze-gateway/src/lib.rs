@@ -382,6 +382,7 @@ impl Server {
         };
         let mut metrics = Metrics::new("gateway");
         let gateway_metrics = Arc::new(metrics::GatewayMetrics::register(&mut metrics));
+        metrics::CpuWork(registry.plugins.cpu.clone()).register(&mut metrics);
         let trust = proxy::Trust {
             ips: proxy::TrustedIps::parse(&config.trusted_ips).map_err(StartError::TrustedIps)?,
             real_ip: proxy::RealIp {

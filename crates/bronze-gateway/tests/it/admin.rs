@@ -146,7 +146,15 @@ async fn kong_crud_with_json_and_forms_proxies_at_once_and_refuses_bad_input() {
     assert_eq!(code, 200);
     assert_eq!(v["backend"], "a");
     assert_eq!(v["uri"], "/api/x");
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // The watcher asks a few more times once the route answers: never a
+    // 404 again.
+    let after = asked.load(Ordering::Relaxed);
+    super::eventually(
+        std::time::Duration::from_secs(30),
+        "the watcher asked after the change",
+        || asked.load(Ordering::Relaxed) >= after + 20,
+    )
+    .await;
     done.store(true, Ordering::Relaxed);
     let seen = watcher.await.expect("watcher");
     drop(client);
