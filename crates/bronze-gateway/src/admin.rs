@@ -161,18 +161,6 @@ fn bad_request(message: impl Into<String>) -> Response {
     json_response(StatusCode::BAD_REQUEST, json!({"message": message.into()}))
 }
 
-/// Runs `f` on the blocking pool: compiling a configuration (milliseconds
-/// for thousands of routes) and bcrypt (tens of milliseconds a new
-/// plain-text password) must not hold a worker thread, which with
-/// `--workers 1` is the one that proxies.
-async fn off_worker<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Box<Response>> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Box::new(internal(e)))
-}
-
 fn internal(e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "admin change failed");
     json_response(
@@ -287,6 +275,21 @@ impl Admin {
         }
     }
 
+    /// Runs `f` on the blocking pool, in one of the gateway's slots for
+    /// CPU-heavy work (counted in its metrics): compiling a configuration
+    /// (milliseconds for thousands of routes) and bcrypt (tens of
+    /// milliseconds a new plain-text password) must not hold a worker
+    /// thread, which with `--workers 1` is the one that proxies.
+    async fn off_worker<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Box<Response>> {
+        let cpu = self.gateway.registry().plugins.cpu.clone();
+        cpu.run(f)
+            .await
+            .ok_or_else(|| Box::new(internal("the work panicked")))
+    }
+
     /// Validates `next` (coercing form strings of the focused entity to
     /// what the schema expects), persists the difference, swaps the table.
     async fn commit(
@@ -300,11 +303,12 @@ impl Admin {
         let (d, table) = loop {
             let (doc, index) = next.document();
             let registry = self.gateway.registry();
-            let checked = off_worker(move || {
-                declarative::parse_value(doc)
-                    .and_then(|d| flat::compile(&d, &registry).map(|t| (d, t)))
-            })
-            .await?;
+            let checked = self
+                .off_worker(move || {
+                    declarative::parse_value(doc)
+                        .and_then(|d| flat::compile(&d, &registry).map(|t| (d, t)))
+                })
+                .await?;
             let e = match checked {
                 Ok(ok) => break ok,
                 Err(e) => e,
@@ -359,6 +363,10 @@ impl Admin {
         let Value::Object(mut o) = body else {
             return Err(Box::new(schema_violation("@entity", "expected an object")));
         };
+        if k.name == "services" {
+            crate::shown::expand_url(&mut o)
+                .map_err(|e| Box::new(schema_violation(&e.field, &e.message)))?;
+        }
         let id = match existing {
             Some((id, _)) => id.to_string(),
             None => match o.get("id") {
@@ -428,7 +436,8 @@ impl Admin {
         o.insert("updated_at".into(), now.into());
         let mut v = Value::Object(o);
         let plugins = self.gateway.registry().plugins.clone();
-        v = off_worker(move || crate::secrets::hash_entity(k, &mut v, &plugins.hashes).map(|()| v))
+        v = self
+            .off_worker(move || crate::secrets::hash_entity(k, &mut v, &plugins.hashes).map(|()| v))
             .await?
             .map_err(|e| Box::new(schema_violation(&e.field, &e.message)))?;
         for group in k.unique {
@@ -529,6 +538,11 @@ impl Admin {
                 return schema_violation("@entity", "expected an object");
             };
             let mut merged = old.clone();
+            // A service a document declared with `url`: the PATCH changes
+            // the fields the url stands for.
+            if let (true, Some(o)) = (k.name == "services", merged.as_object_mut()) {
+                let _ = crate::shown::expand_url(o);
+            }
             merge(&mut merged, changes);
             merged
         } else {
@@ -589,7 +603,10 @@ impl Admin {
     async fn replace(&self, doc: Value) -> Response {
         let mut current = self.state.lock().await;
         let registry = self.gateway.registry();
-        let (next, d, table) = match off_worker(move || from_document(&doc, &registry)).await {
+        let (next, d, table) = match self
+            .off_worker(move || from_document(&doc, &registry))
+            .await
+        {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => return declarative_invalid(&e),
             Err(e) => return *e,
@@ -612,11 +629,12 @@ impl Admin {
     }
 }
 
-/// Entity `id` of kind `k` as the API shows it.
+/// Entity `id` of kind `k` as the API shows it (as Kong does: every
+/// field, defaults filled in).
 fn shown(e: &Entities, k: &Kind, id: &str) -> Value {
     e.get(k, id)
         .cloned()
-        .map(|v| crate::certs::shown(e, k, v))
+        .map(|v| crate::shown::entity(e, k, v))
         .unwrap_or_default()
 }
 
@@ -794,7 +812,7 @@ fn list(
     let data: Vec<Value> = page
         .by_ref()
         .take(size)
-        .map(|(_, v)| crate::certs::shown(current, k, v.clone()))
+        .map(|(_, v)| crate::shown::entity(current, k, v.clone()))
         .collect();
     let more = page.next().is_some();
     let last = data

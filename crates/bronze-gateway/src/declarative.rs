@@ -285,6 +285,8 @@ pub struct Target {
     pub target: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// Kong's `certificates` entity: a PEM certificate chain (leaf first) and

@@ -92,6 +92,12 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
     }
 });
 
+/// The fixture's proxy, for unit tests of what it writes.
+#[cfg(test)]
+pub(crate) fn proxy_for_tests() -> Arc<Proxy> {
+    FIXTURE.proxy.clone()
+}
+
 /// Any bytes from a client as a request head: the HTTP/1.1 path takes it
 /// or leaves it to hyper, never panics, and what it would send upstream is
 /// one well-formed HTTP/1.1 request head, with no `Transfer-Encoding`, at

@@ -9,9 +9,10 @@
 //! - `declarative`: Kong's DB-less format (JSON or YAML), parsed with
 //!   errors naming the field; `flat`: its flat form (top-level routes and
 //!   targets) nested before compiling;
-//! - `admin`, `entities`, `multipart`, `certs`, `secrets`: Kong's Admin
-//!   API (CRUD on entities kept in the embedded store, each change compiled
-//!   and swapped like a document);
+//! - `admin`, `entities`, `multipart`, `certs`, `secrets`, `shown`: Kong's
+//!   Admin API (CRUD on entities kept in the embedded store, each change
+//!   compiled and swapped like a document; entities shown as Kong shows
+//!   them);
 //! - `router`: the compiled table and its priority order;
 //! - `proxy`, `upstream`: request rewriting and forwarding, upstream
 //!   connections (pooled HTTP/1.1, HTTP/2 for gRPC, TLS);
@@ -40,6 +41,7 @@ pub mod plugins;
 pub mod proxy;
 pub mod router;
 pub mod secrets;
+mod shown;
 pub mod tls;
 pub mod upstream;
 
@@ -380,6 +382,7 @@ impl Server {
         };
         let mut metrics = Metrics::new("gateway");
         let gateway_metrics = Arc::new(metrics::GatewayMetrics::register(&mut metrics));
+        metrics::CpuWork(registry.plugins.cpu.clone()).register(&mut metrics);
         let trust = proxy::Trust {
             ips: proxy::TrustedIps::parse(&config.trusted_ips).map_err(StartError::TrustedIps)?,
             real_ip: proxy::RealIp {

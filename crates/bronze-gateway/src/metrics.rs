@@ -116,6 +116,46 @@ impl GatewayMetrics {
     }
 }
 
+/// The gateway's CPU-heavy work on the blocking pool (bcrypt checks of
+/// basic-auth passwords, the Admin API's compiles), read from its
+/// `CpuSlots` at each scrape: `bronze_gateway_cpu_work_started_total` and
+/// `bronze_gateway_cpu_work_pending` (waiting for a slot or running). A
+/// flood of wrong passwords shows in both as it happens.
+#[derive(Debug)]
+pub struct CpuWork(pub std::sync::Arc<bronze_runtime::cpu::CpuSlots>);
+
+impl CpuWork {
+    pub fn register(self, m: &mut Metrics) {
+        m.registry().register_collector(Box::new(self));
+    }
+}
+
+impl prometheus_client::collector::Collector for CpuWork {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let started = ConstCounter::new(self.0.started());
+        started.encode(encoder.encode_descriptor(
+            "cpu_work_started",
+            "CPU-heavy work (password checks, Admin API compiles) handed to the blocking pool",
+            None,
+            started.metric_type(),
+        )?)?;
+        let pending = ConstGauge::new(i64::try_from(self.0.pending()).unwrap_or(i64::MAX));
+        pending.encode(encoder.encode_descriptor(
+            "cpu_work_pending",
+            "CPU-heavy work waiting for a slot or running",
+            None,
+            pending.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 #[derive(Debug, Clone)]

@@ -18,11 +18,12 @@ use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::balancer::{Outcome, RequestInfo, Tracked};
+use crate::balancer::{Key, Outcome, Pick, RequestInfo, Tracked};
 use crate::metrics::GatewayMetrics;
-use crate::router::Table;
-use crate::upstream::{Pool, PooledBody};
+use crate::router::{Matched, Route, Service, Table};
+use crate::upstream::{Pool, PooledBody, SendError, UpstreamBody};
 
+mod forwarded;
 mod h1;
 pub use h1::{Chunked, Limits, Malformed, plan_for_fuzzing, serve_connection};
 pub use trusted::{RealIp, Trust, TrustedIps};
@@ -235,7 +236,7 @@ pub fn error(status: StatusCode, message: &str) -> Response<Body> {
 }
 
 /// Kong's `X-Request-Id` shape: per process prefix and counter, in hex.
-pub(crate) fn request_id(prefix: u32, n: u64) -> HeaderValue {
+pub(crate) fn request_id(prefix: u32, n: u64) -> [u8; 25] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 25];
     for (i, b) in buf[..8].iter_mut().enumerate() {
@@ -245,7 +246,7 @@ pub(crate) fn request_id(prefix: u32, n: u64) -> HeaderValue {
     for (i, b) in buf[9..].iter_mut().enumerate() {
         *b = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+    buf
 }
 
 /// The upstream path: the service's path, then what the route did not
@@ -441,6 +442,12 @@ impl Proxy {
             .map_or(conn.peer, |ip| SocketAddr::new(ip, conn.peer.port()))
     }
 
+    /// A new `X-Request-Id` value.
+    pub(crate) fn next_request_id(&self) -> [u8; 25] {
+        let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
+        request_id(self.id_prefix, n)
+    }
+
     pub async fn handle(&self, req: Request<Incoming>, conn: &Downstream) -> Response<Body> {
         let mut ctx = None;
         let mut resp = self.forward(req, conn, &mut ctx).await;
@@ -450,10 +457,16 @@ impl Proxy {
         resp
     }
 
-    /// Routes and forwards; `ctx` is set when plugins apply.
+    /// Routes and forwards; `ctx` is set when plugins apply. One step after
+    /// the other, each ending the request with its answer when it must:
+    /// the route ([`Self::route`]), the https-only rule, the plugins'
+    /// access phase ([`access`]), the balancer's pick ([`balance_key`]),
+    /// the upstream target ([`upstream_target`]) and headers
+    /// ([`Self::upstream_headers`]), the exchange with its retries
+    /// ([`Self::exchange`]), the answer ([`answer`]).
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         conn: &Downstream,
         ctx: &mut Option<crate::plugins::Ctx>,
     ) -> Response<Body> {
@@ -477,17 +490,9 @@ impl Proxy {
             .as_ref()
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
-        let path = req.uri().path();
-        let Some(m) = table.find(req.method(), host, path, req.headers(), conn.sni.as_deref())
-        else {
-            *ctx = table.unmatched.start(None, client);
-            if let Some(c) = ctx.as_mut() {
-                table
-                    .unmatched
-                    .copy_request(req.method(), req.uri(), req.headers(), c);
-            }
-            self.unmatched.count(StatusCode::NOT_FOUND);
-            return error(StatusCode::NOT_FOUND, "no Route matched with those values");
+        let m = match self.route(&table, &req, host, conn, client, ctx) {
+            Ok(m) => m,
+            Err(answer) => return *answer,
         };
         let route = m.route.clone();
         let service = &route.service;
@@ -496,208 +501,154 @@ impl Proxy {
             counters.count(route.https_redirect);
             return https_required(route.https_redirect, &req, host);
         }
-        // Plugins' access phase: may answer, rewrite, identify a consumer.
         *ctx = route.plugins.start(Some(&route), client);
-        if let Some(c) = ctx.as_mut() {
-            let (mut parts, body) = req.into_parts();
-            if let Some(check) = crate::plugins::Chain::prepare(&parts, c) {
-                c.verdict = Some(check.run().await);
+        let mut req = match access(&route, req, ctx).await {
+            Ok(req) => req,
+            Err(answer) => {
+                counters.count(answer.status());
+                return *answer;
             }
-            if let Err(resp) = route.plugins.access(&mut parts, c) {
-                counters.count(resp.status());
-                return *resp;
-            }
-            req = Request::from_parts(parts, body);
-        }
-        let path = req.uri().path();
-        let captures = m
-            .regex
-            .filter(|_| service.upstream.wants_captures())
-            .and_then(|r| r.captures(path));
-        let key = service.upstream.key(&RequestInfo {
-            captures: captures.as_ref(),
-            headers: req.headers(),
-            peer: client.ip(),
-            path,
-            query: req.uri().query(),
-            consumer: ctx
-                .as_ref()
-                .and_then(|c| c.consumer.as_ref())
-                .map(|c| c.id.as_str()),
-        });
+        };
+        let key = balance_key(service, m.regex, &req, client, ctx.as_ref());
         service.budget.request();
-        let mut pick = match service.upstream.pick(&key, None).await {
+        let pick = match service.upstream.pick(&key, None).await {
             Ok(p) => p,
             Err(no_peer) => {
                 counters.count(StatusCode::SERVICE_UNAVAILABLE);
                 return error(StatusCode::SERVICE_UNAVAILABLE, no_peer.message());
             }
         };
-
-        // Path: the service's path, then what the route did not strip.
-        let rest = if route.strip_path {
-            &path[m.matched_len..]
-        } else {
-            path
-        };
-        let set = ctx.as_ref().and_then(|c| c.upstream_path.as_deref());
-        let rewritten = match set {
-            Some(p) => {
-                PathAndQuery::from_maybe_shared(Bytes::from(with_query(p, req.uri().query()))).ok()
-            }
-            None => upstream_path(&service.path, req.uri(), rest),
-        };
-        let Some(path_and_query) = rewritten else {
+        let Some(target) = upstream_target(&route, m.matched_len, &req, ctx) else {
             return error(
                 StatusCode::BAD_REQUEST,
                 "the request path cannot be forwarded",
             );
         };
-        if let Some(c) = ctx.as_mut()
-            && c.log_request.is_some()
-        {
-            c.upstream_uri = Some(path_and_query.as_str().to_string());
-        }
-
-        // A WebSocket (or other) upgrade: keep its two headers for the
-        // upstream and splice the connections once it answers 101.
+        // A WebSocket (or other) upgrade: its two headers go upstream, and
+        // the connections are spliced once it answers 101.
         let upgrade = upgrade_of(req.headers());
         let downstream = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        self.upstream_headers(
+            req.headers_mut(),
+            &route,
+            conn,
+            client,
+            host_value.as_ref(),
+            upgrade,
+        );
+        let mut out = Outgoing::new(req, target, ctx.as_ref(), downstream.is_some(), service);
+        let sent_at = ctx.is_some().then(std::time::Instant::now);
+        let (sent, pick) = self.exchange(conn, &route, &key, pick, &mut out).await;
+        if let (Some(c), Some(at)) = (ctx.as_mut(), sent_at) {
+            c.upstream_latency = Some(at.elapsed());
+        }
+        answer(
+            sent,
+            &route,
+            counters,
+            pick,
+            key.set_cookie,
+            downstream,
+            out.tripped(),
+        )
+    }
+
+    /// The route for `req`, or the 404 of no route (the miss counted, the
+    /// plugins that run on unmatched requests started in `ctx`).
+    fn route<'t>(
+        &self,
+        table: &'t Table,
+        req: &Request<Incoming>,
+        host: &str,
+        conn: &Downstream,
+        client: SocketAddr,
+        ctx: &mut Option<crate::plugins::Ctx>,
+    ) -> Result<Matched<'t>, crate::plugins::Answer> {
+        let path = req.uri().path();
+        if let Some(m) = table.find(req.method(), host, path, req.headers(), conn.sni.as_deref()) {
+            return Ok(m);
+        }
+        *ctx = table.unmatched.start(None, client);
+        if let Some(c) = ctx.as_mut() {
+            table
+                .unmatched
+                .copy_request(req.method(), req.uri(), req.headers(), c);
+        }
+        self.unmatched.count(StatusCode::NOT_FOUND);
+        Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            "no Route matched with those values",
+        )))
+    }
+
+    /// The request's headers as they go upstream: hop-by-hop ones dropped
+    /// (an upgrade's two, and `TE: trailers` toward HTTP/2, put back), the
+    /// forwarding headers (`forwarded.rs`), and the client's Host on a route
+    /// that preserves it.
+    fn upstream_headers(
+        &self,
+        headers: &mut HeaderMap,
+        route: &Route,
+        conn: &Downstream,
+        client: SocketAddr,
+        host: Option<&HeaderValue>,
+        upgrade: Option<HeaderValue>,
+    ) {
         // `TE: trailers` is the one TE value HTTP/2 allows, and gRPC servers
-        // may insist on it: kept toward an HTTP/2 upstream.
-        let te_trailers = service.http2
-            && req
-                .headers()
+        // may insist on it.
+        let te_trailers = route.service.http2
+            && headers
                 .get(header::TE)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-        let headers = req.headers_mut();
         strip_hop_by_hop(headers);
         if te_trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
-        if let Some(u) = &upgrade {
+        if let Some(u) = upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, u.clone());
+            headers.insert(header::UPGRADE, u);
         }
-        let forwarded_for = match headers.get(X_FORWARDED_FOR).map(|v| v.as_bytes()) {
-            Some(prior) => {
-                let mut v = Vec::with_capacity(prior.len() + 2 + conn.ip.len());
-                v.extend_from_slice(prior);
-                v.extend_from_slice(b", ");
-                v.extend_from_slice(conn.ip.as_bytes());
-                HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
-            }
-            None => Some(conn.ip.clone()),
-        };
-        if let Some(v) = forwarded_for {
-            headers.insert(X_FORWARDED_FOR, v);
-        }
-        headers.insert(X_REAL_IP, real_ip(conn, client));
-        if !(conn.trusted && headers.contains_key(X_FORWARDED_PROTO)) {
-            headers.insert(
-                X_FORWARDED_PROTO,
-                HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-            );
-        }
-        if let Some(h) = &host_value
-            && !(conn.trusted && headers.contains_key(X_FORWARDED_HOST))
-        {
-            headers.insert(X_FORWARDED_HOST, h.clone());
-        }
-        if !headers.contains_key(X_REQUEST_ID) {
-            let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
-            headers.insert(X_REQUEST_ID, request_id(self.id_prefix, n));
-        }
+        let real = real_ip(conn, client);
+        forwarded::write(
+            &mut forwarded::Map(headers),
+            self,
+            conn,
+            forwarded::Value::Header(&real),
+            host.map(forwarded::Value::Header),
+        );
         if route.preserve_host
             && !headers.contains_key(header::HOST)
-            && let Some(h) = &host_value
+            && let Some(h) = host
         {
             headers.insert(header::HOST, h.clone());
         }
-        // Idempotent and bodyless: may go to another target if this one
-        // fails before answering.
-        let replayable = matches!(
-            *req.method(),
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::TRACE
-        ) && downstream.is_none()
-            && !req.headers().contains_key(header::TRANSFER_ENCODING)
-            && req
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .is_none_or(|v| v.as_bytes() == b"0");
-        // Another attempt needs another target; with one, send once and
-        // keep no copy of the headers.
-        let replayable = replayable && service.distinct_targets() > 1;
-        let (parts, body) = req.into_parts();
-        let method = parts.method;
-        let mut headers = Some(parts.headers);
-        // request-size-limiting: a body without a length is cut at the limit.
-        let mut too_large = None;
-        let body = match ctx.as_ref().and_then(|c| c.body_limit) {
-            Some(limit) => {
-                let (limited, tripped) = crate::plugins::LimitedBody::new(body, limit);
-                too_large = Some(tripped);
-                Either::Right(limited)
-            }
-            None => Either::Left(body),
-        };
-        let mut body = Some(body);
-        let tripped = || {
-            too_large
-                .as_ref()
-                .is_some_and(|t| t.load(std::sync::atomic::Ordering::Acquire))
-        };
-        let sent_at = ctx.is_some().then(std::time::Instant::now);
+    }
+
+    /// Sends `out` to `pick`'s target, and on to others while a failed
+    /// attempt may be repeated (replayable, retries and retry budget left,
+    /// a target not tried yet): how it ended, and the pick that saw it.
+    async fn exchange(
+        &self,
+        conn: &Downstream,
+        route: &Route,
+        key: &Key,
+        mut pick: Pick,
+        out: &mut Outgoing,
+    ) -> (Sent, Pick) {
+        let service = &route.service;
         let mut attempt = 0;
-        let timeouts = service.timeouts();
-        let sent = loop {
+        loop {
             let target = pick.addr().clone();
-            let mut upstream_req = Request::new(match body.take() {
-                Some(b) if !replayable => Either::Left(b),
-                _ => Either::Right(Empty::new()),
-            });
-            *upstream_req.method_mut() = method.clone();
-            *upstream_req.headers_mut() = if replayable {
-                headers.clone().unwrap_or_default()
-            } else {
-                headers.take().unwrap_or_default()
-            };
+            let mut req = out.attempt();
             if !route.preserve_host
                 && let Some(v) = &pick.target.host_header
             {
-                upstream_req.headers_mut().insert(header::HOST, v.clone());
+                req.headers_mut().insert(header::HOST, v.clone());
             }
-            let send = async {
-                if service.http2 {
-                    let mut uri = http::uri::Parts::default();
-                    uri.scheme = Some(if service.tls.is_some() {
-                        http::uri::Scheme::HTTPS
-                    } else {
-                        http::uri::Scheme::HTTP
-                    });
-                    uri.authority = target.parse().ok();
-                    uri.path_and_query = Some(path_and_query.clone());
-                    *upstream_req.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
-                    self.pool
-                        .send_http2(&target, upstream_req, timeouts, service.tls.as_ref())
-                        .await
-                        .map(|r| r.map(PooledBody::unpooled))
-                } else {
-                    *upstream_req.uri_mut() = Uri::from(path_and_query.clone());
-                    self.pool
-                        .send_http1(
-                            &target,
-                            upstream_req,
-                            timeouts,
-                            downstream.is_some(),
-                            service.tls.as_ref(),
-                        )
-                        .await
-                }
-            };
             let deadline = tokio::time::Instant::now() + service.read_timeout;
+            let send = self.send(service, &target, req, &out.target, out.upgrade);
             match within(conn, deadline, send).await {
-                Some(Err(e)) if tripped() => break Ok(Err(e)),
+                Some(Err(e)) if out.tripped() => return (Sent::Failed(e), pick),
                 Some(Err(e)) => {
                     pick.report(if e.is_timeout() {
                         Outcome::Timeout
@@ -705,84 +656,291 @@ impl Proxy {
                         Outcome::TcpFailure
                     });
                     tracing::warn!(route = %route.name, %target, attempt, error = %e, "upstream failed");
-                    if replayable
+                    if out.replayable
                         && attempt < service.retries
                         && service.budget.try_retry()
-                        && let Ok(next) = service.upstream.try_pick(&key, Some(&pick.target))
+                        && let Ok(next) = service.upstream.try_pick(key, Some(&pick.target))
                     {
                         attempt += 1;
                         pick = next;
                         continue;
                     }
-                    break Ok(Err(e));
+                    return (Sent::Failed(e), pick);
                 }
                 Some(Ok(resp)) => {
                     pick.report(Outcome::Status(resp.status().as_u16()));
-                    break Ok(Ok(resp));
+                    return (Sent::Answer(resp), pick);
                 }
                 None => {
                     pick.report(Outcome::Timeout);
-                    break Err(());
+                    return (Sent::TimedOut, pick);
                 }
-            }
-        };
-        if let (Some(c), Some(at)) = (ctx.as_mut(), sent_at) {
-            c.upstream_latency = Some(at.elapsed());
-        }
-        match sent {
-            Ok(Err(_)) if tripped() => {
-                counters.count(StatusCode::PAYLOAD_TOO_LARGE);
-                error(StatusCode::PAYLOAD_TOO_LARGE, crate::plugins::TOO_LARGE)
-            }
-            Ok(Ok(mut resp)) => {
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                    && let Some(downstream) = downstream
-                {
-                    let upstream = hyper::upgrade::on(&mut resp);
-                    let name = route.name.clone();
-                    tokio::spawn(async move {
-                        // Counts as in flight while the tunnel lasts.
-                        let _pick = pick;
-                        let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else {
-                            tracing::debug!(route = %name, "upgrade did not complete");
-                            return;
-                        };
-                        let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
-                        if let Err(error) = tokio::io::copy_bidirectional(&mut down, &mut up).await
-                        {
-                            tracing::debug!(route = %name, %error, "upgraded connection ended");
-                        }
-                    });
-                    counters.count(StatusCode::SWITCHING_PROTOCOLS);
-                    let (parts, body) = resp.into_parts();
-                    return Response::from_parts(parts, Either::Left(Tracked::new(body, None)));
-                }
-                let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                if let Some(cookie) = key.set_cookie {
-                    parts.headers.append(header::SET_COOKIE, cookie);
-                }
-                counters.count(parts.status);
-                Response::from_parts(parts, Either::Left(Tracked::new(body, Some(pick))))
-            }
-            Ok(Err(e)) if !e.is_timeout() => {
-                tracing::warn!(route = %route.name, target = %pick.addr(), error = %e, "upstream failed");
-                counters.count(StatusCode::BAD_GATEWAY);
-                error(
-                    StatusCode::BAD_GATEWAY,
-                    "An invalid response was received from the upstream server",
-                )
-            }
-            Ok(Err(_)) | Err(()) => {
-                tracing::warn!(route = %route.name, target = %pick.addr(), "upstream timed out");
-                counters.count(StatusCode::GATEWAY_TIMEOUT);
-                error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "The upstream server is timing out",
-                )
             }
         }
     }
+
+    /// One attempt to `target`: HTTP/2 for gRPC services, else HTTP/1.1
+    /// (`upgrade`: the connection is the client's after a 101).
+    async fn send(
+        &self,
+        service: &Service,
+        target: &Arc<str>,
+        mut req: Request<UpstreamBody>,
+        path: &PathAndQuery,
+        upgrade: bool,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let timeouts = service.timeouts();
+        if service.http2 {
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(if service.tls.is_some() {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            });
+            uri.authority = target.parse().ok();
+            uri.path_and_query = Some(path.clone());
+            *req.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
+            self.pool
+                .send_http2(target, req, timeouts, service.tls.as_ref())
+                .await
+                .map(|r| r.map(PooledBody::unpooled))
+        } else {
+            *req.uri_mut() = Uri::from(path.clone());
+            self.pool
+                .send_http1(target, req, timeouts, upgrade, service.tls.as_ref())
+                .await
+        }
+    }
+}
+
+/// The plugins' access phase (after the check `prepare` asks for, which
+/// runs off the workers): the request as they leave it, or their answer.
+async fn access(
+    route: &Route,
+    req: Request<Incoming>,
+    ctx: &mut Option<crate::plugins::Ctx>,
+) -> Result<Request<Incoming>, crate::plugins::Answer> {
+    let Some(c) = ctx.as_mut() else {
+        return Ok(req);
+    };
+    let (mut parts, body) = req.into_parts();
+    if let Some(check) = crate::plugins::Chain::prepare(&parts, c) {
+        c.verdict = Some(check.run().await);
+    }
+    route.plugins.access(&mut parts, c)?;
+    Ok(Request::from_parts(parts, body))
+}
+
+/// The request's key for the service's balancer (the matched regex's
+/// captures only when the upstream hashes on one).
+fn balance_key(
+    service: &Service,
+    regex: Option<&regex::Regex>,
+    req: &Request<Incoming>,
+    client: SocketAddr,
+    ctx: Option<&crate::plugins::Ctx>,
+) -> Key {
+    let path = req.uri().path();
+    let captures = regex
+        .filter(|_| service.upstream.wants_captures())
+        .and_then(|r| r.captures(path));
+    service.upstream.key(&RequestInfo {
+        captures: captures.as_ref(),
+        headers: req.headers(),
+        peer: client.ip(),
+        path,
+        query: req.uri().query(),
+        consumer: ctx.and_then(|c| c.consumer.as_ref()).map(|c| c.id.as_str()),
+    })
+}
+
+/// The upstream request target: the whole path a plugin set
+/// (request-transformer's `replace.uri`), or the service's path then what
+/// the route did not strip (`matched_len`); then the query. `None`: it is
+/// not a request target (400).
+fn upstream_target(
+    route: &Route,
+    matched_len: usize,
+    req: &Request<Incoming>,
+    ctx: &mut Option<crate::plugins::Ctx>,
+) -> Option<PathAndQuery> {
+    let uri = req.uri();
+    let path = uri.path();
+    let rest = if route.strip_path {
+        path.get(matched_len..).unwrap_or("")
+    } else {
+        path
+    };
+    let target = match ctx.as_ref().and_then(|c| c.upstream_path.as_deref()) {
+        Some(p) => PathAndQuery::from_maybe_shared(Bytes::from(with_query(p, uri.query()))).ok(),
+        None => upstream_path(&route.service.path, uri, rest),
+    }?;
+    if let Some(c) = ctx.as_mut()
+        && c.log_request.is_some()
+    {
+        c.upstream_uri = Some(target.as_str().to_string());
+    }
+    Some(target)
+}
+
+/// The request as it goes upstream, taken apart for one attempt or more: a
+/// request that may go to another target keeps its headers for each
+/// attempt and has no body; any other goes whole with its one attempt.
+struct Outgoing {
+    method: Method,
+    headers: Option<HeaderMap>,
+    body: Option<Either<Incoming, crate::plugins::LimitedBody<Incoming>>>,
+    target: PathAndQuery,
+    /// Idempotent, bodyless, no upgrade, and another target to try.
+    replayable: bool,
+    upgrade: bool,
+    /// request-size-limiting's: set once a body without a length passed
+    /// the limit (it is cut there).
+    too_large: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Outgoing {
+    fn new(
+        req: Request<Incoming>,
+        target: PathAndQuery,
+        ctx: Option<&crate::plugins::Ctx>,
+        upgrade: bool,
+        service: &Service,
+    ) -> Self {
+        let replayable = matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::TRACE
+        ) && !upgrade
+            && !req.headers().contains_key(header::TRANSFER_ENCODING)
+            && req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_none_or(|v| v.as_bytes() == b"0")
+            // With one target, send once and keep no copy of the headers.
+            && service.distinct_targets() > 1;
+        let (parts, body) = req.into_parts();
+        let (body, too_large) = match ctx.and_then(|c| c.body_limit) {
+            Some(limit) => {
+                let (limited, tripped) = crate::plugins::LimitedBody::new(body, limit);
+                (Either::Right(limited), Some(tripped))
+            }
+            None => (Either::Left(body), None),
+        };
+        Self {
+            method: parts.method,
+            headers: Some(parts.headers),
+            body: Some(body),
+            target,
+            replayable,
+            upgrade,
+            too_large,
+        }
+    }
+
+    /// Whether request-size-limiting cut the body.
+    fn tripped(&self) -> bool {
+        self.too_large
+            .as_ref()
+            .is_some_and(|t| t.load(Ordering::Acquire))
+    }
+
+    /// The next attempt's request (its URI and Host are the exchange's).
+    fn attempt(&mut self) -> Request<UpstreamBody> {
+        let mut req = Request::new(match self.body.take() {
+            Some(b) if !self.replayable => Either::Left(b),
+            _ => Either::Right(Empty::new()),
+        });
+        *req.method_mut() = self.method.clone();
+        *req.headers_mut() = if self.replayable {
+            self.headers.clone().unwrap_or_default()
+        } else {
+            self.headers.take().unwrap_or_default()
+        };
+        req
+    }
+}
+
+/// How an exchange with the upstream ended.
+enum Sent {
+    Answer(Response<PooledBody>),
+    Failed(SendError),
+    /// The service's read timeout passed first.
+    TimedOut,
+}
+
+/// The client's answer to how the exchange ended: the upstream's
+/// (hop-by-hop headers dropped, the balancer's cookie set; a 101 to an
+/// upgrade spliced into a tunnel), or Kong's 413, 502 or 504.
+fn answer(
+    sent: Sent,
+    route: &Route,
+    counters: &crate::metrics::RouteCounters,
+    pick: Pick,
+    set_cookie: Option<HeaderValue>,
+    downstream: Option<hyper::upgrade::OnUpgrade>,
+    too_large: bool,
+) -> Response<Body> {
+    match sent {
+        Sent::Failed(_) if too_large => {
+            counters.count(StatusCode::PAYLOAD_TOO_LARGE);
+            error(StatusCode::PAYLOAD_TOO_LARGE, crate::plugins::TOO_LARGE)
+        }
+        Sent::Answer(mut resp) => {
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                && let Some(downstream) = downstream
+            {
+                let upstream = hyper::upgrade::on(&mut resp);
+                tunnel(route.name.clone(), downstream, upstream, pick);
+                counters.count(StatusCode::SWITCHING_PROTOCOLS);
+                let (parts, body) = resp.into_parts();
+                return Response::from_parts(parts, Either::Left(Tracked::new(body, None)));
+            }
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            if let Some(cookie) = set_cookie {
+                parts.headers.append(header::SET_COOKIE, cookie);
+            }
+            counters.count(parts.status);
+            Response::from_parts(parts, Either::Left(Tracked::new(body, Some(pick))))
+        }
+        Sent::Failed(e) if !e.is_timeout() => {
+            tracing::warn!(route = %route.name, target = %pick.addr(), error = %e, "upstream failed");
+            counters.count(StatusCode::BAD_GATEWAY);
+            error(
+                StatusCode::BAD_GATEWAY,
+                "An invalid response was received from the upstream server",
+            )
+        }
+        Sent::Failed(_) | Sent::TimedOut => {
+            tracing::warn!(route = %route.name, target = %pick.addr(), "upstream timed out");
+            counters.count(StatusCode::GATEWAY_TIMEOUT);
+            error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "The upstream server is timing out",
+            )
+        }
+    }
+}
+
+/// Splices an upgraded client connection and its upstream one, in a task
+/// of its own; the pick counts as in flight while the tunnel lasts.
+fn tunnel(
+    route: String,
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    pick: Pick,
+) {
+    tokio::spawn(async move {
+        let _pick = pick;
+        let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else {
+            tracing::debug!(%route, "upgrade did not complete");
+            return;
+        };
+        let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+        if let Err(error) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+            tracing::debug!(%route, %error, "upgraded connection ended");
+        }
+    });
 }
 
 #[cfg(test)]
@@ -818,7 +976,7 @@ mod tests {
 
     #[test]
     fn request_ids_are_fixed_width_hex() {
-        assert_eq!(request_id(0xdead_beef, 0x2a), "deadbeef-000000000000002a");
+        assert_eq!(&request_id(0xdead_beef, 0x2a), b"deadbeef-000000000000002a");
     }
 
     #[test]

@@ -248,17 +248,57 @@ fn upstream_protocol(p: &str, field: &str) -> Result<(bool, bool), Invalid> {
     }
 }
 
+/// Kong's name of an upstream protocol: (HTTP/2, TLS).
+pub(crate) fn protocol_name(protocol: (bool, bool)) -> &'static str {
+    match protocol {
+        (false, false) => "http",
+        (false, true) => "https",
+        (true, false) => "grpc",
+        (true, true) => "grpcs",
+    }
+}
+
+/// The port of a service that names none: 443 over TLS (`https`,
+/// `grpcs`), else 80. (Kong's schema defaults `port` to 80 whatever the
+/// protocol; Bronze connects where the protocol's port is.)
+pub(crate) fn default_port(tls: bool) -> u16 {
+    if tls { 443 } else { 80 }
+}
+
+/// A service's `url` (Kong's shorthand), as the fields it stands for.
+#[derive(Debug, PartialEq)]
+pub(crate) struct ServiceUrl {
+    pub host: String,
+    pub port: u16,
+    /// None for `http://host` (Kong: null), `/` for `http://host/`.
+    pub path: Option<String>,
+    /// (HTTP/2, TLS).
+    pub protocol: (bool, bool),
+}
+
 /// `http://host[:port][/path]` (or `https://`, `grpc://`, `grpcs://`) of a
-/// service's `url`: host, port (80, or 443 with TLS), path, (HTTP/2, TLS).
-fn split_url(url: &str, field: &str) -> Result<(String, u16, String, (bool, bool)), Invalid> {
+/// service's `url`: host, port ([`default_port`] when none), path,
+/// protocol.
+pub(crate) fn service_url(url: &str, field: &str) -> Result<ServiceUrl, Invalid> {
     let bad = |why: &str| Invalid::new(field, format!("{url:?}: {why}"));
     let uri: http::Uri = url
         .parse()
         .map_err(|_| bad("expected http://host[:port][/path]"))?;
     let protocol = upstream_protocol(uri.scheme_str().unwrap_or(""), field)?;
     let host = uri.host().ok_or_else(|| bad("no host"))?.to_string();
-    let port = uri.port_u16().unwrap_or(if protocol.1 { 443 } else { 80 });
-    Ok((host, port, uri.path().to_string(), protocol))
+    let port = uri.port_u16().unwrap_or(default_port(protocol.1));
+    // `http::Uri` reads `http://x` and `http://x/` alike; Kong does not.
+    let written = url.split_once("://").is_some_and(|(_, rest)| {
+        rest.split(['?', '#'])
+            .next()
+            .is_some_and(|r| r.contains('/'))
+    });
+    Ok(ServiceUrl {
+        host,
+        port,
+        path: written.then(|| uri.path().to_string()),
+        protocol,
+    })
 }
 
 impl Table {
@@ -268,61 +308,24 @@ impl Table {
     }
 
     /// As `build`, keeping the state of targets `registry` already knows.
+    /// In steps: the plugins, the declared upstreams
+    /// ([`compile_upstream`]), then each enabled service
+    /// ([`compile_service`]) with its routes ([`compile_route`]), each
+    /// route giving one entry per host and path ([`Rules::entries`]);
+    /// last, the entries in priority order and indexed by host
+    /// ([`Table::index`]).
     pub fn build_with(d: &Declarative, registry: &Arc<Registry>) -> Result<Self, Invalid> {
         let plugins = crate::plugins::Compiled::build(d, &registry.plugins)?;
         let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
         for (i, u) in d.upstreams.iter().enumerate() {
-            let field = |f: &str| format!("upstreams[{i}].{f}");
-            if u.name.is_empty() {
-                return Err(Invalid::new(field("name"), "expected a name"));
-            }
-            let mut settings = balancer::config::compile(u, &format!("upstreams[{i}]"))?;
-            if let Some(r) = &u.client_certificate {
-                let (id, certified) = client_certificate(d, r, &field("client_certificate"))?;
-                let checks = settings.active.as_mut().and_then(|a| match &mut a.kind {
-                    balancer::config::CheckKind::Http { tls }
-                    | balancer::config::CheckKind::Grpc { tls } => tls.as_mut(),
-                    balancer::config::CheckKind::Tcp => None,
-                });
-                if let Some(t) = checks {
-                    let own = crate::upstream::tls::Own::new(
-                        t.verify,
-                        &[],
-                        Some(certified),
-                        format!("client {id}"),
-                        registry.tls(),
-                    )
-                    .map_err(|(f, m)| Invalid::new(f, m))?;
-                    t.own = Some(Arc::new(own));
-                }
-            }
-            let mut specs = Vec::new();
-            for (j, t) in u.targets.iter().enumerate() {
-                let (host, port) =
-                    target_authority(&t.target, &field(&format!("targets[{j}].target")))?;
-                let weight = t.weight.unwrap_or(100);
-                if weight > 65535 {
-                    return Err(Invalid::new(
-                        field(&format!("targets[{j}].weight")),
-                        "expected 0-65535",
-                    ));
-                }
-                specs.push(Spec {
-                    source: registry.source_of(&host),
-                    host,
-                    port,
-                    weight,
-                });
-            }
-            let upstream = Upstream::new(u.name.clone(), settings, specs, registry);
+            let upstream = compile_upstream(d, i, u, registry)?;
             if upstreams.insert(u.name.as_str(), upstream).is_some() {
                 return Err(Invalid::new(
-                    field("name"),
+                    format!("upstreams[{i}].name"),
                     format!("{:?} appears twice", u.name),
                 ));
             }
         }
-
         let mut table = Table {
             registry: registry.clone(),
             unmatched: plugins.global("", ""),
@@ -331,284 +334,45 @@ impl Table {
         };
         let mut names = std::collections::HashSet::new();
         let mut keyed: Vec<(Priority, Entry)> = Vec::new();
-        let mut order = 0usize;
         for (i, s) in d.services.iter().enumerate() {
-            let field = |f: &str| format!("services[{i}].{f}");
-            if s.name.is_empty() {
-                return Err(Invalid::new(field("name"), "expected a name"));
-            }
             if !names.insert(s.name.clone()) {
                 return Err(Invalid::new(
-                    field("name"),
+                    format!("services[{i}].name"),
                     format!("{:?} appears twice", s.name),
                 ));
             }
-            let (host, port, path, (http2, tls)) = match &s.url {
-                Some(url) => split_url(url, &field("url"))?,
-                None => {
-                    let protocol = match &s.protocol {
-                        Some(p) => upstream_protocol(p, &field("protocol"))?,
-                        None => (false, false),
-                    };
-                    let host = s.host.clone().ok_or_else(|| {
-                        Invalid::new(field("host"), "expected url, or host (and port)")
-                    })?;
-                    (
-                        host,
-                        s.port.unwrap_or(if protocol.1 { 443 } else { 80 }),
-                        s.path.clone().unwrap_or_default(),
-                        protocol,
-                    )
-                }
-            };
-            let tls = if tls {
-                let mut settings =
-                    crate::upstream::UpstreamTls::new(&host, s.tls_verify.unwrap_or(true))
-                        .map_err(|why| Invalid::new(field("host"), why))?;
-                settings.own = own_tls(d, s, &host, settings.verify, registry.tls(), &field)?;
-                Some(settings)
-            } else {
-                for (set, name) in [
-                    (s.client_certificate.is_some(), "client_certificate"),
-                    (!s.ca_certificates.is_empty(), "ca_certificates"),
-                ] {
-                    if set {
-                        return Err(Invalid::new(
-                            field(name),
-                            format!("{name} can only be set when protocol is https or grpcs"),
-                        ));
-                    }
-                }
-                None
-            };
-            if s.tls_verify_depth.is_some() {
-                return Err(Invalid::new(
-                    field("tls_verify_depth"),
-                    "not implemented in Bronze (rustls sets no depth): expected null",
-                ));
-            }
-            let upstream = match upstreams.get(host.as_str()) {
-                Some(u) => u.clone(),
-                None => {
-                    let (host, port) = target_authority(&format!("{host}:{port}"), &field("host"))?;
-                    let spec = Spec {
-                        source: registry.source_of(&host),
-                        host: host.clone(),
-                        port,
-                        weight: 100,
-                    };
-                    Upstream::new(
-                        host,
-                        balancer::config::Settings::default(),
-                        vec![spec],
-                        registry,
-                    )
-                }
-            };
-            let ms = |v: Option<u64>, f: &str, default: u64| -> Result<Duration, Invalid> {
-                match v.unwrap_or(default) {
-                    0 => Err(Invalid::new(field(f), "expected at least 1 (milliseconds)")),
-                    n => Ok(Duration::from_millis(n)),
-                }
-            };
-            let (percent, min_per_second) =
-                balancer::config::retry_budget(s.retry_budget.as_ref(), &field("retry_budget"))?;
-            let service = Arc::new(Service {
-                name: s.name.clone(),
-                upstream,
-                budget: RetryBudget::new(percent, min_per_second),
-                retries: s.retries.unwrap_or(5),
-                path: if path.is_empty() { "/".into() } else { path },
-                http2,
-                tls,
-                connect_timeout: ms(s.connect_timeout, "connect_timeout", 60_000)?,
-                read_timeout: ms(s.read_timeout, "read_timeout", 60_000)?,
-                write_timeout: ms(s.write_timeout, "write_timeout", 60_000)?,
-            });
+            let service = compile_service(d, i, s, &upstreams, registry)?;
             if s.enabled == Some(false) {
                 continue;
             }
             table.services.push(service.clone());
             for (j, r) in s.routes.iter().enumerate() {
-                let field = |f: &str| format!("services[{i}].routes[{j}].{f}");
-                if r.name.is_empty() {
-                    return Err(Invalid::new(field("name"), "expected a name"));
-                }
-                if r.hosts.is_empty()
-                    && r.paths.is_empty()
-                    && r.methods.is_empty()
-                    && r.headers.is_empty()
-                    && r.snis.is_empty()
-                {
-                    return Err(Invalid::new(
-                        field("paths"),
-                        "a route needs at least one of hosts, paths, methods, headers or snis",
-                    ));
-                }
-                if let Some(p) = r
-                    .protocols
-                    .iter()
-                    .find(|p| !matches!(p.as_str(), "http" | "https" | "grpc" | "grpcs"))
-                {
-                    return Err(Invalid::new(
-                        field("protocols"),
-                        format!("{p:?}: expected http, https, grpc or grpcs"),
-                    ));
-                }
-                if let Some(h) = r.path_handling.as_deref().filter(|h| *h != "v0") {
-                    return Err(Invalid::new(
-                        field("path_handling"),
-                        format!("{h:?}: expected v0 (Bronze joins paths as Kong's v0)"),
-                    ));
-                }
-                let https_redirect = match r.https_redirect_status_code.unwrap_or(426) {
-                    c @ (426 | 301 | 302 | 307 | 308) => {
-                        http::StatusCode::from_u16(c).unwrap_or(http::StatusCode::UPGRADE_REQUIRED)
-                    }
-                    c => {
-                        return Err(Invalid::new(
-                            field("https_redirect_status_code"),
-                            format!("{c}: expected one of 426, 301, 302, 307, 308"),
-                        ));
-                    }
-                };
-                let methods = r
-                    .methods
-                    .iter()
-                    .enumerate()
-                    .map(|(k, m)| {
-                        Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
-                            Invalid::new(
-                                field(&format!("methods[{k}]")),
-                                format!("{m:?}: expected an HTTP method"),
-                            )
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                // Kong's rule: SNIs only where TLS may be (http and grpc
-                // requests carry none); no protocols is Kong's default,
-                // http and https.
-                if !r.snis.is_empty()
-                    && !r.protocols.is_empty()
-                    && !r.protocols.iter().any(|p| p == "https" || p == "grpcs")
-                {
-                    return Err(Invalid::new(
-                        field("snis"),
-                        "'snis' can only be set when 'protocols' is 'grpcs' or 'https'",
-                    ));
-                }
-                let snis: Arc<[crate::tls::Name]> = r
-                    .snis
-                    .iter()
-                    .enumerate()
-                    .map(|(k, n)| {
-                        crate::tls::sni_name(n)
-                            .map_err(|why| Invalid::new(field(&format!("snis[{k}]")), why))
-                    })
-                    .collect::<Result<_, _>>()?;
-                let mut headers = Vec::new();
-                for (name, values) in &r.headers {
-                    let h = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                        Invalid::new(
-                            field("headers"),
-                            format!("{name:?}: expected a header name"),
-                        )
-                    })?;
-                    if h == http::header::HOST {
-                        return Err(Invalid::new(
-                            field("headers"),
-                            "use hosts to match the Host header",
-                        ));
-                    }
-                    headers.push((h, values.clone()));
-                }
-                let route = Arc::new(Route {
-                    name: r.name.clone(),
-                    service: service.clone(),
-                    counters: std::sync::OnceLock::new(),
-                    strip_path: r.strip_path.unwrap_or(true),
-                    https_only: r.protocols.iter().any(|p| p == "https")
-                        && !r.protocols.iter().any(|p| p == "http"),
-                    https_redirect,
-                    preserve_host: r.preserve_host.unwrap_or(false),
-                    plugins: plugins.chain_for(i, j, &r.name, &s.name),
-                });
+                let (route, rules) = compile_route(i, j, r, &service, &plugins)?;
                 table.routes += 1;
-                let hosts: Vec<HostMatch> = if r.hosts.is_empty() {
-                    vec![HostMatch::Any]
-                } else {
-                    r.hosts
-                        .iter()
-                        .enumerate()
-                        .map(|(k, h)| host_match(h, &field(&format!("hosts[{k}]"))))
-                        .collect::<Result<_, _>>()?
-                };
-                let paths: Vec<PathMatch> = if r.paths.is_empty() {
-                    vec![PathMatch::Any]
-                } else {
-                    r.paths
-                        .iter()
-                        .enumerate()
-                        .map(|(k, p)| {
-                            path_match(
-                                p,
-                                r.regex_priority.unwrap_or(0),
-                                &field(&format!("paths[{k}]")),
-                            )
-                        })
-                        .collect::<Result<_, _>>()?
-                };
-                for host in &hosts {
-                    for path in &paths {
-                        let host_rank = match host {
-                            HostMatch::Exact(_) => 0,
-                            HostMatch::Suffix(_) | HostMatch::Prefix(_) => 1,
-                            HostMatch::Any => 2,
-                        };
-                        let (path_rank, regex_prio, prefix_len) = match path {
-                            PathMatch::Regex(_, p) => (0u8, -*p, 0usize),
-                            PathMatch::Prefix(p) => (1, 0, usize::MAX - p.len()),
-                            PathMatch::Any => (2, 0, 0),
-                        };
-                        let key = (
-                            host_rank,
-                            path_rank,
-                            regex_prio,
-                            prefix_len,
-                            u8::from(snis.is_empty()),
-                            u8::from(methods.is_empty()),
-                            usize::MAX - headers.len(),
-                            order,
-                        );
-                        order += 1;
-                        let entry = Entry {
-                            route: route.clone(),
-                            host: host.clone(),
-                            path: path.clone(),
-                            methods: methods.clone(),
-                            headers: headers.clone(),
-                            snis: snis.clone(),
-                        };
-                        keyed.push((key, entry));
-                    }
-                }
+                rules.entries(&route, &mut keyed);
             }
         }
         table.upstreams = upstreams
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
+        table.index(keyed);
+        Ok(table)
+    }
+
+    /// Puts `keyed` in priority order and indexes each entry by its host:
+    /// exact hosts in the hash map, wildcards and host-less routes apart.
+    fn index(&mut self, mut keyed: Vec<(Priority, Entry)>) {
         keyed.sort_by_key(|(k, _)| *k);
         for (i, (_, e)) in keyed.into_iter().enumerate() {
             let i = i as u32;
             match &e.host {
-                HostMatch::Exact(h) => table.exact.entry(h.clone()).or_default().push(i),
-                HostMatch::Suffix(_) | HostMatch::Prefix(_) => table.wildcard.push(i),
-                HostMatch::Any => table.any_host.push(i),
+                HostMatch::Exact(h) => self.exact.entry(h.clone()).or_default().push(i),
+                HostMatch::Suffix(_) | HostMatch::Prefix(_) => self.wildcard.push(i),
+                HostMatch::Any => self.any_host.push(i),
             }
-            table.entries.push(e);
+            self.entries.push(e);
         }
-        Ok(table)
     }
 
     /// Starts the background work of its upstreams (active health checks,
@@ -707,6 +471,344 @@ impl Table {
         }
         None
     }
+}
+
+/// Declared upstream `i`: its balancing and health settings (with the
+/// client certificate its https checks present) and its targets.
+fn compile_upstream(
+    d: &Declarative,
+    i: usize,
+    u: &crate::declarative::Upstream,
+    registry: &Arc<Registry>,
+) -> Result<Arc<Upstream>, Invalid> {
+    let field = |f: &str| format!("upstreams[{i}].{f}");
+    if u.name.is_empty() {
+        return Err(Invalid::new(field("name"), "expected a name"));
+    }
+    let mut settings = balancer::config::compile(u, &format!("upstreams[{i}]"))?;
+    if let Some(r) = &u.client_certificate {
+        let (id, certified) = client_certificate(d, r, &field("client_certificate"))?;
+        let checks = settings.active.as_mut().and_then(|a| match &mut a.kind {
+            balancer::config::CheckKind::Http { tls }
+            | balancer::config::CheckKind::Grpc { tls } => tls.as_mut(),
+            balancer::config::CheckKind::Tcp => None,
+        });
+        if let Some(t) = checks {
+            let own = crate::upstream::tls::Own::new(
+                t.verify,
+                &[],
+                Some(certified),
+                format!("client {id}"),
+                registry.tls(),
+            )
+            .map_err(|(f, m)| Invalid::new(f, m))?;
+            t.own = Some(Arc::new(own));
+        }
+    }
+    let mut specs = Vec::new();
+    for (j, t) in u.targets.iter().enumerate() {
+        let (host, port) = target_authority(&t.target, &field(&format!("targets[{j}].target")))?;
+        let weight = t.weight.unwrap_or(100);
+        if weight > 65535 {
+            return Err(Invalid::new(
+                field(&format!("targets[{j}].weight")),
+                "expected 0-65535",
+            ));
+        }
+        specs.push(Spec {
+            source: registry.source_of(&host),
+            host,
+            port,
+            weight,
+        });
+    }
+    Ok(Upstream::new(u.name.clone(), settings, specs, registry))
+}
+
+/// Service `i`: where its requests go (`url`, or protocol, host, port and
+/// path), over TLS or not, through a declared upstream or one made of its
+/// host and port; its timeouts, retries and retry budget.
+fn compile_service(
+    d: &Declarative,
+    i: usize,
+    s: &crate::declarative::Service,
+    upstreams: &HashMap<&str, Arc<Upstream>>,
+    registry: &Arc<Registry>,
+) -> Result<Arc<Service>, Invalid> {
+    let field = |f: &str| format!("services[{i}].{f}");
+    if s.name.is_empty() {
+        return Err(Invalid::new(field("name"), "expected a name"));
+    }
+    let (host, port, path, (http2, tls)) = match &s.url {
+        Some(url) => {
+            let u = service_url(url, &field("url"))?;
+            (u.host, u.port, u.path.unwrap_or_default(), u.protocol)
+        }
+        None => {
+            let protocol = match &s.protocol {
+                Some(p) => upstream_protocol(p, &field("protocol"))?,
+                None => (false, false),
+            };
+            let host = s
+                .host
+                .clone()
+                .ok_or_else(|| Invalid::new(field("host"), "expected url, or host (and port)"))?;
+            (
+                host,
+                s.port.unwrap_or(default_port(protocol.1)),
+                s.path.clone().unwrap_or_default(),
+                protocol,
+            )
+        }
+    };
+    let tls = if tls {
+        let mut settings = crate::upstream::UpstreamTls::new(&host, s.tls_verify.unwrap_or(true))
+            .map_err(|why| Invalid::new(field("host"), why))?;
+        settings.own = own_tls(d, s, &host, settings.verify, registry.tls(), &field)?;
+        Some(settings)
+    } else {
+        for (set, name) in [
+            (s.client_certificate.is_some(), "client_certificate"),
+            (!s.ca_certificates.is_empty(), "ca_certificates"),
+        ] {
+            if set {
+                return Err(Invalid::new(
+                    field(name),
+                    format!("{name} can only be set when protocol is https or grpcs"),
+                ));
+            }
+        }
+        None
+    };
+    if s.tls_verify_depth.is_some() {
+        return Err(Invalid::new(
+            field("tls_verify_depth"),
+            "not implemented in Bronze (rustls sets no depth): expected null",
+        ));
+    }
+    let upstream = match upstreams.get(host.as_str()) {
+        Some(u) => u.clone(),
+        None => {
+            let (host, port) = target_authority(&format!("{host}:{port}"), &field("host"))?;
+            let spec = Spec {
+                source: registry.source_of(&host),
+                host: host.clone(),
+                port,
+                weight: 100,
+            };
+            Upstream::new(
+                host,
+                balancer::config::Settings::default(),
+                vec![spec],
+                registry,
+            )
+        }
+    };
+    let ms = |v: Option<u64>, f: &str, default: u64| -> Result<Duration, Invalid> {
+        match v.unwrap_or(default) {
+            0 => Err(Invalid::new(field(f), "expected at least 1 (milliseconds)")),
+            n => Ok(Duration::from_millis(n)),
+        }
+    };
+    let (percent, min_per_second) =
+        balancer::config::retry_budget(s.retry_budget.as_ref(), &field("retry_budget"))?;
+    Ok(Arc::new(Service {
+        name: s.name.clone(),
+        upstream,
+        budget: RetryBudget::new(percent, min_per_second),
+        retries: s.retries.unwrap_or(5),
+        path: if path.is_empty() { "/".into() } else { path },
+        http2,
+        tls,
+        connect_timeout: ms(s.connect_timeout, "connect_timeout", 60_000)?,
+        read_timeout: ms(s.read_timeout, "read_timeout", 60_000)?,
+        write_timeout: ms(s.write_timeout, "write_timeout", 60_000)?,
+    }))
+}
+
+/// Each item of the list field `name` compiled by `f`, which is given the
+/// item's own field (`name[k]`) for its errors.
+fn each<T, U>(
+    list: &[T],
+    name: &str,
+    mut f: impl FnMut(&T, String) -> Result<U, Invalid>,
+) -> Result<Vec<U>, Invalid> {
+    list.iter()
+        .enumerate()
+        .map(|(k, x)| f(x, format!("{name}[{k}]")))
+        .collect()
+}
+
+/// What a route matches on, compiled: each of its hosts and paths, and the
+/// methods, headers and server names every entry of it checks.
+struct Rules {
+    hosts: Vec<HostMatch>,
+    paths: Vec<PathMatch>,
+    methods: Vec<Method>,
+    headers: Vec<(HeaderName, Vec<String>)>,
+    snis: Arc<[crate::tls::Name]>,
+}
+
+impl Rules {
+    /// One entry per host and path of `route`, keyed by its priority (the
+    /// configuration order last: `keyed` holds the entries made so far).
+    fn entries(self, route: &Arc<Route>, keyed: &mut Vec<(Priority, Entry)>) {
+        for host in &self.hosts {
+            for path in &self.paths {
+                let host_rank = match host {
+                    HostMatch::Exact(_) => 0,
+                    HostMatch::Suffix(_) | HostMatch::Prefix(_) => 1,
+                    HostMatch::Any => 2,
+                };
+                let (path_rank, regex_prio, prefix_len) = match path {
+                    PathMatch::Regex(_, p) => (0u8, -*p, 0usize),
+                    PathMatch::Prefix(p) => (1, 0, usize::MAX - p.len()),
+                    PathMatch::Any => (2, 0, 0),
+                };
+                let key = (
+                    host_rank,
+                    path_rank,
+                    regex_prio,
+                    prefix_len,
+                    u8::from(self.snis.is_empty()),
+                    u8::from(self.methods.is_empty()),
+                    usize::MAX - self.headers.len(),
+                    keyed.len(),
+                );
+                let entry = Entry {
+                    route: route.clone(),
+                    host: host.clone(),
+                    path: path.clone(),
+                    methods: self.methods.clone(),
+                    headers: self.headers.clone(),
+                    snis: self.snis.clone(),
+                };
+                keyed.push((key, entry));
+            }
+        }
+    }
+}
+
+/// Route `j` of service `i`: its settings and plugin chain, and what it
+/// matches on; refused by field where Kong's rules (or Bronze's) say no.
+fn compile_route(
+    i: usize,
+    j: usize,
+    r: &crate::declarative::Route,
+    service: &Arc<Service>,
+    plugins: &crate::plugins::Compiled,
+) -> Result<(Arc<Route>, Rules), Invalid> {
+    let field = |f: &str| format!("services[{i}].routes[{j}].{f}");
+    if r.name.is_empty() {
+        return Err(Invalid::new(field("name"), "expected a name"));
+    }
+    if r.hosts.is_empty()
+        && r.paths.is_empty()
+        && r.methods.is_empty()
+        && r.headers.is_empty()
+        && r.snis.is_empty()
+    {
+        return Err(Invalid::new(
+            field("paths"),
+            "a route needs at least one of hosts, paths, methods, headers or snis",
+        ));
+    }
+    if let Some(p) = r
+        .protocols
+        .iter()
+        .find(|p| !matches!(p.as_str(), "http" | "https" | "grpc" | "grpcs"))
+    {
+        return Err(Invalid::new(
+            field("protocols"),
+            format!("{p:?}: expected http, https, grpc or grpcs"),
+        ));
+    }
+    if let Some(h) = r.path_handling.as_deref().filter(|h| *h != "v0") {
+        return Err(Invalid::new(
+            field("path_handling"),
+            format!("{h:?}: expected v0 (Bronze joins paths as Kong's v0)"),
+        ));
+    }
+    let https_redirect = match r.https_redirect_status_code.unwrap_or(426) {
+        c @ (426 | 301 | 302 | 307 | 308) => {
+            http::StatusCode::from_u16(c).unwrap_or(http::StatusCode::UPGRADE_REQUIRED)
+        }
+        c => {
+            return Err(Invalid::new(
+                field("https_redirect_status_code"),
+                format!("{c}: expected one of 426, 301, 302, 307, 308"),
+            ));
+        }
+    };
+    let route = Arc::new(Route {
+        name: r.name.clone(),
+        service: service.clone(),
+        counters: std::sync::OnceLock::new(),
+        strip_path: r.strip_path.unwrap_or(true),
+        https_only: r.protocols.iter().any(|p| p == "https")
+            && !r.protocols.iter().any(|p| p == "http"),
+        https_redirect,
+        preserve_host: r.preserve_host.unwrap_or(false),
+        plugins: plugins.chain_for(i, j, &r.name, &service.name),
+    });
+    let methods = each(&r.methods, &field("methods"), |m, at| {
+        Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+            .map_err(|_| Invalid::new(at, format!("{m:?}: expected an HTTP method")))
+    })?;
+    // Kong's rule: SNIs only where TLS may be (http and grpc requests
+    // carry none); no protocols is Kong's default, http and https.
+    if !r.snis.is_empty()
+        && !r.protocols.is_empty()
+        && !r.protocols.iter().any(|p| p == "https" || p == "grpcs")
+    {
+        return Err(Invalid::new(
+            field("snis"),
+            "'snis' can only be set when 'protocols' is 'grpcs' or 'https'",
+        ));
+    }
+    let snis = each(&r.snis, &field("snis"), |n, at| {
+        crate::tls::sni_name(n).map_err(|why| Invalid::new(at, why))
+    })?
+    .into();
+    let mut headers = Vec::new();
+    for (name, values) in &r.headers {
+        let h = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            Invalid::new(
+                field("headers"),
+                format!("{name:?}: expected a header name"),
+            )
+        })?;
+        if h == http::header::HOST {
+            return Err(Invalid::new(
+                field("headers"),
+                "use hosts to match the Host header",
+            ));
+        }
+        headers.push((h, values.clone()));
+    }
+    let hosts = if r.hosts.is_empty() {
+        vec![HostMatch::Any]
+    } else {
+        each(&r.hosts, &field("hosts"), |h, at| host_match(h, &at))?
+    };
+    let priority = r.regex_priority.unwrap_or(0);
+    let paths = if r.paths.is_empty() {
+        vec![PathMatch::Any]
+    } else {
+        each(&r.paths, &field("paths"), |p, at| {
+            path_match(p, priority, &at)
+        })?
+    };
+    Ok((
+        route,
+        Rules {
+            hosts,
+            paths,
+            methods,
+            headers,
+            snis,
+        },
+    ))
 }
 
 /// The certificate `r` names (by id) among the document's, parsed; errors

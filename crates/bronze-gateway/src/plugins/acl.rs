@@ -17,6 +17,18 @@ use crate::declarative::Invalid;
 
 const GROUPS: HeaderName = HeaderName::from_static("x-consumer-groups");
 
+/// Kong's configuration of acl with nothing set, as Kong shows it
+/// (3.9's `kong/plugins/acl/schema.lua`): every field, with its
+/// default or null. Bronze reads an unset field as that default.
+pub(crate) fn kong_defaults() -> serde_json::Value {
+    serde_json::json!({
+        "allow": null,
+        "deny": null,
+        "hide_groups_header": false,
+        "always_use_authenticated_groups": false,
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {

@@ -204,6 +204,17 @@ impl Credential {
     }
 }
 
+/// Kong's configuration of basic-auth with nothing set, as Kong shows it
+/// (3.9's `kong/plugins/basic-auth/schema.lua`): every field, with its
+/// default or null. Bronze reads an unset field as that default.
+pub(crate) fn kong_defaults() -> serde_json::Value {
+    serde_json::json!({
+        "anonymous": null,
+        "hide_credentials": false,
+        "realm": "service",
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {

@@ -19,6 +19,17 @@ use serde::Deserialize;
 use super::{Answer, Ctx, Plugin, Value, parse_config};
 use crate::declarative::Invalid;
 
+/// Kong's configuration of correlation-id with nothing set, as Kong shows it
+/// (3.9's `kong/plugins/correlation-id/schema.lua`): every field, with its
+/// default or null. Bronze reads an unset field as that default.
+pub(crate) fn kong_defaults() -> serde_json::Value {
+    serde_json::json!({
+        "header_name": "Kong-Request-ID",
+        "generator": "uuid#counter",
+        "echo_downstream": false,
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {

@@ -12,6 +12,22 @@ use serde::Deserialize;
 use super::{Answer, Ctx, Plugin, exit_raw, parse_config};
 use crate::declarative::Invalid;
 
+/// Kong's configuration of cors with nothing set, as Kong shows it
+/// (3.9's `kong/plugins/cors/schema.lua`): every field, with its
+/// default or null. Bronze reads an unset field as that default.
+pub(crate) fn kong_defaults() -> serde_json::Value {
+    serde_json::json!({
+        "origins": null,
+        "headers": null,
+        "exposed_headers": null,
+        "methods": ["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE", "CONNECT"],
+        "max_age": null,
+        "credentials": false,
+        "private_network": false,
+        "preflight_continue": false,
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {

@@ -18,6 +18,17 @@ use super::{Ctx, Plugin, parse_config};
 use crate::declarative::Invalid;
 use crate::metrics::GatewayMetrics;
 
+/// Kong's configuration of file-log with nothing set, as Kong shows it
+/// (3.9's `kong/plugins/file-log/schema.lua`): every field, with its
+/// default or null. Bronze reads an unset field as that default.
+pub(crate) fn kong_defaults() -> serde_json::Value {
+    serde_json::json!({
+        "path": null,
+        "reopen": false,
+        "custom_fields_by_lua": null,
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {

@@ -31,6 +31,21 @@ use crate::declarative::{self, Invalid};
 
 const ALGORITHMS: [&str; 4] = ["hmac-sha1", "hmac-sha256", "hmac-sha384", "hmac-sha512"];
 
+/// Kong's configuration of hmac-auth with nothing set, as Kong shows it
+/// (3.9's `kong/plugins/hmac-auth/schema.lua`): every field, with its
+/// default or null. Bronze reads an unset field as that default.
+pub(crate) fn kong_defaults() -> serde_json::Value {
+    serde_json::json!({
+        "hide_credentials": false,
+        "clock_skew": 300,
+        "anonymous": null,
+        "validate_request_body": false,
+        "enforce_headers": [],
+        "algorithms": ["hmac-sha1", "hmac-sha256", "hmac-sha384", "hmac-sha512"],
+        "realm": null,
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {

@@ -21,6 +21,35 @@ use super::{Ctx, Plugin, parse_config};
 use crate::declarative::Invalid;
 use crate::metrics::GatewayMetrics;
 
+/// Kong's configuration of http-log with nothing set, as Kong shows it
+/// (3.9's `kong/plugins/http-log/schema.lua`): every field, with its
+/// default or null. Bronze reads an unset field as that default.
+pub(crate) fn kong_defaults() -> serde_json::Value {
+    serde_json::json!({
+        "http_endpoint": null,
+        "method": "POST",
+        "content_type": "application/json",
+        "timeout": 10000,
+        "keepalive": 60000,
+        // Deprecated in Kong 3 (`queue` replaces them), shown as null.
+        "retry_count": null,
+        "queue_size": null,
+        "flush_timeout": null,
+        "headers": null,
+        "queue": {
+            "max_batch_size": 1,
+            "max_coalescing_delay": 1,
+            "max_entries": 10000,
+            "max_bytes": null,
+            "max_retry_time": 60,
+            "initial_retry_delay": 0.01,
+            "max_retry_delay": 60,
+            "concurrency_limit": 1,
+        },
+        "custom_fields_by_lua": null,
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {

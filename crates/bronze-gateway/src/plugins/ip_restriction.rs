@@ -56,6 +56,18 @@ impl Cidr {
     }
 }
 
+/// Kong's configuration of ip-restriction with nothing set, as Kong shows it
+/// (3.9's `kong/plugins/ip-restriction/schema.lua`): every field, with its
+/// default or null. Bronze reads an unset field as that default.
+pub(crate) fn kong_defaults() -> serde_json::Value {
+    serde_json::json!({
+        "allow": null,
+        "deny": null,
+        "status": null,
+        "message": null,
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {

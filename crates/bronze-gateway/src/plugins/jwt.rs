@@ -87,6 +87,24 @@ impl Secret {
     }
 }
 
+/// Kong's configuration of jwt with nothing set, as Kong shows it
+/// (3.9's `kong/plugins/jwt/schema.lua`): every field, with its
+/// default or null. Bronze reads an unset field as that default.
+pub(crate) fn kong_defaults() -> serde_json::Value {
+    serde_json::json!({
+        "uri_param_names": ["jwt"],
+        "cookie_names": [],
+        "key_claim_name": "iss",
+        "secret_is_base64": false,
+        "claims_to_verify": null,
+        "anonymous": null,
+        "run_on_preflight": true,
+        "maximum_expiration": 0,
+        "header_names": ["authorization"],
+        "realm": null,
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {

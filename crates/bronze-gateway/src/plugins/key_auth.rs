@@ -9,6 +9,22 @@ use serde::Deserialize;
 use super::{Answer, Credentials, Ctx, Plugin, parse_config, set_consumer};
 use crate::declarative::Invalid;
 
+/// Kong's configuration of key-auth with nothing set, as Kong shows it
+/// (3.9's `kong/plugins/key-auth/schema.lua`): every field, with its
+/// default or null. Bronze reads an unset field as that default.
+pub(crate) fn kong_defaults() -> serde_json::Value {
+    serde_json::json!({
+        "key_names": ["apikey"],
+        "hide_credentials": false,
+        "anonymous": null,
+        "key_in_header": true,
+        "key_in_query": true,
+        "key_in_body": false,
+        "run_on_preflight": true,
+        "realm": null,
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {

@@ -96,6 +96,44 @@ pub const PLUGINS: &[(&str, i32)] = &[
     ("request-termination", 2),
 ];
 
+/// The protocols a plugin runs on when its `protocols` is unset, as Kong
+/// shows them (its HTTP subsystem's, sorted).
+const HTTP_PROTOCOLS: &[&str] = &["grpc", "grpcs", "http", "https"];
+
+/// A plugin's `config` and `protocols` as Kong shows them when nothing is
+/// set: every field of its schema with Kong's default (null where it has
+/// none); None for a plugin Bronze does not have.
+pub fn kong_defaults(name: &str) -> Option<(serde_json::Value, &'static [&'static str])> {
+    let config = match name {
+        "acl" => acl::kong_defaults(),
+        "basic-auth" => basic_auth::kong_defaults(),
+        "correlation-id" => correlation_id::kong_defaults(),
+        "cors" => cors::kong_defaults(),
+        "file-log" => file_log::kong_defaults(),
+        "hmac-auth" => hmac_auth::kong_defaults(),
+        "http-log" => http_log::kong_defaults(),
+        "ip-restriction" => ip_restriction::kong_defaults(),
+        "jwt" => jwt::kong_defaults(),
+        "key-auth" => key_auth::kong_defaults(),
+        "prometheus" => prometheus::kong_defaults(),
+        "rate-limiting" => rate_limiting::kong_defaults(),
+        "request-size-limiting" => request_size_limiting::kong_defaults(),
+        "request-termination" => request_termination::kong_defaults(),
+        "request-transformer" => transformer::request_defaults(),
+        "response-transformer" => transformer::response_defaults(),
+        "tcp-log" => socket_log::kong_defaults(socket_log::Transport::Tcp),
+        "udp-log" => socket_log::kong_defaults(socket_log::Transport::Udp),
+        _ => return None,
+    };
+    // ip-restriction also limits Kong's stream routes by default.
+    let protocols: &'static [&'static str] = if name == "ip-restriction" {
+        &["http", "https", "tcp", "tls", "grpc", "grpcs"]
+    } else {
+        HTTP_PROTOCOLS
+    };
+    Some((config, protocols))
+}
+
 /// Plugins that log Kong's serializer entry: the request is copied for
 /// them before any plugin runs.
 const LOGGERS: &[&str] = &["file-log", "http-log", "tcp-log", "udp-log"];
@@ -953,15 +991,29 @@ impl Compiled {
                     ),
                 ));
             }
+            // Kong's stream protocols select stream routes, which Bronze
+            // has none of: listed, they change nothing (Kong lists tcp and
+            // tls in ip-restriction's default).
             if let Some(bad) = p.protocols.iter().find(|x| {
                 !matches!(
                     x.as_str(),
-                    "http" | "https" | "grpc" | "grpcs" | "ws" | "wss"
+                    "http"
+                        | "https"
+                        | "grpc"
+                        | "grpcs"
+                        | "ws"
+                        | "wss"
+                        | "tcp"
+                        | "tls"
+                        | "udp"
+                        | "tls_passthrough"
                 )
             }) {
                 return Err(Invalid::new(
                     format!("{field}.protocols"),
-                    format!("{bad:?}: expected http, https, grpc, grpcs, ws or wss"),
+                    format!(
+                        "{bad:?}: expected http, https, grpc, grpcs, ws, wss, tcp, tls, udp or tls_passthrough"
+                    ),
                 ));
             }
             // Bronze runs a plugin on every request of the routes it

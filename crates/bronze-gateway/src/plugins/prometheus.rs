@@ -19,6 +19,20 @@ use super::{Ctx, Plugin, parse_config};
 use crate::declarative::Invalid;
 use crate::metrics::{CodeLabels, GatewayMetrics, LatencyLabels};
 
+/// Kong's configuration of prometheus with nothing set, as Kong shows it
+/// (3.9's `kong/plugins/prometheus/schema.lua`): every field, with its
+/// default or null. Bronze reads an unset field as that default.
+pub(crate) fn kong_defaults() -> serde_json::Value {
+    serde_json::json!({
+        "per_consumer": false,
+        "status_code_metrics": false,
+        "ai_metrics": false,
+        "latency_metrics": false,
+        "bandwidth_metrics": false,
+        "upstream_health_metrics": false,
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {

@@ -26,6 +26,41 @@ use super::{Answer, Ctx, Plugin, Value, exit, parse_config};
 use crate::declarative::Invalid;
 use crate::lru::Lru;
 
+/// Kong's configuration of rate-limiting with nothing set, as Kong shows it
+/// (3.9's `kong/plugins/rate-limiting/schema.lua`): every field, with its
+/// default or null. Bronze reads an unset field as that default.
+pub(crate) fn kong_defaults() -> serde_json::Value {
+    serde_json::json!({
+        "second": null,
+        "minute": null,
+        "hour": null,
+        "day": null,
+        "month": null,
+        "year": null,
+        "limit_by": "consumer",
+        "header_name": null,
+        "path": null,
+        "policy": "local",
+        "fault_tolerant": true,
+        // Kong's `kong/tools/redis/schema.lua`.
+        "redis": {
+            "host": null,
+            "port": 6379,
+            "timeout": 2000,
+            "username": null,
+            "password": null,
+            "database": 0,
+            "ssl": false,
+            "ssl_verify": false,
+            "server_name": null,
+        },
+        "hide_client_headers": false,
+        "error_code": 429,
+        "error_message": "API rate limit exceeded",
+        "sync_rate": -1,
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {

@@ -18,6 +18,17 @@ use crate::declarative::Invalid;
 
 pub const TOO_LARGE: &str = "Request size limit exceeded";
 
+/// Kong's configuration of request-size-limiting with nothing set, as Kong shows it
+/// (3.9's `kong/plugins/request-size-limiting/schema.lua`): every field, with its
+/// default or null. Bronze reads an unset field as that default.
+pub(crate) fn kong_defaults() -> serde_json::Value {
+    serde_json::json!({
+        "allowed_payload_size": 128,
+        "size_unit": "megabytes",
+        "require_content_length": false,
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {

@@ -12,6 +12,20 @@ use serde::Deserialize;
 use super::{Answer, Ctx, Plugin, exit, exit_raw, parse_config};
 use crate::declarative::Invalid;
 
+/// Kong's configuration of request-termination with nothing set, as Kong shows it
+/// (3.9's `kong/plugins/request-termination/schema.lua`): every field, with its
+/// default or null. Bronze reads an unset field as that default.
+pub(crate) fn kong_defaults() -> serde_json::Value {
+    serde_json::json!({
+        "status_code": 503,
+        "message": null,
+        "content_type": null,
+        "body": null,
+        "echo": false,
+        "trigger": null,
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {

@@ -43,6 +43,24 @@ struct Config {
     custom_fields_by_lua: Option<Map<String, Value>>,
 }
 
+/// Kong's configuration of tcp-log or udp-log with nothing set, as Kong
+/// shows it (3.9's `kong/plugins/{tcp,udp}-log/schema.lua`): every field,
+/// with its default or null. Bronze reads an unset field as that default.
+pub(crate) fn kong_defaults(transport: Transport) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "host": null,
+        "port": null,
+        "timeout": 10000,
+        "custom_fields_by_lua": null,
+    });
+    if transport == Transport::Tcp {
+        v["keepalive"] = 60000.into();
+        v["tls"] = false.into();
+        v["tls_sni"] = serde_json::Value::Null;
+    }
+    v
+}
+
 #[derive(Clone, Copy, PartialEq)]
 pub enum Transport {
     Tcp,

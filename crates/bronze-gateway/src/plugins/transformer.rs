@@ -14,6 +14,37 @@ use super::key_auth::percent_decode;
 use super::{Answer, Ctx, Plugin, parse_config};
 use crate::declarative::Invalid;
 
+/// Kong's configuration of request-transformer with nothing set, as Kong
+/// shows it (3.9's `kong/plugins/request-transformer/schema.lua`): every
+/// section, each list empty.
+pub(crate) fn request_defaults() -> serde_json::Value {
+    let lists = serde_json::json!({"body": [], "headers": [], "querystring": []});
+    let mut replace = lists.clone();
+    replace["uri"] = serde_json::Value::Null;
+    serde_json::json!({
+        "http_method": null,
+        "remove": lists,
+        "rename": lists,
+        "replace": replace,
+        "add": lists,
+        "append": lists,
+    })
+}
+
+/// Kong's configuration of response-transformer with nothing set, as Kong
+/// shows it (3.9's `kong/plugins/response-transformer/schema.lua`).
+pub(crate) fn response_defaults() -> serde_json::Value {
+    let lists = serde_json::json!({"json": [], "headers": []});
+    let typed = serde_json::json!({"json": [], "json_types": [], "headers": []});
+    serde_json::json!({
+        "remove": lists,
+        "rename": lists,
+        "replace": typed,
+        "add": typed,
+        "append": typed,
+    })
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct Section {

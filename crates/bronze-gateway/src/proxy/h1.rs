@@ -19,7 +19,6 @@
 use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bronze_runtime::serve::{Conn, Stream};
@@ -29,7 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::{Downstream, Proxy};
+use super::{Downstream, Proxy, forwarded};
 use crate::balancer::{Key, Outcome};
 use crate::router::Route;
 
@@ -276,8 +275,8 @@ enum Kind {
     General,
     /// Hop-by-hop, or replaced by the gateway's own value.
     Dropped,
+    /// The forwarding headers: left to `forwarded::write`.
     ForwardedFor,
-    /// Replaced by the gateway's own value unless the peer is trusted.
     ForwardedProto,
     ForwardedHost,
     RequestId,
@@ -323,7 +322,7 @@ fn tokens(v: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
     v.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
-fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(super) fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -557,8 +556,9 @@ fn request_line(
 
 /// The upstream headers after Host, through the blank line: the client's
 /// (or the plugins') end-to-end headers, `Content-Length` as framed here,
-/// then `X-Forwarded-*`, `X-Real-IP` (`real_ip`) and an `X-Request-Id` if
-/// none came.
+/// then the forwarding headers (`forwarded.rs`: `X-Forwarded-*`,
+/// `X-Real-IP` from `real_ip`, `X-Request-Id`), whose client values the
+/// copy leaves to that writer.
 fn upstream_headers<'a>(
     proxy: &Proxy,
     conn: &Downstream,
@@ -569,51 +569,36 @@ fn upstream_headers<'a>(
     host: Option<&[u8]>,
 ) {
     out.clear();
-    let mut forwarded_for = None;
-    let (mut forwarded_proto, mut forwarded_host) = (None, None);
-    let mut has_id = false;
+    let mut sink = forwarded::Raw::new(out);
     for (name, value) in headers {
         match classify(name) {
             Kind::ForwardedFor => {
-                forwarded_for.get_or_insert(value);
+                sink.forwarded_for.get_or_insert(value);
             }
-            Kind::ForwardedProto if conn.trusted => {
-                forwarded_proto.get_or_insert(value);
+            Kind::ForwardedProto => {
+                sink.forwarded_proto.get_or_insert(value);
             }
-            Kind::ForwardedHost if conn.trusted => {
-                forwarded_host.get_or_insert(value);
+            Kind::ForwardedHost => {
+                sink.forwarded_host.get_or_insert(value);
             }
             Kind::RequestId => {
-                has_id = true;
-                header(out, name, value);
+                sink.request_id.get_or_insert(value);
             }
-            Kind::Other => header(out, name, value),
-            // Host, framing, hop-by-hop and the gateway's own: below.
+            Kind::Other => header(sink.out, name, value),
+            // Host, framing, hop-by-hop and X-Real-IP: the gateway's.
             _ => {}
         }
     }
     if let Some(n) = body_len {
-        let _ = write!(out, "content-length: {n}\r\n");
+        let _ = write!(sink.out, "content-length: {n}\r\n");
     }
-    let ip = conn.ip.as_bytes();
-    out.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(prior) = forwarded_for {
-        out.extend_from_slice(prior);
-        out.extend_from_slice(b", ");
-    }
-    out.extend_from_slice(ip);
-    out.extend_from_slice(b"\r\n");
-    header(out, b"x-real-ip", real_ip);
-    let own: &[u8] = if conn.tls { b"https" } else { b"http" };
-    header(out, b"x-forwarded-proto", forwarded_proto.unwrap_or(own));
-    if let Some(host) = forwarded_host.or(host) {
-        header(out, b"x-forwarded-host", host);
-    }
-    if !has_id {
-        let n = proxy.request_ids.fetch_add(1, Ordering::Relaxed);
-        let id = super::request_id(proxy.id_prefix, n);
-        header(out, b"x-request-id", id.as_bytes());
-    }
+    forwarded::write(
+        &mut sink,
+        proxy,
+        conn,
+        forwarded::Value::Bytes(real_ip),
+        host.map(forwarded::Value::Bytes),
+    );
     out.extend_from_slice(b"\r\n");
 }
 

@@ -628,9 +628,12 @@ async fn toggled() -> (
 async fn the_circuit_opens_after_failures_and_a_half_open_probe_closes_it() {
     let (flaky, broken, hits) = toggled().await;
     let (good, _) = named("good", Duration::ZERO).await;
+    // Long enough that ten requests fit in it on a loaded machine.
+    let open_ms = 2000;
+    let open_timeout = Duration::from_millis(open_ms);
     let gw = gateway(pool(
         &[flaky, good],
-        json!({"circuit_breaker": {"failures": 3, "open_timeout": 500}}),
+        json!({"circuit_breaker": {"failures": 3, "open_timeout": open_ms}}),
     ))
     .await;
     let c = client();
@@ -638,19 +641,44 @@ async fn the_circuit_opens_after_failures_and_a_half_open_probe_closes_it() {
     let hits = || hits.load(Ordering::Relaxed);
     // GETs are retried on the good target; after 3 failures in a row the
     // flaky one gets nothing more.
-    for _ in 0..20 {
-        assert_eq!(get(&c, &url, &[]).await, (200, "good".to_string()));
-    }
-    assert_eq!(hits(), 3, "the circuit opened after 3 failures");
-    // Half-open: one probe after open_timeout; it fails, so it opens again.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let opened = Instant::now();
     for _ in 0..10 {
         assert_eq!(get(&c, &url, &[]).await, (200, "good".to_string()));
     }
+    assert!(
+        opened.elapsed() < open_timeout,
+        "ten requests took too long"
+    );
+    assert_eq!(hits(), 3, "the circuit opened after 3 failures");
+    // Half-open after open_timeout: one probe; it fails, so it opens again
+    // (requests meanwhile all answered by the good target).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hits() < 4 {
+        assert_eq!(get(&c, &url, &[]).await, (200, "good".to_string()));
+        assert!(Instant::now() < deadline, "no probe after open_timeout");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reopened = Instant::now();
+    for _ in 0..10 {
+        assert_eq!(get(&c, &url, &[]).await, (200, "good".to_string()));
+    }
+    assert!(
+        reopened.elapsed() < open_timeout,
+        "ten requests took too long"
+    );
     assert_eq!(hits(), 4, "one probe");
     // It recovers: the next probe succeeds and closes the circuit.
     broken.store(false, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = get(&c, &url, &[]).await;
+        assert_eq!(code, 200);
+        if body == "up" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the probe never succeeded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut up = 0;
     for _ in 0..10 {
         let (code, body) = get(&c, &url, &[]).await;

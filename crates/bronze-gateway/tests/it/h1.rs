@@ -15,11 +15,13 @@ use super::{curl, echo, gateway, gateway_with, raw, s};
 /// How a scripted backend answers one request head.
 type Script = fn(&str) -> (&'static [u8], bool);
 
-/// Connections a scripted backend accepted, and those its peer closed.
+/// Connections a scripted backend accepted, those its peer closed, and
+/// those it closed itself.
 #[derive(Default)]
 struct Counts {
     accepted: AtomicUsize,
     closed_by_peer: AtomicUsize,
+    closed_here: AtomicUsize,
 }
 
 /// A backend that reads bodyless request heads and answers each with
@@ -60,6 +62,8 @@ async fn scripted(script: Script) -> (SocketAddr, Arc<Counts>) {
                         // Closed a moment later, as a keep-alive timeout
                         // would: the gateway holds it idle by then.
                         tokio::time::sleep(Duration::from_millis(50)).await;
+                        drop(conn);
+                        count.closed_here.fetch_add(1, Ordering::SeqCst);
                         return;
                     }
                 }
@@ -134,7 +138,12 @@ async fn one_upstream_connection_carries_many_requests_and_a_closed_one_is_repla
     for i in 0..5 {
         let (code, body) = curl(s(&[&format!("http://{}/c/{i}", gw.addr)])).await;
         assert_eq!((code, body.as_str()), (200, "ok"), "request {i}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The next request comes after the backend closed this one's
+        // connection, idle in the gateway's pool.
+        super::eventually(Duration::from_secs(10), "the backend closed", || {
+            accepted.closed_here.load(Ordering::SeqCst) == i + 1
+        })
+        .await;
     }
     assert_eq!(accepted.accepted.load(Ordering::SeqCst), 5);
 }

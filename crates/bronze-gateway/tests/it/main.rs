@@ -108,6 +108,19 @@ async fn curl(args: Vec<String>) -> (u16, String) {
     .expect("join")
 }
 
+/// Polls `done` every 10 ms until it holds, for at most `within` (then
+/// the test fails, naming `what`).
+async fn eventually(within: std::time::Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
@@ -697,9 +710,11 @@ async fn a_backend_killed_under_load_costs_no_failed_get() {
     let client = reqwest::Client::new();
     let url = format!("http://{}/index.html", gw.addr);
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
     let mut loads = Vec::new();
     for _ in 0..4 {
-        let (c, url, done) = (client.clone(), url.clone(), done.clone());
+        let (c, url, done, answered) =
+            (client.clone(), url.clone(), done.clone(), answered.clone());
         loads.push(tokio::spawn(async move {
             let (mut ok, mut failed) = (0usize, Vec::new());
             while !done.load(Ordering::Relaxed) {
@@ -708,15 +723,31 @@ async fn a_backend_killed_under_load_costs_no_failed_get() {
                     Ok(r) => failed.push(r.status().to_string()),
                     Err(e) => failed.push(e.to_string()),
                 }
+                answered.fetch_add(1, Ordering::Relaxed);
             }
             (ok, failed)
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    // Under load across the three, then one is killed; then the load
+    // goes on for as many requests again, a third of which the balancer
+    // would give the dead one.
+    let under_load = 150;
+    eventually(
+        std::time::Duration::from_secs(60),
+        "load before the kill",
+        || answered.load(Ordering::Relaxed) >= under_load,
+    )
+    .await;
     let (mut killed, _) = backends.remove(1);
     killed.kill().expect("kill");
     killed.wait().expect("reap");
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let at_kill = answered.load(Ordering::Relaxed);
+    eventually(
+        std::time::Duration::from_secs(60),
+        "load after the kill",
+        || answered.load(Ordering::Relaxed) >= at_kill + under_load,
+    )
+    .await;
     done.store(true, Ordering::Relaxed);
     let (mut ok, mut failed) = (0, Vec::new());
     for l in loads {

@@ -712,7 +712,7 @@ async fn basic_auth_wrong_passwords_do_not_stall_other_requests() {
             args
         })
         .collect();
-    let (order, codes) = flood_then_open(flood, format!("{base}/open")).await;
+    let (order, codes) = flood_then_open(flood, format!("{base}/open"), gw.admin).await;
     assert_eq!(
         codes.iter().filter(|c| *c == "401").count(),
         wrong,
@@ -757,7 +757,8 @@ async fn a_posted_config_with_new_passwords_does_not_stall_proxying() {
     let doc =
         serde_json::json!({"_format_version": "3.0", "consumers": consumers, "services": [open]});
     let post = post_config_args(&gw, &doc);
-    let (order, codes) = flood_then_open(vec![post], format!("http://{}/open", gw.addr)).await;
+    let (order, codes) =
+        flood_then_open(vec![post], format!("http://{}/open", gw.addr), gw.admin).await;
     assert_eq!(
         order,
         ["open", "open", "0"],
@@ -778,16 +779,20 @@ async fn a_posted_config_with_new_passwords_does_not_stall_proxying() {
     assert!(hashes.iter().all(|h| h.starts_with("$2")), "{hashes:?}");
 }
 
-/// Runs every curl of `flood` (its arguments) at once and, 100 ms later,
-/// two GETs of `open`, one after the other: which finished in what order
-/// (the flood's index, or "open") and their status codes in that order.
-/// A second GET sent only once the first is answered tells "answered while
-/// the flood was still being worked on" from "answered when the thread
-/// came free, just before the flood's answers".
+/// Runs every curl of `flood` (its arguments) at once and, once the
+/// gateway (admin API at `admin`) has started the CPU-heavy work of each
+/// (its `bronze_gateway_cpu_work_started_total`: a password check, a
+/// compile), two GETs of `open`, one after the other: which finished in
+/// what order (the flood's index, or "open") and their status codes in
+/// that order. A second GET sent only once the first is answered tells
+/// "answered while the flood was still being worked on" from "answered
+/// when the thread came free, just before the flood's answers".
 pub(super) async fn flood_then_open(
     flood: Vec<Vec<String>>,
     open: String,
+    admin: SocketAddr,
 ) -> (Vec<String>, Vec<String>) {
+    let work = u64::try_from(flood.len()).expect("a few");
     tokio::task::spawn_blocking(move || {
         let done = std::sync::Mutex::new(Vec::new());
         let curl = |name: String, args: Vec<String>| {
@@ -804,8 +809,15 @@ pub(super) async fn flood_then_open(
                 let curl = &curl;
                 scope.spawn(move || curl(i.to_string(), args));
             }
-            // The flood is in the gateway's hands by now.
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            // The flood is in the gateway's hands.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while cpu_work_started(admin) < work {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the gateway never started the flood's work"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             curl("open".into(), vec![open.clone()]);
             curl("open".into(), vec![open]);
         });
@@ -813,6 +825,20 @@ pub(super) async fn flood_then_open(
     })
     .await
     .expect("join")
+}
+
+/// The gateway's `bronze_gateway_cpu_work_started_total`, from its admin
+/// API's `/metrics` (0 when unreadable).
+fn cpu_work_started(admin: SocketAddr) -> u64 {
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://{admin}/metrics")])
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("bronze_gateway_cpu_work_started_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn bcrypt_hash(password: &str) -> String {

@@ -839,6 +839,21 @@ async fn forwarded_headers_and_the_client_address_are_taken_only_from_trusted_pe
         let (code, body) = get(&other, "/guarded").await;
         assert_eq!(code, 200, "h2 {h2}: {body}");
     }
+    // No Host (HTTP/1.0, on the general path): no X-Forwarded-Host, and an
+    // untrusted peer's own does not pass either.
+    let (code, body) = curl(s(&[
+        "--http1.0",
+        "-H",
+        "Host:",
+        "-H",
+        "X-Forwarded-Host: shop.example.com",
+        &format!("http://{}/users", other.addr),
+    ]))
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert!(v["headers"].get("x-forwarded-host").is_none(), "{v}");
+    assert_eq!(v["headers"]["x-forwarded-proto"], "http", "{v}");
     // Without the headers, even a trusted peer's plain request is plain,
     // and the client is the peer.
     let (code, _) = curl(s(&[&format!("http://{}/secure", trusting.addr)])).await;
@@ -1576,8 +1591,12 @@ async fn tcp_log_speaks_tls_to_its_collector() {
 
 /// An HTTPS server that requires a client certificate from `client_ca`
 /// (its own certificate is `server`): it answers the client
-/// certificate's subject, as the mutual-TLS upstream of a service.
-async fn mtls_backend(server: &Issued, client_ca: &Issued) -> SocketAddr {
+/// certificate's subject, as the mutual-TLS upstream of a service; and
+/// how many requests came over a handshake with a client certificate.
+async fn mtls_backend(
+    server: &Issued,
+    client_ca: &Issued,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(der(client_ca)).expect("client CA");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -1601,9 +1620,12 @@ async fn mtls_backend(server: &Issued, client_ca: &Issued) -> SocketAddr {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let certified = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = certified.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
+            let count = count.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
@@ -1613,12 +1635,17 @@ async fn mtls_backend(server: &Issued, client_ca: &Issued) -> SocketAddr {
                     .1
                     .peer_certificates()
                     .map_or(0, <[CertificateDer<'_>]>::len);
-                let service = hyper::service::service_fn(move |_req| async move {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                        http_body_util::Full::new(Bytes::from(format!(
-                            "client certificates: {presented}"
-                        ))),
-                    ))
+                let service = hyper::service::service_fn(move |_req| {
+                    if presented > 0 {
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(Bytes::from(format!(
+                                "client certificates: {presented}"
+                            ))),
+                        ))
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), service)
@@ -1626,7 +1653,7 @@ async fn mtls_backend(server: &Issued, client_ca: &Issued) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, certified)
 }
 
 /// Kong's `client_certificate` and `ca_certificates` on a service: an
@@ -1645,7 +1672,7 @@ async fn services_present_client_certificates_and_trust_their_own_cas() {
         false,
         "clientAuth",
     );
-    let backend = mtls_backend(&server, &client_ca).await;
+    let (backend, certified) = mtls_backend(&server, &client_ca).await;
     let route = |name: &str| serde_json::json!([{"name": name, "paths": [format!("/{name}")]}]);
     let doc = serde_json::json!({"_format_version": "3.0",
         "certificates": [{"id": "4e3ad2e4-0bc4-4638-8e34-c84a417ba39b",
@@ -1695,8 +1722,15 @@ async fn services_present_client_certificates_and_trust_their_own_cas() {
         |c| c.upstream_ca_file = server_ca.cert_path.display().to_string(),
     )
     .await;
-    // Checked a few times, and still healthy.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Checked a few times (each check a request over a handshake with the
+    // client certificate), and still healthy.
+    let before = certified.load(std::sync::atomic::Ordering::SeqCst);
+    super::eventually(
+        Duration::from_secs(30),
+        "three checks with the client certificate",
+        || certified.load(std::sync::atomic::Ordering::SeqCst) >= before + 3,
+    )
+    .await;
     let health =
         super::balancing::health_becomes(&checked, "backend.test", backend, "HEALTHY").await;
     assert_eq!(

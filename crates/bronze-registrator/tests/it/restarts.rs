@@ -11,6 +11,18 @@ fn named(service: &str) -> Spec {
     }
 }
 
+/// Waits until `r` has had two more heartbeats accepted (one of them
+/// begun after now): what it registered before has reached discovery, and
+/// discovery took its whole state.
+async fn settled(r: &Reg) {
+    const OK: &str = "bronze_registrator_heartbeats_total{result=\"ok\"}";
+    let before = r.metric(OK).await;
+    eventually(Duration::from_secs(10), "heartbeats accepted", || async {
+        r.metric(OK).await >= before + 2.0
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn restarting_the_registrator_keeps_one_registration() {
     let d = Discovery::start().await;
@@ -26,7 +38,15 @@ async fn restarting_the_registrator_keeps_one_registration() {
     // Still answered while the registrator is away (within its TTL).
     assert_eq!(d.srv(&service).await.len(), 1);
     let r = Reg::start(reg_config(d.grpc, &node)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Past the point where a second registration would be made: the new
+    // registrator's first full reconciliation registered the container,
+    // and a heartbeat after it was accepted.
+    eventually(Duration::from_secs(10), "registered again", || async {
+        r.metric("bronze_registrator_resyncs_total").await >= 1.0
+            && r.metric("bronze_registrator_registrations_total").await >= 1.0
+    })
+    .await;
+    settled(&r).await;
     assert_eq!(
         d.instances(&service).await.len(),
         1,
@@ -57,7 +77,9 @@ async fn restarting_discovery_gets_everything_registered_again() {
         || async { d.srv(&service).await.len() == 1 },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Past the point where a second registration would be made: a
+    // heartbeat after the registration again was accepted.
+    settled(&r).await;
     assert_eq!(d.instances(&service).await.len(), 1, "exactly one");
     r.stop().await;
     d.stop().await;
