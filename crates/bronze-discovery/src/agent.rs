@@ -256,6 +256,10 @@ impl Agent {
             }
         }
         for check in &r.instance.checks {
+            // Maintenance mode is the catalog's, with no timer or probe.
+            if check.spec.id == crate::catalog::maintenance_check_id(&r.instance.key.id) {
+                continue;
+            }
             let key = (r.instance.key.clone(), check.spec.id.clone());
             let kept = r
                 .previous

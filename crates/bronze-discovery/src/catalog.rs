@@ -158,6 +158,45 @@ struct State {
     nodes_index: u64,
     /// Check IDs are unique per node (as in Consul's agent API).
     checks: HashMap<(Arc<str>, String), InstanceKey>,
+    /// Instances in maintenance (Consul's maintenance mode), with the
+    /// reason: critical whatever their checks say, until it is lifted or
+    /// they are deregistered. Re-registering keeps it.
+    maintenance: HashMap<InstanceKey, String>,
+}
+
+/// The check id Consul gives an instance's maintenance mode.
+pub fn maintenance_check_id(instance: &str) -> String {
+    format!("_service_maintenance:{instance}")
+}
+
+/// `checks` with the maintenance check added when `reason` is set.
+fn with_maintenance(
+    mut checks: Vec<CheckState>,
+    instance: &str,
+    reason: Option<&String>,
+) -> Vec<CheckState> {
+    let id = maintenance_check_id(instance);
+    checks.retain(|c| c.spec.id != id);
+    if let Some(reason) = reason {
+        checks.push(CheckState {
+            spec: CheckSpec {
+                id,
+                name: "Service Maintenance Mode".into(),
+                kind: crate::model::CheckKind::Ttl {
+                    ttl: std::time::Duration::ZERO,
+                    external: true,
+                },
+                interval: std::time::Duration::ZERO,
+                timeout: std::time::Duration::ZERO,
+                initial_status: Health::Critical,
+                deregister_critical_after: None,
+                notes: reason.clone(),
+            },
+            status: Health::Critical,
+            output: reason.clone(),
+        });
+    }
+    checks
 }
 
 pub struct Catalog {
@@ -205,6 +244,7 @@ impl Catalog {
                 services_index: base,
                 nodes_index: base,
                 checks: HashMap::new(),
+                maintenance: HashMap::new(),
             }),
             index_tx,
             log_capacity: log_capacity.max(1),
@@ -274,6 +314,7 @@ impl Catalog {
                 }
             })
             .collect();
+        let checks = with_maintenance(checks, &reg.instance.id, st.maintenance.get(&key));
 
         // The node: created on first use, its address refreshed when given.
         let node_name = reg.instance.node.clone();
@@ -382,9 +423,46 @@ impl Catalog {
         })
     }
 
+    /// Puts an instance in maintenance (`reason` set: critical, out of
+    /// answers and passing-only reads) or takes it out (`None`). Returns
+    /// the index, moved only when something changed.
+    pub fn set_maintenance(&self, key: &InstanceKey, reason: Option<String>) -> Result<u64, Error> {
+        let mut st = self.state.write();
+        let current = st
+            .lookup(key)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("instance {key}")))?;
+        if st.maintenance.get(key) == reason.as_ref() {
+            return Ok(st.index);
+        }
+        match &reason {
+            Some(r) => st.maintenance.insert(key.clone(), r.clone()),
+            None => st.maintenance.remove(key),
+        };
+        let index = st.index + 1;
+        let mut next = Instance::clone(&current);
+        next.checks = with_maintenance(next.checks, &key.id, reason.as_ref());
+        next.health = Instance::health_of(&next.checks);
+        next.modify_index = index;
+        let next = Arc::new(next);
+        st.forget_checks(&current);
+        for check in &next.checks {
+            st.checks
+                .insert((key.node.clone(), check.spec.id.clone()), key.clone());
+        }
+        let service = next.spec.service.clone();
+        let entry = st.services.entry(service.clone()).or_default();
+        entry.instances.insert(key.clone(), next.clone());
+        entry.modify_index = index;
+        self.publish(&st, &service);
+        self.commit(&mut st, index, Change::Upsert(next));
+        Ok(index)
+    }
+
     /// Removes an instance; `None` if it was not registered.
     pub fn deregister(&self, key: &InstanceKey) -> Option<(u64, Arc<Instance>)> {
         let mut st = self.state.write();
+        st.maintenance.remove(key);
         let service = st.by_key.remove(key)?;
         let index = st.index + 1;
         let instance = st.remove_from_service(key, &service, index)?;

@@ -254,6 +254,34 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         result
     }
 
+    async fn set_maintenance(
+        &self,
+        request: Request<pb::SetMaintenanceRequest>,
+    ) -> Result<Response<pb::SetMaintenanceResponse>, Status> {
+        let req = request.into_inner();
+        let result = (|| {
+            if req.id.is_empty() {
+                return Err(Error::invalid("id", "missing instance id"));
+            }
+            let node = if req.node.is_empty() {
+                self.agent.node.clone()
+            } else {
+                req.node.to_ascii_lowercase()
+            };
+            let reason = req
+                .enable
+                .then(|| crate::model::maintenance_reason(&req.reason));
+            let index = self
+                .agent
+                .catalog
+                .set_maintenance(&InstanceKey::new(&node, &req.id), reason)?;
+            Ok(Response::new(pb::SetMaintenanceResponse { index }))
+        })()
+        .map_err(Status::from);
+        self.count("grpc_set_maintenance", &result);
+        result
+    }
+
     async fn heartbeat(
         &self,
         request: Request<pb::HeartbeatRequest>,

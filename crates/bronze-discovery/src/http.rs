@@ -81,6 +81,10 @@ pub fn router(api: Api, metrics: Arc<Metrics>) -> Router {
             "/v1/agent/service/deregister/{*id}",
             put(deregister).post(deregister),
         )
+        .route(
+            "/v1/agent/service/maintenance/{*id}",
+            put(maintenance).post(maintenance),
+        )
         .route("/v1/agent/services", get(agent_services))
         .route("/v1/agent/service/{*id}", get(agent_service))
         .route("/v1/agent/checks", get(agent_checks))
@@ -862,6 +866,42 @@ async fn deregister(State(api): State<Api>, Path(id): Path<String>) -> Response 
     match api.agent.deregister(&key).await {
         Ok(Some(index)) => (StatusCode::OK, consul_headers(index), "").into_response(),
         Ok(None) => text(StatusCode::NOT_FOUND, format!("Unknown service ID {id:?}")),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Consul's `PUT /v1/agent/service/maintenance/:id?enable=true|false&reason=`:
+/// for an instance of this server's node.
+async fn maintenance(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    let p = Params(q);
+    let enable = match p.get("enable") {
+        Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("Invalid value for \"enable\": {other:?}: expected true or false"),
+            );
+        }
+        None => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "Missing value for enable".to_string(),
+            );
+        }
+    };
+    let reason =
+        enable.then(|| crate::model::maintenance_reason(p.get("reason").unwrap_or_default()));
+    let key = InstanceKey::new(&api.agent.node, &id);
+    match api.agent.catalog.set_maintenance(&key, reason) {
+        Ok(index) => (StatusCode::OK, consul_headers(index), "").into_response(),
+        Err(crate::error::Error::NotFound(_)) => {
+            text(StatusCode::NOT_FOUND, format!("Unknown service ID {id:?}"))
+        }
         Err(e) => e.into_response(),
     }
 }

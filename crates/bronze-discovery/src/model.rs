@@ -902,3 +902,20 @@ mod tests {
         }
     }
 }
+
+/// Consul's words when maintenance is asked for without a reason.
+pub const DEFAULT_MAINTENANCE_REASON: &str = "Maintenance mode is enabled for this service, but no reason was provided. This is a default message.";
+
+/// A maintenance reason as stored: the default when none is given, at most
+/// 1 KiB.
+pub fn maintenance_reason(reason: &str) -> String {
+    let r = reason.trim();
+    if r.is_empty() {
+        return DEFAULT_MAINTENANCE_REASON.to_string();
+    }
+    let mut end = r.len().min(1024);
+    while !r.is_char_boundary(end) {
+        end -= 1;
+    }
+    r[..end].to_string()
+}

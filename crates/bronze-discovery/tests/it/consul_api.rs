@@ -438,3 +438,73 @@ async fn metrics_and_healthz() {
     assert!(r.text().await.expect("text").contains("not part of"));
     s.stop().await;
 }
+
+/// Consul's maintenance mode, over HTTP and gRPC: the instance turns
+/// critical (a `_service_maintenance:<id>` check says why), leaves DNS and
+/// passing-only reads, stays so when re-registered, and comes back when it
+/// is lifted.
+#[tokio::test]
+async fn maintenance_mode_takes_an_instance_out_and_back() {
+    use bronze_proto::discovery::v1 as pb;
+    let s = Running::start().await;
+    let web1 = json!({"ID": "web-1", "Name": "web", "Address": "10.0.0.1", "Port": 80});
+    s.register(web1.clone()).await;
+    s.register(json!({"ID": "web-2", "Name": "web", "Address": "10.0.0.2", "Port": 80}))
+        .await;
+    let dig_a = || async { s.dig(&["web.service.bronze", "A", "+short"]).await };
+    assert_eq!(dig_a().await.lines().count(), 2);
+    let (code, _) = s
+        .put(
+            "/v1/agent/service/maintenance/web-1?enable=true&reason=deploying",
+            "",
+        )
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(dig_a().await.trim(), "10.0.0.2");
+    let (_, passing) = s.get_json("/v1/health/service/web?passing").await;
+    assert_eq!(passing.as_array().map(Vec::len), Some(1));
+    let (_, checks) = s.get_json("/v1/health/checks/web").await;
+    let maint = checks
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|c| c["CheckID"] == "_service_maintenance:web-1")
+        })
+        .expect("the maintenance check");
+    assert_eq!(maint["Status"], "critical");
+    assert_eq!(maint["Notes"], "deploying");
+    // Re-registering (a registrator's resync) keeps it.
+    s.register(web1).await;
+    assert_eq!(dig_a().await.trim(), "10.0.0.2");
+    let (code, _) = s
+        .put("/v1/agent/service/maintenance/web-1?enable=false", "")
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(dig_a().await.lines().count(), 2);
+    // Over gRPC, with a node; an unknown instance is NotFound; bad input named.
+    let mut g = s.grpc().await;
+    g.set_maintenance(pb::SetMaintenanceRequest {
+        node: String::new(),
+        id: "web-2".into(),
+        enable: true,
+        reason: String::new(),
+    })
+    .await
+    .expect("grpc maintenance");
+    assert_eq!(dig_a().await.trim(), "10.0.0.1");
+    let e = g
+        .set_maintenance(pb::SetMaintenanceRequest {
+            id: "nope".into(),
+            enable: true,
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let (code, body) = s
+        .put("/v1/agent/service/maintenance/web-1?enable=maybe", "")
+        .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("enable"), "{body}");
+    s.stop().await;
+}
