@@ -758,6 +758,23 @@ mod opt_duration_ms {
     }
 }
 
+/// Consul's words when maintenance is asked for without a reason.
+pub const DEFAULT_MAINTENANCE_REASON: &str = "Maintenance mode is enabled for this service, but no reason was provided. This is a default message.";
+
+/// A maintenance reason as stored: the default when none is given, at most
+/// 1 KiB.
+pub fn maintenance_reason(reason: &str) -> String {
+    let r = reason.trim();
+    if r.is_empty() {
+        return DEFAULT_MAINTENANCE_REASON.to_string();
+    }
+    let mut end = r.len().min(1024);
+    while !r.is_char_boundary(end) {
+        end -= 1;
+    }
+    r[..end].to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -901,21 +918,4 @@ mod tests {
             let _ = parse_go_duration(&s);
         }
     }
-}
-
-/// Consul's words when maintenance is asked for without a reason.
-pub const DEFAULT_MAINTENANCE_REASON: &str = "Maintenance mode is enabled for this service, but no reason was provided. This is a default message.";
-
-/// A maintenance reason as stored: the default when none is given, at most
-/// 1 KiB.
-pub fn maintenance_reason(reason: &str) -> String {
-    let r = reason.trim();
-    if r.is_empty() {
-        return DEFAULT_MAINTENANCE_REASON.to_string();
-    }
-    let mut end = r.len().min(1024);
-    while !r.is_char_boundary(end) {
-        end -= 1;
-    }
-    r[..end].to_string()
 }
