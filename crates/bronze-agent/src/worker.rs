@@ -120,6 +120,8 @@ pub struct Worker {
     /// Image presence, per reference: when it was made present, and the
     /// one pull (or check) tasks starting together share.
     images: Mutex<HashMap<String, (std::time::Instant, ImageCell)>>,
+    /// Tasks being drained before their stop signal: since when.
+    draining: Mutex<HashMap<String, std::time::Instant>>,
     config: Arc<Config>,
     metrics: Arc<AgentMetrics>,
     shutdown: Shutdown,
@@ -148,6 +150,7 @@ impl Worker {
             outbox: Outbox::default(),
             ops: Semaphore::new(config.parallel_ops),
             images: Mutex::new(HashMap::new()),
+            draining: Mutex::new(HashMap::new()),
             config,
             metrics,
             shutdown,
@@ -299,6 +302,7 @@ impl Worker {
     ) {
         loop {
             let a = rx.borrow_and_update().clone();
+            let mut again = RESYNC;
             match a {
                 None => {
                     self.remove(&id).await;
@@ -311,12 +315,16 @@ impl Worker {
                     }
                     continue;
                 }
-                Some(a) => self.converge(&id, &a).await,
+                Some(a) => {
+                    if let Some(wait) = self.converge(&id, &a).await {
+                        again = wait;
+                    }
+                }
             }
             tokio::select! {
                 r = rx.changed() => if r.is_err() { return },
                 () = poke.notified() => {}
-                () = tokio::time::sleep(RESYNC) => {}
+                () = tokio::time::sleep(again) => {}
                 () = self.shutdown.wait() => return,
             }
         }
@@ -329,10 +337,11 @@ impl Worker {
             .ok()
     }
 
-    /// One step towards what the assignment asks.
-    async fn converge(&self, id: &str, a: &pb::Assignment) {
+    /// One step towards what the assignment asks. Returns how soon to look
+    /// again when only time is missing (a drain under way).
+    async fn converge(&self, id: &str, a: &pb::Assignment) -> Option<Duration> {
         let (Some(task), Some(spec)) = (a.task.as_ref(), a.spec.as_ref()) else {
-            return;
+            return None;
         };
         let name = engine::container_name(task);
         let container = self.inspect(&name).await;
@@ -366,7 +375,7 @@ impl Worker {
                     // Its end is reported (with the reason the agent knew,
                     // e.g. "container unhealthy"): the exit that follows a
                     // stop says nothing new.
-                    return;
+                    return None;
                 }
                 if status.state() == pb::TaskState::Preparing && !is_terminal(known) {
                     // Created, never started (the agent stopped in between).
@@ -388,12 +397,35 @@ impl Worker {
             (false, Some(c)) => {
                 let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
                 if running {
+                    // Drained first: discovery takes it out while it still
+                    // serves what it has; the stop signal comes after.
+                    let drain = task
+                        .drain
+                        .map(|d| {
+                            Duration::new(
+                                d.seconds.max(0).unsigned_abs(),
+                                d.nanos.max(0).unsigned_abs(),
+                            )
+                        })
+                        .unwrap_or_default();
+                    if !drain.is_zero() {
+                        let since = *self
+                            .draining
+                            .lock()
+                            .entry(id.to_string())
+                            .or_insert_with(std::time::Instant::now);
+                        let left = drain.saturating_sub(since.elapsed());
+                        if !left.is_zero() {
+                            return Some(left);
+                        }
+                    }
                     self.stop(&name, spec).await;
                 }
+                self.draining.lock().remove(id);
                 let was = engine::status_of(&c);
                 if !running && is_terminal(was.state()) && is_terminal(known) {
                     // Ended before it was asked to stop: keep that report.
-                    return;
+                    return None;
                 }
                 let mut s = self
                     .inspect(&name)
@@ -416,6 +448,7 @@ impl Worker {
                 }
             }
         }
+        None
     }
 
     /// Pull, create, start; reports each step and the outcome.

@@ -75,6 +75,13 @@ pub struct Args {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_history: Option<usize>,
 
+    /// bronze-discovery's gRPC address, e.g. http://127.0.0.1:8502: rollouts
+    /// then wait for new tasks to pass there, and drain old ones from it
+    /// before they stop [default: none].
+    #[arg(long, env = "BRONZE_SCHEDULER_DISCOVERY", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<String>,
+
     /// Log format: plain or json [default: plain]. RUST_LOG sets the level.
     #[arg(long, env = "BRONZE_LOG_FORMAT", value_name = "FORMAT")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -32,6 +32,10 @@ pub struct Config {
     pub node_grace: Duration,
     /// Ended tasks kept per slot, for `service ps`.
     pub task_history: usize,
+    /// bronze-discovery's gRPC address; empty: not followed. When set,
+    /// tasks that publish ports count as up only once registered and
+    /// passing, and tasks are drained from it before they stop.
+    pub discovery: String,
     pub log_format: LogFormat,
 }
 
@@ -45,6 +49,7 @@ impl Default for Config {
             heartbeat: Duration::from_secs(5),
             node_grace: Duration::from_secs(15),
             task_history: 5,
+            discovery: String::new(),
             log_format: LogFormat::Plain,
         }
     }
@@ -73,6 +78,21 @@ impl Config {
                 "expected at least twice the heartbeat",
             ));
         }
+        if !self.discovery.is_empty() {
+            let uri: Result<tonic::transport::Uri, _> = self.discovery.parse();
+            let ok = uri.is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.port_u16().is_some()
+            });
+            if !ok {
+                return Err(ConfigError::invalid(
+                    "discovery",
+                    format!(
+                        "{:?}: expected http://host:port, e.g. \"http://127.0.0.1:8502\"",
+                        self.discovery
+                    ),
+                ));
+            }
+        }
         if self.task_history > 100 {
             return Err(ConfigError::invalid("task_history", "expected at most 100"));
         }
@@ -92,6 +112,7 @@ impl Config {
             heartbeat_period: self.heartbeat,
             node_grace: self.node_grace,
             task_history: self.task_history,
+            discovery: !self.discovery.is_empty(),
             ..Tunables::default()
         }
     }

@@ -215,7 +215,8 @@ pub fn spec_from_proto(p: &pb::ServiceSpec) -> Result<ServiceSpec, Invalid> {
     s.rollback = update_config(p.rollback_config.as_ref(), "rollback_config")?;
     s.hostname = p.hostname.clone();
     s.extra_hosts = p.extra_hosts.clone();
-    s.drain_delay = duration_from("drain_delay", p.drain_delay.as_ref())?.unwrap_or_default();
+    s.drain_delay = duration_from("drain_delay", p.drain_delay.as_ref())?
+        .unwrap_or(crate::model::spec::DEFAULT_DRAIN_DELAY);
     spec::validate(&s)?;
     Ok(s)
 }
@@ -430,6 +431,8 @@ pub fn task_to(t: &Task, image: &str) -> pb::Task {
         start_after: time_to(t.start_after),
         image: image.to_string(),
         outdated: false,
+        drain: (!t.drain.is_zero()).then(|| duration_to(t.drain)),
+        up_at: time_to(t.up_at),
     }
 }
 

@@ -28,6 +28,7 @@ pub mod changes;
 pub mod cli;
 pub mod config;
 pub mod convert;
+pub mod discovery;
 pub mod dispatcher;
 pub mod error;
 pub mod manager;
@@ -87,6 +88,7 @@ pub struct Server {
     cluster: Arc<Cluster>,
     metrics: Arc<Metrics>,
     admin_token: String,
+    discovery: String,
     internal: Shutdown,
 }
 
@@ -166,6 +168,7 @@ impl Server {
             cluster,
             metrics: Arc::new(metrics),
             admin_token: config.admin_token,
+            discovery: config.discovery,
             internal,
         })
     }
@@ -210,6 +213,14 @@ impl Server {
             .add_service(health)
             .into_axum_router()
             .merge(ops);
+        let link = (!self.discovery.is_empty()).then(|| {
+            tokio::spawn(discovery::run(
+                self.discovery.clone(),
+                self.cluster.events.clone(),
+                self.cluster.snapshot.clone(),
+                self.internal.clone(),
+            ))
+        });
         let manager = tokio::spawn(self.manager.run(self.events, self.internal.clone()));
         let internal = self.internal.clone();
         let http_shutdown = shutdown.clone();
@@ -223,6 +234,9 @@ impl Server {
         let result = server.await;
         draining.store(true, Ordering::Relaxed);
         self.internal.trigger();
+        if let Some(link) = link {
+            let _ = link.await;
+        }
         let _ = manager.await;
         result.map_err(|e| StartError::Serve(e.to_string()))
     }

@@ -43,6 +43,9 @@ pub struct Tunables {
     pub task_history: usize,
     /// Spec versions kept per service (beyond those tasks still use).
     pub versions_kept: usize,
+    /// Discovery is followed: tasks publishing ports are up only once
+    /// registered and passing there.
+    pub discovery: bool,
 }
 
 impl Default for Tunables {
@@ -52,6 +55,7 @@ impl Default for Tunables {
             node_grace: Duration::from_secs(15),
             task_history: 5,
             versions_kept: 10,
+            discovery: false,
         }
     }
 }
@@ -112,6 +116,9 @@ pub enum Event {
         node: String,
         session: u64,
     },
+    /// What discovery says of tasks' instances now: all passing, or not;
+    /// `None`: no instance registered.
+    Registered(Vec<(String, Option<bool>)>),
 }
 
 /// The last time each node's agent was heard from; sessions write it
@@ -168,6 +175,8 @@ impl Manager {
         tunables: Tunables,
         metrics: Arc<SchedulerMetrics>,
     ) -> Self {
+        let mut state = state;
+        state.discovery = tunables.discovery;
         Self {
             state,
             store,
@@ -240,6 +249,9 @@ impl Manager {
             self.touched.drain().collect()
         };
         for id in &services {
+            if let Some(at) = orchestrator::mark_up(&mut self.state, id, now) {
+                self.timers.insert((at, id.clone()));
+            }
             orchestrator::reconcile(&mut self.state, id, now, self.tunables.task_history);
             if let Some(at) = update::advance(&mut self.state, id, now) {
                 self.timers.insert((at, id.clone()));
@@ -413,6 +425,22 @@ impl Manager {
                     self.sessions.remove(&node);
                 }
             }
+            Event::Registered(changes) => {
+                for (task, passing) in changes {
+                    match passing {
+                        Some(p) => {
+                            self.state.registered.insert(task.clone(), p);
+                        }
+                        None => {
+                            self.state.registered.remove(&task);
+                        }
+                    }
+                    if let Some(t) = self.state.task(&task) {
+                        let service = t.service_id.clone();
+                        self.touch(&service);
+                    }
+                }
+            }
         }
     }
 
@@ -529,6 +557,7 @@ impl Manager {
                 } else {
                     service.update.force_before
                 },
+                automatic: false,
             };
         }
         self.state.put_version(version);
@@ -573,6 +602,7 @@ impl Manager {
             next_batch_at: Time(0),
             config: from.spec.rollback,
             force_before: service.update.force_before,
+            automatic: false,
         };
         let id = s.id.clone();
         self.state.put_service(s);

@@ -53,18 +53,28 @@ pub fn new_task(service: &Service, slot: u64, node_id: &str) -> Task {
         started_at: Time(0),
         replaces: None,
         moved: false,
+        drain: std::time::Duration::ZERO,
+        up_at: Time(0),
         version: 0,
     }
 }
 
 /// Sets a task's desired state to shutdown (with a reason when it never
-/// reached a node, since nothing there will report it).
+/// reached a node, since nothing there will report it). A task registered
+/// in discovery is drained first: its agent waits the service's
+/// drain_delay before the stop signal, while discovery takes it out.
 pub fn shut_down(state: &mut State, task: &Task, why: &str) {
     if task.desired == Desired::Shutdown {
         return;
     }
     let mut t = task.clone();
     t.desired = Desired::Shutdown;
+    if state.registered.contains_key(&t.id)
+        && !t.status.state.is_terminal()
+        && let Some(v) = state.version(&t.service_id, t.spec_version)
+    {
+        t.drain = v.spec.drain_delay;
+    }
     if matches!(t.status.state, TaskState::New | TaskState::Pending) {
         // Never reached an agent: nothing runs, it ends here.
         t.status = TaskStatus::new(TaskState::Shutdown, why);
@@ -149,6 +159,30 @@ fn restart(
 /// A task that ran at least this long before it ended resets the backoff.
 const RAN_LONG: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Records when each running task of a service became up (see
+/// [`State::up`]). Returns when to look again, when a task is only waiting
+/// for the time its registration may take.
+pub fn mark_up(state: &mut State, service_id: &str, now: Time) -> Option<Time> {
+    let mut wake: Option<Time> = None;
+    let tasks: Vec<Arc<Task>> = state
+        .service_tasks(service_id)
+        .filter(|t| t.desired == Desired::Running && t.up_at.is_zero())
+        .cloned()
+        .collect();
+    for t in tasks {
+        match state.up(&t, now) {
+            Ok(true) => {
+                let mut up = Task::clone(&t);
+                up.up_at = now;
+                state.put_task(up);
+            }
+            Ok(false) => {}
+            Err(at) => wake = Some(wake.map_or(at, |w| w.min(at))),
+        }
+    }
+    wake
+}
+
 /// Reconciles one service.
 pub fn reconcile(state: &mut State, service_id: &str, now: Time, history: usize) {
     let Some(service) = state.service(service_id).cloned() else {
@@ -214,8 +248,10 @@ pub fn reconcile(state: &mut State, service_id: &str, now: Time, history: usize)
                 }
                 continue;
             }
-            // Start-first hand-over: the replacement runs, the old one stops.
-            if t.status.state == TaskState::Running
+            // Start-first hand-over: the replacement is up (running,
+            // healthy, passing in discovery), the old one stops.
+            if !t.up_at.is_zero()
+                && t.status.state == TaskState::Running
                 && let Some(old_id) = &t.replaces
             {
                 if let Some(old) = state.task(old_id).cloned() {

@@ -159,6 +159,8 @@ mod tests {
             started_at: Time(0),
             replaces: None,
             moved: false,
+            drain: std::time::Duration::ZERO,
+            up_at: Time(0),
             version: 0,
         });
         s.set_join_token("SWMTKN-x".into());

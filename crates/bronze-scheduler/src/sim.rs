@@ -114,7 +114,14 @@ impl Sim {
                 ..Default::default()
             },
             address: "127.0.0.1".into(),
-            tasks: Vec::new(),
+            // What a returning agent finds on its host: the containers of
+            // the tasks it ran, still there.
+            tasks: self
+                .state()
+                .node_tasks(node_id)
+                .filter(|t| !t.status.state.is_terminal() && t.status.state >= TaskState::Preparing)
+                .map(|t| (t.id.clone(), t.status.clone()))
+                .collect(),
         };
         let id = self
             .ask(|reply| Event::Hello {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use imbl::{HashMap, OrdMap, OrdSet};
 
 use crate::model::{
-    Desired, Node, PortConfig, Protocol, Resources, Service, Task, TaskState, Version,
+    Desired, Node, PortConfig, Protocol, Resources, Service, Task, TaskState, Time, Version,
 };
 
 /// What a commit writes (or deletes) in the store.
@@ -58,10 +58,20 @@ pub struct State {
     pub usage: HashMap<String, Usage>,
     /// Tasks that want a node (see `placement::wants_node`).
     pub pending: OrdSet<String>,
+    /// What discovery says of each task's instances: all passing or not
+    /// (absent: not registered). Soft state, from the discovery link.
+    pub registered: HashMap<String, bool>,
+    /// The scheduler follows discovery: tasks of services with published
+    /// ports are up only once registered and passing.
+    pub discovery: bool,
     pub join_token: String,
     /// Keys changed since the last commit.
     dirty: BTreeSet<Key>,
 }
+
+/// How long a running task that publishes ports may take to show up in
+/// discovery before it counts as up without it.
+pub const REGISTRATION_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Whether a task holds resources (and ports) on its node: placed, and its
 /// container not known to be gone.
@@ -304,6 +314,33 @@ impl State {
         }
     }
 
+    /// Whether a task counts as up: running (its health check passed, when
+    /// it has one) and, when discovery is followed and the task publishes
+    /// ports, registered and passing there. A task not registered within
+    /// [`REGISTRATION_WAIT`] of running counts as up (no registrator on its
+    /// host). Returns `Err(at)` when only time can make it up.
+    pub fn up(&self, t: &Task, now: Time) -> Result<bool, Time> {
+        if t.status.state != TaskState::Running {
+            return Ok(false);
+        }
+        if let Some(passing) = self.registered.get(&t.id) {
+            return Ok(*passing);
+        }
+        let expects = self.discovery
+            && self
+                .version(&t.service_id, t.spec_version)
+                .is_some_and(|v| !v.spec.ports.is_empty());
+        if !expects {
+            return Ok(true);
+        }
+        let deadline = t.started_at.plus(REGISTRATION_WAIT);
+        if now >= deadline {
+            Ok(true)
+        } else {
+            Err(deadline)
+        }
+    }
+
     /// Tasks a service wants running, per state (for `service ls`).
     pub fn running_tasks(&self, service_id: &str) -> usize {
         self.service_tasks(service_id)
@@ -334,6 +371,8 @@ mod tests {
             started_at: Time(0),
             replaces: None,
             moved: false,
+            drain: std::time::Duration::ZERO,
+            up_at: Time(0),
             version: 0,
         }
     }

@@ -671,3 +671,124 @@ async fn a_restarted_manager_resumes_without_duplicates() {
     let slots: std::collections::BTreeSet<u64> = wanted(&s, "web").iter().map(|t| t.slot).collect();
     assert_eq!(slots.len(), 3, "one task per slot");
 }
+
+/// A new task that fails within `monitor` of being up: with
+/// failure_action rollback the service goes back to the previous version
+/// by itself; with pause the rollout stops where it is.
+#[tokio::test]
+async fn failing_rollouts_roll_back_or_pause() {
+    use crate::model::UpdateState;
+    use crate::model::spec::FailureAction;
+    let sim = Sim::start(mem(), tunables()).await;
+    three_nodes(&sim).await;
+    let mut s = spec("web", 3);
+    s.update.failure_action = FailureAction::Rollback;
+    s.update.monitor = Duration::from_millis(500);
+    s.rollback.monitor = Duration::from_millis(200);
+    s.restart.delay = Duration::from_millis(100);
+    sim.create(s).await.expect("create");
+    sim.until(WAIT, "3 running", |s| running(s, "web") == 3)
+        .await;
+    let bad = |image: &'static str| {
+        let state = sim.state();
+        let svc = state.find_service("web").expect("svc");
+        let mut s = ServiceSpec::clone(&state.current(svc).expect("spec").spec);
+        s.image = image.into();
+        s
+    };
+    let sim = &sim;
+    let fail_first = |image: &'static str| async move {
+        let state = sim
+            .until(WAIT, "a new task up", |s| {
+                let svc = s.find_service("web").expect("svc");
+                s.service_tasks(&svc.id).any(|t| {
+                    !t.up_at.is_zero()
+                        && s.version(&svc.id, t.spec_version)
+                            .is_some_and(|v| v.spec.image == image)
+                })
+            })
+            .await;
+        let svc = state.find_service("web").expect("svc").clone();
+        let t = state
+            .service_tasks(&svc.id)
+            .find(|t| {
+                !t.up_at.is_zero()
+                    && state
+                        .version(&svc.id, t.spec_version)
+                        .is_some_and(|v| v.spec.image == image)
+            })
+            .expect("up")
+            .clone();
+        let mut st = TaskStatus::new(TaskState::Failed, "exited");
+        st.exit_code = Some(2);
+        st.err = "task: non-zero exit (2)".into();
+        sim.report(&t.node_id, &t.id, st).await;
+    };
+    let s2 = bad("busybox:broken");
+    sim.ask(|reply| Event::UpdateService {
+        service: "web".into(),
+        spec: Some(s2),
+        replicas: None,
+        version: 0,
+        force: false,
+        reply,
+    })
+    .await
+    .expect("update");
+    fail_first("busybox:broken").await;
+    let state = sim
+        .until(WAIT, "rolled back by itself", |s| {
+            s.find_service("web")
+                .is_some_and(|x| x.update.state == UpdateState::RollbackCompleted)
+                && running(s, "web") == 3
+        })
+        .await;
+    let svc = state.find_service("web").expect("svc");
+    assert!(svc.update.automatic);
+    assert!(
+        svc.update.message.contains("update rolled back"),
+        "{}",
+        svc.update.message
+    );
+    assert!(
+        images(&state).iter().all(|i| i == "busybox"),
+        "{:?}",
+        images(&state)
+    );
+
+    // pause: the rollout stops, nothing more is replaced.
+    let mut s3 = bad("busybox:also-broken");
+    s3.update.failure_action = FailureAction::Pause;
+    // The next batch waits: the failure is seen before it.
+    s3.update.delay = Duration::from_secs(3);
+    sim.ask(|reply| Event::UpdateService {
+        service: "web".into(),
+        spec: Some(s3),
+        replicas: None,
+        version: 0,
+        force: false,
+        reply,
+    })
+    .await
+    .expect("update");
+    fail_first("busybox:also-broken").await;
+    let state = sim
+        .until(WAIT, "paused", |s| {
+            s.find_service("web")
+                .is_some_and(|x| x.update.state == UpdateState::Paused)
+        })
+        .await;
+    let old = images(&state).iter().filter(|i| *i == "busybox").count();
+    assert_eq!(
+        old,
+        2,
+        "the other slots were not touched: {:?}",
+        images(&state)
+    );
+    let svc = state.find_service("web").expect("svc");
+    assert!(
+        svc.update.message.starts_with("update paused"),
+        "{}",
+        svc.update.message
+    );
+}

@@ -236,7 +236,11 @@ pub fn run(config: DevConfig) -> i32 {
                 return 1;
             }
         };
-        let scheduler = match bronze_scheduler::Server::bind(config.scheduler.clone()).await {
+        let mut scheduler_config = config.scheduler.clone();
+        if scheduler_config.discovery.is_empty() {
+            scheduler_config.discovery = format!("http://{}", reachable(discovery.grpc_addr()));
+        }
+        let scheduler = match bronze_scheduler::Server::bind(scheduler_config).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("bronze dev: scheduler: {e}");

@@ -15,8 +15,13 @@ pub enum UpdateState {
     None,
     Updating,
     Completed,
+    /// Too many new tasks failed and `failure_action` is pause: nothing
+    /// more is replaced until the next update.
+    Paused,
     RollbackStarted,
     RollbackCompleted,
+    /// A rollback whose tasks failed (a rollback is never rolled back).
+    RollbackPaused,
 }
 
 impl UpdateState {
@@ -25,8 +30,10 @@ impl UpdateState {
             UpdateState::None => "",
             UpdateState::Updating => "updating",
             UpdateState::Completed => "completed",
+            UpdateState::Paused => "paused",
             UpdateState::RollbackStarted => "rollback_started",
             UpdateState::RollbackCompleted => "rollback_completed",
+            UpdateState::RollbackPaused => "rollback_paused",
         }
     }
 
@@ -54,6 +61,9 @@ pub struct UpdateStatus {
     /// Replace every task, even those whose template did not change
     /// (`--force`): tasks created before this time are outdated.
     pub force_before: Time,
+    /// Rolled back automatically (failure_action rollback): the rollback
+    /// was not asked for by a person.
+    pub automatic: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -340,6 +340,9 @@ pub struct ServiceSpec {
 
 /// Default time between the stop signal and SIGKILL (Docker's).
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+/// Default time a registered task is out of discovery before its stop
+/// signal: long enough for the gateway's watch to take it out.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(2);
 /// More replicas than this is surely a typo.
 pub const MAX_REPLICAS: u64 = 100_000;
 
@@ -370,7 +373,7 @@ impl ServiceSpec {
             rollback: UpdateConfig::default(),
             hostname: String::new(),
             extra_hosts: Vec::new(),
-            drain_delay: Duration::ZERO,
+            drain_delay: DEFAULT_DRAIN_DELAY,
         }
     }
 

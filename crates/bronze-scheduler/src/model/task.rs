@@ -145,6 +145,14 @@ pub struct Task {
     /// (start-first): the older one stops once this one runs.
     #[serde(default)]
     pub replaces: Option<String>,
+    /// Asked to stop while registered in discovery: the agent waits this
+    /// long before the stop signal (the service's drain_delay).
+    #[serde(with = "crate::model::spec::millis", default)]
+    pub drain: std::time::Duration,
+    /// When it was first counted as up (running, healthy, passing in
+    /// discovery when registered); 0: not yet.
+    #[serde(default)]
+    pub up_at: Time,
     /// Replaced elsewhere because its node went down: when the node comes
     /// back, the task is dropped, so its agent removes the container.
     #[serde(default)]
