@@ -5,4 +5,5 @@ mod harness;
 mod lifecycle;
 mod nodes;
 mod platform;
+mod rollouts;
 mod updates;

@@ -1,0 +1,308 @@
+//! Rollouts under load through the whole platform: discovery, a
+//! registrator for this host, the gateway routing by label, the scheduler
+//! following discovery, two agents; clients asking the gateway all along
+//! (bounded, loopback). A start-first update serves every request; an
+//! update whose health check fails rolls back by itself, still serving
+//! every request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bronze_proto::scheduler::v1 as pb;
+use bronze_runtime::Shutdown;
+
+use crate::harness::{
+    Agent, Cleanup, Client, Scheduler, agent_config, client, converged, eventually, fast, image,
+    ready_nodes, spec, unique,
+};
+
+/// Discovery, a registrator and a gateway in this process.
+struct Platform {
+    discovery: std::net::SocketAddr,
+    gateway: std::net::SocketAddr,
+    stop: Shutdown,
+}
+
+impl Platform {
+    async fn start() -> Self {
+        let stop = Shutdown::new();
+        let discovery = bronze_discovery::Server::bind(bronze_discovery::Config::ephemeral())
+            .await
+            .expect("discovery");
+        let grpc = discovery.grpc_addr();
+        tokio::spawn(discovery.serve(stop.clone()));
+        let registrator = bronze_registrator::Server::bind(bronze_registrator::Config {
+            discovery: format!("http://{grpc}"),
+            hostname: unique("rollout-host"),
+            ip: Some("127.0.0.1".parse().expect("ip")),
+            heartbeat: Duration::from_millis(200),
+            ttl: Duration::from_secs(3),
+            deregister_after: Duration::from_secs(10),
+            resync: Duration::from_secs(2),
+            metrics_addr: "127.0.0.1:0".parse().expect("addr"),
+            ..Default::default()
+        })
+        .await
+        .expect("registrator");
+        tokio::spawn(registrator.serve(stop.clone()));
+        let mut gw = bronze_gateway::Config::ephemeral();
+        gw.discovery = format!("http://{grpc}");
+        let gateway = bronze_gateway::Server::bind(gw).await.expect("gateway");
+        let addr = gateway.addr();
+        tokio::spawn(gateway.serve(stop.clone()));
+        Self {
+            discovery: grpc,
+            gateway: addr,
+            stop,
+        }
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.stop.trigger();
+    }
+}
+
+/// The test image serving its $VERSION at /version, with a health check on
+/// /www/health (which `healthy: false` removes before serving).
+fn versioned(name: &str, version: &str, healthy: bool) -> pb::ServiceSpec {
+    let mut sp = spec(name, 3);
+    let prepare = if healthy {
+        ""
+    } else {
+        "/bin/busybox rm /www/health; "
+    };
+    sp.args = vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "{prepare}/bin/busybox echo {version} > /www/version && exec /bin/busybox httpd -f -p 8080 -h /www"
+        ),
+    ];
+    sp.ports.push(pb::PortConfig {
+        target: 8080,
+        published: 0,
+        protocol: "tcp".into(),
+    });
+    sp.container_labels = [
+        (
+            "bronze.http.rule".to_string(),
+            format!("PathPrefix(`/{name}`)"),
+        ),
+        ("bronze.http.strip_prefix".to_string(), "true".to_string()),
+    ]
+    .into();
+    let ms = |n: i32| prost_types::Duration {
+        seconds: 0,
+        nanos: n * 1_000_000,
+    };
+    sp.healthcheck = Some(pb::HealthCheck {
+        test: vec![
+            "CMD".into(),
+            "/bin/busybox".into(),
+            "test".into(),
+            "-f".into(),
+            "/www/health".into(),
+        ],
+        interval: Some(ms(300)),
+        timeout: Some(ms(900)),
+        retries: 2,
+        start_period: None,
+    });
+    sp.drain_delay = Some(prost_types::Duration {
+        seconds: 2,
+        nanos: 0,
+    });
+    sp.update_config = Some(pb::UpdateConfig {
+        parallelism: 1,
+        order: "start-first".into(),
+        monitor: Some(prost_types::Duration {
+            seconds: 2,
+            nanos: 0,
+        }),
+        failure_action: "rollback".into(),
+        ..Default::default()
+    });
+    sp.rollback_config = Some(pb::UpdateConfig {
+        parallelism: 1,
+        order: "start-first".into(),
+        monitor: Some(ms(500)),
+        ..Default::default()
+    });
+    sp
+}
+
+/// Clients asking the gateway for /<name>/version until stopped (at most
+/// `budget` requests): (answers by body, failures).
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    last: Arc<parking_lot::Mutex<String>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(gateway: std::net::SocketAddr, name: &str, clients: usize, budget: u64) -> Self {
+        bronze_runtime::install_crypto_provider();
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let last = Arc::new(parking_lot::Mutex::new(String::new()));
+        let url = format!("http://{gateway}/{name}/version");
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed, last, url) = (
+                    stop.clone(),
+                    ok.clone(),
+                    failed.clone(),
+                    last.clone(),
+                    url.clone(),
+                );
+                tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    while !stop.load(Ordering::Relaxed)
+                        && ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < budget
+                    {
+                        match client.get(&url).send().await {
+                            Ok(r) if r.status() == 200 => {
+                                let body = r.text().await.unwrap_or_default();
+                                *last.lock() = body.trim().to_string();
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => {
+                                eprintln!("failed request: {}", r.status());
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                eprintln!("failed request: {e}");
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            ok,
+            failed,
+            last,
+            tasks,
+        }
+    }
+
+    async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+async fn answer(gateway: std::net::SocketAddr, name: &str) -> Option<String> {
+    bronze_runtime::install_crypto_provider();
+    let r = reqwest::get(format!("http://{gateway}/{name}/version"))
+        .await
+        .ok()?;
+    (r.status() == 200).then_some(())?;
+    Some(r.text().await.ok()?.trim().to_string())
+}
+
+async fn update_state(c: &mut Client, name: &str) -> (String, String, bool) {
+    let r = c
+        .get_service(pb::GetServiceRequest {
+            service: name.into(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    let u = r.service.and_then(|s| s.update_status).unwrap_or_default();
+    (u.state, u.message, r.status.is_some_and(|s| s.converged))
+}
+
+#[tokio::test]
+async fn start_first_updates_serve_every_request_and_failed_ones_roll_back() {
+    image().await;
+    let name = unique("live");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let p = Platform::start().await;
+    let mut config = fast();
+    config.discovery = format!("http://{}", p.discovery);
+    let s = Scheduler::start(config).await;
+    let _a = Agent::start(agent_config(&s.url(), &s.token, "live-a", &[])).await;
+    let _b = Agent::start(agent_config(&s.url(), &s.token, "live-b", &[])).await;
+    let mut c = client(s.addr).await;
+    ready_nodes(&mut c, 2).await;
+    c.create_service(pb::CreateServiceRequest {
+        spec: Some(versioned(&name, "v1", true)),
+    })
+    .await
+    .expect("create");
+    converged(&mut c, &name, 3).await;
+    eventually(Duration::from_secs(60), "the gateway serves v1", || {
+        let name = name.clone();
+        let gw = p.gateway;
+        async move { (answer(gw, &name).await.as_deref() == Some("v1")).then_some(()) }
+    })
+    .await;
+
+    // v2, start-first, under load: every request answered.
+    let load = Load::start(p.gateway, &name, 4, 200_000);
+    c.update_service(pb::UpdateServiceRequest {
+        service: name.clone(),
+        spec: Some(versioned(&name, "v2", true)),
+        version: 0,
+        force: false,
+    })
+    .await
+    .expect("update");
+    eventually(Duration::from_secs(120), "the update completed", || {
+        let mut c = c.clone();
+        let name = name.clone();
+        async move {
+            let (state, _, converged) = update_state(&mut c, &name).await;
+            (state == "completed" && converged).then_some(())
+        }
+    })
+    .await;
+    let last = load.last.lock().clone();
+    let (ok, failed) = load.finish().await;
+    assert_eq!(failed, 0, "{failed} failed requests of {}", ok + failed);
+    assert!(ok > 100, "the load ran: {ok}");
+    assert_eq!(last, "v2", "the new version served at the end");
+
+    // v3's health check fails: rolled back by itself, still every request
+    // answered, v2 served.
+    let load = Load::start(p.gateway, &name, 4, 200_000);
+    c.update_service(pb::UpdateServiceRequest {
+        service: name.clone(),
+        spec: Some(versioned(&name, "v3", false)),
+        version: 0,
+        force: false,
+    })
+    .await
+    .expect("update");
+    let message = eventually(Duration::from_secs(120), "rolled back", || {
+        let mut c = c.clone();
+        let name = name.clone();
+        async move {
+            let (state, message, converged) = update_state(&mut c, &name).await;
+            (state == "rollback_completed" && converged).then_some(message)
+        }
+    })
+    .await;
+    let last = load.last.lock().clone();
+    let (ok, failed) = load.finish().await;
+    assert!(message.contains("update rolled back"), "{message}");
+    assert_eq!(failed, 0, "{failed} failed requests of {}", ok + failed);
+    assert_eq!(last, "v2");
+    assert_eq!(answer(p.gateway, &name).await.as_deref(), Some("v2"));
+    s.stop().await;
+}
