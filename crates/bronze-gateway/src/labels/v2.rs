@@ -558,7 +558,7 @@ pub(crate) fn parse(
             });
         }
         // Its service.
-        let wanted = match props.get("service") {
+        let mut wanted = match props.get("service") {
             Some((k, v)) => match local_name(v.trim()) {
                 Ok(n) => Some((k.clone(), n.to_string())),
                 Err(e) => {
@@ -585,7 +585,11 @@ pub(crate) fn parse(
                 }
                 found
             }
-            (None, 1) => defs.values().next(),
+            (None, 1) => {
+                // The container's only service.
+                wanted = defs.keys().next().map(|n| (key("service"), n.clone()));
+                defs.values().next()
+            }
             (None, _) => {
                 refuse(
                     &mut left_out,
@@ -637,10 +641,16 @@ pub(crate) fn parse(
             continue;
         }
         let Some(def) = def else { continue };
-        let port_key = wanted
-            .as_ref()
-            .map(|(_, n)| format!("{HTTP}services.{n}.loadbalancer.server.port"))
-            .unwrap_or_else(|| key("rule"));
+        // The label that named the port, or the rule when the port is the
+        // container's lowest.
+        let port_key = match (&wanted, def.port) {
+            (Some((_, n)), Some(_)) => services
+                .get(n)
+                .and_then(|p| p.get("loadbalancer.server.port"))
+                .map(|(k, _)| k.clone())
+                .unwrap_or_else(|| format!("{HTTP}services.{n}.loadbalancer.server.port")),
+            _ => key("rule"),
+        };
         frontends.push(Frontend {
             shape: Shape {
                 conjs,
@@ -688,6 +698,10 @@ mod tests {
         assert_eq!(p.frontends.len(), 1, "{:?}", p.notes);
         let f = &p.frontends[0];
         assert_eq!(f.port, Some(9090));
+        assert_eq!(
+            f.port_key, "traefik.http.services.api.loadBalancer.server.port",
+            "a missing port is reported against the label as written"
+        );
         let r = routes(f);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].hosts, vec!["api.example.com"]);
