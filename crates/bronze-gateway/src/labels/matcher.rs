@@ -465,37 +465,38 @@ pub(crate) fn host(h: &str) -> Result<String, String> {
     }
 }
 
-/// A HostRegexp value as a Kong host: a literal name, or a wildcard in
-/// the first label. `Ok((host, approximate))`: approximate when the
-/// pattern allowed one label only (Kong's `*.` matches deeper names too).
+/// A HostRegexp value as a Kong host: a literal name, or a wildcard for a
+/// pattern in the first label. `Ok((host, approximate))`: approximate
+/// unless the pattern was "any first label" (`.+`): Kong's `*.domain`
+/// matches every name under the domain, a superset of what the pattern
+/// allowed.
 pub(crate) fn host_regexp(text: &str) -> Result<(String, bool), String> {
     let unsupported = || {
         format!(
-            "{text:?}: only a literal host, or a pattern in the first label such as {{sub}}.example.com or ^.+\\.example\\.com$, maps to a Bronze host"
+            "{text:?}: only a literal host, or a pattern in the first label followed by a literal domain ({{sub}}.example.com, ^[a-z]+\\.example\\.com$), maps to a Bronze host"
         )
     };
+    // A name with no pattern at all (a gorilla template without variables).
+    if !text.contains([
+        '{', '}', '\\', '^', '$', '*', '+', '?', '(', ')', '[', ']', '|',
+    ]) {
+        return Ok((host(text)?, false));
+    }
     // A gorilla template ({sub:[a-z]+}.example.com: Traefik v1 and v2).
-    if text.contains('{') && !text.contains('\\') {
-        let Some(rest) = text.strip_prefix('{') else {
-            return Err(unsupported());
-        };
-        let (var, domain) = rest.split_once("}.").ok_or_else(unsupported)?;
-        if domain.contains('{') || domain.contains('}') {
+    if text.starts_with('{') && !text.contains('\\') {
+        let close = text.find("}.").ok_or_else(unsupported)?;
+        let (var, domain) = (&text[1..close], &text[close + 2..]);
+        if domain.contains(['{', '}']) || var.is_empty() {
             return Err(unsupported());
         }
-        let approximate = match var.split_once(':').map(|(_, re)| re) {
-            None | Some("[^.]+") => true,
-            Some(".+") => false,
-            Some(_) => return Err(unsupported()),
-        };
-        return Ok((host(&format!("*.{domain}"))?, approximate));
+        let exact = var.split_once(':').is_some_and(|(_, re)| re == ".+");
+        return Ok((host(&format!("*.{domain}"))?, !exact));
     }
-    // A Go regex (Traefik v3): ^label\.example\.com$.
-    let body = text.strip_prefix('^').unwrap_or(text);
-    let (body, anchored_end) = match body.strip_suffix('$') {
-        Some(b) => (b, true),
-        None => (body, false),
-    };
+    // A Go regex (Traefik v3), anchored both ends: ^pattern\.example\.com$.
+    let body = text
+        .strip_prefix('^')
+        .and_then(|b| b.strip_suffix('$'))
+        .ok_or_else(unsupported)?;
     let literal = |s: &str| -> Option<String> {
         let mut out = String::new();
         let mut chars = s.chars();
@@ -511,23 +512,17 @@ pub(crate) fn host_regexp(text: &str) -> Result<(String, bool), String> {
         }
         Some(out)
     };
-    let exact = text.starts_with('^') && anchored_end;
     if let Some(name) = literal(body) {
-        if !exact {
-            return Err(unsupported());
-        }
         return Ok((host(&name)?, false));
     }
-    for (label, approximate) in [(".+", false), (".*", false), ("[^.]+", true)] {
-        if let Some(domain) = body
-            .strip_prefix(label)
-            .and_then(|d| d.strip_prefix("\\."))
-            .and_then(literal)
-        {
-            if !exact {
-                return Err(unsupported());
-            }
-            return Ok((host(&format!("*.{domain}"))?, approximate));
+    // The longest literal domain after a pattern for the first label(s).
+    for (i, _) in body.match_indices("\\.") {
+        if i == 0 {
+            continue;
+        }
+        if let Some(domain) = literal(&body[i + 2..]) {
+            compiles(text)?;
+            return Ok((host(&format!("*.{domain}"))?, &body[..i] != ".+"));
         }
     }
     Err(unsupported())
@@ -759,6 +754,19 @@ mod tests {
             ("*.example.com".into(), false)
         );
         assert_eq!(
+            host_regexp("{sub:[a-z]+}.example.com").unwrap(),
+            ("*.example.com".into(), true),
+            "Traefik v1's documented example, broadened"
+        );
+        assert_eq!(
+            host_regexp("^(api|www)\\.example\\.com$").unwrap(),
+            ("*.example.com".into(), true)
+        );
+        assert_eq!(
+            host_regexp("traefik.io").unwrap(),
+            ("traefik.io".into(), false)
+        );
+        assert_eq!(
             host_regexp("^.+\\.example\\.com$").unwrap(),
             ("*.example.com".into(), false)
         );
@@ -767,10 +775,11 @@ mod tests {
             ("api.example.com".into(), false)
         );
         for bad in [
-            "{sub:[a-z]+}.example.com",
             "api.{tld}",
             "^.+\\.example\\.com",
             "(a|b)\\.example\\.com",
+            "^.+$",
+            "^(\\.example\\.com$",
         ] {
             assert!(host_regexp(bad).is_err(), "{bad}");
         }
