@@ -1299,11 +1299,18 @@ async fn set_target_health(
 
 /// The Admin API's routes, behind the token check (`/metrics` and
 /// `/healthz` are merged in by the caller, outside it).
+/// Bronze's `GET /labels`: the routes discovery's labels made, and the
+/// labels the gateway could not honour (see `labels`).
+async fn labels_report(State(a): State<Arc<Admin>>) -> Response {
+    axum::Json(a.gateway.labels.report()).into_response()
+}
+
 pub fn router(admin: Arc<Admin>) -> Router {
     Router::new()
         .route("/", axum::routing::get(root))
         .route("/status", axum::routing::get(status))
         .route("/config", axum::routing::get(get_config).post(post_config))
+        .route("/labels", axum::routing::get(labels_report))
         .route(
             "/upstreams/{upstream}/health",
             axum::routing::get(upstream_health),

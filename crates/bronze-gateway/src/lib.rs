@@ -97,6 +97,8 @@ struct Gateway {
     current: Mutex<Declarative>,
     /// Discovery's instances (node, id), for label-driven routes.
     instances: Mutex<HashMap<InstanceKey, pb::Instance>>,
+    /// What the labels routed and could not (admin `GET /labels`).
+    labels: labels::Published,
 }
 
 impl Gateway {
@@ -177,11 +179,14 @@ impl Gateway {
     /// table refuses (a bad host in a rule, say) is dropped with a warning;
     /// the others still apply.
     fn with_labels(&self, base: &Declarative) -> router::Table {
-        let mut merged = labels::merge(base, self.instances.lock().values());
+        let (mut merged, mut report) = labels::merge(base, self.instances.lock().values());
         let registry = self.registry();
         loop {
             match flat::compile_routes(&merged, &registry) {
-                Ok(t) => return t,
+                Ok(t) => {
+                    self.labels.publish(report);
+                    return t;
+                }
                 Err(e) => {
                     let index = |prefix: &str| {
                         e.field
@@ -192,11 +197,13 @@ impl Gateway {
                     tracing::warn!(error = %e, "a route from discovery labels was refused");
                     match (index("services["), index("upstreams[")) {
                         (Some(i), _) if i >= base.services.len() => {
-                            merged.services.remove(i);
+                            let name = merged.services.remove(i).name;
+                            report.refused(&name, &e.to_string());
                         }
                         (_, Some(i)) if i >= base.upstreams.len() => {
                             let name = merged.upstreams.remove(i).name;
                             merged.services.retain(|s| s.name != name);
+                            report.refused(&name, &e.to_string());
                         }
                         // The base itself was valid when applied: unreachable
                         // in practice, but never serve nothing.
@@ -251,7 +258,7 @@ async fn watch_discovery(url: String, gateway: Arc<Gateway>, shutdown: Shutdown)
                         chunk.last
                     }
                     Some(pb::watch_event::Event::Upsert(i)) => {
-                        let touches = i.meta.contains_key(labels::RULE)
+                        let touches = labels::is_labelled(&i.meta)
                             || gateway
                                 .instances
                                 .lock()
@@ -266,7 +273,7 @@ async fn watch_discovery(url: String, gateway: Arc<Gateway>, shutdown: Shutdown)
                         .instances
                         .lock()
                         .remove(&(r.node, r.id))
-                        .is_some_and(|i| i.meta.contains_key(labels::RULE)),
+                        .is_some_and(|i| labels::is_labelled(&i.meta)),
                     Some(pb::watch_event::Event::Resumed(_)) | None => false,
                 };
                 from = ev.index;
@@ -383,6 +390,7 @@ impl Server {
         let mut metrics = Metrics::new("gateway");
         let gateway_metrics = Arc::new(metrics::GatewayMetrics::register(&mut metrics));
         metrics::CpuWork(registry.plugins.cpu.clone()).register(&mut metrics);
+        let label_report = labels::Published::register(&mut metrics);
         let trust = proxy::Trust {
             ips: proxy::TrustedIps::parse(&config.trusted_ips).map_err(StartError::TrustedIps)?,
             real_ip: proxy::RealIp {
@@ -408,6 +416,7 @@ impl Server {
             proxy,
             current: Mutex::new(declarative),
             instances: Mutex::new(HashMap::new()),
+            labels: label_report,
         });
         let info = admin::NodeInfo {
             proxy_listen: proxy_listener

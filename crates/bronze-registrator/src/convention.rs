@@ -17,10 +17,22 @@
 //! | `SERVICE_CHECK_DEREGISTER_AFTER` | remove the instance after this long critical |
 //! | any other `SERVICE_<KEY>` | instance metadata `<key>` (lower case) |
 //! | labels `bronze.*` | instance metadata, unchanged (gateway routing rules) |
+//! | labels `traefik.*` | instance metadata (Traefik's routing labels, which the gateway reads); secrets (basic/digest auth users) replaced |
+//! | label `bronze.network`, `traefik.docker.network` | with `--internal`: the network whose address is registered |
 //!
 //! Labels override environment variables; `SERVICE_<port>_<KEY>` overrides
 //! `SERVICE_<KEY>` for that port. A Docker HEALTHCHECK adds a check that is
 //! passing only while the engine says the container is healthy.
+//!
+//! A container with `traefik.*` labels is one Traefik routes to: its
+//! instances also carry `bronze.container` (the container's name) and
+//! `bronze.container.port` (the container-side port, `53/udp` for UDP),
+//! since Traefik's port labels (`traefik.port`,
+//! `traefik.<segment>.port`, `traefik.http.services.S.loadbalancer.server.port`)
+//! name container ports. With `--internal` those ports are registered even
+//! when the image does not EXPOSE them (Swarm stacks routed by Traefik
+//! rarely publish or expose anything); without it, a routed port that is not
+//! published is warned about, since the gateway cannot reach it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -83,8 +95,11 @@ pub struct ContainerInfo {
     pub labels: BTreeMap<String, String>,
     pub exposed: Vec<(u16, Proto)>,
     pub published: Vec<Binding>,
-    /// The container's address on its network (for `--internal`).
+    /// The container's address on its first network (by name), for
+    /// `--internal`.
     pub ip: Option<IpAddr>,
+    /// Its address on each network, by network name.
+    pub networks: BTreeMap<String, IpAddr>,
     pub has_healthcheck: bool,
     pub health: Option<DockerHealth>,
     pub running: bool,
@@ -339,7 +354,43 @@ struct Endpoint {
     service_port: u16,
 }
 
-fn endpoints(c: &ContainerInfo, s: &Settings, warnings: &mut Vec<Warning>) -> Vec<Endpoint> {
+/// Labels naming the network whose address `--internal` registers.
+pub const NETWORK_LABELS: [&str; 2] = ["bronze.network", "traefik.docker.network"];
+
+/// The container's address for `--internal`: on the network a label names,
+/// else on its first network.
+fn internal_ip(c: &ContainerInfo, warnings: &mut Vec<Warning>) -> Option<IpAddr> {
+    let Some((label, want)) = NETWORK_LABELS
+        .iter()
+        .find_map(|l| c.labels.get(*l).map(|v| (*l, v)))
+    else {
+        return c.ip;
+    };
+    if let Some(ip) = c.networks.get(want) {
+        return Some(*ip);
+    }
+    let fallback = c
+        .networks
+        .iter()
+        .find(|(_, ip)| Some(**ip) == c.ip)
+        .map_or("none".to_string(), |(n, ip)| format!("{ip} on {n}"));
+    warnings.push(Warning {
+        container: c.name.clone(),
+        key: label.to_string(),
+        message: format!(
+            "the container is not on network {want:?} (it is on: {}); registered at its first address ({fallback})",
+            c.networks.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    });
+    c.ip
+}
+
+fn endpoints(
+    c: &ContainerInfo,
+    s: &Settings,
+    routed: &[(u16, String)],
+    warnings: &mut Vec<Warning>,
+) -> Vec<Endpoint> {
     let label_ip = s.ip_from_label.as_ref().and_then(|label| {
         let v = c.labels.get(label)?;
         match v.parse::<IpAddr>() {
@@ -356,8 +407,12 @@ fn endpoints(c: &ContainerInfo, s: &Settings, warnings: &mut Vec<Warning>) -> Ve
     });
     let mut out: Vec<Endpoint> = Vec::new();
     if s.internal {
-        let Some(ip) = label_ip.or_else(|| c.ip.map(|ip| ip.to_string())) else {
-            if !c.exposed.is_empty() {
+        let ip = match label_ip {
+            Some(ip) => Some(ip),
+            None => internal_ip(c, warnings).map(|ip| ip.to_string()),
+        };
+        let Some(ip) = ip else {
+            if !c.exposed.is_empty() || !routed.is_empty() {
                 warnings.push(Warning {
                     container: c.name.clone(),
                     key: "network".into(),
@@ -367,6 +422,8 @@ fn endpoints(c: &ContainerInfo, s: &Settings, warnings: &mut Vec<Warning>) -> Ve
             return out;
         };
         let mut exposed = c.exposed.clone();
+        // Ports Traefik's labels route to, exposed or not.
+        exposed.extend(routed.iter().map(|(p, _)| (*p, Proto::Tcp)));
         exposed.sort();
         exposed.dedup();
         for (port, proto) in exposed {
@@ -400,16 +457,105 @@ fn endpoints(c: &ContainerInfo, s: &Settings, warnings: &mut Vec<Warning>) -> Ve
                 service_port: b.host_port,
             });
         }
+        for (port, key) in routed {
+            if !out.iter().any(|e| e.port == *port && e.proto == Proto::Tcp) {
+                warnings.push(Warning {
+                    container: c.name.clone(),
+                    key: key.clone(),
+                    message: format!(
+                        "port {port} is not published, so the gateway cannot route to it: publish it, or run the registrator with --internal"
+                    ),
+                });
+            }
+        }
     }
     out
 }
+
+/// Whether a label is Traefik's (case-insensitive, as Traefik reads them).
+fn is_traefik(key: &str) -> bool {
+    key.get(..8)
+        .is_some_and(|p| p.eq_ignore_ascii_case("traefik."))
+}
+
+/// Whether Traefik would route the container: it has Traefik labels and
+/// `traefik.enable` is not false.
+fn routed_by_traefik(c: &ContainerInfo) -> bool {
+    let mut labels = c.labels.iter().filter(|(k, _)| is_traefik(k));
+    let enabled = c
+        .labels
+        .get("traefik.enable")
+        .is_none_or(|v| !matches!(v.trim(), "0" | "f" | "F" | "false" | "FALSE" | "False"));
+    enabled && labels.next().is_some()
+}
+
+/// The container ports Traefik's labels route to, each with the label
+/// naming it; a port label that is not a port is left to the gateway to
+/// report.
+fn traefik_ports(c: &ContainerInfo) -> Vec<(u16, String)> {
+    let mut out: Vec<(u16, String)> = Vec::new();
+    for (k, v) in c.labels.iter().filter(|(k, _)| is_traefik(k)) {
+        let lower = k.to_ascii_lowercase();
+        let v2 = lower.starts_with("traefik.http.services.")
+            && lower.ends_with(".loadbalancer.server.port");
+        let v1 = !lower.starts_with("traefik.http.")
+            && !lower.starts_with("traefik.tcp.")
+            && !lower.starts_with("traefik.udp.")
+            && lower.ends_with(".port");
+        if let (true, Ok(p)) = (v1 || v2, v.trim().parse::<u16>())
+            && p > 0
+            && !out.iter().any(|(q, _)| *q == p)
+        {
+            out.push((p, k.clone()));
+        }
+    }
+    out
+}
+
+/// Label values that are secrets (Traefik's basic and digest auth users):
+/// the gateway only needs to know the middleware exists.
+fn secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "basicauth.users",
+        "digestauth.users",
+        "frontend.auth.basic",
+        "frontend.auth.digest",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+}
+
+/// What discovery accepts as a metadata key.
+fn meta_key_ok(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 128
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+}
+
+/// Discovery's limit of metadata entries per instance.
+const MAX_META: usize = 128;
 
 /// The instances a container should have, and what was wrong with its
 /// settings.
 pub fn plan(c: &ContainerInfo, s: &Settings) -> (Vec<ServicePlan>, Vec<Warning>) {
     let mut warnings = Vec::new();
     let meta = Metadata::read(c, &mut warnings);
-    let eps = endpoints(c, s, &mut warnings);
+    let traefik = routed_by_traefik(c);
+    let routed = if traefik {
+        traefik_ports(c)
+    } else {
+        Vec::new()
+    };
+    let eps = endpoints(c, s, &routed, &mut warnings);
+    if traefik && eps.is_empty() && routed.is_empty() && !s.internal {
+        warnings.push(Warning {
+            container: c.name.clone(),
+            key: "traefik.*".into(),
+            message: "the container publishes no port, so the gateway cannot route to it: publish one, or run the registrator with --internal".into(),
+        });
+    }
     let group = eps.len() > 1;
     let mut plans = Vec::new();
     for ep in eps {
@@ -584,6 +730,46 @@ pub fn plan(c: &ContainerInfo, s: &Settings) -> (Vec<ServicePlan>, Vec<Warning>)
             if k.starts_with("bronze.") {
                 service_meta.insert(k.clone(), v.clone());
             }
+        }
+        let has_traefik = c.labels.keys().any(|k| is_traefik(k));
+        if has_traefik {
+            service_meta.insert("bronze.container".into(), c.name.clone());
+            let port = match ep.proto {
+                Proto::Tcp => ep.port.to_string(),
+                Proto::Udp => format!("{}/udp", ep.port),
+            };
+            service_meta.insert("bronze.container.port".into(), port);
+        }
+        for (k, v) in c
+            .labels
+            .iter()
+            .filter(|(k, _)| has_traefik && is_traefik(k))
+        {
+            let problem = if !meta_key_ok(k) {
+                Some(
+                    "not a metadata key discovery takes (at most 128 letters, digits, '-', '_', '.', '/')",
+                )
+            } else if v.len() > 4096 {
+                Some("value longer than 4096 bytes")
+            } else if service_meta.len() >= MAX_META {
+                Some("more than 128 metadata entries")
+            } else {
+                None
+            };
+            if let Some(why) = problem {
+                warn(
+                    &mut warnings,
+                    k,
+                    format!("{why}; left out of the metadata, so the gateway does not see it"),
+                );
+                continue;
+            }
+            let value = if secret(k) {
+                "(a secret: not copied)".to_string()
+            } else {
+                v.clone()
+            };
+            service_meta.insert(k.clone(), value);
         }
 
         plans.push(ServicePlan {
@@ -811,6 +997,142 @@ mod tests {
         let mut c = container();
         c.image = "my.registry/Team/My.App:1".into();
         assert_eq!(plan(&c, &settings()).0[0].name, "my-app");
+    }
+
+    fn labelled(pairs: &[(&str, &str)]) -> ContainerInfo {
+        let mut c = container();
+        c.labels = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        c
+    }
+
+    #[test]
+    fn traefik_labels_reach_the_metadata_with_the_container_port() {
+        let mut c = labelled(&[
+            ("traefik.port", "9090"),
+            (
+                "traefik.frontend.rule",
+                "Host:api.example.com;PathPrefixStrip:/v2/user",
+            ),
+            ("traefik.frontend.auth.basic.users", "admin:$apr1$x$y"),
+            ("traefik.http.services.s.weighted.services[0].name", "a"),
+            ("not.traefik", "x"),
+        ]);
+        c.published.push(Binding {
+            port: 9090,
+            proto: Proto::Tcp,
+            host_ip: "0.0.0.0".into(),
+            host_port: 32769,
+        });
+        let (plans, warnings) = plan(&c, &settings());
+        assert_eq!(plans.len(), 2);
+        let mut ports = Vec::new();
+        for p in &plans {
+            assert_eq!(p.meta["bronze.container"], "web-1");
+            assert_eq!(
+                p.meta["traefik.frontend.rule"],
+                "Host:api.example.com;PathPrefixStrip:/v2/user"
+            );
+            assert_eq!(
+                p.meta["traefik.frontend.auth.basic.users"], "(a secret: not copied)",
+                "secrets stay out of discovery"
+            );
+            assert!(!p.meta.contains_key("not.traefik"));
+            assert!(!p.meta.keys().any(|k| k.contains('[')));
+            ports.push((p.meta["bronze.container.port"].clone(), p.port));
+        }
+        ports.sort();
+        assert_eq!(
+            ports,
+            vec![("8080".into(), 32768), ("9090".into(), 32769)],
+            "the gateway picks traefik.port's instance by its container port"
+        );
+        let keys: Vec<&str> = warnings.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "traefik.http.services.s.weighted.services[0].name",
+                "traefik.http.services.s.weighted.services[0].name"
+            ],
+            "a key discovery refuses is named (once a port; logged once by sync)"
+        );
+    }
+
+    #[test]
+    fn routed_ports_are_registered_internally_and_warned_about_unpublished() {
+        let c = labelled(&[
+            ("traefik.http.routers.api.rule", "Host(`api.example.com`)"),
+            ("traefik.http.services.api.loadbalancer.server.port", "9090"),
+        ]);
+        let internal = Settings {
+            internal: true,
+            ..settings()
+        };
+        let (plans, warnings) = plan(&c, &internal);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let mut ports: Vec<u16> = plans.iter().map(|p| p.port).collect();
+        ports.sort();
+        assert_eq!(
+            ports,
+            vec![8080, 9090],
+            "9090 registered though not exposed"
+        );
+        // Published mode: 9090 is not published, so it is warned about.
+        let (plans, warnings) = plan(&c, &settings());
+        assert_eq!(plans.len(), 1);
+        assert_eq!(
+            warnings[0].key,
+            "traefik.http.services.api.loadbalancer.server.port"
+        );
+        assert!(warnings[0].message.contains("port 9090 is not published"));
+        // Nothing published at all (a Swarm stack's service).
+        let mut c = labelled(&[("traefik.frontend.rule", "Host:a.example")]);
+        c.published.clear();
+        let (plans, warnings) = plan(&c, &settings());
+        assert!(plans.is_empty());
+        assert!(warnings[0].message.contains("publishes no port"));
+        // traefik.enable=false: registered as any container, no port talk.
+        let mut c = labelled(&[
+            ("traefik.enable", "false"),
+            ("traefik.port", "9090"),
+            ("traefik.frontend.rule", "Host:a.example"),
+        ]);
+        let (plans, warnings) = plan(&c, &settings());
+        assert_eq!(plans.len(), 1);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(plans[0].meta["traefik.enable"], "false");
+        c.published.clear();
+        assert!(plan(&c, &settings()).1.is_empty());
+    }
+
+    #[test]
+    fn the_network_label_picks_the_internal_address() {
+        let internal = Settings {
+            internal: true,
+            ..settings()
+        };
+        let mut c = labelled(&[("traefik.docker.network", "traefik_public")]);
+        c.networks = [
+            ("bridge".to_string(), "172.17.0.2".parse().expect("ip")),
+            (
+                "traefik_public".to_string(),
+                "10.1.0.7".parse().expect("ip"),
+            ),
+        ]
+        .into();
+        assert_eq!(plan(&c, &internal).0[0].address, "10.1.0.7");
+        c.labels
+            .insert("traefik.docker.network".into(), "elsewhere".into());
+        let (plans, warnings) = plan(&c, &internal);
+        assert_eq!(plans[0].address, "172.17.0.2", "the first address");
+        assert_eq!(warnings[0].key, "traefik.docker.network");
+        assert!(warnings[0].message.contains("not on network \"elsewhere\""));
+        // bronze.network wins over Traefik's label.
+        c.labels.insert("bronze.network".into(), "bridge".into());
+        assert_eq!(plan(&c, &internal).0[0].address, "172.17.0.2");
+        assert!(plan(&c, &internal).1.is_empty());
     }
 
     #[test]

@@ -10,9 +10,6 @@ use bollard::models::{ContainerInspectResponse, HealthStatusEnum};
 
 use crate::convention::{Binding, ContainerInfo, DockerHealth, Proto};
 
-/// Label naming the network whose address `--internal` registers.
-pub const NETWORK_LABEL: &str = "bronze.network";
-
 /// Connects to the engine at `host` (or DOCKER_HOST, or the local socket)
 /// and agrees on an API version both sides speak.
 pub async fn connect(host: Option<&str>) -> Result<Docker, bollard::errors::Error> {
@@ -57,25 +54,16 @@ pub fn container_info(c: ContainerInspectResponse) -> ContainerInfo {
             });
         }
     }
-    // The address on the network the label names, else on the first
-    // network (by name) that gave the container one: user-defined
-    // networks included, unlike gliderlabs/registrator.
-    let mut networks: Vec<(String, Option<IpAddr>)> = net
+    // The address on each network, and on the first (by name) that gave
+    // the container one: user-defined networks included, unlike
+    // gliderlabs/registrator. The conventions pick by label.
+    let networks: BTreeMap<String, IpAddr> = net
         .networks
         .unwrap_or_default()
         .into_iter()
-        .map(|(name, ep)| (name, ep.ip_address.and_then(|ip| ip.parse().ok())))
+        .filter_map(|(name, ep)| Some((name, ep.ip_address?.parse().ok()?)))
         .collect();
-    networks.sort_by(|a, b| a.0.cmp(&b.0));
-    let ip = labels
-        .get(NETWORK_LABEL)
-        .and_then(|want| {
-            networks
-                .iter()
-                .find(|(n, _)| n == want)
-                .and_then(|(_, ip)| *ip)
-        })
-        .or_else(|| networks.iter().find_map(|(_, ip)| *ip));
+    let ip = networks.values().next().copied();
     let has_healthcheck = config
         .healthcheck
         .and_then(|h| h.test)
@@ -99,6 +87,7 @@ pub fn container_info(c: ContainerInspectResponse) -> ContainerInfo {
         exposed,
         published,
         ip,
+        networks,
         has_healthcheck,
         health,
         running: state.running.unwrap_or(false) && !state.restarting.unwrap_or(false),

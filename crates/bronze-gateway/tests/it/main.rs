@@ -17,6 +17,7 @@ use bronze_runtime::Shutdown;
 
 mod admin;
 mod integration;
+mod labels;
 mod plugins;
 
 /// An HTTP backend that answers every request with what it received:

@@ -229,14 +229,22 @@ pub struct Spec {
     /// Docker HEALTHCHECK fetching /health every 300ms.
     pub healthcheck: bool,
     pub cmd: Option<Vec<String>>,
+    /// Container ports published on 127.0.0.1 besides 8080.
+    pub extra_ports: Vec<u16>,
+    /// Publish nothing (a Swarm stack's service, routed by its address).
+    pub unpublished: bool,
 }
 
 impl Container {
-    /// Creates and starts a container publishing 8080 on 127.0.0.1.
+    /// Creates and starts a container publishing 8080 on 127.0.0.1 (unless
+    /// `spec.unpublished`).
     pub async fn run(name: &str, spec: Spec) -> Self {
+        let unpublished = spec.unpublished;
         let mut c = Self::create(name, spec).await;
         c.start().await;
-        c.host_port = c.published_port().await;
+        if !unpublished {
+            c.host_port = c.published_port().await;
+        }
         c
     }
 
@@ -259,23 +267,34 @@ impl Container {
             start_period: None,
             start_interval: None,
         });
+        let published = if spec.unpublished {
+            Vec::new()
+        } else {
+            std::iter::once(8080).chain(spec.extra_ports).collect()
+        };
+        let bindings = published
+            .iter()
+            .map(|p| {
+                (
+                    format!("{p}/tcp"),
+                    Some(vec![PortBinding {
+                        host_ip: Some("127.0.0.1".into()),
+                        host_port: Some(String::new()),
+                    }]),
+                )
+            })
+            .collect();
+        // The engine publishes only exposed ports (the image exposes 8080).
+        let exposed = published.iter().map(|p| format!("{p}/tcp")).collect();
         let body = ContainerCreateBody {
             image: Some(IMAGE.into()),
+            exposed_ports: Some(exposed),
             env: Some(spec.env),
             labels: Some(spec.labels),
             cmd: spec.cmd,
             healthcheck,
             host_config: Some(HostConfig {
-                port_bindings: Some(
-                    [(
-                        "8080/tcp".to_string(),
-                        Some(vec![PortBinding {
-                            host_ip: Some("127.0.0.1".into()),
-                            host_port: Some(String::new()),
-                        }]),
-                    )]
-                    .into(),
-                ),
+                port_bindings: Some(bindings),
                 ..Default::default()
             }),
             ..Default::default()
