@@ -253,6 +253,42 @@ async fn start_first_updates_serve_every_request_and_failed_ones_roll_back() {
     })
     .await;
 
+    // Discovery's view of each task: when its instance first turned
+    // critical (drained: in maintenance before its stop signal).
+    let drained: Arc<parking_lot::Mutex<std::collections::HashMap<String, std::time::SystemTime>>> =
+        Arc::default();
+    let watcher = {
+        let drained = drained.clone();
+        let url = format!("http://{}", p.discovery);
+        tokio::spawn(async move {
+            use bronze_proto::discovery::v1 as dpb;
+            let mut d = dpb::discovery_client::DiscoveryClient::connect(url)
+                .await
+                .expect("discovery");
+            let mut stream = d
+                .watch(dpb::WatchRequest::default())
+                .await
+                .expect("watch")
+                .into_inner();
+            while let Ok(Some(ev)) = stream.message().await {
+                if let Some(dpb::watch_event::Event::Upsert(i)) = ev.event
+                    && i.health() == dpb::HealthStatus::Critical
+                    && let Some(task) = i.meta.get("bronze.task.id")
+                {
+                    drained
+                        .lock()
+                        .entry(task.clone())
+                        .or_insert_with(std::time::SystemTime::now);
+                }
+            }
+        })
+    };
+    let before: Vec<pb::Task> =
+        crate::harness::running(&crate::harness::tasks(&mut c, &name).await)
+            .into_iter()
+            .cloned()
+            .collect();
+
     // v2, start-first, under load: every request answered.
     let load = Load::start(p.gateway, &name, 4, 200_000);
     c.update_service(pb::UpdateServiceRequest {
@@ -277,6 +313,33 @@ async fn start_first_updates_serve_every_request_and_failed_ones_roll_back() {
     assert_eq!(failed, 0, "{failed} failed requests of {}", ok + failed);
     assert!(ok > 100, "the load ran: {ok}");
     assert_eq!(last, "v2", "the new version served at the end");
+    // Each old task left discovery at least the drain delay before its
+    // container stopped (its stop signal waited while the gateway took it
+    // out).
+    let after = crate::harness::tasks(&mut c, &name).await;
+    for old in &before {
+        let ended = after
+            .iter()
+            .find(|t| t.id == old.id)
+            .and_then(|t| t.status.as_ref())
+            .filter(|s| s.state() == pb::TaskState::Shutdown)
+            .and_then(|s| s.timestamp)
+            .expect("the old task shut down");
+        let ended = std::time::UNIX_EPOCH
+            + Duration::new(ended.seconds.unsigned_abs(), ended.nanos.unsigned_abs());
+        let out = *drained
+            .lock()
+            .get(&old.id)
+            .expect("drained from discovery first");
+        let lead = ended.duration_since(out).unwrap_or_default();
+        // The drain (2 s) plus the stop (1 s grace): without the drain
+        // only the grace (about 1.4 s measured).
+        assert!(
+            lead >= Duration::from_millis(2500),
+            "out of discovery only {lead:?} before it stopped"
+        );
+    }
+    watcher.abort();
 
     // v3's health check fails: rolled back by itself, still every request
     // answered, v2 served.
