@@ -235,7 +235,8 @@ pub async fn build(image: &Image, bin_dir: &Path) -> anyhow::Result<String> {
 }
 
 /// The test workload image: FROM scratch with Debian's static busybox
-/// (apt-get install busybox-static), serving /www on port 8080 with httpd.
+/// (apt-get install busybox-static) and /bin/sh linked to it, serving /www
+/// on port 8080 with httpd.
 /// `/www/health` exists, so a check on `/health` passes until a test
 /// removes it (`busybox rm /www/health` through docker exec).
 pub async fn build_busybox_httpd(tag: &str) -> anyhow::Result<String> {
@@ -262,6 +263,13 @@ pub async fn build_busybox_httpd(tag: &str) -> anyhow::Result<String> {
     let dockerfile = "FROM scratch\nCOPY rootfs/ /\nEXPOSE 8080\nENTRYPOINT [\"/bin/busybox\"]\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
     file(&mut tar, "Dockerfile", dockerfile.as_bytes(), 0o644)?;
     file(&mut tar, "rootfs/bin/busybox", &data, 0o755)?;
+    // /bin/sh, so CMD-SHELL health checks (docker's --health-cmd) and
+    // `sh -c` commands work as in any busybox image.
+    let mut sh = tar::Header::new_gnu();
+    sh.set_entry_type(tar::EntryType::Symlink);
+    sh.set_size(0);
+    sh.set_mode(0o777);
+    tar.append_link(&mut sh, "rootfs/bin/sh", "busybox")?;
     file(
         &mut tar,
         "rootfs/www/index.html",

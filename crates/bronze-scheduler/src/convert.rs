@@ -450,6 +450,7 @@ pub fn service_to(s: &Service, spec: &ServiceSpec) -> pb::Service {
                 started_at: time_to(s.update.started_at),
                 completed_at: time_to(s.update.completed_at),
                 message: s.update.message.clone(),
+                automatic: s.update.automatic,
             }
         }),
     }

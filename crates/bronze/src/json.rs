@@ -142,6 +142,7 @@ pub fn service(r: &pb::ServiceResponse) -> Value {
             "started_at": time(u.started_at.as_ref()),
             "completed_at": time(u.completed_at.as_ref()),
             "message": u.message,
+            "automatic": u.automatic,
         })),
         "status": status(r.status.as_ref()),
         "warnings": r.warnings,

@@ -35,8 +35,9 @@ Waiting (unless --detach): the command follows the service's tasks, one line per
 reports the service converged (every task it asks for runs the current version) and it \
 stays converged, with the same tasks running, for --stable (Docker's verify step). Then it \
 exits 0. It exits 1 at once if the restart policy gave up on a slot (the service is \
-stalled) and no rollout is under way, and after --timeout otherwise; either way it prints \
-the scheduler's last reason (why a task is pending, or how one last failed). Ctrl-C stops \
+stalled) and no rollout is under way, or if the rollout paused (too many new tasks failed); \
+once the service converged again after its update's failure_action rolled it back; and \
+after --timeout otherwise; either way it prints the scheduler's last reason (why a task is pending, or how one last failed). Ctrl-C stops \
 the waiting, not the change (exit 130).";
 
 /// How the commands that change a service wait for it.
@@ -168,6 +169,25 @@ fn rollout_started(resp: &pb::ServiceResponse) -> Option<(i64, i32)> {
 
 pub fn rollout_in_progress(resp: &pb::ServiceResponse) -> bool {
     rollout_started(resp).is_some()
+}
+
+/// Why the rollout started at `ours` (or a later one: its automatic
+/// rollback) failed, when it did: it paused (too many new tasks failed), or
+/// its failure_action rolled it back.
+pub fn rollout_failed(resp: &pb::ServiceResponse, ours: (i64, i32)) -> Option<String> {
+    let u = resp.service.as_ref()?.update_status.as_ref()?;
+    let started = u
+        .started_at
+        .as_ref()
+        .map_or((0, 0), |s| (s.seconds, s.nanos));
+    if started < ours {
+        return None;
+    }
+    match u.state.as_str() {
+        "paused" | "rollback_paused" => Some(u.message.clone()),
+        "rollback_started" | "rollback_completed" if u.automatic => Some(u.message.clone()),
+        _ => None,
+    }
 }
 
 fn step(state: i32) -> Option<usize> {
@@ -470,13 +490,17 @@ async fn next_event(watch: &mut Option<Streaming<pb::WatchEvent>>) -> Option<pb:
 
 /// Waits for `name` to converge, as [`RULE`] says; returns the last read of
 /// the service.
+/// `first` is the change's own answer: the rollout it started, if any, is
+/// the one whose failure fails the command.
 pub async fn wait(
     api: &mut Api,
     name: &str,
     flags: &WaitFlags,
+    first: &pb::ServiceResponse,
 ) -> Result<pb::ServiceResponse, Error> {
     let mut display = Display::new(api.json(), flags.quiet);
-    wait_with(api, name, flags.timeout, flags.stable, &mut display).await
+    let ours = rollout_started(first);
+    wait_with(api, name, flags.timeout, flags.stable, ours, &mut display).await
 }
 
 /// The tasks of the service that run now.
@@ -500,6 +524,7 @@ pub async fn wait_with(
     name: &str,
     timeout: Duration,
     stable: Duration,
+    ours: Option<(i64, i32)>,
     display: &mut Display,
 ) -> Result<pb::ServiceResponse, Error> {
     let deadline = Instant::now() + timeout;
@@ -532,6 +557,18 @@ pub async fn wait_with(
                 Ok(resp) => {
                     let status = resp.status.clone().unwrap_or_default();
                     let views = slots(&board, &resp, SystemTime::now());
+                    // A paused rollout fails at once; an automatic rollback
+                    // once it is done (the old version serves again).
+                    let failed = ours.and_then(|o| rollout_failed(&resp, o));
+                    let paused = resp
+                        .service
+                        .as_ref()
+                        .and_then(|s| s.update_status.as_ref())
+                        .is_some_and(|u| u.state.ends_with("paused"));
+                    if let Some(why) = failed.as_ref().filter(|_| paused || status.converged) {
+                        display.draw(&views, &status, "");
+                        return Err(Error::msg(format!("service {name}: {why}")));
+                    }
                     if status.converged {
                         let tasks = running_tasks(&board, &resp);
                         let since = match converged_since.take() {

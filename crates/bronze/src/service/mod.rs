@@ -249,7 +249,7 @@ async fn settle(
     if wait.detach {
         return Ok(first);
     }
-    progress::wait(api, name, wait).await
+    progress::wait(api, name, wait, &first).await
 }
 
 async fn scale(api: &mut Api, args: ScaleArgs) -> Result<(), Error> {

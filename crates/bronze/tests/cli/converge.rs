@@ -326,3 +326,65 @@ async fn on_a_terminal_the_progress_is_redrawn_in_place() {
     assert!(text.contains("1/2: running    [====="), "{out:#?}");
     assert!(text.contains("converged: 2 of 2 tasks running"), "{out:#?}");
 }
+
+/// An update whose new tasks fail their health check, with
+/// `--update-failure-action rollback`: the scheduler rolls it back by
+/// itself, and `service update` exits 1 saying so (Docker's exits 0 and
+/// leaves CI none the wiser). A later `scale` of the same service is not
+/// blamed for that old failure.
+#[tokio::test]
+async fn an_update_rolled_back_by_its_failure_action_fails_the_command() {
+    image().await;
+    let s = Scheduler::start(fast()).await;
+    let host = unique("cli-rb");
+    let _agent = Agent::start(&s, &host, &[]).await;
+    node_status(&s, &host, "Ready").await;
+    let web = unique("rb");
+    let _cleanup = Cleanup(vec![web.clone()]);
+    let mut args = vec![
+        "service",
+        "create",
+        "--name",
+        &web,
+        "--replicas",
+        "2",
+        "--health-cmd",
+        "/bin/busybox test -f /www/health",
+        "--health-interval",
+        "300ms",
+        "--health-retries",
+        "1",
+        "--update-failure-action",
+        "rollback",
+        "--update-monitor",
+        "1s",
+        "--update-order",
+        "start-first",
+    ];
+    args.extend(QUICK);
+    args.extend(STABLE);
+    args.push(IMAGE);
+    s.bronze(&args).await.ok();
+    let mut args = vec![
+        "service",
+        "update",
+        "--args",
+        "sh -c '/bin/busybox rm /www/health; exec /bin/busybox httpd -f -p 8080 -h /www'",
+    ];
+    args.extend(STABLE);
+    args.push(&web);
+    let out = s.bronze(&args).await;
+    let err = out.fails(1);
+    assert!(err.contains("update rolled back"), "{out:#?}");
+    let inspect = s.bronze(&["service", "inspect", &web]).await.json();
+    assert_eq!(
+        inspect[0]["update_status"]["state"], "rollback_completed",
+        "{inspect:#}"
+    );
+    // Scaling afterwards starts no rollout: it succeeds.
+    let mut args = vec!["service", "scale"];
+    let target = format!("{web}=3");
+    args.push(&target);
+    args.extend(STABLE);
+    s.bronze(&args).await.ok();
+}
