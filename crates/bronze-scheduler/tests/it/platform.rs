@@ -210,18 +210,25 @@ async fn pulls_use_the_agents_registry_credentials() {
     .await;
     let mut c = client(s.addr).await;
     ready_nodes(&mut c, 2).await;
-    for (name, creds) in [(&with, "yes"), (&without, "no")] {
-        let mut sp = spec(name, 1);
-        sp.image = pushed.clone();
-        sp.placement = Some(pb::Placement {
-            constraints: vec![format!("node.labels.creds=={creds}")],
-            ..Default::default()
-        });
-        c.create_service(pb::CreateServiceRequest { spec: Some(sp) })
-            .await
-            .expect("create");
-    }
-    converged(&mut c, &with, 1).await;
+    let create = |name: String, creds: &'static str| {
+        let mut c = c.clone();
+        let pushed = pushed.clone();
+        async move {
+            let mut sp = spec(&name, 1);
+            sp.image = pushed;
+            sp.placement = Some(pb::Placement {
+                constraints: vec![format!("node.labels.creds=={creds}")],
+                ..Default::default()
+            });
+            c.create_service(pb::CreateServiceRequest { spec: Some(sp) })
+                .await
+                .expect("create");
+        }
+    };
+    // Both agents drive this host's one engine, and a pull that fails is
+    // forgiven when the image is already there: so the anonymous agent
+    // goes first, before the authed one has put the image on the engine.
+    create(without.clone(), "no").await;
     let refused = eventually(
         Duration::from_secs(60),
         "the anonymous pull refused",
@@ -237,6 +244,8 @@ async fn pulls_use_the_agents_registry_credentials() {
         },
     )
     .await;
+    create(with.clone(), "yes").await;
+    converged(&mut c, &with, 1).await;
     assert!(refused.message.contains("pulling"), "{refused:?}");
     assert!(
         refused.err.to_lowercase().contains("auth") || refused.err.contains("401"),
