@@ -7,6 +7,7 @@ pub mod bench_gateway_soak;
 pub mod bench_placement;
 pub mod bench_registrator;
 pub mod bench_registry;
+pub mod bench_rollout;
 pub mod bench_scheduler;
 mod bench_util;
 pub mod images;

@@ -27,7 +27,7 @@ enum Task {
     },
     /// Run a benchmark on this machine and print a table of figures (and
     /// ratios to real peers where one exists; see BENCHMARKS.md). Names:
-    /// dns, registrator, registry, gateway, scheduler, placement.
+    /// dns, registrator, registry, gateway, scheduler, placement, rollout.
     Bench {
         name: String,
         /// Seconds per dnsperf or wrk run (and per fixed-rate run: gateway).
@@ -113,6 +113,7 @@ fn main() -> anyhow::Result<()> {
             "dns" => rt.block_on(xtask::bench_dns::run(seconds, runs, only.as_deref())),
             "registrator" => rt.block_on(xtask::bench_registrator::run(containers.unwrap_or(100))),
             "placement" => rt.block_on(xtask::bench_placement::run(tasks, runs as usize)),
+            "rollout" => rt.block_on(xtask::bench_rollout::run(runs as usize)),
             "scheduler" => rt.block_on(xtask::bench_scheduler::run(
                 containers.unwrap_or(50),
                 runs as usize,
@@ -125,7 +126,7 @@ fn main() -> anyhow::Result<()> {
             other => {
                 anyhow::bail!(
                     "no benchmark named {other:?}; available: dns, registrator, registry, gateway, \
-                     scheduler, placement"
+                     scheduler, placement, rollout"
                 )
             }
         },

@@ -62,10 +62,17 @@ fn nanos(d: Option<&prost_types::Duration>) -> Option<i64> {
 fn names_service(spec: &pb::ServiceSpec) -> bool {
     let set = |k: &str| k == "SERVICE_NAME" || (k.starts_with("SERVICE_") && k.ends_with("_NAME"));
     spec.container_labels.keys().any(|k| set(k))
+        || spec.labels.keys().any(|k| set(k))
         || spec
             .env
             .iter()
             .any(|e| set(e.split_once('=').map_or(e.as_str(), |(k, _)| k)))
+}
+
+/// Service labels the registrator reads from containers: Traefik's,
+/// Bronze's and Registrator's `SERVICE_*`.
+fn is_routing_label(key: &str) -> bool {
+    key.starts_with("traefik.") || key.starts_with("bronze.") || key.starts_with("SERVICE_")
 }
 
 /// Everything the engine needs to create a task's container.
@@ -75,6 +82,14 @@ pub fn create_body(task: &pb::Task, spec: &pb::ServiceSpec) -> ContainerCreateBo
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    // The service's routing labels (a stack's `deploy.labels`, where Swarm
+    // users put Traefik's) reach the registrator on every container; a
+    // container label of the same key wins.
+    for (k, v) in &spec.labels {
+        if is_routing_label(k) && !labels.contains_key(k) {
+            labels.insert(k.clone(), v.clone());
+        }
+    }
     // The registrator registers it under the service's name unless the
     // spec names it otherwise.
     if !names_service(spec) {
@@ -418,6 +433,37 @@ mod tests {
                 .expect("labels")
                 .contains_key("SERVICE_NAME")
         );
+    }
+
+    #[test]
+    fn service_routing_labels_reach_the_container() {
+        let spec = pb::ServiceSpec {
+            name: "shop_web".into(),
+            image: "web:1".into(),
+            labels: [
+                ("traefik.frontend.rule", "Host:a.example"),
+                ("traefik.port", "8080"),
+                ("SERVICE_NAME", "web"),
+                ("bronze.http.rule", "PathPrefix(`/svc`)"),
+                ("com.docker.stack.namespace", "shop"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+            container_labels: [("bronze.http.rule", "PathPrefix(`/own`)")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+            ..Default::default()
+        };
+        let labels = create_body(&task(), &spec).labels.expect("labels");
+        let get = |k: &str| labels.get(k).map(String::as_str);
+        assert_eq!(get("traefik.frontend.rule"), Some("Host:a.example"));
+        assert_eq!(get("traefik.port"), Some("8080"));
+        // The service's SERVICE_NAME names its discovery service.
+        assert_eq!(get("SERVICE_NAME"), Some("web"));
+        // The container's own label wins; other service labels stay on the
+        // service.
+        assert_eq!(get("bronze.http.rule"), Some("PathPrefix(`/own`)"));
+        assert_eq!(get("com.docker.stack.namespace"), None);
     }
 
     #[test]

@@ -94,7 +94,10 @@ pub fn advance(state: &mut State, service_id: &str, now: Time) -> Option<Time> {
                 && !t.status.state.is_terminal()
                 && !is_current(state, &service, template, t)
         });
-        if starting || stopping {
+        // Start-first: once a replacement is up, its old task drains and
+        // stops while the next batch starts (as Swarm); stop-first waits
+        // for the stop, the slot is down until then.
+        if starting || (stopping && config.order == Order::StopFirst) {
             updating += 1;
         } else if !current_live {
             let old: Vec<Arc<Task>> = tasks

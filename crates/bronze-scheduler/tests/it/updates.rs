@@ -22,10 +22,12 @@ fn state_of(t: &pb::Task) -> pb::TaskState {
 }
 
 /// Counts what a rollout went through: the fewest containers running at
-/// any index, the most tasks alive at any index.
+/// any index, the most tasks alive at any index, the most of those meant
+/// to keep running (not draining or stopping) at any index.
 struct Observed {
     min_running: usize,
     max_live: usize,
+    max_wanted: usize,
 }
 
 /// Follows the service's tasks through Watch until `done` holds for the
@@ -48,6 +50,7 @@ async fn observe(
     let mut obs = Observed {
         min_running: usize::MAX,
         max_live: 0,
+        max_wanted: 0,
     };
     let mut index = 0;
     let measure = |tasks: &HashMap<String, pb::Task>, obs: &mut Observed| {
@@ -55,7 +58,7 @@ async fn observe(
             .values()
             .filter(|t| state_of(t) == pb::TaskState::Running)
             .count();
-        let live = tasks
+        let live: Vec<&pb::Task> = tasks
             .values()
             .filter(|t| {
                 matches!(
@@ -66,9 +69,14 @@ async fn observe(
                         | pb::TaskState::Running
                 )
             })
+            .collect();
+        let wanted = live
+            .iter()
+            .filter(|t| t.desired_state() == pb::TaskState::Running)
             .count();
         obs.min_running = obs.min_running.min(running);
-        obs.max_live = obs.max_live.max(live);
+        obs.max_live = obs.max_live.max(live.len());
+        obs.max_wanted = obs.max_wanted.max(wanted);
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
@@ -240,7 +248,9 @@ async fn stop_first_and_start_first_with_parallelism_then_rollback() {
         obs.min_running, 4,
         "start-first keeps every replica serving"
     );
-    assert_eq!(obs.max_live, 5, "one extra at a time");
+    // The old task drains and stops while the next batch starts (as
+    // Swarm): one extra meant to run at a time.
+    assert_eq!(obs.max_wanted, 5, "one extra at a time");
     assert_eq!(envs(&mut c, &name).await, vec!["VERSION=3"; 4]);
 
     // An update with a stale version is refused.
