@@ -489,8 +489,24 @@ async fn bronze(bin: &std::path::Path) -> anyhow::Result<Outcome> {
         if done {
             break;
         }
+        let update = r
+            .as_ref()
+            .and_then(|r| r.service.as_ref())
+            .and_then(|s| s.update_status.clone())
+            .unwrap_or_default();
+        if matches!(
+            update.state.as_str(),
+            "paused" | "rollback_started" | "rollback_paused"
+        ) {
+            bail!("bronze's update {}: {}", update.state, update.message);
+        }
         if t1.elapsed() > LIMIT {
-            bail!("bronze did not finish the update");
+            bail!(
+                "bronze did not finish the update: {} ({}); {:?}",
+                update.state,
+                update.message,
+                r.and_then(|r| r.status)
+            );
         }
         tokio::time::sleep(POLL).await;
     }
