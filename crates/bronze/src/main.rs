@@ -10,6 +10,7 @@ mod json;
 mod node;
 mod progress;
 mod service;
+mod stack;
 mod table;
 mod units;
 mod words;
@@ -49,12 +50,17 @@ enum Command {
     /// (docker node).
     #[command(subcommand)]
     Node(node::Command),
+
+    /// Deploy and manage stacks: the services of compose files, deployed
+    /// and updated together (docker stack).
+    #[command(subcommand)]
+    Stack(stack::Command),
 }
 
 /// Exit code of a command interrupted while it waited (128 + SIGINT).
 const EX_INTERRUPTED: i32 = 130;
 
-/// Runs a `service` or `node` command; prints its error, if any, as
+/// Runs a `service`, `node` or `stack` command; prints its error, if any, as
 /// `bronze: <message>`.
 fn run_api(api: &client::ApiArgs, command: Command) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -68,11 +74,16 @@ fn run_api(api: &client::ApiArgs, command: Command) -> i32 {
         }
     };
     let result = runtime.block_on(async {
+        if let Command::Stack(c) = command {
+            // Connects itself: `stack config` needs no scheduler, and
+            // `stack deploy` checks its files first.
+            return stack::run(c, api).await;
+        }
         let mut client = client::Api::connect(api).await?;
         match command {
             Command::Service(c) => service::run(c, &mut client).await,
             Command::Node(c) => node::run(c, &mut client).await,
-            Command::Dev(_) => Ok(()),
+            Command::Dev(_) | Command::Stack(_) => Ok(()),
         }
     });
     match result {

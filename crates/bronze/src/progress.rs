@@ -66,7 +66,7 @@ pub struct WaitFlags {
 /// Slots shown one line each; more are summed up in the headline.
 const MAX_SLOT_LINES: usize = 20;
 /// How often the display and the status are refreshed without events.
-const TICK: Duration = Duration::from_millis(500);
+pub const TICK: Duration = Duration::from_millis(500);
 const BAR: usize = 25;
 
 /// What the Watch stream told so far: the service's tasks and the nodes.
@@ -80,6 +80,11 @@ pub struct Board {
 }
 
 impl Board {
+    /// Whether the first snapshot has arrived.
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
     pub fn apply(&mut self, ev: pb::WatchEvent) {
         use pb::watch_event::Event;
         self.index = self.index.max(ev.index);
@@ -155,7 +160,7 @@ fn pick<'a>(tasks: &[&'a pb::Task]) -> Option<&'a pb::Task> {
         .copied()
 }
 
-fn rollout_started(resp: &pb::ServiceResponse) -> Option<(i64, i32)> {
+pub fn rollout_started(resp: &pb::ServiceResponse) -> Option<(i64, i32)> {
     let u = resp.service.as_ref()?.update_status.as_ref()?;
     if !matches!(u.state.as_str(), "updating" | "rollback_started") {
         return None;
@@ -504,7 +509,7 @@ pub async fn wait(
 }
 
 /// The tasks of the service that run now.
-fn running_tasks(board: &Board, resp: &pb::ServiceResponse) -> BTreeSet<String> {
+pub fn running_tasks(board: &Board, resp: &pb::ServiceResponse) -> BTreeSet<String> {
     let id = resp.service.as_ref().map_or("", |s| s.id.as_str());
     let running = i32::from(pb::TaskState::Running);
     board
@@ -519,6 +524,132 @@ fn running_tasks(board: &Board, resp: &pb::ServiceResponse) -> BTreeSet<String> 
         .collect()
 }
 
+/// What one look at a service says, by [`RULE`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not converged yet: the scheduler's reason, or the task count.
+    Waiting(String),
+    /// Converged; checking that the same tasks stay up for `stable`.
+    Verifying,
+    /// Converged and stayed so for `stable`.
+    Converged,
+    /// Failed, in a sentence naming the service.
+    Failed(String),
+}
+
+/// Judges one service look after look: remembers since when it has been
+/// converged, with which tasks, and which rollout was the command's own.
+#[derive(Debug, Clone)]
+pub struct Judge {
+    ours: Option<(i64, i32)>,
+    stable: Duration,
+    converged_since: Option<(Instant, BTreeSet<String>)>,
+}
+
+impl Judge {
+    /// `ours`: when the rollout the command started began
+    /// ([`rollout_started`] of the change's answer), if it started one.
+    pub fn new(ours: Option<(i64, i32)>, stable: Duration) -> Self {
+        Self {
+            ours,
+            stable,
+            converged_since: None,
+        }
+    }
+
+    /// Whether the last look found the service converged.
+    pub fn converged(&self) -> bool {
+        self.converged_since.is_some()
+    }
+
+    /// `resp` read now, `board` kept current by a Watch (synced).
+    pub fn look(&mut self, name: &str, board: &Board, resp: &pb::ServiceResponse) -> Verdict {
+        let status = resp.status.clone().unwrap_or_default();
+        // A paused rollout fails at once; an automatic rollback once it is
+        // done (the old version serves again).
+        let failed = self.ours.and_then(|o| rollout_failed(resp, o));
+        let paused = resp
+            .service
+            .as_ref()
+            .and_then(|s| s.update_status.as_ref())
+            .is_some_and(|u| u.state.ends_with("paused"));
+        if let Some(why) = failed.as_ref().filter(|_| paused || status.converged) {
+            return Verdict::Failed(format!("service {name}: {why}"));
+        }
+        if status.converged {
+            let tasks = running_tasks(board, resp);
+            let since = match self.converged_since.take() {
+                Some((since, same)) if same == tasks => since,
+                _ => Instant::now(),
+            };
+            self.converged_since = Some((since, tasks));
+            if since.elapsed() >= self.stable {
+                Verdict::Converged
+            } else {
+                Verdict::Verifying
+            }
+        } else {
+            self.converged_since = None;
+            if status.stalled && !rollout_in_progress(resp) {
+                return Verdict::Failed(format!(
+                    "service {name} did not converge: {}",
+                    status.message
+                ));
+            }
+            Verdict::Waiting(if status.message.is_empty() {
+                format!("{} of {} tasks running", status.running, status.desired)
+            } else {
+                status.message
+            })
+        }
+    }
+}
+
+/// The next event of a Watch, if one is open; a closed stream (or an
+/// error) sets `watch` to `None` so the caller reopens it from the last
+/// index. Waits forever without a stream.
+pub async fn next_events(watch: &mut Option<Streaming<pb::WatchEvent>>, board: &mut Board) {
+    match next_event(watch).await {
+        Some(ev) => {
+            board.apply(ev);
+            // Take whatever else already arrived before looking.
+            loop {
+                match tokio::time::timeout(Duration::ZERO, next_event(watch)).await {
+                    Ok(Some(ev)) => board.apply(ev),
+                    Ok(None) => {
+                        *watch = None;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        None => *watch = None,
+    }
+}
+
+/// Opens a Watch (of `service`, or of everything when empty) from the
+/// board's index. NotFound is an error; an unreachable scheduler is a
+/// reason to retry, returned as the message to show.
+pub async fn open_watch(
+    api: &mut Api,
+    service: &str,
+    board: &Board,
+) -> Result<Result<Streaming<pb::WatchEvent>, String>, Error> {
+    match api
+        .client
+        .watch(pb::WatchRequest {
+            from_index: board.index,
+            service: service.to_string(),
+        })
+        .await
+    {
+        Ok(r) => Ok(Ok(r.into_inner())),
+        Err(s) if s.code() == tonic::Code::NotFound => Err(api.err(s)),
+        Err(s) => Ok(Err(format!("lost the scheduler: {}", s.message()))),
+    }
+}
+
 pub async fn wait_with(
     api: &mut Api,
     name: &str,
@@ -528,8 +659,7 @@ pub async fn wait_with(
     display: &mut Display,
 ) -> Result<pb::ServiceResponse, Error> {
     let deadline = Instant::now() + timeout;
-    // Since when the service has been converged, with which tasks running.
-    let mut converged_since: Option<(Instant, BTreeSet<String>)> = None;
+    let mut judge = Judge::new(ours, stable);
     let mut board = Board::default();
     let mut watch: Option<Streaming<pb::WatchEvent>> = None;
     let mut last_message = String::new();
@@ -539,17 +669,9 @@ pub async fn wait_with(
     tokio::pin!(ctrl_c);
     loop {
         if watch.is_none() {
-            match api
-                .client
-                .watch(pb::WatchRequest {
-                    from_index: board.index,
-                    service: name.to_string(),
-                })
-                .await
-            {
-                Ok(r) => watch = Some(r.into_inner()),
-                Err(s) if s.code() == tonic::Code::NotFound => return Err(api.err(s)),
-                Err(s) => last_message = format!("lost the scheduler: {}", s.message()),
+            match open_watch(api, name, &board).await? {
+                Ok(w) => watch = Some(w),
+                Err(m) => last_message = m,
             }
         }
         if board.synced {
@@ -557,26 +679,12 @@ pub async fn wait_with(
                 Ok(resp) => {
                     let status = resp.status.clone().unwrap_or_default();
                     let views = slots(&board, &resp, SystemTime::now());
-                    // A paused rollout fails at once; an automatic rollback
-                    // once it is done (the old version serves again).
-                    let failed = ours.and_then(|o| rollout_failed(&resp, o));
-                    let paused = resp
-                        .service
-                        .as_ref()
-                        .and_then(|s| s.update_status.as_ref())
-                        .is_some_and(|u| u.state.ends_with("paused"));
-                    if let Some(why) = failed.as_ref().filter(|_| paused || status.converged) {
-                        display.draw(&views, &status, "");
-                        return Err(Error::msg(format!("service {name}: {why}")));
-                    }
-                    if status.converged {
-                        let tasks = running_tasks(&board, &resp);
-                        let since = match converged_since.take() {
-                            Some((since, same)) if same == tasks => since,
-                            _ => Instant::now(),
-                        };
-                        converged_since = Some((since, tasks));
-                        if since.elapsed() >= stable {
+                    match judge.look(name, &board, &resp) {
+                        Verdict::Failed(why) => {
+                            display.draw(&views, &status, "");
+                            return Err(Error::msg(why));
+                        }
+                        Verdict::Converged => {
                             display.draw(&views, &status, "");
                             display.line(&format!(
                                 "converged: {} of {} tasks running",
@@ -584,29 +692,19 @@ pub async fn wait_with(
                             ));
                             return Ok(resp);
                         }
-                        display.draw(
+                        // The deadline is for converging, not for the check.
+                        Verdict::Verifying => display.draw(
                             &views,
                             &status,
                             &format!(
                                 "verify: converged; checking that the tasks stay up for {}",
                                 crate::units::format_duration(stable)
                             ),
-                        );
-                        // The deadline is for converging, not for the check.
-                    } else {
-                        converged_since = None;
-                        display.draw(&views, &status, "");
-                        if status.stalled && !rollout_in_progress(&resp) {
-                            return Err(Error::msg(format!(
-                                "service {name} did not converge: {}",
-                                status.message
-                            )));
+                        ),
+                        Verdict::Waiting(m) => {
+                            display.draw(&views, &status, "");
+                            last_message = m;
                         }
-                        last_message = if status.message.is_empty() {
-                            format!("{} of {} tasks running", status.running, status.desired)
-                        } else {
-                            status.message
-                        };
                     }
                 }
                 Err(Error::Api { status, .. }) if status.code() == tonic::Code::Unavailable => {
@@ -616,32 +714,16 @@ pub async fn wait_with(
                 Err(e) => return Err(e),
             }
         }
-        if converged_since.is_none() && Instant::now() >= deadline {
+        if !judge.converged() && Instant::now() >= deadline {
             return Err(Error::msg(format!(
                 "service {name} did not converge within {}: {last_message}",
                 crate::units::format_duration(timeout)
             )));
         }
         tokio::select! {
-            ev = next_event(&mut watch) => match ev {
-                Some(ev) => {
-                    board.apply(ev);
-                    // Take whatever else already arrived before looking.
-                    loop {
-                        match tokio::time::timeout(Duration::ZERO, next_event(&mut watch)).await {
-                            Ok(Some(ev)) => board.apply(ev),
-                            Ok(None) => {
-                                watch = None;
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                }
-                None => watch = None,
-            },
+            () = next_events(&mut watch, &mut board) => {}
             _ = tick.tick() => {}
-            () = tokio::time::sleep_until(deadline), if converged_since.is_none() => {}
+            () = tokio::time::sleep_until(deadline), if !judge.converged() => {}
             _ = &mut ctrl_c => {
                 display.line("");
                 return Err(Error::Interrupted(format!(

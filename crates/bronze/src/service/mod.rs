@@ -92,12 +92,12 @@ pub enum Command {
 pub struct LsArgs {
     /// Only print the services' ids.
     #[arg(short, long)]
-    quiet: bool,
+    pub quiet: bool,
 
     /// Only services matching: name=PREFIX, id=PREFIX, mode=replicated|global,
     /// label=KEY or label=KEY=VALUE (repeat to narrow).
     #[arg(short, long, value_name = "FILTER")]
-    filter: Vec<String>,
+    pub filter: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -193,7 +193,7 @@ fn matches_filter(r: &pb::ServiceResponse, filter: &str) -> Result<bool, Error> 
     })
 }
 
-async fn ls(api: &mut Api, args: LsArgs) -> Result<(), Error> {
+pub async fn ls(api: &mut Api, args: LsArgs) -> Result<(), Error> {
     let mut services = Vec::new();
     for r in api.list_services().await? {
         let mut keep = true;
