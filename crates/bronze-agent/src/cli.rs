@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use bronze_runtime::config::{self, ConfigError};
+use bronze_runtime::units::parse_size;
 use bronze_telemetry::LogFormat;
 use clap::Parser;
 use serde::Serialize;
@@ -116,38 +117,13 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Docker's CPUs ("1.5"), at most 4096 of them.
 fn parse_cpus(s: &str) -> Result<i64, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number of CPUs, e.g. 2 or 1.5"))?;
-    if !(0.0..=4096.0).contains(&v) {
+    let nanos = bronze_runtime::units::parse_cpus(s)?;
+    if nanos > 4096 * 1_000_000_000 {
         return Err(format!("{s:?}: expected 0-4096 CPUs"));
     }
-    Ok((v * 1e9).round() as i64)
-}
-
-/// "512M", "4G", "1.5g", "1048576" (bytes), as docker reads memory sizes.
-pub fn parse_size(s: &str) -> Result<i64, String> {
-    let t = s.trim();
-    let (num, unit) = t
-        .find(|c: char| c.is_ascii_alphabetic())
-        .map_or((t, ""), |i| (&t[..i], &t[i..]));
-    let mult: f64 = match unit.to_ascii_lowercase().trim_end_matches('b') {
-        "" => 1.0,
-        "k" | "ki" => 1024.0,
-        "m" | "mi" => 1024.0 * 1024.0,
-        "g" | "gi" => 1024.0 * 1024.0 * 1024.0,
-        "t" | "ti" => 1024.0f64.powi(4),
-        _ => return Err(format!("{s:?}: expected a size such as 512M or 4G")),
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a size such as 512M or 4G"))?;
-    if !(v >= 0.0 && v.is_finite()) {
-        return Err(format!("{s:?}: expected a size of 0 or more"));
-    }
-    Ok((v * mult).round() as i64)
+    Ok(nanos)
 }
 
 impl Args {

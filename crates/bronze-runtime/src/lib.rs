@@ -11,6 +11,8 @@
 //!   port.
 //! * [`cpu::CpuSlots`]: CPU-heavy work (bcrypt) on the blocking pool, a
 //!   few at a time.
+//! * [`duration`], [`units`], [`words`]: the text people type for
+//!   durations, sizes, CPUs and command lines, parsed one way everywhere.
 
 pub mod config;
 pub mod cpu;
@@ -20,6 +22,8 @@ pub mod grpc;
 pub mod proxy_protocol;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod units;
+pub mod words;
 
 use tokio_util::sync::CancellationToken;
 

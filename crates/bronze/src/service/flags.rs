@@ -63,66 +63,10 @@ impl Order {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Words(pub Vec<String>);
 
-/// Splits like a POSIX shell without expansions: blanks separate words,
-/// single quotes keep everything, double quotes keep all but `\"` and
-/// `\\`, a backslash outside quotes keeps the next character.
+/// Splits like a POSIX shell without expansions (the shared splitter of
+/// `bronze_runtime::words`).
 pub fn parse_words(s: &str) -> Result<Words, String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            c if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(c) => cur.push(c),
-                        None => return Err(format!("{s:?}: unterminated single quote")),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(c @ ('"' | '\\' | '$' | '`')) => cur.push(c),
-                            Some(c) => {
-                                cur.push('\\');
-                                cur.push(c);
-                            }
-                            None => return Err(format!("{s:?}: unterminated double quote")),
-                        },
-                        Some(c) => cur.push(c),
-                        None => return Err(format!("{s:?}: unterminated double quote")),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                if let Some(c) = chars.next() {
-                    cur.push(c);
-                }
-            }
-            c => {
-                in_word = true;
-                cur.push(c);
-            }
-        }
-    }
-    if in_word {
-        words.push(cur);
-    }
-    Ok(Words(words))
+    bronze_runtime::words::split(s).map(Words)
 }
 
 /// `KEY=VALUE`, or `KEY` for an empty value.
@@ -739,21 +683,6 @@ pub fn parse_publish_rm(s: &str) -> Result<PortRm, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shell_words() {
-        assert_eq!(
-            parse_words("sh -c 'echo hi there'").unwrap().0,
-            ["sh", "-c", "echo hi there"]
-        );
-        assert_eq!(
-            parse_words(r#"a "b \"c\"" d\ e"#).unwrap().0,
-            ["a", r#"b "c""#, "d e"]
-        );
-        assert_eq!(parse_words("").unwrap().0, Vec::<String>::new());
-        assert_eq!(parse_words("''").unwrap().0, [""]);
-        assert!(parse_words("'open").is_err());
-    }
 
     #[test]
     fn publish_short_and_long() {
