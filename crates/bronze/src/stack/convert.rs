@@ -79,16 +79,17 @@ fn resources(r: &compose::ResourceSet) -> Option<pb::Resources> {
     }
     Some(pb::Resources {
         nano_cpus: r.nano_cpus.unwrap_or(0),
-        memory_bytes: r
-            .memory
-            .map_or(0, |m| i64::try_from(m).unwrap_or(i64::MAX)),
+        memory_bytes: r.memory.map_or(0, |m| i64::try_from(m).unwrap_or(i64::MAX)),
         pids: r.pids.unwrap_or(0),
     })
 }
 
 /// The environment as the tasks get it: a key without a value takes this
 /// process's value (`env`), or is left out when it has none (Docker's).
-fn environment(vars: &BTreeMap<String, Option<String>>, env: &BTreeMap<String, String>) -> Vec<String> {
+fn environment(
+    vars: &BTreeMap<String, Option<String>>,
+    env: &BTreeMap<String, String>,
+) -> Vec<String> {
     vars.iter()
         .filter_map(|(k, v)| match v {
             Some(v) => Some(format!("{k}={v}")),
@@ -216,12 +217,12 @@ pub fn service(
         workdir: s.working_dir.clone().unwrap_or_default(),
         mode: Some(mode),
         placement: Some(placement),
-        resources: (limits.is_some() || reservations.is_some()).then(|| {
+        resources: (limits.is_some() || reservations.is_some()).then_some(
             pb::ResourceRequirements {
                 reservations,
                 limits,
-            }
-        }),
+            },
+        ),
         restart_policy: d.restart_policy.as_ref().map(|r| pb::RestartPolicy {
             condition: r.condition.as_str().into(),
             delay: r.delay.map(to_proto_duration),
@@ -299,13 +300,13 @@ fn warn_unsupported(
         if m.kind != compose::MountKind::Volume {
             continue;
         }
-        if let Some(v) = project.volumes.get(source) {
-            if v.driver.is_some() || !v.driver_opts.is_empty() || !v.labels.is_empty() {
-                warnings.add(format!(
-                    "volume {source}: driver, driver_opts and labels are not honoured: the \
-                     engine's local driver creates it when missing"
-                ));
-            }
+        if let Some(v) = project.volumes.get(source)
+            && (v.driver.is_some() || !v.driver_opts.is_empty() || !v.labels.is_empty())
+        {
+            warnings.add(format!(
+                "volume {source}: driver, driver_opts and labels are not honoured: the \
+                 engine's local driver creates it when missing"
+            ));
         }
     }
 }

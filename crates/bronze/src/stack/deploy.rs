@@ -29,7 +29,12 @@ pub struct DeployArgs {
     /// Compose file (repeat: later files are merged over earlier ones, as
     /// Compose merges them; `.env` beside the first file is read for
     /// interpolation).
-    #[arg(short = 'c', long = "compose-file", required = true, value_name = "FILE")]
+    #[arg(
+        short = 'c',
+        long = "compose-file",
+        required = true,
+        value_name = "FILE"
+    )]
     files: Vec<PathBuf>,
 
     /// Keep services of the stack that are no longer in the files
@@ -58,7 +63,12 @@ pub struct DeployArgs {
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
     /// Compose file (repeat: later files are merged over earlier ones).
-    #[arg(short = 'c', long = "compose-file", required = true, value_name = "FILE")]
+    #[arg(
+        short = 'c',
+        long = "compose-file",
+        required = true,
+        value_name = "FILE"
+    )]
     files: Vec<PathBuf>,
 }
 
@@ -156,10 +166,10 @@ fn prepare(
             Err(e) => errors.push(e),
         }
     }
-    if errors.is_empty() {
-        if let Err(e) = check_order(&out) {
-            errors.push(e);
-        }
+    if errors.is_empty()
+        && let Err(e) = check_order(&out)
+    {
+        errors.push(e);
     }
     if errors.is_empty() {
         return Ok(out);

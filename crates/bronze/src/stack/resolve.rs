@@ -122,7 +122,12 @@ async fn lookup(docker: &bollard::Docker, image: &str) -> Result<String, String>
             LOOKUP_TIMEOUT.as_secs()
         )),
         Ok(Err(e)) => Err(e.to_string()),
-        Ok(Ok(d)) if d.descriptor.digest.as_deref().is_some_and(|x| x.starts_with("sha256:")) => {
+        Ok(Ok(d))
+            if d.descriptor
+                .digest
+                .as_deref()
+                .is_some_and(|x| x.starts_with("sha256:")) =>
+        {
             Ok(d.descriptor.digest.unwrap_or_default())
         }
         Ok(Ok(_)) => Err("the registry sent no sha256 digest".into()),

@@ -122,11 +122,9 @@ fn view(e: &Entry, short: &str, resp: Option<&pb::ServiceResponse>) -> SlotView 
         .and_then(|s| s.update_status.as_ref())
         .filter(|u| !u.state.is_empty());
     let bar = |s: &pb::ServiceStatus| {
-        if s.desired == 0 {
-            6
-        } else {
-            usize::try_from(s.running.min(s.desired) * 6 / s.desired).unwrap_or(0)
-        }
+        (s.running.min(s.desired) * 6)
+            .checked_div(s.desired)
+            .map_or(6, |x| usize::try_from(x).unwrap_or(0))
     };
     let (state, step, note) = match &e.progress {
         Progress::Waiting => ("waiting", None, e.note.clone()),
@@ -260,10 +258,8 @@ pub async fn run(
             }
         }
         if board.synced() {
-            let names: BTreeMap<&str, ()> = entries
-                .iter()
-                .map(|e| (e.step.name.as_str(), ()))
-                .collect();
+            let names: BTreeMap<&str, ()> =
+                entries.iter().map(|e| (e.step.name.as_str(), ())).collect();
             match api.list_services().await {
                 Ok(all) => {
                     last = all
