@@ -173,6 +173,7 @@ pub fn task(t: &pb::Task) -> Value {
         "created_at": time(t.created_at.as_ref()),
         "attempt": t.attempt,
         "start_after": time(t.start_after.as_ref()),
+        "up_at": time(t.up_at.as_ref()),
     })
 }
 

@@ -1,5 +1,5 @@
 //! The `bronze` binary against a real scheduler in this process: the
-//! `service` and `node` commands, their tables, JSON and errors; with
+//! `service`, `node` and `stack` commands, their tables, JSON and errors; with
 //! agents on this machine's Docker engine, the commands that wait for
 //! tasks to run, and logs.
 
@@ -7,3 +7,4 @@ mod converge;
 mod harness;
 mod nodes;
 mod services;
+mod stacks;
