@@ -7,7 +7,11 @@
 //! operator is interpolated itself, so defaults nest: `${A:-${B:-x}}`.
 //! A `$` followed by anything else is an error, as in Compose.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::convert::{Ctx, index, is_extension, join};
+use crate::error::Error;
+use crate::yaml::{Kind, Node};
 
 /// Where variables come from: the process environment first, then `.env`.
 pub(crate) struct Vars<'a> {
@@ -177,6 +181,9 @@ fn braced(
     }
 }
 
+/// The variables of an env file, in order; `None` for a name alone.
+pub(crate) type EnvLines = Vec<(String, Option<String>)>;
+
 /// `KEY=VALUE` lines: blank lines and `#` comments skipped, an optional
 /// `export `, values in single quotes kept as written, in double quotes
 /// with `\n`, `\t`, `\"` and `\\` escapes, unquoted values cut at ` #`
@@ -184,7 +191,7 @@ fn braced(
 /// 1-based line.
 pub(crate) fn parse_env_lines(
     text: &str,
-) -> Result<Vec<(String, Option<String>)>, (usize, String)> {
+) -> Result<EnvLines, (usize, String)> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim_start_matches('\u{feff}').trim();
@@ -236,6 +243,50 @@ fn unquote(v: &str) -> Option<String> {
         None => v,
     };
     Some(v.trim_end().to_string())
+}
+
+/// Interpolates every scalar value of a file's tree (never keys, nor the
+/// values of `x-` extension fields, which are ignored). An unset variable
+/// used bare is warned about once per load, at its first use.
+pub(crate) fn tree(
+    cx: &mut Ctx<'_>,
+    node: &mut Node,
+    path: &str,
+    vars: &Vars<'_>,
+    warned: &mut BTreeSet<String>,
+) -> Result<(), Error> {
+    match &mut node.kind {
+        Kind::Null => {}
+        Kind::Scalar { text, .. } => {
+            let mut unset = Vec::new();
+            *text = interpolate(text, vars, &mut unset).map_err(|f| {
+                let m = match f {
+                    Failure::Required(m) | Failure::Syntax(m) => m,
+                };
+                cx.error(node.pos, path, m)
+            })?;
+            for name in unset {
+                if warned.insert(name.clone()) {
+                    cx.warn(
+                        node.pos,
+                        path,
+                        format!("The {name} variable is not set. Defaulting to a blank string."),
+                    );
+                }
+            }
+        }
+        Kind::Seq(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                tree(cx, item, &index(path, i), vars, warned)?;
+            }
+        }
+        Kind::Map(entries) => {
+            for e in entries.iter_mut().filter(|e| !is_extension(&e.key)) {
+                tree(cx, &mut e.value, &join(path, &e.key), vars, warned)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
