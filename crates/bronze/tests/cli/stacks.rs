@@ -6,10 +6,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Agent, Cleanup, IMAGE, Scheduler, fast, image, node_status, unique};
+use crate::harness::{
+    Agent, Cleanup, IMAGE, Scheduler, eventually, fast, image, node_status, unique,
+};
 
 /// Quick waits: a short verify, and no registry lookups (this machine has
 /// no Docker Hub; one test checks the warning).
@@ -218,8 +221,12 @@ async fn deploy_redeploy_prune_and_remove_a_stack() {
         out.ok().contains(&format!("Removing service {web}")),
         "{out:#?}"
     );
-    let ls = s.bronze(&["stack", "ls"]).await;
-    assert!(!ls.ok().contains(&stack), "{ls:#?}");
+    // The service goes once its tasks have stopped.
+    eventually(Duration::from_secs(30), "the stack gone", || async {
+        let ls = s.bronze(&["stack", "ls"]).await;
+        (!ls.ok().contains(&stack)).then_some(())
+    })
+    .await;
     let out = s.bronze(&["stack", "ps", &stack]).await;
     assert!(out.fails(1).contains("nothing found in stack"), "{out:#?}");
 }
@@ -378,11 +385,14 @@ async fn config_prints_the_merged_interpolated_file() {
     assert_eq!(out.ok(), EXPECTED_CONFIG, "{out:#?}");
 }
 
+/// `docker stack config`'s canonical form: keys sorted, defaults spelled
+/// out, the override's values and the variables in.
 const EXPECTED_CONFIG: &str = "services:
   web:
-    image: shop/web:2.1
+    deploy:
+      mode: replicated
+      replicas: 3
     environment:
       MODE: prod
-    deploy:
-      replicas: 3
+    image: \"shop/web:2.1\"
 ";
