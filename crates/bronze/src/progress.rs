@@ -66,7 +66,7 @@ pub struct WaitFlags {
 /// Slots shown one line each; more are summed up in the headline.
 const MAX_SLOT_LINES: usize = 20;
 /// How often the display and the status are refreshed without events.
-pub const TICK: Duration = Duration::from_millis(500);
+const TICK: Duration = Duration::from_millis(500);
 const BAR: usize = 25;
 
 /// What the Watch stream told so far: the service's tasks and the nodes.
@@ -650,6 +650,13 @@ pub async fn open_watch(
     }
 }
 
+/// The refresh of a wait without events: every [`TICK`], never bunched.
+pub fn ticker() -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
 pub async fn wait_with(
     api: &mut Api,
     name: &str,
@@ -663,8 +670,7 @@ pub async fn wait_with(
     let mut board = Board::default();
     let mut watch: Option<Streaming<pb::WatchEvent>> = None;
     let mut last_message = String::new();
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = ticker();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {

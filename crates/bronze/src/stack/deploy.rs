@@ -24,8 +24,9 @@ use super::rollout::{self, Change, Step};
 use crate::client::{Api, ApiArgs, Error};
 use crate::progress::WaitFlags;
 
+/// The `-c` files of `deploy` and `config`.
 #[derive(Debug, Args)]
-pub struct DeployArgs {
+pub struct Files {
     /// Compose file (repeat: later files are merged over earlier ones, as
     /// Compose merges them; `.env` beside the first file is read for
     /// interpolation).
@@ -36,6 +37,12 @@ pub struct DeployArgs {
         value_name = "FILE"
     )]
     files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    files: Files,
 
     /// Keep services of the stack that are no longer in the files
     /// (by default they are removed).
@@ -62,14 +69,8 @@ pub struct DeployArgs {
 
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
-    /// Compose file (repeat: later files are merged over earlier ones).
-    #[arg(
-        short = 'c',
-        long = "compose-file",
-        required = true,
-        value_name = "FILE"
-    )]
-    files: Vec<PathBuf>,
+    #[command(flatten)]
+    files: Files,
 }
 
 /// This process's environment, for interpolation and for environment
@@ -96,7 +97,7 @@ fn load(
 }
 
 pub fn config(a: &ConfigArgs) -> Result<(), Error> {
-    let project = load(&a.files, "", &process_env())?;
+    let project = load(&a.files.files, "", &process_env())?;
     print!("{}", project.to_yaml());
     Ok(())
 }
@@ -190,13 +191,14 @@ fn same(a: &pb::ServiceSpec, b: &pb::ServiceSpec) -> bool {
 
 pub async fn deploy(args: &ApiArgs, a: DeployArgs) -> Result<(), Error> {
     let env = process_env();
-    let project = load(&a.files, &a.stack, &env)?;
+    let project = load(&a.files.files, &a.stack, &env)?;
     let mut warnings = Warnings::default();
     let mut services = prepare(&project, &env, &mut warnings)?;
     if services.is_empty() {
         return Err(Error::msg(format!(
             "{}: no services to deploy",
             a.files
+                .files
                 .iter()
                 .map(|f| f.display().to_string())
                 .collect::<Vec<_>>()

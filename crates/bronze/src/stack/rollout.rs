@@ -21,8 +21,7 @@ use tonic::Streaming;
 
 use crate::client::{Api, Error};
 use crate::progress::{
-    self, Board, Display, Judge, SlotView, TICK, Verdict, WaitFlags, rollout_in_progress,
-    rollout_started,
+    self, Board, Display, Judge, SlotView, Verdict, WaitFlags, rollout_in_progress, rollout_started,
 };
 use crate::units::format_duration;
 
@@ -246,8 +245,7 @@ pub async fn run(
     let mut watch: Option<Streaming<pb::WatchEvent>> = None;
     let mut lost = String::new();
     let mut last: HashMap<String, pb::ServiceResponse> = HashMap::new();
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = progress::ticker();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
