@@ -557,6 +557,17 @@ impl Judge {
         }
     }
 
+    /// Whether `u` is the command's own rollout (or its automatic
+    /// rollback), or one under way.
+    pub fn started_it(&self, u: &pb::UpdateStatus) -> bool {
+        let started = u
+            .started_at
+            .as_ref()
+            .map_or((0, 0), |s| (s.seconds, s.nanos));
+        matches!(u.state.as_str(), "updating" | "rollback_started")
+            || self.ours.is_some_and(|o| started >= o)
+    }
+
     /// Whether the last look found the service converged.
     pub fn converged(&self) -> bool {
         self.converged_since.is_some()

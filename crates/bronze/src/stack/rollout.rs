@@ -116,10 +116,16 @@ fn gate_word(g: Gate) -> &'static str {
 /// the rollout's state or the reason it waits.
 fn view(e: &Entry, short: &str, resp: Option<&pb::ServiceResponse>) -> SlotView {
     let status = resp.and_then(|r| r.status.clone()).unwrap_or_default();
+    // The rollout under way or the one this command started, not an
+    // earlier one's outcome.
     let rollout = resp
         .and_then(|r| r.service.as_ref())
         .and_then(|s| s.update_status.as_ref())
-        .filter(|u| !u.state.is_empty());
+        .filter(|u| !u.state.is_empty())
+        .filter(|u| match &e.progress {
+            Progress::Submitted(judge) => judge.started_it(u),
+            Progress::Waiting | Progress::Converged | Progress::Failed(_) => false,
+        });
     let bar = |s: &pb::ServiceStatus| {
         (s.running.min(s.desired) * 6)
             .checked_div(s.desired)
@@ -155,7 +161,13 @@ fn view(e: &Entry, short: &str, resp: Option<&pb::ServiceResponse>) -> SlotView 
             }
             parts.push(r);
         }
-        if !note.is_empty() && !status.converged {
+        // The scheduler's reason, unless it says what is shown already.
+        let counted = format!("{} of {} tasks running", status.running, status.desired);
+        if !note.is_empty()
+            && !status.converged
+            && note != counted
+            && rollout.is_none_or(|u| u.message != note)
+        {
             parts.push(note);
         }
         note = parts.join(", ");
@@ -362,9 +374,10 @@ pub async fn run(
         }
     }
     if failures.is_empty() && !flags.detach {
+        let n = entries.len();
         display.line(&format!(
-            "converged: {} services, every task running",
-            entries.len()
+            "converged: {n} service{}, every task running",
+            if n == 1 { "" } else { "s" }
         ));
     }
     Ok(Outcome { services, failures })
@@ -379,23 +392,32 @@ async fn look(
     flags: &WaitFlags,
     display: &mut Display,
 ) -> Result<(), Error> {
+    // Judge what was sent first, so a dependency that failed in this look
+    // holds its dependents back.
+    for e in entries.iter_mut() {
+        let Progress::Submitted(judge) = &mut e.progress else {
+            continue;
+        };
+        let name = &e.step.name;
+        let Some(resp) = last.get(name) else {
+            e.progress = Progress::Failed(format!("service {name} was removed meanwhile"));
+            continue;
+        };
+        match judge.look(name, board, resp) {
+            Verdict::Converged => e.progress = Progress::Converged,
+            Verdict::Failed(why) => e.progress = Progress::Failed(why),
+            Verdict::Verifying => e.note.clear(),
+            Verdict::Waiting(m) => e.note = m,
+        }
+    }
     for i in 0..entries.len() {
-        if let Progress::Submitted(judge) = &mut entries[i].progress {
-            let name = entries[i].step.name.clone();
-            let Some(resp) = last.get(&name) else {
-                entries[i].progress =
-                    Progress::Failed(format!("service {name} was removed meanwhile"));
-                continue;
-            };
-            match judge.look(&name, board, resp) {
-                Verdict::Converged => entries[i].progress = Progress::Converged,
-                Verdict::Failed(why) => entries[i].progress = Progress::Failed(why),
-                Verdict::Verifying => entries[i].note.clear(),
-                Verdict::Waiting(m) => entries[i].note = m,
-            }
+        if !matches!(entries[i].progress, Progress::Waiting) {
             continue;
         }
-        if !matches!(entries[i].progress, Progress::Waiting) {
+        // An unchanged service runs already: nothing to hold back.
+        if matches!(entries[i].step.change, Change::Unchanged) {
+            let judge = submit(api, &entries[i].step, flags.stable, display).await?;
+            entries[i].progress = Progress::Submitted(judge);
             continue;
         }
         // Ready when every dependency passed its gate; skipped when one
