@@ -39,7 +39,9 @@ service succeeds once the scheduler reports it converged and it stays so for --s
 fails when its rollout paused, when its update's failure_action rolled it back, when the \
 restart policy gave up on a task, or at --timeout. The command exits 1 if any service \
 failed, naming each with the scheduler's reason; services that depend on a failed one are \
-not deployed. Ctrl-C stops the waiting, not the changes (exit 130).";
+not deployed. With --detach the command returns once every change is sent; a service \
+that depends on another is still sent only once that one passed its condition, so it waits \
+for those. Ctrl-C stops the waiting, not the changes (exit 130).";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
