@@ -410,3 +410,70 @@ const EXPECTED_CONFIG: &str = "services:
       MODE: prod
     image: \"shop/web:2.1\"
 ";
+
+/// `docker ARGS` on a blocking thread (the registry serves on this
+/// runtime meanwhile); asserts success.
+async fn docker(args: &[&str]) {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || Command::new("docker").args(&args).output())
+        .await
+        .expect("join")
+        .expect("docker runs");
+    assert!(out.status.success(), "docker: {out:?}");
+}
+
+#[tokio::test]
+async fn image_tags_are_pinned_to_their_registry_digest() {
+    let (s, _agent) = cluster("stk-pin").await;
+    let root = tempfile::tempdir().expect("dir");
+    let registry = bronze_registry::Server::bind(bronze_registry::Config::ephemeral(
+        &root.path().display().to_string(),
+    ))
+    .await
+    .expect("registry binds");
+    let reference = format!("{}/{}/httpd:v1", registry.addr(), unique("stk"));
+    let shutdown = bronze_runtime::Shutdown::new();
+    let sd = shutdown.clone();
+    tokio::spawn(async move { registry.serve(sd).await.expect("registry serves") });
+    docker(&["tag", IMAGE, &reference]).await;
+    docker(&["push", &reference]).await;
+
+    let stack = unique("pin");
+    let web = format!("{stack}_web");
+    let _cleanup = Cleanup(vec![web.clone()]);
+    let dir = tempfile::tempdir().expect("dir");
+    let file = write(
+        dir.path(),
+        "stack.yml",
+        &format!("services:\n  web:\n    image: {reference}\n    stop_grace_period: 1s\n"),
+    );
+    let out = deploy(&s, &file, &stack, &["--resolve-image", "always"]).await;
+    out.ok();
+    assert!(!out.stderr.contains("warning"), "{out:#?}");
+    let svc = inspect(&s, &web).await;
+    let image = svc["spec"]["image"].as_str().expect("image").to_string();
+    let digest = image
+        .strip_prefix(&format!("{reference}@sha256:"))
+        .unwrap_or_else(|| panic!("pinned: {image}"));
+    assert_eq!(digest.len(), 64, "{image}");
+    assert_eq!(
+        svc["spec"]["labels"]["com.docker.stack.image"],
+        reference.as_str()
+    );
+    assert_eq!(tasks(&s, &web).await[0]["image"], image.as_str());
+
+    // Resolved again to the same digest: nothing to update.
+    deploy(&s, &file, &stack, &["--resolve-image", "always"])
+        .await
+        .ok();
+    assert_eq!(inspect(&s, &web).await["version"], 1);
+    // `never` deploys the tag as written: a change, rolled out.
+    deploy(&s, &file, &stack, &["--resolve-image", "never"])
+        .await
+        .ok();
+    let svc = inspect(&s, &web).await;
+    assert_eq!(svc["version"], 2);
+    assert_eq!(svc["spec"]["image"], reference.as_str());
+    shutdown.trigger();
+    let _ = Command::new("docker").args(["rmi", &reference]).output();
+}
