@@ -101,7 +101,8 @@ impl Out {
 }
 
 /// A plain scalar when it reads back as the same string, else a
-/// double-quoted one.
+/// double-quoted one; `$` is written `$$`, so the file loads back as it
+/// was printed.
 pub(crate) fn quote(s: &str) -> String {
     let safe = !s.is_empty()
         && s.chars()
@@ -124,6 +125,8 @@ pub(crate) fn quote(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
+            // The output is a compose file: `$` would be interpolated again.
+            '$' => out.push_str("$$"),
             c if c.is_control() => {
                 let _ = write!(out, "\\u{:04x}", u32::from(c));
             }

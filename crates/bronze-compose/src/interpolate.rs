@@ -189,9 +189,7 @@ pub(crate) type EnvLines = Vec<(String, Option<String>)>;
 /// with `\n`, `\t`, `\"` and `\\` escapes, unquoted values cut at ` #`
 /// and trimmed. A line with a name alone maps to `None`. Errors name the
 /// 1-based line.
-pub(crate) fn parse_env_lines(
-    text: &str,
-) -> Result<EnvLines, (usize, String)> {
+pub(crate) fn parse_env_lines(text: &str) -> Result<EnvLines, (usize, String)> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim_start_matches('\u{feff}').trim();
