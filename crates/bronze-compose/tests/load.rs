@@ -463,6 +463,30 @@ fn merged_files_print_the_fixture() {
 #[test]
 fn canonical_output_loads_back_to_the_same_project() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // Keys and values that need quoting, `$` escaping, and a quoted "<<".
+    let odd = "services:\n  w:\n    image: x\n    labels:\n      'a$b': '$$x'\n      '<<': 'y: z'\n      \"t\": 'true'\n    environment:\n      - 'Q=\"q\" \\ back # not a comment'\n      - 'N=0x10'\n      - 'E='\n";
+    std::fs::write(dir.path().join("odd.yml"), odd).expect("write");
+    let p = load(&LoadOptions {
+        files: vec![dir.path().join("odd.yml")],
+        ..LoadOptions::default()
+    })
+    .expect("odd.yml loads");
+    let w = &p.services["w"];
+    assert_eq!(w.labels["a$b"], "$x");
+    assert_eq!(w.labels["<<"], "y: z");
+    assert_eq!(w.labels["t"], "true");
+    assert_eq!(
+        w.environment["Q"].as_deref(),
+        Some("\"q\" \\ back # not a comment")
+    );
+    let out = dir.path().join("odd-out.yml");
+    std::fs::write(&out, p.to_yaml()).expect("write");
+    let again = load(&LoadOptions {
+        files: vec![out],
+        ..LoadOptions::default()
+    })
+    .expect("printed odd.yml loads");
+    assert_eq!(again, p, "{}", p.to_yaml());
     for files in [
         &["seeds/stack.yml"][..],
         &["syntax/short.yml"],
