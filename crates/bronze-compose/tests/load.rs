@@ -511,3 +511,53 @@ fn canonical_output_loads_back_to_the_same_project() {
         assert_eq!(again, p, "{files:?}");
     }
 }
+
+#[test]
+fn relative_paths_follow_the_file_that_wrote_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sub = dir.path().join("prod");
+    std::fs::create_dir(&sub).expect("mkdir");
+    std::fs::write(
+        dir.path().join("stack.yml"),
+        "services:\n  web:\n    image: x\n    volumes:\n      - ./static:/static\n    networks: [front]\n    labels:\n      \"${NOT_INTERPOLATED}\": ${FROM_DOTENV}\nnetworks:\n  front: {}\n",
+    )
+    .expect("write");
+    std::fs::write(dir.path().join(".env"), "FROM_DOTENV=first-dir\n").expect("write");
+    // A .env beside a later file is not read.
+    std::fs::write(sub.join(".env"), "FROM_DOTENV=second-dir\n").expect("write");
+    std::fs::write(sub.join("web.env"), "LEVEL=debug\n").expect("write");
+    std::fs::write(
+        sub.join("prod.yml"),
+        "services:\n  web:\n    env_file: web.env\n    volumes:\n      - ./certs:/certs:ro\n    networks:\n      back: {}\nnetworks:\n  back: {}\nsecrets:\n  key:\n    file: ../key.pem\n",
+    )
+    .expect("write");
+    let p = load(&LoadOptions {
+        files: vec![dir.path().join("stack.yml"), sub.join("prod.yml")],
+        env: BTreeMap::new(),
+        project_name: "s".into(),
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let web = &p.services["web"];
+    let sources: Vec<&str> = web
+        .volumes
+        .iter()
+        .filter_map(|m| m.source.as_deref())
+        .collect();
+    let static_dir = dir.path().join("static");
+    let certs_dir = sub.join("certs");
+    assert_eq!(
+        sources,
+        [
+            static_dir.to_string_lossy().as_ref(),
+            certs_dir.to_string_lossy().as_ref()
+        ]
+    );
+    assert!(web.volumes[1].read_only);
+    assert_eq!(web.environment["LEVEL"].as_deref(), Some("debug"));
+    assert_eq!(web.networks, ["front", "back"]);
+    assert_eq!(web.labels["${NOT_INTERPOLATED}"], "first-dir");
+    assert_eq!(
+        p.secrets["key"].file.as_deref(),
+        Some(dir.path().join("key.pem").as_path())
+    );
+}
