@@ -31,7 +31,7 @@ impl Out {
 
     /// `key:` then the body one level deeper.
     fn section(&mut self, key: &str, body: impl FnOnce(&mut Out)) {
-        self.line(&format!("{}:", quote(key)));
+        self.line(&format!("{}:", quote_key(key)));
         let header_end = self.text.len();
         self.depth += 1;
         body(self);
@@ -44,7 +44,7 @@ impl Out {
     }
 
     fn kv(&mut self, key: &str, value: &str) {
-        self.line(&format!("{}: {value}", quote(key)));
+        self.line(&format!("{}: {value}", quote_key(key)));
     }
 
     fn str(&mut self, key: &str, value: &str) {
@@ -101,8 +101,18 @@ impl Out {
 }
 
 /// A plain scalar when it reads back as the same string, else a
-/// double-quoted one.
+/// double-quoted one; `$` is written `$$`, so the file loads back as it
+/// was printed.
 pub(crate) fn quote(s: &str) -> String {
+    quote_with(s, true)
+}
+
+/// A key: as [`quote`], but keys are never interpolated, so `$` stays.
+fn quote_key(s: &str) -> String {
+    quote_with(s, false)
+}
+
+fn quote_with(s: &str, escape_dollar: bool) -> String {
     let safe = !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '-'))
@@ -124,6 +134,8 @@ pub(crate) fn quote(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
+            // The output is a compose file: `$` would be interpolated again.
+            '$' if escape_dollar => out.push_str("$$"),
             c if c.is_control() => {
                 let _ = write!(out, "\\u{:04x}", u32::from(c));
             }

@@ -64,6 +64,8 @@
 mod convert;
 mod emit;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod interpolate;
 mod merge;
 mod model;

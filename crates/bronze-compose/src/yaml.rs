@@ -101,6 +101,14 @@ impl Node {
         }
     }
 
+    fn depth(&self) -> usize {
+        match &self.kind {
+            Kind::Null | Kind::Scalar { .. } => 0,
+            Kind::Seq(items) => 1 + items.iter().map(Node::depth).max().unwrap_or(0),
+            Kind::Map(entries) => 1 + entries.iter().map(|e| e.value.depth()).max().unwrap_or(0),
+        }
+    }
+
     fn size(&self) -> usize {
         match &self.kind {
             Kind::Null | Kind::Scalar { .. } => 1,
@@ -147,8 +155,9 @@ enum Open {
     Map {
         node: Node,
         anchor: usize,
-        /// A key waiting for its value.
-        key: Option<(String, Pos)>,
+        /// A key waiting for its value; whether it was plain (a quoted
+        /// "<<" is an ordinary key).
+        key: Option<(String, Pos, bool)>,
         /// `<<` values, applied at the end.
         merges: Vec<Node>,
     },
@@ -210,6 +219,9 @@ impl Builder {
                 let size = node.size();
                 if size > self.budget {
                     return Err(self.err(pos, "aliases expand to too many nodes"));
+                }
+                if self.stack.len() + node.depth() > MAX_DEPTH {
+                    return Err(self.err(pos, format!("nested deeper than {MAX_DEPTH} levels")));
                 }
                 self.budget -= size;
                 let node = node.clone();
@@ -282,20 +294,17 @@ impl Builder {
                 ..
             }) => match key.take() {
                 None => {
-                    let text = match node.kind {
-                        Kind::Scalar { text, .. } => text,
-                        Kind::Null => String::new(),
+                    let (text, plain) = match node.kind {
+                        Kind::Scalar { text, plain } => (text, plain),
+                        Kind::Null => (String::new(), true),
                         _ => {
                             return Err(self.err(node.pos, "a mapping key must be a string"));
                         }
                     };
-                    *key = Some((text, node.pos));
+                    *key = Some((text, node.pos, plain));
                 }
-                Some((k, key_pos)) if k == "<<" => {
-                    merges.push(node);
-                    let _ = key_pos;
-                }
-                Some((k, key_pos)) => {
+                Some((k, _, true)) if k == "<<" => merges.push(node),
+                Some((k, key_pos, _)) => {
                     if let Kind::Map(entries) = &mut map.kind {
                         if entries.iter().any(|e| e.key == k) {
                             return Err(SyntaxError {
@@ -376,6 +385,9 @@ mod tests {
         assert!(matches!(c.kind, Kind::Scalar { plain: false, .. }));
         // the merged entry keeps the position it was written at
         assert_eq!(svc.get("a").expect("a").pos.line, 2);
+        // a quoted "<<" is an ordinary key
+        let root = parse("m: {'<<': {a: 1}}\n", 0).expect("parses");
+        assert!(root.get("m").and_then(|m| m.get("<<")).is_some());
     }
 
     #[test]
@@ -386,6 +398,12 @@ mod tests {
         assert_eq!((e.line, e.col), (2, 1));
         let e = parse("a: &x [*x]\n", 0).expect_err("unknown anchor");
         assert_eq!(e.line, 1);
+        let mut deep = String::from("a0: &a0 [x]\n");
+        for i in 1..70 {
+            deep.push_str(&format!("a{i}: &a{i} [*a{}]\n", i - 1));
+        }
+        let e = parse(&deep, 0).expect_err("too deep");
+        assert!(e.message.contains("deeper"), "{e:?}");
     }
 
     #[test]

@@ -2,13 +2,13 @@
 //! and how updates and rollbacks roll.
 
 use crate::convert::{
-    Ctx, R, cpus, duration, float, index, int, is_extension, join, map, size, string, string_map,
-    strings, uint, unknown,
+    Ctx, R, cpus, duration, float, index, int, is_extension, join, map, seq, size, string,
+    string_map, strings, uint, unknown,
 };
 use crate::model::{
     Deploy, Mode, Placement, ResourceSet, Resources, RestartCondition, RestartPolicy, UpdateConfig,
 };
-use crate::yaml::{Kind, Node};
+use crate::yaml::Node;
 
 /// A string that must be one of `allowed`.
 pub(crate) fn one_of(cx: &Ctx<'_>, node: &Node, path: &str, allowed: &[&str]) -> R<String> {
@@ -82,14 +82,7 @@ fn placement(cx: &Ctx<'_>, node: &Node, path: &str) -> R<Placement> {
         match e.key.as_str() {
             "constraints" => pl.constraints = strings(cx, &e.value, &p)?,
             "preferences" => {
-                let Kind::Seq(items) = &e.value.kind else {
-                    return Err(cx.error(
-                        e.value.pos,
-                        &p,
-                        format!("expected a list, found {}", e.value.describe()),
-                    ));
-                };
-                for (i, item) in items.iter().enumerate() {
+                for (i, item) in seq(cx, &e.value, &p)?.iter().enumerate() {
                     let ip = index(&p, i);
                     for pref in map(cx, item, &ip)? {
                         match pref.key.as_str() {

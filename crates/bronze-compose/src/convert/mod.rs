@@ -118,6 +118,19 @@ pub(crate) fn map<'n>(cx: &Ctx<'_>, node: &'n Node, path: &str) -> R<&'n [Entry]
     }
 }
 
+/// The items of a list (nothing for a null).
+pub(crate) fn seq<'n>(cx: &Ctx<'_>, node: &'n Node, path: &str) -> R<&'n [Node]> {
+    match &node.kind {
+        Kind::Seq(items) => Ok(items),
+        Kind::Null => Ok(&[]),
+        _ => Err(cx.error(
+            node.pos,
+            path,
+            format!("expected a list, found {}", node.describe()),
+        )),
+    }
+}
+
 /// Extension fields (`x-...`) are allowed wherever keys are and ignored.
 pub(crate) fn is_extension(key: &str) -> bool {
     key.starts_with("x-")
@@ -233,19 +246,11 @@ pub(crate) fn cpus(cx: &Ctx<'_>, node: &Node, path: &str) -> R<i64> {
 
 /// A list of strings.
 pub(crate) fn strings(cx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<String>> {
-    match &node.kind {
-        Kind::Seq(items) => items
-            .iter()
-            .enumerate()
-            .map(|(i, n)| string(cx, n, &index(path, i)))
-            .collect(),
-        Kind::Null => Ok(Vec::new()),
-        _ => Err(cx.error(
-            node.pos,
-            path,
-            format!("expected a list, found {}", node.describe()),
-        )),
-    }
+    seq(cx, node, path)?
+        .iter()
+        .enumerate()
+        .map(|(i, n)| string(cx, n, &index(path, i)))
+        .collect()
 }
 
 /// A mapping of strings (a null value is ""), or a list of `KEY=VALUE`.
@@ -284,19 +289,7 @@ pub(crate) fn project(cx: &mut Ctx<'_>, root: &Node, name: &str) -> R<Project> {
         name: name.to_string(),
         ..Project::default()
     };
-    let entries = match &root.kind {
-        Kind::Map(entries) => entries,
-        _ => {
-            return Err(cx.error(
-                root.pos,
-                "",
-                format!(
-                    "a compose file is a mapping with services:, found {}",
-                    root.describe()
-                ),
-            ));
-        }
-    };
+    let entries = map(cx, root, "")?;
     let mut services = None;
     for e in entries {
         let path = e.key.as_str();

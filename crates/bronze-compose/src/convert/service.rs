@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use crate::convert::{
     Ctx, Names, R, absolute, boolean, deploy, index, is_extension, join, map, opt_duration,
-    opt_string, size, string, string_map, strings, uint, unknown,
+    opt_string, seq, size, string, string_map, strings, uint, unknown,
 };
 use crate::interpolate::parse_env_lines;
 use crate::model::{
@@ -156,18 +156,6 @@ pub(crate) fn service(
         _ => return Err(cx.error(entry.key_pos, path, "a service needs an image")),
     };
     Ok(s)
-}
-
-fn seq<'n>(cx: &Ctx<'_>, node: &'n Node, path: &str) -> R<&'n [Node]> {
-    match &node.kind {
-        Kind::Seq(items) => Ok(items),
-        Kind::Null => Ok(&[]),
-        _ => Err(cx.error(
-            node.pos,
-            path,
-            format!("expected a list, found {}", node.describe()),
-        )),
-    }
 }
 
 /// `command:` and `entrypoint:`: a string split as a shell would, or a
