@@ -456,3 +456,95 @@ async fn look(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(desired: u64, running: u64, converged: bool) -> pb::ServiceResponse {
+        pb::ServiceResponse {
+            service: Some(pb::Service {
+                id: "svc".into(),
+                ..Default::default()
+            }),
+            status: Some(pb::ServiceStatus {
+                desired,
+                running,
+                converged,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn task(id: &str, state: pb::TaskState, outdated: bool) -> pb::Task {
+        pb::Task {
+            id: id.into(),
+            service_id: "svc".into(),
+            desired_state: pb::TaskState::Running.into(),
+            outdated,
+            status: Some(pb::TaskStatus {
+                state: state.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn gates() {
+        let mut board = Board::default();
+        for t in [
+            task("a", pb::TaskState::Starting, false),
+            task("b", pb::TaskState::Running, true),
+        ] {
+            board.tasks.insert(t.id.clone(), t);
+        }
+        let r = resp(2, 1, false);
+        assert!(
+            !passed(Gate::Started, &board, &r),
+            "an outdated task counts not"
+        );
+        let t = task("c", pb::TaskState::Running, false);
+        board.tasks.insert(t.id.clone(), t);
+        assert!(passed(Gate::Started, &board, &r), "started, health or not");
+        assert!(!passed(Gate::Healthy, &board, &r));
+        assert!(passed(Gate::Healthy, &board, &resp(2, 2, true)));
+        let mut updating = resp(2, 2, true);
+        if let Some(s) = updating.service.as_mut() {
+            s.update_status = Some(pb::UpdateStatus {
+                state: "updating".into(),
+                ..Default::default()
+            });
+        }
+        assert!(!passed(Gate::Healthy, &board, &updating), "mid-rollout");
+    }
+
+    #[test]
+    fn a_line_says_each_thing_once() {
+        let e = Entry {
+            step: Step {
+                name: "shop_web".into(),
+                change: Change::Unchanged,
+                after: Vec::new(),
+            },
+            progress: Progress::Submitted(Judge::new(None, Duration::ZERO)),
+            note: "1 of 2 tasks running".into(),
+        };
+        let v = view(&e, "web", Some(&resp(2, 1, false)));
+        assert_eq!(
+            (v.label.as_str(), v.state.as_str(), v.note.as_str()),
+            ("web", "starting", "1/2 running")
+        );
+        let waiting = Entry {
+            progress: Progress::Waiting,
+            note: "waits for shop_db healthy".into(),
+            ..e
+        };
+        let v = view(&waiting, "web", None);
+        assert_eq!(
+            (v.state.as_str(), v.note.as_str(), v.step),
+            ("waiting", "waits for shop_db healthy", None)
+        );
+    }
+}
