@@ -133,7 +133,14 @@ fn view(e: &Entry, short: &str, resp: Option<&pb::ServiceResponse>) -> SlotView 
     };
     let (state, step, note) = match &e.progress {
         Progress::Waiting => ("waiting", None, e.note.clone()),
-        Progress::Failed(why) => ("failed", None, why.clone()),
+        // The line names the service already.
+        Progress::Failed(why) => (
+            "failed",
+            None,
+            why.strip_prefix(&format!("service {}: ", e.step.name))
+                .unwrap_or(why)
+                .to_string(),
+        ),
         Progress::Converged => ("converged", None, String::new()),
         Progress::Submitted(judge) => {
             let word = if judge.converged() {
