@@ -196,7 +196,7 @@ fn unknown_keys() {
         4,
         5,
         "services.web.imagee",
-        "unknown key \"imagee\"",
+        "unknown key \"imagee\" (additional property imagee is not allowed here)",
     );
     assert_error(
         "services:\n  web:\n    image: x\n    deploy:\n      replica: 2\n",

@@ -101,7 +101,10 @@ pub(crate) fn unknown(cx: &Ctx<'_>, e: &Entry, path: &str) -> Error {
     cx.error(
         e.key_pos,
         &join(path, &e.key),
-        format!("unknown key {:?} (not a Compose key here)", e.key),
+        format!(
+            "unknown key {:?} (additional property {} is not allowed here)",
+            e.key, e.key
+        ),
     )
 }
 
