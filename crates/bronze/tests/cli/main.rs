@@ -6,5 +6,6 @@
 mod converge;
 mod harness;
 mod nodes;
+mod seed;
 mod services;
 mod stacks;
