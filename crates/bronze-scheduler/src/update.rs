@@ -225,7 +225,8 @@ pub fn advance(state: &mut State, service_id: &str, now: Time) -> Option<Time> {
     None
 }
 
-/// Starts an automatic rollback to the version before this update.
+/// Starts an automatic rollback to the version before this update;
+/// returns when to advance it (now).
 fn roll_back(state: &mut State, service: Service, now: Time, why: &str) -> Option<Time> {
     let Some(to) = (service.previous_version != 0)
         .then(|| {
@@ -262,5 +263,8 @@ fn roll_back(state: &mut State, service: Service, now: Time, why: &str) -> Optio
     };
     tracing::warn!(service = %s.name, reason = %why, "rolling back automatically");
     state.put_service(s);
-    None
+    // Look again at once: when the tasks of the version rolled back to
+    // still run (the failed ones were new slots, or replacements that
+    // never came up), no task changes and no event will come.
+    Some(now)
 }

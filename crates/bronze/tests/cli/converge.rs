@@ -388,3 +388,52 @@ async fn an_update_rolled_back_by_its_failure_action_fails_the_command() {
     args.extend(STABLE);
     s.bronze(&args).await.ok();
 }
+
+/// An update that also adds a replica and whose new tasks fail their
+/// health check: the rollback has nothing to start or stop (the old tasks
+/// still run, the added slot goes away), and still completes: the command
+/// says so at once rather than waiting out its timeout.
+#[tokio::test]
+async fn a_failed_update_that_scales_up_rolls_back_and_completes() {
+    image().await;
+    let s = Scheduler::start(fast()).await;
+    let host = unique("cli-rbs");
+    let _agent = Agent::start(&s, &host, &[]).await;
+    node_status(&s, &host, "Ready").await;
+    let web = unique("rbs");
+    let _cleanup = Cleanup(vec![web.clone()]);
+    let mut args = vec!["service", "create", "--name", &web, "--replicas", "2"];
+    args.extend(QUICK);
+    args.extend(STABLE);
+    args.push(IMAGE);
+    s.bronze(&args).await.ok();
+    let mut args = vec![
+        "service",
+        "update",
+        "--replicas",
+        "3",
+        "--health-cmd",
+        "exit 1",
+        "--health-interval",
+        "300ms",
+        "--health-retries",
+        "1",
+        "--update-failure-action",
+        "rollback",
+        "--update-monitor",
+        "1s",
+        "--timeout",
+        "60s",
+    ];
+    args.extend(STABLE);
+    args.push(&web);
+    let out = s.bronze(&args).await;
+    let err = out.fails(1);
+    assert!(err.contains("rollback completed"), "{out:#?}");
+    let inspect = s.bronze(&["service", "inspect", &web]).await.json();
+    assert_eq!(
+        inspect[0]["update_status"]["state"], "rollback_completed",
+        "{inspect:#}"
+    );
+    assert_eq!(inspect[0]["spec"]["replicas"], 2, "{inspect:#}");
+}
