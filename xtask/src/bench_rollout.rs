@@ -2,25 +2,29 @@
 //! constant load, Bronze against Docker swarm mode on this engine, same
 //! image, same settings, same run.
 //!
-//! The service: 20 replicas of the busybox httpd test image serving
-//! `/version` (its `$VERSION`), a HEALTHCHECK (`test -f /www/health`, every
-//! 500 ms), a 1 s stop grace (busybox as PID 1 ignores SIGTERM), and an
+//! One stack file for both, deployed by each one's `stack deploy`: 20
+//! replicas of the busybox httpd test image serving `/version` (its
+//! `$VERSION`, interpolated from the environment), a HEALTHCHECK (`test -f
+//! /www/health`, every 500 ms), a 1 s stop grace (busybox as PID 1 ignores
+//! SIGTERM), port 8080 published without a fixed host port, Traefik v1
+//! routing labels under `deploy.labels` (Swarm ignores them), and an
 //! update of parallelism 2, start-first, Swarm's default monitor (5 s) and
-//! failure action (pause). The update changes `VERSION`.
+//! failure action (pause). The update deploys the same file with another
+//! `VERSION`.
 //!
 //! * **Bronze**: discovery, a registrator, the gateway (routing by the
-//!   container label `bronze.http.rule`), the scheduler following
-//!   discovery, one agent: release binaries in their own processes. Load
-//!   through the gateway.
-//! * **Swarm**: `docker swarm init`, `docker stack deploy` of the same
-//!   service (published in ingress mode), then again with the new
-//!   `VERSION`. Load through the ingress published port.
+//!   Traefik labels the registrator copied from the tasks), the scheduler
+//!   following discovery, one agent: release binaries in their own
+//!   processes; `bronze stack deploy --detach`. Load through the gateway.
+//! * **Swarm**: `docker swarm init`, `docker stack deploy` (the port in
+//!   ingress mode: Swarm picks the published port). Load through the
+//!   ingress published port.
 //!
 //! The load: the open-loop generator at a fixed rate (GET /version), in
 //! one-second runs back to back from before the update until it completed;
-//! errors and non-2xx answers counted. Timed: the update, from the request
-//! to `completed`. The engine is left as found (`docker swarm leave
-//! --force`).
+//! errors and non-2xx answers counted. Timed: the update, from the deploy
+//! command to the service's update status `completed` (both polled the same
+//! way). The engine is left as found (`docker swarm leave --force`).
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -100,7 +104,8 @@ fn load(
     })
 }
 
-fn stack_file(version: &str) -> String {
+/// The stack file both deploy; `$VERSION` comes from the environment.
+fn stack_file() -> String {
     format!(
         r#"version: "3.8"
 services:
@@ -108,7 +113,7 @@ services:
     image: {IMAGE}
     command: ["sh", "-c", "/bin/busybox echo $$VERSION > /www/version && exec /bin/busybox httpd -f -p 8080 -h /www"]
     environment:
-      VERSION: "{version}"
+      VERSION: "${{VERSION:?the version to serve}}"
     healthcheck:
       test: ["CMD", "/bin/busybox", "test", "-f", "/www/health"]
       interval: 500ms
@@ -116,14 +121,45 @@ services:
       retries: 1
     stop_grace_period: 1s
     ports:
-      - "{{PORT}}:8080"
+      - target: 8080
     deploy:
       replicas: {REPLICAS}
       update_config:
         parallelism: 2
         order: start-first
+      labels:
+        - "traefik.frontend.rule=PathPrefix:/"
+        - "traefik.port=8080"
 "#
     )
+}
+
+/// Writes the stack file into a fresh directory; returns its path.
+fn write_stack(dir: &std::path::Path) -> anyhow::Result<String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("stack.yml");
+    std::fs::write(&path, stack_file())?;
+    Ok(path.display().to_string())
+}
+
+/// Runs a `stack deploy` command line with `VERSION` set.
+fn deploy(program: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .with_context(|| format!("{}", program.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} {}: {}{}",
+            program.display(),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 async fn swarm() -> anyhow::Result<Outcome> {
@@ -131,23 +167,18 @@ async fn swarm() -> anyhow::Result<Outcome> {
     docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"])?;
     let result = async {
         let dir = std::env::temp_dir().join(format!("bronze-bench-rollout-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let port = free_port()?;
-        let write = |v: &str| -> anyhow::Result<String> {
-            let path = dir.join(format!("stack-{v}.yml"));
-            std::fs::write(&path, stack_file(v).replace("{PORT}", &port.to_string()))?;
-            Ok(path.display().to_string())
-        };
-        let v1 = write("v1")?;
-        docker(&[
+        let file = write_stack(&dir)?;
+        let args = [
             "stack",
             "deploy",
             "--resolve-image",
             "never",
             "-c",
-            &v1,
+            &file,
             "bench",
-        ])?;
+        ];
+        let docker_bin = std::path::Path::new("docker");
+        deploy(docker_bin, &args, &[("VERSION", "v1")])?;
         let service = "bench_web";
         let running = || async {
             let filters: HashMap<String, Vec<String>> = [
@@ -173,6 +204,17 @@ async fn swarm() -> anyhow::Result<Outcome> {
             }
             tokio::time::sleep(POLL).await;
         }
+        // The port Swarm published for 8080.
+        let port: u16 = docker(&[
+            "service",
+            "inspect",
+            service,
+            "--format",
+            "{{(index .Endpoint.Ports 0).PublishedPort}}",
+        ])?
+        .trim()
+        .parse()
+        .context("swarm's published port")?;
         // The ingress answers before the load starts: on loopback where the
         // kernel lets Docker's DNAT reach it (route_localnet), else on the
         // host's end of docker_gwbridge, the bridge `swarm init` made.
@@ -202,17 +244,8 @@ async fn swarm() -> anyhow::Result<Outcome> {
         let stop = Arc::new(AtomicBool::new(false));
         let loader = load(ip, port, "/version", stop.clone());
         std::thread::sleep(Duration::from_secs(2));
-        let v2 = write("v2")?;
         let t1 = Instant::now();
-        docker(&[
-            "stack",
-            "deploy",
-            "--resolve-image",
-            "never",
-            "-c",
-            &v2,
-            "bench",
-        ])?;
+        deploy(docker_bin, &args, &[("VERSION", "v2")])?;
         loop {
             let s = d
                 .inspect_service(
@@ -282,47 +315,6 @@ fn spawn(bin: &std::path::Path, name: &str, args: &[String]) -> anyhow::Result<P
             .spawn()
             .with_context(|| format!("starting {name}"))?,
     ))
-}
-
-fn bronze_spec(name: &str, version: &str) -> pb::ServiceSpec {
-    let ms = |n: i32| prost_types::Duration {
-        seconds: 0,
-        nanos: n * 1_000_000,
-    };
-    pb::ServiceSpec {
-        name: name.into(),
-        image: IMAGE.into(),
-        args: vec![
-            "sh".into(),
-            "-c".into(),
-            "/bin/busybox echo $VERSION > /www/version && exec /bin/busybox httpd -f -p 8080 -h /www".into(),
-        ],
-        env: vec![format!("VERSION={version}")],
-        mode: Some(pb::service_spec::Mode::Replicated(pb::Replicated { replicas: REPLICAS })),
-        ports: vec![pb::PortConfig {
-            target: 8080,
-            published: 0,
-            protocol: "tcp".into(),
-        }],
-        container_labels: [
-            ("bronze.http.rule".to_string(), "PathPrefix(`/`)".to_string()),
-        ]
-        .into(),
-        healthcheck: Some(pb::HealthCheck {
-            test: vec!["CMD".into(), "/bin/busybox".into(), "test".into(), "-f".into(), "/www/health".into()],
-            interval: Some(ms(500)),
-            timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
-            retries: 1,
-            start_period: None,
-        }),
-        stop_grace_period: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
-        update_config: Some(pb::UpdateConfig {
-            parallelism: 2,
-            order: "start-first".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }
 
 async fn bronze(bin: &std::path::Path) -> anyhow::Result<Outcome> {
@@ -428,11 +420,22 @@ async fn bronze(bin: &std::path::Path) -> anyhow::Result<Outcome> {
         }
         tokio::time::sleep(POLL).await;
     }
-    let name = format!("bench-rollout-{}", std::process::id());
-    c.create_service(pb::CreateServiceRequest {
-        spec: Some(bronze_spec(&name, "v1")),
-    })
-    .await?;
+    let file = write_stack(&dir.join("stack"))?;
+    let cli = bin.join("bronze");
+    let stack = format!("bench{}", std::process::id());
+    let args = [
+        "stack",
+        "deploy",
+        "--detach",
+        "--resolve-image",
+        "never",
+        "-c",
+        &file,
+        &stack,
+    ];
+    let env = |version| [("BRONZE_SCHEDULER", url.as_str()), ("VERSION", version)];
+    deploy(&cli, &args, &env("v1"))?;
+    let name = format!("{stack}_web");
     let status = |c: &mut pb::scheduler_client::SchedulerClient<tonic::transport::Channel>| {
         let mut c = c.clone();
         let name = name.clone();
@@ -470,13 +473,7 @@ async fn bronze(bin: &std::path::Path) -> anyhow::Result<Outcome> {
     let loader = load(lo, gw, "/version", stop.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t1 = Instant::now();
-    c.update_service(pb::UpdateServiceRequest {
-        service: name.clone(),
-        spec: Some(bronze_spec(&name, "v2")),
-        version: 0,
-        force: false,
-    })
-    .await?;
+    deploy(&cli, &args, &env("v2"))?;
     loop {
         let r = status(&mut c).await;
         let done = r.as_ref().is_some_and(|r| {
@@ -563,6 +560,7 @@ pub async fn run(runs: usize) -> anyhow::Result<()> {
             "bronze-gateway",
             "bronze-scheduler",
             "bronze-agent",
+            "bronze",
         ],
         crate::Profile::Release,
     )?;
