@@ -5,7 +5,8 @@
 //! One stack file for both, deployed by each one's `stack deploy`: 20
 //! replicas of the busybox httpd test image serving `/version` (its
 //! `$VERSION`, interpolated from the environment), a HEALTHCHECK (`test -f
-//! /www/health`, every 500 ms), a 1 s stop grace (busybox as PID 1 ignores
+//! /www/health`, every 500 ms, 2 s timeout, 3 retries: a loaded 2-core
+//! host runs some checks late), a 1 s stop grace (busybox as PID 1 ignores
 //! SIGTERM), port 8080 published without a fixed host port, Traefik v1
 //! routing labels under `deploy.labels` (Swarm ignores them), and an
 //! update of parallelism 2, start-first, Swarm's default monitor (5 s) and
@@ -47,6 +48,10 @@ const LIMIT: Duration = Duration::from_secs(600);
 /// What one side did.
 struct Outcome {
     update: f64,
+    /// Whether the load ran (Swarm's ingress needs the kernel's IPVS;
+    /// without it the published port never answers, and only the update's
+    /// time is measured).
+    loaded: bool,
     requests: u64,
     /// Connection errors and non-2xx answers.
     failed: u64,
@@ -117,8 +122,8 @@ services:
     healthcheck:
       test: ["CMD", "/bin/busybox", "test", "-f", "/www/health"]
       interval: 500ms
-      timeout: 1s
-      retries: 1
+      timeout: 2s
+      retries: 3
     stop_grace_period: 1s
     ports:
       - target: 8080
@@ -233,17 +238,26 @@ async fn swarm() -> anyhow::Result<Outcome> {
         let ip = 'found: loop {
             for ip in &candidates {
                 if answers(*ip, port).await.is_some() {
-                    break 'found *ip;
+                    break 'found Some(*ip);
                 }
             }
-            if t0.elapsed() > Duration::from_secs(60) {
-                bail!("swarm's ingress does not answer on {candidates:?}");
+            if t0.elapsed() > Duration::from_secs(30) {
+                let ipvs = std::path::Path::new("/proc/net/ip_vs").exists();
+                eprintln!(
+                    "swarm's ingress does not answer on {candidates:?} port {port} \
+                     (the kernel's IPVS, which the routing mesh needs, is {}): \
+                     timing swarm's update without load",
+                    if ipvs { "present" } else { "absent" }
+                );
+                break 'found None;
             }
             tokio::time::sleep(POLL).await;
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let loader = load(ip, port, "/version", stop.clone());
-        std::thread::sleep(Duration::from_secs(2));
+        let loader = ip.map(|ip| load(ip, port, "/version", stop.clone()));
+        if loader.is_some() {
+            std::thread::sleep(Duration::from_secs(2));
+        }
         let t1 = Instant::now();
         deploy(docker_bin, &args, &[("VERSION", "v2")])?;
         loop {
@@ -267,11 +281,16 @@ async fn swarm() -> anyhow::Result<Outcome> {
         }
         let update = t1.elapsed().as_secs_f64();
         stop.store(true, Ordering::Relaxed);
-        let (requests, failed, late) = loader.join().map_err(|_| anyhow::anyhow!("load thread"))?;
+        let loaded = loader.is_some();
+        let (requests, failed, late) = match loader {
+            Some(l) => l.join().map_err(|_| anyhow::anyhow!("load thread"))?,
+            None => (0, 0, 0),
+        };
         docker(&["stack", "rm", "bench"])?;
         let _ = std::fs::remove_dir_all(&dir);
         Ok(Outcome {
             update,
+            loaded,
             requests,
             failed,
             late,
@@ -538,6 +557,7 @@ async fn bronze(bin: &std::path::Path) -> anyhow::Result<Outcome> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Outcome {
         update,
+        loaded: true,
         requests,
         failed,
         late,
@@ -578,10 +598,17 @@ pub async fn run(runs: usize) -> anyhow::Result<()> {
         );
         b.push(o);
         let o = swarm().await?;
-        println!(
-            "{run} | swarm (ingress) | {:.2} | {} | {} | {}",
-            o.update, o.requests, o.failed, o.late
-        );
+        if o.loaded {
+            println!(
+                "{run} | swarm (ingress) | {:.2} | {} | {} | {}",
+                o.update, o.requests, o.failed, o.late
+            );
+        } else {
+            println!(
+                "{run} | swarm (no load: ingress unreachable) | {:.2} | - | - | -",
+                o.update
+            );
+        }
         s.push(o);
     }
     let median = |v: &[Outcome]| {
@@ -597,12 +624,20 @@ pub async fn run(runs: usize) -> anyhow::Result<()> {
         median(&s),
         median(&b) / median(&s)
     );
-    println!(
-        "failed requests: bronze {} of {}, swarm {} of {} (goal: zero for bronze)",
-        failed(&b),
-        requests(&b),
-        failed(&s),
-        requests(&s)
-    );
+    if s.iter().all(|o| o.loaded) {
+        println!(
+            "failed requests: bronze {} of {}, swarm {} of {} (goal: zero for bronze)",
+            failed(&b),
+            requests(&b),
+            failed(&s),
+            requests(&s)
+        );
+    } else {
+        println!(
+            "failed requests: bronze {} of {} (goal: zero); swarm's ingress did not answer here",
+            failed(&b),
+            requests(&b)
+        );
+    }
     Ok(())
 }
