@@ -17,6 +17,8 @@
 //!   Traefik labels the registrator copied from the tasks), the scheduler
 //!   following discovery, one agent: release binaries in their own
 //!   processes; `bronze stack deploy --detach`. Load through the gateway.
+//! * **Engine alone**: the floor, no orchestrator: the same start-first
+//!   update by hand with the docker CLI (see [`engine_alone`]), no load.
 //! * **Swarm**: `docker swarm init`, `docker stack deploy` (the port in
 //!   ingress mode: Swarm picks the published port). Load through the
 //!   ingress published port.
@@ -564,6 +566,88 @@ async fn bronze(bin: &std::path::Path) -> anyhow::Result<Outcome> {
     })
 }
 
+/// The engine alone, no orchestrator: the same update done by hand with
+/// the docker CLI. 20 containers of the image with the stack's health
+/// check; then ten batches: start two new ones, wait (polling every 50 ms)
+/// until both are healthy, and stop the two old ones (1 s grace) in the
+/// background while the next batch starts, as start-first does. Returns
+/// the batches' seconds; both orchestrators then watch the last tasks for
+/// the monitor window (5 s) before they call the update complete.
+fn engine_alone() -> anyhow::Result<f64> {
+    const LABEL: &str = "bronze-bench-rollout-floor";
+    let run = || -> anyhow::Result<String> {
+        Ok(docker(&[
+            "run",
+            "-d",
+            "--label",
+            LABEL,
+            "--stop-timeout",
+            "1",
+            "--health-cmd",
+            "/bin/busybox test -f /www/health",
+            "--health-interval",
+            "500ms",
+            "--health-timeout",
+            "2s",
+            "--health-retries",
+            "3",
+            IMAGE,
+        ])?
+        .trim()
+        .to_string())
+    };
+    let result = (|| {
+        let mut old = Vec::new();
+        for _ in 0..REPLICAS {
+            old.push(run()?);
+        }
+        let t0 = Instant::now();
+        let mut stops = Vec::new();
+        for batch in old.chunks(2) {
+            let new = std::thread::scope(|s| {
+                let started: Vec<_> = batch.iter().map(|_| s.spawn(run)).collect();
+                started
+                    .into_iter()
+                    .map(|h| h.join().map_err(|_| anyhow::anyhow!("docker run thread"))?)
+                    .collect::<anyhow::Result<Vec<String>>>()
+            })?;
+            loop {
+                let healthy = new.iter().all(|id| {
+                    docker(&["inspect", "-f", "{{.State.Health.Status}}", id])
+                        .is_ok_and(|h| h.trim() == "healthy")
+                });
+                if healthy {
+                    break;
+                }
+                if t0.elapsed() > LIMIT {
+                    bail!("the engine's containers did not turn healthy");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let batch = batch.to_vec();
+            stops.push(std::thread::spawn(move || {
+                let mut args = vec!["stop"];
+                args.extend(batch.iter().map(String::as_str));
+                docker(&args).map(|_| ())
+            }));
+        }
+        let took = t0.elapsed().as_secs_f64();
+        for s in stops {
+            let _ = s.join();
+        }
+        Ok(took)
+    })();
+    if let Ok(ids) = docker(&["ps", "-aq", "--filter", &format!("label={LABEL}")]) {
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids);
+            let _ = docker(&args);
+        }
+    }
+    result
+}
+
 pub async fn run(runs: usize) -> anyhow::Result<()> {
     let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"])?;
     if state.trim() != "inactive" {
@@ -589,8 +673,11 @@ pub async fn run(runs: usize) -> anyhow::Result<()> {
          under {RATE:.0} requests/s; {runs} runs each, alternating"
     );
     println!("run | who | update s | requests | failed | late (>1 s)");
-    let (mut b, mut s) = (Vec::new(), Vec::new());
+    let (mut b, mut s, mut e) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=runs {
+        let floor = engine_alone()?;
+        println!("{run} | engine alone (by hand, no load) | {floor:.2} + 5 (monitor) | - | - | -");
+        e.push(floor + 5.0);
         let o = bronze(&bin).await?;
         println!(
             "{run} | bronze (gateway) | {:.2} | {} | {} | {}",
@@ -618,11 +705,15 @@ pub async fn run(runs: usize) -> anyhow::Result<()> {
     };
     let failed = |v: &[Outcome]| v.iter().map(|o| o.failed).sum::<u64>();
     let requests = |v: &[Outcome]| v.iter().map(|o| o.requests).sum::<u64>();
+    e.sort_by(f64::total_cmp);
+    let floor = e[e.len() / 2];
     println!(
-        "median update: bronze {:.2} s, swarm {:.2} s: {:.2}x (goal: at most 0.5x)",
+        "median update: bronze {:.2} s, swarm {:.2} s: {:.2}x (goal: at most 0.5x); \
+         the engine alone {floor:.2} s: {:.2}x",
         median(&b),
         median(&s),
-        median(&b) / median(&s)
+        median(&b) / median(&s),
+        floor / median(&s)
     );
     if s.iter().all(|o| o.loaded) {
         println!(
