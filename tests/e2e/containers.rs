@@ -205,7 +205,8 @@ async fn compose_file_brings_the_platform_up_and_registers_containers() {
         .expect("workload image");
     let compose = xtask::root().join("deploy/docker-compose.yml");
     let project = format!("bronze-e2e-{}", std::process::id());
-    let (http, dns, grpc, registry, gateway, scheduler) = (
+    let (http, dns, grpc, registry, gateway, admin, scheduler) = (
+        free_port(),
         free_port(),
         free_port(),
         free_port(),
@@ -213,6 +214,16 @@ async fn compose_file_brings_the_platform_up_and_registers_containers() {
         free_port(),
         free_port(),
     );
+    // The declarative file the compose file mounts, with one route of its
+    // own, so the test sees the gateway load it.
+    let declarative = std::env::temp_dir().join(format!("{project}-kong.yml"));
+    std::fs::write(
+        &declarative,
+        "_format_version: \"3.0\"\nservices:\n  - name: from-file\n    url: http://127.0.0.1:9\n    \
+         routes:\n      - name: from-file\n        paths: [\"/from-file\"]\n    plugins:\n      \
+         - name: request-termination\n        config: {status_code: 200, message: declarative}\n",
+    )
+    .expect("declarative file");
     let run = |args: &[&str]| {
         Command::new("docker-compose")
             .arg("-f")
@@ -224,10 +235,19 @@ async fn compose_file_brings_the_platform_up_and_registers_containers() {
             .env("BRONZE_GRPC_PORT", grpc.to_string())
             .env("BRONZE_REGISTRY_PORT", registry.to_string())
             .env("BRONZE_GATEWAY_PORT", gateway.to_string())
+            .env("BRONZE_GATEWAY_ADMIN_PORT", admin.to_string())
+            .env("BRONZE_GATEWAY_FILE", &declarative)
+            .env("BRONZE_GATEWAY_DECLARATIVE_CONFIG", "/etc/bronze/kong.yml")
             .env("BRONZE_SCHEDULER_PORT", scheduler.to_string())
             .env("BRONZE_NODE", &project)
             .output()
             .expect("docker-compose runs")
+    };
+    let service = format!("e2e-{}", std::process::id());
+    let _cleanup = ComposeDown {
+        compose: compose.clone(),
+        project: project.clone(),
+        service_label: format!("bronze.service.name={service}"),
     };
     let up = run(&["up", "-d"]);
     assert!(
@@ -325,8 +345,39 @@ async fn compose_file_brings_the_platform_up_and_registers_containers() {
         Vec::new()
     }
     .await;
+    // A service the composed scheduler runs through the composed agent:
+    // the registrator registers its container at this host's published
+    // port, and the gateway (on the host's network) routes its label to it.
+    let routed = route_a_scheduled_service(scheduler, http, gateway, &service).await;
+    let from_file = reqwest::get(format!("http://127.0.0.1:{gateway}/from-file"))
+        .await
+        .map(|r| r.status().as_u16());
+    let admin_status = reqwest::get(format!("http://127.0.0.1:{admin}/status"))
+        .await
+        .map(|r| r.status().as_u16());
+    let removed = remove_service(scheduler, &service).await;
     let down = run(&["down", "-v", "--timeout", "20"]);
+    let _ = std::fs::remove_file(&declarative);
     assert_eq!(nodes, vec![project.clone()], "the agent container joined");
+    assert_eq!(
+        routed.registered, 1,
+        "the registrator registered the scheduled container in discovery"
+    );
+    assert_eq!(
+        routed.answer, "hello from busybox",
+        "the gateway routes the container's label to it"
+    );
+    assert!(removed, "the service's container is removed");
+    assert_eq!(
+        from_file.ok(),
+        Some(200),
+        "the mounted declarative file is loaded"
+    );
+    assert_eq!(
+        admin_status.ok(),
+        Some(200),
+        "Kong's Admin API answers on the host's loopback"
+    );
     assert_eq!(
         gateway_answer,
         (
@@ -347,4 +398,131 @@ async fn compose_file_brings_the_platform_up_and_registers_containers() {
         "{}",
         String::from_utf8_lossy(&down.stderr)
     );
+}
+
+/// Takes the composed platform down, and the scheduled service's
+/// containers with it, also when the test fails half-way.
+struct ComposeDown {
+    compose: std::path::PathBuf,
+    project: String,
+    service_label: String,
+}
+
+impl Drop for ComposeDown {
+    fn drop(&mut self) {
+        if let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label={}", self.service_label))
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            }
+        }
+        let _ = Command::new("docker-compose")
+            .arg("-f")
+            .arg(&self.compose)
+            .args(["-p", &self.project, "down", "-v", "--timeout", "5"])
+            .output();
+    }
+}
+
+struct Routed {
+    /// Instances of the service discovery lists (Consul's catalog).
+    registered: usize,
+    /// What the gateway answered on the service's label route.
+    answer: String,
+}
+
+/// Creates `name` (one replica of the busybox image, port 8080 published
+/// on a dynamic host port, a `bronze.http.rule` label) through the
+/// scheduler's API, then waits (bounded) until discovery lists it and the
+/// gateway answers its route.
+async fn route_a_scheduled_service(scheduler: u16, http: u16, gateway: u16, name: &str) -> Routed {
+    use bronze_proto::scheduler::v1 as pb;
+    let mut c =
+        pb::scheduler_client::SchedulerClient::connect(format!("http://127.0.0.1:{scheduler}"))
+            .await
+            .expect("scheduler client");
+    let spec = pb::ServiceSpec {
+        name: name.into(),
+        image: "bronze-test/busybox-httpd:latest".into(),
+        mode: Some(pb::service_spec::Mode::Replicated(pb::Replicated {
+            replicas: 1,
+        })),
+        ports: vec![pb::PortConfig {
+            target: 8080,
+            ..Default::default()
+        }],
+        container_labels: [(
+            "bronze.http.rule".to_string(),
+            "PathPrefix(`/index.html`)".to_string(),
+        )]
+        .into(),
+        stop_grace_period: Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    c.create_service(pb::CreateServiceRequest { spec: Some(spec) })
+        .await
+        .expect("create service");
+    let mut routed = Routed {
+        registered: 0,
+        answer: String::new(),
+    };
+    for _ in 0..600 {
+        if let Ok(r) =
+            reqwest::get(format!("http://127.0.0.1:{http}/v1/catalog/service/{name}")).await
+            && let Ok(list) = r.json::<Vec<serde_json::Value>>().await
+        {
+            routed.registered = list.len();
+        }
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{gateway}/index.html")).await
+            && r.status().is_success()
+        {
+            routed.answer = r.text().await.unwrap_or_default().trim().to_string();
+        }
+        if routed.registered > 0 && !routed.answer.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    routed
+}
+
+/// Removes the service and waits (bounded) until its container is gone,
+/// so `docker-compose down` leaves nothing of the test behind.
+async fn remove_service(scheduler: u16, name: &str) -> bool {
+    use bronze_proto::scheduler::v1 as pb;
+    let Ok(mut c) =
+        pb::scheduler_client::SchedulerClient::connect(format!("http://127.0.0.1:{scheduler}"))
+            .await
+    else {
+        return false;
+    };
+    let _ = c
+        .remove_service(pb::RemoveServiceRequest {
+            service: name.into(),
+        })
+        .await;
+    let docker = xtask::images::docker().await.expect("engine");
+    let filter = format!("bronze.service.name={name}");
+    for _ in 0..600 {
+        let list = docker
+            .list_containers(Some(
+                bollard::query_parameters::ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&HashMap::from([("label", vec![filter.as_str()])]))
+                    .build(),
+            ))
+            .await
+            .unwrap_or_default();
+        if list.is_empty() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
