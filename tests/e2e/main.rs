@@ -1,6 +1,8 @@
 //! End-to-end tests against the real Docker engine: the images `cargo xtask
 //! images` builds, `deploy/docker-compose.yml`, and a scheduler with agents
-//! in containers on a network of the test's own, cut and reconnected.
+//! in containers on a network of the test's own, cut and reconnected; and
+//! the per-host install's files under `deploy/` (configs, systemd units).
 
 mod cluster;
 mod containers;
+mod deploy;

@@ -84,6 +84,9 @@ impl Server {
         let grpc = TcpListener::bind(config.grpc.addr)
             .await
             .map_err(bind("gRPC", config.grpc.addr))?;
+        let risk = "can register, deregister and read every service (Consul without ACLs)";
+        bronze_runtime::config::warn_if_unguarded("the HTTP API", config.http.addr, risk);
+        bronze_runtime::config::warn_if_unguarded("the gRPC API", config.grpc.addr, risk);
         let workers = match config.dns.udp_workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,

@@ -147,6 +147,18 @@ impl Server {
         let grpc = TcpListener::bind(config.grpc_addr)
             .await
             .map_err(bind("gRPC", config.grpc_addr))?;
+        if config.auth.mode == auth::Mode::None {
+            bronze_runtime::config::warn_if_unguarded(
+                "the registry API",
+                config.addr,
+                "can push, overwrite and delete images (auth mode none; see --auth)",
+            );
+        }
+        bronze_runtime::config::warn_if_unguarded(
+            "the gRPC API (events, garbage collection)",
+            config.grpc_addr,
+            "can read every push and start a garbage collection",
+        );
         let root = Path::new(&config.root);
         let storage_err = |message: String| StartError::Storage {
             root: config.root.clone(),

@@ -30,6 +30,22 @@ impl ConfigError {
     }
 }
 
+/// Every listener defaults to loopback. One bound wider while nothing
+/// authenticates its callers is allowed (a private network, a firewall),
+/// but said at start-up: `listener` names it ("the HTTP API"), `risk` says
+/// what a caller who reaches it can do. Returns whether it warned.
+pub fn warn_if_unguarded(listener: &str, addr: std::net::SocketAddr, risk: &str) -> bool {
+    if addr.ip().is_loopback() {
+        return false;
+    }
+    tracing::warn!(
+        %addr,
+        "{listener} listens beyond loopback and asks callers for no credentials: \
+         anyone who reaches {addr} {risk}; keep it on a private network or firewall it"
+    );
+    true
+}
+
 /// Builds a `T` from its serde defaults, the TOML file at `file` (if any) and
 /// `overrides` (typically the parsed flags/env, with unset options skipped
 /// via `#[serde(skip_serializing_if = "Option::is_none")]`). Tables merge

@@ -136,11 +136,11 @@ impl Server {
                 .map_err(|e| StartError::State(e.to_string()))?
                 .map_err(|e| StartError::State(e.to_string()))?;
         }
-        if !config.addr.ip().is_loopback() && config.admin_token.is_empty() {
-            tracing::warn!(
-                addr = %config.addr,
-                "the control API listens beyond loopback without --admin-token: anyone who \
-                 reaches it can change the cluster"
+        if config.admin_token.is_empty() {
+            bronze_runtime::config::warn_if_unguarded(
+                "the control API",
+                config.addr,
+                "can change the cluster (set --admin-token)",
             );
         }
         let mut metrics = Metrics::new("scheduler");

@@ -121,3 +121,37 @@ async fn sigterm_drains_and_exits_zero() {
         "{rest:?}"
     );
 }
+
+/// Whether the binary, started with `http` as its HTTP address, warns
+/// that a listener is unguarded before it logs that it serves.
+fn warns_at_start(http: &str) -> bool {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(BIN)
+        .args(["--http-addr", http])
+        .args(["--grpc-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0"])
+        .args(["--log-format", "json"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut warned = false;
+    for line in lines.map_while(Result::ok) {
+        warned |= line.contains("listens beyond loopback");
+        if line.contains("discovery serving") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    warned
+}
+
+/// Discovery has no ACLs: bound beyond loopback it says so at start-up,
+/// and on loopback (the default) it does not.
+#[test]
+fn says_so_when_bound_beyond_loopback() {
+    assert!(warns_at_start("0.0.0.0:0"));
+    assert!(!warns_at_start("127.0.0.1:0"));
+}

@@ -258,3 +258,36 @@ async fn a_new_blob_directory_is_fsynced_in_its_parent() {
     let synced_fan = fsync(&fan).unwrap_or_else(|| panic!("the fan-out never fsync'd:\n{text}"));
     assert!(synced_blobs > made_alg && synced_alg > made_fan && synced_fan > made_fan);
 }
+
+/// Whether the binary, started with `args`, warns that a listener is
+/// unguarded before it logs that it serves.
+fn warns_at_start(args: &[&str]) -> bool {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(BIN)
+        .args(["--grpc-addr", "127.0.0.1:0", "--log-format", "json"])
+        .args(args)
+        .arg("--root")
+        .arg(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut warned = false;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+        warned |= line.contains("listens beyond loopback");
+        if line.contains("registry serving") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    warned
+}
+
+/// With no authentication (the default), the registry bound beyond
+/// loopback says so at start-up; on loopback it does not.
+#[test]
+fn says_so_when_bound_beyond_loopback_without_auth() {
+    assert!(warns_at_start(&["--addr", "0.0.0.0:0"]));
+    assert!(!warns_at_start(&["--addr", "127.0.0.1:0"]));
+}
