@@ -6,3 +6,4 @@
 mod cluster;
 mod containers;
 mod deploy;
+mod seeds;

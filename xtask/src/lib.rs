@@ -10,6 +10,7 @@ pub mod bench_registry;
 pub mod bench_rollout;
 pub mod bench_scheduler;
 mod bench_util;
+pub mod clients;
 pub mod images;
 pub mod loadgen;
 pub mod prerequisites;

@@ -6,11 +6,11 @@
 //! every request.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bronze_proto::scheduler::v1 as pb;
 use bronze_runtime::Shutdown;
+use xtask::clients::{Clients, Tally};
 
 use crate::harness::{
     Agent, Cleanup, Client, Scheduler, agent_config, client, converged, eventually, fast, image,
@@ -134,78 +134,6 @@ fn versioned(name: &str, version: &str, healthy: bool) -> pb::ServiceSpec {
     sp
 }
 
-/// Clients asking the gateway for /<name>/version until stopped (at most
-/// `budget` requests): (answers by body, failures).
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    last: Arc<parking_lot::Mutex<String>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(gateway: std::net::SocketAddr, name: &str, clients: usize, budget: u64) -> Self {
-        bronze_runtime::install_crypto_provider();
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let last = Arc::new(parking_lot::Mutex::new(String::new()));
-        let url = format!("http://{gateway}/{name}/version");
-        let tasks = (0..clients)
-            .map(|_| {
-                let (stop, ok, failed, last, url) = (
-                    stop.clone(),
-                    ok.clone(),
-                    failed.clone(),
-                    last.clone(),
-                    url.clone(),
-                );
-                tokio::spawn(async move {
-                    let client = reqwest::Client::new();
-                    while !stop.load(Ordering::Relaxed)
-                        && ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < budget
-                    {
-                        match client.get(&url).send().await {
-                            Ok(r) if r.status() == 200 => {
-                                let body = r.text().await.unwrap_or_default();
-                                *last.lock() = body.trim().to_string();
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(r) => {
-                                eprintln!("failed request: {}", r.status());
-                                failed.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                eprintln!("failed request: {e}");
-                                failed.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Self {
-            stop,
-            ok,
-            failed,
-            last,
-            tasks,
-        }
-    }
-
-    async fn finish(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
-}
-
 async fn answer(gateway: std::net::SocketAddr, name: &str) -> Option<String> {
     bronze_runtime::install_crypto_provider();
     let r = reqwest::get(format!("http://{gateway}/{name}/version"))
@@ -290,7 +218,7 @@ async fn start_first_updates_serve_every_request_and_failed_ones_roll_back() {
             .collect();
 
     // v2, start-first, under load: every request answered.
-    let load = Load::start(p.gateway, &name, 4, 200_000);
+    let load = Clients::start(&format!("http://{}/{name}/version", p.gateway), 4, 200_000);
     c.update_service(pb::UpdateServiceRequest {
         service: name.clone(),
         spec: Some(versioned(&name, "v2", true)),
@@ -308,8 +236,7 @@ async fn start_first_updates_serve_every_request_and_failed_ones_roll_back() {
         }
     })
     .await;
-    let last = load.last.lock().clone();
-    let (ok, failed) = load.finish().await;
+    let Tally { ok, failed, last } = load.finish().await;
     assert_eq!(failed, 0, "{failed} failed requests of {}", ok + failed);
     assert!(ok > 100, "the load ran: {ok}");
     assert_eq!(last, "v2", "the new version served at the end");
@@ -343,7 +270,7 @@ async fn start_first_updates_serve_every_request_and_failed_ones_roll_back() {
 
     // v3's health check fails: rolled back by itself, still every request
     // answered, v2 served.
-    let load = Load::start(p.gateway, &name, 4, 200_000);
+    let load = Clients::start(&format!("http://{}/{name}/version", p.gateway), 4, 200_000);
     c.update_service(pb::UpdateServiceRequest {
         service: name.clone(),
         spec: Some(versioned(&name, "v3", false)),
@@ -361,8 +288,7 @@ async fn start_first_updates_serve_every_request_and_failed_ones_roll_back() {
         }
     })
     .await;
-    let last = load.last.lock().clone();
-    let (ok, failed) = load.finish().await;
+    let Tally { ok, failed, last } = load.finish().await;
     assert!(message.contains("update rolled back"), "{message}");
     assert_eq!(failed, 0, "{failed} failed requests of {}", ok + failed);
     assert_eq!(last, "v2");

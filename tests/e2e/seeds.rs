@@ -1,0 +1,370 @@
+//! The seeds' flow as one test, on the platform the README gives a
+//! newcomer (`bronze dev`, every component in one process): an app image
+//! built offline, `docker push`ed to Bronze's registry, deployed as a stack
+//! with `bronze stack deploy` (3 replicas, a health check, a routing label,
+//! start-first updates that roll back), registered (`dig SRV` answers 3)
+//! and served through the gateway; v2 rolled out under constant load
+//! (bounded, loopback) with zero failed requests; a v3 whose health check
+//! fails rolled back by itself, the deploy exiting non-zero, v2 still
+//! served with zero failed requests; `bronze stack rm` leaves no
+//! container, registration or route behind.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use xtask::clients::{Clients, Tally};
+
+use crate::containers::images;
+
+/// `bronze dev --ephemeral`, started from the workspace's debug build, with
+/// the addresses it prints.
+struct Dev {
+    child: Child,
+    registry: SocketAddr,
+    gateway: SocketAddr,
+    dns: SocketAddr,
+    scheduler: String,
+}
+
+impl Dev {
+    fn start(bin: &Path, log: &Path) -> Self {
+        let mut child = Command::new(bin.join("bronze"))
+            .args(["dev", "--ephemeral"])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).expect("log file"))
+            .spawn()
+            .expect("bronze dev starts");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let (mut registry, mut gateway, mut dns, mut scheduler) = (None, None, None, None);
+        let addr = |line: &str| -> SocketAddr {
+            let word = line.split_whitespace().nth(1).expect("an address");
+            let word = word.strip_prefix("http://").unwrap_or(word);
+            word.parse().expect("a socket address")
+        };
+        for line in stdout.lines().map_while(Result::ok) {
+            match line.split_whitespace().next() {
+                Some("registry") => registry = Some(addr(&line)),
+                Some("gateway") if !line.starts_with("gateway tls") => gateway = Some(addr(&line)),
+                Some("scheduler") => scheduler = Some(format!("http://{}", addr(&line))),
+                Some("discovery") if line.starts_with("discovery dns") => {
+                    dns = Some(
+                        line.split_whitespace()
+                            .nth(2)
+                            .expect("dns address")
+                            .parse()
+                            .expect("dns address"),
+                    )
+                }
+                _ => {}
+            }
+            if line.starts_with("ready") {
+                break;
+            }
+        }
+        Self {
+            registry: registry.expect("registry listed"),
+            gateway: gateway.expect("gateway listed"),
+            dns: dns.expect("dns listed"),
+            scheduler: scheduler.expect("scheduler listed"),
+            child,
+        }
+    }
+
+    /// `bronze ARGS` against this platform's scheduler.
+    fn bronze(&self, bin: &Path, env: &[(&str, String)], args: &[&str]) -> std::process::Output {
+        Command::new(bin.join("bronze"))
+            .env("BRONZE_SCHEDULER", &self.scheduler)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .args(args)
+            .output()
+            .expect("bronze runs")
+    }
+}
+
+/// Stops `bronze dev` and removes what the test made, also on failure.
+struct Teardown {
+    dev: Option<Dev>,
+    log: PathBuf,
+    stack: String,
+    images: Vec<String>,
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- bronze dev, last lines:");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        if let Some(mut dev) = self.dev.take() {
+            let _ = dev.child.kill();
+            let _ = dev.child.wait();
+        }
+        if let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label=com.docker.stack.namespace={}", self.stack))
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            }
+        }
+        for image in &self.images {
+            let _ = Command::new("docker").args(["rmi", image]).output();
+        }
+    }
+}
+
+fn docker(args: &[&str]) {
+    let out = Command::new("docker").args(args).output().expect("docker");
+    assert!(
+        out.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The app: busybox httpd serving `/version` (this version's name), and
+/// `/ready` unless `ready` is false (the stack's health check asks for it).
+fn build_app(tag: &str, version: &str, ready: bool) {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut dockerfile = format!(
+        "FROM bronze-test/busybox-httpd:latest\nCOPY version /www/version\nLABEL bronze.e2e.version={version}\n"
+    );
+    std::fs::write(dir.path().join("version"), format!("{version}\n")).expect("write");
+    if ready {
+        std::fs::write(dir.path().join("ready"), "ok\n").expect("write");
+        dockerfile.push_str("COPY ready /www/ready\n");
+    }
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).expect("write");
+    docker(&["build", "-q", "-t", tag, &dir.path().display().to_string()]);
+}
+
+/// The stack file, in the seeds' words; `VERSION` and `REGISTRY` come
+/// from the environment, as their CI sets them.
+const STACK: &str = r#"version: "3.8"
+services:
+  app:
+    image: ${REGISTRY}/seeds/app:${VERSION:?the version to deploy}
+    ports:
+      - target: 8080
+    healthcheck:
+      test: ["CMD", "/bin/busybox", "test", "-f", "/www/ready"]
+      interval: 500ms
+      timeout: 2s
+      retries: 2
+    stop_grace_period: 1s
+    deploy:
+      replicas: 3
+      labels:
+        - "traefik.frontend.rule=PathPrefixStrip:/app"
+      restart_policy:
+        condition: any
+        delay: 200ms
+      update_config:
+        parallelism: 1
+        order: start-first
+        failure_action: rollback
+        monitor: 2s
+"#;
+
+fn write_stack(dir: &Path) -> PathBuf {
+    let file = dir.join("stack.yml");
+    std::fs::write(&file, STACK).expect("write stack file");
+    file
+}
+
+async fn version(gateway: SocketAddr) -> Option<(u16, String)> {
+    let r = reqwest::get(format!("http://{gateway}/app/version"))
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.text().await.ok()?.trim().to_string()))
+}
+
+/// Polls (bounded) until `f` gives `Some`.
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..1200 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not within 120 s");
+}
+
+fn srv(dns: SocketAddr, name: &str) -> Vec<String> {
+    let out = Command::new("dig")
+        .arg(format!("@{}", dns.ip()))
+        .args(["-p", &dns.port().to_string(), "+short", "+tcp", name, "SRV"])
+        .output()
+        .expect("dig runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seeds_flow_from_push_to_rollback_to_removal() {
+    bronze_runtime::install_crypto_provider();
+    images().await;
+    let bin =
+        tokio::task::spawn_blocking(|| xtask::build_packages(&["bronze"], xtask::Profile::Debug))
+            .await
+            .expect("join")
+            .expect("cargo build -p bronze");
+    let dir = tempfile::tempdir().expect("dir");
+    let log = dir.path().join("dev.log");
+    let dev = Dev::start(&bin, &log);
+    let registry = format!("127.0.0.1:{}", dev.registry.port());
+    let stack = format!("seeds{}", std::process::id());
+    let tag = |v: &str| format!("{registry}/seeds/app:{v}");
+    let (gateway, dns) = (dev.gateway, dev.dns);
+    let mut teardown = Teardown {
+        dev: Some(dev),
+        log,
+        stack: stack.clone(),
+        images: ["v1", "v2", "v3"].iter().map(|v| tag(v)).collect(),
+    };
+    let dev = teardown.dev.as_ref().expect("started");
+    let file = write_stack(dir.path());
+    let file = file.display().to_string();
+    let deploy = |dev: &Dev, version: &str| {
+        dev.bronze(
+            &bin,
+            &[
+                ("VERSION", version.to_string()),
+                ("REGISTRY", registry.clone()),
+            ],
+            &["stack", "deploy", "--stable", "1s", "-c", &file, &stack],
+        )
+    };
+
+    // 1-2. Three versions built offline, each pushed to Bronze's registry.
+    build_app(&tag("v1"), "v1", true);
+    build_app(&tag("v2"), "v2", true);
+    build_app(&tag("v3"), "v3", false);
+    for v in ["v1", "v2", "v3"] {
+        docker(&["push", &tag(v)]);
+    }
+
+    // 3-4. Deployed: 3 replicas registered, served through the gateway.
+    let out = deploy(dev, "v1");
+    assert!(
+        out.status.success(),
+        "deploy v1: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let service = format!("{stack}_app");
+    let records = eventually("dig SRV answers 3 instances", || async {
+        let name = format!("{service}.service.bronze");
+        let records = tokio::task::spawn_blocking(move || srv(dns, &name))
+            .await
+            .expect("join");
+        (records.len() == 3).then_some(records)
+    })
+    .await;
+    assert_eq!(records.len(), 3, "{records:?}");
+    eventually("the gateway serves v1", || async {
+        (version(gateway).await == Some((200, "v1".into()))).then_some(())
+    })
+    .await;
+
+    // 5. v2 under constant load: zero failed requests, v2 served.
+    let url = format!("http://{gateway}/app/version");
+    let load = Clients::start(&url, 2, 200_000);
+    let out = deploy(dev, "v2");
+    let Tally { ok, failed, last } = load.finish().await;
+    assert!(
+        out.status.success(),
+        "deploy v2: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(failed, 0, "failed requests during the v2 rollout ({ok} ok)");
+    assert!(ok > 0);
+    assert_eq!(last, "v2");
+    assert_eq!(version(gateway).await, Some((200, "v2".into())));
+
+    // 6. v3 never passes its health check: rolled back by itself, the
+    // deploy exits non-zero naming the service, v2 still served.
+    let load = Clients::start(&url, 2, 200_000);
+    let out = deploy(dev, "v3");
+    let Tally { ok, failed, last } = load.finish().await;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "deploy v3 should fail: {said}");
+    assert!(
+        said.contains(&service),
+        "the failure names {service}: {said}"
+    );
+    assert_eq!(
+        failed, 0,
+        "failed requests during the v3 rollback ({ok} ok)"
+    );
+    assert_eq!(last, "v2");
+    assert_eq!(version(gateway).await, Some((200, "v2".into())));
+
+    // 7. Removed: no container, registration or route left.
+    let out = dev.bronze(&bin, &[], &["stack", "rm", &stack]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("the stack's containers are gone", || async {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label=com.docker.stack.namespace={stack}"))
+            .output()
+            .expect("docker ps");
+        out.stdout.is_empty().then_some(())
+    })
+    .await;
+    eventually("discovery forgets the instances", || async {
+        let name = format!("{service}.service.bronze");
+        let records = tokio::task::spawn_blocking(move || srv(dns, &name))
+            .await
+            .expect("join");
+        records.is_empty().then_some(())
+    })
+    .await;
+    eventually("the route is gone", || async {
+        (version(gateway).await.map(|(s, _)| s) == Some(404)).then_some(())
+    })
+    .await;
+
+    // bronze dev drains and exits 0 on SIGTERM.
+    let mut dev = teardown.dev.take().expect("started");
+    let status = Command::new("kill")
+        .args(["-TERM", &dev.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let mut code = None;
+    for _ in 0..600 {
+        code = dev.child.try_wait().expect("wait");
+        if code.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let code = code.expect("bronze dev exits within 60 s of SIGTERM");
+    assert!(code.success(), "{code:?}");
+}
