@@ -474,8 +474,8 @@ impl Worker {
         };
         if let Err(e) = self.image(&spec.image, auth_text.as_deref()).await {
             self.metrics.start_errors.inc();
-            self.outbox
-                .report(id, rejected("pulling the image failed", &e));
+            let message = pull_failed(&spec.image, &e);
+            self.outbox.report(id, rejected(&message, &e));
             return;
         }
         let body = engine::create_body(task, spec);
@@ -691,6 +691,27 @@ fn failed(message: &str, err: &str) -> pb::TaskStatus {
         message: message.into(),
         err: err.into(),
         ..Default::default()
+    }
+}
+
+/// What `service ps` says of a failed pull: when the engine could not
+/// reach the registry at all, which registry and what to do, since the
+/// engine (not the agent, not the CLI) is what dials it.
+fn pull_failed(image: &str, err: &str) -> String {
+    const UNREACHABLE: [&str; 5] = [
+        "connection refused",
+        "no such host",
+        "i/o timeout",
+        "network is unreachable",
+        "server gave HTTP response to HTTPS client",
+    ];
+    match engine::registry_host(image) {
+        Some(host) if UNREACHABLE.iter().any(|u| err.contains(u)) => format!(
+            "pulling the image failed: the engine could not reach the registry {host}; the \
+             engine pulls by itself, so {host} must answer from the engine's host (a registry \
+             not on loopback also needs TLS or the engine's insecure-registries)"
+        ),
+        _ => "pulling the image failed".into(),
     }
 }
 

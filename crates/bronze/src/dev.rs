@@ -199,28 +199,23 @@ pub fn run(config: DevConfig) -> i32 {
         } else {
             format!("state in {}/", config.data_dir)
         };
+        if let Err(e) = engine_answers(&config.agent.docker_host).await {
+            eprintln!("bronze dev: {e}");
+            return 1;
+        }
         let discovery = match bronze_discovery::Server::bind(config.discovery.clone()).await {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("bronze dev: discovery: {e}");
-                return 1;
-            }
+            Err(e) => return cannot_start("discovery", &e),
         };
         let mut registrator_config = config.registrator.clone();
         registrator_config.discovery = format!("http://{}", discovery.grpc_addr());
         let registrator = match bronze_registrator::Server::bind(registrator_config).await {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("bronze dev: registrator: {e}");
-                return 1;
-            }
+            Err(e) => return cannot_start("registrator", &e),
         };
         let registry = match bronze_registry::Server::bind(config.registry.clone()).await {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("bronze dev: registry: {e}");
-                return 1;
-            }
+            Err(e) => return cannot_start("registry", &e),
         };
         let mut gateway_config = config.gateway.clone();
         if gateway_config.discovery.is_empty() {
@@ -231,10 +226,7 @@ pub fn run(config: DevConfig) -> i32 {
         }
         let gateway = match bronze_gateway::Server::bind(gateway_config).await {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("bronze dev: gateway: {e}");
-                return 1;
-            }
+            Err(e) => return cannot_start("gateway", &e),
         };
         let mut scheduler_config = config.scheduler.clone();
         if scheduler_config.discovery.is_empty() {
@@ -242,20 +234,14 @@ pub fn run(config: DevConfig) -> i32 {
         }
         let scheduler = match bronze_scheduler::Server::bind(scheduler_config).await {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("bronze dev: scheduler: {e}");
-                return 1;
-            }
+            Err(e) => return cannot_start("scheduler", &e),
         };
         let mut agent_config = config.agent.clone();
         agent_config.scheduler = format!("http://{}", reachable(scheduler.addr()));
         agent_config.join_token = scheduler.join_token();
         let agent = match bronze_agent::Server::bind(agent_config).await {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("bronze dev: agent: {e}");
-                return 1;
-            }
+            Err(e) => return cannot_start("agent", &e),
         };
         // One line per listener, stable and parseable: tests read them.
         println!("bronze dev: every component in this process, {state}");
@@ -326,6 +312,60 @@ pub fn run(config: DevConfig) -> i32 {
         tracing::info!("bronze dev stopped");
         code
     })
+}
+
+/// The engine must answer before anything starts: the agent runs every
+/// task on it and the registrator reads it. Says where it looked and what
+/// to do when it does not.
+async fn engine_answers(docker_host: &str) -> Result<(), String> {
+    let host = (!docker_host.is_empty()).then_some(docker_host);
+    let place = match host {
+        Some(h) => h.to_string(),
+        None => {
+            std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
+        }
+    };
+    let answered = match bronze_registrator::engine::connect(host).await {
+        Ok(docker) => docker.ping().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    answered.map_err(|e| {
+        format!(
+            "the Docker engine does not answer at {place} ({e}).\n  \
+             What to do: start it (`sudo systemctl start docker`), check that this user may \
+             use its socket (the `docker` group), or point DOCKER_HOST (or [agent] docker_host \
+             and [registrator] docker_host in `bronze dev --config FILE`) at it."
+        )
+    })
+}
+
+/// Says why `component` could not start and, for the failures a newcomer
+/// meets (a port already taken, a privileged port), what to do; gives the
+/// exit code.
+fn cannot_start(component: &str, e: &(dyn std::error::Error + 'static)) -> i32 {
+    eprintln!("bronze dev: {component}: {e}");
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::AddrInUse => eprintln!(
+                    "  What to do: another program listens there (another `bronze dev`, or \
+                     Consul, Kong, a registry on the same port?): stop it, move this listener \
+                     in a config file (`bronze dev --config FILE`: a table per component with \
+                     its own keys, e.g. [gateway] addr = \"127.0.0.1:18000\", \
+                     [discovery.http] addr = \"127.0.0.1:18500\"), or run `bronze dev --ephemeral` (ports the kernel chooses, state in memory)."
+                ),
+                std::io::ErrorKind::PermissionDenied => eprintln!(
+                    "  What to do: ports below 1024 need root or CAP_NET_BIND_SERVICE; pick a \
+                     port above 1023 in the config file."
+                ),
+                _ => {}
+            }
+            break;
+        }
+        cause = c.source();
+    }
+    1
 }
 
 /// 0 when a component's task ended cleanly; otherwise says why and gives 1.

@@ -363,3 +363,48 @@ fn bronze_uses_the_gateways_allocator() {
     let stats = String::from_utf8_lossy(&out.stderr);
     assert!(stats.contains("pages") && stats.contains("peak"), "{stats}");
 }
+
+/// A newcomer's first failures say what to do: a port another program
+/// holds names the fix (another port in a config file, or --ephemeral).
+#[test]
+fn a_taken_port_says_what_to_do() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("dev.toml");
+    std::fs::write(
+        &file,
+        format!("[discovery.http]\naddr = \"127.0.0.1:{port}\"\n"),
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["dev", "--config"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(err.contains("What to do:"), "{err}");
+    assert!(err.contains("--ephemeral"), "{err}");
+}
+
+/// An engine that does not answer is said before anything starts, with
+/// where it was looked for and what to do.
+#[test]
+fn an_engine_that_does_not_answer_says_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("no-engine.sock");
+    let out = Command::new(BIN)
+        .args(["dev", "--ephemeral"])
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the Docker engine does not answer"), "{err}");
+    assert!(err.contains(&socket.display().to_string()), "{err}");
+    assert!(err.contains("systemctl start docker"), "{err}");
+}

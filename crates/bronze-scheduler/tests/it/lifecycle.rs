@@ -307,7 +307,10 @@ async fn engine_refusals_are_reported_and_retried() {
         .await
         .expect("create");
     for (service, needle) in [
-        (&nopull, "pulling"),
+        (
+            &nopull,
+            "pulling the image failed: the engine could not reach the registry 127.0.0.1:9",
+        ),
         (&taken, "starting the container failed"),
     ] {
         let ts = eventually(Duration::from_secs(60), "retried after a refusal", || {
