@@ -37,6 +37,7 @@ pub mod model;
 pub mod orchestrator;
 pub mod persist;
 pub mod placement;
+pub mod registry;
 pub mod sim;
 pub mod state;
 pub mod update;
@@ -89,6 +90,8 @@ pub struct Server {
     metrics: Arc<Metrics>,
     admin_token: String,
     discovery: String,
+    registry: String,
+    registry_names: Vec<String>,
     internal: Shutdown,
 }
 
@@ -169,6 +172,8 @@ impl Server {
             metrics: Arc::new(metrics),
             admin_token: config.admin_token,
             discovery: config.discovery,
+            registry: config.registry,
+            registry_names: config.registry_names,
             internal,
         })
     }
@@ -221,6 +226,15 @@ impl Server {
                 self.internal.clone(),
             ))
         });
+        let pushes = (!self.registry.is_empty()).then(|| {
+            tokio::spawn(registry::run(
+                self.registry.clone(),
+                self.registry_names.clone(),
+                self.cluster.events.clone(),
+                self.cluster.snapshot.clone(),
+                self.internal.clone(),
+            ))
+        });
         let manager = tokio::spawn(self.manager.run(self.events, self.internal.clone()));
         let internal = self.internal.clone();
         let http_shutdown = shutdown.clone();
@@ -236,6 +250,9 @@ impl Server {
         self.internal.trigger();
         if let Some(link) = link {
             let _ = link.await;
+        }
+        if let Some(pushes) = pushes {
+            let _ = pushes.await;
         }
         let _ = manager.await;
         result.map_err(|e| StartError::Serve(e.to_string()))
