@@ -470,3 +470,66 @@ async fn a_label_that_does_not_parse_is_refused_by_name() {
     );
     s.stop().await;
 }
+
+/// A push while the scheduler was not following the registry (here: it was
+/// stopped) is caught up when its link (re)opens: the tag of a pinned,
+/// opted-in service is asked through the registry's HTTP API, and the
+/// service rolls to what it points to now.
+#[tokio::test]
+async fn a_push_missed_while_not_following_is_caught_up_on_reconnect() {
+    bronze_runtime::install_crypto_provider();
+    image().await;
+    let name = unique("autocatch");
+    let stop = Shutdown::new();
+    let root = tempfile::tempdir().expect("dir");
+    let (http, grpc) = crate::harness::registry(root.path(), &stop).await;
+    let local = format!("bronze-test/{name}:v2");
+    build(&local, "RUN echo v2 > /www/index.html").await;
+    let remote = format!("{http}/team/{name}:latest");
+    let d1 = push(IMAGE, &remote).await;
+    let data = tempfile::tempdir().expect("dir");
+    let config = bronze_scheduler::Config {
+        registry: format!("http://{grpc}"),
+        registry_names: vec![http.to_string()],
+        data_dir: data.path().display().to_string(),
+        ..fast()
+    };
+    let s = Scheduler::start(config.clone()).await;
+    let mut c = client(s.addr).await;
+    c.create_service(pb::CreateServiceRequest {
+        spec: Some(web(&name, &format!("{remote}@{d1}"), Some("true"))),
+    })
+    .await
+    .expect("create");
+    s.stop().await;
+
+    let d2 = push(&local, &remote).await;
+    let s = Scheduler::start(config).await;
+    let c = client(s.addr).await;
+    let svc = eventually(Duration::from_secs(30), "caught up with v2", || {
+        let (mut c, name, want) = (c.clone(), name.clone(), format!("{remote}@{d2}"));
+        async move {
+            let svc = service(&mut c, &name).await;
+            (svc.spec.as_ref()?.image == want).then_some(svc)
+        }
+    })
+    .await;
+    let u = svc.update_status.expect("status");
+    assert_eq!(u.autodeploy_digest, d2);
+    assert_eq!(svc.version, 2);
+    s.stop().await;
+    stop.trigger();
+    let repo = format!("{http}/team/{name}");
+    let _ = tokio::task::spawn_blocking(move || {
+        Command::new("docker")
+            .args([
+                "rmi",
+                &local,
+                &remote,
+                &format!("{repo}@{d1}"),
+                &format!("{repo}@{d2}"),
+            ])
+            .output()
+    })
+    .await;
+}
