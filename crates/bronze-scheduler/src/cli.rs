@@ -83,9 +83,10 @@ pub struct Args {
     pub discovery: Option<String>,
 
     /// bronze-registry's gRPC address, e.g. http://127.0.0.1:5002: services
-    /// labelled bronze.autodeploy=true (or =glob:PATTERN) then roll to each
-    /// new digest pushed there under their tag (or a matching tag), with
-    /// their update_config [default: none].
+    /// labelled bronze.autodeploy=true then roll to each new digest pushed
+    /// there under their image's tag (=glob:PATTERN: a matching tag;
+    /// =semver:major|minor|patch: a higher version), with their
+    /// update_config [default: none].
     #[arg(long, env = "BRONZE_SCHEDULER_REGISTRY", value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub registry: Option<String>,

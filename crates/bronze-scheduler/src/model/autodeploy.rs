@@ -11,6 +11,12 @@
 //!   characters of a tag) rolls the service to `repo:that-tag@digest`; the
 //!   service then names the new tag. The last matching push wins, whatever
 //!   its tag sorts as.
+//! * `semver:major`, `semver:minor`, `semver:patch` (Keel's policies): the
+//!   image's tag is a version (`1.2.3` or `v1.2.3`); a push of a higher
+//!   version of the same repository rolls the service to it, any higher
+//!   (`major`), with the same major (`minor`), or the same major and minor
+//!   (`patch`). Tags that are not plain versions (`1.3.0-rc1`, `latest`)
+//!   never match, nor does the same version pushed again.
 //! * `false`: off (the same as no label).
 //!
 //! Only images whose registry host is one of the names clients push to the
@@ -29,6 +35,32 @@ pub enum Policy {
     SameTag,
     /// A tag of the same repository matching the pattern was pushed.
     Glob(String),
+    /// A higher version of the same repository was pushed, within the
+    /// bound.
+    Semver(Bound),
+}
+
+/// How far a `semver:` policy follows new versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    Major,
+    Minor,
+    Patch,
+}
+
+/// A tag that is a plain version: `1.2.3` or `v1.2.3`.
+fn version(tag: &str) -> Option<(u64, u64, u64)> {
+    let t = tag.strip_prefix('v').unwrap_or(tag);
+    let mut parts = t.split('.');
+    let mut next = || -> Option<u64> {
+        let p = parts.next()?;
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        p.parse().ok()
+    };
+    let v = (next()?, next()?, next()?);
+    parts.next().is_none().then_some(v)
 }
 
 impl Policy {
@@ -39,11 +71,21 @@ impl Policy {
             "false" | "" => return Ok(None),
             _ => {}
         }
+        if let Some(bound) = value.strip_prefix("semver:") {
+            return match bound {
+                "major" => Ok(Some(Policy::Semver(Bound::Major))),
+                "minor" => Ok(Some(Policy::Semver(Bound::Minor))),
+                "patch" => Ok(Some(Policy::Semver(Bound::Patch))),
+                _ => Err(format!(
+                    "{value:?}: expected \"semver:major\", \"semver:minor\" or \"semver:patch\""
+                )),
+            };
+        }
         let Some(pattern) = value.strip_prefix("glob:") else {
             return Err(format!(
                 "{value:?} is not an autodeploy policy; expected \"true\" (the image's tag \
-                 moved), \"glob:PATTERN\" (a matching tag was pushed, e.g. \"glob:v1.*\") or \
-                 \"false\""
+                 moved), \"glob:PATTERN\" (a matching tag was pushed, e.g. \"glob:v1.*\"), \
+                 \"semver:major|minor|patch\" (a higher version was pushed) or \"false\""
             ));
         };
         let ok = !pattern.is_empty()
@@ -65,6 +107,14 @@ impl Policy {
         match self {
             Policy::SameTag => current_tag == pushed_tag,
             Policy::Glob(p) => glob(p.as_bytes(), pushed_tag.as_bytes()),
+            Policy::Semver(bound) => match (version(current_tag), version(pushed_tag)) {
+                (Some(cur), Some(new)) if new > cur => match bound {
+                    Bound::Major => true,
+                    Bound::Minor => new.0 == cur.0,
+                    Bound::Patch => (new.0, new.1) == (cur.0, cur.1),
+                },
+                _ => false,
+            },
         }
     }
 }
@@ -84,9 +134,9 @@ pub fn validate(
     let Some(value) = labels.get(LABEL) else {
         return Ok(());
     };
-    if Policy::parse(value)?.is_none() {
+    let Some(policy) = Policy::parse(value)? else {
         return Ok(());
-    }
+    };
     let r = ImageRef::parse(image);
     if r.host.is_empty() {
         return Err(format!(
@@ -98,6 +148,12 @@ pub fn validate(
         return Err(format!(
             "{value:?}: the image {image:?} names a digest and no tag; autodeploy follows a \
              tag, e.g. \"127.0.0.1:5000/team/app:latest\""
+        ));
+    }
+    if matches!(policy, Policy::Semver(_)) && version(r.tag.unwrap_or("latest")).is_none() {
+        return Err(format!(
+            "{value:?}: the image {image:?} is not tagged with a version; a semver policy \
+             follows tags such as \"1.2.3\" or \"v1.2.3\""
         ));
     }
     Ok(())
@@ -229,11 +285,15 @@ mod tests {
             Policy::parse("glob:v1.*"),
             Ok(Some(Policy::Glob("v1.*".into())))
         );
+        assert_eq!(
+            Policy::parse("semver:minor"),
+            Ok(Some(Policy::Semver(Bound::Minor)))
+        );
         for bad in [
             "yes",
             "glob:",
             "glob:v1/*",
-            "semver:minor",
+            "semver:sometimes",
             "True",
             "glob:a b",
         ] {
@@ -338,6 +398,43 @@ mod tests {
     }
 
     #[test]
+    fn semver_policies() {
+        let names = vec!["r:5000".to_string()];
+        let at = |tag: &str| format!("r:5000/app:{tag}@{D1}");
+        let gives = |bound: Bound, from: &str, to: &str| {
+            plan(
+                &Policy::Semver(bound),
+                &at(from),
+                &names,
+                &push("app", to, D2),
+            )
+            .is_some()
+        };
+        assert!(gives(Bound::Major, "1.2.3", "2.0.0"));
+        assert!(gives(Bound::Minor, "1.2.3", "1.3.0"));
+        assert!(!gives(Bound::Minor, "1.2.3", "2.0.0"));
+        assert!(gives(Bound::Patch, "v1.2.3", "v1.2.10"));
+        assert!(!gives(Bound::Patch, "1.2.3", "1.3.0"));
+        // Not higher, not a plain version: never.
+        assert!(!gives(Bound::Major, "1.2.3", "1.2.3"));
+        assert!(!gives(Bound::Major, "1.2.3", "1.2.2"));
+        assert!(!gives(Bound::Major, "1.2.3", "1.3.0-rc1"));
+        assert!(!gives(Bound::Major, "1.2.3", "latest"));
+        assert!(!gives(Bound::Major, "1.2", "1.3.0"));
+        assert_eq!(
+            plan(
+                &Policy::Semver(Bound::Minor),
+                &at("1.2.3"),
+                &names,
+                &push("app", "1.4.0", D2)
+            ),
+            Some(format!("r:5000/app:1.4.0@{D2}"))
+        );
+        assert_eq!(version("v01.2.3"), Some((1, 2, 3)));
+        assert_eq!(version("1.2.3.4"), None);
+    }
+
+    #[test]
     fn validation_against_the_image() {
         let labels = |v: &str| [(LABEL.to_string(), v.to_string())].into();
         assert!(validate(&labels("true"), "127.0.0.1:5000/app:1").is_ok());
@@ -351,6 +448,12 @@ mod tests {
             validate(&labels("glob:*"), &format!("127.0.0.1:5000/app@{D1}"))
                 .unwrap_err()
                 .contains("no tag")
+        );
+        assert!(validate(&labels("semver:patch"), "127.0.0.1:5000/app:v1.0.2").is_ok());
+        assert!(
+            validate(&labels("semver:patch"), "127.0.0.1:5000/app:latest")
+                .unwrap_err()
+                .contains("version")
         );
         assert!(
             validate(&labels("nope"), "127.0.0.1:5000/app:1")

@@ -334,62 +334,74 @@ async fn a_push_rolls_opted_in_services_and_a_failing_health_gate_rolls_back() {
     .await;
 }
 
-/// `glob:PATTERN`: a new tag matching it rolls the service (which then
-/// names that tag); a tag that does not match does not.
+/// The pattern forms: `glob:v1.*` and `semver:minor`. A new tag matching
+/// rolls the service (which then names that tag); a tag that does not
+/// match does not.
 #[tokio::test]
 async fn a_pattern_rolls_to_a_matching_new_tag_only() {
     let name = unique("autoglob");
-    let _cleanup = Cleanup(vec![name.clone()]);
+    let semver = format!("{name}-semver");
+    let _cleanup = Cleanup(vec![name.clone(), semver.clone()]);
     let p = Platform::start("autoglob-host").await;
     let local = format!("bronze-test/{name}:next");
     build(&local, "RUN echo next > /www/index.html").await;
     let repo = format!("{}/team/{name}", p.registry);
     let d0 = push(IMAGE, &format!("{repo}:v1.0")).await;
+    push(IMAGE, &format!("{repo}:1.0.0")).await;
     let mut c = client(p.scheduler.addr).await;
-    c.create_service(pb::CreateServiceRequest {
-        spec: Some(web(&name, &format!("{repo}:v1.0"), Some("glob:v1.*"))),
-    })
-    .await
-    .expect("create");
-    converged(&mut c, &name, 1).await;
+    for (svc, tag, label) in [
+        (&name, "v1.0", "glob:v1.*"),
+        (&semver, "1.0.0", "semver:minor"),
+    ] {
+        c.create_service(pb::CreateServiceRequest {
+            spec: Some(web(svc, &format!("{repo}:{tag}"), Some(label))),
+        })
+        .await
+        .expect("create");
+        converged(&mut c, svc, 1).await;
+    }
 
-    // v2.0 does not match; v1.1 does (pushed after, so had v2.0 rolled the
-    // service, v1.1 would make version 3).
+    // v2.0 and 2.0.0 match neither; v1.1 and 1.1.0 match one each (pushed
+    // after, so had an earlier push rolled a service, it would be at
+    // version 3).
     push(&local, &format!("{repo}:v2.0")).await;
+    push(&local, &format!("{repo}:2.0.0")).await;
     let d = push(&local, &format!("{repo}:v1.1")).await;
-    let pinned = format!("{repo}:v1.1@{d}");
-    let s = eventually(Duration::from_secs(90), "the service runs v1.1", || {
-        let (mut c, name) = (c.clone(), name.clone());
-        async move {
-            let s = service(&mut c, &name).await;
-            (update_state(&s) == "completed"
-                && served(&mut c, &name).await.as_deref() == Some("next"))
-            .then_some(s)
-        }
-    })
-    .await;
-    assert_eq!(s.spec.as_ref().expect("spec").image, pinned);
-    assert_eq!((s.version, s.previous_version), (2, 1));
-    assert_eq!(
-        s.update_status
-            .as_ref()
-            .expect("status")
-            .autodeploy_reference,
-        format!("team/{name}:v1.1")
-    );
+    push(&local, &format!("{repo}:1.1.0")).await;
+    for (svc, tag) in [(&name, "v1.1"), (&semver, "1.1.0")] {
+        let s = eventually(
+            Duration::from_secs(90),
+            "the service runs the new tag",
+            || {
+                let (mut c, svc) = (c.clone(), svc.clone());
+                async move {
+                    let s = service(&mut c, &svc).await;
+                    (update_state(&s) == "completed"
+                        && served(&mut c, &svc).await.as_deref() == Some("next"))
+                    .then_some(s)
+                }
+            },
+        )
+        .await;
+        assert_eq!(
+            s.spec.as_ref().expect("spec").image,
+            format!("{repo}:{tag}@{d}")
+        );
+        assert_eq!((s.version, s.previous_version), (2, 1), "{svc}");
+        assert_eq!(
+            s.update_status
+                .as_ref()
+                .expect("status")
+                .autodeploy_reference,
+            format!("team/{name}:{tag}")
+        );
+    }
 
-    p.finish(
-        vec![name],
-        vec![
-            local,
-            format!("{repo}:v1.0"),
-            format!("{repo}:v2.0"),
-            format!("{repo}:v1.1"),
-            format!("{repo}@{d0}"),
-            format!("{repo}@{d}"),
-        ],
-    )
-    .await;
+    let mut images = vec![local, format!("{repo}@{d0}"), format!("{repo}@{d}")];
+    for tag in ["v1.0", "1.0.0", "v2.0", "2.0.0", "v1.1", "1.1.0"] {
+        images.push(format!("{repo}:{tag}"));
+    }
+    p.finish(vec![name, semver], images).await;
 }
 
 /// A label value that does not parse: InvalidArgument naming the label,

@@ -39,7 +39,8 @@ pub struct CreateArgs {
     /// Label of the service (repeat). bronze.autodeploy=true rolls the
     /// service to each new digest pushed under its image's tag to the
     /// registry the scheduler follows (--registry); =glob:PATTERN to each
-    /// new matching tag of its repository (e.g. glob:v1.*).
+    /// new matching tag of its repository (e.g. glob:v1.*);
+    /// =semver:major|minor|patch to each higher version tag.
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
     label: Vec<(String, String)>,
 
