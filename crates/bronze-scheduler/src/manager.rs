@@ -567,14 +567,7 @@ impl Manager {
                 state: UpdateState::Updating,
                 started_at: now,
                 completed_at: Time(0),
-                message: match &push {
-                    Some(p) => format!(
-                        "autodeploy of {} ({}): update in progress",
-                        p.reference(),
-                        p.digest
-                    ),
-                    None => "update in progress".into(),
-                },
+                message: String::new(),
                 next_batch_at: Time(0),
                 config: version.spec.update,
                 force_before: if force {
@@ -585,6 +578,7 @@ impl Manager {
                 automatic: false,
                 autodeploy: push,
             };
+            s.update.message = s.update.say("update in progress");
         }
         self.state.put_version(version);
         let id = s.id.clone();

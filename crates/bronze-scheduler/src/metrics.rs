@@ -12,7 +12,9 @@ use prometheus_client::metrics::histogram::Histogram;
 pub struct AutodeployLabel {
     /// `started` (a rolling update began), `queued` (an update was under
     /// way: it waits), `skipped` (the digest was rolled back before),
-    /// `completed`, `rolled_back` (the health gate failed), `paused`.
+    /// `unchanged` (a queued push that no longer changes the service),
+    /// `refused` (the update could not be made; logged), `completed`,
+    /// `rolled_back` (the health gate failed), `paused`.
     pub result: &'static str,
 }
 
