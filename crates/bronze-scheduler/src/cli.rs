@@ -103,6 +103,14 @@ pub struct Args {
     #[serde(rename = "registry_names", skip_serializing_if = "Option::is_none")]
     pub registry_name: Option<Vec<String>>,
 
+    /// The registry's HTTP API as this scheduler reaches it, e.g.
+    /// http://registry:5000, when that differs from the --registry-name
+    /// images carry (containers, NAT). Used to catch up with pushes made
+    /// while the event stream was broken [default: the image's host].
+    #[arg(long, env = "BRONZE_SCHEDULER_REGISTRY_HTTP", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry_http: Option<String>,
+
     /// Log format: plain or json [default: plain]. RUST_LOG sets the level.
     #[arg(long, env = "BRONZE_LOG_FORMAT", value_name = "FORMAT")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -143,6 +151,8 @@ mod tests {
             "127.0.0.1:5000,localhost:5000",
             "--registry-name",
             "registry.example.com",
+            "--registry-http",
+            "http://registry:5000",
         ]);
         let c = a.load().expect("valid");
         assert_eq!(c.registry, "http://127.0.0.1:5002");
@@ -150,5 +160,6 @@ mod tests {
             c.registry_names,
             ["127.0.0.1:5000", "localhost:5000", "registry.example.com"]
         );
+        assert_eq!(c.registry_http, "http://registry:5000");
     }
 }

@@ -42,6 +42,9 @@ pub struct Config {
     /// The registry hosts (`host:port`) image references name when they
     /// come from the followed registry: what clients push to.
     pub registry_names: Vec<String>,
+    /// The registry's HTTP API as the scheduler reaches it, for catching up
+    /// after the event stream broke; empty: the host the image names.
+    pub registry_http: String,
     pub log_format: LogFormat,
 }
 
@@ -58,6 +61,7 @@ impl Default for Config {
             discovery: String::new(),
             registry: String::new(),
             registry_names: Vec::new(),
+            registry_http: String::new(),
             log_format: LogFormat::Plain,
         }
     }
@@ -86,8 +90,9 @@ impl Config {
                 "expected at least twice the heartbeat",
             ));
         }
-        grpc_url("discovery", &self.discovery, "http://127.0.0.1:8502")?;
-        grpc_url("registry", &self.registry, "http://127.0.0.1:5002")?;
+        optional_url("discovery", &self.discovery, "http://127.0.0.1:8502")?;
+        optional_url("registry", &self.registry, "http://127.0.0.1:5002")?;
+        optional_url("registry_http", &self.registry_http, "http://registry:5000")?;
         if !self.registry.is_empty() && self.registry_names.is_empty() {
             return Err(ConfigError::invalid(
                 "registry_names",
@@ -139,8 +144,8 @@ impl Config {
     }
 }
 
-/// An optional gRPC address: empty, or `http(s)://host:port`.
-fn grpc_url(key: &str, url: &str, example: &str) -> Result<(), ConfigError> {
+/// An optional address (gRPC or HTTP): empty, or `http(s)://host:port`.
+fn optional_url(key: &str, url: &str, example: &str) -> Result<(), ConfigError> {
     if url.is_empty() {
         return Ok(());
     }

@@ -90,8 +90,7 @@ pub struct Server {
     metrics: Arc<Metrics>,
     admin_token: String,
     discovery: String,
-    registry: String,
-    registry_names: Vec<String>,
+    registry: Option<registry::Link>,
     internal: Shutdown,
 }
 
@@ -172,8 +171,11 @@ impl Server {
             metrics: Arc::new(metrics),
             admin_token: config.admin_token,
             discovery: config.discovery,
-            registry: config.registry,
-            registry_names: config.registry_names,
+            registry: (!config.registry.is_empty()).then_some(registry::Link {
+                url: config.registry,
+                names: config.registry_names,
+                http: config.registry_http,
+            }),
             internal,
         })
     }
@@ -226,10 +228,9 @@ impl Server {
                 self.internal.clone(),
             ))
         });
-        let pushes = (!self.registry.is_empty()).then(|| {
+        let pushes = self.registry.clone().map(|link| {
             tokio::spawn(registry::run(
-                self.registry.clone(),
-                self.registry_names.clone(),
+                link,
                 self.cluster.events.clone(),
                 self.cluster.snapshot.clone(),
                 self.internal.clone(),

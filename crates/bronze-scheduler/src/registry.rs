@@ -8,7 +8,9 @@
 //! (re)opens, the link first asks the registry's HTTP API (`HEAD
 //! /v2/<repo>/manifests/<tag>` on the host the image names) what the tag of
 //! every service following its tag (`bronze.autodeploy=true`) with a
-//! pinned image points to now, and hands a differing answer to the manager
+//! pinned image points to now (at `registry_http` when set: where the
+//! scheduler reaches the registry's HTTP API under another name than
+//! clients, as in a compose file), and hands a differing answer to the manager
 //! as a push. Patterns (`glob:`) are not caught up that way: a matching tag
 //! pushed while the link was down waits for the next push.
 //!
@@ -36,17 +38,28 @@ const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.v2+json";
 
-/// Runs until `shutdown`: follows the registry at `url`, feeds the manager.
+/// Where the registry is and what it is called.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// Its gRPC address (the `Events` stream).
+    pub url: String,
+    /// The hosts image references name it by.
+    pub names: Vec<String>,
+    /// Its HTTP API for catch-up lookups; empty: the host the image names.
+    pub http: String,
+}
+
+/// Runs until `shutdown`: follows the registry, feeds the manager.
 pub async fn run(
-    url: String,
-    names: Vec<String>,
+    link: Link,
     events: mpsc::Sender<Event>,
     snapshots: watch::Receiver<Arc<State>>,
     shutdown: Shutdown,
 ) {
+    let url = &link.url;
     let mut backoff = Duration::from_millis(100);
     loop {
-        let (ended, opened) = follow(&url, &names, &events, &snapshots, &shutdown).await;
+        let (ended, opened) = follow(&link, &events, &snapshots, &shutdown).await;
         if shutdown.is_triggered() {
             break;
         }
@@ -64,13 +77,13 @@ pub async fn run(
 
 /// One stream: why it ended, and whether it was opened at all.
 async fn follow(
-    url: &str,
-    names: &[String],
+    link: &Link,
     events: &mpsc::Sender<Event>,
     snapshots: &watch::Receiver<Arc<State>>,
     shutdown: &Shutdown,
 ) -> (String, bool) {
-    let mut client = match rpb::registry_client::RegistryClient::connect(url.to_string()).await {
+    let url = &link.url;
+    let mut client = match rpb::registry_client::RegistryClient::connect(url.clone()).await {
         Ok(c) => c,
         Err(e) => return (e.to_string(), false),
     };
@@ -81,7 +94,7 @@ async fn follow(
     tracing::info!(%url, "following the registry's pushes");
     // The stream is open: what was pushed while it was not is asked now.
     let state = snapshots.borrow().clone();
-    for push in catch_up(&state, names).await {
+    for push in catch_up(&state, link).await {
         if events.send(Event::Pushed(push)).await.is_err() {
             return ("the manager stopped".into(), true);
         }
@@ -113,7 +126,7 @@ async fn follow(
 
 /// What the tags of pinned services following their tag point to now,
 /// where it differs from what they run.
-async fn catch_up(state: &State, names: &[String]) -> Vec<Push> {
+async fn catch_up(state: &State, link: &Link) -> Vec<Push> {
     let mut wanted: Vec<(String, String, String)> = Vec::new();
     for service in state.services.values() {
         let Some(current) = state.current(service) else {
@@ -123,11 +136,15 @@ async fn catch_up(state: &State, names: &[String]) -> Vec<Push> {
             continue;
         }
         let r = ImageRef::parse(&current.spec.image);
-        if r.digest.is_none() || !names.iter().any(|n| n == r.host) {
+        if r.digest.is_none() || !link.names.iter().any(|n| n == r.host) {
             continue;
         }
         let key = (
-            r.host.to_string(),
+            if link.http.is_empty() {
+                format!("http://{}", r.host)
+            } else {
+                link.http.trim_end_matches('/').to_string()
+            },
             r.path.to_string(),
             r.tag.unwrap_or("latest").to_string(),
         );
@@ -136,29 +153,30 @@ async fn catch_up(state: &State, names: &[String]) -> Vec<Push> {
         }
     }
     let mut found = Vec::new();
-    for (host, path, tag) in wanted {
-        match tokio::time::timeout(LOOKUP_TIMEOUT, head(&host, &path, &tag)).await {
+    for (base, path, tag) in wanted {
+        match tokio::time::timeout(LOOKUP_TIMEOUT, head(&base, &path, &tag)).await {
             Ok(Ok(digest)) => found.push(Push {
                 repository: path,
                 tag,
                 digest,
             }),
             Ok(Err(why)) => {
-                tracing::warn!(%host, repository = %path, %tag, %why, "cannot catch up with a tag; the next push will")
+                tracing::warn!(registry = %base, repository = %path, %tag, %why, "cannot catch up with a tag; the next push will")
             }
             Err(_) => {
-                tracing::warn!(%host, repository = %path, %tag, "the registry did not answer a catch-up lookup in time")
+                tracing::warn!(registry = %base, repository = %path, %tag, "the registry did not answer a catch-up lookup in time")
             }
         }
     }
     found
 }
 
-/// The digest `host/path:tag` points to, from the registry's HTTP API.
-async fn head(host: &str, path: &str, tag: &str) -> Result<String, String> {
+/// The digest `path:tag` points to, from the registry's HTTP API at `base`
+/// (`http://host:port`).
+async fn head(base: &str, path: &str, tag: &str) -> Result<String, String> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Empty<Bytes>>();
-    let req = hyper::Request::head(format!("http://{host}/v2/{path}/manifests/{tag}"))
+    let req = hyper::Request::head(format!("{base}/v2/{path}/manifests/{tag}"))
         .header(hyper::header::ACCEPT, ACCEPT)
         .body(Empty::new())
         .map_err(|e| e.to_string())?;

@@ -486,7 +486,9 @@ async fn a_label_that_does_not_parse_is_refused_by_name() {
 /// A push while the scheduler was not following the registry (here: it was
 /// stopped) is caught up when its link (re)opens: the tag of a pinned,
 /// opted-in service is asked through the registry's HTTP API, and the
-/// service rolls to what it points to now.
+/// service rolls to what it points to now. With `registry_http`, the API
+/// is asked there, whatever name the image carries (here `localhost:1`,
+/// where nothing listens).
 #[tokio::test]
 async fn a_push_missed_while_not_following_is_caught_up_on_reconnect() {
     bronze_runtime::install_crypto_provider();
@@ -502,33 +504,40 @@ async fn a_push_missed_while_not_following_is_caught_up_on_reconnect() {
     let data = tempfile::tempdir().expect("dir");
     let config = bronze_scheduler::Config {
         registry: format!("http://{grpc}"),
-        registry_names: vec![http.to_string()],
+        registry_names: vec![http.to_string(), "localhost:1".into()],
+        registry_http: format!("http://{http}"),
         data_dir: data.path().display().to_string(),
         ..fast()
     };
+    let alias = format!("{name}-alias");
+    let aliased = format!("localhost:1/team/{name}:latest");
     let s = Scheduler::start(config.clone()).await;
     let mut c = client(s.addr).await;
-    c.create_service(pb::CreateServiceRequest {
-        spec: Some(web(&name, &format!("{remote}@{d1}"), Some("true"))),
-    })
-    .await
-    .expect("create");
+    for (svc, image) in [(&name, &remote), (&alias, &aliased)] {
+        c.create_service(pb::CreateServiceRequest {
+            spec: Some(web(svc, &format!("{image}@{d1}"), Some("true"))),
+        })
+        .await
+        .expect("create");
+    }
     s.stop().await;
 
     let d2 = push(&local, &remote).await;
     let s = Scheduler::start(config).await;
     let c = client(s.addr).await;
-    let svc = eventually(Duration::from_secs(30), "caught up with v2", || {
-        let (mut c, name, want) = (c.clone(), name.clone(), format!("{remote}@{d2}"));
-        async move {
-            let svc = service(&mut c, &name).await;
-            (svc.spec.as_ref()?.image == want).then_some(svc)
-        }
-    })
-    .await;
-    let u = svc.update_status.expect("status");
-    assert_eq!(u.autodeploy_digest, d2);
-    assert_eq!(svc.version, 2);
+    for (svc, image) in [(&name, &remote), (&alias, &aliased)] {
+        let found = eventually(Duration::from_secs(30), "caught up with v2", || {
+            let (mut c, svc, want) = (c.clone(), svc.clone(), format!("{image}@{d2}"));
+            async move {
+                let found = service(&mut c, &svc).await;
+                (found.spec.as_ref()?.image == want).then_some(found)
+            }
+        })
+        .await;
+        let u = found.update_status.expect("status");
+        assert_eq!(u.autodeploy_digest, d2);
+        assert_eq!(found.version, 2);
+    }
     s.stop().await;
     stop.trigger();
     let repo = format!("{http}/team/{name}");
