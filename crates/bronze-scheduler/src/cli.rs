@@ -82,6 +82,35 @@ pub struct Args {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub discovery: Option<String>,
 
+    /// bronze-registry's gRPC address, e.g. http://127.0.0.1:5002: services
+    /// labelled bronze.autodeploy=true then roll to each new digest pushed
+    /// there under their image's tag (=glob:PATTERN: a matching tag;
+    /// =semver:major|minor|patch: a higher version), with their
+    /// update_config [default: none].
+    #[arg(long, env = "BRONZE_SCHEDULER_REGISTRY", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+
+    /// The registry host images pushed to --registry name (what clients push
+    /// to, e.g. 127.0.0.1:5000); repeat, or separate with commas, for
+    /// several names of the same registry. Required with --registry.
+    #[arg(
+        long,
+        env = "BRONZE_SCHEDULER_REGISTRY_NAMES",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    #[serde(rename = "registry_names", skip_serializing_if = "Option::is_none")]
+    pub registry_name: Option<Vec<String>>,
+
+    /// The registry's HTTP API as this scheduler reaches it, e.g.
+    /// http://registry:5000, when that differs from the --registry-name
+    /// images carry (containers, NAT). Used to catch up with pushes made
+    /// while the event stream was broken [default: the image's host].
+    #[arg(long, env = "BRONZE_SCHEDULER_REGISTRY_HTTP", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry_http: Option<String>,
+
     /// Log format: plain or json [default: plain]. RUST_LOG sets the level.
     #[arg(long, env = "BRONZE_LOG_FORMAT", value_name = "FORMAT")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -114,5 +143,23 @@ mod tests {
         assert_eq!(c.heartbeat, std::time::Duration::from_secs(1));
         let a = Args::parse_from(["bronze-scheduler", "--node-grace", "soon"]);
         assert!(a.load().unwrap_err().to_string().contains("node_grace"));
+        let a = Args::parse_from([
+            "bronze-scheduler",
+            "--registry",
+            "http://127.0.0.1:5002",
+            "--registry-name",
+            "127.0.0.1:5000,localhost:5000",
+            "--registry-name",
+            "registry.example.com",
+            "--registry-http",
+            "http://registry:5000",
+        ]);
+        let c = a.load().expect("valid");
+        assert_eq!(c.registry, "http://127.0.0.1:5002");
+        assert_eq!(
+            c.registry_names,
+            ["127.0.0.1:5000", "localhost:5000", "registry.example.com"]
+        );
+        assert_eq!(c.registry_http, "http://registry:5000");
     }
 }

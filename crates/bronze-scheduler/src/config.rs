@@ -36,6 +36,15 @@ pub struct Config {
     /// tasks that publish ports count as up only once registered and
     /// passing, and tasks are drained from it before they stop.
     pub discovery: String,
+    /// bronze-registry's gRPC address; empty: not followed. When set,
+    /// services labelled `bronze.autodeploy` roll to what is pushed there.
+    pub registry: String,
+    /// The registry hosts (`host:port`) image references name when they
+    /// come from the followed registry: what clients push to.
+    pub registry_names: Vec<String>,
+    /// The registry's HTTP API as the scheduler reaches it, for catching up
+    /// after the event stream broke; empty: the host the image names.
+    pub registry_http: String,
     pub log_format: LogFormat,
 }
 
@@ -50,6 +59,9 @@ impl Default for Config {
             node_grace: Duration::from_secs(15),
             task_history: 5,
             discovery: String::new(),
+            registry: String::new(),
+            registry_names: Vec::new(),
+            registry_http: String::new(),
             log_format: LogFormat::Plain,
         }
     }
@@ -78,17 +90,30 @@ impl Config {
                 "expected at least twice the heartbeat",
             ));
         }
-        if !self.discovery.is_empty() {
-            let uri: Result<tonic::transport::Uri, _> = self.discovery.parse();
-            let ok = uri.is_ok_and(|u| {
-                matches!(u.scheme_str(), Some("http" | "https")) && u.port_u16().is_some()
-            });
+        optional_url("discovery", &self.discovery, "http://127.0.0.1:8502")?;
+        optional_url("registry", &self.registry, "http://127.0.0.1:5002")?;
+        optional_url("registry_http", &self.registry_http, "http://registry:5000")?;
+        if !self.registry.is_empty() && self.registry_names.is_empty() {
+            return Err(ConfigError::invalid(
+                "registry_names",
+                "expected at least one host:port that images pushed to the registry name \
+                 (what clients push to, e.g. \"127.0.0.1:5000\") when registry is set",
+            ));
+        }
+        for (i, n) in self.registry_names.iter().enumerate() {
+            let (host, port) = n.rsplit_once(':').unwrap_or((n.as_str(), ""));
+            let ok = !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+                && (port.is_empty() || port.parse::<u16>().is_ok())
+                && (host.contains('.') || !port.is_empty() || host == "localhost");
             if !ok {
                 return Err(ConfigError::invalid(
-                    "discovery",
+                    format!("registry_names[{i}]"),
                     format!(
-                        "{:?}: expected http://host:port, e.g. \"http://127.0.0.1:8502\"",
-                        self.discovery
+                        "{n:?}: expected a registry host as image references name it, e.g. \
+                         \"127.0.0.1:5000\" or \"registry.example.com\""
                     ),
                 ));
             }
@@ -113,8 +138,27 @@ impl Config {
             node_grace: self.node_grace,
             task_history: self.task_history,
             discovery: !self.discovery.is_empty(),
+            registry_names: self.registry_names.clone(),
             ..Tunables::default()
         }
+    }
+}
+
+/// An optional address (gRPC or HTTP): empty, or `http(s)://host:port`.
+fn optional_url(key: &str, url: &str, example: &str) -> Result<(), ConfigError> {
+    if url.is_empty() {
+        return Ok(());
+    }
+    let uri: Result<tonic::transport::Uri, _> = url.parse();
+    let ok = uri
+        .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.port_u16().is_some());
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!("{url:?}: expected http://host:port, e.g. \"{example}\""),
+        ))
     }
 }
 
@@ -136,5 +180,31 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("join_token"));
+        let c = Config {
+            registry: "127.0.0.1:5002".into(),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("registry"));
+        let c = Config {
+            registry: "http://127.0.0.1:5002".into(),
+            ..Default::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("registry_names")
+        );
+        let c = Config {
+            registry: "http://127.0.0.1:5002".into(),
+            registry_names: vec!["127.0.0.1:5000".into(), "bad/name".into()],
+            ..Default::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("registry_names[1]")
+        );
     }
 }

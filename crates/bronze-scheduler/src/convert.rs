@@ -451,8 +451,25 @@ pub fn service_to(s: &Service, spec: &ServiceSpec) -> pb::Service {
                 completed_at: time_to(s.update.completed_at),
                 message: s.update.message.clone(),
                 automatic: s.update.automatic,
+                autodeploy_reference: s
+                    .update
+                    .autodeploy
+                    .as_ref()
+                    .map(|p| p.reference())
+                    .unwrap_or_default(),
+                autodeploy_digest: s
+                    .update
+                    .autodeploy
+                    .as_ref()
+                    .map(|p| p.digest.clone())
+                    .unwrap_or_default(),
             }
         }),
+        autodeploy_queued: s
+            .autodeploy_queued
+            .as_ref()
+            .map(|p| format!("{}@{}", p.reference(), p.digest))
+            .unwrap_or_default(),
     }
 }
 

@@ -37,6 +37,7 @@ pub mod model;
 pub mod orchestrator;
 pub mod persist;
 pub mod placement;
+pub mod registry;
 pub mod sim;
 pub mod state;
 pub mod update;
@@ -89,6 +90,7 @@ pub struct Server {
     metrics: Arc<Metrics>,
     admin_token: String,
     discovery: String,
+    registry: Option<registry::Link>,
     internal: Shutdown,
 }
 
@@ -169,6 +171,11 @@ impl Server {
             metrics: Arc::new(metrics),
             admin_token: config.admin_token,
             discovery: config.discovery,
+            registry: (!config.registry.is_empty()).then_some(registry::Link {
+                url: config.registry,
+                names: config.registry_names,
+                http: config.registry_http,
+            }),
             internal,
         })
     }
@@ -221,6 +228,14 @@ impl Server {
                 self.internal.clone(),
             ))
         });
+        let pushes = self.registry.clone().map(|link| {
+            tokio::spawn(registry::run(
+                link,
+                self.cluster.events.clone(),
+                self.cluster.snapshot.clone(),
+                self.internal.clone(),
+            ))
+        });
         let manager = tokio::spawn(self.manager.run(self.events, self.internal.clone()));
         let internal = self.internal.clone();
         let http_shutdown = shutdown.clone();
@@ -236,6 +251,9 @@ impl Server {
         self.internal.trigger();
         if let Some(link) = link {
             let _ = link.await;
+        }
+        if let Some(pushes) = pushes {
+            let _ = pushes.await;
         }
         let _ = manager.await;
         result.map_err(|e| StartError::Serve(e.to_string()))

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::changes::ChangeLog;
 use crate::error::Error;
 use crate::metrics::SchedulerMetrics;
+use crate::model::autodeploy::{self, Push};
 use crate::model::{
     Availability, Desired, EngineInfo, Invalid, Mode, Node, NodeState, Resources, Service,
     ServiceSpec, Task, TaskState, TaskStatus, Time, UpdateState, UpdateStatus, Version, new_id,
@@ -46,6 +47,9 @@ pub struct Tunables {
     /// Discovery is followed: tasks publishing ports are up only once
     /// registered and passing there.
     pub discovery: bool,
+    /// The registry host names (`host:port`) images name when they come
+    /// from the registry followed for autodeploy.
+    pub registry_names: Vec<String>,
 }
 
 impl Default for Tunables {
@@ -56,6 +60,7 @@ impl Default for Tunables {
             task_history: 5,
             versions_kept: 10,
             discovery: false,
+            registry_names: Vec::new(),
         }
     }
 }
@@ -119,6 +124,8 @@ pub enum Event {
     /// What discovery says of tasks' instances now: all passing, or not;
     /// `None`: no instance registered.
     Registered(Vec<(String, Option<bool>)>),
+    /// The followed registry reported a push by tag (autodeploy).
+    Pushed(Push),
 }
 
 /// The last time each node's agent was heard from; sessions write it
@@ -253,8 +260,13 @@ impl Manager {
                 self.timers.insert((at, id.clone()));
             }
             orchestrator::reconcile(&mut self.state, id, now, self.tunables.task_history);
+            let before = self.state.service(id).map(|s| s.update.state);
             if let Some(at) = update::advance(&mut self.state, id, now) {
                 self.timers.insert((at, id.clone()));
+            }
+            self.autodeploy_outcome(id, before);
+            if self.autodeploy_queued(id) {
+                self.timers.insert((now, id.clone()));
             }
             orchestrator::reconcile(&mut self.state, id, now, self.tunables.task_history);
             self.prune_versions(id);
@@ -343,7 +355,7 @@ impl Manager {
                 force,
                 reply,
             } => {
-                let r = self.update_service(&service, spec, replicas, version, force);
+                let r = self.new_version(&service, spec, replicas, version, force, None);
                 self.reply(reply, r);
             }
             Event::Rollback(service, reply) => {
@@ -425,6 +437,7 @@ impl Manager {
                     self.sessions.remove(&node);
                 }
             }
+            Event::Pushed(push) => self.pushed(&push),
             Event::Registered(changes) => {
                 for (task, passing) in changes {
                     match passing {
@@ -462,6 +475,8 @@ impl Manager {
             updated_at: now,
             update: UpdateStatus::default(),
             removing: false,
+            autodeploy_queued: None,
+            autodeploy_failed: String::new(),
         };
         self.state.put_version(Version::new(&id, 1, spec));
         self.state.put_service(service);
@@ -469,13 +484,16 @@ impl Manager {
         Ok(id)
     }
 
-    fn update_service(
+    /// A new version of a service's spec (an update); `push`: it came from
+    /// a push to the registry (autodeploy), not from an API call.
+    fn new_version(
         &mut self,
         name: &str,
         spec: Option<ServiceSpec>,
         replicas: Option<u64>,
         expected: u64,
         force: bool,
+        push: Option<Push>,
     ) -> Result<String, Error> {
         let service = self
             .state
@@ -549,7 +567,7 @@ impl Manager {
                 state: UpdateState::Updating,
                 started_at: now,
                 completed_at: Time(0),
-                message: "update in progress".into(),
+                message: String::new(),
                 next_batch_at: Time(0),
                 config: version.spec.update,
                 force_before: if force {
@@ -558,7 +576,9 @@ impl Manager {
                     service.update.force_before
                 },
                 automatic: false,
+                autodeploy: push,
             };
+            s.update.message = s.update.say("update in progress");
         }
         self.state.put_version(version);
         let id = s.id.clone();
@@ -603,11 +623,159 @@ impl Manager {
             config: from.spec.rollback,
             force_before: service.update.force_before,
             automatic: false,
+            autodeploy: None,
         };
         let id = s.id.clone();
         self.state.put_service(s);
         self.touch(&id);
         Ok(id)
+    }
+
+    /// A push to the followed registry: every opted-in service it
+    /// concerns rolls to it, or queues it when a rollout is under way.
+    fn pushed(&mut self, push: &Push) {
+        let services: Vec<Arc<Service>> = self.state.services.values().cloned().collect();
+        for service in services {
+            if service.removing || self.autodeploy_image(&service, push).is_none() {
+                continue;
+            }
+            let result = if push.digest == service.autodeploy_failed {
+                tracing::warn!(
+                    service = %service.name, reference = %push.reference(), digest = %push.digest,
+                    "autodeploy skipped: this digest was rolled back before"
+                );
+                "skipped"
+            } else if service.update.state.in_progress() {
+                tracing::info!(
+                    service = %service.name, reference = %push.reference(), digest = %push.digest,
+                    "autodeploy queued: a rollout is under way"
+                );
+                let mut s = Service::clone(&service);
+                s.autodeploy_queued = Some(push.clone());
+                self.state.put_service(s);
+                "queued"
+            } else {
+                self.autodeploy(&service, push.clone())
+            };
+            self.metrics
+                .autodeploys
+                .get_or_create(&crate::metrics::AutodeployLabel { result })
+                .inc();
+        }
+    }
+
+    /// The image `push` gives `service`, if it is opted in and the push
+    /// concerns it.
+    fn autodeploy_image(&self, service: &Service, push: &Push) -> Option<String> {
+        let current = self.state.current(service)?;
+        let policy = autodeploy::policy(&current.spec.labels)?;
+        autodeploy::plan(
+            &policy,
+            &current.spec.image,
+            &self.tunables.registry_names,
+            push,
+        )
+    }
+
+    /// Starts the rolling update `push` asks of `service`; the metric's
+    /// result.
+    fn autodeploy(&mut self, service: &Service, push: Push) -> &'static str {
+        let Some(image) = self.autodeploy_image(service, &push) else {
+            return "unchanged";
+        };
+        let Some(current) = self.state.current(service).cloned() else {
+            return "unchanged";
+        };
+        let mut spec = ServiceSpec::clone(&current.spec);
+        spec.image = image;
+        let (name, reference, digest) =
+            (service.name.clone(), push.reference(), push.digest.clone());
+        match self.new_version(&name, Some(spec), None, 0, false, Some(push)) {
+            Ok(_) => {
+                tracing::info!(service = %name, %reference, %digest, "autodeploy started");
+                "started"
+            }
+            Err(e) => {
+                tracing::warn!(service = %name, %reference, %digest, error = %e, "autodeploy refused");
+                "refused"
+            }
+        }
+    }
+
+    /// Applies the push queued during a rollout once it ended; whether an
+    /// update started.
+    fn autodeploy_queued(&mut self, service_id: &str) -> bool {
+        let Some(service) = self.state.service(service_id).cloned() else {
+            return false;
+        };
+        if service.update.state.in_progress() || service.removing {
+            return false;
+        }
+        let Some(push) = service.autodeploy_queued.clone() else {
+            return false;
+        };
+        let mut s = Service::clone(&service);
+        s.autodeploy_queued = None;
+        self.state.put_service(s);
+        let Some(service) = self.state.service(service_id).cloned() else {
+            return false;
+        };
+        let result = if push.digest == service.autodeploy_failed {
+            "skipped"
+        } else {
+            self.autodeploy(&service, push)
+        };
+        self.metrics
+            .autodeploys
+            .get_or_create(&crate::metrics::AutodeployLabel { result })
+            .inc();
+        result == "started"
+    }
+
+    /// Counts and logs how an autodeploy's rollout ended (this round's
+    /// `advance` moved it from `before`), and remembers a digest rolled back.
+    fn autodeploy_outcome(&mut self, service_id: &str, before: Option<UpdateState>) {
+        let Some(service) = self.state.service(service_id).cloned() else {
+            return;
+        };
+        let Some(push) = service.update.autodeploy.clone() else {
+            return;
+        };
+        let now = service.update.state;
+        if before == Some(now) {
+            return;
+        }
+        let result = match now {
+            UpdateState::Completed => {
+                tracing::info!(
+                    service = %service.name, reference = %push.reference(), digest = %push.digest,
+                    "autodeploy completed"
+                );
+                "completed"
+            }
+            UpdateState::RollbackStarted if service.update.automatic => {
+                tracing::warn!(
+                    service = %service.name, reference = %push.reference(), digest = %push.digest,
+                    reason = %service.update.message, "autodeploy rolled back"
+                );
+                let mut s = Service::clone(&service);
+                s.autodeploy_failed = push.digest.clone();
+                self.state.put_service(s);
+                "rolled_back"
+            }
+            UpdateState::Paused => {
+                tracing::warn!(
+                    service = %service.name, reference = %push.reference(), digest = %push.digest,
+                    reason = %service.update.message, "autodeploy paused"
+                );
+                "paused"
+            }
+            _ => return,
+        };
+        self.metrics
+            .autodeploys
+            .get_or_create(&crate::metrics::AutodeployLabel { result })
+            .inc();
     }
 
     fn remove_node(&mut self, name: &str, force: bool) -> Result<String, Error> {

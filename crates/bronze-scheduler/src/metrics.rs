@@ -1,11 +1,25 @@
 //! The scheduler's metrics (`bronze_scheduler_*`).
 
 use bronze_telemetry::Metrics;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
+/// What became of a push that concerned an opted-in service.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AutodeployLabel {
+    /// `started` (a rolling update began), `queued` (an update was under
+    /// way: it waits), `skipped` (the digest was rolled back before),
+    /// `unchanged` (a queued push that no longer changes the service),
+    /// `refused` (the update could not be made; logged), `completed`,
+    /// `rolled_back` (the health gate failed), `paused`.
+    pub result: &'static str,
+}
+
 pub struct SchedulerMetrics {
+    pub autodeploys: Family<AutodeployLabel, Counter>,
     pub commits: Counter,
     pub commit_errors: Counter,
     pub placed: Counter,
@@ -18,6 +32,7 @@ pub struct SchedulerMetrics {
 impl SchedulerMetrics {
     pub fn register(m: &mut Metrics) -> Self {
         let this = Self {
+            autodeploys: Family::default(),
             commits: Counter::default(),
             commit_errors: Counter::default(),
             placed: Counter::default(),
@@ -53,6 +68,11 @@ impl SchedulerMetrics {
             "agent_reports_ignored",
             "Task reports from agents that were not applied (unknown task, wrong node, bad state)",
             this.reports_ignored.clone(),
+        );
+        r.register(
+            "autodeploys",
+            "Pushes that concerned a service labelled bronze.autodeploy, by what became of them",
+            this.autodeploys.clone(),
         );
         r.register("agent_sessions", "Agents connected", this.sessions.clone());
         r.register(

@@ -139,6 +139,8 @@ mod tests {
             updated_at: Time::now(),
             update: Default::default(),
             removing: false,
+            autodeploy_queued: None,
+            autodeploy_failed: String::new(),
         });
         let mut spec = ServiceSpec::new("web", "busybox");
         spec.reservations.memory_bytes = 64 << 20;

@@ -794,3 +794,140 @@ async fn failing_rollouts_roll_back_or_pause() {
         svc.update.message
     );
 }
+
+/// Deploy on push, the manager's part: a push during a rollout waits and
+/// is applied when it ends (the newest wins), the same digest again does
+/// nothing, and a digest that was rolled back is not deployed again by a
+/// push of it.
+#[tokio::test]
+async fn autodeploy_queues_during_a_rollout_and_skips_a_rolled_back_digest() {
+    use crate::model::UpdateState;
+    use crate::model::autodeploy::Push;
+    use crate::model::spec::FailureAction;
+    let sim = Sim::start(
+        mem(),
+        Tunables {
+            registry_names: vec!["reg.test:5000".into()],
+            ..tunables()
+        },
+    )
+    .await;
+    three_nodes(&sim).await;
+    let mut s = spec("app", 1);
+    s.image = "reg.test:5000/team/app:latest".into();
+    s.labels.insert("bronze.autodeploy".into(), "true".into());
+    s.update.failure_action = FailureAction::Rollback;
+    // Each rollout stays under way a while after its task is up.
+    s.update.monitor = Duration::from_millis(800);
+    s.rollback.monitor = Duration::from_millis(100);
+    sim.create(s).await.expect("create");
+    sim.until(WAIT, "1 running", |s| running(s, "app") == 1)
+        .await;
+    let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    let push = |d: &str| Push {
+        repository: "team/app".into(),
+        tag: "latest".into(),
+        digest: d.to_string(),
+    };
+    let pinned = |d: &str| format!("reg.test:5000/team/app:latest@{d}");
+    let image = |s: &State| {
+        let svc = s.find_service("app").expect("svc");
+        s.current(svc).expect("spec").spec.image.clone()
+    };
+    // A no-op update through the same channel: once it is answered, every
+    // event sent before it was applied.
+    let sync = || async {
+        sim.ask(|reply| Event::UpdateService {
+            service: "app".into(),
+            spec: None,
+            replicas: None,
+            version: 0,
+            force: false,
+            reply,
+        })
+        .await
+        .expect("sync")
+    };
+    let (d1, d2, d3) = (digest('1'), digest('2'), digest('3'));
+    for d in [&d1, &d2, &d3] {
+        sim.events.send(Event::Pushed(push(d))).await.expect("send");
+    }
+    sync().await;
+    // d1 rolls; d2 then d3 came during it: only the newest waits.
+    let state = sim.state();
+    let svc = state.find_service("app").expect("svc");
+    assert_eq!(image(&state), pinned(&d1));
+    assert_eq!(svc.update.state, UpdateState::Updating);
+    assert_eq!(svc.autodeploy_queued, Some(push(&d3)));
+    let state = sim
+        .until(WAIT, "the queued push applied and rolled", |s| {
+            image(s) == pinned(&d3)
+                && s.find_service("app")
+                    .is_some_and(|x| x.update.state == UpdateState::Completed)
+        })
+        .await;
+    let svc = state.find_service("app").expect("svc");
+    assert_eq!((svc.version, svc.autodeploy_queued.clone()), (3, None));
+    assert!(svc.update.message.contains(&d3), "{}", svc.update.message);
+    // The same digest again: nothing.
+    sim.events
+        .send(Event::Pushed(push(&d3)))
+        .await
+        .expect("send");
+    sync().await;
+    assert_eq!(sim.state().find_service("app").expect("svc").version, 3);
+
+    // d4's task fails: rolled back by itself, d4 remembered and skipped.
+    let d4 = digest('4');
+    sim.events
+        .send(Event::Pushed(push(&d4)))
+        .await
+        .expect("send");
+    let state = sim
+        .until(WAIT, "d4's task up", |s| {
+            let svc = s.find_service("app").expect("svc");
+            s.service_tasks(&svc.id).any(|t| {
+                !t.up_at.is_zero()
+                    && !t.status.state.is_terminal()
+                    && s.version(&svc.id, t.spec_version)
+                        .is_some_and(|v| v.spec.image == pinned(&d4))
+            })
+        })
+        .await;
+    let svc = state.find_service("app").expect("svc");
+    let t = state
+        .service_tasks(&svc.id)
+        .find(|t| !t.up_at.is_zero() && !t.status.state.is_terminal() && t.spec_version == 4)
+        .expect("d4's task")
+        .clone();
+    sim.report(
+        &t.node_id,
+        &t.id,
+        TaskStatus::new(TaskState::Failed, "unhealthy"),
+    )
+    .await;
+    let state = sim
+        .until(WAIT, "rolled back", |s| {
+            s.find_service("app")
+                .is_some_and(|x| x.update.state == UpdateState::RollbackCompleted)
+        })
+        .await;
+    let svc = state.find_service("app").expect("svc");
+    assert_eq!(svc.autodeploy_failed, d4);
+    assert_eq!(image(&state), pinned(&d3));
+    assert!(
+        svc.update.automatic
+            && svc.update.message.contains("rolled back")
+            && svc.update.message.contains(&d4),
+        "{}",
+        svc.update.message
+    );
+    let versions = (svc.version, svc.previous_version);
+    sim.events
+        .send(Event::Pushed(push(&d4)))
+        .await
+        .expect("send");
+    sync().await;
+    let svc = sim.state().find_service("app").expect("svc").clone();
+    assert_eq!((svc.version, svc.previous_version), versions);
+}

@@ -140,12 +140,12 @@ pub fn advance(state: &mut State, service_id: &str, now: Time) -> Option<Time> {
         } else {
             UpdateState::Paused
         };
-        s.update.message = format!(
+        s.update.message = s.update.say(&format!(
             "{} paused: task {} {} ({why})",
             if rolling_back { "rollback" } else { "update" },
             crate::model::short(&t.id),
             t.status.state.as_str()
-        );
+        ));
         s.update.completed_at = now;
         tracing::warn!(service = %s.name, reason = %s.update.message, "rollout paused");
         state.put_service(s);
@@ -174,7 +174,7 @@ pub fn advance(state: &mut State, service_id: &str, now: Time) -> Option<Time> {
                 format!("{}; rollback completed", s.update.message)
             }
             (UpdateState::RollbackCompleted, false) => "rollback completed".into(),
-            _ => "update completed".into(),
+            _ => s.update.say("update completed"),
         };
         state.put_service(s);
         return None;
@@ -247,6 +247,7 @@ fn roll_back(state: &mut State, service: Service, now: Time, why: &str) -> Optio
         .map(|v| v.spec.rollback)
         .unwrap_or_default();
     let mut s = service;
+    let why = &s.update.say(why);
     let failed_version = s.version;
     s.version = to.version;
     s.previous_version = failed_version;
@@ -260,6 +261,7 @@ fn roll_back(state: &mut State, service: Service, now: Time, why: &str) -> Optio
         config: from,
         force_before: s.update.force_before,
         automatic: true,
+        autodeploy: s.update.autodeploy.clone(),
     };
     tracing::warn!(service = %s.name, reason = %why, "rolling back automatically");
     state.put_service(s);

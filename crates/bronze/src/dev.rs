@@ -48,7 +48,10 @@ pub struct DevConfig {
     /// `dns_resolver` to the in-process discovery's DNS server (so
     /// `<svc>.service.<domain>` hosts and SRV names resolve).
     gateway: bronze_gateway::Config,
-    /// Its `data_dir` defaults to `<data_dir>/scheduler`.
+    /// Its `data_dir` defaults to `<data_dir>/scheduler`; its `discovery`
+    /// and `registry` keys to the in-process discovery's and registry's
+    /// gRPC (the registry's `registry_names` to its HTTP address as
+    /// 127.0.0.1:PORT and localhost:PORT), so autodeploy works as is.
     scheduler: bronze_scheduler::Config,
     /// Its `scheduler` and `join_token` are the in-process scheduler's; its
     /// `data_dir` defaults to `<data_dir>/agent`.
@@ -231,6 +234,18 @@ pub fn run(config: DevConfig) -> i32 {
         let mut scheduler_config = config.scheduler.clone();
         if scheduler_config.discovery.is_empty() {
             scheduler_config.discovery = format!("http://{}", reachable(discovery.grpc_addr()));
+        }
+        // Deploy on push: the scheduler follows the in-process registry,
+        // whose images are named as clients push them (127.0.0.1:PORT or
+        // localhost:PORT; other names through the config's
+        // scheduler.registry_names).
+        if scheduler_config.registry.is_empty() {
+            scheduler_config.registry = format!("http://{}", reachable(registry.grpc_addr()));
+            if scheduler_config.registry_names.is_empty() {
+                let http = reachable(registry.addr());
+                scheduler_config.registry_names =
+                    vec![http.to_string(), format!("localhost:{}", http.port())];
+            }
         }
         let scheduler = match bronze_scheduler::Server::bind(scheduler_config).await {
             Ok(s) => s,

@@ -143,7 +143,12 @@ pub fn service(r: &pb::ServiceResponse) -> Value {
             "completed_at": time(u.completed_at.as_ref()),
             "message": u.message,
             "automatic": u.automatic,
+            "autodeploy": (!u.autodeploy_reference.is_empty()).then(|| json!({
+                "reference": u.autodeploy_reference,
+                "digest": u.autodeploy_digest,
+            })),
         })),
+        "autodeploy_queued": (!s.autodeploy_queued.is_empty()).then(|| s.autodeploy_queued.clone()),
         "status": status(r.status.as_ref()),
         "warnings": r.warnings,
     })

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bronze");
 
-#[tokio::test]
-async fn dev_prints_its_listeners_serves_and_stops_on_sigterm() {
+/// `bronze dev --ephemeral`, once it printed its listeners (the lines).
+fn start_dev() -> (std::process::Child, Vec<String>) {
     let mut child = Command::new(BIN)
         .args(["dev", "--ephemeral"])
         .stdout(Stdio::piped())
@@ -28,15 +28,43 @@ async fn dev_prints_its_listeners_serves_and_stops_on_sigterm() {
                 .expect("bronze dev prints its listeners"),
         );
     }
-    let addr_of = |prefix: &str| -> String {
-        lines
-            .iter()
-            .find_map(|l| l.strip_prefix(prefix))
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("{prefix} in {lines:?}"))
-            .trim_start_matches("http://")
-            .to_string()
-    };
+    (child, lines)
+}
+
+/// The address a listener line of `bronze dev` starting with `prefix` names.
+fn listener(lines: &[String], prefix: &str) -> String {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{prefix} in {lines:?}"))
+        .trim_start_matches("http://")
+        .to_string()
+}
+
+/// SIGTERM, then the exit within 20 s.
+fn stop_dev(mut child: std::process::Child) -> std::process::ExitStatus {
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "stops within 20s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn dev_prints_its_listeners_serves_and_stops_on_sigterm() {
+    let (child, lines) = start_dev();
+    let addr_of = |prefix: &str| listener(&lines, prefix);
     let http = addr_of("discovery http");
     let dns = addr_of("discovery dns");
     assert!(
@@ -307,26 +335,123 @@ async fn dev_prints_its_listeners_serves_and_stops_on_sigterm() {
     let registry_root = std::env::temp_dir().join(format!("bronze-dev-registry-{}", child.id()));
     assert!(registry_root.exists(), "{registry_root:?}");
 
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "stops within 20s of SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = stop_dev(child);
     assert!(status.success(), "{status:?}");
     assert!(
         !registry_root.exists(),
         "the ephemeral registry's files are removed"
     );
+}
+
+/// Runs a command; its stdout, or the test fails with its stderr.
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The digest `docker push` printed.
+fn pushed_digest(out: &str) -> String {
+    out.split_whitespace()
+        .skip_while(|w| *w != "digest:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no digest in {out}"))
+        .to_string()
+}
+
+/// Deploy on push works in `bronze dev` as it starts: a service labelled
+/// bronze.autodeploy=true rolls to a new digest pushed to the in-process
+/// registry, and `service inspect` says so.
+#[test]
+fn dev_deploys_a_push_to_an_opted_in_service() {
+    let (child, lines) = start_dev();
+    let registry = listener(&lines, "registry");
+    let scheduler = format!("http://{}", listener(&lines, "scheduler"));
+    let id = std::process::id();
+    let image = format!("{registry}/dev/auto{id}:latest");
+    let local = format!("bronze-test/devauto{id}:v2");
+    run(Command::new("docker").args(["tag", "bronze-test/busybox-httpd:latest", &image]));
+    let d1 = pushed_digest(&run(Command::new("docker").args(["push", &image])));
+    let svc = format!("devauto{id}");
+    run(Command::new(BIN).args([
+        "--scheduler",
+        &scheduler,
+        "service",
+        "create",
+        "--name",
+        &svc,
+        "--label",
+        "bronze.autodeploy=true",
+        "--stable",
+        "1s",
+        &image,
+    ]));
+    let mut build = Command::new("docker")
+        .args(["build", "-q", "-t", &local, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("docker build");
+    {
+        use std::io::Write as _;
+        let mut stdin = build.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"FROM bronze-test/busybox-httpd:latest\nRUN echo v2 > /www/index.html\n")
+            .expect("dockerfile");
+    }
+    assert!(build.wait().expect("build").success());
+    run(Command::new("docker").args(["tag", &local, &image]));
+    let digest = pushed_digest(&run(Command::new("docker").args(["push", &image])));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pretty = loop {
+        let out = run(Command::new(BIN).args([
+            "--scheduler",
+            &scheduler,
+            "service",
+            "inspect",
+            "--pretty",
+            &svc,
+        ]));
+        if out.contains("completed") && out.contains(&digest) || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    run(Command::new(BIN).args(["--scheduler", &scheduler, "service", "rm", &svc]));
+    assert!(
+        pretty.contains("Autodeploy:")
+            && pretty.contains(&format!("dev/auto{id}:latest ({digest})")),
+        "{pretty}"
+    );
+    // The agent removes the service's containers before bronze dev stops.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !run(Command::new("docker").args([
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=bronze.service.name={svc}"),
+    ]))
+    .is_empty()
+    {
+        assert!(Instant::now() < deadline, "containers removed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let repo = format!("{registry}/dev/auto{id}");
+    let _ = Command::new("docker")
+        .args([
+            "rmi",
+            &local,
+            &image,
+            &format!("{repo}@{d1}"),
+            &format!("{repo}@{digest}"),
+        ])
+        .output();
+    assert!(stop_dev(child).success());
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! Stored as JSON: readable with any redb viewer, and fields added later get
 //! serde defaults, so an older store opens with a newer scheduler.
 
+pub mod autodeploy;
 pub mod constraint;
 pub mod node;
 pub mod service;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::Time;
+use super::autodeploy::Push;
 use super::spec::{ServiceSpec, UpdateConfig};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +65,19 @@ pub struct UpdateStatus {
     /// Rolled back automatically (failure_action rollback): the rollback
     /// was not asked for by a person.
     pub automatic: bool,
+    /// The update (or the rollback of it) came from this push to the
+    /// registry (`bronze.autodeploy`), not from an API call.
+    pub autodeploy: Option<Push>,
+}
+
+impl UpdateStatus {
+    /// `what`, said of this rollout: prefixed with the push it came from.
+    pub fn say(&self, what: &str) -> String {
+        match &self.autodeploy {
+            Some(p) => format!("autodeploy of {} ({}): {what}", p.reference(), p.digest),
+            None => what.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +95,14 @@ pub struct Service {
     /// The service is being removed: its tasks stop, then it is deleted.
     #[serde(default)]
     pub removing: bool,
+    /// The newest push that concerned the service while a rollout was under
+    /// way: applied when it ends.
+    #[serde(default)]
+    pub autodeploy_queued: Option<Push>,
+    /// The last digest an autodeploy rolled back from: pushes of it are not
+    /// deployed again by themselves.
+    #[serde(default)]
+    pub autodeploy_failed: String,
 }
 
 /// One version of a service's spec, immutable once stored.

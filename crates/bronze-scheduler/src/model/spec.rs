@@ -563,6 +563,10 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), Invalid> {
             ));
         }
     }
+    check(
+        &format!("labels.{}", super::autodeploy::LABEL),
+        super::autodeploy::validate(&spec.labels, &spec.image),
+    )?;
     let mut published = std::collections::HashSet::new();
     for (i, p) in spec.ports.iter().enumerate() {
         if p.target == 0 {

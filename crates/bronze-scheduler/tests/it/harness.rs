@@ -52,6 +52,19 @@ pub fn fast() -> bronze_scheduler::Config {
     }
 }
 
+/// A registry in this process storing under `root`, until `stop`: its
+/// HTTP (docker push/pull) and gRPC (events) addresses.
+pub async fn registry(root: &std::path::Path, stop: &Shutdown) -> (SocketAddr, SocketAddr) {
+    let registry = bronze_registry::Server::bind(bronze_registry::Config::ephemeral(
+        &root.display().to_string(),
+    ))
+    .await
+    .expect("registry");
+    let addrs = (registry.addr(), registry.grpc_addr());
+    tokio::spawn(registry.serve(stop.clone()));
+    addrs
+}
+
 /// A scheduler in this process.
 pub struct Scheduler {
     pub addr: SocketAddr,

@@ -22,13 +22,7 @@ async fn an_image_pushed_to_the_registry_runs_spread_and_registers_in_dns() {
     let stop = Shutdown::new();
     // Registry, discovery and one registrator for this host.
     let root = tempfile::tempdir().expect("dir");
-    let registry = bronze_registry::Server::bind(bronze_registry::Config::ephemeral(
-        &root.path().display().to_string(),
-    ))
-    .await
-    .expect("registry");
-    let registry_addr = registry.addr();
-    tokio::spawn(registry.serve(stop.clone()));
+    let (registry_addr, _) = crate::harness::registry(root.path(), &stop).await;
     let discovery = bronze_discovery::Server::bind(bronze_discovery::Config::ephemeral())
         .await
         .expect("discovery");

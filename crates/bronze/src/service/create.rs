@@ -36,7 +36,11 @@ pub struct CreateArgs {
     #[arg(long, value_name = "FILE")]
     env_file: Vec<PathBuf>,
 
-    /// Label of the service (repeat).
+    /// Label of the service (repeat). bronze.autodeploy=true rolls the
+    /// service to each new digest pushed under its image's tag to the
+    /// registry the scheduler follows (--registry); =glob:PATTERN to each
+    /// new matching tag of its repository (e.g. glob:v1.*);
+    /// =semver:major|minor|patch to each higher version tag.
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
     label: Vec<(String, String)>,
 
@@ -201,7 +205,8 @@ pub struct UpdateArgs {
     #[arg(long, value_name = "KEY")]
     env_rm: Vec<String>,
 
-    /// Add or replace a service label (repeat).
+    /// Add or replace a service label (repeat); e.g. bronze.autodeploy=true
+    /// (deploy on push: see `service create --label`).
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
     label_add: Vec<(String, String)>,
 

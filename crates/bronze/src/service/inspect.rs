@@ -166,6 +166,19 @@ pub fn pretty(r: &pb::ServiceResponse) -> String {
         if !u.message.is_empty() {
             p.kv(1, "Message", u.message.clone());
         }
+        if !u.autodeploy_reference.is_empty() {
+            p.kv(
+                1,
+                "Autodeploy",
+                format!(
+                    "push of {} ({})",
+                    u.autodeploy_reference, u.autodeploy_digest
+                ),
+            );
+        }
+    }
+    if !service.autodeploy_queued.is_empty() {
+        p.kv(0, "AutodeployQueued", service.autodeploy_queued.clone());
     }
     if let Some(pl) = &spec.placement
         && (!pl.constraints.is_empty()

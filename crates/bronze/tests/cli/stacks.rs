@@ -477,3 +477,33 @@ async fn image_tags_are_pinned_to_their_registry_digest() {
     shutdown.trigger();
     let _ = Command::new("docker").args(["rmi", &reference]).output();
 }
+
+/// A `bronze.autodeploy` deploy label that does not parse: the deploy
+/// fails naming it, and nothing is deployed (not even the stack's valid
+/// services).
+#[tokio::test]
+async fn an_autodeploy_label_that_does_not_parse_deploys_nothing() {
+    let s = Scheduler::start(fast()).await;
+    let stack = unique("autobad");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = write(
+        dir.path(),
+        "stack.yml",
+        &format!(
+            "services:\n  web:\n{}  api:\n{}    deploy:\n      labels:\n        bronze.autodeploy: \"sometimes\"\n",
+            service("1", ""),
+            service("1", ""),
+        ),
+    );
+    let out = deploy(&s, &file, &stack, &[]).await;
+    let err = out.fails(1);
+    assert!(
+        err.contains("bronze.autodeploy") && err.contains("sometimes"),
+        "{out:#?}"
+    );
+    let services = s.bronze(&["stack", "services", "-q", &stack]).await;
+    assert!(
+        services.fails(1).contains("nothing found in stack"),
+        "{services:#?}"
+    );
+}
