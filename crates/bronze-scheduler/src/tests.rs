@@ -794,3 +794,110 @@ async fn failing_rollouts_roll_back_or_pause() {
         svc.update.message
     );
 }
+
+fn put_secret(
+    name: &str,
+    data: &[u8],
+    how: crate::manager::Put,
+) -> impl FnOnce(tokio::sync::oneshot::Sender<Result<String, crate::Error>>) -> Event {
+    let (name, data) = (name.to_string(), data.to_vec());
+    move |reply| Event::PutObject {
+        kind: crate::model::Kind::Secret,
+        name,
+        data: crate::model::Plain(data),
+        labels: Default::default(),
+        how,
+        reply,
+    }
+}
+
+#[tokio::test]
+async fn a_new_secret_version_rolls_its_services_and_removal_waits_for_them() {
+    use crate::manager::Put;
+    use crate::model::{FileRef, Kind};
+    let store = mem();
+    let sim = Sim::start(store.clone(), tunables()).await;
+    three_nodes(&sim).await;
+    sim.ask(put_secret("db_pw", b"first-value-8a1", Put::Create))
+        .await
+        .expect("created");
+    // A service naming a secret that does not exist is refused, by field.
+    let mut s = spec("api", 2);
+    s.secrets.push(FileRef {
+        source: "nope".into(),
+        target: "/run/secrets/nope".into(),
+        uid: 0,
+        gid: 0,
+        mode: 0o400,
+        version: 0,
+    });
+    let e = sim.create(s.clone()).await.expect_err("undefined secret");
+    assert!(e.to_string().contains("spec.secrets[0].source"), "{e}");
+    assert!(sim.state().find_service("api").is_none(), "nothing stored");
+    s.secrets[0].source = "db_pw".into();
+    sim.create(s).await.expect("created");
+    let st = sim
+        .until(WAIT, "api runs", |s| running(s, "api") == 2)
+        .await;
+    let svc = st.find_service("api").expect("api");
+    assert_eq!(
+        st.current(svc).expect("v").spec.secrets[0].version,
+        1,
+        "pinned"
+    );
+
+    // The same data again changes nothing; new data is version 2 and a
+    // rollout of the service.
+    sim.ask(put_secret("db_pw", b"first-value-8a1", Put::Update))
+        .await
+        .expect("same");
+    assert_eq!(
+        sim.state()
+            .find_object(Kind::Secret, "db_pw")
+            .expect("o")
+            .versions
+            .len(),
+        1
+    );
+    sim.ask(put_secret("db_pw", b"second-value-77c", Put::Update))
+        .await
+        .expect("updated");
+    let st = sim
+        .until(WAIT, "api rolled to version 2 of the secret", |s| {
+            let svc = s.find_service("api").expect("api");
+            let v = s.current(svc).expect("v");
+            v.spec.secrets[0].version == 2
+                && wanted(s, "api")
+                    .iter()
+                    .all(|t| t.spec_version == svc.version && t.status.state == TaskState::Running)
+                && wanted(s, "api").len() == 2
+        })
+        .await;
+    assert_eq!(st.find_service("api").expect("api").version, 2);
+
+    // Removing it is refused while the service uses it, naming it.
+    let e = sim
+        .ask(|reply| Event::RemoveObject {
+            kind: Kind::Secret,
+            name: "db_pw".into(),
+            reply,
+        })
+        .await
+        .expect_err("in use");
+    assert!(e.to_string().contains("api"), "{e}");
+
+    // The store holds no value in clear.
+    let dump: Vec<u8> = [
+        "scheduler.secrets",
+        "scheduler.versions",
+        "scheduler.services",
+    ]
+    .iter()
+    .flat_map(|ns| store.list(ns).expect("list"))
+    .flat_map(|(k, v)| [k.into_bytes(), v].concat())
+    .collect();
+    assert!(!dump.is_empty());
+    for value in [&b"first-value-8a1"[..], b"second-value-77c"] {
+        assert!(!dump.windows(value.len()).any(|w| w == value));
+    }
+}

@@ -109,7 +109,48 @@ pub fn spec(s: &pb::ServiceSpec) -> Value {
         })),
         "update_config": update_config(s.update_config.as_ref()),
         "rollback_config": update_config(s.rollback_config.as_ref()),
+        "secrets": s.secrets.iter().map(file_ref).collect::<Vec<_>>(),
+        "configs": s.configs.iter().map(file_ref).collect::<Vec<_>>(),
     })
+}
+
+/// A secret or config a service mounts (never its data).
+fn file_ref(r: &pb::FileReference) -> Value {
+    json!({
+        "source": r.source,
+        "target": r.target,
+        "uid": r.uid,
+        "gid": r.gid,
+        "mode": format!("{:04o}", r.mode),
+        "version": r.version,
+    })
+}
+
+/// A secret or config: metadata, the services using it and, for a config
+/// read with `inspect`, its data (a secret's never comes from the API).
+pub fn data_object(o: &pb::DataObject) -> Value {
+    let mut v = json!({
+        "id": o.id,
+        "name": o.name,
+        "created_at": time(o.created_at.as_ref()),
+        "updated_at": time(o.updated_at.as_ref()),
+        "versions": o.versions.iter().map(|v| json!({
+            "version": v.version,
+            "created_at": time(v.created_at.as_ref()),
+            "labels": map(&v.labels),
+            "size": v.size,
+        })).collect::<Vec<_>>(),
+        "services": o.services,
+    });
+    if !o.data.is_empty()
+        && let Value::Object(m) = &mut v
+    {
+        m.insert(
+            "data".into(),
+            Value::String(String::from_utf8_lossy(&o.data).into_owned()),
+        );
+    }
+    v
 }
 
 pub fn status(s: Option<&pb::ServiceStatus>) -> Value {
