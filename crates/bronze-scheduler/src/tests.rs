@@ -886,6 +886,19 @@ async fn a_new_secret_version_rolls_its_services_and_removal_waits_for_them() {
         .expect_err("in use");
     assert!(e.to_string().contains("api"), "{e}");
 
+    // A rollback returns to the old value too: the old version pins it.
+    sim.ask(|reply| Event::Rollback("api".into(), reply))
+        .await
+        .expect("rollback");
+    sim.until(WAIT, "api back on version 1 of the secret", |s| {
+        let svc = s.find_service("api").expect("api");
+        s.current(svc).expect("v").spec.secrets[0].version == 1
+            && wanted(s, "api")
+                .iter()
+                .all(|t| t.spec_version == svc.version && t.status.state == TaskState::Running)
+    })
+    .await;
+
     // The store holds no value in clear.
     let dump: Vec<u8> = [
         "scheduler.secrets",

@@ -64,7 +64,7 @@ fn update_config(u: Option<&pb::UpdateConfig>) -> Value {
 pub fn spec(s: &pb::ServiceSpec) -> Value {
     let placement = s.placement.clone().unwrap_or_default();
     let res = s.resources.unwrap_or_default();
-    json!({
+    let mut v = json!({
         "name": s.name,
         "image": s.image,
         "command": s.command,
@@ -109,9 +109,17 @@ pub fn spec(s: &pb::ServiceSpec) -> Value {
         })),
         "update_config": update_config(s.update_config.as_ref()),
         "rollback_config": update_config(s.rollback_config.as_ref()),
-        "secrets": s.secrets.iter().map(file_ref).collect::<Vec<_>>(),
-        "configs": s.configs.iter().map(file_ref).collect::<Vec<_>>(),
-    })
+    });
+    // Only when the service mounts some (references, never data).
+    if let Value::Object(m) = &mut v {
+        if !s.secrets.is_empty() {
+            m.insert("secrets".into(), s.secrets.iter().map(file_ref).collect());
+        }
+        if !s.configs.is_empty() {
+            m.insert("configs".into(), s.configs.iter().map(file_ref).collect());
+        }
+    }
+    v
 }
 
 /// A secret or config a service mounts (never its data).
