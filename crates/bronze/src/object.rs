@@ -20,13 +20,13 @@ pub use bronze_scheduler::model::Kind;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create one from a file, or from stdin with `-` (docker secret|config
+    /// Create it from a file, or from stdin with `-` (docker secret|config
     /// create). At most 500 KiB. Names: a letter or digit, then letters,
     /// digits, '_', '.' or '-', at most 64 characters. Secrets are
     /// encrypted at rest and never shown again.
     Create(PutArgs),
 
-    /// Give it a new version from a file, or from stdin with `-` (not in
+    /// Give it (by name) a new version from a file, or from stdin with `-` (not in
     /// Swarm, whose secrets are immutable). Every service that uses it
     /// rolls to the new version, as `service update` would (its
     /// update_config); the same data as the latest version changes nothing.
