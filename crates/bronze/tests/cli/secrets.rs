@@ -573,3 +573,40 @@ async fn a_stack_mounts_its_secrets_and_configs_and_rolls_on_a_change() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn a_task_mounting_secrets_past_4_mib_in_all_runs() {
+    image().await;
+    let s = Scheduler::start(fast()).await;
+    let _agent = Agent::start(&s, &unique("big-sec-node"), &[]).await;
+    let service = unique("bigsec");
+    let _cleanup = Cleanup(vec![service.clone()]);
+    let dir = tempfile::tempdir().expect("dir");
+    // Nine secrets of 500 KiB: one assignment of about 4.5 MiB, past
+    // gRPC's default message limit.
+    let mut args = vec![
+        "service".to_string(),
+        "create".into(),
+        "--detach".into(),
+        "--name".into(),
+        service.clone(),
+    ];
+    for i in 0..9 {
+        let name = unique(&format!("big{i}"));
+        let f = dir.path().join(&name);
+        std::fs::write(&f, vec![b'a' + i; 500 * 1024]).expect("write");
+        s.bronze(&["secret", "create", &name, &f.display().to_string()])
+            .await
+            .ok();
+        args.push("--secret".into());
+        args.push(format!("source={name},target=s{i}"));
+    }
+    args.push(IMAGE.into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    s.bronze(&args).await.ok();
+    let c = eventually(Duration::from_secs(60), "a running task", || async {
+        running(&service).into_iter().next()
+    })
+    .await;
+    assert_eq!(exec(&c, &["stat", "-c", "%s", "/run/secrets/s8"]), "512000");
+}
