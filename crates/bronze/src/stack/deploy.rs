@@ -265,36 +265,49 @@ fn stack_objects(project: &compose::Project) -> Result<Vec<StackObject>, Error> 
 /// External objects must exist; the stack's own are created, or given a
 /// new version when their content changed (which rolls the services that
 /// use them). Externals are checked first, so a missing one changes
-/// nothing.
-async fn put_objects(api: &mut Api, objects: Vec<StackObject>) -> Result<(), Error> {
-    let mut missing = Vec::new();
-    for o in objects.iter().filter(|o| o.content.is_none()) {
-        let known = object::list(api, o.kind).await?;
-        if !known.iter().any(|k| k.name == o.name) {
-            missing.push(format!(
+/// nothing. Returns the names given a new version.
+async fn put_objects(api: &mut Api, objects: Vec<StackObject>) -> Result<HashSet<String>, Error> {
+    // Each kind's objects as they are: name -> latest version.
+    let mut known: HashMap<(Kind, String), u64> = HashMap::new();
+    for kind in [Kind::Secret, Kind::Config] {
+        for o in object::list(api, kind).await? {
+            let v = o.versions.last().map_or(0, |v| v.version);
+            known.insert((kind, o.name), v);
+        }
+    }
+    let missing: Vec<String> = objects
+        .iter()
+        .filter(|o| o.content.is_none() && !known.contains_key(&(o.kind, o.name.clone())))
+        .map(|o| {
+            format!(
                 "{}.{}: external {} {:?} does not exist (create it with `bronze {} create`)",
                 o.kind.field(),
                 o.key,
                 o.kind.as_str(),
                 o.name,
                 o.kind.as_str(),
-            ));
-        }
-    }
+            )
+        })
+        .collect();
     if !missing.is_empty() {
         return Err(refuse(missing));
     }
+    let mut changed = HashSet::new();
     for o in objects {
         let Some((data, labels)) = o.content else {
             continue;
         };
+        let before = known.get(&(o.kind, o.name.clone())).copied();
         let r = object::create_or_update(api, o.kind, &o.name, data, labels, Put::Upsert).await?;
+        let v = r.versions.last().map_or(0, |v| v.version);
+        if before.is_some_and(|b| b != v) {
+            changed.insert(o.name.clone());
+        }
         if !api.json() {
-            let v = r.versions.last().map_or(0, |v| v.version);
             println!("Using {} {} (version {v})", o.kind.as_str(), o.name);
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// The file's references (version 0: the latest) read as pinned to the
@@ -332,7 +345,7 @@ pub async fn deploy(args: &ApiArgs, a: DeployArgs) -> Result<(), Error> {
     let objects = stack_objects(&project)?;
 
     let mut api = Api::connect(args).await?;
-    put_objects(&mut api, objects).await?;
+    let changed = put_objects(&mut api, objects).await?;
     let running: HashMap<String, pb::Service> = super::of_stack(&mut api, &a.stack)
         .await?
         .into_iter()
@@ -391,7 +404,17 @@ pub async fn deploy(args: &ApiArgs, a: DeployArgs) -> Result<(), Error> {
             }
             let change = match running.get(&name) {
                 None => Change::Create(c.spec),
-                Some(s) if s.spec.as_ref().is_some_and(|cur| same(cur, &c.spec)) => {
+                // A service whose secret or config got a new version is
+                // rolling to it: followed like an update.
+                Some(s)
+                    if s.spec.as_ref().is_some_and(|cur| same(cur, &c.spec))
+                        && !c
+                            .spec
+                            .secrets
+                            .iter()
+                            .chain(&c.spec.configs)
+                            .any(|r| changed.contains(&r.source)) =>
+                {
                     Change::Unchanged
                 }
                 Some(s) => Change::Update(c.spec, s.version),

@@ -193,6 +193,16 @@ async fn secrets_and_configs_are_mounted_rolled_and_never_shown() {
     ]);
     assert!(!write.status.success(), "the secret is writable");
 
+    let pretty = s
+        .bronze(&["service", "inspect", "--pretty", &service])
+        .await;
+    assert!(
+        pretty.ok().contains(&format!(
+            "Source = {secret} (version 1), Target = /run/secrets/pw, UID = 1000, GID = 1001, Mode = 0400"
+        )),
+        "{pretty:#?}"
+    );
+
     // Removing a secret in use is refused, naming the service.
     let e = s.bronze(&["secret", "rm", &secret]).await;
     assert!(e.fails(1).contains(&service), "{e:#?}");
@@ -540,11 +550,14 @@ async fn a_stack_mounts_its_secrets_and_configs_and_rolls_on_a_change() {
     let svc = s.bronze(&["service", "inspect", &service]).await.json();
     assert_eq!(svc[0]["version"], 1, "{svc}");
 
-    // A changed secret file: a new version, and the service rolls to it.
+    // A changed secret file: a new version, and the service rolls to it;
+    // deploy follows that rollout as an update, and returns once done.
     std::fs::write(&token, "token-two").expect("write");
-    s.bronze(&["stack", "deploy", "--detach", "-c", &file, &stack])
-        .await
-        .ok();
+    let out = s.bronze(&["stack", "deploy", "-c", &file, &stack]).await;
+    assert!(
+        out.ok().contains(&format!("Updating service {service}")),
+        "{out:#?}"
+    );
     let c2 = eventually(Duration::from_secs(60), "the service rolled", || async {
         let now = running(&service);
         (now.len() == 1 && now[0] != c1).then(|| now[0].clone())
