@@ -316,18 +316,8 @@ pub async fn remove(api: &mut Api, kind: Kind, name: &str) -> Result<(), Error> 
 }
 
 async fn rm(api: &mut Api, kind: Kind, a: RmArgs) -> Result<(), Error> {
-    let mut removed = Vec::new();
-    let result = each(api, &a.names, async |api, name| {
-        remove(api, kind, name).await?;
-        if !api.json() {
-            println!("{name}");
-        }
-        removed.push(Value::String(name.clone()));
-        Ok(())
+    crate::client::remove_each(api, &a.names, async |api, name| {
+        remove(api, kind, name).await
     })
-    .await;
-    if api.json() {
-        json::print(&Value::Array(removed));
-    }
-    result
+    .await
 }

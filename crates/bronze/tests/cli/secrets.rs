@@ -253,8 +253,15 @@ async fn secrets_and_configs_are_mounted_rolled_and_never_shown() {
     let mut api = pb::scheduler_client::SchedulerClient::connect(s.url())
         .await
         .expect("connect");
+    let got = api
+        .get_secret(pb::GetDataObjectRequest {
+            name: secret.clone(),
+        })
+        .await
+        .expect("get secret")
+        .into_inner();
     let raw = format!(
-        "{:?}{:?}{:?}{:?}",
+        "{:?}{:?}{got:?}{:?}",
         api.get_service(pb::GetServiceRequest {
             service: service.clone()
         })
@@ -265,24 +272,11 @@ async fn secrets_and_configs_are_mounted_rolled_and_never_shown() {
             .await
             .expect("list")
             .into_inner(),
-        api.get_secret(pb::GetDataObjectRequest {
-            name: secret.clone()
-        })
-        .await
-        .expect("get secret")
-        .into_inner(),
         api.list_secrets(pb::ListDataObjectsRequest::default())
             .await
             .expect("list secrets")
             .into_inner(),
     );
-    let got = api
-        .get_secret(pb::GetDataObjectRequest {
-            name: secret.clone(),
-        })
-        .await
-        .expect("get secret")
-        .into_inner();
     assert!(got.data.is_empty(), "a secret's data is never returned");
     for v in [&first, &second] {
         for a in answers.iter().chain([&raw]) {
