@@ -581,6 +581,7 @@ impl Manager {
         object.updated_at = now;
         self.state.put_object(object);
         self.roll_users(kind, &name, next);
+        self.prune_object_versions(kind, &name);
         Ok(name)
     }
 
@@ -606,6 +607,39 @@ impl Manager {
             if let Err(e) = self.update_service(&s.id, Some(spec), None, 0, false) {
                 tracing::warn!(service = %s.name, error = %e, "cannot roll a service to a new {} version", kind.as_str());
             }
+        }
+    }
+
+    /// Drops versions of an object beyond the last few that no stored
+    /// service version mounts (so a rollback always finds its value).
+    fn prune_object_versions(&mut self, kind: Kind, name: &str) {
+        let Some(object) = self.state.find_object(kind, name).cloned() else {
+            return;
+        };
+        let keep_from = object
+            .versions
+            .len()
+            .saturating_sub(self.tunables.versions_kept);
+        if keep_from == 0 {
+            return;
+        }
+        let used: BTreeSet<u64> = self
+            .state
+            .versions
+            .values()
+            .flat_map(|v| v.spec.refs(kind).iter())
+            .filter(|r| r.source == name)
+            .map(|r| r.version)
+            .collect();
+        let mut object = Object::clone(&object);
+        let before = object.versions.len();
+        let mut i = 0;
+        object.versions.retain(|v| {
+            i += 1;
+            i > keep_from || used.contains(&v.version)
+        });
+        if object.versions.len() != before {
+            self.state.put_object(object);
         }
     }
 

@@ -914,3 +914,52 @@ async fn a_new_secret_version_rolls_its_services_and_removal_waits_for_them() {
         assert!(!dump.windows(value.len()).any(|w| w == value));
     }
 }
+
+#[tokio::test]
+async fn old_object_versions_are_pruned_unless_a_service_version_mounts_them() {
+    use crate::manager::Put;
+    use crate::model::{FileRef, Kind};
+    let sim = Sim::start(mem(), tunables()).await;
+    sim.ask(put_secret("tls", b"v1", Put::Create))
+        .await
+        .expect("created");
+    let mut s = spec("edge", 0);
+    s.secrets.push(FileRef {
+        source: "tls".into(),
+        target: "/run/secrets/tls".into(),
+        uid: 0,
+        gid: 0,
+        mode: 0o400,
+        version: 0,
+    });
+    sim.create(s).await.expect("created");
+    for i in 2..=25u32 {
+        sim.ask(put_secret("tls", format!("v{i}").as_bytes(), Put::Update))
+            .await
+            .expect("updated");
+    }
+    let st = sim.state();
+    let versions: Vec<u64> = st
+        .find_object(Kind::Secret, "tls")
+        .expect("tls")
+        .versions
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    // The last ten, and those the service's kept versions pin.
+    let svc = st.find_service("edge").expect("edge");
+    let pinned: Vec<u64> = st
+        .service_versions(&svc.id)
+        .iter()
+        .filter_map(|v| st.version(&svc.id, *v))
+        .map(|v| v.spec.secrets[0].version)
+        .collect();
+    assert!(versions.len() < 25, "{versions:?}");
+    assert!((16..=25).all(|v| versions.contains(&v)), "{versions:?}");
+    for p in pinned {
+        assert!(
+            versions.contains(&p),
+            "version {p} pinned but pruned: {versions:?}"
+        );
+    }
+}
