@@ -795,6 +795,18 @@ async fn failing_rollouts_roll_back_or_pause() {
     );
 }
 
+/// Mounts secret `source` (its latest version) at /run/secrets/<source>.
+fn secret_ref(source: &str) -> crate::model::FileRef {
+    crate::model::FileRef {
+        source: source.into(),
+        target: format!("/run/secrets/{source}"),
+        uid: 0,
+        gid: 0,
+        mode: 0o400,
+        version: 0,
+    }
+}
+
 fn put_secret(
     name: &str,
     data: &[u8],
@@ -814,7 +826,7 @@ fn put_secret(
 #[tokio::test]
 async fn a_new_secret_version_rolls_its_services_and_removal_waits_for_them() {
     use crate::manager::Put;
-    use crate::model::{FileRef, Kind};
+    use crate::model::Kind;
     let store = mem();
     let sim = Sim::start(store.clone(), tunables()).await;
     three_nodes(&sim).await;
@@ -823,14 +835,7 @@ async fn a_new_secret_version_rolls_its_services_and_removal_waits_for_them() {
         .expect("created");
     // A service naming a secret that does not exist is refused, by field.
     let mut s = spec("api", 2);
-    s.secrets.push(FileRef {
-        source: "nope".into(),
-        target: "/run/secrets/nope".into(),
-        uid: 0,
-        gid: 0,
-        mode: 0o400,
-        version: 0,
-    });
+    s.secrets.push(secret_ref("nope"));
     let e = sim.create(s.clone()).await.expect_err("undefined secret");
     assert!(e.to_string().contains("spec.secrets[0].source"), "{e}");
     assert!(sim.state().find_service("api").is_none(), "nothing stored");
@@ -918,20 +923,13 @@ async fn a_new_secret_version_rolls_its_services_and_removal_waits_for_them() {
 #[tokio::test]
 async fn old_object_versions_are_pruned_unless_a_service_version_mounts_them() {
     use crate::manager::Put;
-    use crate::model::{FileRef, Kind};
+    use crate::model::Kind;
     let sim = Sim::start(mem(), tunables()).await;
     sim.ask(put_secret("tls", b"v1", Put::Create))
         .await
         .expect("created");
     let mut s = spec("edge", 0);
-    s.secrets.push(FileRef {
-        source: "tls".into(),
-        target: "/run/secrets/tls".into(),
-        uid: 0,
-        gid: 0,
-        mode: 0o400,
-        version: 0,
-    });
+    s.secrets.push(secret_ref("tls"));
     sim.create(s).await.expect("created");
     for i in 2..=25u32 {
         sim.ask(put_secret("tls", format!("v{i}").as_bytes(), Put::Update))
