@@ -99,6 +99,15 @@ pub struct Args {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parallel_ops: Option<usize>,
 
+    /// Where tasks' secrets and configs are written before they are
+    /// bind-mounted read-only into their containers, one directory per
+    /// task, removed with its container. Keep it on a tmpfs (/dev/shm,
+    /// /run): secrets then never reach a disk; the agent warns when it is
+    /// not [default: /dev/shm/bronze-agent].
+    #[arg(long, env = "BRONZE_AGENT_FILES_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_dir: Option<String>,
+
     /// /metrics and /healthz [default: 127.0.0.1:9700].
     #[arg(long, env = "BRONZE_AGENT_METRICS_ADDR", value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -38,6 +38,10 @@ pub struct Config {
     pub registry_auth: BTreeMap<String, String>,
     /// Engine operations (pull, create, start) run at once.
     pub parallel_ops: usize,
+    /// Where the files of tasks' secrets and configs are written before
+    /// they are bind-mounted (one directory per task, removed with its
+    /// container). Keep it on a tmpfs so secrets never reach a disk.
+    pub files_dir: String,
     /// /metrics and /healthz.
     pub metrics_addr: SocketAddr,
     pub log_format: LogFormat,
@@ -58,6 +62,7 @@ impl Default for Config {
             memory_bytes: 0,
             registry_auth: BTreeMap::new(),
             parallel_ops: 8,
+            files_dir: "/dev/shm/bronze-agent".into(),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9700)),
             log_format: LogFormat::Plain,
         }
@@ -150,6 +155,15 @@ impl Config {
                     format!("{host:?}: expected \"host=user:password\""),
                 ));
             }
+        }
+        if !self.files_dir.starts_with('/') {
+            return Err(ConfigError::invalid(
+                "files_dir",
+                format!(
+                    "{:?}: expected an absolute path (the engine bind-mounts files from it)",
+                    self.files_dir
+                ),
+            ));
         }
         if self.address.is_empty() {
             self.address = detect_address();

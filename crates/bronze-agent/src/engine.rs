@@ -76,7 +76,12 @@ fn is_routing_label(key: &str) -> bool {
 }
 
 /// Everything the engine needs to create a task's container.
-pub fn create_body(task: &pb::Task, spec: &pb::ServiceSpec) -> ContainerCreateBody {
+/// `files`: the bind mounts of its secrets and configs (`files::write`).
+pub fn create_body(
+    task: &pb::Task,
+    spec: &pb::ServiceSpec,
+    files: Vec<Mount>,
+) -> ContainerCreateBody {
     let mut labels: HashMap<String, String> = spec
         .container_labels
         .iter()
@@ -122,7 +127,7 @@ pub fn create_body(task: &pb::Task, spec: &pb::ServiceSpec) -> ContainerCreateBo
             }]),
         );
     }
-    let mounts: Vec<Mount> = spec
+    let mut mounts: Vec<Mount> = spec
         .mounts
         .iter()
         .map(|m| Mount {
@@ -143,6 +148,7 @@ pub fn create_body(task: &pb::Task, spec: &pb::ServiceSpec) -> ContainerCreateBo
             ..Default::default()
         })
         .collect();
+    mounts.extend(files);
     let limits = spec
         .resources
         .as_ref()
@@ -407,7 +413,7 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        let body = create_body(&task(), &spec);
+        let body = create_body(&task(), &spec, Vec::new());
         let labels = body.labels.expect("labels");
         assert_eq!(labels.get("SERVICE_NAME").map(String::as_str), Some("web"));
         assert_eq!(labels.get(TASK_LABEL).map(String::as_str), Some("t1"));
@@ -428,7 +434,7 @@ mod tests {
             ..spec
         };
         assert!(
-            !create_body(&task(), &spec)
+            !create_body(&task(), &spec, Vec::new())
                 .labels
                 .expect("labels")
                 .contains_key("SERVICE_NAME")
@@ -454,7 +460,9 @@ mod tests {
                 .into(),
             ..Default::default()
         };
-        let labels = create_body(&task(), &spec).labels.expect("labels");
+        let labels = create_body(&task(), &spec, Vec::new())
+            .labels
+            .expect("labels");
         let get = |k: &str| labels.get(k).map(String::as_str);
         assert_eq!(get("traefik.frontend.rule"), Some("Host:a.example"));
         assert_eq!(get("traefik.port"), Some("8080"));

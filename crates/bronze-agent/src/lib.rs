@@ -18,6 +18,7 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod files;
 pub mod logs;
 pub mod metrics;
 pub mod session;
@@ -65,6 +66,7 @@ impl Server {
                 addr: config.metrics_addr,
                 source,
             })?;
+        files::prepare_root(std::path::Path::new(&config.files_dir)).map_err(StartError::Config)?;
         let docker_host = (!config.docker_host.is_empty()).then_some(config.docker_host.as_str());
         let docker = engine::connect(docker_host)
             .await

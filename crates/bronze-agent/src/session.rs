@@ -18,6 +18,9 @@ use crate::logs::Logs;
 use crate::metrics::AgentMetrics;
 use crate::worker::Worker;
 
+/// The largest message the agent takes from the scheduler.
+const MAX_MESSAGE: usize = 512 << 20;
+
 pub struct Session {
     pub config: Arc<Config>,
     pub worker: Arc<Worker>,
@@ -143,7 +146,10 @@ impl Session {
             },
             () = self.shutdown.wait() => return End::Stop,
         };
-        let mut client = pb::dispatcher_client::DispatcherClient::new(channel);
+        // Assignments carry the data of the tasks' secrets and configs (up
+        // to 500 KiB each): a full set can pass tonic's 4 MiB default.
+        let mut client = pb::dispatcher_client::DispatcherClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE);
         if let Err(e) = self.worker.scan().await {
             return End::Broken(format!("cannot read this node's containers: {e}"));
         }

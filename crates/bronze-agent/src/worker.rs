@@ -16,6 +16,7 @@
 //! cause (a crash, an OOM kill, a health change).
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -358,7 +359,7 @@ impl Worker {
         match (wants_running, container) {
             (true, None) => {
                 if known <= pb::TaskState::Preparing {
-                    self.start(id, task, spec, &name).await;
+                    self.start(id, a, &name).await;
                 } else if !is_terminal(known) {
                     self.outbox.report(
                         id,
@@ -379,7 +380,7 @@ impl Worker {
                 }
                 if status.state() == pb::TaskState::Preparing && !is_terminal(known) {
                     // Created, never started (the agent stopped in between).
-                    self.start(id, task, spec, &name).await;
+                    self.start(id, a, &name).await;
                 } else if status.state() == pb::TaskState::Running && status.health == "unhealthy" {
                     self.stop(&name, spec).await;
                     let mut s = self
@@ -452,7 +453,10 @@ impl Worker {
     }
 
     /// Pull, create, start; reports each step and the outcome.
-    async fn start(&self, id: &str, task: &pb::Task, spec: &pb::ServiceSpec, name: &str) {
+    async fn start(&self, id: &str, a: &pb::Assignment, name: &str) {
+        let (Some(task), Some(spec)) = (a.task.as_ref(), a.spec.as_ref()) else {
+            return;
+        };
         let Ok(_permit) = self.ops.acquire().await else {
             return;
         };
@@ -478,7 +482,16 @@ impl Worker {
             self.outbox.report(id, rejected(&message, &e));
             return;
         }
-        let body = engine::create_body(task, spec);
+        let files = match crate::files::write(Path::new(&self.config.files_dir), a) {
+            Ok(m) => m,
+            Err(e) => {
+                self.metrics.start_errors.inc();
+                self.outbox
+                    .report(id, rejected("writing its secrets and configs failed", &e));
+                return;
+            }
+        };
+        let body = engine::create_body(task, spec, files);
         let options = CreateContainerOptionsBuilder::default().name(name).build();
         match self.docker.create_container(Some(options), body).await {
             Ok(_) => {}
@@ -614,8 +627,10 @@ impl Worker {
                 && !engine::is_not_found(&e)
             {
                 tracing::warn!(container = %cid, error = %e, "removing a container failed");
+                return;
             }
         }
+        crate::files::remove(Path::new(&self.config.files_dir), id);
     }
 
     /// Follows the engine's events about this node's containers and wakes

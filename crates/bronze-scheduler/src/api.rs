@@ -15,8 +15,8 @@ use tonic::{Request, Response, Status};
 use crate::changes::Since;
 use crate::convert;
 use crate::dispatcher::{Cluster, LogMsg};
-use crate::manager::Event;
-use crate::model::{Desired, Invalid, Mode, NodeState, Service, SlotKey, TaskState};
+use crate::manager::{Event, Put};
+use crate::model::{Desired, Invalid, Kind, Mode, NodeState, Plain, Service, SlotKey, TaskState};
 use crate::orchestrator::slots;
 use crate::state::{Key, State};
 
@@ -196,6 +196,99 @@ impl Api {
             .service(id)
             .ok_or_else(|| Status::not_found("the service was removed meanwhile"))?;
         Ok(Response::new(service_response(&state, service)))
+    }
+}
+
+/// Secrets and configs: one implementation, two kinds.
+impl Api {
+    async fn put_object(
+        &self,
+        kind: Kind,
+        name: String,
+        data: Vec<u8>,
+        labels: std::collections::HashMap<String, String>,
+        how: Put,
+    ) -> Result<Response<pb::DataObject>, Status> {
+        let labels: std::collections::BTreeMap<String, String> = labels.into_iter().collect();
+        crate::model::object::validate(kind, &name, &data, &labels)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let name = self
+            .cluster
+            .ask(|reply| Event::PutObject {
+                kind,
+                name,
+                data: Plain(data),
+                labels,
+                how,
+                reply,
+            })
+            .await?;
+        self.object_response(kind, &name, false)
+    }
+
+    fn object_response(
+        &self,
+        kind: Kind,
+        name: &str,
+        with_data: bool,
+    ) -> Result<Response<pb::DataObject>, Status> {
+        let state = self.state();
+        let o = state
+            .find_object(kind, name)
+            .ok_or_else(|| Status::not_found(format!("no {} {name:?}", kind.as_str())))?;
+        let users = state.object_users(kind, &o.name, false);
+        Ok(Response::new(convert::object_to(
+            o,
+            users,
+            with_data,
+            state.index,
+        )))
+    }
+
+    fn list_objects(
+        &self,
+        kind: Kind,
+        req: &pb::ListDataObjectsRequest,
+    ) -> Response<pb::ListDataObjectsResponse> {
+        let state = self.state();
+        let size = page_size(req.page_size);
+        let mut objects = Vec::new();
+        let mut next = String::new();
+        for ((_, name), o) in state.objects.range((kind, req.page_token.clone())..) {
+            if o.kind != kind {
+                break;
+            }
+            if name.as_str() <= req.page_token.as_str() {
+                continue;
+            }
+            if objects.len() == size {
+                next = objects
+                    .last()
+                    .map(|o: &pb::DataObject| o.name.clone())
+                    .unwrap_or_default();
+                break;
+            }
+            let users = state.object_users(kind, name, false);
+            objects.push(convert::object_to(o, users, false, state.index));
+        }
+        Response::new(pb::ListDataObjectsResponse {
+            objects,
+            next_page_token: next,
+            index: state.index,
+        })
+    }
+
+    async fn remove_object(
+        &self,
+        kind: Kind,
+        name: String,
+    ) -> Result<Response<pb::RemoveDataObjectResponse>, Status> {
+        self.cluster
+            .ask(|reply| Event::RemoveObject { kind, name, reply })
+            .await?;
+        Ok(Response::new(pb::RemoveDataObjectResponse {
+            index: self.state().index,
+        }))
     }
 }
 
@@ -520,6 +613,88 @@ impl pb::scheduler_server::Scheduler for Api {
         Ok(Response::new(pb::JoinTokenResponse { token }))
     }
 
+    async fn create_secret(
+        &self,
+        request: Request<pb::CreateDataObjectRequest>,
+    ) -> Result<Response<pb::DataObject>, Status> {
+        let r = request.into_inner();
+        self.put_object(Kind::Secret, r.name, r.data, r.labels, Put::Create)
+            .await
+    }
+
+    async fn update_secret(
+        &self,
+        request: Request<pb::UpdateDataObjectRequest>,
+    ) -> Result<Response<pb::DataObject>, Status> {
+        let r = request.into_inner();
+        let how = if r.create { Put::Upsert } else { Put::Update };
+        self.put_object(Kind::Secret, r.name, r.data, r.labels, how)
+            .await
+    }
+
+    async fn get_secret(
+        &self,
+        request: Request<pb::GetDataObjectRequest>,
+    ) -> Result<Response<pb::DataObject>, Status> {
+        self.object_response(Kind::Secret, &request.into_inner().name, false)
+    }
+
+    async fn list_secrets(
+        &self,
+        request: Request<pb::ListDataObjectsRequest>,
+    ) -> Result<Response<pb::ListDataObjectsResponse>, Status> {
+        Ok(self.list_objects(Kind::Secret, request.get_ref()))
+    }
+
+    async fn remove_secret(
+        &self,
+        request: Request<pb::RemoveDataObjectRequest>,
+    ) -> Result<Response<pb::RemoveDataObjectResponse>, Status> {
+        self.remove_object(Kind::Secret, request.into_inner().name)
+            .await
+    }
+
+    async fn create_config(
+        &self,
+        request: Request<pb::CreateDataObjectRequest>,
+    ) -> Result<Response<pb::DataObject>, Status> {
+        let r = request.into_inner();
+        self.put_object(Kind::Config, r.name, r.data, r.labels, Put::Create)
+            .await
+    }
+
+    async fn update_config(
+        &self,
+        request: Request<pb::UpdateDataObjectRequest>,
+    ) -> Result<Response<pb::DataObject>, Status> {
+        let r = request.into_inner();
+        let how = if r.create { Put::Upsert } else { Put::Update };
+        self.put_object(Kind::Config, r.name, r.data, r.labels, how)
+            .await
+    }
+
+    async fn get_config(
+        &self,
+        request: Request<pb::GetDataObjectRequest>,
+    ) -> Result<Response<pb::DataObject>, Status> {
+        self.object_response(Kind::Config, &request.into_inner().name, true)
+    }
+
+    async fn list_configs(
+        &self,
+        request: Request<pb::ListDataObjectsRequest>,
+    ) -> Result<Response<pb::ListDataObjectsResponse>, Status> {
+        Ok(self.list_objects(Kind::Config, request.get_ref()))
+    }
+
+    async fn remove_config(
+        &self,
+        request: Request<pb::RemoveDataObjectRequest>,
+    ) -> Result<Response<pb::RemoveDataObjectResponse>, Status> {
+        self.remove_object(Kind::Config, request.into_inner().name)
+            .await
+    }
+
     type WatchStream = BoxStream<pb::WatchEvent>;
 
     async fn watch(
@@ -674,7 +849,7 @@ fn in_scope(state: &State, service: Option<&str>, key: &Key) -> bool {
         Key::Service(id) => id == svc,
         Key::Task(id) => state.task(id).is_none_or(|t| t.service_id == svc),
         Key::Node(_) => true,
-        Key::Version(..) | Key::JoinToken => false,
+        Key::Version(..) | Key::JoinToken | Key::Object(..) | Key::KeyCheck => false,
     }
 }
 
@@ -699,7 +874,7 @@ fn event_for(state: &State, key: &Key) -> Option<pb::watch_event::Event> {
             Some(t) => Some(E::Task(task_proto(state, t))),
             None => removed("task", id),
         },
-        Key::Version(..) | Key::JoinToken => None,
+        Key::Version(..) | Key::JoinToken | Key::Object(..) | Key::KeyCheck => None,
     }
 }
 

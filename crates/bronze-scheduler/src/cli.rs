@@ -110,6 +110,14 @@ pub struct Args {
     #[arg(long, env = "BRONZE_SCHEDULER_REGISTRY_HTTP", value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub registry_http: Option<String>,
+    /// File holding the key secrets are encrypted with at rest (64 hex
+    /// digits; created with mode 0600 when missing). Keep it apart from
+    /// the data dir in production (another disk, a tmpfs filled at boot):
+    /// the store alone then reveals no secret. A key that does not open
+    /// the stored secrets stops the start [default: <data-dir>/secrets.key].
+    #[arg(long, env = "BRONZE_SCHEDULER_SECRETS_KEY_FILE", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secrets_key_file: Option<String>,
 
     /// Log format: plain or json [default: plain]. RUST_LOG sets the level.
     #[arg(long, env = "BRONZE_LOG_FORMAT", value_name = "FORMAT")]

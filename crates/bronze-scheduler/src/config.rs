@@ -45,6 +45,11 @@ pub struct Config {
     /// The registry's HTTP API as the scheduler reaches it, for catching up
     /// after the event stream broke; empty: the host the image names.
     pub registry_http: String,
+    /// The key secrets are encrypted with at rest (64 hex digits), kept
+    /// apart from the store; created (mode 0600) when missing. Empty:
+    /// `<data_dir>/secrets.key`, or a key in memory when `data_dir` is
+    /// empty. Production keeps it on another disk or a tmpfs.
+    pub secrets_key_file: String,
     pub log_format: LogFormat,
 }
 
@@ -62,6 +67,7 @@ impl Default for Config {
             registry: String::new(),
             registry_names: Vec::new(),
             registry_http: String::new(),
+            secrets_key_file: String::new(),
             log_format: LogFormat::Plain,
         }
     }
@@ -130,6 +136,18 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Where the secrets key is; `None`: in memory only (no data dir and no
+    /// key file).
+    pub fn secrets_key_path(&self) -> Option<std::path::PathBuf> {
+        if !self.secrets_key_file.is_empty() {
+            Some(self.secrets_key_file.clone().into())
+        } else if !self.data_dir.is_empty() {
+            Some(std::path::Path::new(&self.data_dir).join("secrets.key"))
+        } else {
+            None
+        }
     }
 
     pub fn tunables(&self) -> Tunables {

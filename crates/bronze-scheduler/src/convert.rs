@@ -9,9 +9,9 @@ use bronze_proto::scheduler::v1 as pb;
 
 use crate::model::spec;
 use crate::model::{
-    Availability, EngineInfo, HealthCheck, Invalid, Mode, Mount, MountKind, Node, NodeState, Order,
-    PortConfig, Protocol, Resources, RestartCondition, RestartPolicy, Role, Service, ServiceSpec,
-    Task, TaskState, TaskStatus, Time, UpdateConfig,
+    Availability, EngineInfo, FileRef, HealthCheck, Invalid, Kind, Mode, Mount, MountKind, Node,
+    NodeState, Object, Order, PortConfig, Protocol, Resources, RestartCondition, RestartPolicy,
+    Role, Service, ServiceSpec, Task, TaskState, TaskStatus, Time, UpdateConfig,
 };
 
 pub fn duration_from(
@@ -217,8 +217,71 @@ pub fn spec_from_proto(p: &pb::ServiceSpec) -> Result<ServiceSpec, Invalid> {
     s.extra_hosts = p.extra_hosts.clone();
     s.drain_delay = duration_from("drain_delay", p.drain_delay.as_ref())?
         .unwrap_or(crate::model::spec::DEFAULT_DRAIN_DELAY);
+    s.secrets = p.secrets.iter().map(file_ref_from).collect();
+    s.configs = p.configs.iter().map(file_ref_from).collect();
+    spec::normalize_refs(&mut s)?;
     spec::validate(&s)?;
     Ok(s)
+}
+
+/// A reference as given; [`spec::normalize_refs`] checks it. Mode 0 is
+/// the default (0444): a file nobody may read is surely a mistake.
+fn file_ref_from(r: &pb::FileReference) -> FileRef {
+    FileRef {
+        source: r.source.clone(),
+        target: r.target.clone(),
+        uid: r.uid,
+        gid: r.gid,
+        mode: if r.mode == 0 {
+            spec::DEFAULT_FILE_MODE
+        } else {
+            r.mode
+        },
+        version: r.version,
+    }
+}
+
+fn file_ref_to(r: &FileRef) -> pb::FileReference {
+    pb::FileReference {
+        source: r.source.clone(),
+        target: r.target.clone(),
+        uid: r.uid,
+        gid: r.gid,
+        mode: r.mode,
+        version: r.version,
+    }
+}
+
+/// A secret or config as the API shows it: metadata, the services using
+/// it, and (`with_data`, configs only) the latest version's data. A
+/// secret's data never leaves through here.
+pub fn object_to(o: &Object, services: Vec<String>, with_data: bool, index: u64) -> pb::DataObject {
+    pb::DataObject {
+        id: o.id.clone(),
+        name: o.name.clone(),
+        created_at: time_to(o.created_at),
+        updated_at: time_to(o.updated_at),
+        versions: o
+            .versions
+            .iter()
+            .map(|v| pb::DataObjectVersion {
+                version: v.version,
+                created_at: time_to(v.created_at),
+                labels: v
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                size: v.size,
+            })
+            .collect(),
+        services,
+        data: match (o.kind, with_data, o.latest()) {
+            (Kind::Config, true, Some(v)) => v.data.0.clone(),
+            _ => Vec::new(),
+        },
+        index,
+    }
 }
 
 fn resources_to(r: &Resources) -> pb::Resources {
@@ -329,6 +392,8 @@ pub fn spec_to_proto(s: &ServiceSpec) -> pb::ServiceSpec {
         hostname: s.hostname.clone(),
         extra_hosts: s.extra_hosts.clone(),
         drain_delay: Some(duration_to(s.drain_delay)),
+        secrets: s.secrets.iter().map(file_ref_to).collect(),
+        configs: s.configs.iter().map(file_ref_to).collect(),
     }
 }
 

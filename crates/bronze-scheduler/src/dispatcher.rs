@@ -48,6 +48,8 @@ pub struct Cluster {
     pub shutdown: Shutdown,
     pub sessions: Mutex<HashMap<String, SessionHandle>>,
     pub logs: LogRouter,
+    /// Opens secrets' data for the assignments of the tasks that mount them.
+    pub sealer: Arc<crate::secrets::Sealer>,
     next_session: AtomicU64,
 }
 
@@ -71,8 +73,16 @@ impl Cluster {
             shutdown,
             sessions: Mutex::new(HashMap::new()),
             logs: LogRouter::default(),
+            sealer: Arc::new(crate::secrets::Sealer::ephemeral()),
             next_session: AtomicU64::new(1),
         }
+    }
+
+    /// The key secrets are opened with (the manager's).
+    #[must_use]
+    pub fn with_sealer(mut self, sealer: Arc<crate::secrets::Sealer>) -> Self {
+        self.sealer = sealer;
+        self
     }
 
     pub fn state(&self) -> Arc<State> {
@@ -340,7 +350,7 @@ async fn outbound(
     let mut full = true;
     loop {
         let state = snapshots.borrow_and_update().clone();
-        if let Some(msg) = assignments(&state, &node_id, &mut sent, full)
+        if let Some(msg) = assignments(&state, &cluster.sealer, &node_id, &mut sent, full)
             && tx.send(Ok(msg)).await.is_err()
         {
             return;
@@ -357,6 +367,7 @@ async fn outbound(
 /// `full`); `None` when nothing changed.
 fn assignments(
     state: &State,
+    sealer: &crate::secrets::Sealer,
     node_id: &str,
     sent: &mut HashMap<String, u64>,
     full: bool,
@@ -376,10 +387,22 @@ fn assignments(
             .entry((t.service_id.clone(), t.spec_version))
             .or_insert_with(|| convert::spec_to_proto(&version.spec))
             .clone();
+        // The data of what it mounts, for a task that should run (one that
+        // stops needs none).
+        let (secrets, configs) = if t.desired == crate::model::Desired::Running {
+            (
+                files(state, sealer, crate::model::Kind::Secret, &version.spec),
+                files(state, sealer, crate::model::Kind::Config, &version.spec),
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
         updates.push(pb::Assignment {
             task: Some(convert::task_to(t, &version.spec.image)),
             spec: Some(spec),
             registry_auth: String::new(),
+            secrets,
+            configs,
         });
         sent.insert(t.id.clone(), t.version);
     }
@@ -403,6 +426,50 @@ fn assignments(
             },
         )),
     })
+}
+
+/// The data of the objects of `kind` a spec mounts, at the versions it
+/// pins (secrets opened). One that is gone or does not open is left out:
+/// the agent then refuses the task, naming it.
+fn files(
+    state: &State,
+    sealer: &crate::secrets::Sealer,
+    kind: crate::model::Kind,
+    spec: &crate::model::ServiceSpec,
+) -> Vec<pb::FileData> {
+    let mut out: Vec<pb::FileData> = Vec::new();
+    for r in spec.refs(kind) {
+        if out
+            .iter()
+            .any(|f| f.name == r.source && f.version == r.version)
+        {
+            continue;
+        }
+        let Some(v) = state
+            .find_object(kind, &r.source)
+            .and_then(|o| o.version(r.version))
+        else {
+            continue;
+        };
+        let data = match kind {
+            crate::model::Kind::Config => v.data.0.clone(),
+            crate::model::Kind::Secret => {
+                match sealer.open(&crate::secrets::aad(&r.source, r.version), &v.data.0) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::error!(secret = %r.source, version = r.version, error = %e, "cannot open a secret for an assignment");
+                        continue;
+                    }
+                }
+            }
+        };
+        out.push(pb::FileData {
+            name: r.source.clone(),
+            version: r.version,
+            data,
+        });
+    }
+    out
 }
 
 #[cfg(test)]

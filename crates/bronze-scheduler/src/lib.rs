@@ -38,6 +38,7 @@ pub mod orchestrator;
 pub mod persist;
 pub mod placement;
 pub mod registry;
+pub mod secrets;
 pub mod sim;
 pub mod state;
 pub mod update;
@@ -120,6 +121,30 @@ impl Server {
             .await
             .map_err(|e| StartError::State(e.to_string()))?
             .map_err(|e| StartError::State(e.to_string()))?;
+        // The secrets key: kept apart from the store, recognised by the
+        // check value the store keeps.
+        let sealer = match config.secrets_key_path() {
+            Some(path) => {
+                tokio::task::spawn_blocking(move || secrets::Sealer::load_or_create(&path))
+                    .await
+                    .map_err(|e| StartError::State(e.to_string()))?
+                    .map_err(|e| StartError::Config(e.to_string()))?
+            }
+            None => secrets::Sealer::ephemeral(),
+        };
+        if state.key_check.is_empty() {
+            state.set_key_check(sealer.check_value());
+        } else {
+            sealer.verify(&state.key_check).map_err(|e| {
+                StartError::Config(format!(
+                    "{e}: secrets_key_file {}",
+                    config
+                        .secrets_key_path()
+                        .map_or_else(String::new, |p| p.display().to_string())
+                ))
+            })?;
+        }
+        let sealer = Arc::new(sealer);
         // The join token: as configured, else as stored, else a new one.
         let token = if !config.join_token.is_empty() {
             config.join_token.clone()
@@ -130,6 +155,8 @@ impl Server {
         };
         if token != state.join_token {
             state.set_join_token(token);
+        }
+        if state.has_dirty() {
             let keys = state.take_dirty();
             let ops = persist::ops(&state, &keys).map_err(|e| StartError::State(e.to_string()))?;
             let writer = store.clone();
@@ -153,16 +180,20 @@ impl Server {
         let (tx, rx) = mpsc::channel(4096);
         let internal = Shutdown::new();
         let tunables = config.tunables();
-        let cluster = Arc::new(Cluster::new(
-            snapshot,
-            tx,
-            changes.clone(),
-            heartbeats.clone(),
-            tunables.clone(),
-            sm.clone(),
-            internal.clone(),
-        ));
-        let manager = Manager::new(state, store, published, changes, heartbeats, tunables, sm);
+        let cluster = Arc::new(
+            Cluster::new(
+                snapshot,
+                tx,
+                changes.clone(),
+                heartbeats.clone(),
+                tunables.clone(),
+                sm.clone(),
+                internal.clone(),
+            )
+            .with_sealer(sealer.clone()),
+        );
+        let manager = Manager::new(state, store, published, changes, heartbeats, tunables, sm)
+            .with_sealer(sealer);
         Ok(Self {
             listener,
             manager,

@@ -27,9 +27,11 @@ use crate::error::Error;
 use crate::metrics::SchedulerMetrics;
 use crate::model::autodeploy::{self, Push};
 use crate::model::{
-    Availability, Desired, EngineInfo, Invalid, Mode, Node, NodeState, Resources, Service,
-    ServiceSpec, Task, TaskState, TaskStatus, Time, UpdateState, UpdateStatus, Version, new_id,
+    Availability, Desired, EngineInfo, Invalid, Kind, Mode, Node, NodeState, Object, ObjectVersion,
+    Plain, Resources, Service, ServiceSpec, Stored, Task, TaskState, TaskStatus, Time, UpdateState,
+    UpdateStatus, Version, new_id,
 };
+use crate::secrets::{self, Sealer};
 use crate::state::State;
 use crate::{orchestrator, persist, placement, update};
 
@@ -126,6 +128,34 @@ pub enum Event {
     Registered(Vec<(String, Option<bool>)>),
     /// The followed registry reported a push by tag (autodeploy).
     Pushed(Push),
+    /// A secret or config created, or given a new version (which rolls
+    /// the services that use it). Answers the name; the data was checked
+    /// by the API (`object::validate`).
+    PutObject {
+        kind: Kind,
+        name: String,
+        data: Plain,
+        labels: std::collections::BTreeMap<String, String>,
+        how: Put,
+        reply: oneshot::Sender<Result<String, Error>>,
+    },
+    /// Removes a secret or config no live service uses.
+    RemoveObject {
+        kind: Kind,
+        name: String,
+        reply: oneshot::Sender<Result<String, Error>>,
+    },
+}
+
+/// What a [`Event::PutObject`] may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    /// Create it; AlreadyExists when the name is taken.
+    Create,
+    /// A new version; NotFound when it does not exist.
+    Update,
+    /// A new version, or create it (stack deploy).
+    Upsert,
 }
 
 /// The last time each node's agent was heard from; sessions write it
@@ -167,6 +197,8 @@ pub struct Manager {
     all_touched: bool,
     /// Answers to send once this round is committed.
     replies: Vec<Reply>,
+    /// Seals secrets' data before it is stored.
+    sealer: Arc<Sealer>,
 }
 
 /// Events taken in one round at most (the rest wait for the next).
@@ -198,7 +230,16 @@ impl Manager {
             timers: BTreeSet::new(),
             all_touched: true,
             replies: Vec::new(),
+            sealer: Arc::new(Sealer::ephemeral()),
         }
+    }
+
+    /// The key secrets are sealed with (the same the dispatcher opens them
+    /// with).
+    #[must_use]
+    pub fn with_sealer(mut self, sealer: Arc<Sealer>) -> Self {
+        self.sealer = sealer;
+        self
     }
 
     /// Runs until the channel closes or `shutdown` fires.
@@ -454,10 +495,227 @@ impl Manager {
                     }
                 }
             }
+            Event::PutObject {
+                kind,
+                name,
+                data,
+                labels,
+                how,
+                reply,
+            } => {
+                let r = self.put_object(kind, &name, &data, labels, how);
+                self.reply(reply, r);
+            }
+            Event::RemoveObject { kind, name, reply } => {
+                let r = self.remove_object(kind, &name);
+                self.reply(reply, r);
+            }
         }
     }
 
-    fn create_service(&mut self, spec: ServiceSpec) -> Result<String, Error> {
+    /// What is stored of a version's data: sealed for a secret.
+    fn stored(&self, kind: Kind, name: &str, version: u64, data: &Plain) -> Stored {
+        match kind {
+            Kind::Secret => Stored(self.sealer.seal(&secrets::aad(name, version), &data.0)),
+            Kind::Config => Stored(data.0.clone()),
+        }
+    }
+
+    /// Whether a stored version holds `data`.
+    fn holds(&self, kind: Kind, name: &str, v: &ObjectVersion, data: &Plain) -> bool {
+        match kind {
+            Kind::Secret => self
+                .sealer
+                .open(&secrets::aad(name, v.version), &v.data.0)
+                .is_ok_and(|p| p == data.0),
+            Kind::Config => v.data.0 == data.0,
+        }
+    }
+
+    fn put_object(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        data: &Plain,
+        labels: std::collections::BTreeMap<String, String>,
+        how: Put,
+    ) -> Result<String, Error> {
+        let now = Time::now();
+        let existing = self.state.find_object(kind, name).cloned();
+        let Some(existing) = existing else {
+            if how == Put::Update {
+                return Err(no_object(kind, name));
+            }
+            let version = ObjectVersion {
+                version: 1,
+                created_at: now,
+                labels,
+                size: data.0.len() as u64,
+                data: self.stored(kind, name, 1, data),
+            };
+            self.state.put_object(Object {
+                id: new_id(),
+                kind,
+                name: name.to_string(),
+                created_at: now,
+                updated_at: now,
+                versions: vec![version],
+            });
+            return Ok(name.to_string());
+        };
+        if how == Put::Create {
+            return Err(Error::AlreadyExists(format!(
+                "{} {name:?} already exists (`bronze {} update` adds a version)",
+                kind.as_str(),
+                kind.as_str()
+            )));
+        }
+        let name = existing.name.clone();
+        let latest = existing.latest().ok_or_else(|| {
+            Error::Unavailable(format!("{} {name:?} has no version", kind.as_str()))
+        })?;
+        let labels = if labels.is_empty() {
+            latest.labels.clone()
+        } else {
+            labels
+        };
+        if self.holds(kind, &name, latest, data) && labels == latest.labels {
+            return Ok(name);
+        }
+        let next = latest.version + 1;
+        let mut object = Object::clone(&existing);
+        object.versions.push(ObjectVersion {
+            version: next,
+            created_at: now,
+            labels,
+            size: data.0.len() as u64,
+            data: self.stored(kind, &name, next, data),
+        });
+        object.updated_at = now;
+        self.state.put_object(object);
+        self.roll_users(kind, &name, next);
+        self.prune_object_versions(kind, &name);
+        Ok(name)
+    }
+
+    /// Moves every live service whose current spec mounts the object to
+    /// its version `version`: a new service version, rolled out with the
+    /// service's update_config.
+    fn roll_users(&mut self, kind: Kind, name: &str, version: u64) {
+        let services: Vec<Arc<Service>> = self.state.services.values().cloned().collect();
+        for s in services {
+            if s.removing {
+                continue;
+            }
+            let Some(current) = self.state.current(&s).cloned() else {
+                continue;
+            };
+            if !current.spec.uses(kind, name) {
+                continue;
+            }
+            let mut spec = ServiceSpec::clone(&current.spec);
+            for r in spec.refs_mut(kind).iter_mut().filter(|r| r.source == name) {
+                r.version = version;
+            }
+            if let Err(e) = self.update_service(&s.id, Some(spec), None, 0, false) {
+                tracing::warn!(service = %s.name, error = %e, "cannot roll a service to a new {} version", kind.as_str());
+            }
+        }
+    }
+
+    /// Drops versions of an object beyond the last few that no stored
+    /// service version mounts (so a rollback always finds its value).
+    fn prune_object_versions(&mut self, kind: Kind, name: &str) {
+        let Some(object) = self.state.find_object(kind, name).cloned() else {
+            return;
+        };
+        let keep_from = object
+            .versions
+            .len()
+            .saturating_sub(self.tunables.versions_kept);
+        if keep_from == 0 {
+            return;
+        }
+        let used: BTreeSet<u64> = self
+            .state
+            .versions
+            .values()
+            .flat_map(|v| v.spec.refs(kind).iter())
+            .filter(|r| r.source == name)
+            .map(|r| r.version)
+            .collect();
+        let mut object = Object::clone(&object);
+        let before = object.versions.len();
+        let mut i = 0;
+        object.versions.retain(|v| {
+            i += 1;
+            i > keep_from || used.contains(&v.version)
+        });
+        if object.versions.len() != before {
+            self.state.put_object(object);
+        }
+    }
+
+    fn remove_object(&mut self, kind: Kind, name: &str) -> Result<String, Error> {
+        let object = self
+            .state
+            .find_object(kind, name)
+            .cloned()
+            .ok_or_else(|| no_object(kind, name))?;
+        let users = self.state.object_users(kind, &object.name, true);
+        if !users.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "{} {:?} is in use by service{} {}: remove {} or update {} first",
+                kind.as_str(),
+                object.name,
+                if users.len() == 1 { "" } else { "s" },
+                users.join(", "),
+                if users.len() == 1 { "it" } else { "them" },
+                if users.len() == 1 { "it" } else { "them" },
+            )));
+        }
+        self.state.remove_object(kind, &object.name);
+        Ok(object.name.clone())
+    }
+
+    /// Pins every secret and config a spec mounts to a version: the one it
+    /// names, or the latest. Refuses an object that does not exist.
+    fn pin_refs(&self, spec: &mut ServiceSpec) -> Result<(), Error> {
+        for kind in [Kind::Secret, Kind::Config] {
+            for (i, r) in spec.refs_mut(kind).iter_mut().enumerate() {
+                let Some(object) = self.state.find_object(kind, &r.source) else {
+                    return Err(Invalid::new(
+                        format!("spec.{}[{i}].source", kind.field()),
+                        format!(
+                            "no {} {:?}: create it first (`bronze {} create`)",
+                            kind.as_str(),
+                            r.source,
+                            kind.as_str()
+                        ),
+                    )
+                    .into());
+                };
+                if r.version == 0 {
+                    r.version = object.latest().map_or(0, |v| v.version);
+                } else if object.version(r.version).is_none() {
+                    return Err(Invalid::new(
+                        format!("spec.{}[{i}].version", kind.field()),
+                        format!(
+                            "{} {:?} has no version {}",
+                            kind.as_str(),
+                            r.source,
+                            r.version
+                        ),
+                    )
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn create_service(&mut self, mut spec: ServiceSpec) -> Result<String, Error> {
+        self.pin_refs(&mut spec)?;
         if self.state.find_service(&spec.name).is_some() {
             return Err(Error::AlreadyExists(format!(
                 "service {:?} already exists",
@@ -516,6 +774,7 @@ impl Manager {
                 Error::Unavailable("the service's current spec is missing".into())
             })?;
         let mut spec = spec.unwrap_or_else(|| ServiceSpec::clone(&current.spec));
+        self.pin_refs(&mut spec)?;
         if spec.name != service.name {
             return Err(Invalid::new(
                 "spec.name",
@@ -986,6 +1245,10 @@ pub fn new_token() -> String {
 
 fn no_service(name: &str) -> Error {
     Error::NotFound(format!("no service {name:?}"))
+}
+
+fn no_object(kind: Kind, name: &str) -> Error {
+    Error::NotFound(format!("no {} {name:?}", kind.as_str()))
 }
 
 fn no_node(name: &str) -> Error {

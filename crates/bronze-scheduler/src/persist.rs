@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use bronze_store::{Op, Store, StoreError};
 
-use crate::model::{Node, NodeState, Service, Task, Version};
+use crate::model::{Kind, Node, NodeState, Object, Service, Task, Version};
 use crate::state::{Key, State};
 
 const NODES: &str = "scheduler.nodes";
@@ -18,6 +18,16 @@ const VERSIONS: &str = "scheduler.versions";
 const TASKS: &str = "scheduler.tasks";
 const META: &str = "scheduler.meta";
 const JOIN_TOKEN: &str = "join_token";
+const SECRETS: &str = "scheduler.secrets";
+const CONFIGS: &str = "scheduler.configs";
+const KEY_CHECK: &str = "secrets_key_check";
+
+fn object_namespace(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Secret => SECRETS,
+        Kind::Config => CONFIGS,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
@@ -73,6 +83,15 @@ pub fn load(store: &dyn Store) -> Result<State, PersistError> {
         max_version = max_version.max(task.version);
         state.put_task(task);
     }
+    for kind in [Kind::Secret, Kind::Config] {
+        for (key, bytes) in store.list(object_namespace(kind))? {
+            let object: Object = decode(kind.as_str(), &key, &bytes)?;
+            state.put_object(object);
+        }
+    }
+    if let Some(check) = store.get(META, KEY_CHECK)? {
+        state.key_check = check;
+    }
     if let Some(token) = store.get(META, JOIN_TOKEN)? {
         state.join_token = String::from_utf8_lossy(&token).into_owned();
     }
@@ -111,6 +130,15 @@ pub fn ops(state: &State, keys: &BTreeSet<Key>) -> Result<Vec<Op>, PersistError>
                 None => Op::delete(TASKS, id.clone()),
             },
             Key::JoinToken => Op::put(META, JOIN_TOKEN, state.join_token.as_bytes().to_vec()),
+            Key::Object(kind, name) => match state.objects.get(&(*kind, name.clone())) {
+                Some(o) => Op::put(
+                    object_namespace(*kind),
+                    name.clone(),
+                    encode(kind.as_str(), o.as_ref())?,
+                ),
+                None => Op::delete(object_namespace(*kind), name.clone()),
+            },
+            Key::KeyCheck => Op::put(META, KEY_CHECK, state.key_check.clone()),
         };
         ops.push(op);
     }

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use imbl::{HashMap, OrdMap, OrdSet};
 
 use crate::model::{
-    Desired, Node, PortConfig, Protocol, Resources, Service, Task, TaskState, Time, Version,
+    Desired, Kind, Node, Object, PortConfig, Protocol, Resources, Service, Task, TaskState, Time,
+    Version,
 };
 
 /// What a commit writes (or deletes) in the store.
@@ -28,6 +29,10 @@ pub enum Key {
     Version(String, u64),
     Task(String),
     JoinToken,
+    /// A secret or config, by name.
+    Object(Kind, String),
+    /// The sealed value that recognises the secrets key.
+    KeyCheck,
 }
 
 /// What a node has given to the tasks placed on it.
@@ -65,6 +70,11 @@ pub struct State {
     /// ports are up only once registered and passing.
     pub discovery: bool,
     pub join_token: String,
+    /// Secrets and configs by kind and name.
+    pub objects: OrdMap<(Kind, String), Arc<Object>>,
+    /// [`crate::secrets::Sealer::check_value`] of the key the secrets are
+    /// sealed with; empty until the first start that sets it.
+    pub key_check: Vec<u8>,
     /// Keys changed since the last commit.
     dirty: BTreeSet<Key>,
 }
@@ -234,6 +244,53 @@ impl State {
     pub fn set_join_token(&mut self, token: String) {
         self.join_token = token;
         self.dirty.insert(Key::JoinToken);
+    }
+
+    /// A secret or config by name, or by id.
+    pub fn find_object(&self, kind: Kind, name: &str) -> Option<&Arc<Object>> {
+        self.objects.get(&(kind, name.to_string())).or_else(|| {
+            self.objects
+                .range((kind, String::new())..)
+                .take_while(|((k, _), _)| *k == kind)
+                .map(|(_, o)| o)
+                .find(|o| o.id == name)
+        })
+    }
+
+    pub fn put_object(&mut self, object: Object) {
+        self.dirty
+            .insert(Key::Object(object.kind, object.name.clone()));
+        self.objects
+            .insert((object.kind, object.name.clone()), Arc::new(object));
+    }
+
+    pub fn remove_object(&mut self, kind: Kind, name: &str) {
+        self.dirty.insert(Key::Object(kind, name.to_string()));
+        self.objects.remove(&(kind, name.to_string()));
+    }
+
+    pub fn set_key_check(&mut self, check: Vec<u8>) {
+        self.key_check = check;
+        self.dirty.insert(Key::KeyCheck);
+    }
+
+    /// Names of the services with a stored version (current, kept for a
+    /// rollback, or run by a task) that mounts the object; with
+    /// `live_only`, services being removed are left out.
+    pub fn object_users(&self, kind: Kind, name: &str, live_only: bool) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .services
+            .values()
+            .filter(|s| !(live_only && s.removing))
+            .filter(|s| {
+                self.versions
+                    .range((s.id.clone(), 0)..=(s.id.clone(), u64::MAX))
+                    .any(|(_, v)| v.spec.uses(kind, name))
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        users.sort();
+        users
     }
 
     fn index_task(&mut self, t: &Task) {

@@ -931,3 +931,170 @@ async fn autodeploy_queues_during_a_rollout_and_skips_a_rolled_back_digest() {
     let svc = sim.state().find_service("app").expect("svc").clone();
     assert_eq!((svc.version, svc.previous_version), versions);
 }
+
+/// Mounts secret `source` (its latest version) at /run/secrets/<source>.
+fn secret_ref(source: &str) -> crate::model::FileRef {
+    crate::model::FileRef {
+        source: source.into(),
+        target: format!("/run/secrets/{source}"),
+        uid: 0,
+        gid: 0,
+        mode: 0o400,
+        version: 0,
+    }
+}
+
+fn put_secret(
+    name: &str,
+    data: &[u8],
+    how: crate::manager::Put,
+) -> impl FnOnce(tokio::sync::oneshot::Sender<Result<String, crate::Error>>) -> Event {
+    let (name, data) = (name.to_string(), data.to_vec());
+    move |reply| Event::PutObject {
+        kind: crate::model::Kind::Secret,
+        name,
+        data: crate::model::Plain(data),
+        labels: Default::default(),
+        how,
+        reply,
+    }
+}
+
+#[tokio::test]
+async fn a_new_secret_version_rolls_its_services_and_removal_waits_for_them() {
+    use crate::manager::Put;
+    use crate::model::Kind;
+    let store = mem();
+    let sim = Sim::start(store.clone(), tunables()).await;
+    three_nodes(&sim).await;
+    sim.ask(put_secret("db_pw", b"first-value-8a1", Put::Create))
+        .await
+        .expect("created");
+    // A service naming a secret that does not exist is refused, by field.
+    let mut s = spec("api", 2);
+    s.secrets.push(secret_ref("nope"));
+    let e = sim.create(s.clone()).await.expect_err("undefined secret");
+    assert!(e.to_string().contains("spec.secrets[0].source"), "{e}");
+    assert!(sim.state().find_service("api").is_none(), "nothing stored");
+    s.secrets[0].source = "db_pw".into();
+    sim.create(s).await.expect("created");
+    let st = sim
+        .until(WAIT, "api runs", |s| running(s, "api") == 2)
+        .await;
+    let svc = st.find_service("api").expect("api");
+    assert_eq!(
+        st.current(svc).expect("v").spec.secrets[0].version,
+        1,
+        "pinned"
+    );
+
+    // The same data again changes nothing; new data is version 2 and a
+    // rollout of the service.
+    sim.ask(put_secret("db_pw", b"first-value-8a1", Put::Update))
+        .await
+        .expect("same");
+    assert_eq!(
+        sim.state()
+            .find_object(Kind::Secret, "db_pw")
+            .expect("o")
+            .versions
+            .len(),
+        1
+    );
+    sim.ask(put_secret("db_pw", b"second-value-77c", Put::Update))
+        .await
+        .expect("updated");
+    let st = sim
+        .until(WAIT, "api rolled to version 2 of the secret", |s| {
+            let svc = s.find_service("api").expect("api");
+            let v = s.current(svc).expect("v");
+            v.spec.secrets[0].version == 2
+                && wanted(s, "api")
+                    .iter()
+                    .all(|t| t.spec_version == svc.version && t.status.state == TaskState::Running)
+                && wanted(s, "api").len() == 2
+        })
+        .await;
+    assert_eq!(st.find_service("api").expect("api").version, 2);
+
+    // Removing it is refused while the service uses it, naming it.
+    let e = sim
+        .ask(|reply| Event::RemoveObject {
+            kind: Kind::Secret,
+            name: "db_pw".into(),
+            reply,
+        })
+        .await
+        .expect_err("in use");
+    assert!(e.to_string().contains("api"), "{e}");
+
+    // A rollback returns to the old value too: the old version pins it.
+    sim.ask(|reply| Event::Rollback("api".into(), reply))
+        .await
+        .expect("rollback");
+    sim.until(WAIT, "api back on version 1 of the secret", |s| {
+        let svc = s.find_service("api").expect("api");
+        s.current(svc).expect("v").spec.secrets[0].version == 1
+            && wanted(s, "api")
+                .iter()
+                .all(|t| t.spec_version == svc.version && t.status.state == TaskState::Running)
+    })
+    .await;
+
+    // The store holds no value in clear.
+    let dump: Vec<u8> = [
+        "scheduler.secrets",
+        "scheduler.versions",
+        "scheduler.services",
+    ]
+    .iter()
+    .flat_map(|ns| store.list(ns).expect("list"))
+    .flat_map(|(k, v)| [k.into_bytes(), v].concat())
+    .collect();
+    assert!(!dump.is_empty());
+    for value in [&b"first-value-8a1"[..], b"second-value-77c"] {
+        assert!(!dump.windows(value.len()).any(|w| w == value));
+    }
+}
+
+#[tokio::test]
+async fn old_object_versions_are_pruned_unless_a_service_version_mounts_them() {
+    use crate::manager::Put;
+    use crate::model::Kind;
+    let sim = Sim::start(mem(), tunables()).await;
+    sim.ask(put_secret("tls", b"v1", Put::Create))
+        .await
+        .expect("created");
+    let mut s = spec("edge", 0);
+    s.secrets.push(secret_ref("tls"));
+    sim.create(s).await.expect("created");
+    for i in 2..=25u32 {
+        sim.ask(put_secret("tls", format!("v{i}").as_bytes(), Put::Update))
+            .await
+            .expect("updated");
+    }
+    let st = sim.state();
+    let versions: Vec<u64> = st
+        .find_object(Kind::Secret, "tls")
+        .expect("tls")
+        .versions
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    // The last ten, and those the service's kept versions pin.
+    let svc = st.find_service("edge").expect("edge");
+    let pinned: Vec<u64> = st
+        .service_versions(&svc.id)
+        .iter()
+        .filter_map(|v| st.version(&svc.id, *v))
+        .map(|v| v.spec.secrets[0].version)
+        .collect();
+    assert!(versions.len() < 25, "{versions:?}");
+    assert!((16..=25).all(|v| versions.contains(&v)), "{versions:?}");
+    for p in pinned {
+        assert!(
+            versions.contains(&p),
+            "version {p} pinned but pruned: {versions:?}"
+        );
+    }
+}

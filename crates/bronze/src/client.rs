@@ -300,3 +300,26 @@ pub async fn each<T>(
     }
     if failed { Err(Error::Reported) } else { Ok(()) }
 }
+
+/// `rm` of several names: `remove` for each (failures printed as `each`
+/// does), each name removed printed, or all of them as a JSON array.
+pub async fn remove_each(
+    api: &mut Api,
+    names: &[String],
+    mut remove: impl AsyncFnMut(&mut Api, &String) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut removed = Vec::new();
+    let result = each(api, names, async |api, name| {
+        remove(api, name).await?;
+        if !api.json() {
+            println!("{name}");
+        }
+        removed.push(serde_json::Value::String(name.clone()));
+        Ok(())
+    })
+    .await;
+    if api.json() {
+        crate::json::print(&serde_json::Value::Array(removed));
+    }
+    result
+}

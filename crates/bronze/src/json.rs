@@ -64,7 +64,7 @@ fn update_config(u: Option<&pb::UpdateConfig>) -> Value {
 pub fn spec(s: &pb::ServiceSpec) -> Value {
     let placement = s.placement.clone().unwrap_or_default();
     let res = s.resources.unwrap_or_default();
-    json!({
+    let mut v = json!({
         "name": s.name,
         "image": s.image,
         "command": s.command,
@@ -109,7 +109,56 @@ pub fn spec(s: &pb::ServiceSpec) -> Value {
         })),
         "update_config": update_config(s.update_config.as_ref()),
         "rollback_config": update_config(s.rollback_config.as_ref()),
+    });
+    // Only when the service mounts some (references, never data).
+    if let Value::Object(m) = &mut v {
+        if !s.secrets.is_empty() {
+            m.insert("secrets".into(), s.secrets.iter().map(file_ref).collect());
+        }
+        if !s.configs.is_empty() {
+            m.insert("configs".into(), s.configs.iter().map(file_ref).collect());
+        }
+    }
+    v
+}
+
+/// A secret or config a service mounts (never its data).
+fn file_ref(r: &pb::FileReference) -> Value {
+    json!({
+        "source": r.source,
+        "target": r.target,
+        "uid": r.uid,
+        "gid": r.gid,
+        "mode": format!("{:04o}", r.mode),
+        "version": r.version,
     })
+}
+
+/// A secret or config: metadata, the services using it and, for a config
+/// read with `inspect`, its data (a secret's never comes from the API).
+pub fn data_object(o: &pb::DataObject) -> Value {
+    let mut v = json!({
+        "id": o.id,
+        "name": o.name,
+        "created_at": time(o.created_at.as_ref()),
+        "updated_at": time(o.updated_at.as_ref()),
+        "versions": o.versions.iter().map(|v| json!({
+            "version": v.version,
+            "created_at": time(v.created_at.as_ref()),
+            "labels": map(&v.labels),
+            "size": v.size,
+        })).collect::<Vec<_>>(),
+        "services": o.services,
+    });
+    if !o.data.is_empty()
+        && let Value::Object(m) = &mut v
+    {
+        m.insert(
+            "data".into(),
+            Value::String(String::from_utf8_lossy(&o.data).into_owned()),
+        );
+    }
+    v
 }
 
 pub fn status(s: Option<&pb::ServiceStatus>) -> Value {

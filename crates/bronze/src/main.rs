@@ -8,6 +8,7 @@ mod client;
 mod dev;
 mod json;
 mod node;
+mod object;
 mod progress;
 mod service;
 mod stack;
@@ -55,6 +56,17 @@ enum Command {
     /// and updated together (docker stack).
     #[command(subcommand)]
     Stack(stack::Command),
+
+    /// Manage secrets: versioned data mounted read-only on a tmpfs in the
+    /// tasks of the services that name them (default /run/secrets/NAME),
+    /// encrypted at rest, never shown by any command (docker secret).
+    #[command(subcommand)]
+    Secret(object::Command),
+
+    /// Manage configs: versioned data mounted read-only in the tasks of
+    /// the services that name them (default /NAME) (docker config).
+    #[command(subcommand)]
+    Config(object::Command),
 }
 
 /// Exit code of a command interrupted while it waited (128 + SIGINT).
@@ -83,6 +95,8 @@ fn run_api(api: &client::ApiArgs, command: Command) -> i32 {
         match command {
             Command::Service(c) => service::run(c, &mut client).await,
             Command::Node(c) => node::run(c, &mut client).await,
+            Command::Secret(c) => object::run(object::Kind::Secret, c, &mut client).await,
+            Command::Config(c) => object::run(object::Kind::Config, c, &mut client).await,
             Command::Dev(_) | Command::Stack(_) => Ok(()),
         }
     });

@@ -299,27 +299,18 @@ async fn update(api: &mut Api, a: UpdateArgs) -> Result<(), Error> {
 }
 
 async fn rm(api: &mut Api, a: RmArgs) -> Result<(), Error> {
-    let mut removed = Vec::new();
     let force = a.force;
-    let result = each(api, &a.nodes, async |api, name| {
+    crate::client::remove_each(api, &a.nodes, async |api, name| {
         api.client
             .remove_node(pb::RemoveNodeRequest {
                 node: name.clone(),
                 force,
             })
             .await
-            .map_err(|s| api.err(s))?;
-        if !api.json() {
-            println!("{name}");
-        }
-        removed.push(Value::String(name.clone()));
-        Ok(())
+            .map(|_| ())
+            .map_err(|s| api.err(s))
     })
-    .await;
-    if api.json() {
-        json::print(&Value::Array(removed));
-    }
-    result
+    .await
 }
 
 async fn join_token(api: &mut Api, a: JoinTokenArgs) -> Result<(), Error> {

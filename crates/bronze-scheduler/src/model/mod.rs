@@ -9,6 +9,7 @@
 pub mod autodeploy;
 pub mod constraint;
 pub mod node;
+pub mod object;
 pub mod service;
 pub mod spec;
 pub mod task;
@@ -19,10 +20,11 @@ use serde::{Deserialize, Serialize};
 
 pub use constraint::{Constraint, Preference};
 pub use node::{Availability, EngineInfo, Node, NodeState, Resources, Role};
+pub use object::{Kind, Object, ObjectVersion, Plain, Stored};
 pub use service::{Service, UpdateState, UpdateStatus, Version};
 pub use spec::{
-    HealthCheck, Mode, Mount, MountKind, Order, Placement, PortConfig, Protocol, RestartCondition,
-    RestartPolicy, ServiceSpec, UpdateConfig,
+    FileRef, HealthCheck, Mode, Mount, MountKind, Order, Placement, PortConfig, Protocol,
+    RestartCondition, RestartPolicy, ServiceSpec, UpdateConfig,
 };
 pub use task::{Desired, SlotKey, Task, TaskState, TaskStatus};
 

@@ -82,6 +82,27 @@ pub struct Mount {
     pub tmpfs_size_bytes: i64,
 }
 
+/// A secret or config mounted as a file: which object (and the version
+/// this spec pins), where, with which owner and mode.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileRef {
+    pub source: String,
+    /// Absolute path in the container (normalized by [`normalize_refs`]).
+    pub target: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    /// The object's version; 0 only in a request (the manager pins the
+    /// latest before the spec is stored).
+    pub version: u64,
+}
+
+/// Compose's default mode of a mounted secret or config.
+pub const DEFAULT_FILE_MODE: u32 = 0o444;
+
+/// Where secrets go when their target is a bare file name (Swarm's).
+pub const SECRETS_DIR: &str = "/run/secrets";
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct HealthCheck {
     pub test: Vec<String>,
@@ -336,6 +357,12 @@ pub struct ServiceSpec {
     /// Out of discovery this long before the stop signal.
     #[serde(with = "millis", default)]
     pub drain_delay: Duration,
+    /// Secrets mounted on a tmpfs, read-only.
+    #[serde(default)]
+    pub secrets: Vec<FileRef>,
+    /// Configs mounted read-only.
+    #[serde(default)]
+    pub configs: Vec<FileRef>,
 }
 
 /// Default time between the stop signal and SIGKILL (Docker's).
@@ -374,7 +401,29 @@ impl ServiceSpec {
             hostname: String::new(),
             extra_hosts: Vec::new(),
             drain_delay: DEFAULT_DRAIN_DELAY,
+            secrets: Vec::new(),
+            configs: Vec::new(),
         }
+    }
+
+    /// The references of one kind.
+    pub fn refs(&self, kind: super::Kind) -> &[FileRef] {
+        match kind {
+            super::Kind::Secret => &self.secrets,
+            super::Kind::Config => &self.configs,
+        }
+    }
+
+    pub fn refs_mut(&mut self, kind: super::Kind) -> &mut Vec<FileRef> {
+        match kind {
+            super::Kind::Secret => &mut self.secrets,
+            super::Kind::Config => &mut self.configs,
+        }
+    }
+
+    /// Whether the spec mounts the object `name` of `kind`.
+    pub fn uses(&self, kind: super::Kind, name: &str) -> bool {
+        self.refs(kind).iter().any(|r| r.source == name)
     }
 
     /// A digest of what a task runs: the spec without its name, service
@@ -401,6 +450,10 @@ impl ServiceSpec {
         self.restart.hash(&mut h);
         self.hostname.hash(&mut h);
         self.extra_hosts.hash(&mut h);
+        // With their pinned versions: a new version of a secret is a new
+        // template, so a rollout.
+        self.secrets.hash(&mut h);
+        self.configs.hash(&mut h);
         h.finish()
     }
 
@@ -532,6 +585,56 @@ pub fn normalize_signal(s: &str) -> Result<String, String> {
             "{s:?}: expected a signal such as \"SIGTERM\" or \"SIGQUIT\""
         ))
     }
+}
+
+/// Fills in Compose's defaults and checks the references: secrets' bare
+/// file names go under /run/secrets (default `/run/secrets/<source>`),
+/// configs' default is `/<source>`; modes are permission bits; no two
+/// files share a target.
+pub fn normalize_refs(spec: &mut ServiceSpec) -> Result<(), Invalid> {
+    let mut targets = std::collections::HashSet::new();
+    for kind in [super::Kind::Secret, super::Kind::Config] {
+        let field = kind.field();
+        for (i, r) in spec.refs_mut(kind).iter_mut().enumerate() {
+            super::object::validate_name(&r.source)
+                .map_err(|m| Invalid::new(format!("{field}[{i}].source"), m))?;
+            if r.target.is_empty() {
+                r.target = r.source.clone();
+            }
+            if !r.target.starts_with('/') {
+                r.target = match kind {
+                    super::Kind::Secret => format!("{SECRETS_DIR}/{}", r.target),
+                    super::Kind::Config => format!("/{}", r.target),
+                };
+            }
+            let bad = r.target.len() > 4096
+                || r.target.ends_with('/')
+                || r.target.contains('\0')
+                || r.target.split('/').any(|p| p == ".." || p == ".");
+            if bad {
+                return Err(Invalid::new(
+                    format!("{field}[{i}].target"),
+                    format!(
+                        "{:?}: expected a file name or an absolute file path without '.' or '..'",
+                        r.target
+                    ),
+                ));
+            }
+            if r.mode > 0o777 {
+                return Err(Invalid::new(
+                    format!("{field}[{i}].mode"),
+                    format!("{:o}: expected permission bits, 0 to 0777", r.mode),
+                ));
+            }
+            if !targets.insert(r.target.clone()) {
+                return Err(Invalid::new(
+                    format!("{field}[{i}].target"),
+                    format!("{:?} is mounted twice", r.target),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check<T>(field: &str, r: Result<T, String>) -> Result<T, Invalid> {

@@ -8,8 +8,8 @@ use bronze_proto::scheduler::v1 as pb;
 use clap::Args;
 
 use super::flags::{
-    Mode, PortRm, SpecFlags, Words, edit_env, normalize_expr, parse_label, parse_mount,
-    parse_publish, parse_publish_rm, parse_words, port_matches, read_env_file,
+    Mode, PortRm, SpecFlags, Words, edit_env, normalize_expr, parse_file_ref, parse_label,
+    parse_mount, parse_publish, parse_publish_rm, parse_words, port_matches, read_env_file,
 };
 use super::settle;
 use crate::client::{Api, Error};
@@ -59,6 +59,17 @@ pub struct CreateArgs {
     /// (a named volume is created when missing).
     #[arg(long, value_name = "MOUNT", value_parser = parse_mount)]
     mount: Vec<pb::Mount>,
+
+    /// Mount a secret (repeat): NAME, or
+    /// source=NAME,target=FILE,uid=0,gid=0,mode=0444. Read-only, on a
+    /// tmpfs, at /run/secrets/TARGET (default: its name; an absolute
+    /// target is used as is). A new version of it rolls the service.
+    #[arg(long, value_name = "SECRET", value_parser = parse_file_ref)]
+    secret: Vec<pb::FileReference>,
+
+    /// Mount a config (repeat), as --secret; default target /NAME.
+    #[arg(long, value_name = "CONFIG", value_parser = parse_file_ref)]
+    config: Vec<pb::FileReference>,
 
     /// Placement constraint (repeat; all must hold): node.labels.zone==eu,
     /// node.role!=manager, node.hostname==h1, node.id==ID,
@@ -151,6 +162,8 @@ pub async fn create(api: &mut Api, a: CreateArgs) -> Result<(), Error> {
         container_labels: a.container_label.iter().cloned().collect(),
         ports: a.publish.clone(),
         mounts: a.mount.clone(),
+        secrets: a.secret.clone(),
+        configs: a.config.clone(),
         mode: Some(match a.mode {
             Mode::Replicated => pb::service_spec::Mode::Replicated(pb::Replicated { replicas: 1 }),
             Mode::Global => pb::service_spec::Mode::Global(pb::Global {}),
@@ -239,6 +252,24 @@ pub struct UpdateArgs {
     /// Remove the mount at this container path.
     #[arg(long, value_name = "TARGET")]
     mount_rm: Vec<String>,
+
+    /// Mount a secret, as create's --secret (one of the same name is
+    /// replaced); its latest version.
+    #[arg(long, value_name = "SECRET", value_parser = parse_file_ref)]
+    secret_add: Vec<pb::FileReference>,
+
+    /// Stop mounting the secret of this name.
+    #[arg(long, value_name = "NAME")]
+    secret_rm: Vec<String>,
+
+    /// Mount a config, as create's --config (one of the same name is
+    /// replaced); its latest version.
+    #[arg(long, value_name = "CONFIG", value_parser = parse_file_ref)]
+    config_add: Vec<pb::FileReference>,
+
+    /// Stop mounting the config of this name.
+    #[arg(long, value_name = "NAME")]
+    config_rm: Vec<String>,
 
     /// Add a placement constraint, as create's --constraint.
     #[arg(long, value_name = "EXPR")]
@@ -331,6 +362,13 @@ impl UpdateArgs {
         for m in &self.mount_add {
             spec.mounts.retain(|x| x.target != m.target);
             spec.mounts.push(m.clone());
+        }
+        for (refs, add, rm) in [
+            (&mut spec.secrets, &self.secret_add, &self.secret_rm),
+            (&mut spec.configs, &self.config_add, &self.config_rm),
+        ] {
+            refs.retain(|r| !rm.contains(&r.source) && !add.iter().any(|a| a.source == r.source));
+            refs.extend(add.iter().cloned());
         }
         let placement = spec.placement.get_or_insert_with(Default::default);
         edit_exprs(

@@ -191,6 +191,50 @@ pub fn parse_mount(s: &str) -> Result<pb::Mount, String> {
     Ok(m)
 }
 
+/// Docker's `--secret` and `--config`: `NAME`, or
+/// `source=NAME[,target=PATH][,uid=N][,gid=N][,mode=0440]` (`src`
+/// accepted; mode in octal). The scheduler fills in the defaults: secrets
+/// at /run/secrets/NAME, configs at /NAME, mode 0444, uid and gid 0.
+pub fn parse_file_ref(s: &str) -> Result<pb::FileReference, String> {
+    let mut r = pb::FileReference::default();
+    if !s.contains('=') {
+        r.source = s.to_string();
+    } else {
+        for part in s.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} in {s:?}: expected KEY=VALUE"))?;
+            let id = |what: &str| {
+                v.parse::<u32>()
+                    .map_err(|_| format!("{what}={v}: expected a number"))
+            };
+            match k.trim() {
+                "source" | "src" => r.source = v.to_string(),
+                "target" => r.target = v.to_string(),
+                "uid" => r.uid = id("uid")?,
+                "gid" => r.gid = id("gid")?,
+                "mode" => {
+                    r.mode = u32::from_str_radix(v, 8)
+                        .ok()
+                        .filter(|m| *m <= 0o777)
+                        .ok_or_else(|| {
+                            format!("mode={v}: expected octal permission bits, e.g. 0400")
+                        })?;
+                }
+                other => {
+                    return Err(format!(
+                        "{other:?} in {s:?}: expected source, target, uid, gid or mode"
+                    ));
+                }
+            }
+        }
+    }
+    if r.source.is_empty() {
+        return Err(format!("{s:?}: source= is required"));
+    }
+    Ok(r)
+}
+
 /// An env file as Docker reads it: `KEY=value` lines, `#` comments and
 /// blank lines skipped, a bare `KEY` takes this shell's value (skipped
 /// when unset).
@@ -715,6 +759,18 @@ mod tests {
         assert!(port_matches(&p, &rm));
         assert!(!port_matches(&p, &parse_publish_rm("80/udp").unwrap()));
         assert!(!port_matches(&p, &parse_publish_rm("9090:80").unwrap()));
+    }
+
+    #[test]
+    fn secrets_and_configs() {
+        let r = parse_file_ref("db").unwrap();
+        assert_eq!((r.source.as_str(), r.mode), ("db", 0));
+        let r = parse_file_ref("source=db,target=pw,uid=1000,gid=10,mode=0400").unwrap();
+        assert_eq!(r.target, "pw");
+        assert_eq!((r.uid, r.gid, r.mode), (1000, 10, 0o400));
+        assert!(parse_file_ref("target=x").is_err());
+        assert!(parse_file_ref("source=db,mode=999").is_err());
+        assert!(parse_file_ref("source=db,size=1").is_err());
     }
 
     #[test]

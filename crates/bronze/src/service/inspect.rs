@@ -263,6 +263,21 @@ pub fn pretty(r: &pb::ServiceResponse) -> String {
             );
         }
     }
+    for (heading, refs) in [("Secrets", &spec.secrets), ("Configs", &spec.configs)] {
+        if refs.is_empty() {
+            continue;
+        }
+        p.kv(0, heading, "");
+        for r in refs {
+            p.line(
+                1,
+                &format!(
+                    "Source = {} (version {}), Target = {}, UID = {}, GID = {}, Mode = {:04o}",
+                    r.source, r.version, r.target, r.uid, r.gid, r.mode
+                ),
+            );
+        }
+    }
     if let Some(res) = &spec.resources {
         let any = |r: &Option<pb::Resources>| {
             r.as_ref()

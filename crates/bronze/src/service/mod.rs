@@ -14,7 +14,7 @@ use bronze_proto::scheduler::v1 as pb;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use crate::client::{Api, Error, each};
+use crate::client::{Api, Error};
 use crate::progress::{self, RULE, WaitFlags};
 use crate::table::Table;
 use crate::{json, words};
@@ -313,25 +313,16 @@ async fn rollback(api: &mut Api, args: RollbackArgs) -> Result<(), Error> {
 }
 
 async fn rm(api: &mut Api, args: RmArgs) -> Result<(), Error> {
-    let mut removed = Vec::new();
-    let result = each(api, &args.services, async |api, name| {
+    crate::client::remove_each(api, &args.services, async |api, name| {
         api.client
             .remove_service(pb::RemoveServiceRequest {
                 service: name.clone(),
             })
             .await
-            .map_err(|s| api.err(s))?;
-        if !api.json() {
-            println!("{name}");
-        }
-        removed.push(Value::String(name.clone()));
-        Ok(())
+            .map(|_| ())
+            .map_err(|s| api.err(s))
     })
-    .await;
-    if api.json() {
-        json::print(&Value::Array(removed));
-    }
-    result
+    .await
 }
 
 #[cfg(test)]

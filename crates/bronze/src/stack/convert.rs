@@ -6,7 +6,7 @@
 //! gives the same specs, so a redeploy of an unchanged file changes
 //! nothing.
 //!
-//! What a spec cannot express (secrets, configs, networks, endpoint
+//! What a spec cannot express (networks, endpoint
 //! modes, volume drivers, ...) is returned as a warning, never dropped in
 //! silence. Checking the spec is the scheduler's own validation
 //! (`deploy.rs`), not repeated here.
@@ -49,13 +49,64 @@ pub fn full_name(stack: &str, service: &str) -> String {
     format!("{stack}_{service}")
 }
 
+/// The cluster's name of a top-level object of the stack (a volume, a
+/// secret, a config): its `name:`, else its key when external, else
+/// `STACK_key` (Swarm's namespacing).
+pub fn object_name(stack: &str, key: &str, name: Option<&String>, external: bool) -> String {
+    match name {
+        Some(n) => n.clone(),
+        None if external => key.to_string(),
+        None => full_name(stack, key),
+    }
+}
+
 /// The engine's name of a volume used by the stack.
 fn volume_name(project: &compose::Project, key: &str) -> String {
-    match project.volumes.get(key) {
-        Some(v) if v.name.is_some() => v.name.clone().unwrap_or_default(),
-        Some(v) if v.external => key.to_string(),
-        _ => full_name(&project.name, key),
-    }
+    let v = project.volumes.get(key);
+    object_name(
+        &project.name,
+        key,
+        v.and_then(|v| v.name.as_ref()),
+        v.is_some_and(|v| v.external),
+    )
+}
+
+/// A service's `secrets:` or `configs:` as references to the cluster's
+/// objects (their latest versions: the scheduler pins them).
+fn file_refs(
+    project: &compose::Project,
+    objects: &BTreeMap<String, compose::Secret>,
+    refs: &[compose::ServiceObjectRef],
+    key: &str,
+    what: &str,
+) -> Result<Vec<pb::FileReference>, String> {
+    let id = |v: &Option<String>, field: &str, i: usize| -> Result<u32, String> {
+        v.as_deref().map_or(Ok(0), |v| {
+            v.parse::<u32>().map_err(|_| {
+                format!("service {key}: {what}[{i}].{field}: {v:?}: expected a number")
+            })
+        })
+    };
+    refs.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let o = objects.get(&r.source);
+            Ok(pb::FileReference {
+                source: object_name(
+                    &project.name,
+                    &r.source,
+                    o.and_then(|o| o.name.as_ref()),
+                    o.is_some_and(|o| o.external),
+                ),
+                // Compose's default target is the key, not the cluster's name.
+                target: r.target.clone().unwrap_or_else(|| r.source.clone()),
+                uid: id(&r.uid, "uid", i)?,
+                gid: id(&r.gid, "gid", i)?,
+                mode: r.mode.unwrap_or(0),
+                version: 0,
+            })
+        })
+        .collect()
 }
 
 fn rollout(u: &compose::UpdateConfig) -> pb::UpdateConfig {
@@ -200,6 +251,8 @@ pub fn service(
     };
     let limits = resources(&d.resources.limits);
     let reservations = resources(&d.resources.reservations);
+    let secrets = file_refs(project, &project.secrets, &s.secrets, key, "secrets")?;
+    let configs = file_refs(project, &project.configs, &s.configs, key, "configs")?;
     let spec = pb::ServiceSpec {
         name: full_name(stack, key),
         image: s.image.clone(),
@@ -236,6 +289,8 @@ pub fn service(
         hostname: s.hostname.clone().unwrap_or_default(),
         extra_hosts: s.extra_hosts.clone(),
         drain_delay: None,
+        secrets,
+        configs,
     };
 
     warn_unsupported(project, key, s, warnings);
@@ -265,16 +320,6 @@ fn warn_unsupported(
     s: &compose::Service,
     warnings: &mut Warnings,
 ) {
-    if !s.secrets.is_empty() {
-        warnings.add(format!(
-            "service {key}: secrets are not supported yet; its tasks run without them"
-        ));
-    }
-    if !s.configs.is_empty() {
-        warnings.add(format!(
-            "service {key}: configs are not supported yet; its tasks run without them"
-        ));
-    }
     if s.networks.iter().any(|n| n != "default") {
         warnings.add(format!(
             "service {key}: networks are not honoured: tasks publish their ports on their \
@@ -353,10 +398,18 @@ mod tests {
         web.secrets.push(compose::ServiceObjectRef {
             source: "token".into(),
             target: None,
+            uid: Some("1000".into()),
+            gid: None,
+            mode: Some(0o400),
+        });
+        web.configs.push(compose::ServiceObjectRef {
+            source: "conf".into(),
+            target: Some("/etc/app.conf".into()),
             uid: None,
             gid: None,
             mode: None,
         });
+        web.networks.push("front".into());
         let mut p = compose::Project {
             name: "shop".into(),
             ..Default::default()
@@ -365,6 +418,14 @@ mod tests {
         p.volumes.insert(
             "shared".into(),
             compose::Volume {
+                external: true,
+                ..Default::default()
+            },
+        );
+        p.secrets.insert("token".into(), compose::Secret::default());
+        p.configs.insert(
+            "conf".into(),
+            compose::Secret {
                 external: true,
                 ..Default::default()
             },
@@ -400,8 +461,18 @@ mod tests {
                 replicas: 2
             }))
         );
+        // Secrets and configs: the stack's own namespaced, external ones
+        // as named; the default target is the key.
+        let sec = &s.secrets[0];
+        assert_eq!(
+            (sec.source.as_str(), sec.target.as_str()),
+            ("shop_token", "token")
+        );
+        assert_eq!((sec.uid, sec.mode), (1000, 0o400));
+        assert_eq!(s.configs[0].source, "conf");
+        assert_eq!(s.configs[0].target, "/etc/app.conf");
         let w = w.into_vec();
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].contains("secrets"), "{w:?}");
+        assert!(w[0].contains("networks"), "{w:?}");
     }
 }

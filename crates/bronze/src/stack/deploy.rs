@@ -22,6 +22,7 @@ use super::convert::{self, Converted, Warnings};
 use super::resolve::{self, ResolveImage};
 use super::rollout::{self, Change, Step};
 use crate::client::{Api, ApiArgs, Error};
+use crate::object::{self, Kind, Put};
 use crate::progress::WaitFlags;
 
 /// The `-c` files of `deploy` and `config`.
@@ -175,11 +176,7 @@ fn prepare(
     if errors.is_empty() {
         return Ok(out);
     }
-    for e in errors {
-        eprintln!("bronze: {e}");
-    }
-    eprintln!("bronze: nothing was deployed");
-    Err(Error::Reported)
+    Err(refuse(errors))
 }
 
 /// Whether two specs mean the same service (the scheduler's domain types
@@ -187,6 +184,145 @@ fn prepare(
 fn same(a: &pb::ServiceSpec, b: &pb::ServiceSpec) -> bool {
     use bronze_scheduler::convert::spec_from_proto;
     matches!((spec_from_proto(a), spec_from_proto(b)), (Ok(x), Ok(y)) if x == y)
+}
+
+/// Prints every problem found before anything was sent, and that nothing
+/// was deployed.
+fn refuse(errors: Vec<String>) -> Error {
+    for e in errors {
+        eprintln!("bronze: {e}");
+    }
+    eprintln!("bronze: nothing was deployed");
+    Error::Reported
+}
+
+/// A top-level secret or config of the files: its cluster name, and its
+/// data and labels (`None` when external: it must exist already).
+struct StackObject {
+    kind: Kind,
+    key: String,
+    name: String,
+    content: Option<(Vec<u8>, HashMap<String, String>)>,
+}
+
+/// The files' secrets and configs, read and checked (name grammar, size:
+/// the scheduler's own rules) before anything is sent; every problem
+/// printed, `Reported` if there was one.
+fn stack_objects(project: &compose::Project) -> Result<Vec<StackObject>, Error> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (kind, objects) in [
+        (Kind::Secret, &project.secrets),
+        (Kind::Config, &project.configs),
+    ] {
+        let what = kind.as_str();
+        for (key, o) in objects {
+            let name = convert::object_name(&project.name, key, o.name.as_ref(), o.external);
+            let content = match (&o.file, o.external) {
+                (Some(file), false) => match std::fs::read(file) {
+                    Ok(data) => {
+                        let mut labels: BTreeMap<String, String> = o.labels.clone();
+                        labels.insert(super::NAMESPACE.into(), project.name.clone());
+                        if let Err(e) =
+                            bronze_scheduler::model::object::validate(kind, &name, &data, &labels)
+                        {
+                            errors.push(format!("{}.{key}: {e}", kind.field()));
+                            continue;
+                        }
+                        Some((data, labels.into_iter().collect()))
+                    }
+                    Err(e) => {
+                        errors.push(format!(
+                            "{}.{key}.file: {}: {e}",
+                            kind.field(),
+                            file.display()
+                        ));
+                        continue;
+                    }
+                },
+                _ => {
+                    if let Err(m) = bronze_scheduler::model::object::validate_name(&name) {
+                        errors.push(format!("{}.{key}: {what} name {m}", kind.field()));
+                        continue;
+                    }
+                    None
+                }
+            };
+            out.push(StackObject {
+                kind,
+                key: key.clone(),
+                name,
+                content,
+            });
+        }
+    }
+    if errors.is_empty() {
+        return Ok(out);
+    }
+    Err(refuse(errors))
+}
+
+/// External objects must exist; the stack's own are created, or given a
+/// new version when their content changed (which rolls the services that
+/// use them). Externals are checked first, so a missing one changes
+/// nothing. Returns the names given a new version.
+async fn put_objects(api: &mut Api, objects: Vec<StackObject>) -> Result<HashSet<String>, Error> {
+    // Each kind's objects as they are: name -> latest version.
+    let mut known: HashMap<(Kind, String), u64> = HashMap::new();
+    for kind in [Kind::Secret, Kind::Config] {
+        for o in object::list(api, kind).await? {
+            let v = o.versions.last().map_or(0, |v| v.version);
+            known.insert((kind, o.name), v);
+        }
+    }
+    let missing: Vec<String> = objects
+        .iter()
+        .filter(|o| o.content.is_none() && !known.contains_key(&(o.kind, o.name.clone())))
+        .map(|o| {
+            format!(
+                "{}.{}: external {} {:?} does not exist (create it with `bronze {} create`)",
+                o.kind.field(),
+                o.key,
+                o.kind.as_str(),
+                o.name,
+                o.kind.as_str(),
+            )
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Err(refuse(missing));
+    }
+    let mut changed = HashSet::new();
+    for o in objects {
+        let Some((data, labels)) = o.content else {
+            continue;
+        };
+        let before = known.get(&(o.kind, o.name.clone())).copied();
+        let r = object::create_or_update(api, o.kind, &o.name, data, labels, Put::Upsert).await?;
+        let v = r.versions.last().map_or(0, |v| v.version);
+        if before.is_some_and(|b| b != v) {
+            changed.insert(o.name.clone());
+        }
+        if !api.json() {
+            println!("Using {} {} (version {v})", o.kind.as_str(), o.name);
+        }
+    }
+    Ok(changed)
+}
+
+/// The file's references (version 0: the latest) read as pinned to the
+/// versions the running service uses, so an unchanged file is unchanged.
+fn pin_like(spec: &mut pb::ServiceSpec, running: &pb::ServiceSpec) {
+    for (refs, cur) in [
+        (&mut spec.secrets, &running.secrets),
+        (&mut spec.configs, &running.configs),
+    ] {
+        for r in refs.iter_mut().filter(|r| r.version == 0) {
+            if let Some(c) = cur.iter().find(|c| c.source == r.source) {
+                r.version = c.version;
+            }
+        }
+    }
 }
 
 pub async fn deploy(args: &ApiArgs, a: DeployArgs) -> Result<(), Error> {
@@ -206,7 +342,10 @@ pub async fn deploy(args: &ApiArgs, a: DeployArgs) -> Result<(), Error> {
         )));
     }
 
+    let objects = stack_objects(&project)?;
+
     let mut api = Api::connect(args).await?;
+    let changed = put_objects(&mut api, objects).await?;
     let running: HashMap<String, pb::Service> = super::of_stack(&mut api, &a.stack)
         .await?
         .into_iter()
@@ -259,9 +398,23 @@ pub async fn deploy(args: &ApiArgs, a: DeployArgs) -> Result<(), Error> {
     let steps = services
         .into_iter()
         .map(|(name, c)| {
+            let mut c = c;
+            if let Some(cur) = running.get(&name).and_then(|s| s.spec.as_ref()) {
+                pin_like(&mut c.spec, cur);
+            }
             let change = match running.get(&name) {
                 None => Change::Create(c.spec),
-                Some(s) if s.spec.as_ref().is_some_and(|cur| same(cur, &c.spec)) => {
+                // A service whose secret or config got a new version is
+                // rolling to it: followed like an update.
+                Some(s)
+                    if s.spec.as_ref().is_some_and(|cur| same(cur, &c.spec))
+                        && !c
+                            .spec
+                            .secrets
+                            .iter()
+                            .chain(&c.spec.configs)
+                            .any(|r| changed.contains(&r.source)) =>
+                {
                     Change::Unchanged
                 }
                 Some(s) => Change::Update(c.spec, s.version),

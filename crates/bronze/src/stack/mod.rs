@@ -258,6 +258,26 @@ async fn rm(api: &mut Api, a: RmArgs) -> Result<(), Error> {
                 Err(s) => failed = Some(api.err(s)),
             }
         }
+        // Then its secrets and configs (its services no longer count as
+        // users once they are being removed).
+        for kind in [crate::object::Kind::Secret, crate::object::Kind::Config] {
+            for o in crate::object::list(api, kind).await? {
+                let ours = o
+                    .versions
+                    .last()
+                    .is_some_and(|v| v.labels.get(NAMESPACE).is_some_and(|n| n == stack));
+                if !ours {
+                    continue;
+                }
+                if !api.json() {
+                    println!("Removing {} {}", kind.as_str(), o.name);
+                }
+                match crate::object::remove(api, kind, &o.name).await {
+                    Ok(()) => removed.push(Value::String(o.name)),
+                    Err(e) => failed = Some(e),
+                }
+            }
+        }
         failed.map_or(Ok(()), Err)
     })
     .await;

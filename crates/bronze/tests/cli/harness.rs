@@ -185,12 +185,19 @@ pub struct Agent {
     shutdown: Shutdown,
     task: Option<JoinHandle<()>>,
     _data: tempfile::TempDir,
+    /// Where it writes tasks' secrets and configs: its own, on a tmpfs.
+    pub files: tempfile::TempDir,
 }
 
 impl Agent {
     pub async fn start(s: &Scheduler, hostname: &str, labels: &[(&str, &str)]) -> Self {
         let data = tempfile::tempdir().expect("dir");
+        let files = tempfile::Builder::new()
+            .prefix("bronze-test-agent-")
+            .tempdir_in("/dev/shm")
+            .expect("a directory on /dev/shm (a tmpfs)");
         let config = bronze_agent::Config {
+            files_dir: files.path().display().to_string(),
             scheduler: s.url(),
             join_token: s.join_token.clone(),
             hostname: hostname.to_string(),
@@ -213,6 +220,7 @@ impl Agent {
             shutdown,
             task: Some(task),
             _data: data,
+            files,
         }
     }
 

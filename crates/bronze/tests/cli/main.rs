@@ -6,6 +6,7 @@
 mod converge;
 mod harness;
 mod nodes;
+mod secrets;
 mod seed;
 mod services;
 mod stacks;
