@@ -20,6 +20,22 @@ pub const NODE_LABEL: &str = "bronze.node.id";
 pub const SERVICE_ID_LABEL: &str = "bronze.service.id";
 pub const SERVICE_NAME_LABEL: &str = "bronze.service.name";
 pub const SLOT_LABEL: &str = "bronze.task.slot";
+/// The stack a task belongs to (the registrator copies it into the
+/// instance's metadata, so agents find the stack's services in discovery).
+pub const STACK_LABEL: &str = crate::mesh::catalog::STACK;
+
+/// The label `docker stack deploy` (and `bronze stack deploy`) puts on a
+/// stack's services and containers.
+pub const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
+
+/// The stack of a service, if it belongs to one.
+pub fn stack_of(spec: &pb::ServiceSpec) -> Option<&str> {
+    spec.container_labels
+        .get(NAMESPACE_LABEL)
+        .or_else(|| spec.labels.get(NAMESPACE_LABEL))
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+}
 
 /// Connects to the engine at `host` (or DOCKER_HOST, or the local socket)
 /// and agrees on an API version both sides speak. An engine that does not
@@ -75,8 +91,13 @@ fn is_routing_label(key: &str) -> bool {
     key.starts_with("traefik.") || key.starts_with("bronze.") || key.starts_with("SERVICE_")
 }
 
-/// Everything the engine needs to create a task's container.
-pub fn create_body(task: &pb::Task, spec: &pb::ServiceSpec) -> ContainerCreateBody {
+/// Everything the engine needs to create a task's container; `net`: the
+/// stack network it joins (its DNS server is the stack's responder).
+pub fn create_body(
+    task: &pb::Task,
+    spec: &pb::ServiceSpec,
+    net: Option<&crate::mesh::Attachment>,
+) -> ContainerCreateBody {
     let mut labels: HashMap<String, String> = spec
         .container_labels
         .iter()
@@ -100,6 +121,9 @@ pub fn create_body(task: &pb::Task, spec: &pb::ServiceSpec) -> ContainerCreateBo
     labels.insert(SERVICE_ID_LABEL.into(), task.service_id.clone());
     labels.insert(SERVICE_NAME_LABEL.into(), task.service_name.clone());
     labels.insert(SLOT_LABEL.into(), task.slot.to_string());
+    if let Some(stack) = stack_of(spec) {
+        labels.insert(STACK_LABEL.into(), stack.to_string());
+    }
     let mut exposed = Vec::new();
     let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
     for p in &spec.ports {
@@ -183,6 +207,8 @@ pub fn create_body(task: &pb::Task, spec: &pb::ServiceSpec) -> ContainerCreateBo
             memory: (limits.memory_bytes > 0).then_some(limits.memory_bytes),
             pids_limit: (limits.pids > 0).then_some(limits.pids),
             extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
+            network_mode: net.map(|n| n.network.clone()),
+            dns: net.map(|n| vec![n.dns.to_string()]),
             // The scheduler restarts tasks, never the engine.
             restart_policy: Some(RestartPolicy {
                 name: Some(RestartPolicyNameEnum::NO),
@@ -407,7 +433,7 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        let body = create_body(&task(), &spec);
+        let body = create_body(&task(), &spec, None);
         let labels = body.labels.expect("labels");
         assert_eq!(labels.get("SERVICE_NAME").map(String::as_str), Some("web"));
         assert_eq!(labels.get(TASK_LABEL).map(String::as_str), Some("t1"));
@@ -428,7 +454,7 @@ mod tests {
             ..spec
         };
         assert!(
-            !create_body(&task(), &spec)
+            !create_body(&task(), &spec, None)
                 .labels
                 .expect("labels")
                 .contains_key("SERVICE_NAME")
@@ -454,7 +480,7 @@ mod tests {
                 .into(),
             ..Default::default()
         };
-        let labels = create_body(&task(), &spec).labels.expect("labels");
+        let labels = create_body(&task(), &spec, None).labels.expect("labels");
         let get = |k: &str| labels.get(k).map(String::as_str);
         assert_eq!(get("traefik.frontend.rule"), Some("Host:a.example"));
         assert_eq!(get("traefik.port"), Some("8080"));
@@ -464,6 +490,30 @@ mod tests {
         // service.
         assert_eq!(get("bronze.http.rule"), Some("PathPrefix(`/own`)"));
         assert_eq!(get("com.docker.stack.namespace"), None);
+        // The stack is named for the registrator (and the agents' mesh).
+        assert_eq!(get(STACK_LABEL), Some("shop"));
+    }
+
+    #[test]
+    fn stack_tasks_join_their_network_and_its_dns() {
+        let spec = pb::ServiceSpec {
+            name: "shop_api".into(),
+            image: "web:1".into(),
+            container_labels: [(NAMESPACE_LABEL.to_string(), "shop".to_string())].into(),
+            ..Default::default()
+        };
+        assert_eq!(stack_of(&spec), Some("shop"));
+        let net = crate::mesh::Attachment {
+            network: "bronze_shop_n1".into(),
+            dns: std::net::Ipv4Addr::new(10, 210, 4, 1),
+        };
+        let body = create_body(&task(), &spec, Some(&net));
+        let hc = body.host_config.expect("host config");
+        assert_eq!(hc.network_mode.as_deref(), Some("bronze_shop_n1"));
+        assert_eq!(hc.dns, Some(vec!["10.210.4.1".to_string()]));
+        let body = create_body(&task(), &spec, None);
+        assert_eq!(body.host_config.expect("host config").network_mode, None);
+        assert_eq!(stack_of(&pb::ServiceSpec::default()), None);
     }
 
     #[test]

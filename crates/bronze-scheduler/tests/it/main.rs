@@ -3,6 +3,7 @@
 
 mod harness;
 mod lifecycle;
+mod mesh;
 mod nodes;
 mod platform;
 mod rollouts;

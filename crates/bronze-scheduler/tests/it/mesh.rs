@@ -1,0 +1,303 @@
+//! Service-to-service naming inside a stack, across two nodes: agents with
+//! `--discovery`, discovery and a registrator in this process, the engine
+//! shared (each agent its own node, network and virtual IPs). A client
+//! task on node A calls `api` (whose only task runs on node B) by name and
+//! target port from inside its container, and keeps succeeding while that
+//! task is replaced (start-first). Traffic stays on this machine: the
+//! containers' bridge networks and loopback.
+//!
+//! The calls resolve the name with busybox's `nslookup` and then call the
+//! address with `wget`: busybox-static's `wget` resolves names through
+//! static glibc, which crashes (SIGSEGV) without its NSS modules in a
+//! FROM-scratch image; its `nslookup` speaks DNS itself, through Docker's
+//! embedded DNS to the stack's responder, as any libc resolver would.
+//! (Its `wget -T` crashes too: `timeout` bounds each call instead.)
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use bronze_proto::scheduler::v1 as pb;
+
+use crate::harness::{
+    Agent, Cleanup, Scheduler, agent_config, client, converged, eventually, fast, image,
+    ready_nodes, spec, unique,
+};
+use crate::rollouts::{Platform, update_completed, versioned};
+
+const NAMESPACE: &str = "com.docker.stack.namespace";
+
+/// Resolves `$1` in the stack's DNS and GETs `http://<address>:$2/$3`;
+/// prints the address on stderr.
+const CALL: &str = r#"ip=$(nslookup "$1" 2>/dev/null | awk '/^Name:/{n=1} n && /^Address/{print $2; exit}')
+[ -n "$ip" ] || { echo "no address for $1" >&2; exit 3; }
+echo "$ip" >&2
+exec timeout 5 wget -q -O - "http://$ip:$2/$3""#;
+
+/// Calls `api` by name until /tmp/stop exists (at most 3000 calls), then
+/// prints "<ok> <failed> <last answer>".
+const LOOP: &str = r#"ok=0; fail=0; last=; i=0; touch /tmp/started
+while [ ! -e /tmp/stop ] && [ $i -lt 3000 ]; do
+  i=$((i+1))
+  ip=$(nslookup api 2>/dev/null | awk '/^Name:/{n=1} n && /^Address/{print $2; exit}')
+  if v=$(timeout 5 wget -q -O - "http://$ip:8080/version" 2>/dev/null) && [ -n "$v" ]; then
+    ok=$((ok+1)); last=$v
+  else
+    fail=$((fail+1)); echo "failed at $i ($ip)" >&2
+  fi
+done
+echo "$ok $fail $last""#;
+
+async fn docker(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("docker runs")
+}
+
+/// The words `docker ARGS` prints.
+async fn docker_words(args: &[&str]) -> Vec<String> {
+    let out = docker(args).await;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The running container of `service`'s task.
+async fn container_of(service: &str) -> Option<String> {
+    let filter = format!("label=bronze.service.name={service}");
+    docker_words(&["ps", "-q", "--filter", &filter])
+        .await
+        .into_iter()
+        .next()
+}
+
+/// `docker exec <container> sh -c CALL sh <name> <port> <path>`: (stdout
+/// if it succeeded, stderr).
+async fn call(container: &str, name: &str, port: &str, path: &str) -> (Option<String>, String) {
+    let out = docker(&["exec", container, "sh", "-c", CALL, "sh", name, port, path]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    (
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()),
+        stderr,
+    )
+}
+
+/// Removes the stack's networks (this test's own, by their label) when
+/// dropped, also when the test fails.
+struct Networks(String);
+
+impl Drop for Networks {
+    fn drop(&mut self) {
+        let Ok(out) = std::process::Command::new("docker")
+            .args([
+                "network",
+                "ls",
+                "-q",
+                "--filter",
+                &format!("label=bronze.mesh.stack={}", self.0),
+            ])
+            .output()
+        else {
+            return;
+        };
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = std::process::Command::new("docker")
+                .args(["network", "rm", id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+async fn stack_networks(stack: &str) -> Vec<String> {
+    let filter = format!("label=bronze.mesh.stack={stack}");
+    docker_words(&[
+        "network",
+        "ls",
+        "--format",
+        "{{.Name}}",
+        "--filter",
+        &filter,
+    ])
+    .await
+}
+
+#[tokio::test]
+async fn a_task_calls_a_service_on_another_node_by_name_through_a_replacement() {
+    image().await;
+    let stack = unique("mesh");
+    let api = format!("{stack}_api");
+    let caller = format!("{stack}_client");
+    // Dropped after the containers are removed (in reverse order).
+    let _networks = Networks(stack.clone());
+    let _cleanup = Cleanup(vec![api.clone(), caller.clone()]);
+    let p = Platform::start().await;
+    let mut config = fast();
+    config.discovery = format!("http://{}", p.discovery);
+    let s = Scheduler::start(config).await;
+    let (host_a, host_b) = (unique("mesh-a"), unique("mesh-b"));
+    let mut agents = Vec::new();
+    for host in [&host_a, &host_b] {
+        let mut ac = agent_config(&s.url(), &s.token, host, &[]);
+        ac.discovery = format!("http://{}", p.discovery);
+        agents.push(Agent::start(ac).await);
+    }
+    let mut c = client(s.addr).await;
+    let nodes = ready_nodes(&mut c, 2).await;
+    let node_of = |host: &str| {
+        nodes
+            .iter()
+            .find(|n| n.hostname == *host)
+            .map(|n| n.id.clone())
+            .expect("node")
+    };
+    let (node_a, node_b) = (node_of(&host_a), node_of(&host_b));
+
+    // api: one task, pinned to B, serving its version on 8080.
+    let stacked = |mut sp: pb::ServiceSpec, host: &str| {
+        sp.container_labels = [(NAMESPACE.to_string(), stack.clone())].into();
+        sp.placement = Some(pb::Placement {
+            constraints: vec![format!("node.hostname=={host}")],
+            ..Default::default()
+        });
+        sp
+    };
+    let api_spec = |version: &str| {
+        let mut sp = versioned(&api, version, true);
+        sp.mode = Some(pb::service_spec::Mode::Replicated(pb::Replicated {
+            replicas: 1,
+        }));
+        stacked(sp, &host_b)
+    };
+    c.create_service(pb::CreateServiceRequest {
+        spec: Some(api_spec("v1")),
+    })
+    .await
+    .expect("create api");
+    // client: a shell that sleeps, pinned to A, publishing nothing.
+    let mut client_spec = spec(&caller, 1);
+    client_spec.args = vec!["sleep".into(), "3600".into()];
+    c.create_service(pb::CreateServiceRequest {
+        spec: Some(stacked(client_spec, &host_a)),
+    })
+    .await
+    .expect("create client");
+    let api_tasks = converged(&mut c, &api, 1).await;
+    let client_tasks = converged(&mut c, &caller, 1).await;
+    assert_eq!(api_tasks[0].node_id, node_b, "api runs on B");
+    assert_eq!(client_tasks[0].node_id, node_a, "the client runs on A");
+    assert_eq!(
+        stack_networks(&stack).await.len(),
+        2,
+        "a stack network per node"
+    );
+
+    let container = eventually(Duration::from_secs(30), "the client's container", || {
+        container_of(&caller)
+    })
+    .await;
+    // By its short name and by its full name, from A to B.
+    let (answer, address) = eventually(
+        Duration::from_secs(60),
+        "the client reaches api:8080 by name",
+        || {
+            let container = container.clone();
+            async move {
+                match call(&container, "api", "8080", "version").await {
+                    (Some(body), addr) => Some((body, addr)),
+                    (None, err) => {
+                        eprintln!("not yet: {err}");
+                        None
+                    }
+                }
+            }
+        },
+    )
+    .await;
+    assert_eq!(answer, "v1");
+    assert!(
+        address.starts_with("10.210."),
+        "api's name is its virtual IP in the stack network: {address}"
+    );
+    let (full, full_address) = call(&container, &api, "8080", "version").await;
+    assert_eq!(full.as_deref(), Some("v1"), "{full_address}");
+    assert_eq!(full_address, address, "both names are the same virtual IP");
+    // A name the stack does not have is not answered with a virtual IP.
+    let (none, err) = call(&container, &format!("{stack}_nothing"), "8080", "version").await;
+    assert!(none.is_none(), "{err}");
+
+    // Replace api's task (start-first) while the client calls it.
+    let calls = {
+        let container = container.clone();
+        tokio::spawn(async move { docker(&["exec", &container, "sh", "-c", LOOP]).await })
+    };
+    eventually(Duration::from_secs(10), "the calls started", || {
+        let container = container.clone();
+        async move {
+            let out = docker(&["exec", &container, "sh", "-c", "test -e /tmp/started"]).await;
+            out.status.success().then_some(())
+        }
+    })
+    .await;
+    c.update_service(pb::UpdateServiceRequest {
+        service: api.clone(),
+        spec: Some(api_spec("v2")),
+        version: 0,
+        force: true,
+    })
+    .await
+    .expect("update api");
+    update_completed(&c, &api).await;
+    let (after, _) = call(&container, "api", "8080", "version").await;
+    assert_eq!(after.as_deref(), Some("v2"), "the new task serves");
+    docker(&["exec", &container, "sh", "-c", "touch /tmp/stop"]).await;
+    let out = calls.await.expect("calls");
+    let report = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let errors = String::from_utf8_lossy(&out.stderr).to_string();
+    let fields: Vec<&str> = report.split_whitespace().collect();
+    assert_eq!(fields.len(), 3, "{report:?} {errors}");
+    let (ok, failed): (u64, u64) = (
+        fields[0].parse().expect("ok"),
+        fields[1].parse().expect("failed"),
+    );
+    assert_eq!(
+        failed,
+        0,
+        "{failed} failed calls of {}: {errors}",
+        ok + failed
+    );
+    assert!(ok >= 10, "the calls ran all along: {ok}");
+    assert_eq!(fields[2], "v2", "the last calls reached the new task");
+    let now: Vec<pb::Task> = crate::harness::running(&crate::harness::tasks(&mut c, &api).await)
+        .into_iter()
+        .cloned()
+        .collect();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0].id, api_tasks[0].id, "api's task was replaced");
+    assert_eq!(now[0].node_id, node_b);
+
+    // No task of the stack left: each node's network goes.
+    for service in [&api, &caller] {
+        c.remove_service(pb::RemoveServiceRequest {
+            service: service.clone(),
+        })
+        .await
+        .expect("remove");
+    }
+    eventually(
+        Duration::from_secs(60),
+        "the stack networks are removed",
+        || {
+            let stack = stack.clone();
+            async move { stack_networks(&stack).await.is_empty().then_some(()) }
+        },
+    )
+    .await;
+    drop(agents);
+}
