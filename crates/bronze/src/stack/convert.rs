@@ -277,15 +277,15 @@ fn warn_unsupported(
     }
     if s.networks.iter().any(|n| n != "default") {
         warnings.add(format!(
-            "service {key}: networks are not honoured: tasks publish their ports on their \
-             node and find each other through discovery ({})",
+            "service {key}: networks are not honoured: every service of the stack is on the \
+             stack's one network (agents with --discovery answer service names) ({})",
             s.networks.join(", ")
         ));
     }
     if let Some(m) = &s.deploy.endpoint_mode {
         warnings.add(format!(
-            "service {key}: deploy.endpoint_mode {m} is not honoured: discovery answers with \
-             every task's address"
+            "service {key}: deploy.endpoint_mode {m} is not honoured: the service's name \
+             answers its virtual IP"
         ));
     }
     if s.deploy.resources.reservations.pids.is_some() {
