@@ -123,6 +123,9 @@ pub fn create_body(
     labels.insert(SLOT_LABEL.into(), task.slot.to_string());
     if let Some(stack) = stack_of(spec) {
         labels.insert(STACK_LABEL.into(), stack.to_string());
+        if spec.endpoint_mode == "dnsrr" {
+            labels.insert(crate::mesh::catalog::ENDPOINT_MODE.into(), "dnsrr".into());
+        }
     }
     let mut exposed = Vec::new();
     let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
@@ -507,7 +510,18 @@ mod tests {
             network: "bronze_shop_n1".into(),
             dns: std::net::Ipv4Addr::new(10, 210, 4, 1),
         };
-        let body = create_body(&task(), &spec, Some(&net));
+        let body = create_body(
+            &task(),
+            &pb::ServiceSpec {
+                endpoint_mode: "dnsrr".into(),
+                ..spec.clone()
+            },
+            Some(&net),
+        );
+        assert_eq!(
+            body.labels.as_ref().expect("labels")[crate::mesh::catalog::ENDPOINT_MODE],
+            "dnsrr"
+        );
         let hc = body.host_config.expect("host config");
         assert_eq!(hc.network_mode.as_deref(), Some("bronze_shop_n1"));
         assert_eq!(hc.dns, Some(vec!["10.210.4.1".to_string()]));

@@ -215,6 +215,7 @@ pub fn spec_from_proto(p: &pb::ServiceSpec) -> Result<ServiceSpec, Invalid> {
     s.rollback = update_config(p.rollback_config.as_ref(), "rollback_config")?;
     s.hostname = p.hostname.clone();
     s.extra_hosts = p.extra_hosts.clone();
+    s.endpoint_mode = p.endpoint_mode.clone();
     s.drain_delay = duration_from("drain_delay", p.drain_delay.as_ref())?
         .unwrap_or(crate::model::spec::DEFAULT_DRAIN_DELAY);
     spec::validate(&s)?;
@@ -329,6 +330,7 @@ pub fn spec_to_proto(s: &ServiceSpec) -> pb::ServiceSpec {
         hostname: s.hostname.clone(),
         extra_hosts: s.extra_hosts.clone(),
         drain_delay: Some(duration_to(s.drain_delay)),
+        endpoint_mode: s.endpoint_mode.clone(),
     }
 }
 

@@ -22,6 +22,10 @@ pub const STACK: &str = "bronze.stack";
 pub const SERVICE: &str = "bronze.service.name";
 /// Metadata naming the container port an instance is for.
 pub const CONTAINER_PORT: &str = "bronze.container.port";
+/// Metadata (and container label) of a `dnsrr` service's tasks.
+pub const ENDPOINT_MODE: &str = "bronze.endpoint_mode";
+/// Metadata naming the instance's task.
+pub const TASK: &str = "bronze.task.id";
 
 /// One instance of a stack service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +35,10 @@ pub struct Endpoint {
     pub target: u16,
     pub addr: SocketAddr,
     pub passing: bool,
+    /// The task it belongs to (its address when unnamed).
+    pub task: String,
+    /// Its service answers one address per task (`dnsrr`).
+    pub dnsrr: bool,
 }
 
 impl Endpoint {
@@ -41,12 +49,19 @@ impl Endpoint {
         let target = i.meta.get(CONTAINER_PORT)?.parse::<u16>().ok()?;
         let ip = i.address.parse::<std::net::IpAddr>().ok()?;
         let port = u16::try_from(i.port).ok().filter(|p| *p != 0)?;
+        let addr = SocketAddr::new(ip, port);
         Some(Self {
             stack,
             service,
             target,
-            addr: SocketAddr::new(ip, port),
+            addr,
             passing: i.health() == dpb::HealthStatus::Passing,
+            task: i
+                .meta
+                .get(TASK)
+                .cloned()
+                .unwrap_or_else(|| addr.to_string()),
+            dnsrr: i.meta.get(ENDPOINT_MODE).is_some_and(|m| m == "dnsrr"),
         })
     }
 }
@@ -77,6 +92,31 @@ impl Catalog {
             .collect();
         out.sort();
         out.dedup();
+        out
+    }
+
+    /// Whether `service` answers one address per task.
+    pub fn dnsrr(&self, service: &str) -> bool {
+        self.instances
+            .values()
+            .any(|e| e.service == service && e.dnsrr)
+    }
+
+    /// The passing tasks of `service`: task -> (target port, instance).
+    pub fn passing_tasks(&self, service: &str) -> BTreeMap<String, Vec<(u16, SocketAddr)>> {
+        let mut out: BTreeMap<String, Vec<(u16, SocketAddr)>> = BTreeMap::new();
+        for e in self
+            .instances
+            .values()
+            .filter(|e| e.passing && e.service == service)
+        {
+            out.entry(e.task.clone())
+                .or_default()
+                .push((e.target, e.addr));
+        }
+        for ports in out.values_mut() {
+            ports.sort();
+        }
         out
     }
 
@@ -266,5 +306,18 @@ mod tests {
             }))
         ));
         assert_eq!(c.passing("shop_api", 8080), vec![addr(32002)]);
+        assert!(!c.dnsrr("shop_api"));
+        let tasks = c.passing_tasks("shop_api");
+        assert_eq!(tasks.len(), 2, "{tasks:?}");
+        // dnsrr, and tasks named by their metadata.
+        let mut i = instance("d1", "shop_db", 32010, "5432", Passing);
+        i.meta.insert(ENDPOINT_MODE.into(), "dnsrr".into());
+        i.meta.insert(TASK.into(), "task-1".into());
+        assert!(c.apply(&mut snap, ev(dpb::watch_event::Event::Upsert(i))));
+        assert!(c.dnsrr("shop_db"));
+        assert_eq!(
+            c.passing_tasks("shop_db"),
+            [("task-1".to_string(), vec![(5432, addr(32010))])].into()
+        );
     }
 }

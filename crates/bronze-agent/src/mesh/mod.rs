@@ -110,9 +110,85 @@ struct StackNet {
     gateway: Ipv4Addr,
     vips: BTreeMap<String, Ipv4Addr>,
     names: dns::Names,
-    listeners: HashMap<(String, u16), Arc<forward::Pool>>,
+    listeners: HashMap<(String, u16), Listener>,
     /// Stops the DNS responder and the listeners.
     stop: Shutdown,
+}
+
+/// A listener at a virtual address and its instances.
+struct Listener {
+    pool: Arc<forward::Pool>,
+    stop: Shutdown,
+}
+
+impl StackNet {
+    /// The virtual IP of `key` (a service, or `service@task`), added to the
+    /// bridge when new.
+    async fn vip(&mut self, stack: &str, key: &str) -> Option<Ipv4Addr> {
+        if let Some(v) = self.vips.get(key) {
+            return Some(*v);
+        }
+        let used: BTreeSet<Ipv4Addr> = self.vips.values().copied().collect();
+        let Some(vip) = pick_vip(self.prefix, key, &used) else {
+            tracing::warn!(%stack, %key, "no virtual IP left in the stack's network");
+            return None;
+        };
+        if let Err(e) = ip(&["addr", "add", &format!("{vip}/32"), "dev", &self.bridge]).await {
+            tracing::warn!(%key, %vip, error = %e, "cannot add a virtual IP");
+            return None;
+        }
+        self.vips.insert(key.to_string(), vip);
+        Some(vip)
+    }
+
+    /// The listener of `key` at `vip:port`, started when new.
+    async fn listener(
+        &mut self,
+        key: &str,
+        vip: Ipv4Addr,
+        port: u16,
+    ) -> Option<Arc<forward::Pool>> {
+        let k = (key.to_string(), port);
+        if let Some(l) = self.listeners.get(&k) {
+            return Some(l.pool.clone());
+        }
+        let addr = SocketAddr::from((vip, port));
+        match TcpListener::bind(addr).await {
+            Ok(l) => {
+                let pool = Arc::new(forward::Pool::default());
+                let stop = self.stop.child();
+                tokio::spawn(forward::serve(l, pool.clone(), stop.clone()));
+                self.listeners.insert(
+                    k,
+                    Listener {
+                        pool: pool.clone(),
+                        stop,
+                    },
+                );
+                Some(pool)
+            }
+            Err(e) => {
+                tracing::warn!(%key, %addr, error = %e, "cannot listen at a virtual address");
+                None
+            }
+        }
+    }
+
+    /// Stops `key`'s listeners and takes its virtual IP off the bridge.
+    async fn release(&mut self, key: &str) {
+        self.listeners.retain(|(k, _), l| {
+            let keep = k != key;
+            if !keep {
+                l.stop.trigger();
+            }
+            keep
+        });
+        if let Some(vip) = self.vips.remove(key)
+            && let Err(e) = ip(&["addr", "del", &format!("{vip}/32"), "dev", &self.bridge]).await
+        {
+            tracing::debug!(%key, %vip, error = %e, "removing a virtual IP failed");
+        }
+    }
 }
 
 pub struct Mesh {
@@ -242,7 +318,9 @@ impl Mesh {
     }
 
     /// Virtual IPs, names and listeners of `services`, and each
-    /// listener's instances.
+    /// listener's instances. A `dnsrr` service has an address per passing
+    /// task (key `service@task`), each forwarding to that task only; its
+    /// names answer all of them.
     async fn serve_services(
         &self,
         stack: &str,
@@ -250,48 +328,50 @@ impl Mesh {
         services: &BTreeMap<String, BTreeSet<u16>>,
     ) {
         for (service, ports) in services {
-            let vip = match net.vips.get(service) {
-                Some(v) => *v,
-                None => {
-                    let used: BTreeSet<Ipv4Addr> = net.vips.values().copied().collect();
-                    let Some(vip) = pick_vip(net.prefix, service, &used) else {
-                        tracing::warn!(%stack, %service, "no virtual IP left in the stack's network");
+            let (dnsrr, tasks) = {
+                let catalog = self.catalog.read();
+                (catalog.dnsrr(service), catalog.passing_tasks(service))
+            };
+            let mut answers = Vec::new();
+            if dnsrr {
+                let prefix = format!("{service}@");
+                for (task, instances) in &tasks {
+                    let key = format!("{prefix}{task}");
+                    let Some(vip) = net.vip(stack, &key).await else {
                         continue;
                     };
-                    if let Err(e) =
-                        ip(&["addr", "add", &format!("{vip}/32"), "dev", &net.bridge]).await
-                    {
-                        tracing::warn!(%service, %vip, error = %e, "cannot add the service's virtual IP");
-                        continue;
-                    }
-                    net.vips.insert(service.clone(), vip);
-                    let mut names = net.names.write();
-                    names.insert(service.to_ascii_lowercase(), vec![vip]);
-                    if let Some(short) = short_name(stack, service) {
-                        names.insert(short.to_ascii_lowercase(), vec![vip]);
-                    }
-                    vip
-                }
-            };
-            for port in ports {
-                let key = (service.clone(), *port);
-                if !net.listeners.contains_key(&key) {
-                    let addr = SocketAddr::from((vip, *port));
-                    match TcpListener::bind(addr).await {
-                        Ok(l) => {
-                            let pool = Arc::new(forward::Pool::default());
-                            tokio::spawn(forward::serve(l, pool.clone(), net.stop.clone()));
-                            net.listeners.insert(key.clone(), pool);
-                        }
-                        Err(e) => {
-                            tracing::warn!(%service, %addr, error = %e, "cannot listen at the service's virtual address");
-                            continue;
+                    answers.push(vip);
+                    for (port, addr) in instances {
+                        if let Some(pool) = net.listener(&key, vip, *port).await {
+                            pool.set(vec![*addr]);
                         }
                     }
                 }
-                if let Some(pool) = net.listeners.get(&key) {
-                    pool.set(self.catalog.read().passing(service, *port));
+                let gone: Vec<String> = net
+                    .vips
+                    .keys()
+                    .filter(|k| {
+                        k.strip_prefix(&prefix)
+                            .is_some_and(|task| !tasks.contains_key(task))
+                    })
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    net.release(&key).await;
                 }
+            } else if let Some(vip) = net.vip(stack, service).await {
+                answers.push(vip);
+                for port in ports {
+                    if let Some(pool) = net.listener(service, vip, *port).await {
+                        pool.set(self.catalog.read().passing(service, *port));
+                    }
+                }
+            }
+            answers.sort();
+            let mut names = net.names.write();
+            names.insert(service.to_ascii_lowercase(), answers.clone());
+            if let Some(short) = short_name(stack, service) {
+                names.insert(short.to_ascii_lowercase(), answers);
             }
         }
     }

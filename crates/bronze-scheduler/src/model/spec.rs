@@ -336,6 +336,10 @@ pub struct ServiceSpec {
     /// Out of discovery this long before the stop signal.
     #[serde(with = "millis", default)]
     pub drain_delay: Duration,
+    /// "" (a virtual IP, as "vip") or "dnsrr": what the service's name
+    /// answers inside its stack.
+    #[serde(default)]
+    pub endpoint_mode: String,
 }
 
 /// Default time between the stop signal and SIGKILL (Docker's).
@@ -374,6 +378,7 @@ impl ServiceSpec {
             hostname: String::new(),
             extra_hosts: Vec::new(),
             drain_delay: DEFAULT_DRAIN_DELAY,
+            endpoint_mode: String::new(),
         }
     }
 
@@ -401,6 +406,7 @@ impl ServiceSpec {
         self.restart.hash(&mut h);
         self.hostname.hash(&mut h);
         self.extra_hosts.hash(&mut h);
+        self.endpoint_mode.hash(&mut h);
         h.finish()
     }
 
@@ -641,6 +647,12 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), Invalid> {
             format!("{:?}: expected a host name", spec.hostname),
         ));
     }
+    if !matches!(spec.endpoint_mode.as_str(), "" | "vip" | "dnsrr") {
+        return Err(Invalid::new(
+            "endpoint_mode",
+            format!("{:?}: expected vip or dnsrr", spec.endpoint_mode),
+        ));
+    }
     for (i, h) in spec.extra_hosts.iter().enumerate() {
         let ok = h
             .split_once(':')
@@ -813,6 +825,15 @@ mod tests {
         );
         let e = parse_placement(&["node.labels.zone=eu".into()], &[], 0).expect_err("bad");
         assert_eq!(e.field, "constraints[0]");
+        let mut s = ServiceSpec::new("web", "busybox");
+        for ok in ["", "vip", "dnsrr"] {
+            s.endpoint_mode = ok.into();
+            assert!(validate(&s).is_ok(), "{ok}");
+        }
+        s.endpoint_mode = "round-robin".into();
+        let e = validate(&s).expect_err("bad");
+        assert_eq!(e.field, "endpoint_mode");
+        assert!(e.to_string().contains("expected vip or dnsrr"), "{e}");
     }
 
     #[test]

@@ -128,80 +128,123 @@ async fn stack_networks(stack: &str) -> Vec<String> {
     .await
 }
 
-#[tokio::test]
-async fn a_task_calls_a_service_on_another_node_by_name_through_a_replacement() {
-    image().await;
-    let stack = unique("mesh");
-    let api = format!("{stack}_api");
-    let caller = format!("{stack}_client");
-    // Dropped after the containers are removed (in reverse order).
-    let _networks = Networks(stack.clone());
-    let _cleanup = Cleanup(vec![api.clone(), caller.clone()]);
-    let p = Platform::start().await;
-    let mut config = fast();
-    config.discovery = format!("http://{}", p.discovery);
-    let s = Scheduler::start(config).await;
-    let (host_a, host_b) = (unique("mesh-a"), unique("mesh-b"));
-    let mut agents = Vec::new();
-    for host in [&host_a, &host_b] {
-        let mut ac = agent_config(&s.url(), &s.token, host, &[]);
-        ac.discovery = format!("http://{}", p.discovery);
-        agents.push(Agent::start(ac).await);
-    }
-    let mut c = client(s.addr).await;
-    let nodes = ready_nodes(&mut c, 2).await;
-    let node_of = |host: &str| {
-        nodes
-            .iter()
-            .find(|n| n.hostname == *host)
-            .map(|n| n.id.clone())
-            .expect("node")
-    };
-    let (node_a, node_b) = (node_of(&host_a), node_of(&host_b));
+/// Discovery, a registrator, a scheduler and two agents (A and B) that
+/// follow discovery; `stack`'s containers and networks are removed when
+/// dropped.
+struct TwoNodes {
+    c: crate::harness::Client,
+    stack: String,
+    host_a: String,
+    host_b: String,
+    node_a: String,
+    node_b: String,
+    _agents: Vec<Agent>,
+    _s: Scheduler,
+    _p: Platform,
+    // Dropped after the containers are removed (fields drop in order).
+    _cleanup: Cleanup,
+    _networks: Networks,
+}
 
-    // api: one task, pinned to B, serving its version on 8080.
-    let stacked = |mut sp: pb::ServiceSpec, host: &str| {
-        sp.container_labels = [(NAMESPACE.to_string(), stack.clone())].into();
+impl TwoNodes {
+    async fn start(stack: &str, services: &[&str]) -> Self {
+        image().await;
+        let networks = Networks(stack.to_string());
+        let cleanup = Cleanup(services.iter().map(|s| format!("{stack}_{s}")).collect());
+        let p = Platform::start().await;
+        let mut config = fast();
+        config.discovery = format!("http://{}", p.discovery);
+        let s = Scheduler::start(config).await;
+        let (host_a, host_b) = (unique("mesh-a"), unique("mesh-b"));
+        let mut agents = Vec::new();
+        for host in [&host_a, &host_b] {
+            let mut ac = agent_config(&s.url(), &s.token, host, &[]);
+            ac.discovery = format!("http://{}", p.discovery);
+            agents.push(Agent::start(ac).await);
+        }
+        let mut c = client(s.addr).await;
+        let nodes = ready_nodes(&mut c, 2).await;
+        let node_of = |host: &str| {
+            nodes
+                .iter()
+                .find(|n| n.hostname == *host)
+                .map(|n| n.id.clone())
+                .expect("node")
+        };
+        let (node_a, node_b) = (node_of(&host_a), node_of(&host_b));
+        Self {
+            c,
+            stack: stack.to_string(),
+            host_a,
+            host_b,
+            node_a,
+            node_b,
+            _agents: agents,
+            _s: s,
+            _p: p,
+            _cleanup: cleanup,
+            _networks: networks,
+        }
+    }
+
+    /// `sp` as a service of the stack, pinned to `host`.
+    fn stacked(&self, mut sp: pb::ServiceSpec, host: &str) -> pb::ServiceSpec {
+        sp.container_labels = [(NAMESPACE.to_string(), self.stack.clone())].into();
         sp.placement = Some(pb::Placement {
             constraints: vec![format!("node.hostname=={host}")],
             ..Default::default()
         });
         sp
-    };
-    let api_spec = |version: &str| {
+    }
+
+    /// The stack's client: a shell that sleeps, on A, publishing nothing;
+    /// its container once it runs.
+    async fn caller(&mut self) -> String {
+        let caller = format!("{}_client", self.stack);
+        let mut client_spec = spec(&caller, 1);
+        client_spec.args = vec!["sleep".into(), "3600".into()];
+        let sp = self.stacked(client_spec, &self.host_a.clone());
+        self.c
+            .create_service(pb::CreateServiceRequest { spec: Some(sp) })
+            .await
+            .expect("create client");
+        let tasks = converged(&mut self.c, &caller, 1).await;
+        assert_eq!(tasks[0].node_id, self.node_a, "the client runs on A");
+        eventually(Duration::from_secs(30), "the client's container", || {
+            container_of(&caller)
+        })
+        .await
+    }
+}
+
+#[tokio::test]
+async fn a_task_calls_a_service_on_another_node_by_name_through_a_replacement() {
+    let stack = unique("mesh");
+    let mut t = TwoNodes::start(&stack, &["api", "client"]).await;
+    let api = format!("{stack}_api");
+    let caller = format!("{stack}_client");
+    let (host_b, node_b) = (t.host_b.clone(), t.node_b.clone());
+
+    // api: one task, pinned to B, serving its version on 8080.
+    let api_spec = |t: &TwoNodes, version: &str| {
         let mut sp = versioned(&api, version, true);
         sp.mode = Some(pb::service_spec::Mode::Replicated(pb::Replicated {
             replicas: 1,
         }));
-        stacked(sp, &host_b)
+        t.stacked(sp, &host_b)
     };
-    c.create_service(pb::CreateServiceRequest {
-        spec: Some(api_spec("v1")),
-    })
-    .await
-    .expect("create api");
-    // client: a shell that sleeps, pinned to A, publishing nothing.
-    let mut client_spec = spec(&caller, 1);
-    client_spec.args = vec!["sleep".into(), "3600".into()];
-    c.create_service(pb::CreateServiceRequest {
-        spec: Some(stacked(client_spec, &host_a)),
-    })
-    .await
-    .expect("create client");
-    let api_tasks = converged(&mut c, &api, 1).await;
-    let client_tasks = converged(&mut c, &caller, 1).await;
+    let sp = api_spec(&t, "v1");
+    t.c.create_service(pb::CreateServiceRequest { spec: Some(sp) })
+        .await
+        .expect("create api");
+    let container = t.caller().await;
+    let api_tasks = converged(&mut t.c, &api, 1).await;
     assert_eq!(api_tasks[0].node_id, node_b, "api runs on B");
-    assert_eq!(client_tasks[0].node_id, node_a, "the client runs on A");
     assert_eq!(
         stack_networks(&stack).await.len(),
         2,
         "a stack network per node"
     );
-
-    let container = eventually(Duration::from_secs(30), "the client's container", || {
-        container_of(&caller)
-    })
-    .await;
     // By its short name and by its full name, from A to B.
     let (answer, address) = eventually(
         Duration::from_secs(60),
@@ -245,9 +288,11 @@ async fn a_task_calls_a_service_on_another_node_by_name_through_a_replacement() 
         }
     })
     .await;
+    let sp = api_spec(&t, "v2");
+    let mut c = t.c.clone();
     c.update_service(pb::UpdateServiceRequest {
         service: api.clone(),
-        spec: Some(api_spec("v2")),
+        spec: Some(sp),
         version: 0,
         force: true,
     })
@@ -299,5 +344,72 @@ async fn a_task_calls_a_service_on_another_node_by_name_through_a_replacement() 
         },
     )
     .await;
-    drop(agents);
+    drop(t);
+}
+
+/// Every address `name` answers in the stack's DNS.
+const ADDRESSES: &str =
+    r#"nslookup "$1" 2>/dev/null | awk '/^Name:/{n=1} n && /^Address/{print $2}'"#;
+
+#[tokio::test]
+async fn dnsrr_answers_an_address_per_task() {
+    let stack = unique("rr");
+    let mut t = TwoNodes::start(&stack, &["db", "client"]).await;
+    let db = format!("{stack}_db");
+    // db: two tasks on B, each serving its own host name, endpoint_mode
+    // dnsrr.
+    let mut sp = spec(&db, 2);
+    sp.args = vec![
+        "sh".into(),
+        "-c".into(),
+        "/bin/busybox hostname > /www/who && exec /bin/busybox httpd -f -p 8080 -h /www".into(),
+    ];
+    sp.ports.push(pb::PortConfig {
+        target: 8080,
+        published: 0,
+        protocol: "tcp".into(),
+    });
+    sp.endpoint_mode = "dnsrr".into();
+    let host_b = t.host_b.clone();
+    let sp = t.stacked(sp, &host_b);
+    t.c.create_service(pb::CreateServiceRequest { spec: Some(sp) })
+        .await
+        .expect("create db");
+    let container = t.caller().await;
+    let tasks = converged(&mut t.c, &db, 2).await;
+    assert!(tasks.iter().all(|task| task.node_id == t.node_b));
+    let addresses = eventually(Duration::from_secs(60), "db answers two addresses", || {
+        let container = container.clone();
+        async move {
+            let out = docker(&["exec", &container, "sh", "-c", ADDRESSES, "sh", "db"]).await;
+            let mut a: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            a.sort();
+            (a.len() == 2).then_some(a)
+        }
+    })
+    .await;
+    // Each address is one task: together, both tasks' host names.
+    let mut who = Vec::new();
+    for address in &addresses {
+        assert!(address.starts_with("10.210."), "{address}");
+        let script = format!("timeout 5 wget -q -O - http://{address}:8080/who");
+        let out = docker(&["exec", &container, "sh", "-c", &script]).await;
+        assert!(out.status.success(), "{address}: {out:?}");
+        who.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    }
+    who.sort();
+    who.dedup();
+    assert_eq!(who.len(), 2, "two tasks behind the two addresses: {who:?}");
+    // The same answers under the full name.
+    let out = docker(&["exec", &container, "sh", "-c", ADDRESSES, "sh", &db]).await;
+    let mut full: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    full.sort();
+    assert_eq!(full, addresses);
+    drop(t);
 }

@@ -236,6 +236,7 @@ pub fn service(
         hostname: s.hostname.clone().unwrap_or_default(),
         extra_hosts: s.extra_hosts.clone(),
         drain_delay: None,
+        endpoint_mode: d.endpoint_mode.clone().unwrap_or_default(),
     };
 
     warn_unsupported(project, key, s, warnings);
@@ -282,12 +283,6 @@ fn warn_unsupported(
             s.networks.join(", ")
         ));
     }
-    if let Some(m) = &s.deploy.endpoint_mode {
-        warnings.add(format!(
-            "service {key}: deploy.endpoint_mode {m} is not honoured: the service's name \
-             answers its virtual IP"
-        ));
-    }
     if s.deploy.resources.reservations.pids.is_some() {
         warnings.add(format!(
             "service {key}: deploy.resources.reservations.pids is not honoured (only a limit)"
@@ -329,6 +324,7 @@ mod tests {
         web.labels.insert("SERVICE_TAGS".into(), "web".into());
         web.deploy.labels.insert("traefik.port".into(), "80".into());
         web.deploy.replicas = Some(2);
+        web.deploy.endpoint_mode = Some("dnsrr".into());
         web.deploy.update_config = Some(compose::UpdateConfig {
             failure_action: Some("rollback".into()),
             monitor: Some(Duration::from_secs(2)),
@@ -394,6 +390,7 @@ mod tests {
         let u = s.update_config.clone().unwrap();
         assert_eq!((u.parallelism, u.failure_action.as_str()), (1, "rollback"));
         assert_eq!(c.after, [("shop_db".to_string(), Gate::Healthy)]);
+        assert_eq!(s.endpoint_mode, "dnsrr", "honoured, not warned about");
         assert_eq!(
             s.mode,
             Some(pb::service_spec::Mode::Replicated(pb::Replicated {
