@@ -129,19 +129,35 @@ pub fn create_body(
     }
     let mut exposed = Vec::new();
     let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    // Ingress (with the stack network, i.e. an agent that forwards): the
+    // published TCP ports are answered by every node's agent; the task
+    // publishes its target ports on dynamic host ports for them.
+    let ingress: Vec<String> = if net.is_some() && spec.ingress {
+        spec.ports
+            .iter()
+            .filter(|p| p.published != 0 && (p.protocol.is_empty() || p.protocol == "tcp"))
+            .map(|p| format!("{}:{}", p.published, p.target))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if !ingress.is_empty() {
+        labels.insert(crate::mesh::catalog::INGRESS.into(), ingress.join(","));
+    }
     for p in &spec.ports {
         let proto = if p.protocol.is_empty() {
             "tcp"
         } else {
             p.protocol.as_str()
         };
+        let forwarded = ingress.contains(&format!("{}:{}", p.published, p.target));
         let key = format!("{}/{proto}", p.target);
         exposed.push(key.clone());
         bindings.insert(
             key,
             Some(vec![PortBinding {
                 host_ip: None,
-                host_port: Some(if p.published == 0 {
+                host_port: Some(if p.published == 0 || forwarded {
                     String::new()
                 } else {
                     p.published.to_string()
@@ -527,6 +543,32 @@ mod tests {
         assert_eq!(hc.dns, Some(vec!["10.210.4.1".to_string()]));
         let body = create_body(&task(), &spec, None);
         assert_eq!(body.host_config.expect("host config").network_mode, None);
+        // Ingress: published on a dynamic port, the agents answer 80.
+        let ingress = pb::ServiceSpec {
+            ingress: true,
+            ports: vec![pb::PortConfig {
+                target: 8080,
+                published: 80,
+                protocol: "tcp".into(),
+            }],
+            ..spec.clone()
+        };
+        let body = create_body(&task(), &ingress, Some(&net));
+        assert_eq!(
+            body.labels.as_ref().expect("labels")[crate::mesh::catalog::INGRESS],
+            "80:8080"
+        );
+        let host_port = |body: ContainerCreateBody| {
+            body.host_config.expect("hc").port_bindings.expect("b")["8080/tcp"]
+                .as_ref()
+                .expect("binding")[0]
+                .host_port
+                .clone()
+        };
+        assert_eq!(host_port(body).as_deref(), Some(""));
+        // Without an agent that forwards, published on the task's node.
+        let body = create_body(&task(), &ingress, None);
+        assert_eq!(host_port(body).as_deref(), Some("80"));
         assert_eq!(stack_of(&pb::ServiceSpec::default()), None);
     }
 

@@ -79,8 +79,14 @@ impl Server {
                 .await
                 .unwrap_or_default()
         };
-        let mesh = (!config.discovery.is_empty())
-            .then(|| mesh::Mesh::new(docker.clone(), config.discovery.clone(), internal.clone()));
+        let mesh = (!config.discovery.is_empty()).then(|| {
+            mesh::Mesh::new(
+                docker.clone(),
+                config.discovery.clone(),
+                config.address.clone(),
+                internal.clone(),
+            )
+        });
         let config = Arc::new(config);
         let worker = worker::Worker::new(
             docker,

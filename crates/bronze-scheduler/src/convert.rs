@@ -216,6 +216,7 @@ pub fn spec_from_proto(p: &pb::ServiceSpec) -> Result<ServiceSpec, Invalid> {
     s.hostname = p.hostname.clone();
     s.extra_hosts = p.extra_hosts.clone();
     s.endpoint_mode = p.endpoint_mode.clone();
+    s.ingress = p.ingress;
     s.drain_delay = duration_from("drain_delay", p.drain_delay.as_ref())?
         .unwrap_or(crate::model::spec::DEFAULT_DRAIN_DELAY);
     spec::validate(&s)?;
@@ -331,6 +332,7 @@ pub fn spec_to_proto(s: &ServiceSpec) -> pb::ServiceSpec {
         extra_hosts: s.extra_hosts.clone(),
         drain_delay: Some(duration_to(s.drain_delay)),
         endpoint_mode: s.endpoint_mode.clone(),
+        ingress: s.ingress,
     }
 }
 

@@ -24,6 +24,21 @@ pub const SERVICE: &str = "bronze.service.name";
 pub const CONTAINER_PORT: &str = "bronze.container.port";
 /// Metadata (and container label) of a `dnsrr` service's tasks.
 pub const ENDPOINT_MODE: &str = "bronze.endpoint_mode";
+/// Metadata (and container label) of an ingress service's tasks: its
+/// published ports, `published:target,...` (TCP).
+pub const INGRESS: &str = "bronze.ingress";
+
+/// `published:target,...` -> the pairs (unreadable entries left out).
+pub fn parse_ingress(v: &str) -> Vec<(u16, u16)> {
+    v.split(',')
+        .filter_map(|e| {
+            let (p, t) = e.trim().split_once(':')?;
+            Some((p.parse().ok()?, t.parse().ok()?))
+        })
+        .filter(|(p, t)| *p != 0 && *t != 0)
+        .collect()
+}
+
 /// Metadata naming the instance's task.
 pub const TASK: &str = "bronze.task.id";
 
@@ -39,6 +54,8 @@ pub struct Endpoint {
     pub task: String,
     /// Its service answers one address per task (`dnsrr`).
     pub dnsrr: bool,
+    /// Its service's ingress ports: (published, target).
+    pub ingress: Vec<(u16, u16)>,
 }
 
 impl Endpoint {
@@ -62,6 +79,11 @@ impl Endpoint {
                 .cloned()
                 .unwrap_or_else(|| addr.to_string()),
             dnsrr: i.meta.get(ENDPOINT_MODE).is_some_and(|m| m == "dnsrr"),
+            ingress: i
+                .meta
+                .get(INGRESS)
+                .map(|v| parse_ingress(v))
+                .unwrap_or_default(),
         })
     }
 }
@@ -92,6 +114,22 @@ impl Catalog {
             .collect();
         out.sort();
         out.dedup();
+        out
+    }
+
+    /// Every ingress port any instance names: published -> (service,
+    /// target). Two services claiming one port: the first by name wins.
+    pub fn ingress(&self) -> BTreeMap<u16, (String, u16)> {
+        let mut claims: BTreeSet<(u16, String, u16)> = BTreeSet::new();
+        for e in &self.instances {
+            for (published, target) in &e.1.ingress {
+                claims.insert((*published, e.1.service.clone(), *target));
+            }
+        }
+        let mut out = BTreeMap::new();
+        for (published, service, target) in claims {
+            out.entry(published).or_insert((service, target));
+        }
         out
     }
 
@@ -315,6 +353,19 @@ mod tests {
         i.meta.insert(TASK.into(), "task-1".into());
         assert!(c.apply(&mut snap, ev(dpb::watch_event::Event::Upsert(i))));
         assert!(c.dnsrr("shop_db"));
+        assert!(c.ingress().is_empty());
+        let mut i = instance("w1", "shop_web", 32020, "8080", Passing);
+        i.meta
+            .insert(INGRESS.into(), "80:8080, 443:8443,bad,0:1".into());
+        assert!(c.apply(&mut snap, ev(dpb::watch_event::Event::Upsert(i))));
+        assert_eq!(
+            c.ingress(),
+            [
+                (80, ("shop_web".to_string(), 8080)),
+                (443, ("shop_web".to_string(), 8443))
+            ]
+            .into()
+        );
         assert_eq!(
             c.passing_tasks("shop_db"),
             [("task-1".to_string(), vec![(5432, addr(32010))])].into()

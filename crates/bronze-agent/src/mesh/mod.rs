@@ -200,6 +200,10 @@ pub struct Mesh {
     stacks: tokio::sync::Mutex<HashMap<String, StackNet>>,
     upstream: Arc<Vec<SocketAddr>>,
     shutdown: Shutdown,
+    /// This node's advertised address, where ingress ports answer.
+    address: String,
+    /// Ingress listeners: published port -> (service, target, listener).
+    ingress: tokio::sync::Mutex<HashMap<u16, (String, u16, Listener)>>,
 }
 
 /// A round runs at least this often (what the engine did meanwhile:
@@ -207,7 +211,12 @@ pub struct Mesh {
 const TICK: Duration = Duration::from_secs(2);
 
 impl Mesh {
-    pub fn new(docker: Docker, discovery: String, shutdown: Shutdown) -> Arc<Self> {
+    pub fn new(
+        docker: Docker,
+        discovery: String,
+        address: String,
+        shutdown: Shutdown,
+    ) -> Arc<Self> {
         let upstream = std::fs::read_to_string("/etc/resolv.conf")
             .map(|t| dns::resolvers(&t))
             .unwrap_or_default();
@@ -219,6 +228,8 @@ impl Mesh {
             stacks: tokio::sync::Mutex::new(HashMap::new()),
             upstream: Arc::new(upstream),
             shutdown,
+            address,
+            ingress: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -237,6 +248,7 @@ impl Mesh {
             if !node.is_empty() {
                 self.round(&node, &worker).await;
             }
+            self.ingress_round().await;
             tokio::select! {
                 () = self.changed.notified() => {}
                 () = tokio::time::sleep(TICK) => {}
@@ -245,6 +257,51 @@ impl Mesh {
         }
         for (_, net) in self.stacks.lock().await.drain() {
             net.stop.trigger();
+        }
+    }
+
+    /// Swarm's ingress: every published port an ingress service's
+    /// instances name answers on this node's address, forwarded to the
+    /// service's passing instances; ports no instance names any more close.
+    async fn ingress_round(&self) {
+        let (wanted, catalog) = {
+            let c = self.catalog.read();
+            let wanted = c.ingress();
+            let pools: BTreeMap<u16, Vec<SocketAddr>> = wanted
+                .iter()
+                .map(|(p, (service, target))| (*p, c.passing(service, *target)))
+                .collect();
+            (wanted, pools)
+        };
+        let mut open = self.ingress.lock().await;
+        open.retain(|published, (service, target, l)| {
+            let keep = wanted.get(published) == Some(&(service.clone(), *target));
+            if !keep {
+                l.stop.trigger();
+            }
+            keep
+        });
+        for (published, (service, target)) in wanted {
+            if let std::collections::hash_map::Entry::Vacant(slot) = open.entry(published) {
+                let addr = format!("{}:{published}", self.address);
+                match TcpListener::bind(&addr).await {
+                    Ok(l) => {
+                        let pool = Arc::new(forward::Pool::default());
+                        let stop = self.shutdown.child();
+                        tokio::spawn(forward::serve(l, pool.clone(), stop.clone()));
+                        tracing::info!(%service, %addr, "ingress port answered here");
+                        slot.insert((service, target, Listener { pool, stop }));
+                    }
+                    Err(e) => {
+                        tracing::warn!(%service, %addr, error = %e, "cannot listen on an ingress port");
+                        continue;
+                    }
+                }
+            }
+            if let (Some((_, _, l)), Some(addrs)) = (open.get(&published), catalog.get(&published))
+            {
+                l.pool.set(addrs.clone());
+            }
         }
     }
 

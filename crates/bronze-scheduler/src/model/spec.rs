@@ -340,6 +340,9 @@ pub struct ServiceSpec {
     /// answers inside its stack.
     #[serde(default)]
     pub endpoint_mode: String,
+    /// Published ports answer on every node (Swarm's ingress mode).
+    #[serde(default)]
+    pub ingress: bool,
 }
 
 /// Default time between the stop signal and SIGKILL (Docker's).
@@ -379,6 +382,7 @@ impl ServiceSpec {
             extra_hosts: Vec::new(),
             drain_delay: DEFAULT_DRAIN_DELAY,
             endpoint_mode: String::new(),
+            ingress: false,
         }
     }
 
@@ -407,6 +411,7 @@ impl ServiceSpec {
         self.hostname.hash(&mut h);
         self.extra_hosts.hash(&mut h);
         self.endpoint_mode.hash(&mut h);
+        self.ingress.hash(&mut h);
         h.finish()
     }
 

@@ -26,6 +26,10 @@ use crate::rollouts::{Platform, update_completed, versioned};
 
 const NAMESPACE: &str = "com.docker.stack.namespace";
 
+/// The advertised addresses of nodes A and B (loopback, each its own).
+const ADDRESS_A: &str = "127.0.0.2";
+const ADDRESS_B: &str = "127.0.0.3";
+
 /// Resolves `$1` in the stack's DNS and GETs `http://<address>:$2/$3`;
 /// prints the address on stderr.
 const CALL: &str = r#"ip=$(nslookup "$1" 2>/dev/null | awk '/^Name:/{n=1} n && /^Address/{print $2; exit}')
@@ -157,9 +161,10 @@ impl TwoNodes {
         let s = Scheduler::start(config).await;
         let (host_a, host_b) = (unique("mesh-a"), unique("mesh-b"));
         let mut agents = Vec::new();
-        for host in [&host_a, &host_b] {
+        for (host, address) in [(&host_a, ADDRESS_A), (&host_b, ADDRESS_B)] {
             let mut ac = agent_config(&s.url(), &s.token, host, &[]);
             ac.discovery = format!("http://{}", p.discovery);
+            ac.address = address.into();
             agents.push(Agent::start(ac).await);
         }
         let mut c = client(s.addr).await;
@@ -411,5 +416,62 @@ async fn dnsrr_answers_an_address_per_task() {
         .collect();
     full.sort();
     assert_eq!(full, addresses);
+    drop(t);
+}
+
+#[tokio::test]
+async fn an_ingress_port_answers_on_every_node() {
+    let stack = unique("ing");
+    let mut t = TwoNodes::start(&stack, &["web"]).await;
+    let web = format!("{stack}_web");
+    // A port free now on every loopback address.
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut sp = versioned(&web, "v1", true);
+    sp.mode = Some(pb::service_spec::Mode::Replicated(pb::Replicated {
+        replicas: 1,
+    }));
+    sp.ports = vec![pb::PortConfig {
+        target: 8080,
+        published: u32::from(port),
+        protocol: "tcp".into(),
+    }];
+    sp.ingress = true;
+    let host_b = t.host_b.clone();
+    let sp = t.stacked(sp, &host_b);
+    t.c.create_service(pb::CreateServiceRequest { spec: Some(sp) })
+        .await
+        .expect("create web");
+    let tasks = converged(&mut t.c, &web, 1).await;
+    assert_eq!(tasks[0].node_id, t.node_b, "its only task runs on B");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .no_proxy()
+        .build()
+        .expect("client");
+    // Both nodes' addresses answer, A's with no task of web.
+    for address in [ADDRESS_A, ADDRESS_B] {
+        let url = format!("http://{address}:{port}/version");
+        eventually(Duration::from_secs(60), &format!("{url} answers"), || {
+            let http = http.clone();
+            let url = url.clone();
+            async move {
+                let r = http.get(&url).send().await.ok()?;
+                let body = r.text().await.ok()?;
+                (body.trim() == "v1").then_some(())
+            }
+        })
+        .await;
+    }
+    // The task itself publishes its target port on a dynamic host port.
+    let container = container_of(&web).await.expect("web's container");
+    let published = docker_words(&["port", &container, "8080/tcp"]).await;
+    assert!(!published.is_empty(), "published");
+    assert!(
+        published.iter().all(|p| !p.ends_with(&format!(":{port}"))),
+        "the task does not take the ingress port itself: {published:?}"
+    );
     drop(t);
 }
