@@ -475,3 +475,42 @@ async fn an_ingress_port_answers_on_every_node() {
     );
     drop(t);
 }
+
+#[tokio::test]
+async fn a_stack_network_left_from_an_earlier_run_is_removed() {
+    let stack = unique("stale");
+    let t = TwoNodes::start(&stack, &[]).await;
+    // A network as node A's agent makes them, of a stack with no task
+    // here (an earlier run's), and one of another node, which stays.
+    let name = format!("bronze_{stack}_old");
+    let other = format!("bronze_{stack}_other");
+    for (network, node) in [(&name, t.node_a.as_str()), (&other, "some-other-node")] {
+        let out = docker(&[
+            "network",
+            "create",
+            "--label",
+            &format!("bronze.mesh.node={node}"),
+            "--label",
+            &format!("bronze.mesh.stack={stack}"),
+            network,
+        ])
+        .await;
+        assert!(out.status.success(), "{out:?}");
+    }
+    eventually(
+        Duration::from_secs(30),
+        "the stale network is removed",
+        || {
+            let stack = stack.clone();
+            let name = name.clone();
+            async move { (!stack_networks(&stack).await.contains(&name)).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        stack_networks(&stack).await,
+        vec![other],
+        "another node's network is not this agent's"
+    );
+    drop(t);
+}
