@@ -99,8 +99,10 @@ pub struct Args {
     /// (`http://api:8080`, `shop_api:8080`) on this host and across hosts:
     /// per stack the agent makes a bridge network, answers DNS on its
     /// gateway, and forwards each service's virtual IP and port to the
-    /// service's passing instances wherever they run. Needs root (DNS on
-    /// port 53, `ip addr add`). Unset: off [default: off].
+    /// service's passing instances wherever they run; stack services'
+    /// ingress-mode published ports answer on --address, whichever node
+    /// runs their tasks. Needs root (DNS on port 53, `ip addr add`).
+    /// Unset: off [default: off].
     #[arg(long, env = "BRONZE_AGENT_DISCOVERY", value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub discovery: Option<String>,

@@ -202,6 +202,8 @@ pub struct Mesh {
     shutdown: Shutdown,
     /// This node's advertised address, where ingress ports answer.
     address: String,
+    /// When networks left from an earlier run were last looked for.
+    stale_checked: parking_lot::Mutex<Option<std::time::Instant>>,
     /// Ingress listeners: published port -> (service, target, listener).
     ingress: tokio::sync::Mutex<HashMap<u16, (String, u16, Listener)>>,
 }
@@ -209,6 +211,9 @@ pub struct Mesh {
 /// A round runs at least this often (what the engine did meanwhile:
 /// containers gone, so a network can go).
 const TICK: Duration = Duration::from_secs(2);
+
+/// Networks left from an earlier run are looked for this often.
+const STALE_EVERY: Duration = Duration::from_secs(10);
 
 impl Mesh {
     pub fn new(
@@ -229,6 +234,7 @@ impl Mesh {
             upstream: Arc::new(upstream),
             shutdown,
             address,
+            stale_checked: parking_lot::Mutex::new(None),
             ingress: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -346,7 +352,19 @@ impl Mesh {
                 net.stop.trigger();
             }
         }
-        self.remove_stale(node, &local, &stacks).await;
+        // Not at every discovery change: a list of the engine's networks
+        // each time would cost the engine more than the leftovers do.
+        let due = {
+            let mut at = self.stale_checked.lock();
+            let due = at.is_none_or(|t| t.elapsed() >= STALE_EVERY);
+            if due {
+                *at = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if due {
+            self.remove_stale(node, &local, &stacks).await;
+        }
         let catalog = self.catalog.read().services_by_stack(local.keys());
         for (stack, mine) in &local {
             if !stacks.contains_key(stack) {
