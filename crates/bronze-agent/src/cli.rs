@@ -94,6 +94,19 @@ pub struct Args {
     #[serde(skip)]
     pub registry_auth: Vec<(String, String)>,
 
+    /// bronze-discovery's gRPC address, e.g. http://127.0.0.1:8502. Set, the
+    /// tasks of a stack reach each other by service name and target port
+    /// (`http://api:8080`, `shop_api:8080`) on this host and across hosts:
+    /// per stack the agent makes a bridge network, answers DNS on its
+    /// gateway, and forwards each service's virtual IP and port to the
+    /// service's passing instances wherever they run; stack services'
+    /// ingress-mode published ports answer on --address, whichever node
+    /// runs their tasks. Needs root (DNS on port 53, `ip addr add`).
+    /// Unset: off [default: off].
+    #[arg(long, env = "BRONZE_AGENT_DISCOVERY", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<String>,
+
     /// Engine operations (pull, create, start) at once [default: 8].
     #[arg(long, env = "BRONZE_AGENT_PARALLEL_OPS", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]

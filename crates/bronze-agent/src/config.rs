@@ -36,6 +36,9 @@ pub struct Config {
     pub memory_bytes: i64,
     /// Credentials per registry host: "127.0.0.1:5000" -> "user:password".
     pub registry_auth: BTreeMap<String, String>,
+    /// bronze-discovery's gRPC address; set, stack tasks reach each other
+    /// by service name (see `mesh`). Empty: off.
+    pub discovery: String,
     /// Engine operations (pull, create, start) run at once.
     pub parallel_ops: usize,
     /// Where the files of tasks' secrets and configs are written before
@@ -61,6 +64,7 @@ impl Default for Config {
             nano_cpus: 0,
             memory_bytes: 0,
             registry_auth: BTreeMap::new(),
+            discovery: String::new(),
             parallel_ops: 8,
             files_dir: "/dev/shm/bronze-agent".into(),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9700)),
@@ -165,6 +169,30 @@ impl Config {
                 ),
             ));
         }
+        if !self.discovery.is_empty() {
+            let url = if self.discovery.contains("://") {
+                self.discovery.clone()
+            } else {
+                format!("http://{}", self.discovery)
+            };
+            match url.parse::<http::Uri>() {
+                Ok(u)
+                    if matches!(u.scheme_str(), Some("http" | "https"))
+                        && u.port_u16().is_some() =>
+                {
+                    self.discovery = url;
+                }
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "discovery",
+                        format!(
+                            "{:?}: expected bronze-discovery's gRPC address, e.g. \"http://127.0.0.1:8502\"",
+                            self.discovery
+                        ),
+                    ));
+                }
+            }
+        }
         if self.address.is_empty() {
             self.address = detect_address();
         }
@@ -203,5 +231,18 @@ mod tests {
                 .to_string()
                 .contains("registry_auth")
         );
+        let mut c = Config {
+            join_token: "t".into(),
+            discovery: "not a url".into(),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("discovery"));
+        let mut c = Config {
+            join_token: "t".into(),
+            discovery: "127.0.0.1:8502".into(),
+            ..Default::default()
+        };
+        c.validate().expect("valid");
+        assert_eq!(c.discovery, "http://127.0.0.1:8502");
     }
 }

@@ -20,6 +20,22 @@ pub const NODE_LABEL: &str = "bronze.node.id";
 pub const SERVICE_ID_LABEL: &str = "bronze.service.id";
 pub const SERVICE_NAME_LABEL: &str = "bronze.service.name";
 pub const SLOT_LABEL: &str = "bronze.task.slot";
+/// The stack a task belongs to (the registrator copies it into the
+/// instance's metadata, so agents find the stack's services in discovery).
+pub const STACK_LABEL: &str = crate::mesh::catalog::STACK;
+
+/// The label `docker stack deploy` (and `bronze stack deploy`) puts on a
+/// stack's services and containers.
+pub const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
+
+/// The stack of a service, if it belongs to one.
+pub fn stack_of(spec: &pb::ServiceSpec) -> Option<&str> {
+    spec.container_labels
+        .get(NAMESPACE_LABEL)
+        .or_else(|| spec.labels.get(NAMESPACE_LABEL))
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+}
 
 /// Connects to the engine at `host` (or DOCKER_HOST, or the local socket)
 /// and agrees on an API version both sides speak. An engine that does not
@@ -75,12 +91,14 @@ fn is_routing_label(key: &str) -> bool {
     key.starts_with("traefik.") || key.starts_with("bronze.") || key.starts_with("SERVICE_")
 }
 
-/// Everything the engine needs to create a task's container.
-/// `files`: the bind mounts of its secrets and configs (`files::write`).
+/// Everything the engine needs to create a task's container. `files`: the
+/// bind mounts of its secrets and configs (`files::write`); `net`: the
+/// stack network it joins (its DNS server is the stack's responder).
 pub fn create_body(
     task: &pb::Task,
     spec: &pb::ServiceSpec,
     files: Vec<Mount>,
+    net: Option<&crate::mesh::Attachment>,
 ) -> ContainerCreateBody {
     let mut labels: HashMap<String, String> = spec
         .container_labels
@@ -105,21 +123,43 @@ pub fn create_body(
     labels.insert(SERVICE_ID_LABEL.into(), task.service_id.clone());
     labels.insert(SERVICE_NAME_LABEL.into(), task.service_name.clone());
     labels.insert(SLOT_LABEL.into(), task.slot.to_string());
+    if let Some(stack) = stack_of(spec) {
+        labels.insert(STACK_LABEL.into(), stack.to_string());
+        if spec.endpoint_mode == "dnsrr" {
+            labels.insert(crate::mesh::catalog::ENDPOINT_MODE.into(), "dnsrr".into());
+        }
+    }
     let mut exposed = Vec::new();
     let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    // Ingress (with the stack network, i.e. an agent that forwards): the
+    // published TCP ports are answered by every node's agent; the task
+    // publishes its target ports on dynamic host ports for them.
+    let ingress: Vec<String> = if net.is_some() && spec.ingress {
+        spec.ports
+            .iter()
+            .filter(|p| p.published != 0 && (p.protocol.is_empty() || p.protocol == "tcp"))
+            .map(|p| format!("{}:{}", p.published, p.target))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if !ingress.is_empty() {
+        labels.insert(crate::mesh::catalog::INGRESS.into(), ingress.join(","));
+    }
     for p in &spec.ports {
         let proto = if p.protocol.is_empty() {
             "tcp"
         } else {
             p.protocol.as_str()
         };
+        let forwarded = ingress.contains(&format!("{}:{}", p.published, p.target));
         let key = format!("{}/{proto}", p.target);
         exposed.push(key.clone());
         bindings.insert(
             key,
             Some(vec![PortBinding {
                 host_ip: None,
-                host_port: Some(if p.published == 0 {
+                host_port: Some(if p.published == 0 || forwarded {
                     String::new()
                 } else {
                     p.published.to_string()
@@ -189,6 +229,8 @@ pub fn create_body(
             memory: (limits.memory_bytes > 0).then_some(limits.memory_bytes),
             pids_limit: (limits.pids > 0).then_some(limits.pids),
             extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
+            network_mode: net.map(|n| n.network.clone()),
+            dns: net.map(|n| vec![n.dns.to_string()]),
             // The scheduler restarts tasks, never the engine.
             restart_policy: Some(RestartPolicy {
                 name: Some(RestartPolicyNameEnum::NO),
@@ -413,7 +455,7 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        let body = create_body(&task(), &spec, Vec::new());
+        let body = create_body(&task(), &spec, Vec::new(), None);
         let labels = body.labels.expect("labels");
         assert_eq!(labels.get("SERVICE_NAME").map(String::as_str), Some("web"));
         assert_eq!(labels.get(TASK_LABEL).map(String::as_str), Some("t1"));
@@ -434,7 +476,7 @@ mod tests {
             ..spec
         };
         assert!(
-            !create_body(&task(), &spec, Vec::new())
+            !create_body(&task(), &spec, Vec::new(), None)
                 .labels
                 .expect("labels")
                 .contains_key("SERVICE_NAME")
@@ -460,7 +502,7 @@ mod tests {
                 .into(),
             ..Default::default()
         };
-        let labels = create_body(&task(), &spec, Vec::new())
+        let labels = create_body(&task(), &spec, Vec::new(), None)
             .labels
             .expect("labels");
         let get = |k: &str| labels.get(k).map(String::as_str);
@@ -472,6 +514,68 @@ mod tests {
         // service.
         assert_eq!(get("bronze.http.rule"), Some("PathPrefix(`/own`)"));
         assert_eq!(get("com.docker.stack.namespace"), None);
+        // The stack is named for the registrator (and the agents' mesh).
+        assert_eq!(get(STACK_LABEL), Some("shop"));
+    }
+
+    #[test]
+    fn stack_tasks_join_their_network_and_its_dns() {
+        let spec = pb::ServiceSpec {
+            name: "shop_api".into(),
+            image: "web:1".into(),
+            container_labels: [(NAMESPACE_LABEL.to_string(), "shop".to_string())].into(),
+            ..Default::default()
+        };
+        assert_eq!(stack_of(&spec), Some("shop"));
+        let net = crate::mesh::Attachment {
+            network: "bronze_shop_n1".into(),
+            dns: std::net::Ipv4Addr::new(10, 210, 4, 1),
+        };
+        let body = create_body(
+            &task(),
+            &pb::ServiceSpec {
+                endpoint_mode: "dnsrr".into(),
+                ..spec.clone()
+            },
+            Vec::new(),
+            Some(&net),
+        );
+        assert_eq!(
+            body.labels.as_ref().expect("labels")[crate::mesh::catalog::ENDPOINT_MODE],
+            "dnsrr"
+        );
+        let hc = body.host_config.expect("host config");
+        assert_eq!(hc.network_mode.as_deref(), Some("bronze_shop_n1"));
+        assert_eq!(hc.dns, Some(vec!["10.210.4.1".to_string()]));
+        let body = create_body(&task(), &spec, Vec::new(), None);
+        assert_eq!(body.host_config.expect("host config").network_mode, None);
+        // Ingress: published on a dynamic port, the agents answer 80.
+        let ingress = pb::ServiceSpec {
+            ingress: true,
+            ports: vec![pb::PortConfig {
+                target: 8080,
+                published: 80,
+                protocol: "tcp".into(),
+            }],
+            ..spec.clone()
+        };
+        let body = create_body(&task(), &ingress, Vec::new(), Some(&net));
+        assert_eq!(
+            body.labels.as_ref().expect("labels")[crate::mesh::catalog::INGRESS],
+            "80:8080"
+        );
+        let host_port = |body: ContainerCreateBody| {
+            body.host_config.expect("hc").port_bindings.expect("b")["8080/tcp"]
+                .as_ref()
+                .expect("binding")[0]
+                .host_port
+                .clone()
+        };
+        assert_eq!(host_port(body).as_deref(), Some(""));
+        // Without an agent that forwards, published on the task's node.
+        let body = create_body(&task(), &ingress, Vec::new(), None);
+        assert_eq!(host_port(body).as_deref(), Some("80"));
+        assert_eq!(stack_of(&pb::ServiceSpec::default()), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod config;
 pub mod engine;
 pub mod files;
 pub mod logs;
+pub mod mesh;
 pub mod metrics;
 pub mod session;
 pub mod worker;
@@ -80,6 +81,14 @@ impl Server {
                 .await
                 .unwrap_or_default()
         };
+        let mesh = (!config.discovery.is_empty()).then(|| {
+            mesh::Mesh::new(
+                docker.clone(),
+                config.discovery.clone(),
+                config.address.clone(),
+                internal.clone(),
+            )
+        });
         let config = Arc::new(config);
         let worker = worker::Worker::new(
             docker,
@@ -87,6 +96,7 @@ impl Server {
             config.clone(),
             am.clone(),
             internal.clone(),
+            mesh,
         );
         let session = Arc::new(session::Session {
             config,
@@ -132,10 +142,19 @@ impl Server {
             hostname = %self.session.config.hostname,
             "agent running"
         );
+        let mesh = self
+            .session
+            .worker
+            .mesh
+            .clone()
+            .map(|m| tokio::spawn(m.run(self.session.worker.clone())));
         let run = tokio::spawn(self.session.clone().run());
         shutdown.wait().await;
         self.internal.trigger();
         let _ = run.await;
+        if let Some(m) = mesh {
+            let _ = m.await;
+        }
         let _ = http.await;
         Ok(())
     }

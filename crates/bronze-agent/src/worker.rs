@@ -126,6 +126,8 @@ pub struct Worker {
     config: Arc<Config>,
     metrics: Arc<AgentMetrics>,
     shutdown: Shutdown,
+    /// Stack networks, names and virtual IPs (with `--discovery`).
+    pub mesh: Option<Arc<crate::mesh::Mesh>>,
 }
 
 /// Every task is looked at again this often, whatever the events say.
@@ -143,6 +145,7 @@ impl Worker {
         config: Arc<Config>,
         metrics: Arc<AgentMetrics>,
         shutdown: Shutdown,
+        mesh: Option<Arc<crate::mesh::Mesh>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             docker,
@@ -155,7 +158,36 @@ impl Worker {
             config,
             metrics,
             shutdown,
+            mesh,
         })
+    }
+
+    /// The stacks of this node's assigned tasks, with their services and
+    /// target ports (TCP): what the mesh serves here.
+    pub fn stacks(&self) -> crate::mesh::Local {
+        let mut out = crate::mesh::Local::new();
+        for h in self.tasks.lock().values() {
+            let a = h.assignment.borrow();
+            let Some(spec) = a.as_ref().and_then(|a| a.spec.as_ref()) else {
+                continue;
+            };
+            let Some(stack) = engine::stack_of(spec) else {
+                continue;
+            };
+            let ports = out
+                .entry(stack.to_string())
+                .or_default()
+                .entry(spec.name.clone())
+                .or_default();
+            for p in &spec.ports {
+                if (p.protocol.is_empty() || p.protocol == "tcp")
+                    && let Ok(port) = u16::try_from(p.target)
+                {
+                    ports.insert(port);
+                }
+            }
+        }
+        out
     }
 
     pub fn node_id(&self) -> String {
@@ -222,6 +254,9 @@ impl Worker {
         }
         for id in &msg.removed {
             self.update(id, None);
+        }
+        if let Some(mesh) = &self.mesh {
+            mesh.changed.notify_one();
         }
         if msg.full {
             let known: Vec<String> = self.tasks.lock().keys().cloned().collect();
@@ -482,6 +517,18 @@ impl Worker {
             self.outbox.report(id, rejected(&message, &e));
             return;
         }
+        let net = match (&self.mesh, engine::stack_of(spec)) {
+            (Some(mesh), Some(stack)) => match mesh.attach(stack, &self.node_id()).await {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    self.metrics.start_errors.inc();
+                    self.outbox
+                        .report(id, rejected("joining the stack network failed", &e));
+                    return;
+                }
+            },
+            _ => None,
+        };
         let files = match crate::files::write(Path::new(&self.config.files_dir), a) {
             Ok(m) => m,
             Err(e) => {
@@ -491,7 +538,7 @@ impl Worker {
                 return;
             }
         };
-        let body = engine::create_body(task, spec, files);
+        let body = engine::create_body(task, spec, files, net.as_ref());
         let options = CreateContainerOptionsBuilder::default().name(name).build();
         match self.docker.create_container(Some(options), body).await {
             Ok(_) => {}

@@ -19,6 +19,7 @@
 //! | labels `bronze.*` | instance metadata, unchanged (gateway routing rules) |
 //! | labels `traefik.*` | instance metadata (Traefik's routing labels, which the gateway reads); secrets (basic/digest auth users) replaced |
 //! | label `bronze.network`, `traefik.docker.network` | with `--internal`: the network whose address is registered |
+//! | label `bronze.stack` (a Bronze stack task) | instances also carry `bronze.container` and `bronze.container.port` |
 //!
 //! Labels override environment variables; `SERVICE_<port>_<KEY>` overrides
 //! `SERVICE_<KEY>` for that port. A Docker HEALTHCHECK adds a check that is
@@ -54,6 +55,9 @@ impl Proto {
         }
     }
 }
+
+/// The label a Bronze agent puts on a stack task's container.
+pub const STACK_LABEL: &str = "bronze.stack";
 
 /// A published port: container port -> host address and port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -704,7 +708,10 @@ pub fn plan(c: &ContainerInfo, s: &Settings) -> (Vec<ServicePlan>, Vec<Warning>)
             }
         }
         let has_traefik = c.labels.keys().any(|k| is_traefik(k));
-        if has_traefik {
+        // Traefik's port labels and Bronze's stack mesh (agents map an
+        // instance to the service's target port) both need the container
+        // side of the port.
+        if has_traefik || c.labels.contains_key(STACK_LABEL) {
             service_meta.insert("bronze.container".into(), c.name.clone());
             let port = match ep.proto {
                 Proto::Tcp => ep.port.to_string(),
@@ -1030,6 +1037,47 @@ mod tests {
             ],
             "a key discovery refuses is named (once a port; logged once by sync)"
         );
+    }
+
+    #[test]
+    fn stack_tasks_name_their_container_port() {
+        let mut c = labelled(&[
+            (STACK_LABEL, "shop"),
+            ("bronze.service.name", "shop_api"),
+            ("SERVICE_NAME", "shop_api"),
+        ]);
+        c.exposed.push((9090, Proto::Tcp));
+        c.published.push(Binding {
+            port: 9090,
+            proto: Proto::Tcp,
+            host_ip: "0.0.0.0".into(),
+            host_port: 32769,
+        });
+        let (plans, _) = plan(&c, &settings());
+        let mut seen: Vec<(String, String, String, u16)> = plans
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    p.meta[STACK_LABEL].clone(),
+                    p.meta["bronze.container.port"].clone(),
+                    p.port,
+                )
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            vec![
+                ("shop_api".into(), "shop".into(), "8080".into(), 32768),
+                ("shop_api".into(), "shop".into(), "9090".into(), 32769)
+            ],
+            "one service name (SERVICE_NAME, as the agent sets it) for both ports: \
+             the container port tells the instances apart"
+        );
+        // Without the label (and without Traefik's), no container port.
+        let (plans, _) = plan(&container(), &settings());
+        assert!(!plans[0].meta.contains_key("bronze.container.port"));
     }
 
     #[test]

@@ -74,6 +74,35 @@ impl Shutdown {
         Self(self.0.child_token())
     }
 
+    /// Runs `attempt` again and again until this signal, each time it
+    /// ends (its answer says why, logged with `what`), after a backoff from
+    /// 100 ms doubling to 5 s; an attempt that lasted 10 s or more starts
+    /// the backoff over. For streams followed for the process's life
+    /// (discovery's watch).
+    pub async fn retry<F, Fut>(&self, what: &str, mut attempt: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = String>,
+    {
+        let mut backoff = std::time::Duration::from_millis(100);
+        loop {
+            let started = std::time::Instant::now();
+            let ended = attempt().await;
+            if self.is_triggered() {
+                return;
+            }
+            if started.elapsed() >= std::time::Duration::from_secs(10) {
+                backoff = std::time::Duration::from_millis(100);
+            }
+            tracing::warn!(what, reason = %ended, retry_in = ?backoff, "ended; trying again");
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = self.wait() => return,
+            }
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+        }
+    }
+
     /// Trigger this signal on SIGTERM or SIGINT (Ctrl-C).
     pub fn trigger_on_signals(&self) {
         let this = self.clone();

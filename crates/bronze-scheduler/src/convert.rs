@@ -215,6 +215,8 @@ pub fn spec_from_proto(p: &pb::ServiceSpec) -> Result<ServiceSpec, Invalid> {
     s.rollback = update_config(p.rollback_config.as_ref(), "rollback_config")?;
     s.hostname = p.hostname.clone();
     s.extra_hosts = p.extra_hosts.clone();
+    s.endpoint_mode = p.endpoint_mode.clone();
+    s.ingress = p.ingress;
     s.drain_delay = duration_from("drain_delay", p.drain_delay.as_ref())?
         .unwrap_or(crate::model::spec::DEFAULT_DRAIN_DELAY);
     s.secrets = p.secrets.iter().map(file_ref_from).collect();
@@ -394,6 +396,8 @@ pub fn spec_to_proto(s: &ServiceSpec) -> pb::ServiceSpec {
         drain_delay: Some(duration_to(s.drain_delay)),
         secrets: s.secrets.iter().map(file_ref_to).collect(),
         configs: s.configs.iter().map(file_ref_to).collect(),
+        endpoint_mode: s.endpoint_mode.clone(),
+        ingress: s.ingress,
     }
 }
 

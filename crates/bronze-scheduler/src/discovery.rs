@@ -68,19 +68,10 @@ pub async fn run(
         snapshots,
         shutdown.clone(),
     ));
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let ended = follow(&url, &events, &instances, &shutdown).await;
-        if shutdown.is_triggered() {
-            break;
-        }
-        tracing::warn!(%url, reason = %ended, retry_in = ?backoff, "discovery watch ended; reconnecting");
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = shutdown.wait() => break,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
+    let what = format!("discovery watch ({url})");
+    shutdown
+        .retry(&what, || follow(&url, &events, &instances, &shutdown))
+        .await;
     let _ = drain.await;
 }
 

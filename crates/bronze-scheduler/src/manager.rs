@@ -617,7 +617,7 @@ impl Manager {
             for r in spec.refs_mut(kind).iter_mut().filter(|r| r.source == name) {
                 r.version = version;
             }
-            if let Err(e) = self.update_service(&s.id, Some(spec), None, 0, false) {
+            if let Err(e) = self.new_version(&s.id, Some(spec), None, 0, false, None) {
                 tracing::warn!(service = %s.name, error = %e, "cannot roll a service to a new {} version", kind.as_str());
             }
         }

@@ -363,6 +363,13 @@ pub struct ServiceSpec {
     /// Configs mounted read-only.
     #[serde(default)]
     pub configs: Vec<FileRef>,
+    /// "" (a virtual IP, as "vip") or "dnsrr": what the service's name
+    /// answers inside its stack.
+    #[serde(default)]
+    pub endpoint_mode: String,
+    /// Published ports answer on every node (Swarm's ingress mode).
+    #[serde(default)]
+    pub ingress: bool,
 }
 
 /// Default time between the stop signal and SIGKILL (Docker's).
@@ -403,6 +410,8 @@ impl ServiceSpec {
             drain_delay: DEFAULT_DRAIN_DELAY,
             secrets: Vec::new(),
             configs: Vec::new(),
+            endpoint_mode: String::new(),
+            ingress: false,
         }
     }
 
@@ -454,6 +463,8 @@ impl ServiceSpec {
         // template, so a rollout.
         self.secrets.hash(&mut h);
         self.configs.hash(&mut h);
+        self.endpoint_mode.hash(&mut h);
+        self.ingress.hash(&mut h);
         h.finish()
     }
 
@@ -748,6 +759,12 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), Invalid> {
             format!("{:?}: expected a host name", spec.hostname),
         ));
     }
+    if !matches!(spec.endpoint_mode.as_str(), "" | "vip" | "dnsrr") {
+        return Err(Invalid::new(
+            "endpoint_mode",
+            format!("{:?}: expected vip or dnsrr", spec.endpoint_mode),
+        ));
+    }
     for (i, h) in spec.extra_hosts.iter().enumerate() {
         let ok = h
             .split_once(':')
@@ -920,6 +937,15 @@ mod tests {
         );
         let e = parse_placement(&["node.labels.zone=eu".into()], &[], 0).expect_err("bad");
         assert_eq!(e.field, "constraints[0]");
+        let mut s = ServiceSpec::new("web", "busybox");
+        for ok in ["", "vip", "dnsrr"] {
+            s.endpoint_mode = ok.into();
+            assert!(validate(&s).is_ok(), "{ok}");
+        }
+        s.endpoint_mode = "round-robin".into();
+        let e = validate(&s).expect_err("bad");
+        assert_eq!(e.field, "endpoint_mode");
+        assert!(e.to_string().contains("expected vip or dnsrr"), "{e}");
     }
 
     #[test]

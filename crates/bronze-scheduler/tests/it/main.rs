@@ -4,6 +4,7 @@
 mod autodeploy;
 mod harness;
 mod lifecycle;
+mod mesh;
 mod nodes;
 mod platform;
 mod rollouts;

@@ -18,14 +18,14 @@ use crate::harness::{
 };
 
 /// Discovery, a registrator and a gateway in this process.
-struct Platform {
-    discovery: std::net::SocketAddr,
+pub(crate) struct Platform {
+    pub(crate) discovery: std::net::SocketAddr,
     gateway: std::net::SocketAddr,
     stop: Shutdown,
 }
 
 impl Platform {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let stop = Shutdown::new();
         let discovery = bronze_discovery::Server::bind(bronze_discovery::Config::ephemeral())
             .await
@@ -67,7 +67,7 @@ impl Drop for Platform {
 
 /// The test image serving its $VERSION at /version, with a health check on
 /// /www/health (which `healthy: false` removes before serving).
-fn versioned(name: &str, version: &str, healthy: bool) -> pb::ServiceSpec {
+pub(crate) fn versioned(name: &str, version: &str, healthy: bool) -> pb::ServiceSpec {
     let mut sp = spec(name, 3);
     let prepare = if healthy {
         ""
@@ -143,7 +143,20 @@ async fn answer(gateway: std::net::SocketAddr, name: &str) -> Option<String> {
     Some(r.text().await.ok()?.trim().to_string())
 }
 
-async fn update_state(c: &mut Client, name: &str) -> (String, String, bool) {
+/// Waits (at most 120 s) until `name`'s update completed and it converged.
+pub(crate) async fn update_completed(c: &Client, name: &str) {
+    eventually(Duration::from_secs(120), "the update completed", || {
+        let mut c = c.clone();
+        let name = name.to_string();
+        async move {
+            let (state, _, converged) = update_state(&mut c, &name).await;
+            (state == "completed" && converged).then_some(())
+        }
+    })
+    .await;
+}
+
+pub(crate) async fn update_state(c: &mut Client, name: &str) -> (String, String, bool) {
     let r = c
         .get_service(pb::GetServiceRequest {
             service: name.into(),
@@ -227,15 +240,7 @@ async fn start_first_updates_serve_every_request_and_failed_ones_roll_back() {
     })
     .await
     .expect("update");
-    eventually(Duration::from_secs(120), "the update completed", || {
-        let mut c = c.clone();
-        let name = name.clone();
-        async move {
-            let (state, _, converged) = update_state(&mut c, &name).await;
-            (state == "completed" && converged).then_some(())
-        }
-    })
-    .await;
+    update_completed(&c, &name).await;
     let Tally { ok, failed, last } = load.finish().await;
     assert_eq!(failed, 0, "{failed} failed requests of {}", ok + failed);
     assert!(ok > 100, "the load ran: {ok}");

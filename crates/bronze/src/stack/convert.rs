@@ -291,6 +291,8 @@ pub fn service(
         drain_delay: None,
         secrets,
         configs,
+        endpoint_mode: d.endpoint_mode.clone().unwrap_or_default(),
+        ingress: ingress(key, s, warnings),
     };
 
     warn_unsupported(project, key, s, warnings);
@@ -313,6 +315,21 @@ pub fn service(
     Ok(Converted { spec, after })
 }
 
+/// Whether the service's published ports are in ingress mode (Swarm's
+/// default): all of them, or none (a mix is published as mode host, with a
+/// warning).
+fn ingress(key: &str, s: &compose::Service, warnings: &mut Warnings) -> bool {
+    let published: Vec<&compose::Port> = s.ports.iter().filter(|p| p.published.is_some()).collect();
+    let ingress = published.iter().filter(|p| p.mode == "ingress").count();
+    if ingress > 0 && ingress < published.len() {
+        warnings.add(format!(
+            "service {key}: ports mix modes ingress and host; all are published as mode host"
+        ));
+        return false;
+    }
+    ingress > 0
+}
+
 /// The service's keys a spec cannot express, one warning each.
 fn warn_unsupported(
     project: &compose::Project,
@@ -322,15 +339,9 @@ fn warn_unsupported(
 ) {
     if s.networks.iter().any(|n| n != "default") {
         warnings.add(format!(
-            "service {key}: networks are not honoured: tasks publish their ports on their \
-             node and find each other through discovery ({})",
+            "service {key}: networks are not honoured: every service of the stack is on the \
+             stack's one network (agents with --discovery answer service names) ({})",
             s.networks.join(", ")
-        ));
-    }
-    if let Some(m) = &s.deploy.endpoint_mode {
-        warnings.add(format!(
-            "service {key}: deploy.endpoint_mode {m} is not honoured: discovery answers with \
-             every task's address"
         ));
     }
     if s.deploy.resources.reservations.pids.is_some() {
@@ -374,6 +385,13 @@ mod tests {
         web.labels.insert("SERVICE_TAGS".into(), "web".into());
         web.deploy.labels.insert("traefik.port".into(), "80".into());
         web.deploy.replicas = Some(2);
+        web.deploy.endpoint_mode = Some("dnsrr".into());
+        web.ports.push(compose::Port {
+            target: 80,
+            published: Some(8080),
+            protocol: "tcp".into(),
+            mode: "ingress".into(),
+        });
         web.deploy.update_config = Some(compose::UpdateConfig {
             failure_action: Some("rollback".into()),
             monitor: Some(Duration::from_secs(2)),
@@ -455,6 +473,19 @@ mod tests {
         let u = s.update_config.clone().unwrap();
         assert_eq!((u.parallelism, u.failure_action.as_str()), (1, "rollback"));
         assert_eq!(c.after, [("shop_db".to_string(), Gate::Healthy)]);
+        assert_eq!(s.endpoint_mode, "dnsrr", "honoured, not warned about");
+        assert!(s.ingress, "published in Swarm's default mode, ingress");
+        let mut mixed = p.services["web"].clone();
+        mixed.ports.push(compose::Port {
+            target: 81,
+            published: Some(8081),
+            protocol: "tcp".into(),
+            mode: "host".into(),
+        });
+        let mut w2 = Warnings::default();
+        let m = service(&p, "web", &mixed, &env, &mut w2).unwrap();
+        assert!(!m.spec.ingress);
+        assert!(w2.into_vec().iter().any(|w| w.contains("mix modes")));
         assert_eq!(
             s.mode,
             Some(pb::service_spec::Mode::Replicated(pb::Replicated {
