@@ -101,7 +101,7 @@ struct Run {
 }
 
 /// wrk's "50%" and "99%" latency lines, in milliseconds.
-fn latency(out: &str, pct: &str) -> f64 {
+pub(crate) fn latency(out: &str, pct: &str) -> f64 {
     out.lines()
         .find(|l| l.trim_start().starts_with(pct))
         .and_then(|l| l.split_whitespace().nth(1))

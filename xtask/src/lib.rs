@@ -4,6 +4,7 @@ pub mod bench_dns;
 pub mod bench_gateway;
 pub mod bench_gateway_rate;
 pub mod bench_gateway_soak;
+pub mod bench_mesh;
 pub mod bench_placement;
 pub mod bench_registrator;
 pub mod bench_registry;
