@@ -16,31 +16,19 @@
 //! Swarm's VIP is measured only where the kernel has IPVS (Swarm's VIPs
 //! and routing mesh are IPVS); without it the bench says so.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bronze_proto::scheduler::v1 as pb;
 
 use crate::bench_gateway::latency;
-use crate::bench_util::{Proc, cpu_seconds, free_port};
+use crate::bench_util::{cpu_seconds, free_port, spawn, spawn_discovery};
 
 const IMAGE: &str = "bronze-test/busybox-httpd:latest";
 const POLL: Duration = Duration::from_millis(100);
 const LIMIT: Duration = Duration::from_secs(120);
 const NAMESPACE: &str = "com.docker.stack.namespace";
-
-fn spawn(bin: &std::path::Path, name: &str, args: &[String]) -> anyhow::Result<Proc> {
-    Ok(Proc(
-        Command::new(bin.join(name))
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {name}"))?,
-    ))
-}
 
 fn docker(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("docker").args(args).output()?;
@@ -145,23 +133,9 @@ pub async fn run(seconds: u64, runs: usize) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("bronze-bench-mesh-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let (http, dns, grpc, sched) = (free_port()?, free_port()?, free_port()?, free_port()?);
+    let sched = free_port()?;
     let s = |v: &str| v.to_string();
-    let discovery_url = format!("http://127.0.0.1:{grpc}");
-    let _discovery = spawn(
-        &bin,
-        "bronze-discovery",
-        &[
-            s("--data-dir"),
-            s(""),
-            s("--http-addr"),
-            format!("127.0.0.1:{http}"),
-            s("--dns-addr"),
-            format!("127.0.0.1:{dns}"),
-            s("--grpc-addr"),
-            format!("127.0.0.1:{grpc}"),
-        ],
-    )?;
+    let (_discovery, discovery_url) = spawn_discovery(&bin)?;
     let _registrator = spawn(
         &bin,
         "bronze-registrator",

@@ -30,7 +30,7 @@
 //! way). The engine is left as found (`docker swarm leave --force`).
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bronze_proto::scheduler::v1 as pb;
 
-use crate::bench_util::{Proc, free_port};
+use crate::bench_util::{free_port, spawn, spawn_discovery};
 use crate::loadgen::{self, Plan};
 
 const IMAGE: &str = "bronze-test/busybox-httpd:latest";
@@ -326,44 +326,18 @@ async fn answers(ip: std::net::IpAddr, port: u16) -> Option<()> {
         .then_some(())
 }
 
-fn spawn(bin: &std::path::Path, name: &str, args: &[String]) -> anyhow::Result<Proc> {
-    Ok(Proc(
-        Command::new(bin.join(name))
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {name}"))?,
-    ))
-}
-
 async fn bronze(bin: &std::path::Path) -> anyhow::Result<Outcome> {
     let dir = std::env::temp_dir().join(format!("bronze-bench-rollout-b-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let (http, dns, grpc) = (free_port()?, free_port()?, free_port()?);
     let (gw, admin, sched) = (free_port()?, free_port()?, free_port()?);
     let s = |v: &str| v.to_string();
-    let _discovery = spawn(
-        bin,
-        "bronze-discovery",
-        &[
-            s("--data-dir"),
-            s(""),
-            s("--http-addr"),
-            format!("127.0.0.1:{http}"),
-            s("--dns-addr"),
-            format!("127.0.0.1:{dns}"),
-            s("--grpc-addr"),
-            format!("127.0.0.1:{grpc}"),
-        ],
-    )?;
+    let (_discovery, discovery_url) = spawn_discovery(bin)?;
     let _registrator = spawn(
         bin,
         "bronze-registrator",
         &[
-            format!("http://127.0.0.1:{grpc}"),
+            discovery_url.clone(),
             s("--hostname"),
             s("bench-rollout"),
             s("--ip"),
@@ -383,7 +357,7 @@ async fn bronze(bin: &std::path::Path) -> anyhow::Result<Outcome> {
             s("--data-dir"),
             s(""),
             s("--discovery"),
-            format!("http://127.0.0.1:{grpc}"),
+            discovery_url.clone(),
         ],
     )?;
     let token = "BRONZE-bench-rollout-token-0123456789";
@@ -398,7 +372,7 @@ async fn bronze(bin: &std::path::Path) -> anyhow::Result<Outcome> {
             s("--join-token"),
             s(token),
             s("--discovery"),
-            format!("http://127.0.0.1:{grpc}"),
+            discovery_url.clone(),
         ],
     )?;
     let _agent = spawn(

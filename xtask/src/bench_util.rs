@@ -1,7 +1,9 @@
 //! What every benchmark needs: child processes that die with it, free
 //! ports, resident memory of a process.
 
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::Context;
 
 use anyhow::bail;
 
@@ -69,4 +71,38 @@ pub fn cpu_seconds(pid: u32) -> f64 {
         }
     }
     total as f64 / 100.0
+}
+
+/// Starts the release binary `name` from `bin` with `args`, quiet.
+pub fn spawn(bin: &std::path::Path, name: &str, args: &[String]) -> anyhow::Result<Proc> {
+    Ok(Proc(
+        Command::new(bin.join(name))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?,
+    ))
+}
+
+/// bronze-discovery on free loopback ports, state in memory; returns it
+/// and its gRPC address as a URL.
+pub fn spawn_discovery(bin: &std::path::Path) -> anyhow::Result<(Proc, String)> {
+    let (http, dns, grpc) = (free_port()?, free_port()?, free_port()?);
+    let proc = spawn(
+        bin,
+        "bronze-discovery",
+        &[
+            "--data-dir".into(),
+            String::new(),
+            "--http-addr".into(),
+            format!("127.0.0.1:{http}"),
+            "--dns-addr".into(),
+            format!("127.0.0.1:{dns}"),
+            "--grpc-addr".into(),
+            format!("127.0.0.1:{grpc}"),
+        ],
+    )?;
+    Ok((proc, format!("http://127.0.0.1:{grpc}")))
 }
