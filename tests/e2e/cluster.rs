@@ -13,7 +13,8 @@ use bronze_proto::scheduler::v1 as pb;
 
 use crate::containers::{free_port, images};
 
-fn docker(args: &[&str]) -> String {
+/// `docker ARGS`, which must succeed; what it printed, trimmed.
+pub(crate) fn docker(args: &[&str]) -> String {
     let out = Command::new("docker").args(args).output().expect("docker");
     assert!(
         out.status.success(),

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use xtask::clients::{Clients, Tally};
 
+use crate::cluster::docker;
 use crate::containers::images;
 
 /// `bronze dev --ephemeral`, started from the workspace's debug build, with
@@ -119,16 +120,6 @@ impl Drop for Teardown {
             let _ = Command::new("docker").args(["rmi", image]).output();
         }
     }
-}
-
-fn docker(args: &[&str]) {
-    let out = Command::new("docker").args(args).output().expect("docker");
-    assert!(
-        out.status.success(),
-        "docker {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The app: busybox httpd serving `/version` (this version's name), and

@@ -23,7 +23,7 @@ use anyhow::{Context, bail};
 use bronze_proto::scheduler::v1 as pb;
 
 use crate::bench_gateway::latency;
-use crate::bench_util::{cpu_seconds, free_port, spawn, spawn_discovery};
+use crate::bench_util::{OneNode, cpu_seconds};
 
 const IMAGE: &str = "bronze-test/busybox-httpd:latest";
 const POLL: Duration = Duration::from_millis(100);
@@ -133,83 +133,8 @@ pub async fn run(seconds: u64, runs: usize) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("bronze-bench-mesh-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let sched = free_port()?;
+    let (node, mut c) = OneNode::start(&bin, &dir, "bench-mesh", true).await?;
     let s = |v: &str| v.to_string();
-    let (_discovery, discovery_url) = spawn_discovery(&bin)?;
-    let _registrator = spawn(
-        &bin,
-        "bronze-registrator",
-        &[
-            discovery_url.clone(),
-            s("--hostname"),
-            s("bench-mesh"),
-            s("--ip"),
-            s("127.0.0.1"),
-            s("--metrics-addr"),
-            s("127.0.0.1:0"),
-        ],
-    )?;
-    let token = "BRONZE-bench-mesh-token-0123456789";
-    let _scheduler = spawn(
-        &bin,
-        "bronze-scheduler",
-        &[
-            s("--addr"),
-            format!("127.0.0.1:{sched}"),
-            s("--data-dir"),
-            dir.join("scheduler").display().to_string(),
-            s("--join-token"),
-            s(token),
-            s("--discovery"),
-            discovery_url.clone(),
-        ],
-    )?;
-    let agent = spawn(
-        &bin,
-        "bronze-agent",
-        &[
-            s("--scheduler"),
-            format!("http://127.0.0.1:{sched}"),
-            s("--join-token"),
-            s(token),
-            s("--data-dir"),
-            dir.join("agent").display().to_string(),
-            s("--hostname"),
-            s("bench-mesh"),
-            s("--address"),
-            s("127.0.0.1"),
-            s("--metrics-addr"),
-            s("127.0.0.1:0"),
-            s("--discovery"),
-            discovery_url.clone(),
-        ],
-    )?;
-    let url = format!("http://127.0.0.1:{sched}");
-    let mut c = until("the scheduler answers", || {
-        let url = url.clone();
-        async move {
-            pb::scheduler_client::SchedulerClient::connect(url)
-                .await
-                .ok()
-        }
-    })
-    .await?;
-    until("the agent's node is ready", || {
-        let mut c = c.clone();
-        async move {
-            let nodes = c
-                .list_nodes(pb::ListNodesRequest::default())
-                .await
-                .ok()?
-                .into_inner()
-                .nodes;
-            nodes
-                .iter()
-                .any(|n| n.state() == pb::NodeState::Ready)
-                .then_some(())
-        }
-    })
-    .await?;
     let stack = format!("benchmesh{}", std::process::id());
     let service = |name: &str, args: Vec<String>, ports: Vec<pb::PortConfig>| pb::ServiceSpec {
         name: format!("{stack}_{name}"),
@@ -293,7 +218,7 @@ pub async fn run(seconds: u64, runs: usize) -> anyhow::Result<()> {
         for run in 1..=runs {
             for conns in [1u32, 16] {
                 for (path, url) in [("direct", &own), ("by name", &by_name)] {
-                    let r = wrk(&pid, url, conns, seconds, agent.0.id())?;
+                    let r = wrk(&pid, url, conns, seconds, node.agent.0.id())?;
                     println!(
                         "{run} | {conns} | {path} | {:.0} | {:.3} | {:.3} | {:.1}",
                         r.rps, r.p50_ms, r.p99_ms, r.agent_cpu_us
@@ -354,7 +279,7 @@ pub async fn run(seconds: u64, runs: usize) -> anyhow::Result<()> {
         (container_of(&api).is_none() && container_of(&client).is_none()).then_some(())
     })
     .await;
-    drop(agent);
+    drop(node);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bronze_proto::scheduler::v1 as pb;
 
-use crate::bench_util::{free_port, spawn, spawn_discovery};
+use crate::bench_util::{OneNode, free_port, spawn};
 use crate::loadgen::{self, Plan};
 
 const IMAGE: &str = "bronze-test/busybox-httpd:latest";
@@ -330,22 +330,9 @@ async fn bronze(bin: &std::path::Path) -> anyhow::Result<Outcome> {
     let dir = std::env::temp_dir().join(format!("bronze-bench-rollout-b-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let (gw, admin, sched) = (free_port()?, free_port()?, free_port()?);
+    let (node, mut c) = OneNode::start(bin, &dir, "bench-rollout", false).await?;
+    let (gw, admin) = (free_port()?, free_port()?);
     let s = |v: &str| v.to_string();
-    let (_discovery, discovery_url) = spawn_discovery(bin)?;
-    let _registrator = spawn(
-        bin,
-        "bronze-registrator",
-        &[
-            discovery_url.clone(),
-            s("--hostname"),
-            s("bench-rollout"),
-            s("--ip"),
-            s("127.0.0.1"),
-            s("--metrics-addr"),
-            s("127.0.0.1:0"),
-        ],
-    )?;
     let _gateway = spawn(
         bin,
         "bronze-gateway",
@@ -357,64 +344,10 @@ async fn bronze(bin: &std::path::Path) -> anyhow::Result<Outcome> {
             s("--data-dir"),
             s(""),
             s("--discovery"),
-            discovery_url.clone(),
+            node.discovery.clone(),
         ],
     )?;
-    let token = "BRONZE-bench-rollout-token-0123456789";
-    let _scheduler = spawn(
-        bin,
-        "bronze-scheduler",
-        &[
-            s("--addr"),
-            format!("127.0.0.1:{sched}"),
-            s("--data-dir"),
-            dir.join("scheduler").display().to_string(),
-            s("--join-token"),
-            s(token),
-            s("--discovery"),
-            discovery_url.clone(),
-        ],
-    )?;
-    let _agent = spawn(
-        bin,
-        "bronze-agent",
-        &[
-            s("--scheduler"),
-            format!("http://127.0.0.1:{sched}"),
-            s("--join-token"),
-            s(token),
-            s("--data-dir"),
-            dir.join("agent").display().to_string(),
-            s("--hostname"),
-            s("bench-rollout"),
-            s("--address"),
-            s("127.0.0.1"),
-            s("--metrics-addr"),
-            s("127.0.0.1:0"),
-        ],
-    )?;
-    let url = format!("http://127.0.0.1:{sched}");
-    let t0 = Instant::now();
-    let mut c = loop {
-        if let Ok(c) = pb::scheduler_client::SchedulerClient::connect(url.clone()).await {
-            break c;
-        }
-        if t0.elapsed() > Duration::from_secs(30) {
-            bail!("the scheduler does not answer");
-        }
-        tokio::time::sleep(POLL).await;
-    };
-    loop {
-        let nodes = c
-            .list_nodes(pb::ListNodesRequest::default())
-            .await?
-            .into_inner()
-            .nodes;
-        if nodes.iter().any(|n| n.state() == pb::NodeState::Ready) {
-            break;
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    let url = node.scheduler.clone();
     let file = write_stack(&dir.join("stack"))?;
     let cli = bin.join("bronze");
     let stack = format!("bench{}", std::process::id());

@@ -2,10 +2,10 @@
 //! ports, resident memory of a process.
 
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
-use anyhow::bail;
+use anyhow::{Context, bail};
+use bronze_proto::scheduler::v1 as pb;
 
 /// A child process killed when dropped.
 pub struct Proc(pub Child);
@@ -105,4 +105,119 @@ pub fn spawn_discovery(bin: &std::path::Path) -> anyhow::Result<(Proc, String)> 
         ],
     )?;
     Ok((proc, format!("http://127.0.0.1:{grpc}")))
+}
+
+pub type SchedulerClient = pb::scheduler_client::SchedulerClient<tonic::transport::Channel>;
+
+/// One host of Bronze for a benchmark, each component its own release
+/// process on free loopback ports: discovery, a registrator (registering
+/// at 127.0.0.1), the scheduler following discovery, and one agent.
+pub struct OneNode {
+    /// bronze-discovery's gRPC address, as a URL.
+    pub discovery: String,
+    /// The scheduler's control API, as a URL.
+    pub scheduler: String,
+    pub agent: Proc,
+    // Dropped (killed) after the agent.
+    _scheduler: Proc,
+    _registrator: Proc,
+    _discovery: Proc,
+}
+
+impl OneNode {
+    /// Starts it (state under `dir`, the node named `hostname`; with
+    /// `mesh`, the agent follows discovery: service naming in stacks) and
+    /// waits until its node is ready.
+    pub async fn start(
+        bin: &std::path::Path,
+        dir: &std::path::Path,
+        hostname: &str,
+        mesh: bool,
+    ) -> anyhow::Result<(Self, SchedulerClient)> {
+        let s = |v: &str| v.to_string();
+        let (discovery_proc, discovery) = spawn_discovery(bin)?;
+        let registrator = spawn(
+            bin,
+            "bronze-registrator",
+            &[
+                discovery.clone(),
+                s("--hostname"),
+                s(hostname),
+                s("--ip"),
+                s("127.0.0.1"),
+                s("--metrics-addr"),
+                s("127.0.0.1:0"),
+            ],
+        )?;
+        let port = free_port()?;
+        let token = "BRONZE-bench-one-node-token-0123456789";
+        let scheduler_proc = spawn(
+            bin,
+            "bronze-scheduler",
+            &[
+                s("--addr"),
+                format!("127.0.0.1:{port}"),
+                s("--data-dir"),
+                dir.join("scheduler").display().to_string(),
+                s("--join-token"),
+                s(token),
+                s("--discovery"),
+                discovery.clone(),
+            ],
+        )?;
+        let scheduler = format!("http://127.0.0.1:{port}");
+        let mut args = vec![
+            s("--scheduler"),
+            scheduler.clone(),
+            s("--join-token"),
+            s(token),
+            s("--data-dir"),
+            dir.join("agent").display().to_string(),
+            s("--hostname"),
+            s(hostname),
+            s("--address"),
+            s("127.0.0.1"),
+            s("--metrics-addr"),
+            s("127.0.0.1:0"),
+        ];
+        if mesh {
+            args.extend([s("--discovery"), discovery.clone()]);
+        }
+        let agent = spawn(bin, "bronze-agent", &args)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut c = loop {
+            if let Ok(c) = SchedulerClient::connect(scheduler.clone()).await {
+                break c;
+            }
+            if Instant::now() > deadline {
+                bail!("the scheduler does not answer at {scheduler}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        loop {
+            let nodes = c
+                .list_nodes(pb::ListNodesRequest::default())
+                .await?
+                .into_inner()
+                .nodes;
+            if nodes.iter().any(|n| n.state() == pb::NodeState::Ready) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the agent's node is not ready");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok((
+            Self {
+                discovery,
+                scheduler,
+                agent,
+                _scheduler: scheduler_proc,
+                _registrator: registrator,
+                _discovery: discovery_proc,
+            },
+            c,
+        ))
+    }
 }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bronze_proto::discovery::v1 as dpb;
+use bronze_proto::discovery::{Change, Watch};
 use bronze_runtime::Shutdown;
 use tokio::sync::{mpsc, watch};
 
@@ -81,39 +82,29 @@ async fn follow(
     instances: &parking_lot::Mutex<HashMap<(String, String), Seen>>,
     shutdown: &Shutdown,
 ) -> String {
-    let mut client = match dpb::discovery_client::DiscoveryClient::connect(url.to_string()).await {
-        Ok(c) => c,
-        Err(e) => return e.to_string(),
-    };
-    let mut stream = match client.watch(dpb::WatchRequest::default()).await {
-        Ok(s) => s.into_inner(),
-        Err(e) => return e.message().to_string(),
-    };
     // Tasks as last told to the manager.
     let mut told: HashMap<String, Registered> = HashMap::new();
-    let mut snapshot: Vec<dpb::Instance> = Vec::new();
+    let mut watch = match Watch::open(url).await {
+        Ok(w) => w,
+        Err(e) => return e,
+    };
     loop {
-        let msg = tokio::select! {
-            m = stream.message() => m,
+        let change = tokio::select! {
+            c = watch.next() => c,
             () = shutdown.wait() => return "shutdown".into(),
         };
-        let ev = match msg {
-            Ok(Some(ev)) => ev,
-            Ok(None) => return "closed by discovery".into(),
-            Err(e) => return e.message().to_string(),
+        let change = match change {
+            Ok(c) => c,
+            Err(e) => return e,
         };
         let mut touched: HashSet<String> = HashSet::new();
         {
             let mut map = instances.lock();
-            match ev.event {
-                Some(dpb::watch_event::Event::Snapshot(chunk)) => {
-                    snapshot.extend(chunk.instances);
-                    if !chunk.last {
-                        continue;
-                    }
+            match change {
+                Change::Snapshot(all) => {
                     touched.extend(map.values().map(|s| s.task.clone()));
                     map.clear();
-                    for i in snapshot.drain(..) {
+                    for i in all {
                         if let Some((key, seen)) = seen(&i) {
                             touched.insert(seen.task.clone());
                             map.insert(key, seen);
@@ -121,7 +112,7 @@ async fn follow(
                     }
                     touched.extend(told.keys().cloned());
                 }
-                Some(dpb::watch_event::Event::Upsert(i)) => {
+                Change::Upsert(i) => {
                     let key = (i.node.clone(), i.id.clone());
                     if let Some(old) = map.remove(&key) {
                         touched.insert(old.task);
@@ -131,12 +122,11 @@ async fn follow(
                         map.insert(key, seen);
                     }
                 }
-                Some(dpb::watch_event::Event::Removed(r)) => {
+                Change::Removed(r) => {
                     if let Some(old) = map.remove(&(r.node, r.id)) {
                         touched.insert(old.task);
                     }
                 }
-                Some(dpb::watch_event::Event::Resumed(_)) | None => {}
             }
         }
         let mut changes = Vec::new();

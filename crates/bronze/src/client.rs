@@ -301,6 +301,32 @@ pub async fn each<T>(
     if failed { Err(Error::Reported) } else { Ok(()) }
 }
 
+/// `inspect` of several names: `get` for each (failures printed as `each`
+/// does), then what was found as Docker prints it: a JSON array, or with
+/// `--pretty` each one's text, a blank line between.
+pub async fn inspect_each<T>(
+    api: &mut Api,
+    names: &[String],
+    pretty: Option<fn(&T) -> String>,
+    json: fn(&T) -> serde_json::Value,
+    mut get: impl AsyncFnMut(&mut Api, &String) -> Result<T, Error>,
+) -> Result<(), Error> {
+    let mut found = Vec::new();
+    let result = each(api, names, async |api, name| {
+        found.push(get(api, name).await?);
+        Ok(())
+    })
+    .await;
+    match pretty {
+        Some(text) => {
+            let texts: Vec<String> = found.iter().map(text).collect();
+            print!("{}", texts.join("\n\n"));
+        }
+        None => crate::json::print(&serde_json::Value::Array(found.iter().map(json).collect())),
+    }
+    result
+}
+
 /// `rm` of several names: `remove` for each (failures printed as `each`
 /// does), each name removed printed, or all of them as a JSON array.
 pub async fn remove_each(

@@ -5,7 +5,7 @@ use bronze_proto::scheduler::v1 as pb;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
-use crate::client::{Api, Error, each};
+use crate::client::{Api, Error};
 use crate::service::flags::parse_label;
 use crate::service::inspect::Pretty;
 use crate::service::ps::{self, PsOptions};
@@ -252,19 +252,15 @@ async fn get(api: &mut Api, node: &str) -> Result<pb::Node, Error> {
 }
 
 async fn inspect(api: &mut Api, a: InspectArgs) -> Result<(), Error> {
-    let mut found = Vec::new();
-    let result = each(api, &a.nodes, async |api, name| {
-        found.push(get(api, name).await?);
-        Ok(())
-    })
-    .await;
-    if a.pretty {
-        let texts: Vec<String> = found.iter().map(pretty).collect();
-        print!("{}", texts.join("\n\n"));
-    } else {
-        json::print(&Value::Array(found.iter().map(json::node).collect()));
-    }
-    result
+    let text: fn(&pb::Node) -> String = pretty;
+    crate::client::inspect_each(
+        api,
+        &a.nodes,
+        a.pretty.then_some(text),
+        json::node,
+        async |api, name| get(api, name).await,
+    )
+    .await
 }
 
 async fn update(api: &mut Api, a: UpdateArgs) -> Result<(), Error> {

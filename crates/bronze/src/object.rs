@@ -9,7 +9,7 @@ use bronze_proto::scheduler::v1 as pb;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use crate::client::{Api, Error, each};
+use crate::client::{Api, Error};
 use crate::json;
 use crate::service::flags::parse_label;
 use crate::service::inspect::Pretty;
@@ -288,19 +288,15 @@ fn pretty(o: &pb::DataObject) -> String {
 }
 
 async fn inspect(api: &mut Api, kind: Kind, a: InspectArgs) -> Result<(), Error> {
-    let mut found = Vec::new();
-    let result = each(api, &a.names, async |api, name| {
-        found.push(get(api, kind, name).await?);
-        Ok(())
-    })
-    .await;
-    if a.pretty {
-        let texts: Vec<String> = found.iter().map(pretty).collect();
-        print!("{}", texts.join("\n\n"));
-    } else {
-        json::print(&Value::Array(found.iter().map(json::data_object).collect()));
-    }
-    result
+    let text: fn(&pb::DataObject) -> String = pretty;
+    crate::client::inspect_each(
+        api,
+        &a.names,
+        a.pretty.then_some(text),
+        json::data_object,
+        async |api, name| get(api, kind, name).await,
+    )
+    .await
 }
 
 pub async fn remove(api: &mut Api, kind: Kind, name: &str) -> Result<(), Error> {

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bronze_proto::discovery::v1 as dpb;
+use bronze_proto::discovery::{Change, Watch};
 use bronze_runtime::Shutdown;
 use parking_lot::RwLock;
 use tokio::sync::Notify;
@@ -158,32 +159,27 @@ impl Catalog {
         out
     }
 
-    fn apply(&mut self, snapshot: &mut Vec<dpb::Instance>, ev: dpb::WatchEvent) -> bool {
-        match ev.event {
-            Some(dpb::watch_event::Event::Snapshot(chunk)) => {
-                snapshot.extend(chunk.instances);
-                if !chunk.last {
-                    return false;
-                }
+    /// Applies one change of discovery's Watch; whether anything here
+    /// changed.
+    fn apply(&mut self, change: Change) -> bool {
+        match change {
+            Change::Snapshot(all) => {
                 self.instances.clear();
-                for i in snapshot.drain(..) {
+                for i in all {
                     if let Some(e) = Endpoint::of(&i) {
                         self.instances.insert((i.node, i.id), e);
                     }
                 }
                 true
             }
-            Some(dpb::watch_event::Event::Upsert(i)) => {
+            Change::Upsert(i) => {
                 let key = (i.node.clone(), i.id.clone());
                 match Endpoint::of(&i) {
                     Some(e) => self.instances.insert(key, e.clone()).as_ref() != Some(&e),
                     None => self.instances.remove(&key).is_some(),
                 }
             }
-            Some(dpb::watch_event::Event::Removed(r)) => {
-                self.instances.remove(&(r.node, r.id)).is_some()
-            }
-            Some(dpb::watch_event::Event::Resumed(_)) | None => false,
+            Change::Removed(r) => self.instances.remove(&(r.node, r.id)).is_some(),
         }
     }
 }
@@ -207,28 +203,22 @@ async fn follow_once(
     changed: &Notify,
     stop: &Shutdown,
 ) -> String {
-    let mut client = match dpb::discovery_client::DiscoveryClient::connect(url.to_string()).await {
-        Ok(c) => c,
-        Err(e) => return e.to_string(),
+    let mut watch = match Watch::open(url).await {
+        Ok(w) => w,
+        Err(e) => return e,
     };
-    let mut stream = match client.watch(dpb::WatchRequest::default()).await {
-        Ok(s) => s.into_inner(),
-        Err(e) => return e.message().to_string(),
-    };
-    let mut snapshot = Vec::new();
     loop {
-        let msg = tokio::select! {
-            m = stream.message() => m,
+        let change = tokio::select! {
+            c = watch.next() => c,
             () = stop.wait() => return "shutdown".into(),
         };
-        match msg {
-            Ok(Some(ev)) => {
-                if catalog.write().apply(&mut snapshot, ev) {
+        match change {
+            Ok(change) => {
+                if catalog.write().apply(change) {
                     changed.notify_one();
                 }
             }
-            Ok(None) => return "closed by discovery".into(),
-            Err(e) => return e.message().to_string(),
+            Err(e) => return e,
         }
     }
 }
@@ -261,49 +251,23 @@ mod tests {
         }
     }
 
-    fn ev(e: dpb::watch_event::Event) -> dpb::WatchEvent {
-        dpb::WatchEvent {
-            index: 1,
-            event: Some(e),
-        }
-    }
-
     #[test]
     fn instances_map_to_services_and_target_ports() {
         use dpb::HealthStatus::{Critical, Passing};
         let mut c = Catalog::default();
-        let mut snap = Vec::new();
-        let chunk = |instances, last| {
-            ev(dpb::watch_event::Event::Snapshot(dpb::SnapshotChunk {
-                instances,
-                last,
-            }))
-        };
-        assert!(!c.apply(
-            &mut snap,
-            chunk(
-                vec![instance("a1", "shop_api", 32001, "8080", Passing)],
-                false
-            )
-        ));
-        assert!(c.apply(
-            &mut snap,
-            chunk(
-                vec![
-                    instance("a2", "shop_api", 32002, "8080", Critical),
-                    instance("a3", "shop_api", 32003, "9090", Passing),
-                    instance("u1", "shop_dns", 32004, "53/udp", Passing),
-                    dpb::Instance {
-                        id: "plain".into(),
-                        service: "web".into(),
-                        address: "127.0.0.1".into(),
-                        port: 80,
-                        ..Default::default()
-                    },
-                ],
-                true
-            )
-        ));
+        assert!(c.apply(Change::Snapshot(vec![
+            instance("a1", "shop_api", 32001, "8080", Passing),
+            instance("a2", "shop_api", 32002, "8080", Critical),
+            instance("a3", "shop_api", 32003, "9090", Passing),
+            instance("u1", "shop_dns", 32004, "53/udp", Passing),
+            dpb::Instance {
+                id: "plain".into(),
+                service: "web".into(),
+                address: "127.0.0.1".into(),
+                port: 80,
+                ..Default::default()
+            },
+        ])));
         let services = c.services("shop");
         assert_eq!(
             services.len(),
@@ -319,30 +283,21 @@ mod tests {
         assert_eq!(c.passing("shop_api", 8080), vec![addr(32001)]);
         assert_eq!(c.passing("shop_api", 9090), vec![addr(32003)]);
         // Turns passing; then the first goes away.
-        assert!(c.apply(
-            &mut snap,
-            ev(dpb::watch_event::Event::Upsert(instance(
-                "a2", "shop_api", 32002, "8080", Passing
-            )))
-        ));
+        assert!(c.apply(Change::Upsert(instance(
+            "a2", "shop_api", 32002, "8080", Passing
+        ))));
         assert!(
-            !c.apply(
-                &mut snap,
-                ev(dpb::watch_event::Event::Upsert(instance(
-                    "a2", "shop_api", 32002, "8080", Passing
-                )))
-            ),
+            !c.apply(Change::Upsert(instance(
+                "a2", "shop_api", 32002, "8080", Passing
+            ))),
             "the same instance again changes nothing"
         );
         assert_eq!(c.passing("shop_api", 8080), vec![addr(32001), addr(32002)]);
-        assert!(c.apply(
-            &mut snap,
-            ev(dpb::watch_event::Event::Removed(dpb::InstanceRef {
-                node: "host-1".into(),
-                id: "a1".into(),
-                service: "shop_api-8080".into(),
-            }))
-        ));
+        assert!(c.apply(Change::Removed(dpb::InstanceRef {
+            node: "host-1".into(),
+            id: "a1".into(),
+            service: "shop_api-8080".into(),
+        })));
         assert_eq!(c.passing("shop_api", 8080), vec![addr(32002)]);
         assert!(!c.dnsrr("shop_api"));
         let tasks = c.passing_tasks("shop_api");
@@ -351,13 +306,13 @@ mod tests {
         let mut i = instance("d1", "shop_db", 32010, "5432", Passing);
         i.meta.insert(ENDPOINT_MODE.into(), "dnsrr".into());
         i.meta.insert(TASK.into(), "task-1".into());
-        assert!(c.apply(&mut snap, ev(dpb::watch_event::Event::Upsert(i))));
+        assert!(c.apply(Change::Upsert(i)));
         assert!(c.dnsrr("shop_db"));
         assert!(c.ingress().is_empty());
         let mut i = instance("w1", "shop_web", 32020, "8080", Passing);
         i.meta
             .insert(INGRESS.into(), "80:8080, 443:8443,bad,0:1".into());
-        assert!(c.apply(&mut snap, ev(dpb::watch_event::Event::Upsert(i))));
+        assert!(c.apply(Change::Upsert(i)));
         assert_eq!(
             c.ingress(),
             [

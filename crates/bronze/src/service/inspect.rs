@@ -3,7 +3,6 @@
 
 use bronze_proto::scheduler::v1 as pb;
 use clap::Args;
-use serde_json::Value;
 
 use crate::client::{Api, Error};
 use crate::units::{format_cpus, format_size, proto_duration_text, rfc3339};
@@ -21,24 +20,15 @@ pub struct InspectArgs {
 }
 
 pub async fn run(api: &mut Api, a: InspectArgs) -> Result<(), Error> {
-    let mut found = Vec::new();
-    let mut failed = false;
-    for name in &a.services {
-        match api.get_service(name).await {
-            Ok(r) => found.push(r),
-            Err(e) => {
-                eprintln!("bronze: {e}");
-                failed = true;
-            }
-        }
-    }
-    if a.pretty {
-        let texts: Vec<String> = found.iter().map(pretty).collect();
-        print!("{}", texts.join("\n\n"));
-    } else {
-        json::print(&Value::Array(found.iter().map(json::service).collect()));
-    }
-    if failed { Err(Error::Reported) } else { Ok(()) }
+    let text: fn(&pb::ServiceResponse) -> String = pretty;
+    crate::client::inspect_each(
+        api,
+        &a.services,
+        a.pretty.then_some(text),
+        json::service,
+        async |api, name| api.get_service(name).await,
+    )
+    .await
 }
 
 /// Lines of "key: value" with values aligned, as Docker's tab-separated

@@ -230,26 +230,16 @@ async fn secrets_and_configs_are_mounted_rolled_and_never_shown() {
         conf.as_str(),
         "configs are not secret"
     );
-    let answers = [
-        inspect.stdout.clone(),
-        s.bronze(&["secret", "ls"]).await.ok().to_string(),
-        s.bronze(&["secret", "ls", "--output", "json"])
-            .await
-            .ok()
-            .to_string(),
-        s.bronze(&["service", "inspect", &service])
-            .await
-            .ok()
-            .to_string(),
-        s.bronze(&["service", "ls", "--output", "json"])
-            .await
-            .ok()
-            .to_string(),
-        s.bronze(&["service", "ps", &service])
-            .await
-            .ok()
-            .to_string(),
-    ];
+    let mut answers = vec![inspect.stdout.clone()];
+    for args in [
+        &["secret", "ls"][..],
+        &["secret", "ls", "--output", "json"],
+        &["service", "inspect", &service],
+        &["service", "ls", "--output", "json"],
+        &["service", "ps", &service],
+    ] {
+        answers.push(s.bronze(args).await.ok().to_string());
+    }
     let mut api = pb::scheduler_client::SchedulerClient::connect(s.url())
         .await
         .expect("connect");
