@@ -25,7 +25,7 @@ pub(crate) fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-async fn sh(args: Vec<String>) -> String {
+pub(crate) async fn sh(args: Vec<String>) -> String {
     tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         docker(&refs)
@@ -34,11 +34,13 @@ async fn sh(args: Vec<String>) -> String {
     .expect("join")
 }
 
-/// Removes what the test made, also when it fails.
-struct Teardown {
-    containers: Vec<String>,
-    network: String,
-    service_label: String,
+/// Removes what the test made, also when it fails: its containers (in
+/// order), the service's task containers, the network, and an image.
+pub(crate) struct Teardown {
+    pub containers: Vec<String>,
+    pub network: String,
+    pub service_label: String,
+    pub image: Option<String>,
 }
 
 impl Drop for Teardown {
@@ -85,10 +87,13 @@ impl Drop for Teardown {
         let _ = Command::new("docker")
             .args(["network", "rm", &self.network])
             .output();
+        if let Some(image) = &self.image {
+            let _ = Command::new("docker").args(["rmi", image]).output();
+        }
     }
 }
 
-async fn until<T, F, Fut>(what: &str, mut f: F) -> T
+pub(crate) async fn until<T, F, Fut>(what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -103,9 +108,9 @@ where
     }
 }
 
-type Client = pb::scheduler_client::SchedulerClient<tonic::transport::Channel>;
+pub(crate) type Client = pb::scheduler_client::SchedulerClient<tonic::transport::Channel>;
 
-async fn running(c: &mut Client, service: &str) -> Vec<pb::Task> {
+pub(crate) async fn running(c: &mut Client, service: &str) -> Vec<pb::Task> {
     let Ok(r) = c
         .list_tasks(pb::ListTasksRequest {
             service: service.into(),
@@ -127,13 +132,53 @@ async fn running(c: &mut Client, service: &str) -> Vec<pb::Task> {
         .collect()
 }
 
-async fn node_state(c: &mut Client, host: &str) -> Option<pb::NodeState> {
+pub(crate) async fn node_state(c: &mut Client, host: &str) -> Option<pb::NodeState> {
     let n = c
         .get_node(pb::GetNodeRequest { node: host.into() })
         .await
         .ok()?
         .into_inner();
     Some(n.state())
+}
+
+/// Waits until the node named `host` is in state `want`.
+pub(crate) async fn node_becomes(c: &Client, host: &str, want: pb::NodeState) {
+    until(&format!("node {host} {want:?}"), || {
+        let mut c = c.clone();
+        async move { (node_state(&mut c, host).await == Some(want)).then_some(()) }
+    })
+    .await
+}
+
+/// Creates the service (`replicas` of it, a 1 s stop grace) and waits
+/// until they run, each on a node of its own; the running tasks.
+pub(crate) async fn spread(c: &mut Client, spec: pb::ServiceSpec, replicas: u64) -> Vec<pb::Task> {
+    let service = spec.name.clone();
+    c.create_service(pb::CreateServiceRequest {
+        spec: Some(pb::ServiceSpec {
+            mode: Some(pb::service_spec::Mode::Replicated(pb::Replicated {
+                replicas,
+            })),
+            stop_grace_period: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            ..spec
+        }),
+    })
+    .await
+    .expect("create");
+    until("every replica running, each on a node of its own", || {
+        let mut c = c.clone();
+        let service = service.clone();
+        async move {
+            let ts = running(&mut c, &service).await;
+            let nodes: std::collections::HashSet<&str> =
+                ts.iter().map(|t| t.node_id.as_str()).collect();
+            (ts.len() == replicas as usize && nodes.len() == ts.len()).then_some(ts)
+        }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -151,6 +196,7 @@ async fn a_host_cut_off_loses_its_tasks_and_cleans_up_when_it_returns() {
         containers: vec![sched.clone(), host_a.clone(), host_b.clone()],
         network: network.clone(),
         service_label: format!("bronze.service.name={service}"),
+        image: None,
     };
     let token = "BRONZE-e2e-network-cut-token-0123456789";
     let port = free_port();
@@ -206,39 +252,17 @@ async fn a_host_cut_off_loses_its_tasks_and_cleans_up_when_it_returns() {
     })
     .await;
     for host in [&host_a, &host_b] {
-        until("both nodes ready", || {
-            let mut c = c.clone();
-            let host = host.clone();
-            async move { (node_state(&mut c, &host).await == Some(pb::NodeState::Ready)).then_some(()) }
-        })
-        .await;
+        node_becomes(&c, host, pb::NodeState::Ready).await;
     }
-    c.create_service(pb::CreateServiceRequest {
-        spec: Some(pb::ServiceSpec {
+    let tasks = spread(
+        &mut c,
+        pb::ServiceSpec {
             name: service.clone(),
             image: "bronze-test/busybox-httpd:latest".into(),
-            mode: Some(pb::service_spec::Mode::Replicated(pb::Replicated {
-                replicas: 2,
-            })),
-            stop_grace_period: Some(prost_types::Duration {
-                seconds: 1,
-                nanos: 0,
-            }),
             ..Default::default()
-        }),
-    })
-    .await
-    .expect("create");
-    let tasks = until("two running, one per node", || {
-        let mut c = c.clone();
-        let service = service.clone();
-        async move {
-            let ts = running(&mut c, &service).await;
-            let nodes: std::collections::HashSet<&str> =
-                ts.iter().map(|t| t.node_id.as_str()).collect();
-            (ts.len() == 2 && nodes.len() == 2).then_some(ts)
-        }
-    })
+        },
+        2,
+    )
     .await;
     let node_a = c
         .get_node(pb::GetNodeRequest {

@@ -14,10 +14,11 @@ use bollard::query_parameters::{
 };
 use tokio::sync::OnceCell;
 
-static IMAGES: OnceCell<()> = OnceCell::const_new();
+static IMAGES: OnceCell<std::path::PathBuf> = OnceCell::const_new();
 
-/// Builds every image once per test run, from the debug build.
-pub(crate) async fn images() {
+/// Builds every image once per test run, from the debug build; the
+/// directory of the binaries they hold.
+pub(crate) async fn images() -> &'static std::path::Path {
     IMAGES
         .get_or_init(|| async {
             let dir = tokio::task::spawn_blocking(|| xtask::build_binaries(xtask::Profile::Debug))
@@ -29,8 +30,9 @@ pub(crate) async fn images() {
                     .await
                     .expect("image builds offline");
             }
+            dir
         })
-        .await;
+        .await
 }
 
 async fn discovery_image() -> &'static str {

@@ -124,7 +124,7 @@ impl Drop for Teardown {
 
 /// The app: busybox httpd serving `/version` (this version's name), and
 /// `/ready` unless `ready` is false (the stack's health check asks for it).
-fn build_app(tag: &str, version: &str, ready: bool) {
+pub(crate) fn build_app(tag: &str, version: &str, ready: bool) {
     let dir = tempfile::tempdir().expect("dir");
     let mut dockerfile = format!(
         "FROM bronze-test/busybox-httpd:latest\nCOPY version /www/version\nLABEL bronze.e2e.version={version}\n"

@@ -107,6 +107,16 @@ pub struct Args {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub discovery: Option<String>,
 
+    /// The Docker network a task joins when it is in no stack network (an
+    /// agent without --discovery, or a service outside any stack), e.g. a
+    /// network the hosts route between them, with the registrator's
+    /// --internal registering each task at its own address there. The
+    /// network must exist; a task that cannot join it is rejected, saying
+    /// so [default: the engine's default bridge].
+    #[arg(long, env = "BRONZE_AGENT_TASK_NETWORK", value_name = "NETWORK")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_network: Option<String>,
+
     /// Engine operations (pull, create, start) at once [default: 8].
     #[arg(long, env = "BRONZE_AGENT_PARALLEL_OPS", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -39,6 +39,9 @@ pub struct Config {
     /// bronze-discovery's gRPC address; set, stack tasks reach each other
     /// by service name (see `mesh`). Empty: off.
     pub discovery: String,
+    /// The Docker network tasks join when they are in no stack network;
+    /// empty: the engine's default bridge.
+    pub task_network: String,
     /// Engine operations (pull, create, start) run at once.
     pub parallel_ops: usize,
     /// Where the files of tasks' secrets and configs are written before
@@ -65,6 +68,7 @@ impl Default for Config {
             memory_bytes: 0,
             registry_auth: BTreeMap::new(),
             discovery: String::new(),
+            task_network: String::new(),
             parallel_ops: 8,
             files_dir: "/dev/shm/bronze-agent".into(),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9700)),

@@ -91,6 +91,14 @@ fn is_routing_label(key: &str) -> bool {
     key.starts_with("traefik.") || key.starts_with("bronze.") || key.starts_with("SERVICE_")
 }
 
+/// Puts the container on `network` (the agent's `task_network`) instead of
+/// the engine's default bridge.
+pub fn join_network(body: &mut ContainerCreateBody, network: &str) {
+    body.host_config
+        .get_or_insert_with(Default::default)
+        .network_mode = Some(network.to_string());
+}
+
 /// Everything the engine needs to create a task's container. `files`: the
 /// bind mounts of its secrets and configs (`files::write`); `net`: the
 /// stack network it joins (its DNS server is the stack's responder).

@@ -538,7 +538,10 @@ impl Worker {
                 return;
             }
         };
-        let body = engine::create_body(task, spec, files, net.as_ref());
+        let mut body = engine::create_body(task, spec, files, net.as_ref());
+        if net.is_none() && !self.config.task_network.is_empty() {
+            engine::join_network(&mut body, &self.config.task_network);
+        }
         let options = CreateContainerOptionsBuilder::default().name(name).build();
         match self.docker.create_container(Some(options), body).await {
             Ok(_) => {}

@@ -5,7 +5,7 @@
 //! Both APIs (gRPC and Consul HTTP) call the agent; neither touches the
 //! catalog's write side directly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -449,16 +449,26 @@ impl Agent {
     }
 
     /// Refreshes every TTL check of `owner` (to passing, or to the status a
-    /// report gives) and applies the reports. Returns how many TTL checks
+    /// report gives), or with `only_reported` those of the instances the
+    /// reports name, and applies the reports. Returns how many TTL checks
     /// were refreshed and the owner's instances as the catalog holds them.
-    pub fn heartbeat(&self, owner: &str, reports: &[CheckReport]) -> (u32, Vec<Arc<Instance>>) {
+    pub fn heartbeat(
+        &self,
+        owner: &str,
+        reports: &[CheckReport],
+        only_reported: bool,
+    ) -> (u32, Vec<Arc<Instance>>) {
         let instances = self.catalog.owner_instances(owner);
         let by_check: HashMap<(&str, &str), &CheckReport> = reports
             .iter()
             .map(|r| ((r.instance_id.as_str(), r.check_id.as_str()), r))
             .collect();
+        let named: HashSet<&str> = reports.iter().map(|r| r.instance_id.as_str()).collect();
         let mut refreshed = 0;
         for instance in &instances {
+            if only_reported && !named.contains(&*instance.key.id) {
+                continue;
+            }
             for check in &instance.checks {
                 let report = by_check.get(&(&*instance.key.id, check.spec.id.as_str()));
                 if let CheckKind::Ttl { ttl, external } = check.spec.kind {

@@ -305,7 +305,9 @@ impl pb::discovery_server::Discovery for DiscoveryService {
                     })
                 })
                 .collect::<Result<Vec<_>, Error>>()?;
-            let (refreshed, instances) = self.agent.heartbeat(&req.owner, &reports);
+            let (refreshed, instances) =
+                self.agent
+                    .heartbeat(&req.owner, &reports, req.only_reported);
             Ok(Response::new(pb::HeartbeatResponse {
                 refreshed,
                 index: self.agent.catalog.index(),

@@ -33,7 +33,12 @@
 //! gateway logs each warning once and lists them at the admin API's
 //! `GET /labels`, counted by `bronze_gateway_label_warnings`.
 //!
-//! Only passing and warning instances are routed to.
+//! Only passing and warning instances are routed to. A target the gateway
+//! fails to reach (refused, unreachable, timed out) is left out after that
+//! first failed attempt (its circuit opens, `circuit_breaker.failures` 1)
+//! and the request is retried on another: discovery drops a dead host's
+//! instances only when their TTL runs out, and until then no request
+//! should wait on it twice. The circuit's half-open probe lets it back in.
 
 mod expr;
 mod matcher;
@@ -45,6 +50,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bronze_proto::discovery::v1 as pb;
 use serde::Serialize;
 
+use crate::balancer::config::CircuitBreaker;
 use crate::declarative::{Declarative, Plugin, Route, Service, Target, Upstream};
 use matcher::Conj;
 
@@ -552,6 +558,10 @@ pub fn merge<'a>(
                     ..Target::default()
                 })
                 .collect(),
+            circuit_breaker: Some(CircuitBreaker {
+                failures: Some(1),
+                open_timeout: None,
+            }),
             ..Upstream::default()
         });
         let kong: Vec<matcher::KongRoute> =
@@ -675,6 +685,14 @@ mod tests {
         assert_eq!(d.services.len(), 1);
         assert_eq!(d.upstreams[0].targets.len(), 2);
         assert_eq!(d.upstreams[0].targets[0].weight, Some(90));
+        // A target that fails once is left out until its circuit's probe.
+        assert_eq!(
+            d.upstreams[0]
+                .circuit_breaker
+                .as_ref()
+                .and_then(|c| c.failures),
+            Some(1)
+        );
         assert_eq!(d.services[0].routes[0].hosts, vec!["shop.example.com"]);
         assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
         assert_eq!(report.warnings[0].instance, "broken");

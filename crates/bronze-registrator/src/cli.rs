@@ -82,6 +82,20 @@ pub struct Args {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub use_ip_from_label: Option<String>,
 
+    /// Only register containers carrying this label, KEY or KEY=VALUE
+    /// (repeat, or comma-separated; all must match). For several
+    /// registrators sharing one engine, each registering its own
+    /// containers, e.g. bronze.node.id=NODE for the tasks an agent of that
+    /// node started [default: every container].
+    #[arg(
+        long = "only-label",
+        env = "BRONZE_REGISTRATOR_ONLY_LABELS",
+        value_name = "KEY[=VALUE]",
+        value_delimiter = ','
+    )]
+    #[serde(rename = "only_labels", skip_serializing_if = "Vec::is_empty")]
+    pub only_labels: Vec<String>,
+
     /// Node name of this host [default: the host name].
     #[arg(long, env = "BRONZE_REGISTRATOR_HOSTNAME", value_name = "NAME")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -199,5 +213,26 @@ mod tests {
         let err = args.load().unwrap_err().to_string();
         assert!(err.contains("heartbeat"), "{err}");
         assert!(Args::try_parse_from(["bronze-registrator", "--deregister", "never"]).is_err());
+        let args =
+            Args::try_parse_from(["bronze-registrator", "--only-label", "=x"]).expect("parses");
+        let err = args.load().unwrap_err().to_string();
+        assert!(err.contains("only_labels") && err.contains("KEY"), "{err}");
+    }
+
+    #[test]
+    fn only_labels_repeat_or_split_on_commas() {
+        let args = Args::try_parse_from([
+            "bronze-registrator",
+            "--only-label",
+            "bronze.node.id=n1,zone",
+            "--only-label",
+            "team=shop",
+        ])
+        .expect("parses");
+        let c = args.load().expect("valid");
+        assert_eq!(
+            c.only_labels,
+            vec!["bronze.node.id=n1", "zone", "team=shop"]
+        );
     }
 }

@@ -60,6 +60,10 @@ pub struct Config {
     pub cleanup: bool,
     /// Take an instance's address from this container label.
     pub use_ip_from_label: Option<String>,
+    /// Only register containers carrying every one of these labels
+    /// (`KEY` or `KEY=VALUE`): several registrators sharing one engine, each
+    /// for its own containers.
+    pub only_labels: Vec<String>,
     /// How often the registrator reports to discovery.
     #[serde(with = "bronze_runtime::duration::serde")]
     pub heartbeat: Duration,
@@ -89,6 +93,7 @@ impl Default for Config {
             resync: Duration::from_secs(60),
             cleanup: false,
             use_ip_from_label: None,
+            only_labels: Vec::new(),
             heartbeat: Duration::from_secs(3),
             ttl: Duration::from_secs(15),
             deregister_after: Duration::from_secs(120),
@@ -171,6 +176,14 @@ impl Config {
                 "deregister_after",
                 "expected at least the ttl",
             ));
+        }
+        for f in &self.only_labels {
+            if f.split_once('=').map_or(f.as_str(), |(k, _)| k).is_empty() {
+                return Err(ConfigError::invalid(
+                    "only_labels",
+                    format!("{f:?}: expected KEY or KEY=VALUE"),
+                ));
+            }
         }
         for t in &self.tags {
             if t.is_empty() || t.len() > 255 {

@@ -124,6 +124,17 @@ pub struct Settings {
     pub tags: Vec<String>,
     /// Take the address from this label when it holds an IP.
     pub ip_from_label: Option<String>,
+    /// Only containers carrying every one of these labels (`KEY` or
+    /// `KEY=VALUE`, as `docker ps --filter label=...`).
+    pub only_labels: Vec<String>,
+}
+
+/// Whether `labels` carry every `KEY` or `KEY=VALUE` of `filters`.
+pub fn selected(labels: &BTreeMap<String, String>, filters: &[String]) -> bool {
+    filters.iter().all(|f| match f.split_once('=') {
+        Some((k, v)) => labels.get(k).is_some_and(|have| have == v),
+        None => labels.contains_key(f.as_str()),
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -517,6 +528,9 @@ const MAX_META: usize = 128;
 /// settings.
 pub fn plan(c: &ContainerInfo, s: &Settings) -> (Vec<ServicePlan>, Vec<Warning>) {
     let mut warnings = Vec::new();
+    if !selected(&c.labels, &s.only_labels) {
+        return (Vec::new(), warnings);
+    }
     let meta = Metadata::read(c, &mut warnings);
     let traefik = routed_by_traefik(c);
     let routed = if traefik {
@@ -782,6 +796,7 @@ mod tests {
             explicit: false,
             tags: vec![],
             ip_from_label: None,
+            only_labels: vec![],
         }
     }
 
@@ -931,6 +946,25 @@ mod tests {
             ..settings()
         };
         assert_eq!(plan(&c, &from_label).0[0].address, "192.168.1.5");
+    }
+
+    #[test]
+    fn only_labels_select_this_hosts_containers() {
+        let mut c = container();
+        c.labels.insert("bronze.node.id".into(), "host-a".into());
+        let only = |filters: &[&str]| Settings {
+            only_labels: filters.iter().map(|f| f.to_string()).collect(),
+            ..settings()
+        };
+        assert_eq!(plan(&c, &only(&["bronze.node.id=host-a"])).0.len(), 1);
+        assert_eq!(plan(&c, &only(&["bronze.node.id"])).0.len(), 1);
+        assert!(plan(&c, &only(&["bronze.node.id=host-b"])).0.is_empty());
+        assert!(
+            plan(&c, &only(&["bronze.node.id=host-a", "zone"]))
+                .0
+                .is_empty()
+        );
+        assert!(plan(&c, &only(&["bronze.node.id=host-"])).0.is_empty());
     }
 
     #[test]

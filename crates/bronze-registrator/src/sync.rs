@@ -207,6 +207,7 @@ impl Registrator {
             explicit: config.explicit,
             tags: config.tags.clone(),
             ip_from_label: config.use_ip_from_label.clone(),
+            only_labels: config.only_labels.clone(),
         };
         Ok(Arc::new_cyclic(|this| Registrator {
             owner: format!("bronze-registrator@{}", config.hostname),
@@ -376,6 +377,8 @@ impl Registrator {
             .docker()
             .list_containers(Some(ListContainersOptions {
                 all: false,
+                filters: (!self.settings.only_labels.is_empty())
+                    .then(|| [("label".to_string(), self.settings.only_labels.clone())].into()),
                 ..Default::default()
             }))
             .await;
@@ -757,6 +760,10 @@ impl Registrator {
             .heartbeat(pb::HeartbeatRequest {
                 owner: self.owner.clone(),
                 reports,
+                // Vouch only for the containers this registrator knows:
+                // after a restart, an instance of a container gone meanwhile
+                // must not pass again.
+                only_reported: true,
             })
             .await;
         let resp = match answer {

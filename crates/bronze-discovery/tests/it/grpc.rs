@@ -192,6 +192,7 @@ async fn heartbeat_refreshes_ttls_and_reports_status() {
                 .heartbeat(pb::HeartbeatRequest {
                     owner: "reg-1".into(),
                     reports: vec![],
+                    ..Default::default()
                 })
                 .await
                 .expect("heartbeat")
@@ -211,6 +212,7 @@ async fn heartbeat_refreshes_ttls_and_reports_status() {
             status: pb::HealthStatus::Warning as i32,
             output: "slow".into(),
         }],
+        ..Default::default()
     })
     .await
     .expect("heartbeat");
@@ -230,6 +232,7 @@ async fn heartbeat_refreshes_ttls_and_reports_status() {
         .heartbeat(pb::HeartbeatRequest {
             owner: "nobody".into(),
             reports: vec![],
+            ..Default::default()
         })
         .await
         .expect("heartbeat")
@@ -445,6 +448,7 @@ async fn owned_registrations_are_soft_state_and_the_epoch_changes_on_restart() {
         .heartbeat(pb::HeartbeatRequest {
             owner: "registrator@host-a".into(),
             reports: vec![],
+            ..Default::default()
         })
         .await
         .expect("heartbeat")
@@ -487,6 +491,7 @@ async fn external_ttl_checks_are_left_to_the_service() {
         .heartbeat(pb::HeartbeatRequest {
             owner: "reg-1".into(),
             reports: vec![],
+            ..Default::default()
         })
         .await
         .expect("heartbeat")
@@ -520,4 +525,77 @@ async fn the_grpc_health_service_answers_serving() {
     let status = bronze_runtime::grpc::serving(r.grpc, "").await;
     assert!(status.expect("check"), "SERVING");
     r.stop().await;
+}
+
+#[tokio::test]
+async fn heartbeat_only_reported_leaves_unnamed_instances_alone() {
+    let s = Running::start().await;
+    let mut c = s.grpc().await;
+    // h1: an instance whose container went while its registrator was away
+    // (its TTL expired: critical); h2: one the registrator still knows.
+    for (id, status) in [
+        ("h1", pb::HealthStatus::Critical),
+        ("h2", pb::HealthStatus::Passing),
+    ] {
+        let mut spec = instance(id, "vouch", 80);
+        spec.checks[0].initial_status = status as i32;
+        c.register(pb::RegisterRequest {
+            instance: Some(spec),
+            owner: "reg-2".into(),
+        })
+        .await
+        .expect("register");
+    }
+    let health = |c: &pb::discovery_client::DiscoveryClient<_>| {
+        let mut c = c.clone();
+        async move {
+            let mut is = c
+                .get_service(pb::GetServiceRequest {
+                    name: "vouch".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("get")
+                .into_inner()
+                .instances;
+            is.sort_by(|a, b| a.id.cmp(&b.id));
+            is.iter().map(|i| i.health).collect::<Vec<_>>()
+        }
+    };
+    let report = pb::CheckReport {
+        instance_id: "h2".into(),
+        check_id: "h2-ttl".into(),
+        status: pb::HealthStatus::Passing as i32,
+        output: String::new(),
+    };
+    let hb = c
+        .heartbeat(pb::HeartbeatRequest {
+            owner: "reg-2".into(),
+            reports: vec![report.clone()],
+            only_reported: true,
+        })
+        .await
+        .expect("heartbeat")
+        .into_inner();
+    // Only h2 refreshed; h1 not revived, yet listed for its owner to see.
+    assert_eq!(hb.refreshed, 1);
+    assert_eq!(hb.instance_ids.len(), 2);
+    let (critical, passing) = (
+        pb::HealthStatus::Critical as i32,
+        pb::HealthStatus::Passing as i32,
+    );
+    assert_eq!(health(&c).await, vec![critical, passing]);
+    // Without it, every TTL check of the owner is refreshed.
+    let hb = c
+        .heartbeat(pb::HeartbeatRequest {
+            owner: "reg-2".into(),
+            reports: vec![report],
+            only_reported: false,
+        })
+        .await
+        .expect("heartbeat")
+        .into_inner();
+    assert_eq!(hb.refreshed, 2);
+    assert_eq!(health(&c).await, vec![passing, passing]);
+    s.stop().await;
 }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use bronze_proto::discovery::v1 as pb;
+
 use crate::harness::{Container, Discovery, Reg, Spec, eventually, reg_config, unique};
 
 fn named(service: &str) -> Spec {
@@ -53,6 +55,73 @@ async fn restarting_the_registrator_keeps_one_registration() {
         "exactly one after the restart"
     );
     assert_eq!(d.srv(&service).await.len(), 1);
+    r.stop().await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_container_gone_while_the_registrator_was_away_stays_critical() {
+    let d = Discovery::start().await;
+    let config = reg_config(d.grpc, &unique("host"));
+    let r = Reg::start(config.clone()).await;
+    let service = unique("went");
+    let c = Container::run(&unique("it-went"), named(&service)).await;
+    let name = service.clone();
+    let health = move |d: pb::discovery_client::DiscoveryClient<tonic::transport::Channel>| {
+        let service = name.clone();
+        async move {
+            let mut d = d;
+            d.get_service(pb::GetServiceRequest {
+                name: service,
+                ..Default::default()
+            })
+            .await
+            .map(|r| {
+                r.into_inner()
+                    .instances
+                    .iter()
+                    .map(|i| i.health)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+        }
+    };
+    let client = d.client().await;
+    let passing = pb::HealthStatus::Passing as i32;
+    eventually(Duration::from_secs(10), "registered", || async {
+        health(client.clone()).await == vec![passing]
+    })
+    .await;
+    r.stop().await;
+    // Gone while nobody watched: its instance turns critical at its TTL.
+    c.remove().await;
+    eventually(Duration::from_secs(10), "critical past its TTL", || async {
+        health(client.clone()).await == vec![pb::HealthStatus::Critical as i32]
+    })
+    .await;
+    // Back, the registrator vouches only for what it knows: the instance
+    // never passes again (sampled until two heartbeats after the restart).
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (seen, done, client) = (seen.clone(), done.clone(), client.clone());
+        let health = health.clone();
+        tokio::spawn(async move {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if health(client.clone()).await.contains(&passing) {
+                    seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let r = Reg::start(config).await;
+    settled(&r).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.await.expect("watcher");
+    assert!(
+        !seen.load(std::sync::atomic::Ordering::Relaxed),
+        "the instance of a container gone meanwhile passed again"
+    );
     r.stop().await;
     d.stop().await;
 }
