@@ -9,4 +9,5 @@ mod cluster;
 mod containers;
 mod deploy;
 mod hosts;
+mod readme;
 mod seeds;

@@ -20,20 +20,22 @@ use xtask::clients::{Clients, Tally};
 use crate::cluster::docker;
 use crate::containers::images;
 
-/// `bronze dev --ephemeral`, started from the workspace's debug build, with
-/// the addresses it prints.
-struct Dev {
-    child: Child,
-    registry: SocketAddr,
-    gateway: SocketAddr,
-    dns: SocketAddr,
-    scheduler: String,
+/// `bronze dev ARGS` (the seeds' flow: `--ephemeral`), started from the
+/// workspace's debug build in `cwd`, with the addresses it prints.
+pub(crate) struct Dev {
+    pub child: Child,
+    pub registry: SocketAddr,
+    pub gateway: SocketAddr,
+    pub dns: SocketAddr,
+    pub scheduler: String,
 }
 
 impl Dev {
-    fn start(bin: &Path, log: &Path) -> Self {
+    pub fn start(bin: &Path, log: &Path, args: &[&str], cwd: &Path) -> Self {
         let mut child = Command::new(bin.join("bronze"))
-            .args(["dev", "--ephemeral"])
+            .arg("dev")
+            .args(args)
+            .current_dir(cwd)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(log).expect("log file"))
             .spawn()
@@ -218,7 +220,7 @@ async fn the_seeds_flow_from_push_to_rollback_to_removal() {
             .expect("cargo build -p bronze");
     let dir = tempfile::tempdir().expect("dir");
     let log = dir.path().join("dev.log");
-    let dev = Dev::start(&bin, &log);
+    let dev = Dev::start(&bin, &log, &["--ephemeral"], dir.path());
     let registry = format!("127.0.0.1:{}", dev.registry.port());
     let stack = format!("seeds{}", std::process::id());
     let tag = |v: &str| format!("{registry}/seeds/app:{v}");

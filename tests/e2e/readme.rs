@@ -1,0 +1,98 @@
+//! The README's newcomer path, run as written: `bronze dev` with its
+//! default ports (from a directory of the test's own, so its state goes
+//! there), then the README's block marked `<!-- newcomer: ... -->` in
+//! bash: an app image built offline from Debian's static busybox, pushed to
+//! Bronze's registry, `bronze service create` with a routing label, and
+//! `curl` through the gateway, which must answer "hello from bronze". The
+//! one change: the block's `$PWD/target/release` (where the README's
+//! `cargo run --release` put `bronze`) is this test's debug build.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::seeds::Dev;
+
+const MARK: &str = "<!-- newcomer: tests/e2e/readme.rs runs the next block -->";
+
+/// The fenced block after the README's newcomer mark.
+fn newcomer_block() -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
+    let after = &readme[readme.find(MARK).expect("the newcomer mark in README.md") + MARK.len()..];
+    let start = after.find("```sh\n").expect("a sh block after the mark") + "```sh\n".len();
+    let body = &after[start..];
+    body[..body.find("```").expect("the block's end")].to_string()
+}
+
+/// Stops `bronze dev` and removes what the block made, also on failure.
+struct Teardown {
+    dev: Option<Dev>,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- bronze dev:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        if let Some(mut dev) = self.dev.take() {
+            let _ = dev.child.kill();
+            let _ = dev.child.wait();
+        }
+        if let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", "label=bronze.service.name=hello"])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            }
+        }
+        let _ = Command::new("docker")
+            .args(["rmi", "127.0.0.1:5000/team/hello:1"])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_newcomer_block_answers_through_the_gateway() {
+    let block = newcomer_block();
+    assert!(block.contains("bronze service create"), "{block}");
+    let bin =
+        tokio::task::spawn_blocking(|| xtask::build_packages(&["bronze"], xtask::Profile::Debug))
+            .await
+            .expect("join")
+            .expect("cargo build -p bronze");
+    // The block installs busybox when it is missing, with sudo; the
+    // machines this runs on have it from the test images' prerequisites.
+    xtask::prerequisites::apt(&[("busybox", "busybox-static")]).expect("busybox-static");
+    let dir = tempfile::tempdir().expect("dir");
+    let log = dir.path().join("dev.log");
+    let dev = Dev::start(&bin, &log, &[], dir.path());
+    assert_eq!(dev.gateway.port(), 8000, "the README's gateway port");
+    assert_eq!(dev.registry.port(), 5000, "the README's registry port");
+    let _teardown = Teardown {
+        dev: Some(dev),
+        log,
+    };
+    let script = block.replace("$PWD/target/release", &bin.display().to_string());
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(dir.path())
+        .output()
+        .expect("bash runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the README's block failed:\n{said}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().last(),
+        Some("hello from bronze"),
+        "{said}"
+    );
+}
