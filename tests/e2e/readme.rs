@@ -96,3 +96,90 @@ async fn the_readme_newcomer_block_answers_through_the_gateway() {
         "{said}"
     );
 }
+
+/// IPv4 addresses in `text` outside loopback and the unspecified address
+/// (a network range, `10.0.0.0/8`, is not an address to call).
+fn foreign_addresses(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i].is_ascii_digit()
+            && (i == 0 || !(bytes[i - 1].is_ascii_digit() || bytes[i - 1] == b'.'))
+        {
+            let end = text[i..]
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .map_or(text.len(), |n| i + n);
+            let word = text[i..end].trim_end_matches('.');
+            if let Ok(ip) = word.parse::<std::net::Ipv4Addr>()
+                && !ip.is_loopback()
+                && !ip.is_unspecified()
+                && !text[i + word.len()..].starts_with('/')
+            {
+                found.push(word.to_string());
+            }
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    found
+}
+
+#[test]
+fn examples_in_the_readme_and_every_help_use_loopback() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    // The fenced blocks: what a reader copies.
+    let blocks: Vec<&str> = readme.split("```").skip(1).step_by(2).collect();
+    assert!(blocks.len() > 10);
+    for b in &blocks {
+        assert_eq!(
+            foreign_addresses(b),
+            Vec::<String>::new(),
+            "in README block:\n{b}"
+        );
+    }
+    let bin = xtask::build_packages(
+        &[
+            "bronze",
+            "bronze-discovery",
+            "bronze-registrator",
+            "bronze-registry",
+            "bronze-gateway",
+            "bronze-scheduler",
+            "bronze-agent",
+        ],
+        xtask::Profile::Debug,
+    )
+    .expect("cargo build");
+    let helps: &[&[&str]] = &[
+        &["bronze", "--help"],
+        &["bronze", "dev", "--help"],
+        &["bronze", "service", "create", "--help"],
+        &["bronze", "stack", "deploy", "--help"],
+        &["bronze-discovery", "--help"],
+        &["bronze-registrator", "--help"],
+        &["bronze-registry", "--help"],
+        &["bronze-gateway", "--help"],
+        &["bronze-scheduler", "--help"],
+        &["bronze-agent", "--help"],
+    ];
+    for args in helps {
+        let out = Command::new(bin.join(args[0]))
+            .args(&args[1..])
+            .output()
+            .expect("--help runs");
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            foreign_addresses(&text),
+            Vec::<String>::new(),
+            "in {args:?}:\n{text}"
+        );
+    }
+    assert_eq!(
+        foreign_addresses("at 10.0.0.1:7700, not 127.0.0.1 or 0.0.0.0, ranges 10.0.0.0/8 ok"),
+        vec!["10.0.0.1"]
+    );
+}
