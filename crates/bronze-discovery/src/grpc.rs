@@ -419,6 +419,7 @@ async fn send_snapshot(agent: &Agent, services: &[String], tx: &Tx) -> Option<u6
             event: Some(pb::watch_event::Event::Snapshot(pb::SnapshotChunk {
                 instances: Vec::new(),
                 last: true,
+                server_epoch: agent.epoch.clone(),
             })),
         };
         tx.send(Ok(event)).await.ok()?;
@@ -430,6 +431,7 @@ async fn send_snapshot(agent: &Agent, services: &[String], tx: &Tx) -> Option<u6
             event: Some(pb::watch_event::Event::Snapshot(pb::SnapshotChunk {
                 instances: chunk.iter().map(|i| instance_to_proto(i)).collect(),
                 last: chunks.peek().is_none(),
+                server_epoch: agent.epoch.clone(),
             })),
         };
         tx.send(Ok(event)).await.ok()?;

@@ -62,6 +62,13 @@ pub struct Args {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub discovery: Option<String>,
 
+    /// After discovery restarts, how long the instances it lost are still
+    /// served while their registrators register them again, e.g. 30s; 0
+    /// drops them at once [default: 30s].
+    #[arg(long, env = "BRONZE_GATEWAY_DISCOVERY_GRACE", value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery_grace: Option<String>,
+
     /// DNS server (ip:port) for SRV targets, e.g. discovery's
     /// 127.0.0.1:8600 [default: the system's, /etc/resolv.conf].
     #[arg(long, env = "BRONZE_GATEWAY_DNS_RESOLVER", value_name = "ADDR")]

@@ -27,6 +27,11 @@ pub struct Config {
     /// bronze-discovery's gRPC URL: instances with `bronze.http.rule`
     /// metadata become routes. Empty: off.
     pub discovery: String,
+    /// After discovery restarted, the instances it no longer knows are kept
+    /// this long for their owners (registrators) to register them again
+    /// (at their next heartbeat), rather than dropped at once. 0: dropped.
+    #[serde(with = "bronze_runtime::duration::serde")]
+    pub discovery_grace: Duration,
     /// DNS server (`ip:port`) for SRV targets; empty: the system's
     /// (`/etc/resolv.conf`).
     pub dns_resolver: String,
@@ -79,6 +84,7 @@ impl Default for Config {
             data_dir: "bronze-data/gateway".into(),
             admin_token: String::new(),
             discovery: String::new(),
+            discovery_grace: Duration::from_secs(30),
             dns_resolver: String::new(),
             header_read_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),

@@ -97,6 +97,10 @@ struct Gateway {
     current: Mutex<Declarative>,
     /// Discovery's instances (node, id), for label-driven routes.
     instances: Mutex<HashMap<InstanceKey, pb::Instance>>,
+    /// Instances kept from before discovery restarted, until their owners
+    /// register them again or `discovery_grace` ends: (node, id) to the
+    /// restart they were kept at.
+    carried: Mutex<Carried>,
     /// What the labels routed and could not (admin `GET /labels`).
     labels: labels::Published,
 }
@@ -215,10 +219,125 @@ impl Gateway {
     }
 }
 
+/// Instances carried over a discovery restart: (node, id) to the restart
+/// (a generation) they were kept at.
+#[derive(Default)]
+struct Carried {
+    next: u64,
+    keys: HashMap<InstanceKey, u64>,
+}
+
+impl Gateway {
+    /// Takes a whole snapshot as the instances. When discovery restarted
+    /// (`restarted`), the instances it no longer knows are kept for
+    /// `grace`: their owners (registrators) hold them as soft state and
+    /// register them again at their next heartbeat, and dropping them
+    /// meanwhile would turn every request to them into a 503. Passive
+    /// checks still leave out one that really went away.
+    fn resync(
+        self: &Arc<Self>,
+        mut fresh: HashMap<InstanceKey, pb::Instance>,
+        restarted: bool,
+        grace: Duration,
+        shutdown: &Shutdown,
+    ) {
+        let carry_new = restarted && !grace.is_zero();
+        let (generation, kept) = {
+            let mut instances = self.instances.lock();
+            let mut carried = self.carried.lock();
+            let generation = carried.next;
+            let mut keys = HashMap::new();
+            for (key, instance) in std::mem::take(&mut *instances) {
+                if fresh.contains_key(&key) {
+                    continue;
+                }
+                let kept_at = match carried.keys.get(&key) {
+                    Some(&g) => Some(g),
+                    None if carry_new => Some(generation),
+                    None => None,
+                };
+                if let Some(g) = kept_at {
+                    keys.insert(key.clone(), g);
+                    fresh.insert(key, instance);
+                }
+            }
+            let kept = keys.values().filter(|g| **g == generation).count();
+            carried.keys = keys;
+            *instances = fresh;
+            if kept > 0 {
+                carried.next += 1;
+            }
+            (generation, kept)
+        };
+        if kept == 0 {
+            return;
+        }
+        tracing::info!(
+            kept,
+            grace = ?grace,
+            "discovery restarted: its instances' owners register them again; the last known are kept meanwhile"
+        );
+        let gateway = self.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(grace) => gateway.expire(generation),
+                () = shutdown.wait() => {}
+            }
+        });
+    }
+
+    /// Drops what was kept at restart `generation` and was not registered
+    /// again.
+    fn expire(&self, generation: u64) {
+        let (dropped, labelled) = {
+            let mut instances = self.instances.lock();
+            let mut carried = self.carried.lock();
+            let gone: Vec<InstanceKey> = carried
+                .keys
+                .iter()
+                .filter(|(_, g)| **g == generation)
+                .map(|(k, _)| k.clone())
+                .collect();
+            let mut labelled = false;
+            for key in &gone {
+                carried.keys.remove(key);
+                if let Some(i) = instances.remove(key) {
+                    labelled |= labels::is_labelled(&i.meta);
+                }
+            }
+            (gone.len(), labelled)
+        };
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "instances kept over a discovery restart were not registered again: dropped"
+            );
+            if labelled {
+                self.refresh();
+            } else {
+                let table = self.proxy.table.load();
+                self.follow_discovery(&table, None);
+            }
+        }
+    }
+
+    /// An instance discovery now speaks of is no longer a carried one.
+    fn heard_of(&self, key: &InstanceKey) {
+        let mut carried = self.carried.lock();
+        if !carried.keys.is_empty() {
+            carried.keys.remove(key);
+        }
+    }
+}
+
 /// Follows discovery's Watch stream (snapshot, then changes), resuming from
-/// the last index after a disconnect; every change rebuilds the table.
-async fn watch_discovery(url: String, gateway: Arc<Gateway>, shutdown: Shutdown) {
+/// the last index after a disconnect; every change rebuilds the table. A
+/// snapshot from a restarted discovery (a new server epoch) keeps the
+/// instances it lacks for `grace` (`Gateway::resync`).
+async fn watch_discovery(url: String, gateway: Arc<Gateway>, grace: Duration, shutdown: Shutdown) {
     let mut from = 0u64;
+    let mut epoch = String::new();
     let mut backoff = Duration::from_millis(100);
     loop {
         let session = async {
@@ -250,14 +369,24 @@ async fn watch_discovery(url: String, gateway: Arc<Gateway>, shutdown: Shutdown)
                         all.extend(chunk.instances);
                         if chunk.last {
                             let all = snapshot.take().unwrap_or_default();
-                            *gateway.instances.lock() = all
-                                .into_iter()
-                                .map(|i| ((i.node.clone(), i.id.clone()), i))
-                                .collect();
+                            // An empty epoch: a server that does not say.
+                            let restarted = !epoch.is_empty()
+                                && !chunk.server_epoch.is_empty()
+                                && epoch != chunk.server_epoch;
+                            epoch = chunk.server_epoch;
+                            gateway.resync(
+                                all.into_iter()
+                                    .map(|i| ((i.node.clone(), i.id.clone()), i))
+                                    .collect(),
+                                restarted,
+                                grace,
+                                &shutdown,
+                            );
                         }
                         chunk.last
                     }
                     Some(pb::watch_event::Event::Upsert(i)) => {
+                        gateway.heard_of(&(i.node.clone(), i.id.clone()));
                         let touches = labels::is_labelled(&i.meta)
                             || gateway
                                 .instances
@@ -269,11 +398,15 @@ async fn watch_discovery(url: String, gateway: Arc<Gateway>, shutdown: Shutdown)
                             .insert((i.node.clone(), i.id.clone()), i);
                         touches
                     }
-                    Some(pb::watch_event::Event::Removed(r)) => gateway
-                        .instances
-                        .lock()
-                        .remove(&(r.node, r.id))
-                        .is_some_and(|i| labels::is_labelled(&i.meta)),
+                    Some(pb::watch_event::Event::Removed(r)) => {
+                        let key = (r.node, r.id);
+                        gateway.heard_of(&key);
+                        gateway
+                            .instances
+                            .lock()
+                            .remove(&key)
+                            .is_some_and(|i| labels::is_labelled(&i.meta))
+                    }
                     Some(pb::watch_event::Event::Resumed(_)) | None => false,
                 };
                 from = ev.index;
@@ -416,6 +549,7 @@ impl Server {
             proxy,
             current: Mutex::new(declarative),
             instances: Mutex::new(HashMap::new()),
+            carried: Mutex::new(Carried::default()),
             labels: label_report,
         });
         let info = admin::NodeInfo {
@@ -482,6 +616,7 @@ impl Server {
             tokio::spawn(watch_discovery(
                 self.config.discovery.clone(),
                 self.gateway.clone(),
+                self.config.discovery_grace,
                 shutdown.clone(),
             ))
         });

@@ -46,6 +46,17 @@ struct ProbeRun {
     task: Option<JoinHandle<()>>,
 }
 
+impl ProbeRun {
+    /// What this check says now: its probe's last result, or the
+    /// container's Docker health.
+    fn status(&self, t: &Tracked) -> (Status, String) {
+        match self.plan.probe {
+            Probe::DockerHealth => docker_status(t.health),
+            _ => self.result.lock().clone(),
+        }
+    }
+}
+
 impl Drop for ProbeRun {
     fn drop(&mut self) {
         if let Some(t) = &self.task {
@@ -490,7 +501,7 @@ impl Registrator {
             }
             for a in &new {
                 if !a.registered {
-                    to_register.push(self.instance_spec(&a.plan, tracked));
+                    to_register.push(self.instance_spec(a, tracked));
                 }
             }
             tracked.services = new;
@@ -558,7 +569,12 @@ impl Registrator {
         }
     }
 
-    fn instance_spec(&self, plan: &ServicePlan, tracked: &Tracked) -> pb::InstanceSpec {
+    /// The registration of `active`, its checks at what they say now (a
+    /// new instance's probes start at their initial status; one registered
+    /// again after discovery restarted keeps the status it had, so it does
+    /// not leave its balancers until the next report).
+    fn instance_spec(&self, active: &Active, tracked: &Tracked) -> pb::InstanceSpec {
+        let plan = &active.plan;
         let ttl = self.config.ttl;
         let mut checks = vec![
             ttl_check(
@@ -574,22 +590,22 @@ impl Registrator {
                 format!("container {}", tracked.name),
                 ttl,
                 false,
-                Status::Passing,
+                tracked.container_status().0,
                 None,
             ),
         ];
-        for c in &plan.checks {
-            let (name, initial) = match &c.probe {
-                Probe::Http { url } => (format!("HTTP GET {url}"), plan.initial_status),
-                Probe::Tcp { address } => (format!("TCP {address}"), plan.initial_status),
-                Probe::DockerHealth => ("Docker HEALTHCHECK".to_string(), Status::Critical),
+        for p in &active.probes {
+            let name = match &p.plan.probe {
+                Probe::Http { url } => format!("HTTP GET {url}"),
+                Probe::Tcp { address } => format!("TCP {address}"),
+                Probe::DockerHealth => "Docker HEALTHCHECK".to_string(),
             };
             checks.push(ttl_check(
-                probe_id(&plan.id, c.suffix),
+                probe_id(&plan.id, p.plan.suffix),
                 name,
                 ttl,
                 false,
-                initial,
+                p.status(tracked).0,
                 plan.deregister_after,
             ));
         }
@@ -710,10 +726,7 @@ impl Registrator {
                     output: co.clone(),
                 });
                 for p in &a.probes {
-                    let (status, output) = match p.plan.probe {
-                        Probe::DockerHealth => docker_status(t.health),
-                        _ => p.result.lock().clone(),
-                    };
+                    let (status, output) = p.status(t);
                     out.push(pb::CheckReport {
                         instance_id: a.plan.id.clone(),
                         check_id: probe_id(&a.plan.id, p.plan.suffix),
@@ -837,7 +850,7 @@ impl Registrator {
                         .services
                         .iter()
                         .filter(|a| !a.registered)
-                        .map(|a| self.instance_spec(&a.plan, t))
+                        .map(|a| self.instance_spec(a, t))
                         .collect::<Vec<_>>();
                     (cid.clone(), specs)
                 })

@@ -845,3 +845,117 @@ async fn grpc_calls_streams_and_trailers_pass_through_the_gateway() {
         .expect_err("an empty registration is refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
 }
+
+/// Discovery in process on `config`'s addresses; stopped (its ports
+/// free again) by `stop`.
+struct Discovery {
+    grpc: SocketAddr,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Discovery {
+    async fn start(config: bronze_discovery::Config) -> Self {
+        let server = bronze_discovery::Server::bind(config)
+            .await
+            .expect("discovery binds");
+        let grpc = server.grpc_addr();
+        let shutdown = Shutdown::new();
+        let s = shutdown.clone();
+        let task = tokio::spawn(async move { server.serve(s).await.expect("discovery serves") });
+        Self {
+            grpc,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.trigger();
+        self.task.await.expect("discovery stops");
+    }
+
+    /// Registers `id` at `backend` as a registrator does: soft state of
+    /// its owner, gone when discovery restarts.
+    async fn register_owned(&self, id: &str, backend: SocketAddr, host: &str) {
+        use bronze_proto::discovery::v1 as dpb;
+        let mut c =
+            dpb::discovery_client::DiscoveryClient::connect(format!("http://{}", self.grpc))
+                .await
+                .expect("connect");
+        c.register(dpb::RegisterRequest {
+            instance: Some(dpb::InstanceSpec {
+                id: id.into(),
+                service: "carried".into(),
+                node: "host-a".into(),
+                node_address: "127.0.0.1".into(),
+                address: backend.ip().to_string(),
+                port: u32::from(backend.port()),
+                meta: [("bronze.http.rule".to_string(), format!("Host(`{host}`)"))].into(),
+                ..Default::default()
+            }),
+            owner: "registrator@host-a".into(),
+        })
+        .await
+        .expect("register");
+    }
+}
+
+/// Discovery restarts and forgets its registrators' instances (soft
+/// state): the gateway keeps serving the last known ones until they are
+/// registered again, and drops those that are not after its grace.
+#[tokio::test]
+async fn a_discovery_restart_keeps_the_last_known_instances_until_registered_again() {
+    let (blue, green, red) = (echo("blue").await, echo("green").await, echo("red").await);
+    let d = Discovery::start(bronze_discovery::Config::ephemeral()).await;
+    let grpc = d.grpc;
+    let mut config = Config::ephemeral();
+    config.discovery = format!("http://{grpc}");
+    config.discovery_grace = std::time::Duration::from_secs(5);
+    let gw = serve(config).await;
+    let url = format!("http://{}/", gw.addr);
+    d.register_owned("blue", blue, "carried.example").await;
+    d.register_owned("green", green, "carried.example").await;
+    let backend = |body: &str| {
+        serde_json::from_str::<serde_json::Value>(body).unwrap_or_default()["backend"]
+            .as_str()
+            .unwrap_or("none")
+            .to_string()
+    };
+    let (code, body) = until_status(&url, "carried.example", 200).await;
+    assert_eq!(code, 200, "{body}");
+
+    // Restarted on the same address, with none of them.
+    d.stop().await;
+    let mut again = bronze_discovery::Config::ephemeral();
+    again.grpc.addr = grpc;
+    let d = Discovery::start(again).await;
+    // Once the gateway routes an instance only the new discovery knows, it
+    // follows the new one.
+    d.register_owned("red", red, "red.example").await;
+    let (code, body) = until_status(&url, "red.example", 200).await;
+    assert_eq!((code, backend(&body)), (200, "red".to_string()), "{body}");
+    for _ in 0..10 {
+        let (code, body) = curl(s(&["-H", "Host: carried.example", &url])).await;
+        assert_eq!(code, 200, "the last known instances still serve: {body}");
+    }
+
+    // Blue is registered again; green never is: it leaves after the grace.
+    d.register_owned("blue", blue, "carried.example").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut in_a_row = 0;
+    while in_a_row < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "green was never dropped"
+        );
+        let (code, body) = curl(s(&["-H", "Host: carried.example", &url])).await;
+        assert_eq!(code, 200, "{body}");
+        in_a_row = if backend(&body) == "blue" {
+            in_a_row + 1
+        } else {
+            0
+        };
+    }
+    d.stop().await;
+}

@@ -154,6 +154,75 @@ async fn restarting_discovery_gets_everything_registered_again() {
     d.stop().await;
 }
 
+/// Registered again after discovery restarted, an instance comes back
+/// with the statuses its checks had (its container's Docker HEALTHCHECK
+/// passing), not critical until the next heartbeat reports: balancers
+/// following discovery never see it fail meanwhile.
+#[tokio::test]
+async fn registered_again_after_a_discovery_restart_with_the_statuses_it_had() {
+    let d = Discovery::start().await;
+    let at = (d.grpc, d.dns, "127.0.0.1:0".parse().expect("addr"));
+    let r = Reg::start(reg_config(d.grpc, &unique("host"))).await;
+    let service = unique("statuses");
+    let _c = Container::run(
+        &unique("it-statuses"),
+        Spec {
+            healthcheck: true,
+            ..named(&service)
+        },
+    )
+    .await;
+    let passing = pb::HealthStatus::Passing as i32;
+    eventually(
+        Duration::from_secs(30),
+        "registered and passing",
+        || async {
+            let all = d.instances(&service).await;
+            all.len() == 1 && all[0].health == passing
+        },
+    )
+    .await;
+    d.stop().await;
+    let d = Discovery::start_on(Some(at)).await;
+    // Every change the new discovery makes, from its first: the instance's
+    // first appearance is what a balancer following it sees.
+    let mut changes = d
+        .client()
+        .await
+        .watch(pb::WatchRequest {
+            from_index: 0,
+            services: vec![service.clone()],
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let event = changes.message().await.expect("watch").expect("open");
+            match event.event {
+                Some(pb::watch_event::Event::Upsert(i)) => break i,
+                Some(pb::watch_event::Event::Snapshot(c)) if !c.instances.is_empty() => {
+                    break c.instances[0].clone();
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("registered again within 15 s");
+    let states: Vec<(String, i32)> = first
+        .checks
+        .iter()
+        .map(|c| (c.id.clone(), c.status))
+        .collect();
+    assert!(
+        states.iter().all(|(_, s)| *s == passing),
+        "every check passing when registered again: {states:?}"
+    );
+    r.stop().await;
+    d.stop().await;
+}
+
 #[tokio::test]
 async fn containers_started_or_removed_while_down_are_reconciled() {
     let d = Discovery::start().await;
