@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bronze_proto::scheduler::v1 as pb;
 
-use crate::containers::{free_port, images};
+use crate::containers::{free_port, images_and_workload};
 
 /// `docker ARGS`, which must succeed; what it printed, trimmed.
 pub(crate) fn docker(args: &[&str]) -> String {
@@ -183,10 +183,7 @@ pub(crate) async fn spread(c: &mut Client, spec: pb::ServiceSpec, replicas: u64)
 
 #[tokio::test]
 async fn a_host_cut_off_loses_its_tasks_and_cleans_up_when_it_returns() {
-    images().await;
-    xtask::images::build_busybox_httpd("bronze-test/busybox-httpd:latest")
-        .await
-        .expect("workload image");
+    images_and_workload().await;
     let id = std::process::id();
     let network = format!("bronze-e2e-cut-{id}");
     let sched = format!("bronze-e2e-scheduler-{id}");

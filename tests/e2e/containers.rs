@@ -35,6 +35,16 @@ pub(crate) async fn images() -> &'static std::path::Path {
         .await
 }
 
+/// The platform's images and binaries (`images`), and the workload image
+/// the tests run (busybox httpd); the binaries' directory.
+pub(crate) async fn images_and_workload() -> &'static std::path::Path {
+    let bin = images().await;
+    xtask::images::build_busybox_httpd("bronze-test/busybox-httpd:latest")
+        .await
+        .expect("workload image");
+    bin
+}
+
 async fn discovery_image() -> &'static str {
     images().await;
     "bronze/discovery:latest"
@@ -201,10 +211,7 @@ pub(crate) fn free_port() -> u16 {
 
 #[tokio::test]
 async fn compose_file_brings_the_platform_up_and_registers_containers() {
-    images().await;
-    xtask::images::build_busybox_httpd("bronze-test/busybox-httpd:latest")
-        .await
-        .expect("workload image");
+    images_and_workload().await;
     let compose = xtask::root().join("deploy/docker-compose.yml");
     let project = format!("bronze-e2e-{}", std::process::id());
     let (http, dns, grpc, registry, gateway, admin, scheduler) = (

@@ -30,7 +30,7 @@ use bronze_proto::scheduler::v1 as pb;
 use xtask::clients::{Clients, Tally};
 
 use crate::cluster::{Client, Teardown, docker, node_becomes, running, sh, spread, until};
-use crate::containers::{free_port, images};
+use crate::containers::{free_port, images_and_workload};
 use crate::seeds::build_app;
 
 /// The registrator's heartbeat and TTL on every host.
@@ -141,10 +141,7 @@ struct Host {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hosts_lose_one_then_cut_one_with_no_failed_request() {
     bronze_runtime::install_crypto_provider();
-    let bin = images().await;
-    xtask::images::build_busybox_httpd("bronze-test/busybox-httpd:latest")
-        .await
-        .expect("workload image");
+    let bin = images_and_workload().await;
     let id = std::process::id();
     let app = format!("bronze-test/hosts-app:{id}");
     build_app(&app, "v1", true);

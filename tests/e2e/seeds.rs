@@ -1,7 +1,8 @@
 //! The seeds' flow as one test, on the platform the README gives a
 //! newcomer (`bronze dev`, every component in one process): an app image
 //! built offline, `docker push`ed to Bronze's registry, deployed as a stack
-//! with `bronze stack deploy` (3 replicas, a health check, a routing label,
+//! with `bronze stack deploy` (a file with an error first: nothing
+//! deployed; then 3 replicas, a health check, a routing label,
 //! start-first updates that roll back), registered (`dig SRV` answers 3)
 //! and served through the gateway; v2 rolled out under constant load
 //! (bounded, loopback) with zero failed requests; a v3 whose health check
@@ -252,6 +253,48 @@ async fn the_seeds_flow_from_push_to_rollback_to_removal() {
     for v in ["v1", "v2", "v3"] {
         docker(&["push", &tag(v)]);
     }
+
+    // A stack file with an error (a service naming a secret the file does
+    // not define) deploys nothing, not even its valid service.
+    let broken = dir.path().join("broken.yml");
+    std::fs::write(
+        &broken,
+        format!(
+            "{STACK}  worker:\n    image: ${{REGISTRY}}/seeds/app:${{VERSION}}\n    secrets:\n      - nope\n"
+        ),
+    )
+    .expect("write");
+    let out = dev.bronze(
+        &bin,
+        &[("VERSION", "v1".into()), ("REGISTRY", registry.clone())],
+        &[
+            "stack",
+            "deploy",
+            "-c",
+            &broken.display().to_string(),
+            &stack,
+        ],
+    );
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "a broken stack deploys: {said}");
+    assert!(
+        said.contains("worker") && said.contains("nope"),
+        "the error names the service and the secret: {said}"
+    );
+    let listed = dev.bronze(&bin, &[], &["service", "ls"]);
+    assert!(listed.status.success());
+    assert!(
+        !String::from_utf8_lossy(&listed.stdout).contains(&stack),
+        "no service of the broken stack: {}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
+    let containers = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=com.docker.stack.namespace={stack}"),
+    ]);
+    assert!(containers.is_empty(), "no container: {containers}");
 
     // 3-4. Deployed: 3 replicas registered, served through the gateway.
     let out = deploy(dev, "v1");
