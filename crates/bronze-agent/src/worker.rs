@@ -317,6 +317,11 @@ impl Worker {
         list.into_iter().find_map(|c| c.id)
     }
 
+    /// Whether task `id` is assigned to this node.
+    pub fn has_task(&self, id: &str) -> bool {
+        self.tasks.lock().contains_key(id)
+    }
+
     /// Wakes a task's loop (an engine event about its container).
     pub fn poke(&self, task: &str) {
         if let Some(h) = self.tasks.lock().get(task) {

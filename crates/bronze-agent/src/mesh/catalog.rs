@@ -108,13 +108,24 @@ impl Catalog {
     /// The passing instances of `service` for `target`, sorted.
     pub fn passing(&self, service: &str, target: u16) -> Vec<SocketAddr> {
         let mut out: Vec<SocketAddr> = self
+            .passing_instances(service, target)
+            .into_iter()
+            .map(|(_, addr)| addr)
+            .collect();
+        out.dedup();
+        out
+    }
+
+    /// The passing instances of `service` for `target` with their tasks,
+    /// sorted by address.
+    pub fn passing_instances(&self, service: &str, target: u16) -> Vec<(String, SocketAddr)> {
+        let mut out: Vec<(String, SocketAddr)> = self
             .instances
             .values()
             .filter(|e| e.passing && e.service == service && e.target == target)
-            .map(|e| e.addr)
+            .map(|e| (e.task.clone(), e.addr))
             .collect();
-        out.sort();
-        out.dedup();
+        out.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
         out
     }
 

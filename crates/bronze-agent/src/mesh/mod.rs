@@ -16,10 +16,16 @@
 //!   service's name so it stays the same across agent restarts;
 //! * a DNS responder on the gateway address, port 53 (`dns.rs`), which the
 //!   stack's containers use (`HostConfig.dns`) behind Docker's embedded DNS;
-//! * per (service, target port) a listener at `VIP:port` (`forward.rs`)
-//!   splicing to the service's passing instances from discovery
-//!   (`catalog.rs`), on this host or any other (host address and published
-//!   port, as the registrator registered them).
+//! * per (service, target port), the kernel path (`nat.rs`): DNAT rules
+//!   sending `VIP:port` to the service's passing instances from discovery
+//!   (`catalog.rs`): one on this node at its container's address on the
+//!   stack network (no `docker-proxy`), one elsewhere at the host address
+//!   and published port the registrator registered; no passing instance:
+//!   the calls are refused (TCP reset);
+//! * or, where the kernel path cannot serve (no usable iptables, or an
+//!   instance of another node registered on loopback, which the kernel
+//!   will not route to from a bridge), a listener at `VIP:port`
+//!   (`forward.rs`) splicing to the instances in userland.
 //!
 //! Level-triggered: each round (a discovery change, an assignment, or a
 //! tick) computes what should exist from the node's assignments and the
@@ -28,18 +34,24 @@
 //! the next round tries again), and its listeners and DNS responder stop;
 //! the addresses go with the bridge. Networks of this node left over from
 //! an earlier run whose stack has no task here are removed the same way.
+//! The rules of the whole node are written at the end of the round, in one
+//! transaction, and the listeners they make useless are stopped only then;
+//! they are removed at shutdown, and the rules of an agent gone without
+//! removing them (no stack network of its node left) by the next agent
+//! that looks.
 
 pub mod catalog;
 pub mod dns;
 pub mod forward;
+pub mod nat;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
+use bollard::models::{Ipam, IpamConfig, Network, NetworkCreateRequest};
 use bollard::query_parameters::ListNetworksOptions;
 use bronze_runtime::Shutdown;
 use parking_lot::RwLock;
@@ -174,6 +186,13 @@ impl StackNet {
         }
     }
 
+    /// Stops `key`'s listener at `port` (the kernel path serves it).
+    fn stop_listener(&mut self, key: &str, port: u16) {
+        if let Some(l) = self.listeners.remove(&(key.to_string(), port)) {
+            l.stop.trigger();
+        }
+    }
+
     /// Stops `key`'s listeners and takes its virtual IP off the bridge.
     async fn release(&mut self, key: &str) {
         self.listeners.retain(|(k, _), l| {
@@ -206,6 +225,27 @@ pub struct Mesh {
     stale_checked: parking_lot::Mutex<Option<std::time::Instant>>,
     /// Ingress listeners: published port -> (service, target, listener).
     ingress: tokio::sync::Mutex<HashMap<u16, (String, u16, Listener)>>,
+    /// The kernel path, once tried.
+    kernel: tokio::sync::Mutex<Kernel>,
+    /// This node's instances' container addresses on their stack network,
+    /// by (task, registered address).
+    addresses: parking_lot::Mutex<HashMap<(String, SocketAddr), Ipv4Addr>>,
+}
+
+/// Whether the kernel path serves the virtual addresses.
+enum Kernel {
+    Untried,
+    /// Userland only (said once in the log).
+    Off,
+    On(nat::Nat),
+}
+
+/// What a round decided for the kernel: the rules, and the listeners they
+/// replace once written: (stack, key, port).
+#[derive(Default)]
+struct Plan {
+    desired: nat::Desired,
+    replaced: Vec<(String, String, u16)>,
 }
 
 /// A round runs at least this often (what the engine did meanwhile:
@@ -236,6 +276,8 @@ impl Mesh {
             address,
             stale_checked: parking_lot::Mutex::new(None),
             ingress: tokio::sync::Mutex::new(HashMap::new()),
+            kernel: tokio::sync::Mutex::new(Kernel::Untried),
+            addresses: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -261,8 +303,150 @@ impl Mesh {
                 () = self.shutdown.wait() => break,
             }
         }
+        if let Kernel::On(n) = &mut *self.kernel.lock().await {
+            match n.teardown().await {
+                Ok(()) => tracing::info!(chains = %nat::top_chain(n.tag()), "mesh rules removed"),
+                Err(e) => tracing::warn!(error = %e, "cannot remove the mesh rules"),
+            }
+        }
         for (_, net) in self.stacks.lock().await.drain() {
             net.stop.trigger();
+        }
+    }
+
+    /// Tries the kernel path once `node` is known.
+    async fn kernel_on(&self, node: &str) -> bool {
+        let mut k = self.kernel.lock().await;
+        if matches!(*k, Kernel::Untried) {
+            *k = match nat::Nat::start(node).await {
+                Ok(n) => {
+                    tracing::info!(chains = %nat::top_chain(n.tag()), "mesh virtual addresses served by the kernel (iptables DNAT)");
+                    Kernel::On(n)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no kernel path for the mesh: calls by name go through the agent's userland forwarder");
+                    Kernel::Off
+                }
+            };
+        }
+        matches!(*k, Kernel::On(_))
+    }
+
+    /// Writes the round's rules; then stops the listeners they replace. A
+    /// failed write turns the kernel path off (the next round serves in
+    /// userland).
+    async fn apply(&self, plan: Plan, stacks: &mut HashMap<String, StackNet>) {
+        let mut k = self.kernel.lock().await;
+        let Kernel::On(n) = &mut *k else {
+            return;
+        };
+        match n.apply(&plan.desired).await {
+            Ok(()) => {
+                for (stack, key, port) in plan.replaced {
+                    if let Some(net) = stacks.get_mut(&stack) {
+                        net.stop_listener(&key, port);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "writing the mesh rules failed: calls by name go through the agent's userland forwarder from now on");
+                if let Err(e) = n.teardown().await {
+                    tracing::warn!(error = %e, "cannot remove the mesh rules");
+                }
+                *k = Kernel::Off;
+                self.changed.notify_one();
+            }
+        }
+    }
+
+    /// Where the kernel sends the calls to `port` of `instances`: a task
+    /// of this node's at its container's address on `network`, another's at
+    /// its registered address; `None` when one can only be reached in
+    /// userland (another node's, registered on loopback or IPv6).
+    async fn kernel_backends(
+        &self,
+        worker: &Worker,
+        network: &str,
+        port: u16,
+        instances: &[(String, SocketAddr)],
+    ) -> Option<Vec<(SocketAddrV4, bool)>> {
+        let mut out = Vec::new();
+        for (task, addr) in instances {
+            if worker.has_task(task) {
+                let ip = self.container_address(worker, network, task, *addr).await?;
+                out.push((SocketAddrV4::new(ip, port), true));
+            } else {
+                match addr.ip() {
+                    IpAddr::V4(ip) if !ip.is_loopback() && !ip.is_unspecified() => {
+                        out.push((SocketAddrV4::new(ip, addr.port()), false));
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        Some(out)
+    }
+
+    /// The address on `network` of task `task`'s container (registered at
+    /// `registered`), looked up once.
+    async fn container_address(
+        &self,
+        worker: &Worker,
+        network: &str,
+        task: &str,
+        registered: SocketAddr,
+    ) -> Option<Ipv4Addr> {
+        let key = (task.to_string(), registered);
+        if let Some(ip) = self.addresses.lock().get(&key) {
+            return Some(*ip);
+        }
+        let id = worker.container_of(task).await?;
+        let inspect = match self.docker.inspect_container(&id, None).await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::debug!(%task, container = %id, error = %e, "cannot inspect a task's container");
+                return None;
+            }
+        };
+        let ip: Ipv4Addr = inspect
+            .network_settings?
+            .networks?
+            .get(network)?
+            .ip_address
+            .as_deref()?
+            .parse()
+            .ok()?;
+        self.addresses.lock().insert(key, ip);
+        Some(ip)
+    }
+
+    /// Removes the rules of nodes with no stack network on this engine
+    /// (agents gone without removing them), keeping this node's.
+    async fn remove_stale_rules(&self, node: &str, list: &[Network]) {
+        if !matches!(*self.kernel.lock().await, Kernel::On(_)) {
+            return;
+        }
+        let mut live: BTreeSet<String> = list
+            .iter()
+            .filter_map(|n| n.labels.as_ref()?.get(NET_NODE_LABEL))
+            .map(|node| nat::tag(node))
+            .collect();
+        live.insert(nat::tag(node));
+        let stale: BTreeSet<String> = match nat::tags_present().await {
+            Ok(t) => t.difference(&live).cloned().collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list the mesh rules");
+                return;
+            }
+        };
+        if stale.is_empty() {
+            return;
+        }
+        match nat::remove_tags(stale.clone()).await {
+            Ok(()) => tracing::info!(?stale, "removed mesh rules of agents gone"),
+            Err(e) => tracing::warn!(?stale, error = %e, "cannot remove mesh rules of agents gone"),
         }
     }
 
@@ -328,6 +512,7 @@ impl Mesh {
     }
 
     async fn round(&self, node: &str, worker: &Worker) {
+        let kernel = self.kernel_on(node).await;
         let mut stacks = self.stacks.lock().await;
         // Read under the lock: an attach for a new task (whose assignment
         // is already in the worker) cannot slip between.
@@ -362,9 +547,14 @@ impl Mesh {
             }
             due
         };
-        if due {
-            self.remove_stale(node, &local, &stacks).await;
+        if due && let Some(list) = self.mesh_networks().await {
+            self.remove_stale(node, &local, &stacks, &list).await;
+            self.remove_stale_rules(node, &list).await;
         }
+        self.addresses
+            .lock()
+            .retain(|(task, _), _| worker.has_task(task));
+        let mut plan = kernel.then(Plan::default);
         let catalog = self.catalog.read().services_by_stack(local.keys());
         for (stack, mine) in &local {
             if !stacks.contains_key(stack) {
@@ -388,19 +578,25 @@ impl Mesh {
                     .or_default()
                     .extend(ports.iter().copied());
             }
-            self.serve_services(stack, net, &services).await;
+            self.serve_services(stack, net, &services, worker, plan.as_mut())
+                .await;
+        }
+        if let Some(plan) = plan {
+            self.apply(plan, &mut stacks).await;
         }
     }
 
-    /// Virtual IPs, names and listeners of `services`, and each
-    /// listener's instances. A `dnsrr` service has an address per passing
-    /// task (key `service@task`), each forwarding to that task only; its
-    /// names answer all of them.
+    /// Virtual IPs, names and paths (kernel or listener) of `services`,
+    /// and their instances. A `dnsrr` service has an address per passing
+    /// task (key `service@task`), each going to that task only; its names
+    /// answer all of them.
     async fn serve_services(
         &self,
         stack: &str,
         net: &mut StackNet,
         services: &BTreeMap<String, BTreeSet<u16>>,
+        worker: &Worker,
+        mut plan: Option<&mut Plan>,
     ) {
         for (service, ports) in services {
             let (dnsrr, tasks) = {
@@ -417,9 +613,17 @@ impl Mesh {
                     };
                     answers.push(vip);
                     for (port, addr) in instances {
-                        if let Some(pool) = net.listener(&key, vip, *port).await {
-                            pool.set(vec![*addr]);
-                        }
+                        let one = [(task.clone(), *addr)];
+                        self.route(
+                            stack,
+                            net,
+                            &key,
+                            (vip, *port),
+                            &one,
+                            worker,
+                            plan.as_deref_mut(),
+                        )
+                        .await;
                     }
                 }
                 let gone: Vec<String> = net
@@ -437,9 +641,17 @@ impl Mesh {
             } else if let Some(vip) = net.vip(stack, service).await {
                 answers.push(vip);
                 for port in ports {
-                    if let Some(pool) = net.listener(service, vip, *port).await {
-                        pool.set(self.catalog.read().passing(service, *port));
-                    }
+                    let instances = self.catalog.read().passing_instances(service, *port);
+                    self.route(
+                        stack,
+                        net,
+                        service,
+                        (vip, *port),
+                        &instances,
+                        worker,
+                        plan.as_deref_mut(),
+                    )
+                    .await;
                 }
             }
             answers.sort();
@@ -451,35 +663,77 @@ impl Mesh {
         }
     }
 
-    /// Removes this node's stack networks that nothing here uses (left by
-    /// an earlier run).
-    async fn remove_stale(&self, node: &str, local: &Local, open: &HashMap<String, StackNet>) {
-        let filters: HashMap<String, Vec<String>> = [(
-            "label".to_string(),
-            vec![format!("{NET_NODE_LABEL}={node}")],
-        )]
-        .into();
-        let Ok(list) = self
-            .docker
+    /// Serves `key`'s `vip:port` with `instances`: by the kernel when there
+    /// is a `plan` and it can reach them all, by a listener otherwise.
+    #[allow(clippy::too_many_arguments)]
+    async fn route(
+        &self,
+        stack: &str,
+        net: &mut StackNet,
+        key: &str,
+        (vip, port): (Ipv4Addr, u16),
+        instances: &[(String, SocketAddr)],
+        worker: &Worker,
+        plan: Option<&mut Plan>,
+    ) {
+        if let Some(plan) = plan
+            && let Some(backends) = self
+                .kernel_backends(worker, &net.network, port, instances)
+                .await
+        {
+            for (b, local) in &backends {
+                if *local {
+                    plan.desired.local.insert(*b.ip());
+                }
+            }
+            plan.desired
+                .services
+                .insert((vip, port), backends.into_iter().map(|(b, _)| b).collect());
+            plan.replaced
+                .push((stack.to_string(), key.to_string(), port));
+            return;
+        }
+        if let Some(pool) = net.listener(key, vip, port).await {
+            let mut addrs: Vec<SocketAddr> = instances.iter().map(|(_, a)| *a).collect();
+            addrs.dedup();
+            pool.set(addrs);
+        }
+    }
+
+    /// The stack networks of every node on this engine (`None` when the
+    /// engine does not answer).
+    async fn mesh_networks(&self) -> Option<Vec<Network>> {
+        let filters: HashMap<String, Vec<String>> =
+            [("label".to_string(), vec![NET_NODE_LABEL.to_string()])].into();
+        self.docker
             .list_networks(Some(ListNetworksOptions {
                 filters: Some(filters),
             }))
             .await
-        else {
-            return;
-        };
+            .map_err(|e| tracing::debug!(error = %e, "cannot list the stack networks"))
+            .ok()
+    }
+
+    /// Removes this node's stack networks that nothing here uses (left by
+    /// an earlier run).
+    async fn remove_stale(
+        &self,
+        node: &str,
+        local: &Local,
+        open: &HashMap<String, StackNet>,
+        list: &[Network],
+    ) {
         for n in list {
-            let stack = n
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(NET_STACK_LABEL))
-                .cloned()
-                .unwrap_or_default();
+            let label = |key: &str| n.labels.as_ref().and_then(|l| l.get(key)).cloned();
+            if label(NET_NODE_LABEL).as_deref() != Some(node) {
+                continue;
+            }
+            let stack = label(NET_STACK_LABEL).unwrap_or_default();
             if local.contains_key(&stack) || open.contains_key(&stack) {
                 continue;
             }
-            if let Some(name) = n.name
-                && self.docker.remove_network(&name).await.is_ok()
+            if let Some(name) = &n.name
+                && self.docker.remove_network(name).await.is_ok()
             {
                 tracing::info!(network = %name, "removed a stack network left from an earlier run");
             }

@@ -3,8 +3,11 @@
 //! shared (each agent its own node, network and virtual IPs). A client
 //! task on node A calls `api` (whose only task runs on node B) by name and
 //! target port from inside its container, and keeps succeeding while that
-//! task is replaced (start-first). Traffic stays on this machine: the
-//! containers' bridge networks and loopback.
+//! task is replaced (start-first). The registrator registers instances on
+//! loopback, so a call to another node's instance takes the agent's
+//! userland forwarder, and a call to an instance on the caller's node the
+//! kernel path (DNAT to the container's address). Traffic stays on this
+//! machine: the containers' bridge networks and loopback.
 //!
 //! The calls resolve the name with busybox's `nslookup` and then call the
 //! address with `wget`: busybox-static's `wget` resolves names through
@@ -142,7 +145,8 @@ struct TwoNodes {
     host_b: String,
     node_a: String,
     node_b: String,
-    _agents: Vec<Agent>,
+    /// A's agent, then B's.
+    agents: Vec<Agent>,
     _s: Scheduler,
     _p: Platform,
     // Dropped after the containers are removed (fields drop in order).
@@ -184,7 +188,7 @@ impl TwoNodes {
             host_b,
             node_a,
             node_b,
-            _agents: agents,
+            agents,
             _s: s,
             _p: p,
             _cleanup: cleanup,
@@ -497,6 +501,35 @@ async fn a_stack_network_left_from_an_earlier_run_is_removed() {
         .await;
         assert!(out.status.success(), "{out:?}");
     }
+    // Rules of an agent gone without removing them (its node has no stack
+    // network here): the jumps and chains go too.
+    let gone = bronze_agent::mesh::nat::tag(&format!("{stack}-gone"));
+    let chain = bronze_agent::mesh::nat::top_chain(&gone);
+    let rules =
+        format!("*filter\n:{chain} - [0:0]\n-A INPUT -d 10.210.0.0/16 -j {chain}\nCOMMIT\n");
+    let mut restore = tokio::process::Command::new("iptables-restore")
+        .arg("--noflush")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("iptables-restore runs");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = restore.stdin.take().expect("stdin");
+        stdin
+            .write_all(rules.as_bytes())
+            .await
+            .expect("rules written");
+    }
+    assert!(restore.wait().await.expect("iptables-restore").success());
+    eventually(
+        Duration::from_secs(30),
+        "the rules of an agent gone are removed",
+        || {
+            let chain = chain.clone();
+            async move { (!iptables_save().await.contains(&chain)).then_some(()) }
+        },
+    )
+    .await;
     eventually(
         Duration::from_secs(30),
         "the stale network is removed",
@@ -512,5 +545,160 @@ async fn a_stack_network_left_from_an_earlier_run_is_removed() {
         vec![other],
         "another node's network is not this agent's"
     );
+    drop(t);
+}
+
+/// Every rule of both tables, as `iptables-save` prints them.
+async fn iptables_save() -> String {
+    let out = tokio::process::Command::new("iptables-save")
+        .output()
+        .await
+        .expect("iptables-save runs");
+    assert!(out.status.success(), "iptables-save: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether a socket of this network namespace listens on `addr`
+/// (`/proc/net/tcp`: little-endian address, state 0A).
+fn listening(addr: std::net::SocketAddrV4) -> bool {
+    let o = addr.ip().octets();
+    let local = format!(
+        "{:02X}{:02X}{:02X}{:02X}:{:04X}",
+        o[3],
+        o[2],
+        o[1],
+        o[0],
+        addr.port()
+    );
+    std::fs::read_to_string("/proc/net/tcp")
+        .expect("/proc/net/tcp")
+        .lines()
+        .skip(1)
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A")
+        })
+}
+
+#[tokio::test]
+async fn a_call_by_name_takes_the_kernel_path_whose_rules_go_with_the_agent() {
+    let stack = unique("nat");
+    let mut t = TwoNodes::start(&stack, &["api", "down", "client"]).await;
+    let (api, down) = (format!("{stack}_api"), format!("{stack}_down"));
+    let host_a = t.host_a.clone();
+    // api on A, the client's node; down on A too, never passing (its
+    // health check's first probe is an hour away: "starting").
+    let mut sp = versioned(&api, "v1", true);
+    sp.mode = Some(pb::service_spec::Mode::Replicated(pb::Replicated {
+        replicas: 1,
+    }));
+    let sp = t.stacked(sp, &host_a);
+    t.c.create_service(pb::CreateServiceRequest { spec: Some(sp) })
+        .await
+        .expect("create api");
+    let mut sp = versioned(&down, "v0", true);
+    sp.mode = Some(pb::service_spec::Mode::Replicated(pb::Replicated {
+        replicas: 1,
+    }));
+    if let Some(h) = sp.healthcheck.as_mut() {
+        h.interval = Some(prost_types::Duration {
+            seconds: 3600,
+            nanos: 0,
+        });
+    }
+    let sp = t.stacked(sp, &host_a);
+    t.c.create_service(pb::CreateServiceRequest { spec: Some(sp) })
+        .await
+        .expect("create down");
+    let container = t.caller().await;
+    converged(&mut t.c, &api, 1).await;
+    let api_container = eventually(Duration::from_secs(30), "api's container", || {
+        container_of(&api)
+    })
+    .await;
+    let api_address = docker_words(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+        &api_container,
+    ])
+    .await
+    .into_iter()
+    .next()
+    .expect("api's address on the stack network");
+    let tag = bronze_agent::mesh::nat::tag(&t.node_a);
+    let chain = bronze_agent::mesh::nat::top_chain(&tag);
+    let dnat = format!("-j DNAT --to-destination {api_address}:8080");
+
+    // The call by name succeeds, the rules DNAT api's virtual address to
+    // its container, and nothing listens there: not the forwarder.
+    let vip = eventually(
+        Duration::from_secs(60),
+        "api is called by name through the kernel's DNAT",
+        || {
+            let (container, dnat, tag) = (container.clone(), dnat.clone(), tag.clone());
+            async move {
+                let (answer, address) = call(&container, "api", "8080", "version").await;
+                if answer.as_deref() != Some("v1") {
+                    eprintln!("not yet: {address}");
+                    return None;
+                }
+                let vip: std::net::Ipv4Addr = address.parse().ok()?;
+                let rules = iptables_save().await;
+                let ours = rules
+                    .lines()
+                    .any(|l| l.contains(&tag) && l.ends_with(&dnat));
+                let listened = listening(std::net::SocketAddrV4::new(vip, 8080));
+                if !ours || listened {
+                    eprintln!("not yet: DNAT to api {ours}, a listener at {vip}:8080 {listened}");
+                    return None;
+                }
+                Some(vip)
+            }
+        },
+    )
+    .await;
+    let rules = iptables_save().await;
+    assert!(
+        rules.contains(&format!(
+            "-A {chain} -d {vip}/32 -p tcp -m tcp --dport 8080 -j "
+        )),
+        "{vip}:8080 goes to its own chain: {rules}"
+    );
+    let (again, _) = call(&container, &api, "8080", "version").await;
+    assert_eq!(again.as_deref(), Some("v1"), "by its full name too");
+
+    // down has a virtual address and no passing instance: refused at once
+    // (a TCP reset), not left to time out.
+    eventually(
+        Duration::from_secs(60),
+        "a call to down is refused by the kernel",
+        || {
+            let (container, chain) = (container.clone(), chain.clone());
+            async move {
+                let (_, address) = call(&container, "down", "8080", "version").await;
+                let vip = address.lines().next()?.trim().to_string();
+                let rules = iptables_save().await;
+                let reject = format!(
+                    "-A {chain} -d {vip}/32 -p tcp -m tcp --dport 8080 -j REJECT --reject-with tcp-reset"
+                );
+                rules.lines().any(|l| l == reject).then_some(())
+            }
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let (none, err) = call(&container, "down", "8080", "version").await;
+    let took = started.elapsed();
+    assert!(none.is_none(), "down answered: {err}");
+    assert!(err.contains("refused"), "refused, not timed out: {err}");
+    assert!(took < Duration::from_secs(3), "refused at once: {took:?}");
+
+    // The agent stops (as at SIGTERM): no chain or rule of its node left.
+    let agent_a = t.agents.remove(0);
+    agent_a.stop().await;
+    let rules = iptables_save().await;
+    let left: Vec<&str> = rules.lines().filter(|l| l.contains(&tag)).collect();
+    assert!(left.is_empty(), "rules left after the agent: {left:?}");
     drop(t);
 }
