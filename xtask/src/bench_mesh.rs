@@ -1,7 +1,9 @@
 //! `cargo xtask bench mesh`: a call from one task of a stack to another
 //! service of the stack by name (Bronze's path: the stack's DNS answer, a
-//! virtual IP, the agent's forwarder, the instance's published port)
-//! against the same call to the instance's own address, in the same run.
+//! virtual IP, the agent's DNAT rule to the instance's container address
+//! on the stack network, or, without the kernel path, the agent's
+//! userland forwarder) against the same call to the instance's own
+//! address, in the same run. The bench says which path the agent took.
 //!
 //! Bronze runs as its release binaries in their own processes (discovery,
 //! a registrator, the scheduler, one agent with `--discovery`). The stack
@@ -11,7 +13,8 @@
 //! it reaches what the task reaches), alternating: `direct` (the api
 //! container's own address on the stack network, port 8080) and `by name`
 //! (the address the stack's DNS gives `api`, port 8080). CPU per request:
-//! the agent's (its forwarder) for the path by name.
+//! the agent's (its forwarder, when it is in the path) for the path by
+//! name.
 //!
 //! Swarm's VIP is measured only where the kernel has IPVS (Swarm's VIPs
 //! and routing mesh are IPVS); without it the bench says so.
@@ -208,9 +211,25 @@ pub async fn run(seconds: u64, runs: usize) -> anyhow::Result<()> {
             (!text.contains("Non-2xx") && !text.contains("Socket errors")).then_some(())
         })
         .await?;
+        // The kernel path: a DNAT rule of the agent's to api's container.
+        let dnat = format!("-j DNAT --to-destination {direct}:8080");
+        let kernel = Command::new("iptables-save")
+            .args(["-t", "nat"])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l.starts_with("-A BZM-") && l.ends_with(&dnat))
+            })
+            .unwrap_or(false);
+        let path = if kernel {
+            "the agent's DNAT rule"
+        } else {
+            "the agent's userland forwarder"
+        };
         println!(
             "mesh: from the client task of stack {stack}, to api at its own address \
-             ({direct}:8080) and by name ({vip}:8080, the agent's forwarder); \
+             ({direct}:8080) and by name ({vip}:8080, {path}); \
              wrk -t1, {seconds} s, {runs} runs alternating"
         );
         println!("run | conns | path | req/s | p50 ms | p99 ms | agent CPU us/req");

@@ -423,19 +423,24 @@ impl Mesh {
     }
 
     /// Removes the rules of nodes with no stack network on this engine
-    /// (agents gone without removing them), keeping this node's.
+    /// (agents gone without removing them), keeping this node's, which
+    /// are written again if something else removed them.
     async fn remove_stale_rules(&self, node: &str, list: &[Network]) {
-        if !matches!(*self.kernel.lock().await, Kernel::On(_)) {
+        let mut kernel = self.kernel.lock().await;
+        let Kernel::On(n) = &mut *kernel else {
             return;
-        }
+        };
         let mut live: BTreeSet<String> = list
             .iter()
-            .filter_map(|n| n.labels.as_ref()?.get(NET_NODE_LABEL))
+            .filter_map(|net| net.labels.as_ref()?.get(NET_NODE_LABEL))
             .map(|node| nat::tag(node))
             .collect();
         live.insert(nat::tag(node));
         let stale: BTreeSet<String> = match nat::tags_present().await {
-            Ok(t) => t.difference(&live).cloned().collect(),
+            Ok(t) => {
+                n.check(&t);
+                t.difference(&live).cloned().collect()
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "cannot list the mesh rules");
                 return;

@@ -341,6 +341,17 @@ impl Nat {
         Ok(())
     }
 
+    /// Makes the next [`Nat::apply`] write even an unchanged state, when
+    /// rules were written and `present` (node tags with chains now) says
+    /// they are gone (a firewall reload flushed them).
+    pub fn check(&mut self, present: &BTreeSet<String>) {
+        let written = self.last.as_ref().is_some_and(|d| !d.services.is_empty());
+        if written && !present.contains(&self.tag) {
+            tracing::warn!(chain = %top_chain(&self.tag), "the mesh rules are gone; writing them again");
+            self.last = None;
+        }
+    }
+
     /// Removes this node's rules (at shutdown).
     pub async fn teardown(&mut self) -> Result<(), String> {
         self.last = None;
@@ -461,6 +472,26 @@ COMMIT
         assert!(pos(&format!(":{svc}")) < pos(&format!("-A {svc}")));
         assert!(pos("-A BZM-0000beef-HAIRPIN") < pos("-X BZM-0000beef-0a800050"));
         assert_eq!(text.matches("COMMIT").count(), 2);
+    }
+
+    #[test]
+    fn rules_removed_by_someone_else_are_written_again() {
+        let written = Desired {
+            services: [((Ipv4Addr::new(10, 210, 1, 130), 80), vec![])].into(),
+            local: BTreeSet::new(),
+        };
+        let mut n = Nat {
+            tag: "0000beef".into(),
+            last: Some(written.clone()),
+        };
+        n.check(&["0000beef".into()].into());
+        assert_eq!(n.last.as_ref(), Some(&written), "still there: kept");
+        n.check(&["12345678".into()].into());
+        assert_eq!(n.last, None, "gone: the next apply writes");
+        // Nothing written (no virtual address): nothing to miss.
+        n.last = Some(Desired::default());
+        n.check(&BTreeSet::new());
+        assert_eq!(n.last, Some(Desired::default()));
     }
 
     #[test]
