@@ -196,6 +196,14 @@ impl TwoNodes {
         }
     }
 
+    /// Stops the agents as at SIGTERM (their rules go with them), then
+    /// removes the rest.
+    async fn stop(mut self) {
+        for agent in std::mem::take(&mut self.agents) {
+            agent.stop().await;
+        }
+    }
+
     /// `sp` as a service of the stack, pinned to `host`.
     fn stacked(&self, mut sp: pb::ServiceSpec, host: &str) -> pb::ServiceSpec {
         sp.container_labels = [(NAMESPACE.to_string(), self.stack.clone())].into();
@@ -353,7 +361,7 @@ async fn a_task_calls_a_service_on_another_node_by_name_through_a_replacement() 
         },
     )
     .await;
-    drop(t);
+    t.stop().await;
 }
 
 /// Every address `name` answers in the stack's DNS.
@@ -420,7 +428,7 @@ async fn dnsrr_answers_an_address_per_task() {
         .collect();
     full.sort();
     assert_eq!(full, addresses);
-    drop(t);
+    t.stop().await;
 }
 
 #[tokio::test]
@@ -477,7 +485,7 @@ async fn an_ingress_port_answers_on_every_node() {
         published.iter().all(|p| !p.ends_with(&format!(":{port}"))),
         "the task does not take the ingress port itself: {published:?}"
     );
-    drop(t);
+    t.stop().await;
 }
 
 #[tokio::test]
@@ -545,7 +553,7 @@ async fn a_stack_network_left_from_an_earlier_run_is_removed() {
         vec![other],
         "another node's network is not this agent's"
     );
-    drop(t);
+    t.stop().await;
 }
 
 /// Every rule of both tables, as `iptables-save` prints them.
@@ -700,5 +708,5 @@ async fn a_call_by_name_takes_the_kernel_path_whose_rules_go_with_the_agent() {
     let rules = iptables_save().await;
     let left: Vec<&str> = rules.lines().filter(|l| l.contains(&tag)).collect();
     assert!(left.is_empty(), "rules left after the agent: {left:?}");
-    drop(t);
+    t.stop().await;
 }
