@@ -293,49 +293,9 @@ async fn a_task_calls_a_service_on_another_node_by_name_through_a_replacement() 
     assert!(none.is_none(), "{err}");
 
     // Replace api's task (start-first) while the client calls it.
-    let calls = {
-        let container = container.clone();
-        tokio::spawn(async move { docker(&["exec", &container, "sh", "-c", LOOP]).await })
-    };
-    eventually(Duration::from_secs(10), "the calls started", || {
-        let container = container.clone();
-        async move {
-            let out = docker(&["exec", &container, "sh", "-c", "test -e /tmp/started"]).await;
-            out.status.success().then_some(())
-        }
-    })
-    .await;
     let sp = api_spec(&t, "v2");
     let mut c = t.c.clone();
-    c.update_service(pb::UpdateServiceRequest {
-        service: api.clone(),
-        spec: Some(sp),
-        version: 0,
-        force: true,
-    })
-    .await
-    .expect("update api");
-    update_completed(&c, &api).await;
-    let (after, _) = call(&container, "api", "8080", "version").await;
-    assert_eq!(after.as_deref(), Some("v2"), "the new task serves");
-    docker(&["exec", &container, "sh", "-c", "touch /tmp/stop"]).await;
-    let out = calls.await.expect("calls");
-    let report = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let errors = String::from_utf8_lossy(&out.stderr).to_string();
-    let fields: Vec<&str> = report.split_whitespace().collect();
-    assert_eq!(fields.len(), 3, "{report:?} {errors}");
-    let (ok, failed): (u64, u64) = (
-        fields[0].parse().expect("ok"),
-        fields[1].parse().expect("failed"),
-    );
-    assert_eq!(
-        failed,
-        0,
-        "{failed} failed calls of {}: {errors}",
-        ok + failed
-    );
-    assert!(ok >= 10, "the calls ran all along: {ok}");
-    assert_eq!(fields[2], "v2", "the last calls reached the new task");
+    replace_while_calling(&mut c, &container, sp).await;
     let now: Vec<pb::Task> = crate::harness::running(&crate::harness::tasks(&mut c, &api).await)
         .into_iter()
         .cloned()
@@ -362,6 +322,56 @@ async fn a_task_calls_a_service_on_another_node_by_name_through_a_replacement() 
     )
     .await;
     t.stop().await;
+}
+
+/// Updates the stack's `api` to `sp` (serving "v2", start-first, forced)
+/// while the client in `container` calls `api` by name in a loop; asserts
+/// that no call failed, that they ran all along and that the last ones
+/// reached the new task.
+async fn replace_while_calling(
+    c: &mut crate::harness::Client,
+    container: &str,
+    sp: pb::ServiceSpec,
+) {
+    let calls = {
+        let container = container.to_string();
+        tokio::spawn(async move { docker(&["exec", &container, "sh", "-c", LOOP]).await })
+    };
+    eventually(Duration::from_secs(10), "the calls started", || async {
+        let out = docker(&["exec", container, "sh", "-c", "test -e /tmp/started"]).await;
+        out.status.success().then_some(())
+    })
+    .await;
+    let api = sp.name.clone();
+    c.update_service(pb::UpdateServiceRequest {
+        service: api.clone(),
+        spec: Some(sp),
+        version: 0,
+        force: true,
+    })
+    .await
+    .expect("update api");
+    update_completed(c, &api).await;
+    let (after, _) = call(container, "api", "8080", "version").await;
+    assert_eq!(after.as_deref(), Some("v2"), "the new task serves");
+    docker(&["exec", container, "sh", "-c", "touch /tmp/stop"]).await;
+    let out = calls.await.expect("calls");
+    let report = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let errors = String::from_utf8_lossy(&out.stderr).to_string();
+    let fields: Vec<&str> = report.split_whitespace().collect();
+    assert_eq!(fields.len(), 3, "{report:?} {errors}");
+    let (ok, failed): (u64, u64) = (
+        fields[0].parse().expect("ok"),
+        fields[1].parse().expect("failed"),
+    );
+    assert_eq!(
+        failed,
+        0,
+        "{failed} failed calls of {}: {errors}",
+        ok + failed
+    );
+    assert!(ok >= 10, "the calls ran all along: {ok}");
+    assert_eq!(fields[2], "v2", "the last calls reached the new task");
 }
 
 /// Every address `name` answers in the stack's DNS.
@@ -556,6 +566,20 @@ async fn a_stack_network_left_from_an_earlier_run_is_removed() {
     t.stop().await;
 }
 
+/// `container`'s address on its (only) network, the stack's.
+async fn address_of(container: &str) -> String {
+    docker_words(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+        container,
+    ])
+    .await
+    .into_iter()
+    .next()
+    .unwrap_or_else(|| panic!("{container} has no address"))
+}
+
 /// Every rule of both tables, as `iptables-save` prints them.
 async fn iptables_save() -> String {
     let out = tokio::process::Command::new("iptables-save")
@@ -624,16 +648,7 @@ async fn a_call_by_name_takes_the_kernel_path_whose_rules_go_with_the_agent() {
         container_of(&api)
     })
     .await;
-    let api_address = docker_words(&[
-        "inspect",
-        "-f",
-        "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
-        &api_container,
-    ])
-    .await
-    .into_iter()
-    .next()
-    .expect("api's address on the stack network");
+    let api_address = address_of(&api_container).await;
     let tag = bronze_agent::mesh::nat::tag(&t.node_a);
     let chain = bronze_agent::mesh::nat::top_chain(&tag);
     let dnat = format!("-j DNAT --to-destination {api_address}:8080");
@@ -675,6 +690,40 @@ async fn a_call_by_name_takes_the_kernel_path_whose_rules_go_with_the_agent() {
     );
     let (again, _) = call(&container, &api, "8080", "version").await;
     assert_eq!(again.as_deref(), Some("v1"), "by its full name too");
+
+    // Replaced (start-first) under calls by name: none fails, new
+    // connections reach the new task, and the rule follows its container.
+    let mut sp = versioned(&api, "v2", true);
+    sp.mode = Some(pb::service_spec::Mode::Replicated(pb::Replicated {
+        replicas: 1,
+    }));
+    let sp = t.stacked(sp, &host_a);
+    let mut c = t.c.clone();
+    replace_while_calling(&mut c, &container, sp).await;
+    let new_container = eventually(Duration::from_secs(30), "api's new container", || {
+        let (api, old) = (api.clone(), api_container.clone());
+        async move { container_of(&api).await.filter(|c| *c != old) }
+    })
+    .await;
+    let new_address = address_of(&new_container).await;
+    eventually(
+        Duration::from_secs(30),
+        "the rule follows the new task",
+        || {
+            let (tag, old, new) = (
+                tag.clone(),
+                dnat.clone(),
+                format!("-j DNAT --to-destination {new_address}:8080"),
+            );
+            async move {
+                let rules = iptables_save().await;
+                let ours: Vec<&str> = rules.lines().filter(|l| l.contains(&tag)).collect();
+                (ours.iter().any(|l| l.ends_with(&new)) && !ours.iter().any(|l| l.ends_with(&old)))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
 
     // down has a virtual address and no passing instance: refused at once
     // (a TCP reset), not left to time out.
