@@ -136,7 +136,7 @@ pub async fn run(seconds: u64, runs: usize) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("bronze-bench-mesh-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let (node, mut c) = OneNode::start(&bin, &dir, "bench-mesh", true).await?;
+    let (mut node, mut c) = OneNode::start(&bin, &dir, "bench-mesh", true).await?;
     let s = |v: &str| v.to_string();
     let stack = format!("benchmesh{}", std::process::id());
     let service = |name: &str, args: Vec<String>, ports: Vec<pb::PortConfig>| pb::ServiceSpec {
@@ -298,6 +298,8 @@ pub async fn run(seconds: u64, runs: usize) -> anyhow::Result<()> {
         (container_of(&api).is_none() && container_of(&client).is_none()).then_some(())
     })
     .await;
+    // Stopped as at SIGTERM: the agent removes its mesh rules.
+    node.agent.terminate(Duration::from_secs(10));
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
     result

@@ -10,6 +10,22 @@ use bronze_proto::scheduler::v1 as pb;
 /// A child process killed when dropped.
 pub struct Proc(pub Child);
 
+impl Proc {
+    /// Stops the process with SIGTERM, as a service manager would, and
+    /// waits for it at most `within` (after that, the kill of drop).
+    pub fn terminate(&mut self, within: Duration) {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let t0 = Instant::now();
+        while t0.elapsed() < within {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
