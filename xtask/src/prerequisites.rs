@@ -17,6 +17,8 @@ const DEBIAN: &[(&str, &str)] = &[
     ("strace", "strace"),
     // The end-to-end test brings deploy/docker-compose.yml up with it.
     ("docker-compose", "docker-compose"),
+    // The agent's mesh writes its DNAT rules with it (the mesh tests).
+    ("iptables-restore", "iptables"),
 ];
 /// (Python module, PyPI package)
 const PYTHON: &[(&str, &str)] = &[("consul", "py-consul")];
