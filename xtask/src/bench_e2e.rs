@@ -102,9 +102,9 @@ struct Phases {
     update_load: Tally,
     rollback: f64,
     rollback_load: Tally,
-    /// Swarm: when it reported the v2 update `completed` (its 2 s monitor
-    /// after the last task included), for context.
-    update_reported: Option<f64>,
+    /// The update's parts: (answers all v2, the deploy command returned,
+    /// the orchestrator reported it completed), for the analysis.
+    update_parts: (f64, f64, f64),
 }
 
 /// What one deploy under load gave: seconds from the command to its
@@ -287,6 +287,7 @@ async fn bronze(bin: &Path, dir: &Path) -> anyhow::Result<Phases> {
             bail!("bronze stack deploy v2: {}", said(&u.deploy));
         }
         p.update = u.returned.max(u.settled);
+        p.update_parts = (u.settled, u.returned, u.returned);
         p.update_load = u.load;
 
         let u = under_load(&url, ["v2", "v2"], deploy("v3"), || async { Ok(true) }).await?;
@@ -464,7 +465,7 @@ async fn swarm(dir: &Path) -> anyhow::Result<Phases> {
             bail!("docker stack deploy v2: {}", said(&u.deploy));
         }
         p.update = u.returned.max(u.settled);
-        p.update_reported = Some(u.done);
+        p.update_parts = (u.settled, u.returned, u.done);
         p.update_load = u.load;
 
         let u = under_load(&url, ["v2", "v2"], deploy("v3"), || async {
@@ -551,11 +552,10 @@ async fn measure(bin: &Path, dir: &Path, runs: usize) -> anyhow::Result<()> {
     );
     let (mut b, mut s, mut floor3, mut floor1) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let row = |run: usize, who: &str, p: &Phases| {
-        let reported = p
-            .update_reported
-            .map_or(String::new(), |r| format!(" (reported completed {r:.2})"));
+        let (all_v2, returned, done) = p.update_parts;
         println!(
-            "{run} | {who} | {:.2} | {:.2} | {:.2}{reported} ({}/{}) | {:.2} ({}/{})",
+            "{run} | {who} | {:.2} | {:.2} | {:.2} [all v2 {all_v2:.2}, command returned \
+             {returned:.2}, reported completed {done:.2}] ({}/{}) | {:.2} ({}/{})",
             p.push,
             p.first_answer,
             p.update,
