@@ -127,9 +127,9 @@ impl Clients {
 
     /// As [`Clients::finish`], with the moment the latest body began: the
     /// first 200 answer carrying it after the last one carrying another.
-    pub async fn finish_settled(self) -> (Tally, Option<Instant>) {
+    pub async fn finish_settled(mut self) -> (Tally, Option<Instant>) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
         let (last, since) = self.last.lock().expect("lock").clone();
@@ -141,5 +141,13 @@ impl Clients {
             },
             since,
         )
+    }
+}
+
+impl Drop for Clients {
+    /// Clients dropped without [`Clients::finish`] (an error on the way)
+    /// stop after their request in flight.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
