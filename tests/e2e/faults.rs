@@ -22,7 +22,7 @@ use xtask::clients::{Clients, Tally};
 
 use crate::cluster::{docker, until};
 use crate::containers::{free_port, images_and_workload};
-use crate::seeds::build_app;
+use xtask::images::build_app;
 
 /// A component's binary, run as its own process with its log in a file;
 /// killed on drop (its log printed when the test failed).
@@ -172,7 +172,7 @@ async fn discovery_restarted_under_load_costs_no_failed_request() {
     let bin = images_and_workload().await;
     let id = std::process::id();
     let app = format!("bronze-test/faults-app:{id}");
-    build_app(&app, "v1", true);
+    build_app(&app, "v1", true).await.expect("app image builds");
     let container = format!("bronze-e2e-faults-{id}");
     let _cleanup = Cleanup {
         containers: vec![container.clone()],
@@ -347,7 +347,7 @@ async fn a_registry_killed_during_a_push_loses_nothing_it_acknowledged() {
         (r.status() == 200).then_some(())
     })
     .await;
-    build_app(&v1, "v1", true);
+    build_app(&v1, "v1", true).await.expect("app image builds");
     docker(&["push", &v1]);
 
     // An image with four new layers of random bytes (16, 48, 48, 48 MiB).

@@ -31,7 +31,7 @@ use xtask::clients::{Clients, Tally};
 
 use crate::cluster::{Client, Teardown, docker, node_becomes, running, sh, spread, until};
 use crate::containers::{free_port, images_and_workload};
-use crate::seeds::build_app;
+use xtask::images::build_app;
 
 /// The registrator's heartbeat and TTL on every host.
 const HEARTBEAT: &str = "500ms";
@@ -144,7 +144,7 @@ async fn three_hosts_lose_one_then_cut_one_with_no_failed_request() {
     let bin = images_and_workload().await;
     let id = std::process::id();
     let app = format!("bronze-test/hosts-app:{id}");
-    build_app(&app, "v1", true);
+    build_app(&app, "v1", true).await.expect("app image builds");
     let network = format!("bronze-e2e-hosts-{id}");
     let ctl = format!("bronze-e2e-ctl-{id}");
     let sched = format!("bronze-e2e-sched-{id}");

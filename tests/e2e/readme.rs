@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::seeds::Dev;
+use xtask::dev::Dev;
 
 const MARK: &str = "<!-- newcomer: tests/e2e/readme.rs runs the next block -->";
 
@@ -71,7 +71,7 @@ async fn the_readme_newcomer_block_answers_through_the_gateway() {
     xtask::prerequisites::apt(&[("busybox", "busybox-static")]).expect("busybox-static");
     let dir = tempfile::tempdir().expect("dir");
     let log = dir.path().join("dev.log");
-    let dev = Dev::start(&bin, &log, &[], dir.path());
+    let dev = Dev::start(&bin, &log, &[], dir.path()).expect("bronze dev starts");
     assert_eq!(dev.gateway.port(), 8000, "the README's gateway port");
     assert_eq!(dev.registry.port(), 5000, "the README's registry port");
     let _teardown = Teardown {

@@ -10,83 +10,17 @@
 //! served with zero failed requests; `bronze stack rm` leaves no
 //! container, registration or route behind.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use xtask::clients::{Clients, Tally};
+use xtask::dev::Dev;
+use xtask::images::{SEEDS_STACK as STACK, build_app};
 
 use crate::cluster::docker;
 use crate::containers::images;
-
-/// `bronze dev ARGS` (the seeds' flow: `--ephemeral`), started from the
-/// workspace's debug build in `cwd`, with the addresses it prints.
-pub(crate) struct Dev {
-    pub child: Child,
-    pub registry: SocketAddr,
-    pub gateway: SocketAddr,
-    pub dns: SocketAddr,
-    pub scheduler: String,
-}
-
-impl Dev {
-    pub fn start(bin: &Path, log: &Path, args: &[&str], cwd: &Path) -> Self {
-        let mut child = Command::new(bin.join("bronze"))
-            .arg("dev")
-            .args(args)
-            .current_dir(cwd)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).expect("log file"))
-            .spawn()
-            .expect("bronze dev starts");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let (mut registry, mut gateway, mut dns, mut scheduler) = (None, None, None, None);
-        let addr = |line: &str| -> SocketAddr {
-            let word = line.split_whitespace().nth(1).expect("an address");
-            let word = word.strip_prefix("http://").unwrap_or(word);
-            word.parse().expect("a socket address")
-        };
-        for line in stdout.lines().map_while(Result::ok) {
-            match line.split_whitespace().next() {
-                Some("registry") => registry = Some(addr(&line)),
-                Some("gateway") if !line.starts_with("gateway tls") => gateway = Some(addr(&line)),
-                Some("scheduler") => scheduler = Some(format!("http://{}", addr(&line))),
-                Some("discovery") if line.starts_with("discovery dns") => {
-                    dns = Some(
-                        line.split_whitespace()
-                            .nth(2)
-                            .expect("dns address")
-                            .parse()
-                            .expect("dns address"),
-                    )
-                }
-                _ => {}
-            }
-            if line.starts_with("ready") {
-                break;
-            }
-        }
-        Self {
-            registry: registry.expect("registry listed"),
-            gateway: gateway.expect("gateway listed"),
-            dns: dns.expect("dns listed"),
-            scheduler: scheduler.expect("scheduler listed"),
-            child,
-        }
-    }
-
-    /// `bronze ARGS` against this platform's scheduler.
-    fn bronze(&self, bin: &Path, env: &[(&str, String)], args: &[&str]) -> std::process::Output {
-        Command::new(bin.join("bronze"))
-            .env("BRONZE_SCHEDULER", &self.scheduler)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .args(args)
-            .output()
-            .expect("bronze runs")
-    }
-}
 
 /// Stops `bronze dev` and removes what the test made, also on failure.
 struct Teardown {
@@ -124,50 +58,6 @@ impl Drop for Teardown {
         }
     }
 }
-
-/// The app: busybox httpd serving `/version` (this version's name), and
-/// `/ready` unless `ready` is false (the stack's health check asks for it).
-pub(crate) fn build_app(tag: &str, version: &str, ready: bool) {
-    let dir = tempfile::tempdir().expect("dir");
-    let mut dockerfile = format!(
-        "FROM bronze-test/busybox-httpd:latest\nCOPY version /www/version\nLABEL bronze.e2e.version={version}\n"
-    );
-    std::fs::write(dir.path().join("version"), format!("{version}\n")).expect("write");
-    if ready {
-        std::fs::write(dir.path().join("ready"), "ok\n").expect("write");
-        dockerfile.push_str("COPY ready /www/ready\n");
-    }
-    std::fs::write(dir.path().join("Dockerfile"), dockerfile).expect("write");
-    docker(&["build", "-q", "-t", tag, &dir.path().display().to_string()]);
-}
-
-/// The stack file, in the seeds' words; `VERSION` and `REGISTRY` come
-/// from the environment, as their CI sets them.
-const STACK: &str = r#"version: "3.8"
-services:
-  app:
-    image: ${REGISTRY}/seeds/app:${VERSION:?the version to deploy}
-    ports:
-      - target: 8080
-    healthcheck:
-      test: ["CMD", "/bin/busybox", "test", "-f", "/www/ready"]
-      interval: 500ms
-      timeout: 2s
-      retries: 2
-    stop_grace_period: 1s
-    deploy:
-      replicas: 3
-      labels:
-        - "traefik.frontend.rule=PathPrefixStrip:/app"
-      restart_policy:
-        condition: any
-        delay: 200ms
-      update_config:
-        parallelism: 1
-        order: start-first
-        failure_action: rollback
-        monitor: 2s
-"#;
 
 fn write_stack(dir: &Path) -> PathBuf {
     let file = dir.join("stack.yml");
@@ -221,7 +111,7 @@ async fn the_seeds_flow_from_push_to_rollback_to_removal() {
             .expect("cargo build -p bronze");
     let dir = tempfile::tempdir().expect("dir");
     let log = dir.path().join("dev.log");
-    let dev = Dev::start(&bin, &log, &["--ephemeral"], dir.path());
+    let dev = Dev::start(&bin, &log, &["--ephemeral"], dir.path()).expect("bronze dev starts");
     let registry = format!("127.0.0.1:{}", dev.registry.port());
     let stack = format!("seeds{}", std::process::id());
     let tag = |v: &str| format!("{registry}/seeds/app:{v}");
@@ -244,12 +134,15 @@ async fn the_seeds_flow_from_push_to_rollback_to_removal() {
             ],
             &["stack", "deploy", "--stable", "1s", "-c", &file, &stack],
         )
+        .expect("bronze runs")
     };
 
     // 1-2. Three versions built offline, each pushed to Bronze's registry.
-    build_app(&tag("v1"), "v1", true);
-    build_app(&tag("v2"), "v2", true);
-    build_app(&tag("v3"), "v3", false);
+    for (v, ready) in [("v1", true), ("v2", true), ("v3", false)] {
+        build_app(&tag(v), v, ready)
+            .await
+            .expect("app image builds");
+    }
     for v in ["v1", "v2", "v3"] {
         docker(&["push", &tag(v)]);
     }
@@ -264,24 +157,28 @@ async fn the_seeds_flow_from_push_to_rollback_to_removal() {
         ),
     )
     .expect("write");
-    let out = dev.bronze(
-        &bin,
-        &[("VERSION", "v1".into()), ("REGISTRY", registry.clone())],
-        &[
-            "stack",
-            "deploy",
-            "-c",
-            &broken.display().to_string(),
-            &stack,
-        ],
-    );
+    let out = dev
+        .bronze(
+            &bin,
+            &[("VERSION", "v1".into()), ("REGISTRY", registry.clone())],
+            &[
+                "stack",
+                "deploy",
+                "-c",
+                &broken.display().to_string(),
+                &stack,
+            ],
+        )
+        .expect("bronze runs");
     let said = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success(), "a broken stack deploys: {said}");
     assert!(
         said.contains("worker") && said.contains("nope"),
         "the error names the service and the secret: {said}"
     );
-    let listed = dev.bronze(&bin, &[], &["service", "ls"]);
+    let listed = dev
+        .bronze(&bin, &[], &["service", "ls"])
+        .expect("bronze runs");
     assert!(listed.status.success());
     assert!(
         !String::from_utf8_lossy(&listed.stdout).contains(&stack),
@@ -358,7 +255,9 @@ async fn the_seeds_flow_from_push_to_rollback_to_removal() {
     assert_eq!(version(gateway).await, Some((200, "v2".into())));
 
     // 7. Removed: no container, registration or route left.
-    let out = dev.bronze(&bin, &[], &["stack", "rm", &stack]);
+    let out = dev
+        .bronze(&bin, &[], &["stack", "rm", &stack])
+        .expect("bronze runs");
     assert!(
         out.status.success(),
         "{}",
@@ -388,19 +287,8 @@ async fn the_seeds_flow_from_push_to_rollback_to_removal() {
 
     // bronze dev drains and exits 0 on SIGTERM.
     let mut dev = teardown.dev.take().expect("started");
-    let status = Command::new("kill")
-        .args(["-TERM", &dev.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let mut code = None;
-    for _ in 0..600 {
-        code = dev.child.try_wait().expect("wait");
-        if code.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let code = code.expect("bronze dev exits within 60 s of SIGTERM");
+    let code = dev
+        .terminate(Duration::from_secs(60))
+        .expect("bronze dev exits within 60 s of SIGTERM");
     assert!(code.success(), "{code:?}");
 }

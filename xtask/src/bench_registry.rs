@@ -208,26 +208,12 @@ pub async fn run(runs: usize) -> anyhow::Result<()> {
         }
     };
     let distribution = {
-        let port = free_port()?;
-        let config = dir.join("distribution.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.join("distribution").display()
-            ),
-        )?;
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
+        let (proc, port) = crate::bench_util::spawn_distribution(&dir)?;
         Target {
             name: "distribution 2.8.2",
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            pid: child.id(),
-            _proc: Proc(child),
+            pid: proc.0.id(),
+            _proc: proc,
         }
     };
     for t in [&bronze, &distribution] {

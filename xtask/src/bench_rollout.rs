@@ -38,7 +38,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bronze_proto::scheduler::v1 as pb;
 
-use crate::bench_util::{OneNode, free_port, spawn};
+use crate::bench_util::{
+    Health, OneNode, docker, engine_run, engine_run_many, free_port, remove_labelled, spawn,
+    swarm_inactive, swarm_init, swarm_leave, wait_healthy,
+};
 use crate::loadgen::{self, Plan};
 
 const IMAGE: &str = "bronze-test/busybox-httpd:latest";
@@ -60,21 +63,6 @@ struct Outcome {
     /// Not answered within a second after their run ended (slow, not
     /// failed: the generator stops waiting).
     late: u64,
-}
-
-fn docker(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .context("docker")?;
-    if !out.status.success() {
-        bail!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Load on `ip:port` (GET `path`) from a thread until `stop`: one-second
@@ -171,7 +159,7 @@ fn deploy(program: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> any
 
 async fn swarm() -> anyhow::Result<Outcome> {
     let d = crate::images::docker().await?;
-    docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"])?;
+    let made_gwbridge = swarm_init()?;
     let result = async {
         let dir = std::env::temp_dir().join(format!("bronze-bench-rollout-{}", std::process::id()));
         let file = write_stack(&dir)?;
@@ -300,7 +288,7 @@ async fn swarm() -> anyhow::Result<Outcome> {
     }
     .await;
     // Leaves the engine as found, containers of the stack included.
-    let _ = docker(&["swarm", "leave", "--force"]);
+    swarm_leave(made_gwbridge);
     result
 }
 
@@ -482,55 +470,22 @@ async fn bronze(bin: &std::path::Path) -> anyhow::Result<Outcome> {
 /// the monitor window (5 s) before they call the update complete.
 fn engine_alone() -> anyhow::Result<f64> {
     const LABEL: &str = "bronze-bench-rollout-floor";
-    let run = || -> anyhow::Result<String> {
-        Ok(docker(&[
-            "run",
-            "-d",
-            "--label",
-            LABEL,
-            "--stop-timeout",
-            "1",
-            "--health-cmd",
-            "/bin/busybox test -f /www/health",
-            "--health-interval",
-            "500ms",
-            "--health-timeout",
-            "2s",
-            "--health-retries",
-            "3",
-            IMAGE,
-        ])?
-        .trim()
-        .to_string())
+    let health = Health {
+        cmd: "/bin/busybox test -f /www/health",
+        interval: "500ms",
+        timeout: "2s",
+        retries: 3,
     };
     let result = (|| {
         let mut old = Vec::new();
         for _ in 0..REPLICAS {
-            old.push(run()?);
+            old.push(engine_run(LABEL, IMAGE, &health)?);
         }
         let t0 = Instant::now();
         let mut stops = Vec::new();
         for batch in old.chunks(2) {
-            let new = std::thread::scope(|s| {
-                let started: Vec<_> = batch.iter().map(|_| s.spawn(run)).collect();
-                started
-                    .into_iter()
-                    .map(|h| h.join().map_err(|_| anyhow::anyhow!("docker run thread"))?)
-                    .collect::<anyhow::Result<Vec<String>>>()
-            })?;
-            loop {
-                let healthy = new.iter().all(|id| {
-                    docker(&["inspect", "-f", "{{.State.Health.Status}}", id])
-                        .is_ok_and(|h| h.trim() == "healthy")
-                });
-                if healthy {
-                    break;
-                }
-                if t0.elapsed() > LIMIT {
-                    bail!("the engine's containers did not turn healthy");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            let new = engine_run_many(batch.len(), LABEL, IMAGE, &health)?;
+            wait_healthy(&new, t0 + LIMIT)?;
             let batch = batch.to_vec();
             stops.push(std::thread::spawn(move || {
                 let mut args = vec!["stop"];
@@ -544,25 +499,12 @@ fn engine_alone() -> anyhow::Result<f64> {
         }
         Ok(took)
     })();
-    if let Ok(ids) = docker(&["ps", "-aq", "--filter", &format!("label={LABEL}")]) {
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(ids);
-            let _ = docker(&args);
-        }
-    }
+    remove_labelled(LABEL);
     result
 }
 
 pub async fn run(runs: usize) -> anyhow::Result<()> {
-    let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"])?;
-    if state.trim() != "inactive" {
-        bail!(
-            "this engine is already part of a swarm ({}); leave it first",
-            state.trim()
-        );
-    }
+    swarm_inactive()?;
     crate::images::build_busybox_httpd(IMAGE).await?;
     let bin = crate::build_packages(
         &[

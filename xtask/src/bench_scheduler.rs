@@ -22,7 +22,9 @@ use anyhow::{Context, bail};
 use bollard::query_parameters::ListTasksOptions;
 use bronze_proto::scheduler::v1 as pb;
 
-use crate::bench_util::{Proc, cpu_seconds, free_port};
+use crate::bench_util::{
+    Proc, cpu_seconds, docker, free_port, swarm_inactive, swarm_init, swarm_leave,
+};
 
 const IMAGE: &str = "bronze-test/busybox-httpd:latest";
 const PARALLELISM: u32 = 10;
@@ -56,21 +58,6 @@ fn cpu(pids: &[u32]) -> f64 {
     pids.iter().map(|p| cpu_seconds(*p)).sum()
 }
 
-fn docker(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .context("docker")?;
-    if !out.status.success() {
-        bail!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 async fn containers_gone(d: &bollard::Docker, label: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + LIMIT;
     loop {
@@ -96,7 +83,7 @@ async fn containers_gone(d: &bollard::Docker, label: &str) -> anyhow::Result<()>
 
 async fn swarm(replicas: usize) -> anyhow::Result<Timing> {
     let d = crate::images::docker().await?;
-    docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"])?;
+    let made_gwbridge = swarm_init()?;
     let result = async {
         let name = format!("bench-swarm-{}", std::process::id());
         let engine = engine_pids();
@@ -178,7 +165,7 @@ async fn swarm(replicas: usize) -> anyhow::Result<Timing> {
         })
     }
     .await;
-    let _ = docker(&["swarm", "leave", "--force"]);
+    swarm_leave(made_gwbridge);
     result
 }
 
@@ -453,13 +440,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub async fn run(replicas: usize, runs: usize) -> anyhow::Result<()> {
-    let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"])?;
-    if state.trim() != "inactive" {
-        bail!(
-            "this engine is already part of a swarm ({}); leave it first",
-            state.trim()
-        );
-    }
+    swarm_inactive()?;
     crate::images::build_busybox_httpd(IMAGE).await?;
     let bin = crate::build_packages(
         &["bronze-scheduler", "bronze-agent"],

@@ -1,6 +1,9 @@
 //! What every benchmark needs: child processes that die with it, free
-//! ports, resident memory of a process.
+//! ports, resident memory of a process, the docker CLI, swarm mode joined
+//! and left, Debian's docker-registry, containers started and health-
+//! checked on the engine alone.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -235,5 +238,175 @@ impl OneNode {
             },
             c,
         ))
+    }
+}
+
+/// `docker ARGS`; its standard output, or an error with its standard error.
+pub fn docker(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .context("docker")?;
+    if !out.status.success() {
+        bail!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Fails unless this engine is outside any swarm (a bench leaves the
+/// swarm it made; it must not leave one it did not make).
+pub fn swarm_inactive() -> anyhow::Result<()> {
+    let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"])?;
+    if state.trim() != "inactive" {
+        bail!(
+            "this engine is already part of a swarm ({}); leave it first",
+            state.trim()
+        );
+    }
+    Ok(())
+}
+
+/// `docker swarm init` on loopback. Returns whether the engine had no
+/// docker_gwbridge before (then [`swarm_leave`] removes the one made).
+pub fn swarm_init() -> anyhow::Result<bool> {
+    let had_gwbridge = docker(&["network", "inspect", "docker_gwbridge"]).is_ok();
+    docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"])?;
+    Ok(!had_gwbridge)
+}
+
+/// Leaves the swarm (its services' containers go with it) and removes
+/// the docker_gwbridge network `swarm init` made: the engine as found.
+pub fn swarm_leave(made_gwbridge: bool) {
+    let _ = docker(&["swarm", "leave", "--force"]);
+    if made_gwbridge {
+        let _ = docker(&["network", "rm", "docker_gwbridge"]);
+    }
+}
+
+/// Debian's docker-registry (distribution) on a free loopback port,
+/// storage under `dir` (deletes enabled), logging errors only; returns it
+/// and its port once `/v2/` answers.
+pub fn spawn_distribution(dir: &Path) -> anyhow::Result<(Proc, u16)> {
+    let port = free_port()?;
+    std::fs::create_dir_all(dir)?;
+    let config = dir.join("distribution.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("distribution").display()
+        ),
+    )?;
+    let proc = Proc(
+        Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting docker-registry")?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answered = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut head = [0u8; 12];
+            s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n").is_ok()
+                && s.read_exact(&mut head).is_ok()
+                && head.ends_with(b"200")
+        });
+        if answered {
+            return Ok((proc, port));
+        }
+        if Instant::now() > deadline {
+            bail!("docker-registry did not answer on 127.0.0.1:{port}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A container health check, in `docker run`'s terms.
+pub struct Health {
+    pub cmd: &'static str,
+    pub interval: &'static str,
+    pub timeout: &'static str,
+    pub retries: u32,
+}
+
+/// `docker run -d` of `image` with `label`, a 1 s stop timeout and the
+/// health check; returns the container's id.
+pub fn engine_run(label: &str, image: &str, health: &Health) -> anyhow::Result<String> {
+    let retries = health.retries.to_string();
+    Ok(docker(&[
+        "run",
+        "-d",
+        "--label",
+        label,
+        "--stop-timeout",
+        "1",
+        "--health-cmd",
+        health.cmd,
+        "--health-interval",
+        health.interval,
+        "--health-timeout",
+        health.timeout,
+        "--health-retries",
+        &retries,
+        image,
+    ])?
+    .trim()
+    .to_string())
+}
+
+/// `n` containers of `image` started at once ([`engine_run`]).
+pub fn engine_run_many(
+    n: usize,
+    label: &str,
+    image: &str,
+    health: &Health,
+) -> anyhow::Result<Vec<String>> {
+    std::thread::scope(|s| {
+        let started: Vec<_> = (0..n)
+            .map(|_| s.spawn(|| engine_run(label, image, health)))
+            .collect();
+        started
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow::anyhow!("docker run thread"))?)
+            .collect()
+    })
+}
+
+/// Polls (every 50 ms, until `deadline`) until every container in `ids`
+/// is healthy.
+pub fn wait_healthy(ids: &[String], deadline: Instant) -> anyhow::Result<()> {
+    loop {
+        let healthy = ids.iter().all(|id| {
+            docker(&["inspect", "-f", "{{.State.Health.Status}}", id])
+                .is_ok_and(|h| h.trim() == "healthy")
+        });
+        if healthy {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the engine's containers did not turn healthy");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Removes (forcibly) every container carrying `label`.
+pub fn remove_labelled(label: &str) {
+    if let Ok(ids) = docker(&["ps", "-aq", "--filter", &format!("label={label}")]) {
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids);
+            let _ = docker(&args);
+        }
     }
 }

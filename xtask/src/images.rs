@@ -112,6 +112,32 @@ pub fn tag(image: &Image) -> String {
     format!("bronze/{}:latest", image.name)
 }
 
+/// A regular file entry of a build context.
+fn tar_file(
+    tar: &mut tar::Builder<Vec<u8>>,
+    path: &str,
+    data: &[u8],
+    mode: u32,
+) -> anyhow::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(mode);
+    h.set_cksum();
+    tar.append_data(&mut h, path, data)?;
+    Ok(())
+}
+
+/// `rootfs/tmp`, world-writable with the sticky bit.
+fn tar_tmp(tar: &mut tar::Builder<Vec<u8>>) -> anyhow::Result<()> {
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o1777);
+    dir.set_size(0);
+    dir.set_cksum();
+    tar.append_data(&mut dir, "rootfs/tmp", std::io::empty())?;
+    Ok(())
+}
+
 /// Shared libraries (and the dynamic loader) a binary needs, per `ldd`.
 fn shared_libraries(binary: &Path) -> anyhow::Result<BTreeSet<PathBuf>> {
     let out = Command::new("ldd")
@@ -170,42 +196,25 @@ pub fn context(image: &Image, bin_dir: &Path) -> anyhow::Result<Vec<u8>> {
         );
     }
     let mut tar = tar::Builder::new(Vec::new());
-    let add_bytes = |tar: &mut tar::Builder<Vec<u8>>,
-                     path: &str,
-                     data: &[u8],
-                     mode: u32|
-     -> anyhow::Result<()> {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(mode);
-        h.set_cksum();
-        tar.append_data(&mut h, path, data)?;
-        Ok(())
-    };
-    add_bytes(&mut tar, "Dockerfile", dockerfile(image).as_bytes(), 0o644)?;
-    add_bytes(
+    tar_file(&mut tar, "Dockerfile", dockerfile(image).as_bytes(), 0o644)?;
+    tar_file(
         &mut tar,
         "rootfs/etc/nsswitch.conf",
         b"hosts: files dns\n",
         0o644,
     )?;
-    add_bytes(
+    tar_file(
         &mut tar,
         "rootfs/etc/passwd",
         b"root:x:0:0:root:/:/nonexistent\n",
         0o644,
     )?;
-    let mut dir = tar::Header::new_gnu();
-    dir.set_entry_type(tar::EntryType::Directory);
-    dir.set_mode(0o1777);
-    dir.set_size(0);
-    dir.set_cksum();
-    tar.append_data(&mut dir, "rootfs/tmp", std::io::empty())?;
+    tar_tmp(&mut tar)?;
     // Regular entries with the file's bytes (never sparse ones, which the
     // engine's tar reader refuses), following symlinks to their targets.
     let add_file = |tar: &mut tar::Builder<Vec<u8>>, from: &Path, to: &str| -> anyhow::Result<()> {
         let data = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
-        add_bytes(tar, to, &data, 0o755)
+        tar_file(tar, to, &data, 0o755)
     };
     add_file(
         &mut tar,
@@ -248,21 +257,9 @@ pub async fn build_busybox_httpd(tag: &str) -> anyhow::Result<String> {
         .context("busybox not found (apt-get install busybox-static)")?;
     let data = std::fs::read(busybox)?;
     let mut tar = tar::Builder::new(Vec::new());
-    let file = |tar: &mut tar::Builder<Vec<u8>>,
-                path: &str,
-                data: &[u8],
-                mode: u32|
-     -> anyhow::Result<()> {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(mode);
-        h.set_cksum();
-        tar.append_data(&mut h, path, data)?;
-        Ok(())
-    };
     let dockerfile = "FROM scratch\nCOPY rootfs/ /\nEXPOSE 8080\nENTRYPOINT [\"/bin/busybox\"]\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
-    file(&mut tar, "Dockerfile", dockerfile.as_bytes(), 0o644)?;
-    file(&mut tar, "rootfs/bin/busybox", &data, 0o755)?;
+    tar_file(&mut tar, "Dockerfile", dockerfile.as_bytes(), 0o644)?;
+    tar_file(&mut tar, "rootfs/bin/busybox", &data, 0o755)?;
     // /bin/sh, so CMD-SHELL health checks (docker's --health-cmd) and
     // `sh -c` commands work as in any busybox image.
     let mut sh = tar::Header::new_gnu();
@@ -270,21 +267,70 @@ pub async fn build_busybox_httpd(tag: &str) -> anyhow::Result<String> {
     sh.set_size(0);
     sh.set_mode(0o777);
     tar.append_link(&mut sh, "rootfs/bin/sh", "busybox")?;
-    file(
+    tar_file(
         &mut tar,
         "rootfs/www/index.html",
         b"hello from busybox\n",
         0o644,
     )?;
-    file(&mut tar, "rootfs/www/health", b"ok\n", 0o644)?;
-    let mut dir = tar::Header::new_gnu();
-    dir.set_entry_type(tar::EntryType::Directory);
-    dir.set_mode(0o1777);
-    dir.set_size(0);
-    dir.set_cksum();
-    tar.append_data(&mut dir, "rootfs/tmp", std::io::empty())?;
+    tar_file(&mut tar, "rootfs/www/health", b"ok\n", 0o644)?;
+    tar_tmp(&mut tar)?;
     build_context(tag, tar.into_inner()?).await
 }
+
+/// The seeds' app, tagged `tag`: the busybox httpd test image (built by
+/// [`build_busybox_httpd`] beforehand) serving `/version` (`version`), and
+/// `/ready` unless `ready` is false (the seeds' stack checks it for
+/// health: a version without it never turns healthy).
+pub async fn build_app(tag: &str, version: &str, ready: bool) -> anyhow::Result<String> {
+    let mut dockerfile = format!(
+        "FROM bronze-test/busybox-httpd:latest\nCOPY version /www/version\nLABEL bronze.e2e.version={version}\n"
+    );
+    let mut tar = tar::Builder::new(Vec::new());
+    tar_file(
+        &mut tar,
+        "version",
+        format!("{version}\n").as_bytes(),
+        0o644,
+    )?;
+    if ready {
+        tar_file(&mut tar, "ready", b"ok\n", 0o644)?;
+        dockerfile.push_str("COPY ready /www/ready\n");
+    }
+    tar_file(&mut tar, "Dockerfile", dockerfile.as_bytes(), 0o644)?;
+    build_context(tag, tar.into_inner()?).await
+}
+
+/// The seeds' stack file for that app (`tests/e2e/seeds.rs` deploys it,
+/// `cargo xtask bench e2e` times it): 3 replicas, a health check on
+/// `/www/ready`, a Traefik routing label, start-first updates that roll
+/// back; `VERSION` and `REGISTRY` come from the environment, as the
+/// seeds' CI sets them.
+pub const SEEDS_STACK: &str = r#"version: "3.8"
+services:
+  app:
+    image: ${REGISTRY}/seeds/app:${VERSION:?the version to deploy}
+    ports:
+      - target: 8080
+    healthcheck:
+      test: ["CMD", "/bin/busybox", "test", "-f", "/www/ready"]
+      interval: 500ms
+      timeout: 2s
+      retries: 2
+    stop_grace_period: 1s
+    deploy:
+      replicas: 3
+      labels:
+        - "traefik.frontend.rule=PathPrefixStrip:/app"
+      restart_policy:
+        condition: any
+        delay: 200ms
+      update_config:
+        parallelism: 1
+        order: start-first
+        failure_action: rollback
+        monitor: 2s
+"#;
 
 async fn build_context(tag: &str, context: Vec<u8>) -> anyhow::Result<String> {
     let docker = docker().await?;

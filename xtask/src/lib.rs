@@ -1,6 +1,7 @@
 //! Automation shared by `cargo xtask` and the end-to-end tests.
 
 pub mod bench_dns;
+pub mod bench_e2e;
 pub mod bench_gateway;
 pub mod bench_gateway_rate;
 pub mod bench_gateway_soak;
@@ -12,6 +13,7 @@ pub mod bench_rollout;
 pub mod bench_scheduler;
 mod bench_util;
 pub mod clients;
+pub mod dev;
 pub mod images;
 pub mod loadgen;
 pub mod prerequisites;

@@ -27,7 +27,8 @@ enum Task {
     },
     /// Run a benchmark on this machine and print a table of figures (and
     /// ratios to real peers where one exists; see BENCHMARKS.md). Names:
-    /// dns, registrator, registry, gateway, scheduler, placement, rollout, mesh.
+    /// dns, registrator, registry, gateway, scheduler, placement, rollout, mesh,
+    /// e2e.
     Bench {
         name: String,
         /// Seconds per dnsperf or wrk run (and per fixed-rate run: gateway).
@@ -114,6 +115,7 @@ fn main() -> anyhow::Result<()> {
             "registrator" => rt.block_on(xtask::bench_registrator::run(containers.unwrap_or(100))),
             "placement" => rt.block_on(xtask::bench_placement::run(tasks, runs as usize)),
             "rollout" => rt.block_on(xtask::bench_rollout::run(runs as usize)),
+            "e2e" => rt.block_on(xtask::bench_e2e::run(runs as usize)),
             "mesh" => rt.block_on(xtask::bench_mesh::run(u64::from(seconds), runs as usize)),
             "scheduler" => rt.block_on(xtask::bench_scheduler::run(
                 containers.unwrap_or(50),
@@ -127,7 +129,7 @@ fn main() -> anyhow::Result<()> {
             other => {
                 anyhow::bail!(
                     "no benchmark named {other:?}; available: dns, registrator, registry, gateway, \
-                     scheduler, placement, rollout, mesh"
+                     scheduler, placement, rollout, mesh, e2e"
                 )
             }
         },
