@@ -573,6 +573,15 @@ impl Judge {
         self.converged_since.is_some()
     }
 
+    /// When a service found converged will have stayed so, with the same
+    /// tasks, for --stable: the wait looks again then rather than at the
+    /// next tick. `None` when the last look did not find it converged.
+    pub fn verified_at(&self) -> Option<Instant> {
+        self.converged_since
+            .as_ref()
+            .map(|(since, _)| *since + self.stable)
+    }
+
     /// `resp` read now, `board` kept current by a Watch (synced).
     pub fn look(&mut self, name: &str, board: &Board, resp: &pb::ServiceResponse) -> Verdict {
         let status = resp.status.clone().unwrap_or_default();
@@ -737,10 +746,14 @@ pub async fn wait_with(
                 crate::units::format_duration(timeout)
             )));
         }
+        // Only ahead of now: a look that could not be made (the scheduler
+        // lost) leaves a past moment, and the tick paces the retries.
+        let verified = judge.verified_at().filter(|t| *t > Instant::now());
         tokio::select! {
             () = next_events(&mut watch, &mut board) => {}
             _ = tick.tick() => {}
             () = tokio::time::sleep_until(deadline), if !judge.converged() => {}
+            () = tokio::time::sleep_until(verified.unwrap_or(deadline)), if verified.is_some() => {}
             _ = &mut ctrl_c => {
                 display.line("");
                 return Err(Error::Interrupted(format!(
@@ -909,6 +922,30 @@ mod tests {
             "web.1: pending (0/1 nodes available: 1 fails constraint node.labels.zone==eu)\n\
              web.1: running\n"
         );
+    }
+
+    #[test]
+    fn a_converged_service_is_looked_at_again_when_stable_has_passed() {
+        let board = Board::default();
+        let mut resp = response(1);
+        let stable = Duration::from_secs(60);
+        let mut judge = Judge::new(None, stable);
+        assert_eq!(judge.verified_at(), None);
+        let before = Instant::now();
+        resp.status.as_mut().unwrap().converged = true;
+        assert!(matches!(
+            judge.look("web", &board, &resp),
+            Verdict::Verifying
+        ));
+        let at = judge
+            .verified_at()
+            .expect("converged: a moment to look again");
+        assert!(at >= before + stable && at <= Instant::now() + stable);
+        judge.look("web", &board, &resp);
+        assert_eq!(judge.verified_at(), Some(at), "same tasks: same moment");
+        resp.status.as_mut().unwrap().converged = false;
+        judge.look("web", &board, &resp);
+        assert_eq!(judge.verified_at(), None);
     }
 
     #[test]

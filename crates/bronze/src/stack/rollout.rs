@@ -357,10 +357,22 @@ pub async fn run(
             }
             continue;
         }
+        // The first service to have stayed converged for --stable is
+        // looked at again then, not at the next tick (a moment already
+        // past: the look could not be made, the tick paces the retries).
+        let verified = entries
+            .iter()
+            .filter_map(|e| match &e.progress {
+                Progress::Submitted(j) => j.verified_at(),
+                _ => None,
+            })
+            .filter(|t| *t > Instant::now())
+            .min();
         tokio::select! {
             () = progress::next_events(&mut watch, &mut board) => {}
             _ = tick.tick() => {}
             () = tokio::time::sleep_until(deadline), if converging => {}
+            () = tokio::time::sleep_until(verified.unwrap_or(deadline)), if verified.is_some() => {}
             _ = &mut ctrl_c => {
                 display.line("");
                 return Err(Error::Interrupted(
