@@ -299,7 +299,9 @@ pub async fn run(seconds: u64, runs: usize) -> anyhow::Result<()> {
     })
     .await;
     // Stopped as at SIGTERM: the agent removes its mesh rules.
-    node.agent.terminate(Duration::from_secs(10));
+    if let Err(e) = node.agent.terminate(Duration::from_secs(10)) {
+        eprintln!("the agent did not stop cleanly, its mesh rules may be left: {e:#}");
+    }
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
     result

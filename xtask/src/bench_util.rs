@@ -4,7 +4,7 @@
 //! checked on the engine alone.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -16,16 +16,30 @@ pub struct Proc(pub Child);
 impl Proc {
     /// Stops the process with SIGTERM, as a service manager would, and
     /// waits for it at most `within` (after that, the kill of drop).
-    pub fn terminate(&mut self, within: Duration) {
-        let pid = self.0.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let t0 = Instant::now();
-        while t0.elapsed() < within {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    pub fn terminate(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
+        terminate(&mut self.0, within)
+    }
+}
+
+/// Sends `child` SIGTERM and waits (polling) at most `within` for its exit.
+pub fn terminate(child: &mut Child, within: Duration) -> anyhow::Result<ExitStatus> {
+    let pid = child.id();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .context("kill -TERM")?;
+    if !sent.success() {
+        bail!("kill -TERM {pid} failed");
+    }
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(code) = child.try_wait()? {
+            return Ok(code);
         }
+        if Instant::now() > deadline {
+            bail!("process {pid} did not exit within {within:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

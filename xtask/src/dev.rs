@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -98,23 +98,7 @@ impl Dev {
     /// Sends SIGTERM and waits (polling, at most `limit`) for the exit:
     /// `bronze dev` drains and, with `--ephemeral`, removes its state.
     pub fn terminate(&mut self, limit: Duration) -> anyhow::Result<ExitStatus> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .context("kill -TERM")?;
-        if !status.success() {
-            bail!("kill -TERM {} failed", self.child.id());
-        }
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(code) = self.child.try_wait()? {
-                return Ok(code);
-            }
-            if Instant::now() > deadline {
-                bail!("bronze dev did not exit within {limit:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        crate::bench_util::terminate(&mut self.child, limit).context("bronze dev")
     }
 }
 

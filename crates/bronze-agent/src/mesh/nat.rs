@@ -323,20 +323,17 @@ impl Nat {
         if self.last.as_ref() == Some(desired) {
             return Ok(());
         }
-        let tag = self.tag.clone();
-        let d = desired.clone();
-        blocking(move || {
-            let (nat, filter) = saved()?;
-            if d.services.is_empty() {
-                match teardown_text(&[tag].into(), &nat, &filter) {
-                    Some(text) => restore(&text),
-                    None => Ok(()),
-                }
-            } else {
+        if desired.services.is_empty() {
+            remove_tags([self.tag.clone()].into()).await?;
+        } else {
+            let tag = self.tag.clone();
+            let d = desired.clone();
+            blocking(move || {
+                let (nat, filter) = saved()?;
                 restore(&write_text(&tag, &d, &nat, &filter))
-            }
-        })
-        .await?;
+            })
+            .await?;
+        }
         self.last = Some(desired.clone());
         Ok(())
     }

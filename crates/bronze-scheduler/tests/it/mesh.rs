@@ -744,12 +744,12 @@ async fn a_call_by_name_takes_the_kernel_path_whose_rules_go_with_the_agent() {
         },
     )
     .await;
-    let started = std::time::Instant::now();
+    // A reset, not a timeout: "refused" is what the client says for the
+    // former (no wall-clock bound here: the exec alone can be slow on a
+    // loaded machine).
     let (none, err) = call(&container, "down", "8080", "version").await;
-    let took = started.elapsed();
     assert!(none.is_none(), "down answered: {err}");
     assert!(err.contains("refused"), "refused, not timed out: {err}");
-    assert!(took < Duration::from_secs(3), "refused at once: {took:?}");
 
     // The agent stops (as at SIGTERM): no chain or rule of its node left.
     let agent_a = t.agents.remove(0);
